@@ -1,0 +1,232 @@
+//! The contract between zerohop's kernel programs and user space: map names,
+//! and the `#[repr(C)]` keys and values stored in those maps.
+//!
+//! Rules for every type here: explicit padding, no `bool`, integers only, a
+//! size assertion, and a comment on each field saying its unit and byte order.
+//! Changing a layout means bumping the `_vN` suffix of the map names, so an
+//! agent never reads a pinned map written with another layout.
+#![no_std]
+
+/// Map names. The kernel keeps 15 characters of a map name; the `zh_` prefix
+/// marks ours and the `_vN` suffix is the layout version.
+pub mod map_name {
+    /// Frontends: [`FrontendKey`](super::FrontendKey) → [`Service`](super::Service).
+    pub const SERVICES: &str = "zh_svc_v1";
+    /// Eligible endpoints: [`BackendKey`](super::BackendKey) → [`Backend`](super::Backend).
+    pub const BACKENDS: &str = "zh_backend_v1";
+    /// Run-time switches: index 0 → [`Config`](super::Config).
+    pub const CONFIG: &str = "zh_config_v1";
+    /// Per-CPU counters, indexed by [`Counter`](super::Counter).
+    pub const STATS: &str = "zh_stats_v1";
+    /// Sockets connected to a local endpoint, by socket cookie (u64) → u32 flags.
+    pub const TAGGED: &str = "zh_tagged_v1";
+    /// Accepting ends we expect, as [`SockKey`](super::SockKey) seen from them → u32.
+    pub const PENDING: &str = "zh_pending_v1";
+    /// Registered sockets of bypassed connections: [`SockKey`](super::SockKey) → socket.
+    pub const SOCKETS: &str = "zh_socks_v1";
+    /// Sockets whose messages once went through the stack: [`SockKey`](super::SockKey) → u32.
+    pub const FALLBACK: &str = "zh_fallbk_v1";
+}
+
+/// Every map name, for pinning, inspection and cleanup.
+pub const ALL_MAPS: [&str; 8] = [
+    map_name::SERVICES,
+    map_name::BACKENDS,
+    map_name::CONFIG,
+    map_name::STATS,
+    map_name::TAGGED,
+    map_name::PENDING,
+    map_name::SOCKETS,
+    map_name::FALLBACK,
+];
+
+/// Map capacities.
+pub mod capacity {
+    /// Frontends (ClusterIP:port pairs) per node.
+    pub const SERVICES: u32 = 65_536;
+    /// Eligible endpoint slots over all frontends.
+    pub const BACKENDS: u32 = 262_144;
+    /// Sockets tagged at connect and not yet established.
+    pub const TAGGED: u32 = 65_536;
+    /// Accepting ends not yet established.
+    pub const PENDING: u32 = 65_536;
+    /// Registered sockets (two per bypassed connection).
+    pub const SOCKETS: u32 = 131_072;
+    /// Connections that fell back to the stack.
+    pub const FALLBACK: u32 = 65_536;
+}
+
+/// `AF_INET`, as the kernel reports it in `family` fields.
+pub const FAMILY_V4: u8 = 2;
+/// `AF_INET6`.
+pub const FAMILY_V6: u8 = 10;
+/// `IPPROTO_TCP`.
+pub const PROTO_TCP: u8 = 6;
+
+/// A Service frontend: ClusterIP, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    /// The ClusterIP as the kernel stores it (network byte order words);
+    /// IPv4 uses `addr[0]` and leaves the other words zero.
+    pub addr: [u32; 4],
+    /// Service port, host byte order.
+    pub port: u16,
+    /// IP protocol number ([`PROTO_TCP`]).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// What the connect hook does for a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Service {
+    /// Number of eligible endpoints, stored in slots `0..endpoints` of the
+    /// backend map. 0 means: leave the connect untouched.
+    pub endpoints: u32,
+    /// [`SERVICE_NO_BYPASS`] or 0.
+    pub flags: u32,
+}
+
+/// [`Service::flags`]: translate, but never bypass the stack for this Service.
+pub const SERVICE_NO_BYPASS: u32 = 1;
+
+/// One eligible endpoint slot of a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    /// The frontend the slot belongs to.
+    pub frontend: FrontendKey,
+    /// Slot index, `0..Service::endpoints`.
+    pub slot: u32,
+}
+
+/// An endpoint a connect may be rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// Endpoint address, same layout and family as [`FrontendKey::addr`].
+    pub addr: [u32; 4],
+    /// Endpoint (target) port, host byte order.
+    pub port: u16,
+    /// 1 when the endpoint runs on this node (the connection may bypass the stack), else 0.
+    pub local: u8,
+    /// Padding, always 0.
+    pub _pad: u8,
+}
+
+/// Run-time switches the programs read on every decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// [`CONFIG_NO_BYPASS`] or 0.
+    pub flags: u32,
+}
+
+/// [`Config::flags`]: translate, but send every message through the stack.
+pub const CONFIG_NO_BYPASS: u32 = 1;
+
+/// Identifies one end of a TCP connection, as that end sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockKey {
+    /// Local address, layout of [`FrontendKey::addr`].
+    pub local_addr: [u32; 4],
+    /// Remote address, layout of [`FrontendKey::addr`].
+    pub remote_addr: [u32; 4],
+    /// Local port, host byte order.
+    pub local_port: u32,
+    /// Remote port, host byte order.
+    pub remote_port: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`], widened to keep the key free of padding.
+    pub family: u32,
+}
+
+impl SockKey {
+    /// The same connection seen from the other end.
+    pub const fn peer(&self) -> SockKey {
+        SockKey {
+            local_addr: self.remote_addr,
+            remote_addr: self.local_addr,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            family: self.family,
+        }
+    }
+}
+
+/// Per-CPU counters in the stats map, by reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Connects rewritten to an endpoint on this node.
+    TranslatedLocal = 0,
+    /// Connects rewritten to an endpoint on another node.
+    TranslatedRemote = 1,
+    /// Connects left untouched: the address is no known Service frontend.
+    PassedNotService = 2,
+    /// Connects left untouched: the Service has no eligible endpoint.
+    PassedNoEndpoint = 3,
+    /// Messages moved socket-to-socket.
+    MsgRedirected = 4,
+    /// Bytes moved socket-to-socket.
+    BytesRedirected = 5,
+    /// Messages of registered sockets that went through the stack instead.
+    RedirectMiss = 6,
+    /// Inserts refused because a map was full (the connection fell back).
+    MapFull = 7,
+}
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; 8] = [
+        Counter::TranslatedLocal,
+        Counter::TranslatedRemote,
+        Counter::PassedNotService,
+        Counter::PassedNoEndpoint,
+        Counter::MsgRedirected,
+        Counter::BytesRedirected,
+        Counter::RedirectMiss,
+        Counter::MapFull,
+    ];
+
+    /// Stable name, used by the CLI and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::TranslatedLocal => "translated_local",
+            Counter::TranslatedRemote => "translated_remote",
+            Counter::PassedNotService => "passed_not_service",
+            Counter::PassedNoEndpoint => "passed_no_endpoint",
+            Counter::MsgRedirected => "msg_redirected",
+            Counter::BytesRedirected => "bytes_redirected",
+            Counter::RedirectMiss => "redirect_miss",
+            Counter::MapFull => "map_full",
+        }
+    }
+}
+
+/// Number of slots in the stats map.
+pub const COUNTERS: u32 = Counter::ALL.len() as u32;
+
+const _: () = {
+    assert!(core::mem::size_of::<FrontendKey>() == 20);
+    assert!(core::mem::size_of::<Service>() == 8);
+    assert!(core::mem::size_of::<BackendKey>() == 24);
+    assert!(core::mem::size_of::<Backend>() == 20);
+    assert!(core::mem::size_of::<Config>() == 4);
+    assert!(core::mem::size_of::<SockKey>() == 44);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is #[repr(C)], made of integers only, without
+    // implicit padding (checked by the size assertions above), so any bit
+    // pattern is a valid value.
+    unsafe impl aya::Pod for super::FrontendKey {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::BackendKey {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SockKey {}
+}

@@ -1,0 +1,75 @@
+//! The 4-tuple of a connection end, read the same way from the sock_ops and
+//! sk_msg contexts, whose connection fields share names and byte orders.
+
+use aya_ebpf::bindings::{bpf_sock_ops, sk_msg_md};
+use zerohop_abi::{SockKey, FAMILY_V4, FAMILY_V6};
+
+/// Connection fields of a program context. Each read is one 4-byte load:
+/// the verifier rejects wider loads from these context fields, which LLVM
+/// would otherwise merge adjacent reads into.
+pub trait ConnFields {
+    fn family(&self) -> u32;
+    fn local_ip4(&self) -> u32;
+    fn remote_ip4(&self) -> u32;
+    fn local_ip6(&self, word: usize) -> u32;
+    fn remote_ip6(&self, word: usize) -> u32;
+    /// Host byte order.
+    fn local_port(&self) -> u32;
+    /// Network byte order in the upper 16 bits: the kernel loads the 16-bit
+    /// port and shifts it left by 16 on little-endian machines.
+    fn remote_port_raw(&self) -> u32;
+}
+
+macro_rules! conn_fields {
+    ($ctx:ty) => {
+        impl ConnFields for $ctx {
+            fn family(&self) -> u32 {
+                unsafe { core::ptr::read_volatile(&self.family) }
+            }
+            fn local_ip4(&self) -> u32 {
+                unsafe { core::ptr::read_volatile(&self.local_ip4) }
+            }
+            fn remote_ip4(&self) -> u32 {
+                unsafe { core::ptr::read_volatile(&self.remote_ip4) }
+            }
+            fn local_ip6(&self, word: usize) -> u32 {
+                unsafe { core::ptr::read_volatile(&self.local_ip6[word]) }
+            }
+            fn remote_ip6(&self, word: usize) -> u32 {
+                unsafe { core::ptr::read_volatile(&self.remote_ip6[word]) }
+            }
+            fn local_port(&self) -> u32 {
+                unsafe { core::ptr::read_volatile(&self.local_port) }
+            }
+            fn remote_port_raw(&self) -> u32 {
+                unsafe { core::ptr::read_volatile(&self.remote_port) }
+            }
+        }
+    };
+}
+
+conn_fields!(bpf_sock_ops);
+conn_fields!(sk_msg_md);
+
+/// The connection end as a sockhash key, or `None` for a non-IP socket.
+#[inline(always)]
+pub fn sock_key<C: ConnFields>(ctx: &C) -> Option<SockKey> {
+    let family = ctx.family();
+    let (local_addr, remote_addr) = if family == u32::from(FAMILY_V4) {
+        ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0])
+    } else if family == u32::from(FAMILY_V6) {
+        (
+            [ctx.local_ip6(0), ctx.local_ip6(1), ctx.local_ip6(2), ctx.local_ip6(3)],
+            [ctx.remote_ip6(0), ctx.remote_ip6(1), ctx.remote_ip6(2), ctx.remote_ip6(3)],
+        )
+    } else {
+        return None;
+    };
+    Some(SockKey {
+        local_addr,
+        remote_addr,
+        local_port: ctx.local_port(),
+        remote_port: u32::from(u16::from_be((ctx.remote_port_raw() >> 16) as u16)),
+        family,
+    })
+}

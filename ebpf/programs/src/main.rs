@@ -1,0 +1,31 @@
+//! zerohop's kernel programs.
+//!
+//! - `connect.rs`: cgroup connect4/connect6 hooks translate a Service frontend
+//!   to one eligible endpoint, and tag sockets connected to a local endpoint;
+//! - `sockops.rs`: registers both ends of tagged connections in the sockhash
+//!   once they are established;
+//! - `sk_msg.rs`: moves each message of a registered socket straight into its
+//!   peer's receive queue.
+//!
+//! Every hook fails open: whatever goes wrong, the connect or message proceeds
+//! as it would without zerohop.
+#![no_std]
+#![no_main]
+
+mod conn;
+mod connect;
+mod maps;
+mod sk_msg;
+mod sockops;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach a panic; this is never linked in.
+    loop {}
+}
+
+/// sockhash and sk_msg helpers are only available to GPL-compatible programs.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

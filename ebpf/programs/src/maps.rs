@@ -1,0 +1,54 @@
+//! The maps, pinned by name under the agent's bpffs directory. The names and
+//! layouts are those of `zerohop_abi::map_name`; user space opens the maps by
+//! these names, so a mismatch fails at load time, never silently.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+};
+use zerohop_abi::{
+    capacity, Backend, BackendKey, Config, Counter, FrontendKey, Service, SockKey, COUNTERS,
+};
+
+#[map(name = "zh_svc_v1")]
+pub static SERVICES: HashMap<FrontendKey, Service> = HashMap::pinned(capacity::SERVICES, 0);
+
+#[map(name = "zh_backend_v1")]
+pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(capacity::BACKENDS, 0);
+
+#[map(name = "zh_config_v1")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "zh_stats_v1")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
+
+// LRU: an entry whose connection never establishes must not leak a slot forever.
+#[map(name = "zh_tagged_v1")]
+pub static TAGGED: LruHashMap<u64, u32> = LruHashMap::pinned(capacity::TAGGED, 0);
+
+#[map(name = "zh_pending_v1")]
+pub static PENDING: LruHashMap<SockKey, u32> = LruHashMap::pinned(capacity::PENDING, 0);
+
+// Entries leave by themselves when their socket closes.
+#[map(name = "zh_socks_v1")]
+pub static SOCKETS: SockHash<SockKey> = SockHash::pinned(capacity::SOCKETS, 0);
+
+#[map(name = "zh_fallbk_v1")]
+pub static FALLBACK: LruHashMap<SockKey, u32> = LruHashMap::pinned(capacity::FALLBACK, 0);
+
+/// Adds `n` to a counter of this CPU.
+#[inline(always)]
+pub fn count(counter: Counter, n: u64) {
+    if let Some(slot) = STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and the program runs with preemption disabled on it.
+        unsafe { *slot += n };
+    }
+}
+
+/// True when the operator switched the bypass off for the whole node.
+#[inline(always)]
+pub fn bypass_disabled() -> bool {
+    CONFIG
+        .get(0)
+        .is_some_and(|config| config.flags & zerohop_abi::CONFIG_NO_BYPASS != 0)
+}
