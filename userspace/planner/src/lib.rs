@@ -1,1 +1,26 @@
+//! zerohop's routing decisions, as pure functions.
+//!
+//! Kubernetes objects (from the API or from manifest files) are converted to
+//! a small [`model`] ([`convert`], [`manifest`]), gathered in a
+//! [`ClusterView`], turned into the exact desired
+//! contents of the BPF frontend and backend maps for one node ([`plan()`]),
+//! and compared with what the maps hold ([`diff()`]). No I/O, no kernel, no
+//! async: every decision is unit-tested here; the agent only applies the
+//! result.
 #![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod convert;
+pub mod diff;
+pub mod manifest;
+pub mod model;
+pub mod plan;
+pub mod view;
+
+pub use diff::{diff, Change, Changes};
+pub use manifest::{build_view, parse_manifests, Manifest, Problem};
+pub use plan::{plan, Desired, Plan, PlanProblem};
+pub use view::ClusterView;
+
+#[cfg(test)]
+mod deploy_examples;

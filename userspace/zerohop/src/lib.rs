@@ -1,1 +1,9 @@
+//! zerohop's user space: the agent that keeps the BPF maps exact, and the
+//! node CLI that reads them.
+//!
+//! Routing decisions live in the pure `zerohop-planner` crate; this crate
+//! feeds it (`source`) and writes its output into the kernel (`datapath`).
 
+pub mod agent;
+pub mod datapath;
+pub mod source;

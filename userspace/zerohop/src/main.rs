@@ -1,1 +1,141 @@
-fn main() {}
+//! The `zerohop` command: the node agent and its companions.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use zerohop::{
+    agent::{self, Settings, Source},
+    datapath::{self, DEFAULT_PIN_DIR},
+};
+
+/// zerohop: same-node fast path for Kubernetes Services.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the kernel programs, attach them to a cgroup and keep their maps
+    /// in sync with the cluster until SIGTERM/SIGINT.
+    Agent(AgentArgs),
+    /// Switch the socket-to-socket bypass on or off for the whole node, at run
+    /// time (connections are still translated when it is off).
+    Bypass {
+        state: OnOff,
+        /// bpffs directory holding the agent's pinned maps.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Print the kernel counters, summed over CPUs.
+    Stats {
+        /// bpffs directory holding the agent's pinned maps.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Remove the pinned maps (after the agent stopped for good). Registered
+    /// connections continue through the TCP/IP stack.
+    Cleanup {
+        /// bpffs directory holding the agent's pinned maps.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// This node's name, as in the EndpointSlices' nodeName.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// cgroup v2 directory whose processes' connections are accelerated.
+    #[arg(long)]
+    cgroup: PathBuf,
+    /// Where Services and EndpointSlices come from: dir:PATH reads the
+    /// Kubernetes manifests (YAML/JSON, multi-document) in PATH and watches it.
+    #[arg(long)]
+    source: Source,
+    /// bpffs directory for the pinned maps.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Initial state of the socket-to-socket bypass (see `zerohop bypass`).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    bypass: OnOff,
+    /// How often the source directory is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    poll_ms: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("zerohop: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Agent(args) => {
+            let settings = Settings {
+                node: args.node,
+                cgroup: args.cgroup,
+                source: args.source,
+                pin_dir: args.pin_dir,
+                bypass: matches!(args.bypass, OnOff::On),
+                poll_interval: Duration::from_millis(args.poll_ms.max(10)),
+            };
+            tokio::runtime::Runtime::new()?.block_on(agent::run(settings))
+        }
+        Command::Bypass { state, pin_dir } => {
+            datapath::set_bypass(&pin_dir, matches!(state, OnOff::On))
+        }
+        Command::Stats { pin_dir, output } => {
+            let counters = datapath::read_counters(&pin_dir)?;
+            match output {
+                Output::Json => {
+                    let object: serde_json::Map<String, serde_json::Value> = counters
+                        .iter()
+                        .map(|(counter, value)| (counter.name().to_owned(), (*value).into()))
+                        .collect();
+                    println!("{}", serde_json::Value::Object(object));
+                }
+                Output::Table => {
+                    println!("{:<20} {:>14}", "COUNTER", "VALUE");
+                    for (counter, value) in counters {
+                        println!("{:<20} {:>14}", counter.name(), value);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Cleanup { pin_dir } => datapath::remove_pins(&pin_dir),
+    }
+}

@@ -1,0 +1,644 @@
+//! zh-testpod: the workload of the sandbox's pods, a TCP echo server and the
+//! clients that check it. Every client prints one JSON line and exits 0 only
+//! when everything it checked held.
+//!
+//! ```text
+//! zh-testpod server     --name NAME --port P
+//! zh-testpod echo       --target IP:PORT --bytes N [--chunk C] [--nodelay]
+//! zh-testpod spread     --target IP:PORT --count N
+//! zh-testpod concurrent --target IP:PORT --conns K --bytes N
+//! zh-testpod reset      --target IP:PORT
+//! zh-testpod hold       --target IP:PORT      (lines on stdin are echoed)
+//! ```
+//!
+//! The server greets each connection with `HELLO <name> <peer-ip> <peer-port>`,
+//! so a client learns which backend it reached and which address that backend
+//! saw (the test of "no NAT on the way"). Addresses in the output are written
+//! like Rust's `SocketAddr`: `1.2.3.4:80`, `[fd00::1]:80`.
+//!
+//! Blocking reads time out (10 s for clients, 5 min for an idle server
+//! connection), so a broken data path fails a test instead of hanging it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{self, BufRead, BufReader, Read, Write},
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::ExitCode,
+    str::FromStr,
+    sync::Arc,
+    thread,
+    time::Duration,
+};
+
+use serde_json::json;
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_CHUNK: usize = 64 * 1024;
+
+/// Errors are messages: this program only reports them.
+type Res<T> = Result<T, String>;
+
+/// Adds what was being done to an error.
+trait Context<T> {
+    fn ctx(self, what: &str) -> Res<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn ctx(self, what: &str) -> Res<T> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!(
+            "usage: zh-testpod server|echo|spread|concurrent|reset|hold --flags… (see the source)"
+        );
+        return ExitCode::from(2);
+    };
+    let run = || -> Res<bool> {
+        let flags = Flags::parse(rest)?;
+        match command.as_str() {
+            "server" => server(&flags),
+            "echo" => echo(&flags),
+            "spread" => spread(&flags),
+            "concurrent" => concurrent(&flags),
+            "reset" => reset(&flags),
+            "hold" => hold(&flags),
+            other => Err(format!("unknown command {other:?}")),
+        }
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("zh-testpod {command}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `--name value` pairs; a flag without a value (`--nodelay`) is "true".
+struct Flags(HashMap<String, String>);
+
+impl Flags {
+    fn parse(args: &[String]) -> Res<Flags> {
+        let mut flags = HashMap::new();
+        let mut args = args.iter().peekable();
+        while let Some(arg) = args.next() {
+            let name = arg
+                .strip_prefix("--")
+                .ok_or_else(|| format!("expected a --flag, got {arg:?}"))?;
+            let value = args
+                .next_if(|next| !next.starts_with("--"))
+                .cloned()
+                .unwrap_or_else(|| "true".into());
+            flags.insert(name.to_owned(), value);
+        }
+        Ok(Flags(flags))
+    }
+
+    fn get<T: FromStr>(&self, name: &str) -> Res<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let value = self
+            .0
+            .get(name)
+            .ok_or_else(|| format!("--{name} is required"))?;
+        value.parse().ctx(&format!("--{name} {value}"))
+    }
+
+    fn get_or<T: FromStr>(&self, name: &str, default: T) -> Res<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        if self.0.contains_key(name) {
+            self.get(name)
+        } else {
+            Ok(default)
+        }
+    }
+}
+
+/// Prints a line and flushes it at once: the test reads it while we run.
+fn say(line: impl std::fmt::Display) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+// ---------------------------------------------------------------- server
+
+/// Serves on `0.0.0.0:P` and `[::]:P` until killed.
+fn server(flags: &Flags) -> Res<bool> {
+    let name: Arc<str> = flags.get::<String>("name")?.into();
+    let port: u16 = flags.get("port")?;
+    let listeners = [
+        IpAddr::from(Ipv4Addr::UNSPECIFIED),
+        IpAddr::from(Ipv6Addr::UNSPECIFIED),
+    ]
+    .map(|ip| {
+        listen(SocketAddr::new(ip, port)).ctx(&format!("listen on {}", SocketAddr::new(ip, port)))
+    });
+    let listeners = listeners.into_iter().collect::<Res<Vec<_>>>()?;
+    say("READY");
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let name = name.clone();
+            thread::spawn(move || accept_loop(listener, name))
+        })
+        .collect();
+    acceptors
+        .into_iter()
+        .for_each(|acceptor| drop(acceptor.join()));
+    Ok(true)
+}
+
+/// A listening socket for `addr`. An IPv6 one is made IPv6-only: a dual-stack
+/// socket would also take IPv4 connections, as IPv4-mapped addresses
+/// (::ffff:a.b.c.d), which is not what a v4 client of a real pod sees.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket calls on a descriptor we own; the address structure
+    // is fully initialised and its length given.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let socket = OwnedFd::from_raw_fd(fd);
+        set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        if addr.is_ipv6() {
+            set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        }
+        let (storage, len) = sockaddr(addr);
+        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0
+            || libc::listen(fd, 1024) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TcpListener::from(socket))
+    }
+}
+
+fn set_int_option(fd: i32, level: i32, option: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            option,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `addr` as the kernel's socket address structure.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage, and both sockaddr_in and
+    // sockaddr_in6 fit in (and may be written through) a sockaddr_storage.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match addr {
+            SocketAddr::V4(v4) => {
+                let sin =
+                    &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = v4.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = &mut *(&mut storage as *mut libc::sockaddr_storage)
+                    .cast::<libc::sockaddr_in6>();
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = v6.port().to_be();
+                sin6.sin6_addr.s6_addr = v6.ip().octets();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (storage, len as libc::socklen_t)
+    }
+}
+
+fn accept_loop(listener: TcpListener, name: Arc<str>) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                let name = name.clone();
+                thread::spawn(move || serve(stream, &name));
+            }
+            Err(e) => eprintln!("accept: {e}"),
+        }
+    }
+}
+
+/// Greets, echoes until EOF, half-closes, and reports how the connection ended.
+fn serve(mut stream: TcpStream, name: &str) {
+    let peer = match stream.peer_addr() {
+        Ok(peer) => peer,
+        Err(e) => return eprintln!("peer_addr: {e}"),
+    };
+    let mut bytes = 0u64;
+    let mut echo = || -> io::Result<()> {
+        stream.set_read_timeout(Some(SERVER_IDLE_TIMEOUT))?;
+        // One write: a formatted write to a socket would send each piece alone.
+        stream.write_all(format!("HELLO {name} {} {}\n", peer.ip(), peer.port()).as_bytes())?;
+        let mut buf = vec![0u8; DEFAULT_CHUNK];
+        loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                return stream.shutdown(Shutdown::Write);
+            }
+            stream.write_all(&buf[..n])?;
+            bytes += n as u64;
+        }
+    };
+    let end = match echo() {
+        Ok(()) => "eof".to_owned(),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => "reset".to_owned(),
+        Err(e) => format!("error:{e}"),
+    };
+    say(format_args!("CONN peer={peer} bytes={bytes} end={end}"));
+}
+
+// ---------------------------------------------------------------- clients
+
+/// A connection to a test server, past its HELLO line.
+struct Conn {
+    stream: TcpStream,
+    /// Reads of the stream; everything read goes through it, so that nothing
+    /// buffered after the HELLO line is lost.
+    reader: BufReader<TcpStream>,
+    server: String,
+    seen_peer: SocketAddr,
+    local: SocketAddr,
+}
+
+impl Conn {
+    fn open(target: SocketAddr, nodelay: bool) -> Res<Conn> {
+        let stream = TcpStream::connect_timeout(&target, CLIENT_TIMEOUT)
+            .ctx(&format!("connect to {target}"))?;
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .ctx("set read timeout")?;
+        stream
+            .set_write_timeout(Some(CLIENT_TIMEOUT))
+            .ctx("set write timeout")?;
+        stream.set_nodelay(nodelay).ctx("set TCP_NODELAY")?;
+        let local = stream.local_addr().ctx("local address")?;
+        let mut reader = BufReader::new(stream.try_clone().ctx("clone socket")?);
+        let mut hello = String::new();
+        reader.read_line(&mut hello).ctx("read HELLO")?;
+        let (server, seen_peer) =
+            parse_hello(&hello).ok_or_else(|| format!("bad greeting {hello:?}"))?;
+        Ok(Conn {
+            stream,
+            reader,
+            server,
+            seen_peer,
+            local,
+        })
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        json!({ "server": self.server, "seen_peer": self.seen_peer.to_string(), "local": self.local.to_string() })
+    }
+}
+
+/// `HELLO <name> <ip> <port>` → (name, ip:port).
+fn parse_hello(line: &str) -> Option<(String, SocketAddr)> {
+    let mut fields = line.trim_end().strip_prefix("HELLO ")?.split(' ');
+    let (name, ip, port) = (fields.next()?, fields.next()?, fields.next()?);
+    Some((
+        name.to_owned(),
+        SocketAddr::new(ip.parse().ok()?, port.parse().ok()?),
+    ))
+}
+
+/// Writes `buf.len()` bytes of the pattern for `seed` starting at `offset`:
+/// 8 bytes per splitmix64 step of the 8-byte block index, so that any slice of
+/// the stream can be computed (and checked) without generating what precedes.
+fn fill_pattern(seed: u64, offset: u64, buf: &mut [u8]) {
+    let mut pos = offset;
+    let mut done = 0;
+    while done < buf.len() {
+        let word = splitmix64(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (pos / 8)).to_le_bytes();
+        let start = (pos % 8) as usize;
+        let n = (8 - start).min(buf.len() - done);
+        buf[done..done + n].copy_from_slice(&word[start..start + n]);
+        done += n;
+        pos += n as u64;
+    }
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// What one echo exchange established.
+struct Echoed {
+    conn: Option<serde_json::Value>,
+    /// Bytes that came back and matched.
+    bytes: u64,
+    error: Option<String>,
+}
+
+/// Opens a connection and sends `total` pattern bytes (seeded by `seed`, or by
+/// the local port) in writes of `chunk` from a thread, then half-closes; reads
+/// the echo meanwhile and checks every byte, and that EOF comes after exactly
+/// `total` bytes (a half-close must not lose data in flight).
+fn echo_once(
+    target: SocketAddr,
+    total: u64,
+    chunk: usize,
+    nodelay: bool,
+    seed: Option<u64>,
+) -> Echoed {
+    let mut conn = match Conn::open(target, nodelay) {
+        Ok(conn) => conn,
+        Err(e) => {
+            return Echoed {
+                conn: None,
+                bytes: 0,
+                error: Some(e),
+            }
+        }
+    };
+    let seed = seed.unwrap_or(conn.local.port().into());
+    let mut writer = match conn.stream.try_clone() {
+        Ok(writer) => writer,
+        Err(e) => {
+            return Echoed {
+                conn: Some(conn.describe()),
+                bytes: 0,
+                error: Some(format!("clone socket: {e}")),
+            }
+        }
+    };
+    let sender = thread::spawn(move || -> Res<()> {
+        let mut buf = vec![0u8; chunk.max(1)];
+        let mut sent = 0u64;
+        while sent < total {
+            let n = buf.len().min((total - sent) as usize);
+            fill_pattern(seed, sent, &mut buf[..n]);
+            writer
+                .write_all(&buf[..n])
+                .ctx(&format!("write at byte {sent}"))?;
+            sent += n as u64;
+        }
+        writer.shutdown(Shutdown::Write).ctx("shutdown(write)")
+    });
+    let (received, read_error) = verify_echo(&mut conn.reader, seed, total);
+    if read_error.is_some() {
+        // Unblocks a sender stuck on a full socket buffer.
+        let _ = conn.stream.shutdown(Shutdown::Both);
+    }
+    let send_error = sender
+        .join()
+        .unwrap_or_else(|_| Err("writer thread panicked".into()))
+        .err();
+    let error = read_error.or(send_error);
+    Echoed {
+        conn: Some(conn.describe()),
+        bytes: received,
+        error,
+    }
+}
+
+/// Reads to EOF, checking the data against the pattern; returns the bytes
+/// matched and the first problem.
+fn verify_echo(reader: &mut impl Read, seed: u64, total: u64) -> (u64, Option<String>) {
+    let mut buf = vec![0u8; DEFAULT_CHUNK];
+    let mut expected = vec![0u8; DEFAULT_CHUNK];
+    let mut received = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) if received == total => return (received, None),
+            Ok(0) => {
+                return (
+                    received,
+                    Some(format!("EOF after {received} of {total} bytes")),
+                )
+            }
+            Ok(n) => n,
+            Err(e) => {
+                return (
+                    received,
+                    Some(format!("read after {received} of {total} bytes: {e}")),
+                )
+            }
+        };
+        if received + n as u64 > total {
+            return (
+                received,
+                Some(format!("more than the {total} bytes sent came back")),
+            );
+        }
+        fill_pattern(seed, received, &mut expected[..n]);
+        if let Some(at) = buf[..n]
+            .iter()
+            .zip(&expected[..n])
+            .position(|(got, want)| got != want)
+        {
+            return (
+                received,
+                Some(format!("wrong byte at offset {}", received + at as u64)),
+            );
+        }
+        received += n as u64;
+    }
+}
+
+fn echo(flags: &Flags) -> Res<bool> {
+    let target: SocketAddr = flags.get("target")?;
+    let total: u64 = flags.get("bytes")?;
+    let chunk = flags.get_or("chunk", DEFAULT_CHUNK)?;
+    let nodelay = flags.get_or("nodelay", false)?;
+    let echoed = echo_once(target, total, chunk, nodelay, None);
+    let mut report = echoed
+        .conn
+        .unwrap_or_else(|| json!({ "server": null, "seen_peer": null, "local": null }));
+    report["bytes"] = echoed.bytes.into();
+    report["ok"] = echoed.error.is_none().into();
+    report["error"] = echoed.error.clone().into();
+    say(report);
+    Ok(echoed.error.is_none())
+}
+
+fn spread(flags: &Flags) -> Res<bool> {
+    let target: SocketAddr = flags.get("target")?;
+    let count: u32 = flags.get("count")?;
+    let mut counts = BTreeMap::<String, u32>::new();
+    let mut errors = Vec::new();
+    for _ in 0..count {
+        match Conn::open(target, false) {
+            Ok(conn) => *counts.entry(conn.server).or_default() += 1,
+            Err(e) => errors.push(e),
+        }
+    }
+    errors.dedup();
+    errors.truncate(5);
+    say(
+        json!({ "counts": counts, "failed": count - counts.values().sum::<u32>(), "errors": errors }),
+    );
+    Ok(errors.is_empty())
+}
+
+fn concurrent(flags: &Flags) -> Res<bool> {
+    let target: SocketAddr = flags.get("target")?;
+    let conns: u64 = flags.get("conns")?;
+    let total: u64 = flags.get("bytes")?;
+    // Each connection's own seed, so that crossed streams would be noticed.
+    let workers: Vec<_> = (0..conns)
+        .map(|index| {
+            thread::spawn(move || {
+                echo_once(target, total, DEFAULT_CHUNK, false, Some(1_000_000 + index))
+            })
+        })
+        .collect();
+    let errors: Vec<String> = workers
+        .into_iter()
+        .filter_map(|worker| {
+            worker
+                .join()
+                .map_or(Some("worker panicked".into()), |echoed| echoed.error)
+        })
+        .collect();
+    let failed = errors.len() as u64;
+    let first: Vec<_> = errors.into_iter().take(5).collect();
+    say(json!({ "ok": conns - failed, "failed": failed, "errors": first }));
+    Ok(failed == 0)
+}
+
+/// Ends a connection with a reset (RST) instead of a FIN: SO_LINGER on with a
+/// zero timeout makes close() abort it.
+fn reset(flags: &Flags) -> Res<bool> {
+    let target: SocketAddr = flags.get("target")?;
+    let result = (|| -> Res<serde_json::Value> {
+        let mut conn = Conn::open(target, true)?;
+        let probe = b"zerohop\n";
+        conn.stream.write_all(probe).ctx("write")?;
+        let mut back = [0u8; 8];
+        conn.reader.read_exact(&mut back).ctx("read echo")?;
+        if &back != probe {
+            return Err(format!("echo {back:?} differs from {probe:?}"));
+        }
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: `linger` outlives the call and its size is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                conn.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(format!("SO_LINGER: {}", io::Error::last_os_error()));
+        }
+        let report = conn.describe();
+        drop(conn); // closes both descriptors of the socket: the last close resets
+        Ok(report)
+    })();
+    let ok = result.is_ok();
+    let mut report = result.clone().unwrap_or_else(|_| json!({}));
+    report["ok"] = ok.into();
+    report["error"] = result.err().into();
+    say(report);
+    Ok(ok)
+}
+
+/// One connection kept open while stdin has lines: each is sent and its echo
+/// printed as `ECHO <line>` (or `ERROR <message>`).
+fn hold(flags: &Flags) -> Res<bool> {
+    let target: SocketAddr = flags.get("target")?;
+    let mut conn = Conn::open(target, true)?;
+    say(conn.describe());
+    let mut ok = true;
+    for line in io::stdin().lock().lines() {
+        let line = line.ctx("read stdin")?;
+        let mut echoed = String::new();
+        let sent = conn.stream.write_all(format!("{line}\n").as_bytes());
+        let result = match sent.and_then(|()| conn.reader.read_line(&mut echoed)) {
+            Ok(0) => Err("connection closed".to_owned()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => say(format_args!("ECHO {}", echoed.trim_end_matches('\n'))),
+            Err(e) => {
+                ok = false;
+                say(format_args!("ERROR {e}"));
+            }
+        }
+    }
+    // Half-close, then drain what the server still sends until its FIN.
+    conn.stream
+        .shutdown(Shutdown::Write)
+        .ctx("shutdown(write)")?;
+    io::copy(&mut conn.reader, &mut io::sink()).ctx("read until EOF")?;
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_slices_agree_with_the_whole() {
+        let mut whole = vec![0u8; 100];
+        fill_pattern(7, 0, &mut whole);
+        let mut part = vec![0u8; 37];
+        fill_pattern(7, 13, &mut part);
+        assert_eq!(&whole[13..50], &part[..]);
+        let mut other = vec![0u8; 100];
+        fill_pattern(8, 0, &mut other);
+        assert_ne!(whole, other);
+    }
+
+    #[test]
+    fn hello_lines_parse() {
+        let (name, peer) = parse_hello("HELLO b fd00:244:1::2 4000\n").unwrap();
+        assert_eq!(
+            (name.as_str(), peer.to_string().as_str()),
+            ("b", "[fd00:244:1::2]:4000")
+        );
+        assert!(parse_hello("HELLO b").is_none());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let args: Vec<String> = ["--target", "[::1]:80", "--nodelay", "--bytes", "5"]
+            .map(String::from)
+            .into();
+        let flags = Flags::parse(&args).unwrap();
+        assert_eq!(flags.get::<SocketAddr>("target").unwrap().port(), 80);
+        assert!(flags.get::<bool>("nodelay").unwrap());
+        assert_eq!(flags.get::<u64>("bytes").unwrap(), 5);
+        assert!(flags.get::<u64>("count").is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! kube-proxy style Services in a node: iptables DNAT in the node's namespace.
+//!
+//! This is the cluster's "normal path": whatever zerohop leaves alone (an unknown
+//! address, a map miss, zerohop not running at all) must still reach a backend
+//! through these rules, and the benchmark compares zerohop against them.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::atomic::Ordering,
+};
+
+use anyhow::{ensure, Context, Result};
+
+use crate::{addressing::Family, cluster::Node, cmd};
+
+/// A service installed by [`Node::add_dnat`]: its address and its own chain.
+pub(crate) struct Service {
+    cluster_ip: IpAddr,
+    port: u16,
+    chain: String,
+}
+
+/// The rules sending `cluster_ip:port` to `chain`. Pods' packets arrive through
+/// PREROUTING; OUTPUT serves clients in the node's own namespace (host network),
+/// as kube-proxy does.
+fn jump_rules(op: &str, service: &Service) -> String {
+    let Service {
+        cluster_ip,
+        port,
+        chain,
+    } = service;
+    ["PREROUTING", "OUTPUT"]
+        .iter()
+        .map(|hook| {
+            format!("{op} {hook} -d {cluster_ip} -p tcp -m tcp --dport {port} -j {chain}\n")
+        })
+        .collect()
+}
+
+/// Feeds `rules` (for the nat table) to ip(6)tables-restore inside `netns`,
+/// keeping the rules already there.
+fn restore(netns: &str, family: Family, rules: &str) -> Result<()> {
+    let input = format!("*nat\n{rules}COMMIT\n");
+    cmd::netns_exec(
+        netns,
+        family.iptables_restore(),
+        &["--noflush"],
+        Some(&input),
+    )
+    .map(drop)
+}
+
+impl Node {
+    /// Makes `cluster_ip:port` (TCP) a Service in this node, load-balanced over
+    /// `endpoints` like kube-proxy's iptables mode: a chain per service whose
+    /// rule `i` of `n` matches with probability `1/(n-i)`, so that each endpoint
+    /// gets an even share; the last rule takes what is left.
+    pub fn add_dnat(
+        &self,
+        cluster_ip: IpAddr,
+        port: u16,
+        endpoints: &[(IpAddr, u16)],
+    ) -> Result<()> {
+        let family = Family::of(cluster_ip);
+        ensure!(
+            !endpoints.is_empty(),
+            "service {cluster_ip}:{port} needs at least one endpoint"
+        );
+        ensure!(
+            endpoints.iter().all(|(ip, _)| Family::of(*ip) == family),
+            "service {cluster_ip}:{port}: endpoints {endpoints:?} must all be of the ClusterIP's family"
+        );
+        let mut services = self.services.lock().unwrap();
+        ensure!(
+            !services
+                .iter()
+                .any(|s| s.cluster_ip == cluster_ip && s.port == port),
+            "service {cluster_ip}:{port} already exists on node {}",
+            self.index()
+        );
+        // Chain names are short (28 characters at most) and unique per node.
+        let service = Service {
+            cluster_ip,
+            port,
+            chain: format!("ZH-SVC-{}", self.next_chain.fetch_add(1, Ordering::Relaxed)),
+        };
+        let chain = &service.chain;
+        let mut rules = format!(":{chain} - [0:0]\n");
+        rules += &jump_rules("-A", &service);
+        for (i, &endpoint) in endpoints.iter().enumerate() {
+            let left = endpoints.len() - i;
+            let pick = if left > 1 {
+                format!(
+                    "-m statistic --mode random --probability {:.10} ",
+                    1.0 / left as f64
+                )
+            } else {
+                String::new()
+            };
+            // SocketAddr writes `[v6]:port`, the form --to-destination wants.
+            let to = SocketAddr::from(endpoint);
+            rules += &format!("-A {chain} -p tcp {pick}-j DNAT --to-destination {to}\n");
+        }
+        restore(self.netns(), family, &rules).with_context(|| {
+            format!(
+                "cannot add service {cluster_ip}:{port} on node {}",
+                self.index()
+            )
+        })?;
+        services.push(service);
+        Ok(())
+    }
+
+    /// Removes the Service `cluster_ip:port` added by [`Node::add_dnat`].
+    pub fn remove_dnat(&self, cluster_ip: IpAddr, port: u16) -> Result<()> {
+        let mut services = self.services.lock().unwrap();
+        let at = services
+            .iter()
+            .position(|s| s.cluster_ip == cluster_ip && s.port == port)
+            .with_context(|| format!("no service {cluster_ip}:{port} on node {}", self.index()))?;
+        let service = &services[at];
+        let rules = format!(
+            "{}-F {chain}\n-X {chain}\n",
+            jump_rules("-D", service),
+            chain = service.chain
+        );
+        restore(self.netns(), Family::of(cluster_ip), &rules).with_context(|| {
+            format!(
+                "cannot remove service {cluster_ip}:{port} on node {}",
+                self.index()
+            )
+        })?;
+        services.remove(at);
+        Ok(())
+    }
+}

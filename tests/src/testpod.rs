@@ -1,0 +1,274 @@
+//! Typed driver for the `zh-testpod` program (src/bin/zh-testpod.rs) in pods.
+//!
+//! The program prints one JSON line per client command; these helpers run it in
+//! a pod and parse that line, so tests read as "echo from a to b".
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{de::DeserializeOwned, Deserialize};
+
+use crate::{cluster::Pod, process::PodProcess};
+
+/// How long a client command may take in all (its own reads time out at 10 s).
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a server may take to listen.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `zh-testpod` binary.
+#[derive(Clone, Debug)]
+pub struct Testpod {
+    path: PathBuf,
+}
+
+/// Result of `zh-testpod echo`.
+#[derive(Debug, Deserialize)]
+pub struct EchoReport {
+    /// Name of the server that answered (from its HELLO line).
+    pub server: Option<String>,
+    /// The client address the server saw.
+    pub seen_peer: Option<SocketAddr>,
+    /// The client's own address.
+    pub local: Option<SocketAddr>,
+    /// Bytes echoed back and verified.
+    pub bytes: u64,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// Result of `zh-testpod spread`: connections per answering server.
+#[derive(Debug, Deserialize)]
+pub struct SpreadReport {
+    pub counts: BTreeMap<String, u64>,
+    pub failed: u64,
+}
+
+/// Result of `zh-testpod concurrent`.
+#[derive(Debug, Deserialize)]
+pub struct ConcurrentReport {
+    pub ok: u64,
+    pub failed: u64,
+    /// The first few errors, if any.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// Result of `zh-testpod reset`.
+#[derive(Debug, Deserialize)]
+pub struct ResetReport {
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// The first line of `zh-testpod hold`: who answered.
+#[derive(Debug, Deserialize)]
+pub struct Greeting {
+    pub server: String,
+    pub seen_peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// A server's `CONN peer=<addr> bytes=<n> end=<how>` line, one per finished
+/// connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServerConn {
+    pub peer: SocketAddr,
+    /// Bytes received (and echoed).
+    pub bytes: u64,
+    /// `eof`, `reset` or `error:<message>`.
+    pub end: String,
+}
+
+impl ServerConn {
+    pub fn parse(line: &str) -> Option<ServerConn> {
+        let mut fields = line.strip_prefix("CONN ")?.splitn(3, ' ');
+        let peer = fields.next()?.strip_prefix("peer=")?.parse().ok()?;
+        let bytes = fields.next()?.strip_prefix("bytes=")?.parse().ok()?;
+        let end = fields.next()?.strip_prefix("end=")?.to_owned();
+        Some(ServerConn { peer, bytes, end })
+    }
+}
+
+/// A long-lived connection (`zh-testpod hold`) driven line by line.
+pub struct Hold {
+    pub greeting: Greeting,
+    process: PodProcess,
+}
+
+impl Hold {
+    /// Sends `line` over the connection and returns the echoed line.
+    pub fn echo(&mut self, line: &str) -> Result<String> {
+        self.process.write_line(line)?;
+        let reply = self
+            .process
+            .read_line_timeout(Duration::from_secs(15))?
+            .context("hold client ended")?;
+        match reply.strip_prefix("ECHO ") {
+            Some(echoed) => Ok(echoed.to_owned()),
+            None => bail!("hold client: {reply}"),
+        }
+    }
+
+    /// Half-closes the connection and waits for the client to exit cleanly.
+    pub fn close(mut self) -> Result<()> {
+        self.process.close_stdin();
+        let finished = self.process.finish(Duration::from_secs(15))?;
+        ensure!(
+            finished.status.success(),
+            "hold client failed: {finished:?}"
+        );
+        Ok(())
+    }
+}
+
+impl Testpod {
+    pub fn at(path: impl Into<PathBuf>) -> Testpod {
+        Testpod { path: path.into() }
+    }
+
+    /// Finds the binary: `$ZH_TESTPOD`, else next to the running program or one
+    /// directory up (where cargo puts bins for the test executables in `deps/`).
+    /// Integration tests of this package can also use
+    /// `Testpod::at(env!("CARGO_BIN_EXE_zh-testpod"))`.
+    pub fn locate() -> Result<Testpod> {
+        if let Some(path) = std::env::var_os("ZH_TESTPOD") {
+            return Ok(Testpod::at(path));
+        }
+        let exe = std::env::current_exe()?;
+        exe.ancestors()
+            .skip(1)
+            .take(2)
+            .map(|dir| dir.join("zh-testpod"))
+            .find(|path| path.is_file())
+            .map(Testpod::at)
+            .context("zh-testpod not found: build it (cargo build -p zerohop-tests --bins) or set ZH_TESTPOD")
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts `zh-testpod server` in `pod` and waits until it listens (v4 and v6).
+    pub fn server(&self, pod: &Pod, name: &str, port: u16) -> Result<PodProcess> {
+        let mut server = pod.spawn(
+            &self.path,
+            ["server", "--name", name, "--port", &port.to_string()],
+        )?;
+        server
+            .wait_for_line("READY", READY_TIMEOUT)
+            .with_context(|| format!("server {name} in pod {}", pod.name))?;
+        Ok(server)
+    }
+
+    /// Runs `zh-testpod <args>` in `pod` and parses its last stdout line.
+    /// A failing exit is fine as long as that line parses (reports carry `ok`).
+    pub fn run_json<T: DeserializeOwned>(&self, pod: &Pod, args: &[&str]) -> Result<T> {
+        let finished = pod.run(&self.path, args, RUN_TIMEOUT)?;
+        let last = finished
+            .stdout
+            .last()
+            .map(String::as_str)
+            .unwrap_or_default();
+        serde_json::from_str(last).with_context(|| {
+            format!(
+                "zh-testpod {} in pod {} gave no report: {finished:?}",
+                args.join(" "),
+                pod.name
+            )
+        })
+    }
+
+    /// Sends `bytes` bytes to `target` and checks they come back.
+    pub fn echo(&self, pod: &Pod, target: SocketAddr, bytes: u64) -> Result<EchoReport> {
+        self.run_json(
+            pod,
+            &[
+                "echo",
+                "--target",
+                &target.to_string(),
+                "--bytes",
+                &bytes.to_string(),
+            ],
+        )
+    }
+
+    /// Opens `count` connections to `target` one after the other and counts
+    /// which server answered each.
+    pub fn spread(&self, pod: &Pod, target: SocketAddr, count: u32) -> Result<SpreadReport> {
+        self.run_json(
+            pod,
+            &[
+                "spread",
+                "--target",
+                &target.to_string(),
+                "--count",
+                &count.to_string(),
+            ],
+        )
+    }
+
+    /// `conns` connections at once, each echoing its own `bytes` bytes.
+    pub fn concurrent(
+        &self,
+        pod: &Pod,
+        target: SocketAddr,
+        conns: u32,
+        bytes: u64,
+    ) -> Result<ConcurrentReport> {
+        let (target, conns, bytes) = (target.to_string(), conns.to_string(), bytes.to_string());
+        self.run_json(
+            pod,
+            &[
+                "concurrent",
+                "--target",
+                &target,
+                "--conns",
+                &conns,
+                "--bytes",
+                &bytes,
+            ],
+        )
+    }
+
+    /// A connection closed by a reset (RST) after a short echo.
+    pub fn reset(&self, pod: &Pod, target: SocketAddr) -> Result<ResetReport> {
+        self.run_json(pod, &["reset", "--target", &target.to_string()])
+    }
+
+    /// Opens a long-lived connection to `target`.
+    pub fn hold(&self, pod: &Pod, target: SocketAddr) -> Result<Hold> {
+        let mut process = pod.spawn(&self.path, ["hold", "--target", &target.to_string()])?;
+        let first = process
+            .read_line_timeout(Duration::from_secs(15))?
+            .context("hold client printed nothing")?;
+        let greeting = serde_json::from_str(&first)
+            .with_context(|| format!("hold client: {first}; stderr: {}", process.stderr()))?;
+        Ok(Hold { greeting, process })
+    }
+
+    /// The next finished connection a server reports.
+    pub fn next_conn(server: &mut PodProcess, timeout: Duration) -> Result<ServerConn> {
+        let line = server.wait_for_line("CONN ", timeout)?;
+        ServerConn::parse(&line).with_context(|| format!("malformed server line {line:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_lines_parse() {
+        let conn =
+            ServerConn::parse("CONN peer=[fd00:244:1::2]:4000 bytes=12 end=error:broken pipe")
+                .unwrap();
+        assert_eq!(conn.peer, "[fd00:244:1::2]:4000".parse().unwrap());
+        assert_eq!((conn.bytes, conn.end.as_str()), (12, "error:broken pipe"));
+        assert!(ServerConn::parse("READY").is_none());
+    }
+}

@@ -1,0 +1,781 @@
+//! Conversion of Kubernetes API objects into the [`model`](crate::model).
+//!
+//! Each conversion either gives a model object, or a [`ConvertError`] that
+//! names the object. Two kinds of error:
+//! - [`ConvertError::Ignored`]: a valid object zerohop has nothing to do with
+//!   (headless and ExternalName Services, FQDN EndpointSlices). Callers skip
+//!   it silently; [`ConvertError::is_ignored`] tells them apart.
+//! - [`ConvertError::Invalid`]: an object that cannot be routed by, with the
+//!   reason. Callers report it and carry on with the other objects.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::model::{
+    Endpoint, EndpointSlice, Family, Protocol, Service, ServiceId, ServicePort, SliceId, SlicePort,
+    TrafficPolicy,
+};
+
+/// Service annotation; the value `off` keeps connections of the Service on
+/// the network stack (they are still translated at connect time).
+pub const BYPASS_ANNOTATION: &str = "zerohop.io/bypass";
+
+/// EndpointSlice label naming the Service the slice belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Namespace of an object whose manifest does not say.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Why an object could not be converted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    /// A valid object without anything for zerohop to do: skip it silently.
+    #[error("{object}: ignored: {reason}")]
+    Ignored {
+        /// The object, e.g. `Service default/web`.
+        object: String,
+        /// Why it is ignored.
+        reason: IgnoreReason,
+    },
+    /// An object zerohop cannot use: report it.
+    #[error("{object}: {reason}")]
+    Invalid {
+        /// The object, e.g. `Service default/web`.
+        object: String,
+        /// What is wrong with it.
+        reason: InvalidReason,
+    },
+}
+
+impl ConvertError {
+    /// The object, e.g. `Service default/web`.
+    pub fn object(&self) -> &str {
+        match self {
+            ConvertError::Ignored { object, .. } | ConvertError::Invalid { object, .. } => object,
+        }
+    }
+
+    /// True for objects to skip silently rather than report.
+    pub fn is_ignored(&self) -> bool {
+        matches!(self, ConvertError::Ignored { .. })
+    }
+
+    /// The reason alone, without the object.
+    pub fn reason(&self) -> String {
+        match self {
+            ConvertError::Ignored { reason, .. } => format!("ignored: {reason}"),
+            ConvertError::Invalid { reason, .. } => reason.to_string(),
+        }
+    }
+}
+
+/// Why a valid object has nothing for zerohop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IgnoreReason {
+    /// `clusterIP: None`.
+    #[error("headless Service (clusterIP None): clients resolve the endpoints themselves")]
+    Headless,
+    /// `type: ExternalName`.
+    #[error("ExternalName Service: it is a DNS alias, without a ClusterIP")]
+    ExternalName,
+    /// `addressType: FQDN`.
+    #[error("FQDN EndpointSlice: it holds names, not addresses")]
+    FqdnSlice,
+}
+
+/// What makes an object unusable. Fields are named by their manifest path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidReason {
+    /// `metadata.name` is absent or empty.
+    #[error("metadata.name is missing")]
+    MissingName,
+    /// Neither `spec.clusterIPs` nor `spec.clusterIP` is set.
+    #[error("no ClusterIP")]
+    NoClusterIp,
+    /// A string that should be an IP address is not one.
+    #[error("{field}: {value:?} is not an IP address")]
+    BadAddress {
+        /// Where, e.g. `spec.clusterIPs[1]`.
+        field: String,
+        /// The text found.
+        value: String,
+    },
+    /// A port without a number (or with 0).
+    #[error("{field}: no port number")]
+    NoPortNumber {
+        /// Where, e.g. `spec.ports[0]`.
+        field: String,
+    },
+    /// A port number outside 1-65535.
+    #[error("{field}: {value} is not a port number (1-65535)")]
+    PortOutOfRange {
+        /// Where, e.g. `spec.ports[0]`.
+        field: String,
+        /// The number found.
+        value: i32,
+    },
+    /// A protocol other than TCP, UDP, SCTP.
+    #[error("{field}: protocol {value:?} is not TCP, UDP or SCTP")]
+    UnknownProtocol {
+        /// Where, e.g. `spec.ports[0]`.
+        field: String,
+        /// The text found.
+        value: String,
+    },
+    /// An EndpointSlice without the `kubernetes.io/service-name` label.
+    #[error("label {SERVICE_NAME_LABEL} is missing: the slice belongs to no Service")]
+    MissingServiceLabel,
+    /// An `addressType` other than IPv4, IPv6, FQDN.
+    #[error("addressType {0:?} is not IPv4, IPv6 or FQDN")]
+    UnknownAddressType(String),
+    /// An endpoint address of the other family than the slice's.
+    #[error("{field}: {address} is not an {family} address, as the slice's addressType requires")]
+    WrongFamily {
+        /// Where, e.g. `endpoints[0].addresses[0]`.
+        field: String,
+        /// The address found.
+        address: IpAddr,
+        /// The slice's family.
+        family: Family,
+    },
+}
+
+/// Namespace and name of an object, and its label for messages
+/// (`Service default/web`, `Service default/<no name>`).
+struct Identity {
+    namespace: String,
+    name: Option<String>,
+    label: String,
+}
+
+impl Identity {
+    fn of(kind: &str, metadata: &ObjectMeta) -> Identity {
+        let namespace = metadata
+            .namespace
+            .clone()
+            .filter(|namespace| !namespace.is_empty())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        let name = metadata.name.clone().filter(|name| !name.is_empty());
+        let label = object_label(kind, &namespace, name.as_deref());
+        Identity {
+            namespace,
+            name,
+            label,
+        }
+    }
+
+    fn invalid(&self, reason: InvalidReason) -> ConvertError {
+        ConvertError::Invalid {
+            object: self.label.clone(),
+            reason,
+        }
+    }
+
+    fn ignored(&self, reason: IgnoreReason) -> ConvertError {
+        ConvertError::Ignored {
+            object: self.label.clone(),
+            reason,
+        }
+    }
+
+    fn name(&self) -> Result<String, ConvertError> {
+        self.name
+            .clone()
+            .ok_or_else(|| self.invalid(InvalidReason::MissingName))
+    }
+}
+
+/// How messages name an object: `Service default/web`.
+pub fn object_label(kind: &str, namespace: &str, name: Option<&str>) -> String {
+    format!("{kind} {namespace}/{}", name.unwrap_or("<no name>"))
+}
+
+impl TryFrom<&core::Service> for Service {
+    type Error = ConvertError;
+
+    fn try_from(service: &core::Service) -> Result<Self, Self::Error> {
+        let identity = Identity::of("Service", &service.metadata);
+        let name = identity.name()?;
+        let default_spec = core::ServiceSpec::default();
+        let spec = service.spec.as_ref().unwrap_or(&default_spec);
+
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return Err(identity.ignored(IgnoreReason::ExternalName));
+        }
+        let cluster_ips = cluster_ips(spec).map_err(|reason| identity.invalid(reason))?;
+        if cluster_ips.first().map(|(_, text)| text.as_str()) == Some("None") {
+            return Err(identity.ignored(IgnoreReason::Headless));
+        }
+        let cluster_ips = cluster_ips
+            .into_iter()
+            .map(|(field, text)| parse_address(field, &text))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| identity.invalid(reason))?;
+
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(index, port)| {
+                let field = format!("spec.ports[{index}]");
+                Ok(ServicePort {
+                    name: port.name.clone().unwrap_or_default(),
+                    port: port_number(&field, Some(port.port))?,
+                    protocol: protocol(&field, port.protocol.as_deref())?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| identity.invalid(reason))?;
+
+        let bypass = service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(BYPASS_ANNOTATION))
+            .is_none_or(|value| value != "off");
+
+        Ok(Service {
+            id: ServiceId::new(identity.namespace, name),
+            cluster_ips,
+            ports,
+            traffic: traffic_policy(spec),
+            bypass,
+        })
+    }
+}
+
+/// The ClusterIPs as text, each with its manifest path: `spec.clusterIPs`
+/// when present (it lists every family), else `spec.clusterIP`.
+fn cluster_ips(spec: &core::ServiceSpec) -> Result<Vec<(String, String)>, InvalidReason> {
+    let listed: Vec<(String, String)> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips
+            .iter()
+            .enumerate()
+            .map(|(index, ip)| (format!("spec.clusterIPs[{index}]"), ip.clone()))
+            .collect(),
+        _ => spec
+            .cluster_ip
+            .iter()
+            .filter(|ip| !ip.is_empty())
+            .map(|ip| ("spec.clusterIP".to_string(), ip.clone()))
+            .collect(),
+    };
+    if listed.is_empty() {
+        return Err(InvalidReason::NoClusterIp);
+    }
+    Ok(listed)
+}
+
+/// `internalTrafficPolicy: Local` wins over `trafficDistribution`; zone
+/// preferences (`PreferClose`, `PreferSameZone`) do not restrict anything
+/// here, since every endpoint of a node is in the node's zone.
+fn traffic_policy(spec: &core::ServiceSpec) -> TrafficPolicy {
+    if spec.internal_traffic_policy.as_deref() == Some("Local") {
+        TrafficPolicy::NodeLocal
+    } else if spec.traffic_distribution.as_deref() == Some("PreferSameNode") {
+        TrafficPolicy::PreferSameNode
+    } else {
+        TrafficPolicy::Cluster
+    }
+}
+
+impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
+    type Error = ConvertError;
+
+    fn try_from(slice: &discovery::EndpointSlice) -> Result<Self, Self::Error> {
+        let identity = Identity::of("EndpointSlice", &slice.metadata);
+        let name = identity.name()?;
+        let service_name = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+            .filter(|service| !service.is_empty())
+            .ok_or_else(|| identity.invalid(InvalidReason::MissingServiceLabel))?;
+        let family = match slice.address_type.as_str() {
+            "IPv4" => Family::V4,
+            "IPv6" => Family::V6,
+            "FQDN" => return Err(identity.ignored(IgnoreReason::FqdnSlice)),
+            other => {
+                return Err(identity.invalid(InvalidReason::UnknownAddressType(other.to_string())))
+            }
+        };
+
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(index, port)| {
+                let field = format!("ports[{index}]");
+                Ok(SlicePort {
+                    name: port.name.clone().unwrap_or_default(),
+                    port: port_number(&field, port.port)?,
+                    protocol: protocol(&field, port.protocol.as_deref())?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| identity.invalid(reason))?;
+
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(index, endpoint)| convert_endpoint(index, endpoint, family))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| identity.invalid(reason))?;
+
+        Ok(EndpointSlice {
+            service: ServiceId::new(identity.namespace.clone(), service_name.clone()),
+            id: SliceId::new(identity.namespace, name),
+            family,
+            ports,
+            endpoints,
+        })
+    }
+}
+
+fn convert_endpoint(
+    index: usize,
+    endpoint: &discovery::Endpoint,
+    family: Family,
+) -> Result<Endpoint, InvalidReason> {
+    let addresses = endpoint
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(address_index, text)| {
+            let field = format!("endpoints[{index}].addresses[{address_index}]");
+            let address = parse_address(field.clone(), text)?;
+            if Family::of(&address) != family {
+                return Err(InvalidReason::WrongFamily {
+                    field,
+                    address,
+                    family,
+                });
+            }
+            Ok(address)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Endpoint {
+        addresses,
+        // Kubernetes: "nil should be interpreted as ready".
+        ready: endpoint
+            .conditions
+            .as_ref()
+            .and_then(|conditions| conditions.ready)
+            .unwrap_or(true),
+        node_name: endpoint.node_name.clone(),
+    })
+}
+
+fn parse_address(field: String, text: &str) -> Result<IpAddr, InvalidReason> {
+    text.parse().map_err(|_| InvalidReason::BadAddress {
+        field,
+        value: text.to_string(),
+    })
+}
+
+fn port_number(field: &str, value: Option<i32>) -> Result<u16, InvalidReason> {
+    match value {
+        None | Some(0) => Err(InvalidReason::NoPortNumber {
+            field: field.to_string(),
+        }),
+        Some(number) => u16::try_from(number).map_err(|_| InvalidReason::PortOutOfRange {
+            field: field.to_string(),
+            value: number,
+        }),
+    }
+}
+
+/// Absent means TCP, as in Kubernetes.
+fn protocol(field: &str, value: Option<&str>) -> Result<Protocol, InvalidReason> {
+    match value {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Ok(Protocol::Sctp),
+        Some(other) => Err(InvalidReason::UnknownProtocol {
+            field: field.to_string(),
+            value: other.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(yaml: &str) -> Result<Service, ConvertError> {
+        let wire: core::Service = serde_yaml_ng::from_str(yaml).expect("test YAML is a Service");
+        Service::try_from(&wire)
+    }
+
+    fn slice(yaml: &str) -> Result<EndpointSlice, ConvertError> {
+        let wire: discovery::EndpointSlice =
+            serde_yaml_ng::from_str(yaml).expect("test YAML is an EndpointSlice");
+        EndpointSlice::try_from(&wire)
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// The full message, and checks it names the object.
+    fn invalid_message(result: Result<impl std::fmt::Debug, ConvertError>, object: &str) -> String {
+        let error = result.expect_err("conversion should fail");
+        assert!(!error.is_ignored(), "{error}");
+        assert_eq!(error.object(), object);
+        let message = error.to_string();
+        assert!(message.starts_with(&format!("{object}: ")), "{message}");
+        message
+    }
+
+    const WEB: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: http, port: 80, targetPort: web}
+  - {name: dns, port: 53, protocol: UDP}
+";
+
+    #[test]
+    fn service_keeps_id_ips_ports_and_defaults() {
+        let web = service(WEB).unwrap();
+        assert_eq!(web.id, ServiceId::new("shop", "web"));
+        assert_eq!(web.cluster_ips, vec![ip("10.96.0.10")]);
+        assert_eq!(
+            web.ports,
+            vec![
+                ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    protocol: Protocol::Tcp
+                },
+                ServicePort {
+                    name: "dns".into(),
+                    port: 53,
+                    protocol: Protocol::Udp
+                },
+            ]
+        );
+        assert_eq!(web.traffic, TrafficPolicy::Cluster);
+        assert!(web.bypass);
+    }
+
+    #[test]
+    fn namespace_defaults_to_default() {
+        let web = service(
+            "{kind: Service, apiVersion: v1, metadata: {name: web}, spec: {clusterIP: 10.96.0.1}}",
+        )
+        .unwrap();
+        assert_eq!(web.id, ServiceId::new("default", "web"));
+        assert!(web.ports.is_empty());
+    }
+
+    #[test]
+    fn cluster_ips_win_over_cluster_ip() {
+        let web = service(
+            "
+kind: Service
+apiVersion: v1
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, 'fd00:96::10']
+",
+        )
+        .unwrap();
+        assert_eq!(web.cluster_ips, vec![ip("10.96.0.10"), ip("fd00:96::10")]);
+    }
+
+    #[test]
+    fn traffic_policies() {
+        let with_spec = |extra: &str| {
+            service(&format!(
+                "{{kind: Service, apiVersion: v1, metadata: {{name: web}}, spec: {{clusterIP: 10.96.0.1 {extra}}}}}"
+            ))
+            .unwrap()
+            .traffic
+        };
+        assert_eq!(with_spec(""), TrafficPolicy::Cluster);
+        assert_eq!(
+            with_spec(", internalTrafficPolicy: Cluster"),
+            TrafficPolicy::Cluster
+        );
+        assert_eq!(
+            with_spec(", trafficDistribution: PreferClose"),
+            TrafficPolicy::Cluster
+        );
+        assert_eq!(
+            with_spec(", trafficDistribution: PreferSameNode"),
+            TrafficPolicy::PreferSameNode
+        );
+        assert_eq!(
+            with_spec(", internalTrafficPolicy: Local"),
+            TrafficPolicy::NodeLocal
+        );
+        assert_eq!(
+            with_spec(", internalTrafficPolicy: Local, trafficDistribution: PreferSameNode"),
+            TrafficPolicy::NodeLocal
+        );
+    }
+
+    #[test]
+    fn bypass_annotation_off_disables_bypass_only_for_off() {
+        let annotated = |value: &str| {
+            service(&format!(
+                "{{kind: Service, apiVersion: v1, metadata: {{name: web, annotations: {{zerohop.io/bypass: '{value}'}}}}, spec: {{clusterIP: 10.96.0.1}}}}"
+            ))
+            .unwrap()
+            .bypass
+        };
+        assert!(!annotated("off"));
+        assert!(annotated("on"));
+    }
+
+    #[test]
+    fn headless_and_external_name_services_are_ignored() {
+        for (yaml, reason) in [
+            (
+                "{kind: Service, apiVersion: v1, metadata: {name: db}, spec: {clusterIP: None}}",
+                IgnoreReason::Headless,
+            ),
+            (
+                "{kind: Service, apiVersion: v1, metadata: {name: db}, spec: {clusterIPs: [None]}}",
+                IgnoreReason::Headless,
+            ),
+            (
+                "{kind: Service, apiVersion: v1, metadata: {name: db}, spec: {type: ExternalName, externalName: db.example.com}}",
+                IgnoreReason::ExternalName,
+            ),
+        ] {
+            let error = service(yaml).unwrap_err();
+            assert!(error.is_ignored(), "{error}");
+            assert_eq!(
+                error,
+                ConvertError::Ignored {
+                    object: "Service default/db".into(),
+                    reason
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn service_without_name_is_invalid() {
+        let message = invalid_message(
+            service("{kind: Service, apiVersion: v1, metadata: {namespace: shop}, spec: {clusterIP: 10.96.0.1}}"),
+            "Service shop/<no name>",
+        );
+        assert!(message.ends_with("metadata.name is missing"), "{message}");
+    }
+
+    #[test]
+    fn service_without_cluster_ip_is_invalid() {
+        for yaml in [
+            "{kind: Service, apiVersion: v1, metadata: {name: web}, spec: {ports: [{port: 80}]}}",
+            "{kind: Service, apiVersion: v1, metadata: {name: web}, spec: {clusterIP: ''}}",
+            "{kind: Service, apiVersion: v1, metadata: {name: web}}",
+        ] {
+            assert_eq!(
+                invalid_message(service(yaml), "Service default/web"),
+                "Service default/web: no ClusterIP"
+            );
+        }
+    }
+
+    #[test]
+    fn service_with_unparsable_cluster_ip_is_invalid() {
+        let message = invalid_message(
+            service("{kind: Service, apiVersion: v1, metadata: {name: web}, spec: {clusterIPs: [10.96.0.1, 'fd00::zz']}}"),
+            "Service default/web",
+        );
+        assert_eq!(
+            message,
+            r#"Service default/web: spec.clusterIPs[1]: "fd00::zz" is not an IP address"#
+        );
+    }
+
+    #[test]
+    fn service_port_without_number_is_invalid() {
+        // k8s-openapi reads a missing `port` as 0.
+        let message = invalid_message(
+            service("{kind: Service, apiVersion: v1, metadata: {name: web}, spec: {clusterIP: 10.96.0.1, ports: [{port: 80}, {name: http}]}}"),
+            "Service default/web",
+        );
+        assert_eq!(
+            message,
+            "Service default/web: spec.ports[1]: no port number"
+        );
+    }
+
+    #[test]
+    fn service_port_out_of_range_or_unknown_protocol_is_invalid() {
+        let message = invalid_message(
+            service("{kind: Service, apiVersion: v1, metadata: {name: web}, spec: {clusterIP: 10.96.0.1, ports: [{port: 70000}]}}"),
+            "Service default/web",
+        );
+        assert!(
+            message.contains("spec.ports[0]: 70000 is not a port number"),
+            "{message}"
+        );
+        let message = invalid_message(
+            service("{kind: Service, apiVersion: v1, metadata: {name: web}, spec: {clusterIP: 10.96.0.1, ports: [{port: 80, protocol: QUIC}]}}"),
+            "Service default/web",
+        );
+        assert!(
+            message.contains(r#"protocol "QUIC" is not TCP"#),
+            "{message}"
+        );
+    }
+
+    const WEB_SLICE: &str = "
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, port: 8080}
+- {port: 9090, protocol: UDP}
+endpoints:
+- addresses: [10.244.1.2]
+  nodeName: node1
+- addresses: [10.244.2.2]
+  conditions: {ready: false}
+- addresses: [10.244.3.2]
+  conditions: {ready: true, serving: true}
+";
+
+    #[test]
+    fn slice_keeps_service_ports_and_endpoints() {
+        let web = slice(WEB_SLICE).unwrap();
+        assert_eq!(web.id, SliceId::new("shop", "web-abc"));
+        assert_eq!(web.service, ServiceId::new("shop", "web"));
+        assert_eq!(web.family, Family::V4);
+        assert_eq!(
+            web.ports,
+            vec![
+                SlicePort {
+                    name: "http".into(),
+                    port: 8080,
+                    protocol: Protocol::Tcp
+                },
+                SlicePort {
+                    name: "".into(),
+                    port: 9090,
+                    protocol: Protocol::Udp
+                },
+            ]
+        );
+        assert_eq!(
+            web.endpoints[0],
+            Endpoint {
+                addresses: vec![ip("10.244.1.2")],
+                ready: true,
+                node_name: Some("node1".into())
+            }
+        );
+    }
+
+    #[test]
+    fn ready_is_true_when_absent_and_false_only_when_false() {
+        let web = slice(WEB_SLICE).unwrap();
+        let ready: Vec<bool> = web.endpoints.iter().map(|e| e.ready).collect();
+        assert_eq!(ready, vec![true, false, true]);
+        assert_eq!(web.endpoints[1].node_name, None);
+    }
+
+    #[test]
+    fn ipv6_slice() {
+        let web = slice(
+            "{kind: EndpointSlice, apiVersion: discovery.k8s.io/v1, metadata: {name: s, labels: {kubernetes.io/service-name: web}}, addressType: IPv6, endpoints: [{addresses: ['fd00:244:1::2']}]}",
+        )
+        .unwrap();
+        assert_eq!(web.family, Family::V6);
+        assert_eq!(web.endpoints[0].addresses, vec![ip("fd00:244:1::2")]);
+        assert!(web.ports.is_empty());
+    }
+
+    #[test]
+    fn fqdn_slice_is_ignored() {
+        let error = slice(
+            "{kind: EndpointSlice, apiVersion: discovery.k8s.io/v1, metadata: {name: s, labels: {kubernetes.io/service-name: web}}, addressType: FQDN, endpoints: [{addresses: [db.example.com]}]}",
+        )
+        .unwrap_err();
+        assert!(error.is_ignored());
+        assert_eq!(error.object(), "EndpointSlice default/s");
+    }
+
+    #[test]
+    fn slice_without_name_or_service_label_is_invalid() {
+        let message = invalid_message(
+            slice("{kind: EndpointSlice, apiVersion: discovery.k8s.io/v1, metadata: {labels: {kubernetes.io/service-name: web}}, addressType: IPv4, endpoints: []}"),
+            "EndpointSlice default/<no name>",
+        );
+        assert!(message.ends_with("metadata.name is missing"));
+        let message = invalid_message(
+            slice("{kind: EndpointSlice, apiVersion: discovery.k8s.io/v1, metadata: {name: s, namespace: shop}, addressType: IPv4, endpoints: []}"),
+            "EndpointSlice shop/s",
+        );
+        assert!(
+            message.contains("label kubernetes.io/service-name is missing"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn slice_with_unknown_address_type_is_invalid() {
+        let message = invalid_message(
+            slice("{kind: EndpointSlice, apiVersion: discovery.k8s.io/v1, metadata: {name: s, labels: {kubernetes.io/service-name: web}}, addressType: IPX, endpoints: []}"),
+            "EndpointSlice default/s",
+        );
+        assert!(
+            message.ends_with(r#"addressType "IPX" is not IPv4, IPv6 or FQDN"#),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn slice_address_of_wrong_family_is_invalid() {
+        let message = invalid_message(
+            slice("{kind: EndpointSlice, apiVersion: discovery.k8s.io/v1, metadata: {name: s, labels: {kubernetes.io/service-name: web}}, addressType: IPv4, endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2, 'fd00::2']}]}"),
+            "EndpointSlice default/s",
+        );
+        assert_eq!(
+            message,
+            "EndpointSlice default/s: endpoints[1].addresses[1]: fd00::2 is not an IPv4 address, as the slice's addressType requires"
+        );
+    }
+
+    #[test]
+    fn slice_with_unparsable_address_is_invalid() {
+        let message = invalid_message(
+            slice("{kind: EndpointSlice, apiVersion: discovery.k8s.io/v1, metadata: {name: s, labels: {kubernetes.io/service-name: web}}, addressType: IPv4, endpoints: [{addresses: [10.0.0.300]}]}"),
+            "EndpointSlice default/s",
+        );
+        assert!(
+            message.ends_with(r#"endpoints[0].addresses[0]: "10.0.0.300" is not an IP address"#),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn slice_port_without_number_is_invalid() {
+        let message = invalid_message(
+            slice("{kind: EndpointSlice, apiVersion: discovery.k8s.io/v1, metadata: {name: s, labels: {kubernetes.io/service-name: web}}, addressType: IPv4, ports: [{name: http}], endpoints: []}"),
+            "EndpointSlice default/s",
+        );
+        assert!(message.ends_with("ports[0]: no port number"), "{message}");
+    }
+}

@@ -1,0 +1,79 @@
+//! The manifests in `deploy/examples`, used by the demo, plan as the demo
+//! expects on node1.
+
+use std::net::SocketAddr;
+
+use zerohop_abi::BackendKey;
+
+use crate::{addr, build_view, plan, plan::frontend_key};
+
+fn example_files() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml" || ext == "json")
+        })
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&path).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Backends of a frontend in slot order, as (`address:port`, local).
+fn backends(desired: &crate::Desired, cluster_ip: &str, port: u16) -> Vec<(String, bool)> {
+    let key = frontend_key(cluster_ip.parse().unwrap(), port);
+    let service = desired.services[&key];
+    (0..service.endpoints)
+        .map(|slot| {
+            let backend = desired.backends[&BackendKey {
+                frontend: key,
+                slot,
+            }];
+            let address = addr::from_kernel(backend.addr, key.family).unwrap();
+            (
+                SocketAddr::new(address, backend.port).to_string(),
+                backend.local == 1,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn examples_plan_one_local_and_one_remote_service_on_node1() {
+    let files = example_files();
+    let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+    assert!(
+        names.contains(&"services.yaml") && names.contains(&"endpointslices.yaml"),
+        "{names:?}"
+    );
+
+    let (view, problems) = build_view(files);
+    assert_eq!(problems, vec![]);
+    let plan = plan(&view, "node1");
+    assert_eq!(plan.problems, vec![]);
+    let desired = &plan.desired;
+
+    assert_eq!(
+        backends(desired, "10.96.0.10", 80),
+        vec![("10.244.1.2:8080".to_string(), true)]
+    );
+    assert_eq!(
+        backends(desired, "fd00:96::10", 80),
+        vec![("[fd00:244:1::2]:8080".to_string(), true)]
+    );
+    assert_eq!(
+        backends(desired, "10.96.0.20", 80),
+        vec![("10.244.2.2:8080".to_string(), false)]
+    );
+    // Other examples may join the directory; these two Services keep bypass on.
+    for (cluster_ip, port) in [("10.96.0.10", 80), ("fd00:96::10", 80), ("10.96.0.20", 80)] {
+        let key = frontend_key(cluster_ip.parse().unwrap(), port);
+        assert_eq!(desired.services[&key].flags, 0, "{cluster_ip}");
+    }
+}

@@ -1,0 +1,511 @@
+//! Services and EndpointSlices from manifest files (YAML or JSON).
+//!
+//! A file may hold several documents separated by `---` lines, and lists
+//! (`kind: List` with `items`, as `kubectl get -o yaml` prints). Kinds other
+//! than `v1` Service and `discovery.k8s.io/v1` EndpointSlice are skipped
+//! without a word, as are headless and ExternalName Services and FQDN
+//! slices. Everything wrong is a [`Problem`] naming the file and the object;
+//! the rest of the file, and the other files, still load.
+
+use std::collections::btree_map::{BTreeMap, Entry};
+use std::fmt;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::{Mapping, Value};
+
+use crate::convert::{object_label, ConvertError, DEFAULT_NAMESPACE};
+use crate::model;
+use crate::view::ClusterView;
+
+/// An object read from a manifest, converted to the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Manifest {
+    /// A Service with a ClusterIP.
+    Service(model::Service),
+    /// An EndpointSlice of IPv4 or IPv6 addresses.
+    EndpointSlice(model::EndpointSlice),
+}
+
+impl Manifest {
+    /// How messages name it: `Service default/web`.
+    pub fn object(&self) -> String {
+        match self {
+            Manifest::Service(service) => {
+                object_label("Service", &service.id.namespace, Some(&service.id.name))
+            }
+            Manifest::EndpointSlice(slice) => {
+                object_label("EndpointSlice", &slice.id.namespace, Some(&slice.id.name))
+            }
+        }
+    }
+}
+
+/// Something in a manifest file that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file, as given to [`parse_manifests`].
+    pub file: String,
+    /// The object, e.g. `Service default/web`, when it is known.
+    pub object: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// `file: object: message`, or `file: message` without an object.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file)?;
+        if let Some(object) = &self.object {
+            write!(f, "{object}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Reads every Service and EndpointSlice of one file's text.
+pub fn parse_manifests(file: &str, text: &str) -> (Vec<Manifest>, Vec<Problem>) {
+    let mut parser = Parser {
+        file,
+        manifests: Vec::new(),
+        problems: Vec::new(),
+    };
+    for document in split_documents(text) {
+        parser.document(&document);
+    }
+    (parser.manifests, parser.problems)
+}
+
+/// Builds a view from files given as (file name, text). An object defined
+/// twice (same kind, namespace and name, in one file or two) is a problem;
+/// the first definition wins.
+pub fn build_view(
+    files: impl IntoIterator<Item = (String, String)>,
+) -> (ClusterView, Vec<Problem>) {
+    let mut view = ClusterView::new();
+    let mut problems = Vec::new();
+    let mut defined_in: BTreeMap<String, String> = BTreeMap::new();
+    for (file, text) in files {
+        let (manifests, file_problems) = parse_manifests(&file, &text);
+        problems.extend(file_problems);
+        for manifest in manifests {
+            match defined_in.entry(manifest.object()) {
+                Entry::Occupied(first) => problems.push(Problem {
+                    file: file.clone(),
+                    object: Some(first.key().clone()),
+                    message: format!(
+                        "defined again; the first definition, in {}, is used",
+                        first.get()
+                    ),
+                }),
+                Entry::Vacant(slot) => {
+                    slot.insert(file.clone());
+                    match manifest {
+                        Manifest::Service(service) => view.apply_service(service),
+                        Manifest::EndpointSlice(slice) => view.apply_slice(slice),
+                    };
+                }
+            }
+        }
+    }
+    (view, problems)
+}
+
+/// One YAML document of a file.
+struct Document<'a> {
+    /// Line of the file where it starts, from 1.
+    first_line: usize,
+    /// Its text, starting with its `---` line if it has one.
+    text: &'a str,
+}
+
+impl Document<'_> {
+    /// The text preceded by empty lines, so that the line numbers in parser
+    /// messages are those of the whole file. Only built to report an error.
+    fn with_file_line_numbers(&self) -> String {
+        "\n".repeat(self.first_line - 1) + self.text
+    }
+}
+
+/// Splits a text on `---` lines, as kubectl does, so that a malformed
+/// document does not hide the documents after it.
+fn split_documents(text: &str) -> Vec<Document<'_>> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut first_line = 1;
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let content = line.trim_end();
+        let is_separator = content == "---" || content.starts_with("--- ");
+        if is_separator && offset > start {
+            documents.push(Document {
+                first_line,
+                text: &text[start..offset],
+            });
+            start = offset;
+            first_line = index + 1;
+        }
+        offset += line.len();
+    }
+    documents.push(Document {
+        first_line,
+        text: &text[start..],
+    });
+    documents
+}
+
+struct Parser<'a> {
+    file: &'a str,
+    manifests: Vec<Manifest>,
+    problems: Vec<Problem>,
+}
+
+impl Parser<'_> {
+    fn problem(&mut self, object: Option<String>, message: String) {
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            object,
+            message,
+        });
+    }
+
+    fn not_an_object(&mut self, document: Option<&Document<'_>>, why: &str) {
+        let place = match document {
+            Some(document) => format!("line {}", document.first_line),
+            None => "list item".to_string(),
+        };
+        self.problem(None, format!("not a Kubernetes object ({place}): {why}"));
+    }
+
+    fn document(&mut self, document: &Document<'_>) {
+        match serde_yaml_ng::from_str::<Value>(document.text) {
+            Ok(Value::Null) => {}
+            Ok(value) => self.object(value, Some(document)),
+            Err(error) => {
+                // Parsing again at the document's place in the file gives
+                // line numbers of the file.
+                let error = serde_yaml_ng::from_str::<Value>(&document.with_file_line_numbers())
+                    .err()
+                    .unwrap_or(error);
+                self.problem(None, format!("malformed YAML: {error}"));
+            }
+        }
+    }
+
+    /// One object: a document, or an item of a list (without `document`).
+    fn object(&mut self, value: Value, document: Option<&Document<'_>>) {
+        let Value::Mapping(mut fields) = value else {
+            self.not_an_object(document, "expected a mapping with apiVersion and kind");
+            return;
+        };
+        let api_version = text_field(&fields, "apiVersion");
+        let kind = text_field(&fields, "kind");
+        let label = label_of(&kind, &fields);
+        let manifest = match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Service") => self
+                .convert::<core::Service, _>(Value::Mapping(fields), document, label)
+                .map(Manifest::Service),
+            ("discovery.k8s.io/v1", "EndpointSlice") => self
+                .convert::<discovery::EndpointSlice, _>(Value::Mapping(fields), document, label)
+                .map(Manifest::EndpointSlice),
+            (_, "") => {
+                self.not_an_object(document, "no kind");
+                None
+            }
+            (_, list_kind) if list_kind.ends_with("List") => {
+                // Items of a typed list (ServiceList) may leave out their kind.
+                let item_kind = list_kind.strip_suffix("List").unwrap_or_default();
+                if let Some(Value::Sequence(items)) = fields.remove("items") {
+                    for item in items {
+                        self.object(with_kind(item, item_kind, &api_version), None);
+                    }
+                }
+                None
+            }
+            _ => None,
+        };
+        self.manifests.extend(manifest);
+    }
+
+    /// Deserializes the Kubernetes type and converts it to the model;
+    /// records the problem if either fails.
+    fn convert<Wire, Domain>(
+        &mut self,
+        value: Value,
+        document: Option<&Document<'_>>,
+        label: String,
+    ) -> Option<Domain>
+    where
+        Wire: DeserializeOwned,
+        for<'w> Domain: TryFrom<&'w Wire, Error = ConvertError>,
+    {
+        let wire = match serde_yaml_ng::from_value::<Wire>(value) {
+            Ok(wire) => wire,
+            Err(error) => {
+                // Parsing the text again gives the field path and line.
+                let message = document
+                    .and_then(|d| {
+                        serde_yaml_ng::from_str::<Wire>(&d.with_file_line_numbers()).err()
+                    })
+                    .unwrap_or(error);
+                self.problem(Some(label), message.to_string());
+                return None;
+            }
+        };
+        match Domain::try_from(&wire) {
+            Ok(domain) => Some(domain),
+            Err(error) if error.is_ignored() => None,
+            Err(error) => {
+                self.problem(Some(error.object().to_string()), error.reason());
+                None
+            }
+        }
+    }
+}
+
+fn text_field(fields: &Mapping, key: &str) -> String {
+    fields
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `Kind namespace/name` from the raw fields, for messages about an object
+/// that does not even deserialize.
+fn label_of(kind: &str, fields: &Mapping) -> String {
+    let metadata = fields.get("metadata");
+    let field = |key: &str| {
+        metadata
+            .and_then(|metadata| metadata.get(key))
+            .and_then(Value::as_str)
+            .filter(|text| !text.is_empty())
+    };
+    object_label(
+        kind,
+        field("namespace").unwrap_or(DEFAULT_NAMESPACE),
+        field("name"),
+    )
+}
+
+/// Gives a list item the list's item kind and apiVersion when it has none.
+fn with_kind(item: Value, kind: &str, api_version: &str) -> Value {
+    let Value::Mapping(mut fields) = item else {
+        return item;
+    };
+    if !kind.is_empty() && !fields.contains_key("kind") {
+        fields.insert("kind".into(), kind.into());
+        fields.insert("apiVersion".into(), api_version.into());
+    }
+    Value::Mapping(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ServiceId, SliceId};
+
+    fn names(manifests: &[Manifest]) -> Vec<String> {
+        manifests.iter().map(Manifest::object).collect()
+    }
+
+    fn messages(problems: &[Problem]) -> Vec<String> {
+        problems.iter().map(Problem::to_string).collect()
+    }
+
+    const SERVICE_A: &str = "apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: demo}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+";
+
+    const SLICE_A: &str = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: a-1, namespace: demo, labels: {kubernetes.io/service-name: a}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.1.2]}]
+";
+
+    #[test]
+    fn reads_every_document_and_skips_empty_ones_and_other_kinds() {
+        let text = format!(
+            "---\n# just a comment\n---\n{SERVICE_A}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: demo}}\n---\n---\n{SLICE_A}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\n---\napiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: knative}}\n"
+        );
+        let (manifests, problems) = parse_manifests("all.yaml", &text);
+        assert_eq!(problems, vec![]);
+        assert_eq!(
+            names(&manifests),
+            vec!["Service demo/a", "EndpointSlice demo/a-1"]
+        );
+        let Manifest::EndpointSlice(slice) = &manifests[1] else {
+            panic!("not a slice");
+        };
+        assert_eq!(slice.id, SliceId::new("demo", "a-1"));
+        assert_eq!(slice.service, ServiceId::new("demo", "a"));
+    }
+
+    #[test]
+    fn reads_lists_including_typed_lists_without_item_kinds() {
+        let text = format!(
+            "apiVersion: v1\nkind: List\nitems:\n- {}\n- {}\n---\napiVersion: v1\nkind: ServiceList\nitems:\n- {{metadata: {{name: b}}, spec: {{clusterIP: 10.96.0.2}}}}\n",
+            serde_yaml_ng::to_string(&serde_yaml_ng::from_str::<Value>(SERVICE_A).unwrap())
+                .unwrap()
+                .replace('\n', "\n  "),
+            serde_yaml_ng::to_string(&serde_yaml_ng::from_str::<Value>(SLICE_A).unwrap())
+                .unwrap()
+                .replace('\n', "\n  "),
+        );
+        let (manifests, problems) = parse_manifests("list.yaml", &text);
+        assert_eq!(problems, vec![]);
+        assert_eq!(
+            names(&manifests),
+            vec![
+                "Service demo/a",
+                "EndpointSlice demo/a-1",
+                "Service default/b"
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_json() {
+        let text = "{\n\t\"apiVersion\": \"v1\",\n\t\"kind\": \"Service\",\n\t\"metadata\": {\"name\": \"j\"},\n\t\"spec\": {\"clusterIP\": \"10.96.0.3\"}\n}\n";
+        let (manifests, problems) = parse_manifests("svc.json", text);
+        assert_eq!(problems, vec![]);
+        assert_eq!(names(&manifests), vec!["Service default/j"]);
+    }
+
+    #[test]
+    fn malformed_yaml_names_the_file_and_line_and_other_documents_still_load() {
+        let text = format!(
+            "{SERVICE_A}---\napiVersion: v1\nkind: Service\nmetadata: [oops\n---\n{SLICE_A}"
+        );
+        let (manifests, problems) = parse_manifests("broken.yaml", &text);
+        assert_eq!(
+            names(&manifests),
+            vec!["Service demo/a", "EndpointSlice demo/a-1"]
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].file, "broken.yaml");
+        assert_eq!(problems[0].object, None);
+        let message = problems[0].to_string();
+        assert!(
+            message.starts_with("broken.yaml: malformed YAML: "),
+            "{message}"
+        );
+        // The broken line is line 8 of the file, not of its document.
+        assert!(message.contains("at line 8 column 11"), "{message}");
+    }
+
+    #[test]
+    fn conversion_failure_names_file_and_object() {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{ports: [{{port: 80}}]}}\n---\n{SERVICE_A}"
+        );
+        let (manifests, problems) = parse_manifests("services.yaml", &text);
+        assert_eq!(names(&manifests), vec!["Service demo/a"]);
+        assert_eq!(
+            messages(&problems),
+            vec!["services.yaml: Service default/web: no ClusterIP"]
+        );
+        assert_eq!(problems[0].object.as_deref(), Some("Service default/web"));
+    }
+
+    #[test]
+    fn deserialization_failure_names_file_object_field_and_line() {
+        let text = format!(
+            "{SERVICE_A}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  clusterIP: 10.96.0.9\n  ports:\n  - port: eighty\n"
+        );
+        let (manifests, problems) = parse_manifests("services.yaml", &text);
+        assert_eq!(names(&manifests), vec!["Service demo/a"]);
+        let message = messages(&problems).join("\n");
+        assert!(
+            message
+                .starts_with("services.yaml: Service shop/web: spec.ports[0].port: invalid type"),
+            "{message}"
+        );
+        assert!(message.ends_with("at line 12 column 11"), "{message}");
+    }
+
+    #[test]
+    fn headless_and_external_name_services_are_skipped_silently() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec: {clusterIP: None}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec: {type: ExternalName, externalName: example.com}\n";
+        assert_eq!(parse_manifests("s.yaml", text), (vec![], vec![]));
+    }
+
+    #[test]
+    fn documents_that_are_not_objects_are_problems() {
+        let text = "just a string\n---\nreplicas: 3\n";
+        let (manifests, problems) = parse_manifests("values.yaml", text);
+        assert!(manifests.is_empty());
+        assert_eq!(
+            messages(&problems),
+            vec![
+                "values.yaml: not a Kubernetes object (line 1): expected a mapping with apiVersion and kind",
+                "values.yaml: not a Kubernetes object (line 2): no kind",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_separator_needs_its_own_line() {
+        let documents = split_documents("a: 1\n---\nb: '---'\n--- \nc: 3\n----\n");
+        let texts: Vec<(usize, &str)> = documents.iter().map(|d| (d.first_line, d.text)).collect();
+        assert_eq!(
+            texts,
+            vec![
+                (1, "a: 1\n"),
+                (2, "---\nb: '---'\n"),
+                (4, "--- \nc: 3\n----\n")
+            ]
+        );
+    }
+
+    #[test]
+    fn build_view_keeps_the_first_of_duplicates_and_names_both_files() {
+        let other_a = SERVICE_A.replace("10.96.0.1", "10.96.0.99");
+        let (view, problems) = build_view([
+            ("a.yaml".to_string(), format!("{SERVICE_A}---\n{SLICE_A}")),
+            ("b.yaml".to_string(), format!("{other_a}---\n{SLICE_A}")),
+            ("c.yaml".to_string(), format!("{SERVICE_A}---\n{SERVICE_A}")),
+        ]);
+        assert_eq!(
+            messages(&problems),
+            vec![
+                "b.yaml: Service demo/a: defined again; the first definition, in a.yaml, is used",
+                "b.yaml: EndpointSlice demo/a-1: defined again; the first definition, in a.yaml, is used",
+                "c.yaml: Service demo/a: defined again; the first definition, in a.yaml, is used",
+                "c.yaml: Service demo/a: defined again; the first definition, in a.yaml, is used",
+            ]
+        );
+        let service = &view.services()[&ServiceId::new("demo", "a")];
+        assert_eq!(
+            service.cluster_ips,
+            vec!["10.96.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(view.slices().len(), 1);
+    }
+
+    #[test]
+    fn build_view_reports_duplicates_within_one_file() {
+        let (view, problems) =
+            build_view([("a.yaml".to_string(), format!("{SERVICE_A}---\n{SERVICE_A}"))]);
+        assert_eq!(
+            messages(&problems),
+            vec!["a.yaml: Service demo/a: defined again; the first definition, in a.yaml, is used"]
+        );
+        assert_eq!(view.services().len(), 1);
+    }
+
+    #[test]
+    fn build_view_keeps_going_past_bad_files() {
+        let (view, problems) = build_view([
+            ("bad.yaml".to_string(), "kind: [".to_string()),
+            ("good.yaml".to_string(), SERVICE_A.to_string()),
+        ]);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].file, "bad.yaml");
+        assert_eq!(view.services().len(), 1);
+    }
+}

@@ -1,0 +1,188 @@
+//! zerohop's own view of the Kubernetes objects it routes by: only the fields
+//! a routing decision reads, already validated (see [`crate::convert`]).
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// Namespace and name of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceId {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+}
+
+impl ServiceId {
+    /// Builds an id from its namespace and name.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// Shown as `namespace/name`.
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Namespace and name of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SliceId {
+    /// Kubernetes namespace (always the namespace of its Service).
+    pub namespace: String,
+    /// EndpointSlice name.
+    pub name: String,
+}
+
+impl SliceId {
+    /// Builds an id from its namespace and name.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// Shown as `namespace/name`.
+impl fmt::Display for SliceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Service that has at least one ClusterIP (headless and ExternalName
+/// Services never become one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Namespace and name.
+    pub id: ServiceId,
+    /// Every ClusterIP (`spec.clusterIPs`, one per family for dual-stack).
+    pub cluster_ips: Vec<IpAddr>,
+    /// Service ports, in manifest order.
+    pub ports: Vec<ServicePort>,
+    /// Which endpoints a connection may go to.
+    pub traffic: TrafficPolicy,
+    /// Whether connections to a local endpoint may bypass the network stack;
+    /// false when the Service is annotated `zerohop.io/bypass: "off"`.
+    pub bypass: bool,
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Port name; `""` for an unnamed port. EndpointSlice ports carry the same
+    /// name, which is how a (possibly named) targetPort is resolved.
+    pub name: String,
+    /// Port clients connect to on the ClusterIP.
+    pub port: u16,
+    /// Transport protocol.
+    pub protocol: Protocol,
+}
+
+/// Which endpoints of a Service a connection may be sent to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    /// Every ready endpoint (the Kubernetes default).
+    #[default]
+    Cluster,
+    /// `trafficDistribution: PreferSameNode`: the ready endpoints on this
+    /// node if there is any, else every ready endpoint.
+    PreferSameNode,
+    /// `internalTrafficPolicy: Local`: only the ready endpoints on this node,
+    /// possibly none. Takes precedence over `trafficDistribution`.
+    NodeLocal,
+}
+
+/// Transport protocol of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP, the only protocol the kernel hook translates.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// IP address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(address: &IpAddr) -> Family {
+        match address {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// Shown as Kubernetes spells it: `IPv4`, `IPv6`.
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// A set of endpoints of one Service, all of one address family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSlice {
+    /// Namespace and name of the slice itself.
+    pub id: SliceId,
+    /// The Service it belongs to (label `kubernetes.io/service-name`, same namespace).
+    pub service: ServiceId,
+    /// Family of every address in the slice.
+    pub family: Family,
+    /// Target ports, named like the Service ports they serve.
+    pub ports: Vec<SlicePort>,
+    /// The endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A port of an EndpointSlice: the target port of the Service port with the
+/// same name and protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlicePort {
+    /// Name of the Service port it serves; `""` for an unnamed one.
+    pub name: String,
+    /// Port the endpoints listen on.
+    pub port: u16,
+    /// Transport protocol.
+    pub protocol: Protocol,
+}
+
+/// One endpoint (usually a pod).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its addresses, all of the slice's family.
+    pub addresses: Vec<IpAddr>,
+    /// Whether it may receive new connections (`conditions.ready`, absent = ready).
+    pub ready: bool,
+    /// The node it runs on, when known.
+    pub node_name: Option<String>,
+}

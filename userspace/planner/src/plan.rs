@@ -1,0 +1,784 @@
+//! The routing decisions: from a [`ClusterView`] and this node's name to the
+//! exact contents the two BPF maps of frontends and backends should have.
+//!
+//! For every Service, ClusterIP and TCP port (the kernel hook translates TCP
+//! only), one frontend. Its endpoints are the ready endpoints of the
+//! Service's EndpointSlices of the ClusterIP's family, at the port the slice
+//! gives for the Service port's name (how named targetPorts resolve), each
+//! address once. Which of them are eligible depends on the
+//! [`TrafficPolicy`]; the eligible ones fill slots `0..n`, those on this node
+//! first, then by address, so that a plan never depends on input order.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use zerohop_abi::{self as abi, BackendKey, FrontendKey, PROTO_TCP, SERVICE_NO_BYPASS};
+
+use crate::addr;
+use crate::model::{
+    EndpointSlice, Family, Protocol, Service, ServiceId, ServicePort, TrafficPolicy,
+};
+use crate::view::ClusterView;
+
+/// What the maps should hold, and what could not be planned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The desired map contents.
+    pub desired: Desired,
+    /// Services (or ports of them) planned with fewer endpoints than they
+    /// seem to want, or not at all.
+    pub problems: Vec<PlanProblem>,
+}
+
+/// The exact contents of the frontend and backend maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Frontend map ([`abi::map_name::SERVICES`]).
+    pub services: BTreeMap<FrontendKey, abi::Service>,
+    /// Backend map ([`abi::map_name::BACKENDS`]): slots `0..endpoints` of each frontend.
+    pub backends: BTreeMap<BackendKey, abi::Backend>,
+}
+
+/// A Service the plan could not fully honour.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanProblem {
+    /// The Service has endpoints of that family, but no slice lists the
+    /// port's name and protocol, so there is no target port: the frontend
+    /// gets no endpoint (connections take the cluster's normal path).
+    #[error("Service {service} port {port:?}: no {family} EndpointSlice defines it")]
+    PortNotInSlices {
+        /// The Service.
+        service: ServiceId,
+        /// The Service port's name (`""` for an unnamed port).
+        port: String,
+        /// The ClusterIP's family.
+        family: Family,
+    },
+    /// Two Services claim the same ClusterIP and port; the first by id keeps it.
+    #[error("Service {service}: frontend {frontend} already belongs to Service {owner}; ignored")]
+    FrontendTaken {
+        /// The Service that loses the frontend.
+        service: ServiceId,
+        /// The ClusterIP and port.
+        frontend: SocketAddr,
+        /// The Service that keeps it.
+        owner: ServiceId,
+    },
+}
+
+/// An endpoint a frontend may send connections to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    address: IpAddr,
+    port: u16,
+    local: bool,
+}
+
+/// Plans the map contents for node `node`.
+pub fn plan(view: &ClusterView, node: &str) -> Plan {
+    let mut slices_by_service: BTreeMap<&ServiceId, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in view.slices().values() {
+        slices_by_service
+            .entry(&slice.service)
+            .or_default()
+            .push(slice);
+    }
+
+    let mut plan = Plan::default();
+    let mut owners: BTreeMap<FrontendKey, &ServiceId> = BTreeMap::new();
+    for service in view.services().values() {
+        let slices = slices_by_service
+            .get(&service.id)
+            .map_or(&[][..], Vec::as_slice);
+        for &cluster_ip in &service.cluster_ips {
+            let family = Family::of(&cluster_ip);
+            let family_slices: Vec<&EndpointSlice> = slices
+                .iter()
+                .copied()
+                .filter(|slice| slice.family == family)
+                .collect();
+            for port in service
+                .ports
+                .iter()
+                .filter(|port| port.protocol == Protocol::Tcp)
+            {
+                let frontend = frontend_key(cluster_ip, port.port);
+                if let Some(owner) = owners.get(&frontend) {
+                    plan.problems.push(PlanProblem::FrontendTaken {
+                        service: service.id.clone(),
+                        frontend: SocketAddr::new(cluster_ip, port.port),
+                        owner: (*owner).clone(),
+                    });
+                    continue;
+                }
+                owners.insert(frontend, &service.id);
+
+                let targets = match ready_targets(&family_slices, port, node) {
+                    Some(targets) => eligible(targets, service.traffic),
+                    None => {
+                        plan.problems.push(PlanProblem::PortNotInSlices {
+                            service: service.id.clone(),
+                            port: port.name.clone(),
+                            family,
+                        });
+                        Vec::new()
+                    }
+                };
+                plan.desired.insert(frontend, service, &targets);
+            }
+        }
+    }
+    plan
+}
+
+impl Desired {
+    /// Writes one frontend and its eligible endpoints, in slot order.
+    fn insert(&mut self, frontend: FrontendKey, service: &Service, targets: &[Target]) {
+        for (slot, target) in (0u32..).zip(targets) {
+            let backend = abi::Backend {
+                addr: addr::to_kernel(target.address).0,
+                port: target.port,
+                local: u8::from(target.local),
+                _pad: 0,
+            };
+            self.backends.insert(BackendKey { frontend, slot }, backend);
+        }
+        let flags = if service.bypass { 0 } else { SERVICE_NO_BYPASS };
+        let endpoints = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+        self.services
+            .insert(frontend, abi::Service { endpoints, flags });
+    }
+}
+
+/// The key of a TCP frontend (port in host byte order).
+pub fn frontend_key(cluster_ip: IpAddr, port: u16) -> FrontendKey {
+    let (addr, family) = addr::to_kernel(cluster_ip);
+    FrontendKey {
+        addr,
+        port,
+        proto: PROTO_TCP,
+        family,
+    }
+}
+
+/// The ready endpoints serving `port`, each (address, port) once, this
+/// node's first, then by address. `None` when some slice has endpoints but
+/// none defines the port; slices without endpoints (a Service scaled to zero
+/// gets one without ports) are no reason to complain.
+fn ready_targets(slices: &[&EndpointSlice], port: &ServicePort, node: &str) -> Option<Vec<Target>> {
+    let mut targets: BTreeMap<(IpAddr, u16), bool> = BTreeMap::new();
+    let mut port_defined = false;
+    for slice in slices {
+        let Some(slice_port) = slice
+            .ports
+            .iter()
+            .find(|candidate| candidate.name == port.name && candidate.protocol == port.protocol)
+        else {
+            continue;
+        };
+        port_defined = true;
+        for endpoint in slice.endpoints.iter().filter(|endpoint| endpoint.ready) {
+            let local = endpoint.node_name.as_deref() == Some(node);
+            for &address in &endpoint.addresses {
+                *targets.entry((address, slice_port.port)).or_default() |= local;
+            }
+        }
+    }
+    let any_endpoint = slices.iter().any(|slice| !slice.endpoints.is_empty());
+    if !port_defined && any_endpoint {
+        return None;
+    }
+    let mut targets: Vec<Target> = targets
+        .into_iter()
+        .map(|((address, port), local)| Target {
+            address,
+            port,
+            local,
+        })
+        .collect();
+    // Stable sort: within each group the (address, port) order stays.
+    targets.sort_by_key(|target| !target.local);
+    Some(targets)
+}
+
+/// The endpoints a connection may go to under `traffic`.
+fn eligible(targets: Vec<Target>, traffic: TrafficPolicy) -> Vec<Target> {
+    let any_local = targets.iter().any(|target| target.local);
+    match traffic {
+        TrafficPolicy::Cluster => targets,
+        TrafficPolicy::PreferSameNode if !any_local => targets,
+        TrafficPolicy::PreferSameNode | TrafficPolicy::NodeLocal => {
+            targets.into_iter().filter(|target| target.local).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, SliceId, SlicePort};
+
+    const NODE: &str = "node1";
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn tcp(name: &str, port: u16) -> (String, u16, Protocol) {
+        (name.to_string(), port, Protocol::Tcp)
+    }
+
+    fn service(name: &str, cluster_ips: &[&str], ports: &[(String, u16, Protocol)]) -> Service {
+        Service {
+            id: ServiceId::new("default", name),
+            cluster_ips: cluster_ips.iter().map(|text| ip(text)).collect(),
+            ports: ports
+                .iter()
+                .map(|(name, port, protocol)| ServicePort {
+                    name: name.clone(),
+                    port: *port,
+                    protocol: *protocol,
+                })
+                .collect(),
+            traffic: TrafficPolicy::Cluster,
+            bypass: true,
+        }
+    }
+
+    fn ready_on(address: &str, node: &str) -> Endpoint {
+        Endpoint {
+            addresses: vec![ip(address)],
+            ready: true,
+            node_name: Some(node.to_string()),
+        }
+    }
+
+    fn slice(
+        name: &str,
+        service: &str,
+        ports: &[(String, u16, Protocol)],
+        endpoints: Vec<Endpoint>,
+    ) -> EndpointSlice {
+        let family = endpoints
+            .first()
+            .and_then(|endpoint| endpoint.addresses.first())
+            .map_or(Family::V4, Family::of);
+        EndpointSlice {
+            id: SliceId::new("default", name),
+            service: ServiceId::new("default", service),
+            family,
+            ports: ports
+                .iter()
+                .map(|(name, port, protocol)| SlicePort {
+                    name: name.clone(),
+                    port: *port,
+                    protocol: *protocol,
+                })
+                .collect(),
+            endpoints,
+        }
+    }
+
+    fn view(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterView {
+        let mut view = ClusterView::new();
+        for service in services {
+            view.apply_service(service);
+        }
+        for slice in slices {
+            view.apply_slice(slice);
+        }
+        view
+    }
+
+    /// A frontend as written: its Service value and its backends in slot
+    /// order as (`address:port`, local).
+    fn frontend(
+        desired: &Desired,
+        cluster_ip: &str,
+        port: u16,
+    ) -> (abi::Service, Vec<(String, bool)>) {
+        let key = frontend_key(ip(cluster_ip), port);
+        let service = *desired
+            .services
+            .get(&key)
+            .unwrap_or_else(|| panic!("no frontend {cluster_ip}:{port}"));
+        let backends = (0..service.endpoints)
+            .map(|slot| {
+                let backend = desired.backends[&BackendKey {
+                    frontend: key,
+                    slot,
+                }];
+                assert_eq!(backend._pad, 0);
+                let address = addr::from_kernel(backend.addr, key.family).unwrap();
+                (
+                    SocketAddr::new(address, backend.port).to_string(),
+                    backend.local == 1,
+                )
+            })
+            .collect();
+        (service, backends)
+    }
+
+    /// Backends of a frontend, in slot order.
+    fn backends(desired: &Desired, cluster_ip: &str, port: u16) -> Vec<(String, bool)> {
+        frontend(desired, cluster_ip, port).1
+    }
+
+    fn at(address: &str, local: bool) -> (String, bool) {
+        (address.to_string(), local)
+    }
+
+    /// A Service with one local and two remote endpoints, under `traffic`.
+    fn mixed(traffic: TrafficPolicy) -> ClusterView {
+        let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+        web.traffic = traffic;
+        view(
+            vec![web],
+            vec![slice(
+                "web-1",
+                "web",
+                &[tcp("http", 8080)],
+                vec![
+                    ready_on("10.244.2.9", "node2"),
+                    ready_on("10.244.1.5", NODE),
+                    ready_on("10.244.2.3", "node2"),
+                ],
+            )],
+        )
+    }
+
+    #[test]
+    fn cluster_policy_uses_every_ready_endpoint_local_first_then_by_address() {
+        let plan = plan(&mixed(TrafficPolicy::Cluster), NODE);
+        assert_eq!(plan.problems, vec![]);
+        let (service, backends) = frontend(&plan.desired, "10.96.0.10", 80);
+        assert_eq!(
+            service,
+            abi::Service {
+                endpoints: 3,
+                flags: 0
+            }
+        );
+        assert_eq!(
+            backends,
+            vec![
+                at("10.244.1.5:8080", true),
+                at("10.244.2.3:8080", false),
+                at("10.244.2.9:8080", false)
+            ]
+        );
+        // Nothing beyond the slots of the one frontend.
+        assert_eq!(plan.desired.services.len(), 1);
+        assert_eq!(plan.desired.backends.len(), 3);
+    }
+
+    #[test]
+    fn frontend_key_and_backend_use_kernel_layout_and_host_order_ports() {
+        let plan = plan(&mixed(TrafficPolicy::Cluster), NODE);
+        let key = *plan.desired.services.keys().next().unwrap();
+        assert_eq!(key.addr, [u32::from_ne_bytes([10, 96, 0, 10]), 0, 0, 0]);
+        assert_eq!(key.port, 80);
+        assert_eq!(key.proto, PROTO_TCP);
+        assert_eq!(key.family, abi::FAMILY_V4);
+        let first = plan.desired.backends[&BackendKey {
+            frontend: key,
+            slot: 0,
+        }];
+        assert_eq!(first.port, 8080);
+        assert_eq!(first.addr[0].to_ne_bytes(), [10, 244, 1, 5]);
+    }
+
+    #[test]
+    fn prefer_same_node_uses_local_endpoints_when_there_are_some() {
+        let plan = plan(&mixed(TrafficPolicy::PreferSameNode), NODE);
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 80),
+            vec![at("10.244.1.5:8080", true)]
+        );
+        assert_eq!(plan.desired.backends.len(), 1);
+    }
+
+    #[test]
+    fn prefer_same_node_falls_back_to_every_endpoint_without_local_one() {
+        let plan = plan(&mixed(TrafficPolicy::PreferSameNode), "node3");
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 80),
+            vec![
+                at("10.244.1.5:8080", false),
+                at("10.244.2.3:8080", false),
+                at("10.244.2.9:8080", false)
+            ]
+        );
+    }
+
+    #[test]
+    fn node_local_uses_only_local_endpoints() {
+        let plan = plan(&mixed(TrafficPolicy::NodeLocal), NODE);
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 80),
+            vec![at("10.244.1.5:8080", true)]
+        );
+    }
+
+    #[test]
+    fn node_local_without_local_endpoint_writes_the_frontend_with_no_endpoint() {
+        let plan = plan(&mixed(TrafficPolicy::NodeLocal), "node3");
+        assert_eq!(plan.problems, vec![]);
+        let (service, backends) = frontend(&plan.desired, "10.96.0.10", 80);
+        assert_eq!(service.endpoints, 0);
+        assert!(backends.is_empty());
+        assert!(plan.desired.backends.is_empty());
+    }
+
+    #[test]
+    fn endpoints_not_ready_are_left_out_and_unknown_node_is_remote() {
+        let not_ready = Endpoint {
+            ready: false,
+            ..ready_on("10.244.1.7", NODE)
+        };
+        let nodeless = Endpoint {
+            node_name: None,
+            ..ready_on("10.244.3.3", NODE)
+        };
+        let view = view(
+            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+            vec![slice(
+                "web-1",
+                "web",
+                &[tcp("http", 8080)],
+                vec![not_ready, nodeless],
+            )],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 80),
+            vec![at("10.244.3.3:8080", false)]
+        );
+    }
+
+    #[test]
+    fn every_address_of_an_endpoint_is_used_once() {
+        let two_addresses = Endpoint {
+            addresses: vec![ip("10.244.1.3"), ip("10.244.1.2")],
+            ..ready_on("10.244.1.2", NODE)
+        };
+        let view = view(
+            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+            vec![
+                slice("web-1", "web", &[tcp("http", 8080)], vec![two_addresses]),
+                // The same endpoint listed again, as during a slice migration.
+                slice(
+                    "web-2",
+                    "web",
+                    &[tcp("http", 8080)],
+                    vec![ready_on("10.244.1.2", NODE)],
+                ),
+            ],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 80),
+            vec![at("10.244.1.2:8080", true), at("10.244.1.3:8080", true)]
+        );
+    }
+
+    #[test]
+    fn named_target_ports_resolve_through_the_slice_for_each_service_port() {
+        let view = view(
+            vec![service(
+                "web",
+                &["10.96.0.10"],
+                &[tcp("http", 80), tcp("metrics", 9000), tcp("", 81)],
+            )],
+            vec![slice(
+                "web-1",
+                "web",
+                &[tcp("metrics", 9090), tcp("http", 8080), tcp("", 8181)],
+                vec![ready_on("10.244.1.2", NODE)],
+            )],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(plan.problems, vec![]);
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 80),
+            vec![at("10.244.1.2:8080", true)]
+        );
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 9000),
+            vec![at("10.244.1.2:9090", true)]
+        );
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 81),
+            vec![at("10.244.1.2:8181", true)]
+        );
+        assert_eq!(plan.desired.services.len(), 3);
+    }
+
+    #[test]
+    fn endpoints_spread_over_slices_each_keep_their_slice_port() {
+        // During a rollout the named port may map to different numbers.
+        let view = view(
+            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+            vec![
+                slice(
+                    "web-old",
+                    "web",
+                    &[tcp("http", 8080)],
+                    vec![ready_on("10.244.2.2", "node2")],
+                ),
+                slice(
+                    "web-new",
+                    "web",
+                    &[tcp("http", 8081)],
+                    vec![ready_on("10.244.1.2", NODE)],
+                ),
+                slice(
+                    "other",
+                    "api",
+                    &[tcp("http", 7000)],
+                    vec![ready_on("10.244.1.9", NODE)],
+                ),
+            ],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 80),
+            vec![at("10.244.1.2:8081", true), at("10.244.2.2:8080", false)]
+        );
+    }
+
+    #[test]
+    fn slices_of_a_same_named_service_in_another_namespace_are_not_used() {
+        let mut elsewhere = slice(
+            "web-1",
+            "web",
+            &[tcp("http", 8080)],
+            vec![ready_on("10.244.1.9", NODE)],
+        );
+        elsewhere.id.namespace = "other".into();
+        elsewhere.service.namespace = "other".into();
+        let view = view(
+            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+            vec![elsewhere],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(plan.problems, vec![]);
+        assert_eq!(frontend(&plan.desired, "10.96.0.10", 80).0.endpoints, 0);
+    }
+
+    #[test]
+    fn dual_stack_frontends_get_endpoints_of_their_own_family() {
+        let view = view(
+            vec![service(
+                "web",
+                &["10.96.0.10", "fd00:96::10"],
+                &[tcp("http", 80)],
+            )],
+            vec![
+                slice(
+                    "web-v4",
+                    "web",
+                    &[tcp("http", 8080)],
+                    vec![ready_on("10.244.1.2", NODE)],
+                ),
+                slice(
+                    "web-v6",
+                    "web",
+                    &[tcp("http", 8080)],
+                    vec![ready_on("fd00:244:1::2", NODE)],
+                ),
+            ],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(plan.problems, vec![]);
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 80),
+            vec![at("10.244.1.2:8080", true)]
+        );
+        assert_eq!(
+            backends(&plan.desired, "fd00:96::10", 80),
+            vec![at("[fd00:244:1::2]:8080", true)]
+        );
+        let v6 = frontend_key(ip("fd00:96::10"), 80);
+        assert_eq!(v6.family, abi::FAMILY_V6);
+    }
+
+    #[test]
+    fn udp_and_sctp_ports_get_no_frontend() {
+        let view = view(
+            vec![service(
+                "dns",
+                &["10.96.0.53"],
+                &[
+                    ("dns".into(), 53, Protocol::Udp),
+                    tcp("dns-tcp", 53),
+                    ("s".into(), 99, Protocol::Sctp),
+                ],
+            )],
+            vec![slice(
+                "dns-1",
+                "dns",
+                &[
+                    ("dns".into(), 5353, Protocol::Udp),
+                    tcp("dns-tcp", 5353),
+                    ("s".into(), 99, Protocol::Sctp),
+                ],
+                vec![ready_on("10.244.1.2", NODE)],
+            )],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(plan.problems, vec![]);
+        assert_eq!(
+            plan.desired
+                .services
+                .keys()
+                .map(|key| key.port)
+                .collect::<Vec<_>>(),
+            vec![53]
+        );
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.53", 53),
+            vec![at("10.244.1.2:5353", true)]
+        );
+    }
+
+    #[test]
+    fn a_slice_port_must_match_the_protocol_too() {
+        let view = view(
+            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+            vec![slice(
+                "web-1",
+                "web",
+                &[("http".into(), 8080, Protocol::Udp)],
+                vec![ready_on("10.244.1.2", NODE)],
+            )],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(frontend(&plan.desired, "10.96.0.10", 80).0.endpoints, 0);
+        assert_eq!(plan.problems.len(), 1);
+    }
+
+    #[test]
+    fn a_port_no_slice_defines_is_a_problem_and_gets_no_endpoint() {
+        let view = view(
+            vec![service(
+                "web",
+                &["10.96.0.10"],
+                &[tcp("http", 80), tcp("admin", 81)],
+            )],
+            vec![slice(
+                "web-1",
+                "web",
+                &[tcp("http", 8080)],
+                vec![ready_on("10.244.1.2", NODE)],
+            )],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(
+            plan.problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec![r#"Service default/web port "admin": no IPv4 EndpointSlice defines it"#]
+        );
+        let (admin, admin_backends) = frontend(&plan.desired, "10.96.0.10", 81);
+        assert_eq!(admin.endpoints, 0);
+        assert!(admin_backends.is_empty());
+        assert_eq!(backends(&plan.desired, "10.96.0.10", 80).len(), 1);
+    }
+
+    #[test]
+    fn a_service_without_endpoints_is_written_with_none_and_no_problem() {
+        let view = view(
+            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+            // What Kubernetes writes for a Service scaled to zero.
+            vec![slice("web-1", "web", &[], vec![])],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(plan.problems, vec![]);
+        assert_eq!(
+            plan.desired.services[&frontend_key(ip("10.96.0.10"), 80)],
+            abi::Service {
+                endpoints: 0,
+                flags: 0
+            }
+        );
+    }
+
+    #[test]
+    fn bypass_off_sets_the_no_bypass_flag() {
+        let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+        web.bypass = false;
+        let plan = plan(&view(vec![web], vec![]), NODE);
+        assert_eq!(
+            frontend(&plan.desired, "10.96.0.10", 80).0.flags,
+            SERVICE_NO_BYPASS
+        );
+    }
+
+    #[test]
+    fn two_services_on_one_frontend_the_first_by_id_wins() {
+        let view = view(
+            vec![
+                service("zeta", &["10.96.0.10"], &[tcp("http", 80)]),
+                service(
+                    "alpha",
+                    &["10.96.0.10"],
+                    &[tcp("http", 80), tcp("other", 81)],
+                ),
+            ],
+            vec![
+                slice(
+                    "alpha-1",
+                    "alpha",
+                    &[tcp("http", 8080), tcp("other", 8081)],
+                    vec![ready_on("10.244.1.1", NODE)],
+                ),
+                slice(
+                    "zeta-1",
+                    "zeta",
+                    &[tcp("http", 8080)],
+                    vec![ready_on("10.244.1.26", NODE)],
+                ),
+            ],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(
+            plan.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec!["Service default/zeta: frontend 10.96.0.10:80 already belongs to Service default/alpha; ignored"]
+        );
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 80),
+            vec![at("10.244.1.1:8080", true)]
+        );
+        assert_eq!(
+            backends(&plan.desired, "10.96.0.10", 81),
+            vec![at("10.244.1.1:8081", true)]
+        );
+    }
+
+    #[test]
+    fn the_plan_does_not_depend_on_the_order_objects_arrive_in() {
+        let endpoints = vec![
+            ready_on("10.244.2.2", "node2"),
+            ready_on("10.244.1.2", NODE),
+        ];
+        let mut reversed = endpoints.clone();
+        reversed.reverse();
+        let first = plan(
+            &view(
+                vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+                vec![slice("web-1", "web", &[tcp("http", 8080)], endpoints)],
+            ),
+            NODE,
+        );
+        let second = plan(
+            &view(
+                vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+                vec![slice("web-1", "web", &[tcp("http", 8080)], reversed)],
+            ),
+            NODE,
+        );
+        assert_eq!(first, second);
+    }
+}

@@ -1,0 +1,137 @@
+//! The cluster as the planner sees it: every usable Service and EndpointSlice.
+//!
+//! Sources (the Kubernetes watcher, manifest files) feed it one object at a
+//! time with an `apply_*` (add or replace) or `delete_*` per kind, and the
+//! planner reads it whole. Two views compare equal when they hold the same
+//! objects, so a source can tell whether a reload changed anything.
+
+use std::collections::BTreeMap;
+
+use crate::model::{EndpointSlice, Service, ServiceId, SliceId};
+
+/// Every Service and EndpointSlice known, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    services: BTreeMap<ServiceId, Service>,
+    slices: BTreeMap<SliceId, EndpointSlice>,
+}
+
+impl ClusterView {
+    /// An empty view.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a Service. Returns whether the view changed.
+    pub fn apply_service(&mut self, service: Service) -> bool {
+        if self.services.get(&service.id) == Some(&service) {
+            return false;
+        }
+        self.services.insert(service.id.clone(), service);
+        true
+    }
+
+    /// Removes a Service (its slices stay until they are deleted too).
+    /// Returns whether the view changed.
+    pub fn delete_service(&mut self, id: &ServiceId) -> bool {
+        self.services.remove(id).is_some()
+    }
+
+    /// Adds or replaces an EndpointSlice. Returns whether the view changed.
+    pub fn apply_slice(&mut self, slice: EndpointSlice) -> bool {
+        if self.slices.get(&slice.id) == Some(&slice) {
+            return false;
+        }
+        self.slices.insert(slice.id.clone(), slice);
+        true
+    }
+
+    /// Removes an EndpointSlice. Returns whether the view changed.
+    pub fn delete_slice(&mut self, id: &SliceId) -> bool {
+        self.slices.remove(id).is_some()
+    }
+
+    /// Every Service, ordered by id.
+    pub fn services(&self) -> &BTreeMap<ServiceId, Service> {
+        &self.services
+    }
+
+    /// Every EndpointSlice, ordered by id.
+    pub fn slices(&self) -> &BTreeMap<SliceId, EndpointSlice> {
+        &self.slices
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Family, TrafficPolicy};
+
+    fn service(name: &str, ip: &str) -> Service {
+        Service {
+            id: ServiceId::new("default", name),
+            cluster_ips: vec![ip.parse().unwrap()],
+            ports: vec![],
+            traffic: TrafficPolicy::Cluster,
+            bypass: true,
+        }
+    }
+
+    fn slice(name: &str, service: &str) -> EndpointSlice {
+        EndpointSlice {
+            id: SliceId::new("default", name),
+            service: ServiceId::new("default", service),
+            family: Family::V4,
+            ports: vec![],
+            endpoints: vec![],
+        }
+    }
+
+    #[test]
+    fn apply_replaces_and_reports_changes() {
+        let mut view = ClusterView::new();
+        assert!(view.apply_service(service("web", "10.96.0.1")));
+        assert!(!view.apply_service(service("web", "10.96.0.1")));
+        assert!(view.apply_service(service("web", "10.96.0.2")));
+        assert_eq!(view.services().len(), 1);
+        assert_eq!(
+            view.services()[&ServiceId::new("default", "web")].cluster_ips,
+            vec!["10.96.0.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(view.apply_slice(slice("web-1", "web")));
+        assert!(!view.apply_slice(slice("web-1", "web")));
+        assert!(view.apply_slice(slice("web-1", "other")));
+        assert_eq!(view.slices().len(), 1);
+    }
+
+    #[test]
+    fn delete_removes_only_that_object() {
+        let mut view = ClusterView::new();
+        view.apply_service(service("web", "10.96.0.1"));
+        view.apply_service(service("api", "10.96.0.2"));
+        view.apply_slice(slice("web-1", "web"));
+        assert!(view.delete_service(&ServiceId::new("default", "web")));
+        assert!(!view.delete_service(&ServiceId::new("default", "web")));
+        assert_eq!(
+            view.services().keys().collect::<Vec<_>>(),
+            vec![&ServiceId::new("default", "api")]
+        );
+        assert_eq!(view.slices().len(), 1);
+        assert!(view.delete_slice(&SliceId::new("default", "web-1")));
+        assert!(!view.delete_slice(&SliceId::new("default", "web-1")));
+        assert!(view.slices().is_empty());
+    }
+
+    #[test]
+    fn views_with_the_same_objects_are_equal_whatever_the_order() {
+        let mut first = ClusterView::new();
+        first.apply_service(service("web", "10.96.0.1"));
+        first.apply_service(service("api", "10.96.0.2"));
+        let mut second = ClusterView::new();
+        second.apply_service(service("api", "10.96.0.2"));
+        second.apply_service(service("web", "10.96.0.1"));
+        assert_eq!(first, second);
+        second.apply_slice(slice("web-1", "web"));
+        assert_ne!(first, second);
+    }
+}

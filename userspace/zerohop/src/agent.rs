@@ -1,0 +1,168 @@
+//! `zerohop agent`: keeps this node's BPF maps equal to what the planner
+//! derives from the cluster, until SIGTERM or SIGINT.
+//!
+//! Order of events: load programs and maps, sync the maps once from a full
+//! read of the source, then attach the hooks (so no connect ever sees a
+//! half-built map), then re-sync on every change, writing only the entries
+//! that differ.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, info_span, warn, Instrument};
+use zerohop_planner::ClusterView;
+
+use crate::{
+    datapath::{self, Datapath, ServiceMaps},
+    source,
+};
+
+/// Where the agent learns Services and endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory of Kubernetes manifests (YAML or JSON), watched for changes.
+    Dir(PathBuf),
+}
+
+impl FromStr for Source {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            Some(("dir", path)) if !path.is_empty() => Ok(Source::Dir(PathBuf::from(path))),
+            _ => Err(format!("unknown source {text:?}; expected dir:PATH")),
+        }
+    }
+}
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node: String,
+    pub cgroup: PathBuf,
+    pub source: Source,
+    pub pin_dir: PathBuf,
+    pub bypass: bool,
+    pub poll_interval: Duration,
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
+pub async fn run(settings: Settings) -> Result<()> {
+    let Source::Dir(dir) = &settings.source;
+    if settings.node.is_empty() {
+        bail!("the node name is empty: pass --node or set NODE_NAME");
+    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+
+    let mut datapath = Datapath::load(&settings.pin_dir)?;
+    datapath::set_bypass(&settings.pin_dir, settings.bypass)?;
+    let mut sync = Sync::new(&settings.pin_dir, &settings.node)?;
+
+    let view = load(dir, &mut sync)?;
+    sync.apply(&view).context("first sync of the maps")?;
+    datapath.attach(&settings.cgroup)?;
+    info!(cgroup = %settings.cgroup.display(), pin_dir = %settings.pin_dir.display(), "attached");
+
+    let watch = async {
+        let mut last = view;
+        #[allow(clippy::infinite_loop)]
+        let mut tick = tokio::time::interval(settings.poll_interval);
+        loop {
+            tick.tick().await;
+            let view = match load(dir, &mut sync) {
+                Ok(view) => view,
+                Err(error) => {
+                    // Keep serving the last good view: a vanished or unreadable
+                    // directory must not empty the maps.
+                    warn!(%error, "cannot read the source; keeping the current maps");
+                    continue;
+                }
+            };
+            if view != last {
+                if let Err(error) = sync.apply(&view) {
+                    warn!(%error, "sync failed; retrying on the next change");
+                    continue;
+                }
+                last = view;
+            }
+        }
+    }
+    .instrument(info_span!("watch", dir = %dir.display()));
+
+    // The watch loop only ends with the process; a signal ends the agent.
+    tokio::select! {
+        () = watch => {}
+        _ = terminate.recv() => info!("SIGTERM"),
+        _ = interrupt.recv() => info!("SIGINT"),
+    }
+    drop(datapath);
+    info!("programs detached; maps stay pinned for established connections and the next agent");
+    Ok(())
+}
+
+/// Reads the directory, logging each problem once (not on every poll).
+fn load(dir: &Path, sync: &mut Sync) -> Result<ClusterView> {
+    let loaded = source::load_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    report(
+        &mut sync.source_problems,
+        loaded.problems.iter().map(ToString::to_string),
+    );
+    Ok(loaded.view)
+}
+
+/// Plans and writes the maps; remembers which problems are already logged.
+struct Sync {
+    maps: ServiceMaps,
+    node: String,
+    source_problems: BTreeSet<String>,
+    plan_problems: BTreeSet<String>,
+}
+
+impl Sync {
+    fn new(pin_dir: &Path, node: &str) -> Result<Self> {
+        Ok(Self {
+            maps: ServiceMaps::open(pin_dir)?,
+            node: node.to_owned(),
+            source_problems: BTreeSet::new(),
+            plan_problems: BTreeSet::new(),
+        })
+    }
+
+    fn apply(&mut self, view: &ClusterView) -> Result<()> {
+        let started = Instant::now();
+        let plan = zerohop_planner::plan(view, &self.node);
+        report(
+            &mut self.plan_problems,
+            plan.problems.iter().map(ToString::to_string),
+        );
+        let current = self.maps.read()?;
+        let changes = zerohop_planner::diff(&current, &plan.desired);
+        let applied = self.maps.apply(&changes);
+        info!(
+            frontends = plan.desired.services.len(),
+            endpoints = plan.desired.backends.len(),
+            written = applied.written,
+            failed = applied.failed,
+            micros = started.elapsed().as_micros() as u64,
+            "maps synced"
+        );
+        Ok(())
+    }
+}
+
+/// Logs the problems not in `known`, then makes `known` the current set, so
+/// a problem is logged once while it lasts and again if it comes back.
+fn report(known: &mut BTreeSet<String>, current: impl Iterator<Item = String>) {
+    let current: BTreeSet<String> = current.collect();
+    for problem in current.difference(known) {
+        warn!("{problem}");
+    }
+    *known = current;
+}

@@ -1,0 +1,263 @@
+//! The kernel side of the agent: loads the programs, pins their maps,
+//! attaches the hooks, and gives typed access to the maps.
+//!
+//! Maps are pinned by name under one bpffs directory of ours and outlive the
+//! agent: a restarted agent reuses them (the maps stay exact across a restart,
+//! with no window where they are empty), and connections already moving
+//! socket-to-socket keep doing so while no agent runs. Programs do not outlive
+//! the agent: dropping [`Datapath`] detaches them.
+
+use std::{
+    fs::File,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash},
+    programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
+    Ebpf, EbpfLoader,
+};
+use zerohop_abi::{
+    map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, SockKey, CONFIG_NO_BYPASS,
+};
+use zerohop_planner::{Changes, Desired};
+
+/// The compiled kernel programs (see build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zerohop.bpf.o"));
+
+/// Default bpffs directory for our pins.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/zerohop";
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Loaded programs and their maps. Dropping it detaches every program.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Datapath {
+    /// Loads the programs into the kernel and creates (or reuses) the pinned
+    /// maps under `pin_dir`. Nothing is attached yet.
+    pub fn load(pin_dir: &Path) -> Result<Self> {
+        raise_memlock_limit();
+        let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+        if filesystem_magic(parent)? != BPF_FS_MAGIC {
+            bail!(
+                "{} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf` \
+                 or choose --pin-dir under an existing one",
+                pin_dir.display()
+            );
+        }
+        std::fs::create_dir_all(pin_dir)
+            .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(EBPF_OBJECT)
+            .with_context(|| {
+                format!(
+                    "loading the eBPF programs (pinned maps of another layout in {}? \
+                     remove them with `zerohop cleanup`)",
+                    pin_dir.display()
+                )
+            })?;
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+        })
+    }
+
+    /// Attaches the connect and sockops hooks to the cgroup v2 directory
+    /// `cgroup` (every socket of its processes and their descendants), and the
+    /// sk_msg program to the sockhash.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
+        if filesystem_magic(cgroup)? != CGROUP2_SUPER_MAGIC {
+            bail!("{} is not a cgroup v2 directory", cgroup.display());
+        }
+        let cgroup_dir =
+            File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        // aya attaches through bpf_link on kernels >= 5.7, which always
+        // coexists with other programs on the cgroup (a CNI's) and rejects
+        // explicit attach flags, hence the default mode.
+        for name in ["zh_connect4", "zh_connect6"] {
+            let program: &mut CgroupSockAddr = self.program(name)?.try_into()?;
+            program
+                .load()
+                .with_context(|| format!("verifying {name}"))?;
+            program.attach(&cgroup_dir, CgroupAttachMode::default())?;
+        }
+        let sockops: &mut SockOps = self.program("zh_sockops")?.try_into()?;
+        sockops.load().context("verifying zh_sockops")?;
+        sockops.attach(&cgroup_dir, CgroupAttachMode::default())?;
+
+        let sockets: SockHash<&MapData, SockKey> = SockHash::try_from(
+            self.ebpf
+                .map(map_name::SOCKETS)
+                .context("sockhash missing from the object")?,
+        )?;
+        let sockets_fd = sockets.fd().try_clone()?;
+        let sk_msg: &mut SkMsg = self.program("zh_sk_msg")?.try_into()?;
+        sk_msg.load().context("verifying zh_sk_msg")?;
+        sk_msg.attach(&sockets_fd)?;
+        Ok(())
+    }
+
+    fn program(&mut self, name: &str) -> Result<&mut aya::programs::Program> {
+        self.ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))
+    }
+
+    /// The pin directory in use.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+/// The maps the agent writes: frontends and their endpoint slots.
+pub struct ServiceMaps {
+    services: HashMap<MapData, FrontendKey, Service>,
+    backends: HashMap<MapData, BackendKey, Backend>,
+}
+
+/// What [`ServiceMaps::apply`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries written or deleted.
+    pub written: usize,
+    /// Writes the kernel refused (a full map); the frontends concerned keep
+    /// their previous state or fall back to the cluster's normal path.
+    pub failed: usize,
+}
+
+impl ServiceMaps {
+    /// Opens the pinned maps under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            services: HashMap::try_from(open_pinned(pin_dir, map_name::SERVICES)?)?,
+            backends: HashMap::try_from(open_pinned(pin_dir, map_name::BACKENDS)?)?,
+        })
+    }
+
+    /// The current contents of both maps.
+    pub fn read(&self) -> Result<Desired> {
+        let mut current = Desired::default();
+        for entry in self.services.iter() {
+            let (key, value) = entry?;
+            current.services.insert(key, value);
+        }
+        for entry in self.backends.iter() {
+            let (key, value) = entry?;
+            current.backends.insert(key, value);
+        }
+        Ok(current)
+    }
+
+    /// Writes `changes` in the order the planner gives them, so that the
+    /// hook never finds a Service whose slots point at a missing endpoint for
+    /// longer than one slot write. A refused write is counted and skipped:
+    /// the rest of the node keeps being served.
+    pub fn apply(&mut self, changes: &Changes) -> Applied {
+        let mut applied = Applied::default();
+        let mut record =
+            |result: Result<(), aya::maps::MapError>, what: &dyn std::fmt::Debug| match result {
+                Ok(()) => applied.written += 1,
+                Err(error) => {
+                    applied.failed += 1;
+                    tracing::error!(?what, %error, "map write failed");
+                }
+            };
+        for (key, value) in &changes.upsert_backends {
+            record(self.backends.insert(key, value, 0), key);
+        }
+        for (key, value) in &changes.upsert_services {
+            record(self.services.insert(key, value, 0), key);
+        }
+        for key in &changes.delete_services {
+            record(self.services.remove(key), key);
+        }
+        for key in &changes.delete_backends {
+            record(self.backends.remove(key), key);
+        }
+        applied
+    }
+}
+
+/// Sets the node-wide bypass switch the programs read on every decision.
+pub fn set_bypass(pin_dir: &Path, enabled: bool) -> Result<()> {
+    let mut config: Array<MapData, Config> =
+        Array::try_from(open_pinned(pin_dir, map_name::CONFIG)?)?;
+    let flags = if enabled { 0 } else { CONFIG_NO_BYPASS };
+    config.set(0, Config { flags }, 0)?;
+    Ok(())
+}
+
+/// The kernel counters, summed over CPUs, in [`Counter::ALL`] order.
+pub fn read_counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>> {
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(open_pinned(pin_dir, map_name::STATS)?)?;
+    Counter::ALL
+        .iter()
+        .map(|&counter| {
+            let per_cpu = stats.get(&(counter as u32), 0)?;
+            Ok((counter, per_cpu.iter().sum()))
+        })
+        .collect()
+}
+
+/// Removes our pins (and so, once no program or agent holds them, the maps).
+/// Registered sockets leave the sockhash and continue through the stack.
+pub fn remove_pins(pin_dir: &Path) -> Result<()> {
+    for name in zerohop_abi::ALL_MAPS {
+        let pin = pin_dir.join(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error).with_context(|| format!("removing {}", pin.display())),
+        }
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("removing {}", pin_dir.display())),
+    }
+}
+
+fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is the agent running, and are you root?)",
+            path.display()
+        )
+    })?;
+    Ok(Map::from_map_data(data)?)
+}
+
+fn filesystem_magic(path: &Path) -> Result<i64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a properly sized out-parameter.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", path.display()));
+    }
+    #[allow(clippy::useless_conversion)] // f_type's width differs between targets
+    Ok(i64::from(stat.f_type))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so the
+/// agent also loads there. Newer kernels ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not lift RLIMIT_MEMLOCK");
+    }
+}
