@@ -15,15 +15,19 @@
 //! what runs that died before their Drop left behind.
 
 mod addressing;
+mod agent;
 mod cluster;
 mod cmd;
 mod dnat;
+mod manifests;
 mod mounts;
 mod process;
 mod testpod;
 
 pub use addressing::Family;
+pub use agent::{counters, node_name, zerohop_binary, Agent};
 pub use cluster::{sweep_stale, Cluster, Node, Pod};
+pub use manifests::{service_yaml, slice_yaml, Endpoint, Manifests};
 pub use mounts::{bpffs_mount, cgroup2_mount, require_root};
 pub use process::{Finished, PodProcess};
 pub use testpod::{

@@ -262,7 +262,7 @@ fn serve(mut stream: TcpStream, name: &str) {
         stream.write_all(format!("HELLO {name} {} {}\n", peer.ip(), peer.port()).as_bytes())?;
         let mut buf = vec![0u8; DEFAULT_CHUNK];
         loop {
-            let n = stream.read(&mut buf)?;
+            let n = Patient(&stream).read(&mut buf)?;
             if n == 0 {
                 return stream.shutdown(Shutdown::Write);
             }
@@ -363,6 +363,33 @@ struct Echoed {
     error: Option<String>,
 }
 
+/// A blocking reader that sits out spurious `EAGAIN`s.
+///
+/// On a socket whose connection bypasses the stack (sockmap), the kernel's
+/// `tcp_bpf_recvmsg` returns `EAGAIN` from a blocking read when the waiting
+/// reader is woken by something other than data, e.g. write space freed for
+/// another thread writing on the same socket. Event-driven programs (epoll)
+/// treat that as "not ready yet"; this reader does the same, so the echo
+/// checks the bytes, not that kernel quirk. A real timeout still ends it.
+struct Patient<R>(R);
+
+impl<R: Read> Read for Patient<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+        loop {
+            match self.0.read(buf) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    thread::yield_now()
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// Opens a connection and sends `total` pattern bytes (seeded by `seed`, or by
 /// the local port) in writes of `chunk` from a thread, then half-closes; reads
 /// the echo meanwhile and checks every byte, and that EOF comes after exactly
@@ -428,6 +455,7 @@ fn echo_once(
 /// Reads to EOF, checking the data against the pattern; returns the bytes
 /// matched and the first problem.
 fn verify_echo(reader: &mut impl Read, seed: u64, total: u64) -> (u64, Option<String>) {
+    let mut reader = Patient(reader);
     let mut buf = vec![0u8; DEFAULT_CHUNK];
     let mut expected = vec![0u8; DEFAULT_CHUNK];
     let mut received = 0u64;

@@ -1,0 +1,196 @@
+//! `zerohop agent` processes for the nodes of a sandbox cluster, and the CLI
+//! calls tests make against their pinned maps.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::Cluster;
+
+/// The `zerohop` binary: `$ZEROHOP_BIN` (set by `cargo xtask test`), else the
+/// workspace's release build, else its debug build.
+pub fn zerohop_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ZEROHOP_BIN") {
+        return path.into();
+    }
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let release = target.join("release/zerohop");
+    if release.exists() {
+        release
+    } else {
+        target.join("debug/zerohop")
+    }
+}
+
+/// The node name the sandbox gives node `index` in manifests.
+pub fn node_name(index: usize) -> String {
+    format!("node{index}")
+}
+
+/// A running agent. Dropping it stops it (SIGTERM, then SIGKILL).
+pub struct Agent {
+    child: Option<Child>,
+    pin_dir: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts the agent of node `node`, reading `manifests`, attached to the
+    /// node's pod cgroup, and waits until its hooks are attached.
+    pub fn start(
+        cluster: &Cluster,
+        node: usize,
+        manifests: &Path,
+        extra: &[&str],
+    ) -> Result<Agent> {
+        let pin_dir = cluster.bpffs_dir(node);
+        let mut child = Command::new(zerohop_binary())
+            .arg("agent")
+            .args(["--node", &node_name(node)])
+            .arg("--cgroup")
+            .arg(cluster.node(node).cgroup_path())
+            .arg(format!("--source=dir:{}", manifests.display()))
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", zerohop_binary().display()))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut agent = Agent {
+            child: Some(child),
+            pin_dir,
+            log,
+        };
+        agent.wait_for_log("attached", Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
+    /// Waits until a log line contains `text`.
+    pub fn wait_for_log(&mut self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|line| line.contains(text))
+            {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "agent exited ({status}) before logging {text:?}:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent did not log {text:?} within {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The kernel counters, by name (`zerohop stats -o json`).
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
+        counters(&self.pin_dir)
+    }
+
+    /// `zerohop bypass on|off` for this node.
+    pub fn set_bypass(&self, on: bool) -> Result<()> {
+        cli(
+            &["bypass", if on { "on" } else { "off" }, "--pin-dir"],
+            &self.pin_dir,
+        )
+        .map(drop)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: signalling our own child, not yet reaped, by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("agent did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !status.success() {
+            bail!("agent exited with {status}:\n{}", self.log_text());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.stop().is_err() {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// The kernel counters of the maps pinned in `pin_dir`.
+pub fn counters(pin_dir: &Path) -> Result<BTreeMap<String, u64>> {
+    let json = cli(&["stats", "-o", "json", "--pin-dir"], pin_dir)?;
+    Ok(serde_json::from_str(&json).with_context(|| format!("stats output {json:?}"))?)
+}
+
+fn cli(args: &[&str], pin_dir: &Path) -> Result<String> {
+    let output = Command::new(zerohop_binary())
+        .args(args)
+        .arg(pin_dir)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "zerohop {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}

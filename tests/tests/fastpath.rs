@@ -1,0 +1,560 @@
+//! The same-node L4 fast path, end to end: real kernel programs attached by a
+//! real `zerohop agent` to the pod cgroups of a sandboxed two-node cluster.
+//! Privileged; run for real, never skipped (`cargo xtask test`).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use anyhow::{ensure, Context, Result};
+use zerohop_tests::{
+    node_name, require_root, service_yaml, slice_yaml, Agent, Cluster, EchoReport, Endpoint,
+    Family, Manifests, Pod, PodProcess, Testpod,
+};
+
+/// Port every test server listens on (the Services' targetPort).
+const TARGET_PORT: u16 = 8080;
+/// Port of every Service.
+const SERVICE_PORT: u16 = 80;
+const MIB: u64 = 1 << 20;
+const WAIT: Duration = Duration::from_secs(15);
+
+fn testpod() -> Testpod {
+    Testpod::at(env!("CARGO_BIN_EXE_zh-testpod"))
+}
+
+/// ClusterIP number `n` of a family: 10.96.0.n or fd00:96::n.
+fn cluster_ip(family: Family, n: u8) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::from([10, 96, 0, n]),
+        Family::V6 => IpAddr::from([0xfd00, 0x96, 0, 0, 0, 0, 0, u16::from(n)]),
+    }
+}
+
+fn frontend(family: Family, n: u8) -> SocketAddr {
+    SocketAddr::new(cluster_ip(family, n), SERVICE_PORT)
+}
+
+/// A cluster, pods serving on [`TARGET_PORT`] under their own name, a
+/// manifest directory, and (once started) one agent per node. Fields drop in
+/// order: servers and agents stop before the cluster goes.
+struct World {
+    servers: Vec<PodProcess>,
+    agents: Vec<Agent>,
+    manifests: Manifests,
+    pods: BTreeMap<String, Pod>,
+    cluster: Cluster,
+}
+
+impl World {
+    /// `pods`: (name, node); `servers`: the pods that run a server.
+    fn new(pods: &[(&str, usize)], servers: &[&str]) -> Result<World> {
+        require_root();
+        let cluster = Cluster::new(2)?;
+        let mut world = World {
+            servers: Vec::new(),
+            agents: Vec::new(),
+            manifests: Manifests::new()?,
+            pods: BTreeMap::new(),
+            cluster,
+        };
+        for &(name, node) in pods {
+            let pod = world.cluster.add_pod(node, name)?;
+            world.pods.insert(name.to_owned(), pod);
+        }
+        for &name in servers {
+            let server = testpod().server(world.pod(name), name, TARGET_PORT)?;
+            world.servers.push(server);
+        }
+        Ok(world)
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        &self.pods[name]
+    }
+
+    /// Writes a Service `name` at ClusterIP number `n` whose endpoints are
+    /// the named pods (ready unless listed in `not_ready`).
+    fn service(
+        &self,
+        family: Family,
+        name: &str,
+        n: u8,
+        backends: &[&str],
+        not_ready: &[&str],
+        spec_extra: &str,
+    ) -> Result<()> {
+        let endpoints: Vec<Endpoint> = backends
+            .iter()
+            .map(|&pod| Endpoint {
+                ip: self.pod(pod).ip(family),
+                node: self.node_of(pod),
+                ready: !not_ready.contains(&pod),
+            })
+            .collect();
+        self.manifests.write(
+            &format!("{name}-svc.yaml"),
+            &service_yaml(
+                name,
+                cluster_ip(family, n),
+                SERVICE_PORT,
+                TARGET_PORT,
+                spec_extra,
+            ),
+        )?;
+        self.manifests.write(
+            &format!("{name}-slice.yaml"),
+            &slice_yaml(name, &format!("{name}-1"), TARGET_PORT, &endpoints),
+        )
+    }
+
+    fn node_of(&self, pod: &str) -> &'static str {
+        match self.pod(pod).node {
+            1 => "node1",
+            _ => "node2",
+        }
+    }
+
+    fn start_agents(&mut self) -> Result<()> {
+        for node in 1..=2 {
+            let agent = Agent::start(&self.cluster, node, self.manifests.dir(), &[])
+                .with_context(|| format!("agent of {}", node_name(node)))?;
+            self.agents.push(agent);
+        }
+        Ok(())
+    }
+
+    fn stop_agents(&mut self) -> Result<()> {
+        for agent in &mut self.agents {
+            agent.stop()?;
+        }
+        Ok(())
+    }
+
+    /// A kernel counter of node 1, where every client runs.
+    fn counter(&self, name: &str) -> Result<u64> {
+        let counters = self.agents[0].counters()?;
+        counters
+            .get(name)
+            .copied()
+            .with_context(|| format!("no counter {name} in {counters:?}"))
+    }
+
+    /// Bytes received plus sent on a pod's eth0.
+    fn veth_bytes(&self, pod: &str) -> Result<u64> {
+        let (rx, tx) = self.pod(pod).veth_bytes()?;
+        Ok(rx + tx)
+    }
+
+    fn echo(&self, client: &str, target: SocketAddr, bytes: u64) -> Result<EchoReport> {
+        let report = testpod().echo(self.pod(client), target, bytes)?;
+        ensure!(
+            report.ok && report.bytes == bytes,
+            "echo {client} -> {target} failed: {report:?}; node1 counters {:?}",
+            self.agents.first().map(Agent::counters)
+        );
+        Ok(report)
+    }
+
+    fn spread(
+        &self,
+        client: &str,
+        target: SocketAddr,
+        count: u32,
+    ) -> Result<BTreeMap<String, u64>> {
+        let report = testpod().spread(self.pod(client), target, count)?;
+        ensure!(
+            report.failed == 0,
+            "{} of {count} connections to {target} failed",
+            report.failed
+        );
+        Ok(report.counts)
+    }
+}
+
+fn same_node_connection_goes_straight_to_the_backend(family: Family) -> Result<()> {
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+
+    let report = world.echo("client", frontend(family, 10), 256 * 1024)?;
+    assert_eq!(report.server.as_deref(), Some("server"));
+    let seen = report.seen_peer.context("server did not report the peer")?;
+    assert_eq!(
+        seen.ip(),
+        world.pod("client").ip(family),
+        "the server sees the client's pod IP"
+    );
+    assert_eq!(world.counter("translated_local")?, 1);
+    assert!(world.counter("bytes_redirected")? >= 2 * 256 * 1024);
+    Ok(())
+}
+
+#[test]
+fn same_node_connection_goes_straight_to_the_backend_v4() -> Result<()> {
+    same_node_connection_goes_straight_to_the_backend(Family::V4)
+}
+
+#[test]
+fn same_node_connection_goes_straight_to_the_backend_v6() -> Result<()> {
+    same_node_connection_goes_straight_to_the_backend(Family::V6)
+}
+
+/// 8 MiB echoed over one connection leave the veths (almost) untouched and
+/// are all counted as redirected; with the bypass off they cross the veths.
+fn bypass_skips_the_veths(family: Family) -> Result<()> {
+    const PAYLOAD: u64 = 8 * MIB;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+
+    let veths_before = [world.veth_bytes("client")?, world.veth_bytes("server")?];
+    let redirected_before = world.counter("bytes_redirected")?;
+    world.echo("client", frontend(family, 10), PAYLOAD)?;
+    let veths_after = [world.veth_bytes("client")?, world.veth_bytes("server")?];
+    for (before, after) in veths_before.iter().zip(veths_after) {
+        assert!(
+            after - before < 64 * 1024,
+            "{} bytes crossed a veth with the bypass on",
+            after - before
+        );
+    }
+    let redirected = world.counter("bytes_redirected")? - redirected_before;
+    assert!(
+        redirected >= 2 * PAYLOAD,
+        "only {redirected} bytes redirected for 2 x {PAYLOAD} echoed"
+    );
+    assert!(
+        redirected < 2 * PAYLOAD + 4096,
+        "{redirected} bytes redirected for 2 x {PAYLOAD} echoed"
+    );
+
+    world.agents[0].set_bypass(false)?;
+    let veths_before = [world.veth_bytes("client")?, world.veth_bytes("server")?];
+    world.echo("client", frontend(family, 10), PAYLOAD)?;
+    let veths_after = [world.veth_bytes("client")?, world.veth_bytes("server")?];
+    for (before, after) in veths_before.iter().zip(veths_after) {
+        assert!(
+            after - before >= 2 * PAYLOAD,
+            "bypass off, yet only {} bytes crossed a veth",
+            after - before
+        );
+    }
+    assert_eq!(
+        world.counter("bytes_redirected")? - redirected_before,
+        redirected
+    );
+    assert_eq!(
+        world.counter("translated_local")?,
+        2,
+        "translation goes on with the bypass off"
+    );
+    Ok(())
+}
+
+#[test]
+fn bypass_skips_the_veths_v4() -> Result<()> {
+    bypass_skips_the_veths(Family::V4)
+}
+
+#[test]
+fn bypass_skips_the_veths_v6() -> Result<()> {
+    bypass_skips_the_veths(Family::V6)
+}
+
+/// A Service whose endpoints are all on node 2: translated (no DNAT rule
+/// exists for it, so only translation can reach them), bytes on the wire.
+fn remote_endpoints_are_reached_without_nat(family: Family) -> Result<()> {
+    let mut world = World::new(
+        &[("client", 1), ("far1", 2), ("far2", 2)],
+        &["far1", "far2"],
+    )?;
+    world.service(family, "remote", 20, &["far1", "far2"], &[], "")?;
+    world.start_agents()?;
+
+    let veth_before = world.veth_bytes("client")?;
+    let report = world.echo("client", frontend(family, 20), MIB)?;
+    assert!(
+        matches!(report.server.as_deref(), Some("far1" | "far2")),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.seen_peer.map(|peer| peer.ip()),
+        Some(world.pod("client").ip(family))
+    );
+    assert!(
+        world.veth_bytes("client")? - veth_before >= 2 * MIB,
+        "remote traffic crosses the network"
+    );
+    assert_eq!(world.counter("translated_remote")?, 1);
+    assert_eq!(world.counter("bytes_redirected")?, 0);
+    Ok(())
+}
+
+#[test]
+fn remote_endpoints_are_reached_without_nat_v4() -> Result<()> {
+    remote_endpoints_are_reached_without_nat(Family::V4)
+}
+
+#[test]
+fn remote_endpoints_are_reached_without_nat_v6() -> Result<()> {
+    remote_endpoints_are_reached_without_nat(Family::V6)
+}
+
+/// Addresses zerohop does not know are left to the cluster's normal path.
+fn unknown_addresses_are_left_alone(family: Family) -> Result<()> {
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    // A Service only kube-proxy knows about.
+    let server = SocketAddr::new(world.pod("server").ip(family), TARGET_PORT);
+    world.cluster.add_dnat_everywhere(
+        cluster_ip(family, 99),
+        SERVICE_PORT,
+        &[(server.ip(), TARGET_PORT)],
+    )?;
+    world.start_agents()?;
+
+    let veth_before = world.veth_bytes("client")?;
+    world.echo("client", server, MIB)?;
+    assert!(
+        world.veth_bytes("client")? - veth_before >= 2 * MIB,
+        "a pod IP connection is not bypassed"
+    );
+    let report = world.echo("client", frontend(family, 99), MIB)?;
+    assert_eq!(
+        report.server.as_deref(),
+        Some("server"),
+        "the DNAT rule still serves unknown Services"
+    );
+    assert!(world.counter("passed_not_service")? >= 2);
+    assert_eq!(
+        world.counter("translated_local")? + world.counter("translated_remote")?,
+        0
+    );
+    assert_eq!(world.counter("bytes_redirected")?, 0);
+    Ok(())
+}
+
+#[test]
+fn unknown_addresses_are_left_alone_v4() -> Result<()> {
+    unknown_addresses_are_left_alone(Family::V4)
+}
+
+#[test]
+fn unknown_addresses_are_left_alone_v6() -> Result<()> {
+    unknown_addresses_are_left_alone(Family::V6)
+}
+
+/// One local and three remote endpoints: zerohop keeps the Service's even
+/// spread; PreferSameNode goes local; internalTrafficPolicy Local with no
+/// ready local endpoint leaves the connect to the DNAT rule.
+#[test]
+fn endpoints_are_picked_the_way_the_service_asks() -> Result<()> {
+    let family = Family::V4;
+    let servers = ["near", "far1", "far2", "far3"];
+    let mut world = World::new(
+        &[
+            ("client", 1),
+            ("near", 1),
+            ("far1", 2),
+            ("far2", 2),
+            ("far3", 2),
+        ],
+        &servers,
+    )?;
+    world.service(family, "spread", 30, &servers, &[], "")?;
+    world.service(
+        family,
+        "prefer",
+        31,
+        &servers,
+        &[],
+        "trafficDistribution: PreferSameNode",
+    )?;
+    world.service(
+        family,
+        "local-only",
+        32,
+        &servers,
+        &["near"],
+        "internalTrafficPolicy: Local",
+    )?;
+    let far1 = world.pod("far1").ip(family);
+    world.cluster.add_dnat_everywhere(
+        cluster_ip(family, 32),
+        SERVICE_PORT,
+        &[(far1, TARGET_PORT)],
+    )?;
+    world.start_agents()?;
+
+    let counts = world.spread("client", frontend(family, 30), 2000)?;
+    for server in servers {
+        let share = counts.get(server).copied().unwrap_or(0) as f64 / 2000.0;
+        assert!(
+            (0.22..=0.28).contains(&share),
+            "{server} got {:.1}% of 2000: {counts:?}",
+            share * 100.0
+        );
+    }
+
+    let counts = world.spread("client", frontend(family, 31), 200)?;
+    assert_eq!(
+        counts,
+        BTreeMap::from([("near".to_owned(), 200)]),
+        "PreferSameNode"
+    );
+
+    let passed_before = world.counter("passed_no_endpoint")?;
+    let counts = world.spread("client", frontend(family, 32), 200)?;
+    assert_eq!(
+        counts,
+        BTreeMap::from([("far1".to_owned(), 200)]),
+        "left to the DNAT rule"
+    );
+    assert_eq!(world.counter("passed_no_endpoint")? - passed_before, 200);
+    Ok(())
+}
+
+#[test]
+fn two_hundred_concurrent_connections_each_get_their_own_bytes() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+
+    let report = testpod().concurrent(world.pod("client"), frontend(family, 10), 200, 64 * 1024)?;
+    assert_eq!((report.ok, report.failed), (200, 0), "{:?}", report.errors);
+    assert_eq!(world.counter("translated_local")?, 200);
+    assert!(world.counter("bytes_redirected")? >= 200 * 2 * 64 * 1024);
+    Ok(())
+}
+
+/// Whole 1 MiB writes, EOF after the data on a half-close, and a reset, all
+/// over the bypass.
+#[test]
+fn large_writes_half_close_and_reset_reach_the_peer() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+    let target = frontend(family, 10).to_string();
+
+    // The client writes 1 MiB at a time, half-closes, and checks it reads all
+    // 4 MiB back before EOF; the server saw EOF after all of them.
+    let report: EchoReport = testpod().run_json(
+        world.pod("client"),
+        &[
+            "echo",
+            "--target",
+            &target,
+            "--bytes",
+            &(4 * MIB).to_string(),
+            "--chunk",
+            &MIB.to_string(),
+        ],
+    )?;
+    assert!(report.ok && report.bytes == 4 * MIB, "{report:?}");
+    let conn = Testpod::next_conn(&mut world.servers[0], WAIT)?;
+    assert_eq!((conn.bytes, conn.end.as_str()), (4 * MIB, "eof"));
+    assert!(world.counter("bytes_redirected")? >= 8 * MIB);
+
+    let report = testpod().reset(world.pod("client"), frontend(family, 10))?;
+    assert!(report.ok, "{report:?}");
+    let conn = Testpod::next_conn(&mut world.servers[0], WAIT)?;
+    assert_eq!(conn.end, "reset", "the server sees the reset: {conn:?}");
+    Ok(())
+}
+
+/// Connections from before the agent keep working after it starts; bypassed
+/// connections keep working after it stops.
+#[test]
+fn connections_survive_agent_start_and_stop() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    let server = world.pod("server").ip(family);
+    world.cluster.add_dnat_everywhere(
+        cluster_ip(family, 10),
+        SERVICE_PORT,
+        &[(server, TARGET_PORT)],
+    )?;
+
+    let mut before = testpod().hold(world.pod("client"), frontend(family, 10))?;
+    assert_eq!(before.echo("before the agent")?, "before the agent");
+    world.start_agents()?;
+    assert_eq!(before.echo("agent running")?, "agent running");
+
+    let mut during = testpod().hold(world.pod("client"), frontend(family, 10))?;
+    assert_eq!(during.echo("bypassed")?, "bypassed");
+    assert_eq!(
+        world.counter("translated_local")?,
+        1,
+        "only the new connection is translated"
+    );
+    let redirected = world.counter("msg_redirected")?;
+    assert!(
+        redirected >= 2,
+        "the new connection's messages are redirected"
+    );
+
+    world.stop_agents()?;
+    assert_eq!(before.echo("agent stopped")?, "agent stopped");
+    for round in 0..50 {
+        let line = format!("after the agent {round}");
+        assert_eq!(during.echo(&line)?, line);
+    }
+    before.close()?;
+    during.close()?;
+    // New connections go the cluster's normal way again.
+    world.echo("client", frontend(family, 10), 64 * 1024)?;
+    Ok(())
+}
+
+/// After a backend leaves the manifests, no new connection reaches it once
+/// a second has passed.
+#[test]
+fn a_removed_backend_gets_no_new_connections_within_a_second() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(
+        &[("client", 1), ("stays", 1), ("leaves", 1)],
+        &["stays", "leaves"],
+    )?;
+    world.service(family, "local", 10, &["stays", "leaves"], &[], "")?;
+    world.start_agents()?;
+    let counts = world.spread("client", frontend(family, 10), 100)?;
+    assert!(
+        counts.contains_key("leaves") && counts.contains_key("stays"),
+        "{counts:?}"
+    );
+
+    world.service(family, "local", 10, &["stays"], &[], "")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let counts = world.spread("client", frontend(family, 10), 200)?;
+    assert_eq!(counts, BTreeMap::from([("stays".to_owned(), 200)]));
+    Ok(())
+}
+
+/// Bad manifests are reported with their file and object; the good ones keep
+/// being served.
+#[test]
+fn bad_manifests_are_reported_and_the_rest_keeps_working() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world
+        .manifests
+        .write("broken.yaml", "kind: Service\nmetadata: [unclosed\n")?;
+    world.manifests.write(
+        "no-ip.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: no-ip\n  namespace: default\nspec:\n  ports:\n  - port: 80\n",
+    )?;
+    world.start_agents()?;
+    world.agents[0].wait_for_log("broken.yaml", WAIT)?;
+    world.agents[0].wait_for_log("no-ip.yaml: Service default/no-ip", WAIT)?;
+    let report = world.echo("client", frontend(family, 10), 64 * 1024)?;
+    assert_eq!(report.server.as_deref(), Some("server"));
+    assert_eq!(world.counter("translated_local")?, 1);
+    Ok(())
+}
