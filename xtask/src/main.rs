@@ -101,26 +101,51 @@ fn test(filter: &[String]) -> Result<()> {
     leftovers_check()
 }
 
-/// Fails when a test run left any of our namespaces, cgroups or pins behind.
-fn leftovers_check() -> Result<()> {
-    let netns = String::from_utf8(Command::new("ip").args(["netns", "list"]).output()?.stdout)?;
-    let left: Vec<&str> = netns
+/// Fails when a run left any of our network namespaces, cgroups, pins or
+/// programs behind (names start with `zh`, programs with `zh_`).
+pub fn leftovers_check() -> Result<()> {
+    let netns = command_output("ip", &["netns", "list"])?;
+    let mut left: Vec<String> = netns
         .lines()
         .filter(|line| line.starts_with("zh"))
+        .map(|line| format!("netns {line}"))
         .collect();
-    let pins: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
-        .map(|dir| {
-            dir.filter_map(|entry| entry.ok())
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with("zh"))
-                .collect()
-        })
-        .unwrap_or_default();
-    if !left.is_empty() || !pins.is_empty() {
-        bail!("tests left namespaces {left:?} and pins {pins:?} behind");
+    let cgroups = zerohop_tests::cgroup2_mount();
+    for dir in [Path::new("/sys/fs/bpf"), cgroups.as_path()] {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("zh") {
+                left.push(entry.path().display().to_string());
+            }
+        }
     }
-    println!("== nothing left behind: no zh* network namespace or bpffs pin");
+    let programs = command_output("bpftool", &["prog", "show"])?;
+    left.extend(
+        programs
+            .lines()
+            .filter(|line| line.contains(" name zh_"))
+            .map(str::to_owned),
+    );
+    if !left.is_empty() {
+        bail!("left behind: {left:#?}");
+    }
+    println!("== nothing left behind: no zh* network namespace, cgroup, bpffs pin or zh_* program");
     Ok(())
+}
+
+fn command_output(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
 }
 
 fn require_root() -> Result<()> {

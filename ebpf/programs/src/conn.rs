@@ -59,8 +59,18 @@ pub fn sock_key<C: ConnFields>(ctx: &C) -> Option<SockKey> {
         ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0])
     } else if family == u32::from(FAMILY_V6) {
         (
-            [ctx.local_ip6(0), ctx.local_ip6(1), ctx.local_ip6(2), ctx.local_ip6(3)],
-            [ctx.remote_ip6(0), ctx.remote_ip6(1), ctx.remote_ip6(2), ctx.remote_ip6(3)],
+            [
+                ctx.local_ip6(0),
+                ctx.local_ip6(1),
+                ctx.local_ip6(2),
+                ctx.local_ip6(3),
+            ],
+            [
+                ctx.remote_ip6(0),
+                ctx.remote_ip6(1),
+                ctx.remote_ip6(2),
+                ctx.remote_ip6(3),
+            ],
         )
     } else {
         return None;

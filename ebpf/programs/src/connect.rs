@@ -86,7 +86,7 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
 
     // SAFETY: values are plain integers; a concurrent update can at worst
     // give a stale view, which the slot lookup below tolerates.
-    let Some(service) = (unsafe { SERVICES.get(&frontend) }) else {
+    let Some(service) = (unsafe { SERVICES.get(frontend) }) else {
         count(Counter::PassedNotService, 1);
         return;
     };
@@ -98,7 +98,7 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
     let slot = unsafe { bpf_get_prandom_u32() } % endpoints;
     // A slot can be missing for an instant while the agent shrinks the
     // Service; the connect then takes the cluster's normal path.
-    let Some(backend) = (unsafe { BACKENDS.get(&BackendKey { frontend, slot }) }) else {
+    let Some(backend) = (unsafe { BACKENDS.get(BackendKey { frontend, slot }) }) else {
         count(Counter::PassedNoEndpoint, 1);
         return;
     };
@@ -109,7 +109,7 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         // Untagged, the connection is still translated, just not bypassed.
         if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-            if TAGGED.insert(&cookie, &0, 0).is_err() {
+            if TAGGED.insert(cookie, 0, 0).is_err() {
                 count(Counter::MapFull, 1);
             }
         }

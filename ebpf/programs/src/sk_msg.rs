@@ -35,7 +35,7 @@ fn try_redirect(ctx: &SkMsgContext) {
     let Some(key) = sock_key(unsafe { &*ctx.msg }) else {
         return;
     };
-    if unsafe { FALLBACK.get(&key) }.is_some() {
+    if unsafe { FALLBACK.get(key) }.is_some() {
         return;
     }
     let size = ctx.size();
@@ -44,7 +44,7 @@ fn try_redirect(ctx: &SkMsgContext) {
         count(Counter::BytesRedirected, u64::from(size));
     } else {
         count(Counter::RedirectMiss, 1);
-        if FALLBACK.insert(&key, &0, 0).is_err() {
+        if FALLBACK.insert(key, 0, 0).is_err() {
             count(Counter::MapFull, 1);
         }
     }

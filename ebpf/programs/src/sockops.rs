@@ -36,15 +36,15 @@ pub fn zh_sockops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn on_connecting_end_established(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    if unsafe { TAGGED.get(&cookie) }.is_none() {
+    if unsafe { TAGGED.get(cookie) }.is_none() {
         return;
     }
-    let _ = TAGGED.remove(&cookie);
+    let _ = TAGGED.remove(cookie);
     // SAFETY: valid context for the duration of the hook.
     let Some(key) = sock_key(unsafe { &*ctx.ops }) else {
         return;
     };
-    if PENDING.insert(&key.peer(), &0, 0).is_err() {
+    if PENDING.insert(key.peer(), 0, 0).is_err() {
         count(Counter::MapFull, 1);
         return;
     }
@@ -56,19 +56,22 @@ fn on_accepting_end_established(ctx: &SockOpsContext) {
     let Some(key) = sock_key(unsafe { &*ctx.ops }) else {
         return;
     };
-    if unsafe { PENDING.get(&key) }.is_none() {
+    if unsafe { PENDING.get(key) }.is_none() {
         return;
     }
-    let _ = PENDING.remove(&key);
+    let _ = PENDING.remove(key);
     register(ctx.ops, key);
 }
 
 #[inline(always)]
 fn register(ops: *mut bpf_sock_ops, mut key: SockKey) {
     // A recycled 4-tuple starts afresh, whatever its predecessor did.
-    let _ = FALLBACK.remove(&key);
+    let _ = FALLBACK.remove(key);
     // SAFETY: `ops` is the hook's own context.
-    if SOCKETS.update(&mut key, unsafe { &mut *ops }, u64::from(BPF_ANY)).is_err() {
+    if SOCKETS
+        .update(&mut key, unsafe { &mut *ops }, u64::from(BPF_ANY))
+        .is_err()
+    {
         count(Counter::MapFull, 1);
     }
 }
