@@ -522,6 +522,17 @@ fn stale_entries(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The namespaces, cgroups and pin directories of runs whose process is gone:
+/// after a test run, anything listed here was left behind.
+pub fn stale_leftovers() -> Vec<PathBuf> {
+    let mut left = stale_entries(Path::new("/run/netns"));
+    left.extend(stale_entries(&cgroup2_mount()));
+    if let Ok(bpffs) = bpffs_mount() {
+        left.extend(stale_entries(&bpffs));
+    }
+    left
+}
+
 /// Removes the namespaces, cgroups and pin directories of earlier runs whose
 /// process is gone (crashed or killed before its Drop ran). Live runs, of this
 /// process or others, are left alone. Processes are never killed here: a stale

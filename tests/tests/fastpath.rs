@@ -551,6 +551,8 @@ fn bad_manifests_are_reported_and_the_rest_keeps_working() -> Result<()> {
     let family = Family::V4;
     let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
     world.service(family, "local", 10, &["server"], &[], "")?;
+    let server = world.pod("server").ip(family);
+    let v6_server = world.pod("server").ip(Family::V6);
     world
         .manifests
         .write("broken.yaml", "kind: Service\nmetadata: [unclosed\n")?;
@@ -558,9 +560,51 @@ fn bad_manifests_are_reported_and_the_rest_keeps_working() -> Result<()> {
         "no-ip.yaml",
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: no-ip\n  namespace: default\nspec:\n  ports:\n  - port: 80\n",
     )?;
+    world.manifests.write(
+        "zz-again.yaml",
+        &service_yaml("local", cluster_ip(family, 11), 80, 8080, ""),
+    )?;
+    let wrong_family = slice_yaml(
+        "local",
+        "local-2",
+        TARGET_PORT,
+        &[Endpoint {
+            ip: server,
+            node: "node1",
+            ready: true,
+        }],
+    )
+    .replace(&server.to_string(), &v6_server.to_string());
+    world.manifests.write("wrong-family.yaml", &wrong_family)?;
+    world.manifests.write(
+        "unnamed-svc.yaml",
+        &service_yaml("unnamed", cluster_ip(family, 12), 80, 8080, ""),
+    )?;
+    world.manifests.write(
+        "unnamed-slice.yaml",
+        &slice_yaml(
+            "unnamed",
+            "unnamed-1",
+            TARGET_PORT,
+            &[Endpoint {
+                ip: server,
+                node: "node1",
+                ready: true,
+            }],
+        )
+        .replace("- name: http", "- name: web"),
+    )?;
     world.start_agents()?;
-    world.agents[0].wait_for_log("broken.yaml", WAIT)?;
-    world.agents[0].wait_for_log("no-ip.yaml: Service default/no-ip", WAIT)?;
+    let agent = &mut world.agents[0];
+    agent.wait_for_log("broken.yaml", WAIT)?;
+    agent.wait_for_log("no-ip.yaml: Service default/no-ip: no ClusterIP", WAIT)?;
+    agent.wait_for_log("zz-again.yaml: Service default/local: defined again", WAIT)?;
+    agent.wait_for_log("wrong-family.yaml: EndpointSlice default/local-2", WAIT)?;
+    agent.wait_for_log(
+        "unnamed-svc.yaml: Service default/unnamed port \"http\": no IPv4 EndpointSlice defines it",
+        WAIT,
+    )?;
+
     let report = world.echo("client", frontend(family, 10), 64 * 1024)?;
     assert_eq!(report.server.as_deref(), Some("server"));
     assert_eq!(world.counter("translated_local")?, 1);

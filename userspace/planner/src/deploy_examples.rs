@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use zerohop_abi::BackendKey;
 
-use crate::{addr, build_view, plan, plan::frontend_key};
+use crate::{addr, build_view, plan, plan::frontend_key, Built};
 
 fn example_files() -> Vec<(String, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
@@ -53,7 +53,7 @@ fn examples_plan_one_local_and_one_remote_service_on_node1() {
         "{names:?}"
     );
 
-    let (view, problems) = build_view(files);
+    let Built { view, problems, .. } = build_view(files);
     assert_eq!(problems, vec![]);
     let plan = plan(&view, "node1");
     assert_eq!(plan.problems, vec![]);

@@ -18,7 +18,7 @@ pub mod plan;
 pub mod view;
 
 pub use diff::{diff, Change, Changes};
-pub use manifest::{build_view, parse_manifests, Manifest, Problem};
+pub use manifest::{build_view, parse_manifests, Built, Manifest, Problem};
 pub use plan::{plan, Desired, Plan, PlanProblem};
 pub use view::ClusterView;
 

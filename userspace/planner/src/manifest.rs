@@ -80,9 +80,7 @@ pub fn parse_manifests(file: &str, text: &str) -> (Vec<Manifest>, Vec<Problem>) 
 /// Builds a view from files given as (file name, text). An object defined
 /// twice (same kind, namespace and name, in one file or two) is a problem;
 /// the first definition wins.
-pub fn build_view(
-    files: impl IntoIterator<Item = (String, String)>,
-) -> (ClusterView, Vec<Problem>) {
+pub fn build_view(files: impl IntoIterator<Item = (String, String)>) -> Built {
     let mut view = ClusterView::new();
     let mut problems = Vec::new();
     let mut defined_in: BTreeMap<String, String> = BTreeMap::new();
@@ -109,7 +107,23 @@ pub fn build_view(
             }
         }
     }
-    (view, problems)
+    Built {
+        view,
+        problems,
+        origins: defined_in,
+    }
+}
+
+/// What [`build_view`] made of a set of files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Built {
+    /// Every object that loaded.
+    pub view: ClusterView,
+    /// Malformed documents, invalid or duplicate objects.
+    pub problems: Vec<Problem>,
+    /// The file each object comes from, by object label (`"Service ns/name"`),
+    /// so that later problems with an object can name its file.
+    pub origins: BTreeMap<String, String>,
 }
 
 /// One YAML document of a file.
@@ -465,7 +479,7 @@ endpoints: [{addresses: [10.244.1.2]}]
     #[test]
     fn build_view_keeps_the_first_of_duplicates_and_names_both_files() {
         let other_a = SERVICE_A.replace("10.96.0.1", "10.96.0.99");
-        let (view, problems) = build_view([
+        let Built { view, problems, .. } = build_view([
             ("a.yaml".to_string(), format!("{SERVICE_A}---\n{SLICE_A}")),
             ("b.yaml".to_string(), format!("{other_a}---\n{SLICE_A}")),
             ("c.yaml".to_string(), format!("{SERVICE_A}---\n{SERVICE_A}")),
@@ -489,7 +503,7 @@ endpoints: [{addresses: [10.244.1.2]}]
 
     #[test]
     fn build_view_reports_duplicates_within_one_file() {
-        let (view, problems) =
+        let Built { view, problems, .. } =
             build_view([("a.yaml".to_string(), format!("{SERVICE_A}---\n{SERVICE_A}"))]);
         assert_eq!(
             messages(&problems),
@@ -500,7 +514,7 @@ endpoints: [{addresses: [10.244.1.2]}]
 
     #[test]
     fn build_view_keeps_going_past_bad_files() {
-        let (view, problems) = build_view([
+        let Built { view, problems, .. } = build_view([
             ("bad.yaml".to_string(), "kind: [".to_string()),
             ("good.yaml".to_string(), SERVICE_A.to_string()),
         ]);

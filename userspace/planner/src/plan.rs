@@ -66,6 +66,16 @@ pub enum PlanProblem {
     },
 }
 
+impl PlanProblem {
+    /// The Service the problem is about.
+    pub fn service(&self) -> &ServiceId {
+        match self {
+            PlanProblem::PortNotInSlices { service, .. }
+            | PlanProblem::FrontendTaken { service, .. } => service,
+        }
+    }
+}
+
 /// An endpoint a frontend may send connections to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Target {

@@ -7,7 +7,7 @@
 //! that differ.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     str::FromStr,
     time::{Duration, Instant},
@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, info_span, warn, Instrument};
-use zerohop_planner::ClusterView;
+use zerohop_planner::{convert::object_label, ClusterView};
 
 use crate::{
     datapath::{self, Datapath, ServiceMaps},
@@ -114,6 +114,7 @@ fn load(dir: &Path, sync: &mut Sync) -> Result<ClusterView> {
         &mut sync.source_problems,
         loaded.problems.iter().map(ToString::to_string),
     );
+    sync.origins = loaded.origins;
     Ok(loaded.view)
 }
 
@@ -123,6 +124,8 @@ struct Sync {
     node: String,
     source_problems: BTreeSet<String>,
     plan_problems: BTreeSet<String>,
+    /// The file each object came from, to name it in plan problems.
+    origins: BTreeMap<String, String>,
 }
 
 impl Sync {
@@ -132,16 +135,22 @@ impl Sync {
             node: node.to_owned(),
             source_problems: BTreeSet::new(),
             plan_problems: BTreeSet::new(),
+            origins: BTreeMap::new(),
         })
     }
 
     fn apply(&mut self, view: &ClusterView) -> Result<()> {
         let started = Instant::now();
         let plan = zerohop_planner::plan(view, &self.node);
-        report(
-            &mut self.plan_problems,
-            plan.problems.iter().map(ToString::to_string),
-        );
+        let described = plan.problems.iter().map(|problem| {
+            let service = problem.service();
+            let label = object_label("Service", &service.namespace, Some(&service.name));
+            match self.origins.get(&label) {
+                Some(file) => format!("{file}: {problem}"),
+                None => problem.to_string(),
+            }
+        });
+        report(&mut self.plan_problems, described);
         let current = self.maps.read()?;
         let changes = zerohop_planner::diff(&current, &plan.desired);
         let applied = self.maps.apply(&changes);

@@ -7,6 +7,7 @@
 //! file that cannot be read is a [`Problem`] like a malformed one: the other
 //! files still load.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -20,6 +21,8 @@ pub struct Loaded {
     pub view: ClusterView,
     /// Unreadable files, malformed documents, invalid or duplicate objects.
     pub problems: Vec<Problem>,
+    /// The file each object comes from, by object label (`"Service ns/name"`).
+    pub origins: BTreeMap<String, String>,
 }
 
 /// Loads the manifests of directory `path`. Fails only when the directory
@@ -49,9 +52,13 @@ pub fn load_dir(path: &Path) -> io::Result<Loaded> {
             }),
         }
     }
-    let (view, build_problems) = build_view(files);
-    problems.extend(build_problems);
-    Ok(Loaded { view, problems })
+    let built = build_view(files);
+    problems.extend(built.problems);
+    Ok(Loaded {
+        view: built.view,
+        problems,
+        origins: built.origins,
+    })
 }
 
 /// Whether a directory entry name is one of the manifest files we read.
