@@ -123,7 +123,7 @@ impl Agent {
         &self.pin_dir
     }
 
-    /// The kernel counters, by name (`zerohop stats -o json`).
+    /// The kernel counters, by name (`zerohop inspect stats -o json`).
     pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
         counters(&self.pin_dir)
     }
@@ -176,8 +176,23 @@ impl Drop for Agent {
 
 /// The kernel counters of the maps pinned in `pin_dir`.
 pub fn counters(pin_dir: &Path) -> Result<BTreeMap<String, u64>> {
-    let json = cli(&["stats", "-o", "json", "--pin-dir"], pin_dir)?;
-    serde_json::from_str(&json).with_context(|| format!("stats output {json:?}"))
+    #[derive(serde::Deserialize)]
+    struct Row {
+        counter: String,
+        value: u64,
+    }
+    let json = inspect("stats", pin_dir)?;
+    let rows: Vec<Row> =
+        serde_json::from_str(&json).with_context(|| format!("stats output {json:?}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.counter, row.value))
+        .collect())
+}
+
+/// `zerohop inspect <what> -o json` of the maps pinned in `pin_dir`.
+pub fn inspect(what: &str, pin_dir: &Path) -> Result<String> {
+    cli(&["inspect", what, "-o", "json", "--pin-dir"], pin_dir)
 }
 
 fn cli(args: &[&str], pin_dir: &Path) -> Result<String> {

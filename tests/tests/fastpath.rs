@@ -5,13 +5,14 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    path::Path,
     time::Duration,
 };
 
 use anyhow::{ensure, Context, Result};
 use zerohop_tests::{
-    node_name, require_root, service_yaml, slice_yaml, Agent, Cluster, EchoReport, Endpoint,
-    Family, Manifests, Pod, PodProcess, Testpod,
+    inspect, node_name, require_root, service_yaml, slice_yaml, Agent, Cluster, EchoReport,
+    Endpoint, Family, Manifests, Pod, PodProcess, Testpod,
 };
 
 /// Port every test server listens on (the Services' targetPort).
@@ -608,5 +609,97 @@ fn bad_manifests_are_reported_and_the_rest_keeps_working() -> Result<()> {
     let report = world.echo("client", frontend(family, 10), 64 * 1024)?;
     assert_eq!(report.server.as_deref(), Some("server"));
     assert_eq!(world.counter("translated_local")?, 1);
+    Ok(())
+}
+
+/// `zerohop inspect` shows frontends, their Service, action, bypass and
+/// local backends, and the registered sockets; it reads the pinned maps, so
+/// it works after the agent stopped. A Service annotated
+/// `zerohop.io/bypass: "off"` is translated but its bytes cross the veths.
+#[test]
+fn inspect_shows_what_the_kernel_does() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(
+        &[("client", 1), ("server", 1), ("far", 2)],
+        &["server", "far"],
+    )?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.service(family, "remote", 20, &["far"], &[], "")?;
+    world.service(family, "plain", 21, &["server"], &[], "")?;
+    let plain = service_yaml(
+        "plain",
+        cluster_ip(family, 21),
+        SERVICE_PORT,
+        TARGET_PORT,
+        "",
+    )
+    .replace(
+        "  namespace: default\n",
+        "  namespace: default\n  annotations:\n    zerohop.io/bypass: \"off\"\n",
+    );
+    world.manifests.write("plain-svc.yaml", &plain)?;
+    world.start_agents()?;
+    let pin_dir = world.agents[0].pin_dir().to_owned();
+
+    let services: serde_json::Value = serde_json::from_str(&inspect("services", &pin_dir)?)?;
+    let row = |frontend: &str| {
+        services
+            .as_array()
+            .and_then(|rows| rows.iter().find(|row| row["frontend"] == frontend))
+            .cloned()
+            .with_context(|| format!("no frontend {frontend} in {services}"))
+    };
+    let server = SocketAddr::new(world.pod("server").ip(family), TARGET_PORT).to_string();
+    let local = row("10.96.0.10:80/TCP")?;
+    assert_eq!(local["service"], "default/local");
+    assert_eq!(local["action"], "translate");
+    assert_eq!(local["bypass"], true);
+    assert_eq!(local["local_backends"], serde_json::json!([server]));
+    let remote = row("10.96.0.20:80/TCP")?;
+    assert_eq!(
+        (
+            remote["endpoints"].as_u64(),
+            remote["local_backends"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0))
+    );
+    assert_eq!(row("10.96.0.21:80/TCP")?["bypass"], false);
+
+    // The annotated Service is translated, not bypassed.
+    let veth_before = world.veth_bytes("client")?;
+    world.echo("client", frontend(family, 21), MIB)?;
+    assert!(world.veth_bytes("client")? - veth_before >= 2 * MIB);
+    assert_eq!(world.counter("translated_local")?, 1);
+    assert_eq!(world.counter("bytes_redirected")?, 0);
+
+    let mut held = testpod().hold(world.pod("client"), frontend(family, 10))?;
+    assert_eq!(held.echo("registered")?, "registered");
+    let sockets: Vec<serde_json::Value> = serde_json::from_str(&inspect("sockets", &pin_dir)?)?;
+    let client = held.greeting.local.to_string();
+    assert_eq!(
+        sockets.len(),
+        2,
+        "both ends of the held connection: {sockets:?}"
+    );
+    for (local_end, remote_end) in [(&client, &server), (&server, &client)] {
+        assert!(
+            sockets
+                .iter()
+                .any(|socket| socket["local"] == local_end.as_str()
+                    && socket["remote"] == remote_end.as_str()
+                    && socket["peer_registered"] == true),
+            "no registered socket {local_end} -> {remote_end} in {sockets:?}"
+        );
+    }
+
+    world.stop_agents()?;
+    assert!(
+        inspect("services", &pin_dir)?.contains("default/local"),
+        "inspect works after the agent stopped"
+    );
+    held.close()?;
+    let missing = inspect("services", Path::new("/sys/fs/bpf/zerohop-no-such-dir"));
+    let message = format!("{:#}", missing.expect_err("inspecting missing maps fails"));
+    assert!(message.contains("no zerohop map"), "{message}");
     Ok(())
 }

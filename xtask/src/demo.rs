@@ -109,7 +109,7 @@ pub fn run(binaries: &Binaries) -> Result<()> {
          directions) and left the veth almost idle; the remote call crossed the network."
     );
 
-    println!("\n== node1 kernel counters (zerohop stats)");
+    println!("\n== node1 kernel counters (zerohop inspect stats)");
     let counters: BTreeMap<String, u64> = agents[0].counters().context("reading counters")?;
     for (name, value) in &counters {
         println!("   {name:<20} {value:>12}");

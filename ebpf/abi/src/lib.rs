@@ -26,10 +26,13 @@ pub mod map_name {
     pub const SOCKETS: &str = "zh_socks_v1";
     /// Sockets whose messages once went through the stack: [`SockKey`](super::SockKey) → u32.
     pub const FALLBACK: &str = "zh_fallbk_v1";
+    /// Service of each frontend, for `zerohop inspect` (no program reads it):
+    /// [`FrontendKey`](super::FrontendKey) → [`ServiceName`](super::ServiceName).
+    pub const NAMES: &str = "zh_names_v1";
 }
 
 /// Every map name, for pinning, inspection and cleanup.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     map_name::SERVICES,
     map_name::BACKENDS,
     map_name::CONFIG,
@@ -38,6 +41,7 @@ pub const ALL_MAPS: [&str; 8] = [
     map_name::PENDING,
     map_name::SOCKETS,
     map_name::FALLBACK,
+    map_name::NAMES,
 ];
 
 /// Map capacities.
@@ -114,6 +118,37 @@ pub struct Backend {
     pub local: u8,
     /// Padding, always 0.
     pub _pad: u8,
+}
+
+/// `namespace/name` of the Service a frontend belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    /// UTF-8, NUL-padded; Kubernetes names and namespaces have at most 63
+    /// characters each, so `namespace/name` always fits.
+    pub text: [u8; 128],
+}
+
+impl ServiceName {
+    /// `namespace/name`, cut at 128 bytes (never reached by valid names).
+    pub fn new(namespace: &str, name: &str) -> ServiceName {
+        let mut text = [0u8; 128];
+        let parts = [namespace.as_bytes(), b"/", name.as_bytes()];
+        for (slot, byte) in text.iter_mut().zip(parts.into_iter().flatten()) {
+            *slot = *byte;
+        }
+        ServiceName { text }
+    }
+
+    /// The text up to the first NUL.
+    pub fn as_str(&self) -> &str {
+        let len = self
+            .text
+            .iter()
+            .position(|&byte| byte == 0)
+            .unwrap_or(self.text.len());
+        core::str::from_utf8(&self.text[..len]).unwrap_or("<not UTF-8>")
+    }
 }
 
 /// Run-time switches the programs read on every decision.
@@ -216,6 +251,7 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<Config>() == 4);
     assert!(core::mem::size_of::<SockKey>() == 44);
+    assert!(core::mem::size_of::<ServiceName>() == 128);
 };
 
 #[cfg(feature = "user")]
@@ -229,4 +265,5 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::ServiceName {}
 }

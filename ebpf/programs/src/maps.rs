@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use zerohop_abi::{
-    capacity, Backend, BackendKey, Config, Counter, FrontendKey, Service, SockKey, COUNTERS,
+    capacity, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName, SockKey,
+    COUNTERS,
 };
 
 #[map(name = "zh_svc_v1")]
@@ -35,6 +36,11 @@ pub static SOCKETS: SockHash<SockKey> = SockHash::pinned(capacity::SOCKETS, 0);
 
 #[map(name = "zh_fallbk_v1")]
 pub static FALLBACK: LruHashMap<SockKey, u32> = LruHashMap::pinned(capacity::FALLBACK, 0);
+
+// Read by `zerohop inspect` only; pinned with the others so that it outlives
+// the agent like they do.
+#[map(name = "zh_names_v1")]
+pub static NAMES: HashMap<FrontendKey, ServiceName> = HashMap::pinned(capacity::SERVICES, 0);
 
 /// Adds `n` to a counter of this CPU.
 #[inline(always)]

@@ -3,11 +3,12 @@
 //! Only entries that differ are written. The writes must be applied in this
 //! order, which [`Changes::in_order`] gives:
 //!
-//! 1. upsert backends: new slots exist before any Service counts them;
+//! 1. upsert backends (and names, which no program reads): new slots exist
+//!    before any Service counts them;
 //! 2. upsert Services: a Service that grows now counts slots already
 //!    written, one that shrinks stops counting the slots about to go;
 //! 3. delete Services: nothing points at their slots any more;
-//! 4. delete backends: slots no Service counts.
+//! 4. delete backends (and names): slots no Service counts.
 //!
 //! So the connect hook, which reads a Service and then one of its slots
 //! `0..endpoints`, always finds the slot, whether the Service grows, shrinks
@@ -32,6 +33,10 @@ pub struct Changes {
     pub delete_services: Vec<FrontendKey>,
     /// Backend slots to remove (last).
     pub delete_backends: Vec<BackendKey>,
+    /// Frontend names to add or overwrite (with the backends).
+    pub upsert_names: Vec<(FrontendKey, abi::ServiceName)>,
+    /// Frontend names to remove (with the backends).
+    pub delete_names: Vec<FrontendKey>,
 }
 
 /// One map write.
@@ -45,17 +50,24 @@ pub enum Change {
     DeleteService(FrontendKey),
     /// Remove a backend slot.
     DeleteBackend(BackendKey),
+    /// Add or overwrite a frontend's name.
+    UpsertName(FrontendKey, abi::ServiceName),
+    /// Remove a frontend's name.
+    DeleteName(FrontendKey),
 }
 
 /// What to write so that maps holding `current` hold `desired`.
 pub fn diff(current: &Desired, desired: &Desired) -> Changes {
     let (upsert_backends, delete_backends) = map_diff(&current.backends, &desired.backends);
     let (upsert_services, delete_services) = map_diff(&current.services, &desired.services);
+    let (upsert_names, delete_names) = map_diff(&current.names, &desired.names);
     Changes {
         upsert_backends,
         upsert_services,
         delete_services,
         delete_backends,
+        upsert_names,
+        delete_names,
     }
 }
 
@@ -90,6 +102,8 @@ impl Changes {
             + self.upsert_services.len()
             + self.delete_services.len()
             + self.delete_backends.len()
+            + self.upsert_names.len()
+            + self.delete_names.len()
     }
 
     /// Every write, in the order they must be applied (see the module doc).
@@ -98,6 +112,11 @@ impl Changes {
             .upsert_backends
             .iter()
             .map(|(key, value)| Change::UpsertBackend(*key, *value));
+        let upsert_names = self
+            .upsert_names
+            .iter()
+            .map(|(key, value)| Change::UpsertName(*key, *value));
+        let delete_names = self.delete_names.iter().map(|key| Change::DeleteName(*key));
         let upsert_services = self
             .upsert_services
             .iter()
@@ -111,9 +130,11 @@ impl Changes {
             .iter()
             .map(|key| Change::DeleteBackend(*key));
         upsert_backends
+            .chain(upsert_names)
             .chain(upsert_services)
             .chain(delete_services)
             .chain(delete_backends)
+            .chain(delete_names)
     }
 }
 
@@ -133,6 +154,12 @@ impl Change {
             }
             Change::DeleteBackend(key) => {
                 maps.backends.remove(&key);
+            }
+            Change::UpsertName(key, value) => {
+                maps.names.insert(key, value);
+            }
+            Change::DeleteName(key) => {
+                maps.names.remove(&key);
             }
         }
     }
@@ -265,9 +292,30 @@ mod tests {
                 )],
                 delete_services: vec![],
                 delete_backends: vec![],
+                ..Changes::default()
             }
         );
         assert_eq!(apply_checked(&current, &changes), desired);
+    }
+
+    #[test]
+    fn names_come_with_their_frontend_and_go_with_it() {
+        let mut current = maps(&[(10, &[1])]);
+        current
+            .names
+            .insert(frontend(10), abi::ServiceName::new("default", "web"));
+        let mut desired = maps(&[(20, &[1])]);
+        desired
+            .names
+            .insert(frontend(20), abi::ServiceName::new("default", "api"));
+        let changes = diff(&current, &desired);
+        assert_eq!(
+            changes.upsert_names,
+            vec![(frontend(20), abi::ServiceName::new("default", "api"))]
+        );
+        assert_eq!(changes.delete_names, vec![frontend(10)]);
+        assert_eq!(apply_checked(&current, &changes), desired);
+        assert!(diff(&desired, &desired.clone()).is_empty());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Desired {
     pub services: BTreeMap<FrontendKey, abi::Service>,
     /// Backend map ([`abi::map_name::BACKENDS`]): slots `0..endpoints` of each frontend.
     pub backends: BTreeMap<BackendKey, abi::Backend>,
+    /// Name map ([`abi::map_name::NAMES`]): the Service of each frontend.
+    pub names: BTreeMap<FrontendKey, abi::ServiceName>,
 }
 
 /// A Service the plan could not fully honour.
@@ -157,6 +159,8 @@ impl Desired {
         let endpoints = u32::try_from(targets.len()).unwrap_or(u32::MAX);
         self.services
             .insert(frontend, abi::Service { endpoints, flags });
+        let name = abi::ServiceName::new(&service.id.namespace, &service.id.name);
+        self.names.insert(frontend, name);
     }
 }
 
@@ -463,6 +467,29 @@ mod tests {
         assert_eq!(
             backends(&plan.desired, "10.96.0.10", 80),
             vec![at("10.244.3.3:8080", false)]
+        );
+    }
+
+    #[test]
+    fn every_frontend_carries_its_service_name() {
+        let view = view(
+            vec![service(
+                "web",
+                &["10.96.0.10", "fd00:96::10"],
+                &[tcp("http", 80), tcp("admin", 81)],
+            )],
+            vec![],
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(plan.desired.names.len(), 4);
+        assert!(plan
+            .desired
+            .names
+            .values()
+            .all(|name| name.as_str() == "default/web"));
+        assert_eq!(
+            plan.desired.names.keys().collect::<Vec<_>>(),
+            plan.desired.services.keys().collect::<Vec<_>>()
         );
     }
 

@@ -20,7 +20,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use zerohop_abi::{
-    map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, SockKey, CONFIG_NO_BYPASS,
+    map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName, SockKey,
+    CONFIG_NO_BYPASS,
 };
 use zerohop_planner::{Changes, Desired};
 
@@ -117,10 +118,11 @@ impl Datapath {
     }
 }
 
-/// The maps the agent writes: frontends and their endpoint slots.
+/// The maps the agent writes: frontends, their endpoint slots and names.
 pub struct ServiceMaps {
     services: HashMap<MapData, FrontendKey, Service>,
     backends: HashMap<MapData, BackendKey, Backend>,
+    names: HashMap<MapData, FrontendKey, ServiceName>,
 }
 
 /// What [`ServiceMaps::apply`] did.
@@ -139,6 +141,7 @@ impl ServiceMaps {
         Ok(Self {
             services: HashMap::try_from(open_pinned(pin_dir, map_name::SERVICES)?)?,
             backends: HashMap::try_from(open_pinned(pin_dir, map_name::BACKENDS)?)?,
+            names: HashMap::try_from(open_pinned(pin_dir, map_name::NAMES)?)?,
         })
     }
 
@@ -152,6 +155,10 @@ impl ServiceMaps {
         for entry in self.backends.iter() {
             let (key, value) = entry?;
             current.backends.insert(key, value);
+        }
+        for entry in self.names.iter() {
+            let (key, value) = entry?;
+            current.names.insert(key, value);
         }
         Ok(current)
     }
@@ -173,6 +180,9 @@ impl ServiceMaps {
         for (key, value) in &changes.upsert_backends {
             record(self.backends.insert(key, value, 0), key);
         }
+        for (key, value) in &changes.upsert_names {
+            record(self.names.insert(key, value, 0), key);
+        }
         for (key, value) in &changes.upsert_services {
             record(self.services.insert(key, value, 0), key);
         }
@@ -181,6 +191,9 @@ impl ServiceMaps {
         }
         for key in &changes.delete_backends {
             record(self.backends.remove(key), key);
+        }
+        for key in &changes.delete_names {
+            record(self.names.remove(key), key);
         }
         applied
     }
@@ -193,6 +206,12 @@ pub fn set_bypass(pin_dir: &Path, enabled: bool) -> Result<()> {
     let flags = if enabled { 0 } else { CONFIG_NO_BYPASS };
     config.set(0, Config { flags }, 0)?;
     Ok(())
+}
+
+/// Whether the node-wide bypass switch is on.
+pub fn bypass_enabled(pin_dir: &Path) -> Result<bool> {
+    let config: Array<MapData, Config> = Array::try_from(open_pinned(pin_dir, map_name::CONFIG)?)?;
+    Ok(config.get(&0, 0)?.flags & CONFIG_NO_BYPASS == 0)
 }
 
 /// The kernel counters, summed over CPUs, in [`Counter::ALL`] order.
@@ -226,11 +245,23 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
     }
 }
 
-fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {
+pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {
     let path = pin_dir.join(name);
+    match std::fs::metadata(&path) {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no zerohop map {name} in {}: no agent has run on this node with this --pin-dir",
+            pin_dir.display()
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "permission denied reading {}: reading BPF maps needs root (CAP_BPF and CAP_SYS_ADMIN)",
+            path.display()
+        ),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    }
     let data = MapData::from_pin(&path).with_context(|| {
         format!(
-            "opening pinned map {} (is the agent running, and are you root?)",
+            "opening pinned map {} (reading BPF maps needs root)",
             path.display()
         )
     })?;

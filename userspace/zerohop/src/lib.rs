@@ -6,4 +6,5 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod inspect;
 pub mod source;

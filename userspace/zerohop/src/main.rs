@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use zerohop::{
     agent::{self, Settings, Source},
     datapath::{self, DEFAULT_PIN_DIR},
+    inspect::{self, Output},
 };
 
 /// zerohop: same-node fast path for Kubernetes Services.
@@ -30,13 +31,16 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
-    /// Print the kernel counters, summed over CPUs.
-    Stats {
+    /// Show what the kernel does on this node, read from the pinned maps
+    /// (works while the agent runs and after it stopped).
+    Inspect {
+        #[command(subcommand)]
+        what: Inspect,
         /// bpffs directory holding the agent's pinned maps.
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        #[arg(long, global = true, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Remove the pinned maps (after the agent stopped for good). Registered
@@ -45,6 +49,23 @@ enum Command {
         /// bpffs directory holding the agent's pinned maps.
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum Inspect {
+    /// Each frontend (ClusterIP:port/proto) with its Service, what the
+    /// kernel does with it (translate or pass, bypass on or off) and its local backends.
+    Services,
+    /// Each eligible endpoint slot of each frontend.
+    Backends,
+    /// Registered sockets of bypassed connections, as 4-tuples, and whether their peer is registered.
+    Sockets,
+    /// Kernel counters by reason, summed over CPUs.
+    Stats {
+        /// Refresh every second and show rates.
+        #[arg(long)]
+        watch: bool,
     },
 }
 
@@ -75,12 +96,6 @@ struct AgentArgs {
 enum OnOff {
     On,
     Off,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -117,25 +132,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bypass { state, pin_dir } => {
             datapath::set_bypass(&pin_dir, matches!(state, OnOff::On))
         }
-        Command::Stats { pin_dir, output } => {
-            let counters = datapath::read_counters(&pin_dir)?;
-            match output {
-                Output::Json => {
-                    let object: serde_json::Map<String, serde_json::Value> = counters
-                        .iter()
-                        .map(|(counter, value)| (counter.name().to_owned(), (*value).into()))
-                        .collect();
-                    println!("{}", serde_json::Value::Object(object));
-                }
-                Output::Table => {
-                    println!("{:<20} {:>14}", "COUNTER", "VALUE");
-                    for (counter, value) in counters {
-                        println!("{:<20} {:>14}", counter.name(), value);
-                    }
-                }
+        Command::Inspect {
+            what,
+            pin_dir,
+            output,
+        } => match what {
+            Inspect::Services => inspect::print_services(&inspect::services(&pin_dir)?, output),
+            Inspect::Backends => inspect::print_backends(&inspect::backends(&pin_dir)?, output),
+            Inspect::Sockets => inspect::print_sockets(&inspect::sockets(&pin_dir)?, output),
+            Inspect::Stats { watch: true } => inspect::watch_counters(&pin_dir, output),
+            Inspect::Stats { watch: false } => {
+                inspect::print_counters(&inspect::counters(&pin_dir, None)?, output)
             }
-            Ok(())
-        }
+        },
         Command::Cleanup { pin_dir } => datapath::remove_pins(&pin_dir),
     }
 }
