@@ -59,6 +59,8 @@ impl Agent {
             .arg(format!("--source=dir:{}", manifests.display()))
             .arg("--pin-dir")
             .arg(&pin_dir)
+            // Agents of both nodes run in this namespace: each takes a free port.
+            .args(["--health-addr", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -112,6 +114,41 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The address of /healthz, /readyz and /metrics, from the agent's log.
+    pub fn health_addr(&self) -> Result<std::net::SocketAddr> {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|line| line.contains("serving /healthz"))
+            .context("the agent logged no health address")?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("addr="))
+            .context("no addr= in the health log line")?;
+        Ok(addr.parse()?)
+    }
+
+    /// GET `path` from the agent's health address: (status code, body).
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&self.health_addr()?, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .context("empty response")?
+            .parse()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        Ok((code, body))
     }
 
     /// Everything the agent logged so far.

@@ -703,3 +703,56 @@ fn inspect_shows_what_the_kernel_does() -> Result<()> {
     assert!(message.contains("no zerohop map"), "{message}");
     Ok(())
 }
+
+/// /healthz, /readyz and /metrics on the agent's health address; the
+/// exposition passes `promtool check metrics` and carries the kernel
+/// counters and the agent's own.
+#[test]
+fn the_agent_serves_health_and_prometheus_metrics() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+    world.echo("client", frontend(family, 10), 64 * 1024)?;
+    let agent = &world.agents[0];
+
+    assert_eq!(agent.http_get("/healthz")?.0, 200);
+    assert_eq!(agent.http_get("/readyz")?.0, 200);
+    assert_eq!(agent.http_get("/nothing")?.0, 404);
+    let (code, metrics) = agent.http_get("/metrics")?;
+    assert_eq!(code, 200);
+    for sample in [
+        "zerohop_connects_total{outcome=\"translated_local\"} 1\n",
+        "zerohop_ready 1\n",
+        "zerohop_objects{kind=\"service\"} 1\n",
+        "zerohop_map_entries{map=\"zh_svc_v1\"} 1\n",
+    ] {
+        assert!(metrics.contains(sample), "no {sample:?} in\n{metrics}");
+    }
+    let redirected: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("zerohop_redirected_bytes_total "))
+        .context("no redirected bytes metric")?
+        .parse()?;
+    assert!(redirected >= 2.0 * 64.0 * 1024.0);
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("promtool (Debian package prometheus, installed by cargo xtask setup)")?;
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().context("stdin")?,
+        metrics.as_bytes(),
+    )?;
+    let checked = promtool.wait_with_output()?;
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    Ok(())
+}

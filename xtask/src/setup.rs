@@ -5,7 +5,8 @@
 //!   bpfel-unknown-none);
 //! - bpf-linker, built against the nightly toolchain's own LLVM (no system
 //!   LLVM needed);
-//! - iproute2 and iptables for the sandboxed cluster, bpftool for inspection;
+//! - iproute2 and iptables for the sandboxed cluster, bpftool for inspection,
+//!   promtool (package prometheus) to check the agent's metrics;
 //! - a bpffs mount at /sys/fs/bpf for the pinned maps.
 
 use std::{path::Path, process::Command};
@@ -109,6 +110,7 @@ fn system_packages() -> Result<()> {
         ("ip", "iproute2"),
         ("iptables", "iptables"),
         ("bpftool", "bpftool"),
+        ("promtool", "prometheus"),
     ]
     .into_iter()
     .filter(|(tool, _)| !on_path(tool))

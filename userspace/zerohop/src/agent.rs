@@ -8,18 +8,22 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
     path::{Path, PathBuf},
     str::FromStr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, info_span, warn, Instrument};
+use zerohop_abi::map_name;
 use zerohop_planner::{convert::object_label, ClusterView};
 
 use crate::{
     datapath::{self, Datapath, ServiceMaps},
+    health::{self, SharedStatus},
     source,
 };
 
@@ -50,6 +54,8 @@ pub struct Settings {
     pub pin_dir: PathBuf,
     pub bypass: bool,
     pub poll_interval: Duration,
+    /// Where /healthz, /readyz and /metrics are served; `None`: not served.
+    pub health_addr: Option<SocketAddr>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
@@ -61,13 +67,30 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
 
+    let status = SharedStatus::default();
+    let health = match settings.health_addr {
+        Some(addr) => Some(
+            health::serve(addr, Arc::clone(&status), settings.pin_dir.clone())
+                .await?
+                .1,
+        ),
+        None => None,
+    };
+    let health = async move {
+        match health {
+            Some(server) => server.await,
+            None => std::future::pending().await,
+        }
+    };
+
     let mut datapath = Datapath::load(&settings.pin_dir)?;
     datapath::set_bypass(&settings.pin_dir, settings.bypass)?;
-    let mut sync = Sync::new(&settings.pin_dir, &settings.node)?;
+    let mut sync = Sync::new(&settings.pin_dir, &settings.node, Arc::clone(&status))?;
 
     let view = load(dir, &mut sync)?;
     sync.apply(&view).context("first sync of the maps")?;
     datapath.attach(&settings.cgroup)?;
+    status.lock().unwrap().ready = true;
     info!(cgroup = %settings.cgroup.display(), pin_dir = %settings.pin_dir.display(), "attached");
 
     let watch = async {
@@ -99,6 +122,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     // The watch loop only ends with the process; a signal ends the agent.
     tokio::select! {
         () = watch => {}
+        () = health => {}
         _ = terminate.recv() => info!("SIGTERM"),
         _ = interrupt.recv() => info!("SIGINT"),
     }
@@ -126,16 +150,19 @@ struct Sync {
     plan_problems: BTreeSet<String>,
     /// The file each object came from, to name it in plan problems.
     origins: BTreeMap<String, String>,
+    /// What /metrics and /readyz report.
+    status: SharedStatus,
 }
 
 impl Sync {
-    fn new(pin_dir: &Path, node: &str) -> Result<Self> {
+    fn new(pin_dir: &Path, node: &str, status: SharedStatus) -> Result<Self> {
         Ok(Self {
             maps: ServiceMaps::open(pin_dir)?,
             node: node.to_owned(),
             source_problems: BTreeSet::new(),
             plan_problems: BTreeSet::new(),
             origins: BTreeMap::new(),
+            status,
         })
     }
 
@@ -154,6 +181,25 @@ impl Sync {
         let current = self.maps.read()?;
         let changes = zerohop_planner::diff(&current, &plan.desired);
         let applied = self.maps.apply(&changes);
+        {
+            let mut status = self.status.lock().unwrap();
+            status.syncs += 1;
+            status.last_sync_seconds = started.elapsed().as_secs_f64();
+            status.objects = BTreeMap::from([
+                ("service", view.services().len()),
+                ("endpointslice", view.slices().len()),
+            ]);
+            status.map_entries = BTreeMap::from([
+                (map_name::SERVICES, plan.desired.services.len()),
+                (map_name::BACKENDS, plan.desired.backends.len()),
+                (map_name::NAMES, plan.desired.names.len()),
+            ]);
+            status.problems = BTreeMap::from([
+                ("source", self.source_problems.len()),
+                ("plan", self.plan_problems.len()),
+            ]);
+            status.map_write_errors += applied.failed as u64;
+        }
         info!(
             frontends = plan.desired.services.len(),
             endpoints = plan.desired.backends.len(),

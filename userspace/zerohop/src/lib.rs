@@ -6,5 +6,6 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod health;
 pub mod inspect;
 pub mod source;

@@ -90,6 +90,23 @@ struct AgentArgs {
     /// How often the source directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
+    /// Address for /healthz, /readyz and /metrics (port 0 picks a free one);
+    /// "off" serves none.
+    #[arg(long, default_value = "0.0.0.0:9877", value_parser = parse_health_addr)]
+    health_addr: HealthAddr,
+}
+
+#[derive(Clone, Copy)]
+struct HealthAddr(Option<std::net::SocketAddr>);
+
+fn parse_health_addr(text: &str) -> Result<HealthAddr, String> {
+    match text {
+        "off" => Ok(HealthAddr(None)),
+        _ => text
+            .parse()
+            .map(|addr| HealthAddr(Some(addr)))
+            .map_err(|e| format!("{text:?}: {e}")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,6 +143,7 @@ fn run(cli: Cli) -> Result<()> {
                 pin_dir: args.pin_dir,
                 bypass: matches!(args.bypass, OnOff::On),
                 poll_interval: Duration::from_millis(args.poll_ms.max(10)),
+                health_addr: args.health_addr.0,
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(settings))
         }

@@ -1,0 +1,298 @@
+//! The agent's HTTP endpoints: `/healthz` (the process serves), `/readyz`
+//! (the first full sync is in the maps and the hooks are attached) and
+//! `/metrics` (Prometheus text exposition: the kernel counters, read from the
+//! maps at scrape time, and the agent's own).
+//!
+//! Three GET endpoints with fixed answers need no HTTP framework: each
+//! connection gets one response and is closed.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tracing::{debug, info};
+use zerohop_abi::Counter;
+
+use crate::datapath;
+
+/// What the agent reports about itself, updated by every sync.
+#[derive(Debug, Default)]
+pub struct AgentStatus {
+    /// The first full sync is in the maps and the hooks are attached.
+    pub ready: bool,
+    /// Syncs done since start.
+    pub syncs: u64,
+    /// Duration of the last sync, in seconds.
+    pub last_sync_seconds: f64,
+    /// Objects in the last view, by kind (`service`, `endpointslice`).
+    pub objects: BTreeMap<&'static str, usize>,
+    /// Entries the agent keeps in each map, by map name.
+    pub map_entries: BTreeMap<&'static str, usize>,
+    /// Problems currently reported, by kind (`source`, `plan`).
+    pub problems: BTreeMap<&'static str, usize>,
+    /// Map writes the kernel refused since start.
+    pub map_write_errors: u64,
+}
+
+/// Shared between the sync loop and the HTTP server.
+pub type SharedStatus = Arc<Mutex<AgentStatus>>;
+
+/// Binds `addr` and serves the endpoints until the task is dropped. Returns
+/// the bound address (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    status: SharedStatus,
+    pin_dir: PathBuf,
+) -> Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the health address {addr}"))?;
+    let bound = listener.local_addr()?;
+    info!(addr = %bound, "serving /healthz, /readyz and /metrics");
+    let server = async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (status, pin_dir) = (Arc::clone(&status), pin_dir.clone());
+            tokio::spawn(async move {
+                if let Err(error) = answer(stream, &status, &pin_dir).await {
+                    debug!(%error, "health connection");
+                }
+            });
+        }
+    };
+    Ok((bound, server))
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    status: &SharedStatus,
+    pin_dir: &std::path::Path,
+) -> Result<()> {
+    let mut request = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    // Only the request line matters; stop at the end of the headers.
+    while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < 8192 {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let request = String::from_utf8_lossy(&request);
+    let mut words = request.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (code, content_type, body) = match (method, path) {
+        ("GET", "/healthz") => (200, "text/plain", "ok\n".to_owned()),
+        ("GET", "/readyz") if status.lock().unwrap().ready => {
+            (200, "text/plain", "ready\n".to_owned())
+        }
+        ("GET", "/readyz") => (503, "text/plain", "first sync not done\n".to_owned()),
+        ("GET", "/metrics") => {
+            let kernel = datapath::read_counters(pin_dir).unwrap_or_default();
+            (
+                200,
+                "text/plain; version=0.0.4",
+                metrics(&status.lock().unwrap(), &kernel),
+            )
+        }
+        ("GET", _) => (404, "text/plain", "not found\n".to_owned()),
+        _ => (405, "text/plain", "only GET\n".to_owned()),
+    };
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// The kernel counter as a Prometheus metric: (name, label, help).
+fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'static str) {
+    const CONNECTS: &str = "Connects seen by the connect hook, by outcome.";
+    match counter {
+        Counter::TranslatedLocal => ("zerohop_connects_total", Some("translated_local"), CONNECTS),
+        Counter::TranslatedRemote => (
+            "zerohop_connects_total",
+            Some("translated_remote"),
+            CONNECTS,
+        ),
+        Counter::PassedNotService => (
+            "zerohop_connects_total",
+            Some("passed_not_service"),
+            CONNECTS,
+        ),
+        Counter::PassedNoEndpoint => (
+            "zerohop_connects_total",
+            Some("passed_no_endpoint"),
+            CONNECTS,
+        ),
+        Counter::MsgRedirected => (
+            "zerohop_redirected_messages_total",
+            None,
+            "Messages moved socket-to-socket.",
+        ),
+        Counter::BytesRedirected => (
+            "zerohop_redirected_bytes_total",
+            None,
+            "Bytes moved socket-to-socket.",
+        ),
+        Counter::RedirectMiss => (
+            "zerohop_redirect_misses_total",
+            None,
+            "Messages of registered sockets that went through the stack.",
+        ),
+        Counter::MapFull => (
+            "zerohop_map_full_total",
+            None,
+            "Kernel map inserts refused because a map was full.",
+        ),
+    }
+}
+
+/// The exposition text: HELP and TYPE once per metric, then its samples.
+pub fn metrics(status: &AgentStatus, kernel: &[(Counter, u64)]) -> String {
+    let mut out = Metrics::default();
+    for &(counter, value) in kernel {
+        let (name, outcome, help) = kernel_metric(counter);
+        out.sample(
+            name,
+            "counter",
+            help,
+            outcome.map(|outcome| ("outcome", outcome)),
+            value as f64,
+        );
+    }
+    out.sample(
+        "zerohop_ready",
+        "gauge",
+        "1 once the first full sync is in the maps and the hooks are attached.",
+        None,
+        f64::from(u8::from(status.ready)),
+    );
+    out.sample(
+        "zerohop_syncs_total",
+        "counter",
+        "Map syncs since the agent started.",
+        None,
+        status.syncs as f64,
+    );
+    out.sample(
+        "zerohop_sync_duration_seconds",
+        "gauge",
+        "Duration of the last map sync.",
+        None,
+        status.last_sync_seconds,
+    );
+    for (kind, count) in &status.objects {
+        out.sample(
+            "zerohop_objects",
+            "gauge",
+            "Objects in the agent's view of the cluster, by kind.",
+            Some(("kind", kind)),
+            *count as f64,
+        );
+    }
+    for (map, count) in &status.map_entries {
+        out.sample(
+            "zerohop_map_entries",
+            "gauge",
+            "Entries the agent keeps in each BPF map.",
+            Some(("map", map)),
+            *count as f64,
+        );
+    }
+    for (kind, count) in &status.problems {
+        out.sample(
+            "zerohop_problems",
+            "gauge",
+            "Problems with the cluster data currently reported, by kind.",
+            Some(("kind", kind)),
+            *count as f64,
+        );
+    }
+    out.sample(
+        "zerohop_map_write_errors_total",
+        "counter",
+        "Map writes the kernel refused.",
+        None,
+        status.map_write_errors as f64,
+    );
+    out.text
+}
+
+#[derive(Default)]
+struct Metrics {
+    text: String,
+    described: std::collections::BTreeSet<&'static str>,
+}
+
+impl Metrics {
+    fn sample(
+        &mut self,
+        name: &'static str,
+        kind: &str,
+        help: &str,
+        label: Option<(&str, &str)>,
+        value: f64,
+    ) {
+        if self.described.insert(name) {
+            let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        }
+        match label {
+            Some((key, label_value)) => {
+                let _ = writeln!(self.text, "{name}{{{key}=\"{label_value}\"}} {value}");
+            }
+            None => {
+                let _ = writeln!(self.text, "{name} {value}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_metric_is_described_once_before_its_samples() {
+        let status = AgentStatus {
+            ready: true,
+            syncs: 3,
+            objects: BTreeMap::from([("service", 2), ("endpointslice", 3)]),
+            ..AgentStatus::default()
+        };
+        let kernel: Vec<(Counter, u64)> =
+            Counter::ALL.iter().map(|&counter| (counter, 7)).collect();
+        let text = metrics(&status, &kernel);
+        assert_eq!(
+            text.matches("# TYPE zerohop_connects_total counter")
+                .count(),
+            1
+        );
+        assert!(text.contains("zerohop_connects_total{outcome=\"translated_local\"} 7\n"));
+        assert!(text.contains("zerohop_redirected_bytes_total 7\n"));
+        assert!(text.contains("zerohop_objects{kind=\"endpointslice\"} 3\n"));
+        assert!(text.contains("zerohop_ready 1\n"));
+        let type_line = text.find("# TYPE zerohop_objects").unwrap();
+        assert!(type_line < text.find("zerohop_objects{").unwrap());
+    }
+}
