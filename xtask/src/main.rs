@@ -4,6 +4,7 @@
 //! - `test`: setup, then every test tier, the privileged ones included;
 //! - `demo`: a sandboxed two-node cluster showing the fast path at work.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -36,6 +37,8 @@ enum Task {
     },
     /// Show the fast path in a sandboxed two-node cluster, then clean up.
     Demo,
+    /// Benchmark same-node paths: zerohop vs kube-proxy DNAT vs pod IP vs Unix socket.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -47,6 +50,11 @@ fn main() -> Result<()> {
             setup::run()?;
             let binaries = build()?;
             demo::run(&binaries)
+        }
+        Task::Bench(args) => {
+            setup::run()?;
+            let binaries = build()?;
+            bench::run(&binaries, &args)
         }
     }
 }
