@@ -16,6 +16,7 @@
 
 mod addressing;
 mod agent;
+pub mod cli;
 mod cluster;
 mod cmd;
 mod dnat;

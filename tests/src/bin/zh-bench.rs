@@ -48,7 +48,6 @@
 //! [`CLIENT_TIMEOUT`] (client) or [`SERVER_IDLE`] (server) without data.
 
 use std::{
-    collections::HashMap,
     io::{self, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::unix::net::{UnixListener, UnixStream},
@@ -61,6 +60,7 @@ use std::{
 };
 
 use serde_json::json;
+use zerohop_tests::cli::{say, Context, Flags, Res};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE: Duration = Duration::from_secs(120);
@@ -74,18 +74,6 @@ const MODE_CONN: u8 = 3;
 const MODE_CPU: u8 = 4;
 /// What a greeting listener sends first on each connection.
 const GREETING: u8 = b'G';
-
-type Res<T> = Result<T, String>;
-
-trait Context<T> {
-    fn ctx(self, what: &str) -> Res<T>;
-}
-
-impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
-    fn ctx(self, what: &str) -> Res<T> {
-        self.map_err(|e| format!("{what}: {e}"))
-    }
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -111,60 +99,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `--name value` pairs; a flag without a value (`--nodelay`) is "true".
-struct Flags(HashMap<String, String>);
-
-impl Flags {
-    fn parse(args: &[String]) -> Res<Flags> {
-        let mut flags = HashMap::new();
-        let mut args = args.iter().peekable();
-        while let Some(arg) = args.next() {
-            let name = arg
-                .strip_prefix("--")
-                .ok_or_else(|| format!("expected a --flag, got {arg:?}"))?;
-            let value = args
-                .next_if(|next| !next.starts_with("--"))
-                .cloned()
-                .unwrap_or_else(|| "true".into());
-            flags.insert(name.to_owned(), value);
-        }
-        Ok(Flags(flags))
-    }
-
-    fn get<T: FromStr>(&self, name: &str) -> Res<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let value = self
-            .0
-            .get(name)
-            .ok_or_else(|| format!("--{name} is required"))?;
-        value.parse().ctx(&format!("--{name} {value}"))
-    }
-
-    fn get_or<T: FromStr>(&self, name: &str, default: T) -> Res<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        if self.0.contains_key(name) {
-            self.get(name)
-        } else {
-            Ok(default)
-        }
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.0.contains_key(name)
-    }
-}
-
-/// Prints a line and flushes it at once.
-fn say(line: impl std::fmt::Display) {
-    let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }
 
 /// Pins this process (and the threads it starts later) to CPU `cpu`.

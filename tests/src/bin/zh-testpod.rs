@@ -20,37 +20,23 @@
 //! connection), so a broken data path fails a test instead of hanging it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     io::{self, BufRead, BufReader, Read, Write},
     mem::size_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::ExitCode,
-    str::FromStr,
     sync::Arc,
     thread,
     time::Duration,
 };
 
 use serde_json::json;
+use zerohop_tests::cli::{say, Context, Flags, Res};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_CHUNK: usize = 64 * 1024;
-
-/// Errors are messages: this program only reports them.
-type Res<T> = Result<T, String>;
-
-/// Adds what was being done to an error.
-trait Context<T> {
-    fn ctx(self, what: &str) -> Res<T>;
-}
-
-impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
-    fn ctx(self, what: &str) -> Res<T> {
-        self.map_err(|e| format!("{what}: {e}"))
-    }
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -80,56 +66,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// `--name value` pairs; a flag without a value (`--nodelay`) is "true".
-struct Flags(HashMap<String, String>);
-
-impl Flags {
-    fn parse(args: &[String]) -> Res<Flags> {
-        let mut flags = HashMap::new();
-        let mut args = args.iter().peekable();
-        while let Some(arg) = args.next() {
-            let name = arg
-                .strip_prefix("--")
-                .ok_or_else(|| format!("expected a --flag, got {arg:?}"))?;
-            let value = args
-                .next_if(|next| !next.starts_with("--"))
-                .cloned()
-                .unwrap_or_else(|| "true".into());
-            flags.insert(name.to_owned(), value);
-        }
-        Ok(Flags(flags))
-    }
-
-    fn get<T: FromStr>(&self, name: &str) -> Res<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let value = self
-            .0
-            .get(name)
-            .ok_or_else(|| format!("--{name} is required"))?;
-        value.parse().ctx(&format!("--{name} {value}"))
-    }
-
-    fn get_or<T: FromStr>(&self, name: &str, default: T) -> Res<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        if self.0.contains_key(name) {
-            self.get(name)
-        } else {
-            Ok(default)
-        }
-    }
-}
-
-/// Prints a line and flushes it at once: the test reads it while we run.
-fn say(line: impl std::fmt::Display) {
-    let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }
 
 // ---------------------------------------------------------------- server
@@ -656,17 +592,5 @@ mod tests {
             ("b", "[fd00:244:1::2]:4000")
         );
         assert!(parse_hello("HELLO b").is_none());
-    }
-
-    #[test]
-    fn flags_parse() {
-        let args: Vec<String> = ["--target", "[::1]:80", "--nodelay", "--bytes", "5"]
-            .map(String::from)
-            .into();
-        let flags = Flags::parse(&args).unwrap();
-        assert_eq!(flags.get::<SocketAddr>("target").unwrap().port(), 80);
-        assert!(flags.get::<bool>("nodelay").unwrap());
-        assert_eq!(flags.get::<u64>("bytes").unwrap(), 5);
-        assert!(flags.get::<u64>("count").is_err());
     }
 }
