@@ -15,13 +15,15 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
-    Endpoint, EndpointSlice, Family, Protocol, Service, ServiceId, ServicePort, SliceId, SlicePort,
-    TrafficPolicy,
+    Endpoint, EndpointSlice, Family, Namespace, Protocol, Service, ServiceId, ServicePort, SliceId,
+    SlicePort, TrafficPolicy,
 };
 
 /// Service annotation; the value `off` keeps connections of the Service on
 /// the network stack (they are still translated at connect time).
 pub const BYPASS_ANNOTATION: &str = "zerohop.io/bypass";
+/// Annotation (on a Service) or label (on a Namespace) that opts out of zerohop.
+pub const FAST_PATH_KEY: &str = "zerohop.io/fast-path";
 
 /// EndpointSlice label naming the Service the slice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -231,20 +233,43 @@ impl TryFrom<&core::Service> for Service {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|reason| identity.invalid(reason))?;
 
-        let bypass = service
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|annotations| annotations.get(BYPASS_ANNOTATION))
-            .is_none_or(|value| value != "off");
+        let annotation_on = |key: &str| {
+            service
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(key))
+                .is_none_or(|value| value != "off")
+        };
 
         Ok(Service {
             id: ServiceId::new(identity.namespace, name),
             cluster_ips,
             ports,
             traffic: traffic_policy(spec),
-            bypass,
+            bypass: annotation_on(BYPASS_ANNOTATION),
+            fast_path: annotation_on(FAST_PATH_KEY),
         })
+    }
+}
+
+impl TryFrom<&core::Namespace> for Namespace {
+    type Error = ConvertError;
+
+    fn try_from(namespace: &core::Namespace) -> Result<Self, Self::Error> {
+        let Some(name) = namespace.metadata.name.clone() else {
+            return Err(ConvertError::Invalid {
+                object: object_label("Namespace", "", None),
+                reason: InvalidReason::MissingName,
+            });
+        };
+        let fast_path = namespace
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(FAST_PATH_KEY))
+            .is_none_or(|value| value != "off");
+        Ok(Namespace { name, fast_path })
     }
 }
 
@@ -526,6 +551,26 @@ spec:
             with_spec(", internalTrafficPolicy: Local, trafficDistribution: PreferSameNode"),
             TrafficPolicy::NodeLocal
         );
+    }
+
+    #[test]
+    fn fast_path_opt_out_by_service_annotation_and_namespace_label() {
+        let service: core::Service = serde_yaml_ng::from_str(
+            "{kind: Service, apiVersion: v1, metadata: {name: web, annotations: {zerohop.io/fast-path: 'off'}}, spec: {clusterIP: 10.96.0.1}}",
+        )
+        .unwrap();
+        let service = Service::try_from(&service).unwrap();
+        assert!(!service.fast_path && service.bypass);
+        let namespace = |labels: &str| -> Namespace {
+            let wire: core::Namespace = serde_yaml_ng::from_str(&format!(
+                "{{kind: Namespace, apiVersion: v1, metadata: {{name: team, labels: {{{labels}}}}}}}"
+            ))
+            .unwrap();
+            Namespace::try_from(&wire).unwrap()
+        };
+        assert!(!namespace("zerohop.io/fast-path: 'off'").fast_path);
+        assert!(namespace("zerohop.io/fast-path: 'on'").fast_path);
+        assert!(namespace("team: a").fast_path);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum Manifest {
     Service(model::Service),
     /// An EndpointSlice of IPv4 or IPv6 addresses.
     EndpointSlice(model::EndpointSlice),
+    /// A Namespace (only its opt-out label matters).
+    Namespace(model::Namespace),
 }
 
 impl Manifest {
@@ -38,6 +40,7 @@ impl Manifest {
             Manifest::EndpointSlice(slice) => {
                 object_label("EndpointSlice", &slice.id.namespace, Some(&slice.id.name))
             }
+            Manifest::Namespace(namespace) => format!("Namespace {}", namespace.name),
         }
     }
 }
@@ -102,6 +105,7 @@ pub fn build_view(files: impl IntoIterator<Item = (String, String)>) -> Built {
                     match manifest {
                         Manifest::Service(service) => view.apply_service(service),
                         Manifest::EndpointSlice(slice) => view.apply_slice(slice),
+                        Manifest::Namespace(namespace) => view.apply_namespace(namespace),
                     };
                 }
             }
@@ -223,6 +227,9 @@ impl Parser<'_> {
             ("discovery.k8s.io/v1", "EndpointSlice") => self
                 .convert::<discovery::EndpointSlice, _>(Value::Mapping(fields), document, label)
                 .map(Manifest::EndpointSlice),
+            ("v1", "Namespace") => self
+                .convert::<core::Namespace, _>(Value::Mapping(fields), document, label)
+                .map(Manifest::Namespace),
             (_, "") => {
                 self.not_an_object(document, "no kind");
                 None
@@ -342,7 +349,7 @@ endpoints: [{addresses: [10.244.1.2]}]
 ";
 
     #[test]
-    fn reads_every_document_and_skips_empty_ones_and_other_kinds() {
+    fn reads_every_document_and_skips_empty_ones_and_unused_kinds() {
         let text = format!(
             "---\n# just a comment\n---\n{SERVICE_A}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: demo}}\n---\n---\n{SLICE_A}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\n---\napiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: knative}}\n"
         );
@@ -350,9 +357,9 @@ endpoints: [{addresses: [10.244.1.2]}]
         assert_eq!(problems, vec![]);
         assert_eq!(
             names(&manifests),
-            vec!["Service demo/a", "EndpointSlice demo/a-1"]
+            vec!["Service demo/a", "Namespace demo", "EndpointSlice demo/a-1"]
         );
-        let Manifest::EndpointSlice(slice) = &manifests[1] else {
+        let Manifest::EndpointSlice(slice) = &manifests[2] else {
             panic!("not a slice");
         };
         assert_eq!(slice.id, SliceId::new("demo", "a-1"));

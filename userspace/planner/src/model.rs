@@ -71,6 +71,18 @@ pub struct Service {
     /// Whether connections to a local endpoint may bypass the network stack;
     /// false when the Service is annotated `zerohop.io/bypass: "off"`.
     pub bypass: bool,
+    /// Whether zerohop handles the Service at all; false when it is annotated
+    /// `zerohop.io/fast-path: "off"` (its traffic is left untouched).
+    pub fast_path: bool,
+}
+
+/// What zerohop reads of a Namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// False when the Namespace is labelled `zerohop.io/fast-path: "off"`:
+    /// traffic to its Services is left untouched.
+    pub fast_path: bool,
 }
 
 /// One port of a Service.

@@ -98,7 +98,9 @@ pub fn plan(view: &ClusterView, node: &str) -> Plan {
 
     let mut plan = Plan::default();
     let mut owners: BTreeMap<FrontendKey, &ServiceId> = BTreeMap::new();
-    for service in view.services().values() {
+    let handled =
+        |service: &&Service| service.fast_path && view.namespace_fast_path(&service.id.namespace);
+    for service in view.services().values().filter(handled) {
         let slices = slices_by_service
             .get(&service.id)
             .map_or(&[][..], Vec::as_slice);
@@ -256,6 +258,7 @@ mod tests {
                 .collect(),
             traffic: TrafficPolicy::Cluster,
             bypass: true,
+            fast_path: true,
         }
     }
 
@@ -468,6 +471,31 @@ mod tests {
             backends(&plan.desired, "10.96.0.10", 80),
             vec![at("10.244.3.3:8080", false)]
         );
+    }
+
+    #[test]
+    fn opted_out_services_and_namespaces_get_no_frontend() {
+        let mut annotated = service("annotated", &["10.96.0.11"], &[tcp("http", 80)]);
+        annotated.fast_path = false;
+        let mut view = view(
+            vec![
+                service("web", &["10.96.0.10"], &[tcp("http", 80)]),
+                annotated,
+            ],
+            vec![],
+        );
+        let frontends = |view: &ClusterView| plan(view, NODE).desired.services.len();
+        assert_eq!(frontends(&view), 1, "the annotated Service is left alone");
+        assert!(view.apply_namespace(crate::model::Namespace {
+            name: "default".into(),
+            fast_path: false
+        }));
+        assert_eq!(frontends(&view), 0, "a labelled namespace is left alone");
+        assert!(view.apply_namespace(crate::model::Namespace {
+            name: "default".into(),
+            fast_path: true
+        }));
+        assert_eq!(frontends(&view), 1);
     }
 
     #[test]

@@ -5,15 +5,17 @@
 //! planner reads it whole. Two views compare equal when they hold the same
 //! objects, so a source can tell whether a reload changed anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{EndpointSlice, Service, ServiceId, SliceId};
+use crate::model::{EndpointSlice, Namespace, Service, ServiceId, SliceId};
 
 /// Every Service and EndpointSlice known, by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
     services: BTreeMap<ServiceId, Service>,
     slices: BTreeMap<SliceId, EndpointSlice>,
+    /// Namespaces labelled `zerohop.io/fast-path: "off"`.
+    opted_out: BTreeSet<String>,
 }
 
 impl ClusterView {
@@ -51,6 +53,25 @@ impl ClusterView {
         self.slices.remove(id).is_some()
     }
 
+    /// Records a Namespace's opt-out label. Returns whether the view changed.
+    pub fn apply_namespace(&mut self, namespace: Namespace) -> bool {
+        if namespace.fast_path {
+            self.opted_out.remove(&namespace.name)
+        } else {
+            self.opted_out.insert(namespace.name)
+        }
+    }
+
+    /// Forgets a Namespace. Returns whether the view changed.
+    pub fn delete_namespace(&mut self, name: &str) -> bool {
+        self.opted_out.remove(name)
+    }
+
+    /// Whether zerohop handles the Services of namespace `name`.
+    pub fn namespace_fast_path(&self, name: &str) -> bool {
+        !self.opted_out.contains(name)
+    }
+
     /// Every Service, ordered by id.
     pub fn services(&self) -> &BTreeMap<ServiceId, Service> {
         &self.services
@@ -74,6 +95,7 @@ mod tests {
             ports: vec![],
             traffic: TrafficPolicy::Cluster,
             bypass: true,
+            fast_path: true,
         }
     }
 
