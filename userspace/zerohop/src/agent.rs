@@ -16,20 +16,25 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
 use tracing::{info, info_span, warn, Instrument};
 use zerohop_abi::map_name;
-use zerohop_planner::{convert::object_label, ClusterView};
+use zerohop_planner::convert::object_label;
 
 use crate::{
     datapath::{self, Datapath, ServiceMaps},
     health::{self, SharedStatus},
-    source,
+    source::{self, Snapshot},
 };
 
 /// Where the agent learns Services and endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// The Kubernetes API (in-cluster config, or KUBECONFIG), watched.
+    Kube,
     /// A directory of Kubernetes manifests (YAML or JSON), watched for changes.
     Dir(PathBuf),
 }
@@ -39,8 +44,11 @@ impl FromStr for Source {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text.split_once(':') {
+            None if text == "kube" => Ok(Source::Kube),
             Some(("dir", path)) if !path.is_empty() => Ok(Source::Dir(PathBuf::from(path))),
-            _ => Err(format!("unknown source {text:?}; expected dir:PATH")),
+            _ => Err(format!(
+                "unknown source {text:?}; expected kube or dir:PATH"
+            )),
         }
     }
 }
@@ -60,7 +68,6 @@ pub struct Settings {
 
 /// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
 pub async fn run(settings: Settings) -> Result<()> {
-    let Source::Dir(dir) = &settings.source;
     if settings.node.is_empty() {
         bail!("the node name is empty: pass --node or set NODE_NAME");
     }
@@ -87,59 +94,65 @@ pub async fn run(settings: Settings) -> Result<()> {
     datapath::set_bypass(&settings.pin_dir, settings.bypass)?;
     let mut sync = Sync::new(&settings.pin_dir, &settings.node, Arc::clone(&status))?;
 
-    let view = load(dir, &mut sync)?;
-    sync.apply(&view).context("first sync of the maps")?;
+    let (publish, mut snapshots) = watch::channel(None);
+    let source = match settings.source.clone() {
+        Source::Dir(dir) => {
+            let span = info_span!("source", dir = %dir.display());
+            tokio::spawn(source::watch_dir(dir, settings.poll_interval, publish).instrument(span))
+        }
+        Source::Kube => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+            tokio::spawn(
+                source::kube::run(client, publish).instrument(info_span!("source", kind = "kube")),
+            )
+        }
+    };
+
+    // One full read of the source builds the maps, then the hooks attach.
+    let first = tokio::select! {
+        first = next_snapshot(&mut snapshots) => first?,
+        _ = terminate.recv() => return Ok(()),
+        _ = interrupt.recv() => return Ok(()),
+    };
+    sync.apply(&first).context("first sync of the maps")?;
     datapath.attach(&settings.cgroup)?;
     status.lock().unwrap().ready = true;
     info!(cgroup = %settings.cgroup.display(), pin_dir = %settings.pin_dir.display(), "attached");
 
     let watch = async {
-        let mut last = view;
-        #[allow(clippy::infinite_loop)]
-        let mut tick = tokio::time::interval(settings.poll_interval);
         loop {
-            tick.tick().await;
-            let view = match load(dir, &mut sync) {
-                Ok(view) => view,
-                Err(error) => {
-                    // Keep serving the last good view: a vanished or unreadable
-                    // directory must not empty the maps.
-                    warn!(%error, "cannot read the source; keeping the current maps");
-                    continue;
-                }
+            let Ok(snapshot) = next_snapshot(&mut snapshots).await else {
+                return;
             };
-            if view != last {
-                if let Err(error) = sync.apply(&view) {
-                    warn!(%error, "sync failed; retrying on the next change");
-                    continue;
-                }
-                last = view;
+            if let Err(error) = sync.apply(&snapshot) {
+                warn!(%error, "sync failed; retrying on the next change");
             }
         }
-    }
-    .instrument(info_span!("watch", dir = %dir.display()));
+    };
 
     // The watch loop only ends with the process; a signal ends the agent.
     tokio::select! {
-        () = watch => {}
+        () = watch => warn!("the source stopped"),
         () = health => {}
         _ = terminate.recv() => info!("SIGTERM"),
         _ = interrupt.recv() => info!("SIGINT"),
     }
+    source.abort();
     drop(datapath);
     info!("programs detached; maps stay pinned for established connections and the next agent");
     Ok(())
 }
 
-/// Reads the directory, logging each problem once (not on every poll).
-fn load(dir: &Path, sync: &mut Sync) -> Result<ClusterView> {
-    let loaded = source::load_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-    report(
-        &mut sync.source_problems,
-        loaded.problems.iter().map(ToString::to_string),
-    );
-    sync.origins = loaded.origins;
-    Ok(loaded.view)
+/// Waits for the next snapshot the source publishes.
+async fn next_snapshot(snapshots: &mut watch::Receiver<Option<Snapshot>>) -> Result<Snapshot> {
+    loop {
+        snapshots.changed().await.context("the source stopped")?;
+        if let Some(snapshot) = snapshots.borrow_and_update().clone() {
+            return Ok(snapshot);
+        }
+    }
 }
 
 /// Plans and writes the maps; remembers which problems are already logged.
@@ -148,8 +161,6 @@ struct Sync {
     node: String,
     source_problems: BTreeSet<String>,
     plan_problems: BTreeSet<String>,
-    /// The file each object came from, to name it in plan problems.
-    origins: BTreeMap<String, String>,
     /// What /metrics and /readyz report.
     status: SharedStatus,
 }
@@ -161,18 +172,19 @@ impl Sync {
             node: node.to_owned(),
             source_problems: BTreeSet::new(),
             plan_problems: BTreeSet::new(),
-            origins: BTreeMap::new(),
             status,
         })
     }
 
-    fn apply(&mut self, view: &ClusterView) -> Result<()> {
+    fn apply(&mut self, snapshot: &Snapshot) -> Result<()> {
         let started = Instant::now();
+        report(&mut self.source_problems, snapshot.problems.iter().cloned());
+        let view = &snapshot.view;
         let plan = zerohop_planner::plan(view, &self.node);
         let described = plan.problems.iter().map(|problem| {
             let service = problem.service();
             let label = object_label("Service", &service.namespace, Some(&service.name));
-            match self.origins.get(&label) {
+            match snapshot.origins.get(&label) {
                 Some(file) => format!("{file}: {problem}"),
                 None => problem.to_string(),
             }

@@ -77,9 +77,11 @@ struct AgentArgs {
     /// cgroup v2 directory whose processes' connections are accelerated.
     #[arg(long)]
     cgroup: PathBuf,
-    /// Where Services and EndpointSlices come from: dir:PATH reads the
-    /// Kubernetes manifests (YAML/JSON, multi-document) in PATH and watches it.
-    #[arg(long)]
+    /// Where Services, EndpointSlices and Namespaces come from: `kube`, the
+    /// Kubernetes API (in-cluster config, or KUBECONFIG), watched; or
+    /// `dir:PATH`, the Kubernetes manifests (YAML/JSON, multi-document) in
+    /// PATH, watched for changes.
+    #[arg(long, default_value = "kube")]
     source: Source,
     /// bpffs directory for the pinned maps.
     #[arg(long, default_value = DEFAULT_PIN_DIR)]

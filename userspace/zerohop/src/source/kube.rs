@@ -1,0 +1,330 @@
+//! Services, EndpointSlices and Namespaces from the Kubernetes API, through
+//! kube-rs watchers (list, then watch; re-list on 410 Gone or a lost
+//! connection).
+//!
+//! Objects are watched untyped and converted one by one, so that one
+//! malformed object is reported (with its namespace and name) and skipped
+//! while everything else keeps working; a typed watcher would fail its whole
+//! list on it.
+//!
+//! A re-list fills a buffer that replaces the kind's objects only once the
+//! list is complete (`InitDone`): the view, and so the maps, never pass
+//! through an empty or partial state. Nothing is published before every kind
+//! completed its first list.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::{stream, StreamExt};
+use k8s_openapi::{
+    api::{core::v1 as core, discovery::v1 as discovery},
+    serde::de::DeserializeOwned,
+};
+use kube::{
+    api::{ApiResource, DynamicObject},
+    runtime::{watcher, WatchStreamExt},
+    Api, Client,
+};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use zerohop_planner::{
+    convert::{object_label, ConvertError},
+    model, ClusterView,
+};
+
+use super::Snapshot;
+
+/// The kinds zerohop reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Service,
+    EndpointSlice,
+    Namespace,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Namespace];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Namespace => "Namespace",
+        }
+    }
+
+    fn resource(self) -> ApiResource {
+        match self {
+            Kind::Service => ApiResource::erase::<core::Service>(&()),
+            Kind::EndpointSlice => ApiResource::erase::<discovery::EndpointSlice>(&()),
+            Kind::Namespace => ApiResource::erase::<core::Namespace>(&()),
+        }
+    }
+
+    /// Converts one object of this kind to the model.
+    fn convert(self, object: &DynamicObject) -> Converted {
+        match self {
+            Kind::Service => {
+                convert::<core::Service, model::Service>(self, object, Converted::Service)
+            }
+            Kind::EndpointSlice => convert::<discovery::EndpointSlice, model::EndpointSlice>(
+                self,
+                object,
+                Converted::Slice,
+            ),
+            Kind::Namespace => {
+                convert::<core::Namespace, model::Namespace>(self, object, Converted::Namespace)
+            }
+        }
+    }
+}
+
+/// One object as the planner sees it.
+#[derive(Debug, Clone)]
+enum Converted {
+    Service(model::Service),
+    Slice(model::EndpointSlice),
+    Namespace(model::Namespace),
+    /// Not for zerohop (headless or ExternalName Service, FQDN slice).
+    Ignored,
+    /// Malformed: the problem, naming the object.
+    Invalid(String),
+}
+
+fn convert<Wire, Domain>(
+    kind: Kind,
+    object: &DynamicObject,
+    wrap: fn(Domain) -> Converted,
+) -> Converted
+where
+    Wire: DeserializeOwned,
+    for<'w> Domain: TryFrom<&'w Wire, Error = ConvertError>,
+{
+    let label = object_label(
+        kind.name(),
+        object.metadata.namespace.as_deref().unwrap_or(""),
+        object.metadata.name.as_deref(),
+    );
+    let wire: Wire = match serde_json::to_value(object).and_then(serde_json::from_value) {
+        Ok(wire) => wire,
+        Err(error) => return Converted::Invalid(format!("{label}: {error}")),
+    };
+    match Domain::try_from(&wire) {
+        Ok(domain) => wrap(domain),
+        Err(error) if error.is_ignored() => Converted::Ignored,
+        Err(error) => Converted::Invalid(error.to_string()),
+    }
+}
+
+/// (namespace, name) of an object.
+type Key = (String, String);
+
+fn key_of(object: &DynamicObject) -> Key {
+    (
+        object.metadata.namespace.clone().unwrap_or_default(),
+        object.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Every object of every kind, as last listed and watched.
+#[derive(Default)]
+struct Store {
+    objects: BTreeMap<Kind, BTreeMap<Key, Converted>>,
+    /// Re-lists under way: filled by InitApply, swapped in at InitDone.
+    relisting: BTreeMap<Kind, BTreeMap<Key, Converted>>,
+    listed: BTreeSet<Kind>,
+}
+
+impl Store {
+    /// Applies one watcher event; returns whether the published view may change.
+    fn apply(&mut self, kind: Kind, event: watcher::Event<DynamicObject>) -> bool {
+        match event {
+            watcher::Event::Init => {
+                self.relisting.insert(kind, BTreeMap::new());
+                false
+            }
+            watcher::Event::InitApply(object) => {
+                self.relisting
+                    .entry(kind)
+                    .or_default()
+                    .insert(key_of(&object), kind.convert(&object));
+                false
+            }
+            watcher::Event::InitDone => {
+                let listed = self.relisting.remove(&kind).unwrap_or_default();
+                info!(kind = kind.name(), objects = listed.len(), "listed");
+                self.objects.insert(kind, listed);
+                self.listed.insert(kind);
+                true
+            }
+            watcher::Event::Apply(object) => {
+                self.objects
+                    .entry(kind)
+                    .or_default()
+                    .insert(key_of(&object), kind.convert(&object));
+                true
+            }
+            watcher::Event::Delete(object) => {
+                self.objects
+                    .entry(kind)
+                    .or_default()
+                    .remove(&key_of(&object));
+                true
+            }
+        }
+    }
+
+    fn complete(&self) -> bool {
+        Kind::ALL.iter().all(|kind| self.listed.contains(kind))
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut view = ClusterView::new();
+        let mut problems = Vec::new();
+        for converted in self.objects.values().flat_map(BTreeMap::values) {
+            match converted.clone() {
+                Converted::Service(service) => _ = view.apply_service(service),
+                Converted::Slice(slice) => _ = view.apply_slice(slice),
+                Converted::Namespace(namespace) => _ = view.apply_namespace(namespace),
+                Converted::Ignored => {}
+                Converted::Invalid(problem) => problems.push(problem),
+            }
+        }
+        Snapshot {
+            view,
+            problems,
+            origins: BTreeMap::new(),
+        }
+    }
+}
+
+/// Watches the cluster and publishes a new snapshot after every change, from
+/// the end of the first complete list on. Runs until the process ends.
+pub async fn run(client: Client, snapshots: watch::Sender<Option<Snapshot>>) {
+    let events = Kind::ALL.map(|kind| {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource());
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .map(move |event| (kind, event))
+            .boxed()
+    });
+    let mut events = stream::select_all(events);
+    let mut store = Store::default();
+    while let Some((kind, event)) = events.next().await {
+        match event {
+            Ok(event) => {
+                if store.apply(kind, event) && store.complete() {
+                    snapshots.send_replace(Some(store.snapshot()));
+                }
+            }
+            // The watcher re-lists by itself (with backoff): keep serving the
+            // current view meanwhile.
+            Err(error) => warn!(kind = kind.name(), %error, "watch failed; retrying"),
+        }
+    }
+    debug!("watch streams ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(kind: Kind, json: serde_json::Value) -> DynamicObject {
+        let mut object: DynamicObject = serde_json::from_value(json).unwrap();
+        object.types = Some(kube::api::TypeMeta {
+            api_version: kind.resource().api_version,
+            kind: kind.name().to_owned(),
+        });
+        object
+    }
+
+    fn service(name: &str, ip: &str) -> DynamicObject {
+        object(
+            Kind::Service,
+            serde_json::json!({"metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}}),
+        )
+    }
+
+    #[test]
+    fn nothing_is_published_before_every_kind_is_listed() {
+        let mut store = Store::default();
+        assert!(store.apply(Kind::Service, watcher::Event::InitDone));
+        assert!(!store.complete());
+        store.apply(Kind::EndpointSlice, watcher::Event::InitDone);
+        store.apply(Kind::Namespace, watcher::Event::InitDone);
+        assert!(store.complete());
+    }
+
+    #[test]
+    fn a_relist_replaces_the_objects_only_when_complete() {
+        let mut store = Store::default();
+        for kind in Kind::ALL {
+            store.apply(kind, watcher::Event::InitDone);
+        }
+        store.apply(
+            Kind::Service,
+            watcher::Event::Apply(service("a", "10.96.0.1")),
+        );
+        store.apply(
+            Kind::Service,
+            watcher::Event::Apply(service("b", "10.96.0.2")),
+        );
+        assert_eq!(store.snapshot().view.services().len(), 2);
+
+        // A re-list (after 410 Gone, say) that no longer has "a".
+        store.apply(Kind::Service, watcher::Event::Init);
+        store.apply(
+            Kind::Service,
+            watcher::Event::InitApply(service("b", "10.96.0.2")),
+        );
+        assert_eq!(
+            store.snapshot().view.services().len(),
+            2,
+            "the old view stays during the list"
+        );
+        store.apply(Kind::Service, watcher::Event::InitDone);
+        let names: Vec<String> = store
+            .snapshot()
+            .view
+            .services()
+            .keys()
+            .map(|id| id.name.clone())
+            .collect();
+        assert_eq!(names, ["b"]);
+    }
+
+    #[test]
+    fn a_malformed_object_is_reported_by_name_and_skipped() {
+        let mut store = Store::default();
+        for kind in Kind::ALL {
+            store.apply(kind, watcher::Event::InitDone);
+        }
+        let broken = object(
+            Kind::Service,
+            serde_json::json!({"metadata": {"name": "broken", "namespace": "team"},
+                "spec": {"clusterIP": "10.96.0.9", "ports": "eighty"}}),
+        );
+        store.apply(Kind::Service, watcher::Event::Apply(broken));
+        store.apply(
+            Kind::Service,
+            watcher::Event::Apply(service("fine", "10.96.0.1")),
+        );
+        let snapshot = store.snapshot();
+        assert_eq!(snapshot.view.services().len(), 1);
+        assert_eq!(snapshot.problems.len(), 1);
+        assert!(
+            snapshot.problems[0].starts_with("Service team/broken: "),
+            "{:?}",
+            snapshot.problems
+        );
+
+        store.apply(
+            Kind::Service,
+            watcher::Event::Delete(service("fine", "10.96.0.1")),
+        );
+        assert!(
+            store.snapshot().view.services().is_empty(),
+            "a deleted Service leaves nothing behind"
+        );
+    }
+}
