@@ -34,6 +34,14 @@ pub fn node_name(index: usize) -> String {
     format!("node{index}")
 }
 
+/// Where a test agent learns the cluster.
+pub enum AgentSource<'a> {
+    /// A directory of manifests.
+    Dir(&'a Path),
+    /// The Kubernetes API described by this kubeconfig.
+    Kube(&'a Path),
+}
+
 /// A running agent. Dropping it stops it (SIGTERM, then SIGKILL).
 pub struct Agent {
     child: Option<Child>,
@@ -50,13 +58,39 @@ impl Agent {
         manifests: &Path,
         extra: &[&str],
     ) -> Result<Agent> {
+        Agent::start_with(cluster, node, AgentSource::Dir(manifests), extra)
+    }
+
+    /// Like [`Agent::start`], with the source of choice.
+    pub fn start_with(
+        cluster: &Cluster,
+        node: usize,
+        source: AgentSource,
+        extra: &[&str],
+    ) -> Result<Agent> {
         let pin_dir = cluster.bpffs_dir(node);
-        let mut child = Command::new(zerohop_binary())
-            .arg("agent")
+        let mut command = Command::new(zerohop_binary());
+        command.arg("agent");
+        match source {
+            AgentSource::Dir(manifests) => {
+                command.arg(format!("--source=dir:{}", manifests.display()))
+            }
+            // The test API server is on loopback: no proxy must sit between.
+            AgentSource::Kube(kubeconfig) => command
+                .arg("--source=kube")
+                .env("KUBECONFIG", kubeconfig)
+                .env("NO_PROXY", "127.0.0.1,localhost")
+                .env_remove("HTTPS_PROXY")
+                .env_remove("https_proxy")
+                .env_remove("HTTP_PROXY")
+                .env_remove("http_proxy")
+                .env_remove("ALL_PROXY")
+                .env_remove("all_proxy"),
+        };
+        let mut child = command
             .args(["--node", &node_name(node)])
             .arg("--cgroup")
             .arg(cluster.node(node).cgroup_path())
-            .arg(format!("--source=dir:{}", manifests.display()))
             .arg("--pin-dir")
             .arg(&pin_dir)
             // Agents of both nodes run in this namespace: each takes a free port.

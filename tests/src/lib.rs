@@ -16,6 +16,7 @@
 
 mod addressing;
 mod agent;
+pub mod apiserver;
 pub mod cli;
 mod cluster;
 mod cmd;
@@ -26,7 +27,7 @@ mod process;
 mod testpod;
 
 pub use addressing::Family;
-pub use agent::{counters, inspect, node_name, zerohop_binary, Agent};
+pub use agent::{counters, inspect, node_name, zerohop_binary, Agent, AgentSource};
 pub use cluster::{stale_leftovers, sweep_stale, Cluster, Node, Pod};
 pub use manifests::{service_yaml, slice_yaml, Endpoint, Manifests};
 pub use mounts::{bpffs_mount, cgroup2_mount, require_root};

@@ -1,0 +1,195 @@
+//! The agent's `--source kube` end to end: the real kube-rs client against an
+//! in-process API server speaking list/watch, the real agent and kernel
+//! programs in a sandboxed cluster. Privileged; run for real.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    thread::sleep,
+    time::Duration,
+};
+
+use anyhow::{ensure, Result};
+use serde_json::{json, Value};
+use zerohop_tests::{
+    apiserver::ApiServer, inspect, require_root, Agent, AgentSource, Cluster, Manifests, Pod,
+    PodProcess, Testpod,
+};
+
+const TARGET_PORT: u16 = 8080;
+const CLUSTER_IP: &str = "10.96.0.10";
+/// Time for a change to reach the maps: a watch event, a plan, the writes.
+const SETTLE: Duration = Duration::from_secs(1);
+
+fn testpod() -> Testpod {
+    Testpod::at(env!("CARGO_BIN_EXE_zh-testpod"))
+}
+
+fn service(name: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+        "spec": {"clusterIP": CLUSTER_IP, "clusterIPs": [CLUSTER_IP],
+                 "ports": [{"name": "http", "port": 80, "targetPort": TARGET_PORT, "protocol": "TCP"}]}
+    })
+}
+
+fn slice(service: &str, backend: &Pod) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-1"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": TARGET_PORT, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [backend.ipv4.to_string()], "nodeName": "node1",
+                       "conditions": {"ready": true}}]
+    })
+}
+
+fn namespace(labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "labels": labels}})
+}
+
+struct World {
+    // Kept running for the test's length; declared first so they stop first.
+    _servers: Vec<PodProcess>,
+    agent: Option<Agent>,
+    api: ApiServer,
+    files: Manifests,
+    client: Pod,
+    a: Pod,
+    b: Pod,
+    cluster: Cluster,
+}
+
+impl World {
+    fn new() -> Result<World> {
+        require_root();
+        let cluster = Cluster::new(2)?;
+        let client = cluster.add_pod(1, "client")?;
+        let a = cluster.add_pod(1, "a")?;
+        let b = cluster.add_pod(1, "b")?;
+        let servers = vec![
+            testpod().server(&a, "a", TARGET_PORT)?,
+            testpod().server(&b, "b", TARGET_PORT)?,
+        ];
+        Ok(World {
+            _servers: servers,
+            agent: None,
+            api: ApiServer::start()?,
+            files: Manifests::new()?,
+            client,
+            a,
+            b,
+            cluster,
+        })
+    }
+
+    fn start_agent(&mut self) -> Result<()> {
+        let kubeconfig = self.files.dir().join("kubeconfig");
+        self.api.write_kubeconfig(&kubeconfig)?;
+        self.agent = Some(Agent::start_with(
+            &self.cluster,
+            1,
+            AgentSource::Kube(&kubeconfig),
+            &[],
+        )?);
+        Ok(())
+    }
+
+    fn agent(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("agent started")
+    }
+
+    /// Which servers answer 40 connections to the ClusterIP.
+    fn answered_by(&self) -> Result<BTreeMap<String, u64>> {
+        let target = SocketAddr::new(CLUSTER_IP.parse::<IpAddr>()?, 80);
+        let report = testpod().spread(&self.client, target, 40)?;
+        ensure!(report.failed == 0, "{} connections failed", report.failed);
+        Ok(report.counts)
+    }
+
+    fn frontends(&mut self) -> Result<usize> {
+        let pin_dir = self.agent().pin_dir().to_owned();
+        let services: Vec<Value> = serde_json::from_str(&inspect("services", &pin_dir)?)?;
+        Ok(services.len())
+    }
+
+    fn translated(&mut self) -> Result<u64> {
+        Ok(self.agent().counters()?["translated_local"])
+    }
+}
+
+fn only(name: &str) -> BTreeMap<String, u64> {
+    BTreeMap::from([(name.to_owned(), 40)])
+}
+
+#[test]
+fn the_kube_source_keeps_the_maps_exact() -> Result<()> {
+    let mut world = World::new()?;
+    world.api.apply(namespace(json!({})));
+    world.api.apply(service("web", json!({})));
+    world.api.apply(slice("web", &world.a));
+    world.start_agent()?;
+    world.agent().wait_for_log("attached", SETTLE)?;
+    assert_eq!(world.answered_by()?, only("a"), "created Service and slice");
+    assert_eq!(
+        world.translated()?,
+        40,
+        "translated, with no DNAT rule to fall back on"
+    );
+
+    world.api.apply(slice("web", &world.b));
+    sleep(SETTLE);
+    assert_eq!(world.answered_by()?, only("b"), "updated slice");
+
+    // A lost watch: the agent re-lists, and the maps stay in place meanwhile.
+    world.api.expire_watches();
+    assert_eq!(world.frontends()?, 1);
+    world.api.apply(slice("web", &world.a));
+    sleep(SETTLE * 2);
+    assert_eq!(world.answered_by()?, only("a"), "converged after 410 Gone");
+
+    // An API server restart.
+    world.api.restart();
+    world.api.apply(slice("web", &world.b));
+    sleep(SETTLE * 3);
+    assert_eq!(world.answered_by()?, only("b"), "converged after a restart");
+    assert_eq!(world.frontends()?, 1);
+
+    // A malformed Service is reported by name; the rest keeps working.
+    let mut broken = service("broken", json!({}));
+    broken["spec"]["ports"] = json!("eighty");
+    broken["spec"]["clusterIP"] = json!("10.96.0.11");
+    world.api.apply(broken);
+    world
+        .agent()
+        .wait_for_log("Service default/broken", SETTLE * 3)?;
+    assert_eq!(world.answered_by()?, only("b"));
+
+    // Opt-outs: the Service annotation, then the Namespace label.
+    world
+        .api
+        .apply(service("web", json!({"zerohop.io/fast-path": "off"})));
+    sleep(SETTLE);
+    assert_eq!(world.frontends()?, 0, "annotated Service left alone");
+    world.api.apply(service("web", json!({})));
+    sleep(SETTLE);
+    assert_eq!(world.frontends()?, 1);
+    world
+        .api
+        .apply(namespace(json!({"zerohop.io/fast-path": "off"})));
+    sleep(SETTLE);
+    assert_eq!(world.frontends()?, 0, "labelled namespace left alone");
+    world.api.apply(namespace(json!({})));
+    sleep(SETTLE);
+    assert_eq!(world.frontends()?, 1);
+
+    // A deleted Service leaves no map entry behind.
+    world.api.delete("Service", Some("default"), "web");
+    sleep(SETTLE);
+    assert_eq!(world.frontends()?, 0);
+    let pin_dir = world.agent().pin_dir().to_owned();
+    assert_eq!(inspect("backends", &pin_dir)?.trim(), "[]");
+    Ok(())
+}
