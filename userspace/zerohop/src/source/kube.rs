@@ -78,6 +78,18 @@ impl Kind {
     }
 }
 
+/// (API group, plural resource) of everything the agent lists and watches;
+/// deploy/rbac.yaml grants exactly these.
+pub fn watched_resources() -> Vec<(String, String)> {
+    Kind::ALL
+        .iter()
+        .map(|kind| {
+            let resource = kind.resource();
+            (resource.group, resource.plural)
+        })
+        .collect()
+}
+
 /// One object as the planner sees it.
 #[derive(Debug, Clone)]
 enum Converted {

@@ -1,0 +1,159 @@
+//! deploy/ parses as the Kubernetes types it claims to be, grants the agent
+//! exactly what it reads, and runs it the way the agent expects.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::{apps::v1::DaemonSet, rbac::v1::ClusterRole};
+use serde::de::DeserializeOwned;
+
+fn documents(file: &str) -> Vec<serde_yaml_ng::Value> {
+    let path = format!("{}/../../deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| serde::Deserialize::deserialize(document).unwrap())
+        .collect()
+}
+
+fn the<T: DeserializeOwned>(file: &str, kind: &str) -> T {
+    let document = documents(file)
+        .into_iter()
+        .find(|document| document["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} in {file}"));
+    serde_yaml_ng::from_value(document).unwrap_or_else(|e| panic!("{kind} in {file}: {e}"))
+}
+
+#[test]
+fn every_manifest_parses_as_its_kind() {
+    use k8s_openapi::api::{
+        core::v1::{Namespace, ServiceAccount},
+        rbac::v1::ClusterRoleBinding,
+    };
+    let _: Namespace = the("namespace.yaml", "Namespace");
+    let _: ServiceAccount = the("rbac.yaml", "ServiceAccount");
+    let _: ClusterRole = the("rbac.yaml", "ClusterRole");
+    let _: ClusterRoleBinding = the("rbac.yaml", "ClusterRoleBinding");
+    let _: DaemonSet = the("daemonset.yaml", "DaemonSet");
+    let kustomization = &documents("kustomization.yaml")[0];
+    let listed: BTreeSet<&str> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        listed,
+        BTreeSet::from(["namespace.yaml", "rbac.yaml", "daemonset.yaml"])
+    );
+}
+
+#[test]
+fn the_cluster_role_grants_exactly_what_the_agent_watches() {
+    let role: ClusterRole = the("rbac.yaml", "ClusterRole");
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.unwrap_or_default() {
+        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+        assert_eq!(
+            verbs,
+            BTreeSet::from(["get", "list", "watch"]),
+            "read-only, and all three"
+        );
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                granted.insert((group.clone(), resource));
+            }
+        }
+    }
+    let watched: BTreeSet<(String, String)> = zerohop::source::kube::watched_resources()
+        .into_iter()
+        .collect();
+    assert_eq!(granted, watched);
+}
+
+#[test]
+fn the_daemon_set_runs_the_agent_as_it_expects() {
+    let daemon_set: DaemonSet = the("daemonset.yaml", "DaemonSet");
+    let pod = daemon_set.spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("zerohop-agent"));
+    assert!(
+        pod.tolerations
+            .unwrap()
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists")),
+        "every node"
+    );
+    let agent = &pod.containers[0];
+    let args = agent.args.clone().unwrap();
+    assert_eq!(args[0], "agent");
+    for expected in [
+        "--source=kube",
+        "--cgroup=/host/cgroup",
+        "--pin-dir=/sys/fs/bpf/zerohop",
+    ] {
+        assert!(
+            args.iter().any(|arg| arg == expected),
+            "{expected} in {args:?}"
+        );
+    }
+    let node_name = agent
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|env| env.name == "NODE_NAME")
+        .unwrap();
+    let field = node_name
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+    let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|get| get.path.clone())
+    };
+    assert_eq!(
+        probe_path(&agent.liveness_probe).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(&agent.readiness_probe).as_deref(),
+        Some("/readyz")
+    );
+    let security = agent.security_context.as_ref().unwrap();
+    assert_eq!(security.privileged, Some(false));
+    let added: BTreeSet<&str> = security
+        .capabilities
+        .as_ref()
+        .unwrap()
+        .add
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    for needed in ["BPF", "NET_ADMIN", "SYS_ADMIN"] {
+        assert!(added.contains(needed), "{needed} in {added:?}");
+    }
+    let host_paths: BTreeSet<String> = pod
+        .volumes
+        .unwrap()
+        .iter()
+        .filter_map(|volume| volume.host_path.as_ref().map(|host| host.path.clone()))
+        .collect();
+    assert_eq!(
+        host_paths,
+        BTreeSet::from(["/sys/fs/bpf".to_owned(), "/sys/fs/cgroup".to_owned()])
+    );
+    assert!(
+        agent
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_some(),
+        "limits set"
+    );
+}
