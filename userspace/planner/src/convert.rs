@@ -15,8 +15,8 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
-    Endpoint, EndpointSlice, Family, Namespace, Protocol, Service, ServiceId, ServicePort, SliceId,
-    SlicePort, TrafficPolicy,
+    Endpoint, EndpointSlice, Family, Namespace, Node, Protocol, Service, ServiceId, ServicePort,
+    SliceId, SlicePort, TrafficPolicy,
 };
 
 /// Service annotation; the value `off` keeps connections of the Service on
@@ -301,10 +301,12 @@ fn cluster_ips(spec: &core::ServiceSpec) -> Result<Vec<(String, String)>, Invali
 fn traffic_policy(spec: &core::ServiceSpec) -> TrafficPolicy {
     if spec.internal_traffic_policy.as_deref() == Some("Local") {
         TrafficPolicy::NodeLocal
-    } else if spec.traffic_distribution.as_deref() == Some("PreferSameNode") {
-        TrafficPolicy::PreferSameNode
     } else {
-        TrafficPolicy::Cluster
+        match spec.traffic_distribution.as_deref() {
+            Some("PreferSameNode") => TrafficPolicy::PreferSameNode,
+            Some("PreferClose" | "PreferSameZone") => TrafficPolicy::PreferClose,
+            _ => TrafficPolicy::Cluster,
+        }
     }
 }
 
@@ -396,7 +398,36 @@ fn convert_endpoint(
             .and_then(|conditions| conditions.ready)
             .unwrap_or(true),
         node_name: endpoint.node_name.clone(),
+        zones: endpoint
+            .hints
+            .as_ref()
+            .and_then(|hints| hints.for_zones.as_ref())
+            .map(|zones| zones.iter().map(|zone| zone.name.clone()).collect())
+            .unwrap_or_default(),
     })
+}
+
+/// Node label holding its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+impl TryFrom<&core::Node> for Node {
+    type Error = ConvertError;
+
+    fn try_from(node: &core::Node) -> Result<Self, Self::Error> {
+        let Some(name) = node.metadata.name.clone() else {
+            return Err(ConvertError::Invalid {
+                object: object_label("Node", "", None),
+                reason: InvalidReason::MissingName,
+            });
+        };
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(ZONE_LABEL))
+            .cloned();
+        Ok(Node { name, zone })
+    }
 }
 
 fn parse_address(field: String, text: &str) -> Result<IpAddr, InvalidReason> {
@@ -537,7 +568,11 @@ spec:
         );
         assert_eq!(
             with_spec(", trafficDistribution: PreferClose"),
-            TrafficPolicy::Cluster
+            TrafficPolicy::PreferClose
+        );
+        assert_eq!(
+            with_spec(", trafficDistribution: PreferSameZone"),
+            TrafficPolicy::PreferClose
         );
         assert_eq!(
             with_spec(", trafficDistribution: PreferSameNode"),
@@ -550,6 +585,37 @@ spec:
         assert_eq!(
             with_spec(", internalTrafficPolicy: Local, trafficDistribution: PreferSameNode"),
             TrafficPolicy::NodeLocal
+        );
+    }
+
+    #[test]
+    fn zone_hints_prefer_close_and_node_zones_are_read() {
+        let service: core::Service = serde_yaml_ng::from_str(
+            "{kind: Service, apiVersion: v1, metadata: {name: web}, spec: {clusterIP: 10.96.0.1, trafficDistribution: PreferClose}}",
+        )
+        .unwrap();
+        assert_eq!(
+            Service::try_from(&service).unwrap().traffic,
+            TrafficPolicy::PreferClose
+        );
+        let slice: discovery::EndpointSlice = serde_yaml_ng::from_str(
+            "{kind: EndpointSlice, apiVersion: discovery.k8s.io/v1, metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}, addressType: IPv4, endpoints: [{addresses: [10.244.1.2], hints: {forZones: [{name: z1}, {name: z2}]}}]}",
+        )
+        .unwrap();
+        assert_eq!(
+            EndpointSlice::try_from(&slice).unwrap().endpoints[0].zones,
+            ["z1", "z2"]
+        );
+        let node: core::Node = serde_yaml_ng::from_str(
+            "{kind: Node, apiVersion: v1, metadata: {name: node1, labels: {topology.kubernetes.io/zone: z1}}}",
+        )
+        .unwrap();
+        assert_eq!(
+            Node::try_from(&node).unwrap(),
+            Node {
+                name: "node1".into(),
+                zone: Some("z1".into())
+            }
         );
     }
 
@@ -728,7 +794,8 @@ endpoints:
             Endpoint {
                 addresses: vec![ip("10.244.1.2")],
                 ready: true,
-                node_name: Some("node1".into())
+                node_name: Some("node1".into()),
+                zones: vec![],
             }
         );
     }

@@ -28,6 +28,8 @@ pub enum Manifest {
     EndpointSlice(model::EndpointSlice),
     /// A Namespace (only its opt-out label matters).
     Namespace(model::Namespace),
+    /// A Node (only its zone matters).
+    Node(model::Node),
 }
 
 impl Manifest {
@@ -41,6 +43,7 @@ impl Manifest {
                 object_label("EndpointSlice", &slice.id.namespace, Some(&slice.id.name))
             }
             Manifest::Namespace(namespace) => format!("Namespace {}", namespace.name),
+            Manifest::Node(node) => format!("Node {}", node.name),
         }
     }
 }
@@ -106,6 +109,7 @@ pub fn build_view(files: impl IntoIterator<Item = (String, String)>) -> Built {
                         Manifest::Service(service) => view.apply_service(service),
                         Manifest::EndpointSlice(slice) => view.apply_slice(slice),
                         Manifest::Namespace(namespace) => view.apply_namespace(namespace),
+                        Manifest::Node(node) => view.apply_node(node),
                     };
                 }
             }
@@ -230,6 +234,9 @@ impl Parser<'_> {
             ("v1", "Namespace") => self
                 .convert::<core::Namespace, _>(Value::Mapping(fields), document, label)
                 .map(Manifest::Namespace),
+            ("v1", "Node") => self
+                .convert::<core::Node, _>(Value::Mapping(fields), document, label)
+                .map(Manifest::Node),
             (_, "") => {
                 self.not_an_object(document, "no kind");
                 None

@@ -109,6 +109,10 @@ pub enum TrafficPolicy {
     /// `internalTrafficPolicy: Local`: only the ready endpoints on this node,
     /// possibly none. Takes precedence over `trafficDistribution`.
     NodeLocal,
+    /// `trafficDistribution: PreferClose` (or `PreferSameZone`): the ready
+    /// endpoints the EndpointSlices hint for this node's zone, else every
+    /// ready endpoint.
+    PreferClose,
 }
 
 /// Transport protocol of a port.
@@ -197,4 +201,13 @@ pub struct Endpoint {
     pub ready: bool,
     /// The node it runs on, when known.
     pub node_name: Option<String>,
+    /// Zones it is hinted for (`hints.forZones`), for PreferClose.
+    pub zones: Vec<String>,
+}
+
+/// What zerohop reads of a Node: its zone (label `topology.kubernetes.io/zone`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub zone: Option<String>,
 }

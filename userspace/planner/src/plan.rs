@@ -84,6 +84,8 @@ struct Target {
     address: IpAddr,
     port: u16,
     local: bool,
+    /// Hinted for this node's zone.
+    close: bool,
 }
 
 /// Plans the map contents for node `node`.
@@ -127,7 +129,8 @@ pub fn plan(view: &ClusterView, node: &str) -> Plan {
                 }
                 owners.insert(frontend, &service.id);
 
-                let targets = match ready_targets(&family_slices, port, node) {
+                let targets = match ready_targets(&family_slices, port, node, view.node_zone(node))
+                {
                     Some(targets) => eligible(targets, service.traffic),
                     None => {
                         plan.problems.push(PlanProblem::PortNotInSlices {
@@ -181,8 +184,13 @@ pub fn frontend_key(cluster_ip: IpAddr, port: u16) -> FrontendKey {
 /// node's first, then by address. `None` when some slice has endpoints but
 /// none defines the port; slices without endpoints (a Service scaled to zero
 /// gets one without ports) are no reason to complain.
-fn ready_targets(slices: &[&EndpointSlice], port: &ServicePort, node: &str) -> Option<Vec<Target>> {
-    let mut targets: BTreeMap<(IpAddr, u16), bool> = BTreeMap::new();
+fn ready_targets(
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+    node: &str,
+    zone: Option<&str>,
+) -> Option<Vec<Target>> {
+    let mut targets: BTreeMap<(IpAddr, u16), (bool, bool)> = BTreeMap::new();
     let mut port_defined = false;
     for slice in slices {
         let Some(slice_port) = slice
@@ -195,8 +203,10 @@ fn ready_targets(slices: &[&EndpointSlice], port: &ServicePort, node: &str) -> O
         port_defined = true;
         for endpoint in slice.endpoints.iter().filter(|endpoint| endpoint.ready) {
             let local = endpoint.node_name.as_deref() == Some(node);
+            let close = zone.is_some_and(|zone| endpoint.zones.iter().any(|hinted| hinted == zone));
             for &address in &endpoint.addresses {
-                *targets.entry((address, slice_port.port)).or_default() |= local;
+                let flags = targets.entry((address, slice_port.port)).or_default();
+                *flags = (flags.0 | local, flags.1 | close);
             }
         }
     }
@@ -206,10 +216,11 @@ fn ready_targets(slices: &[&EndpointSlice], port: &ServicePort, node: &str) -> O
     }
     let mut targets: Vec<Target> = targets
         .into_iter()
-        .map(|((address, port), local)| Target {
+        .map(|((address, port), (local, close))| Target {
             address,
             port,
             local,
+            close,
         })
         .collect();
     // Stable sort: within each group the (address, port) order stays.
@@ -220,8 +231,11 @@ fn ready_targets(slices: &[&EndpointSlice], port: &ServicePort, node: &str) -> O
 /// The endpoints a connection may go to under `traffic`.
 fn eligible(targets: Vec<Target>, traffic: TrafficPolicy) -> Vec<Target> {
     let any_local = targets.iter().any(|target| target.local);
+    let any_close = targets.iter().any(|target| target.close);
     match traffic {
         TrafficPolicy::Cluster => targets,
+        TrafficPolicy::PreferClose if !any_close => targets,
+        TrafficPolicy::PreferClose => targets.into_iter().filter(|target| target.close).collect(),
         TrafficPolicy::PreferSameNode if !any_local => targets,
         TrafficPolicy::PreferSameNode | TrafficPolicy::NodeLocal => {
             targets.into_iter().filter(|target| target.local).collect()
@@ -264,6 +278,7 @@ mod tests {
 
     fn ready_on(address: &str, node: &str) -> Endpoint {
         Endpoint {
+            zones: vec![],
             addresses: vec![ip(address)],
             ready: true,
             node_name: Some(node.to_string()),
@@ -470,6 +485,48 @@ mod tests {
         assert_eq!(
             backends(&plan.desired, "10.96.0.10", 80),
             vec![at("10.244.3.3:8080", false)]
+        );
+    }
+
+    #[test]
+    fn prefer_close_picks_the_endpoints_hinted_for_this_nodes_zone() {
+        let hinted = |address: &str, node: &str, zone: &str| Endpoint {
+            zones: vec![zone.to_owned()],
+            ..ready_on(address, node)
+        };
+        let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+        web.traffic = TrafficPolicy::PreferClose;
+        let endpoints = vec![
+            hinted("10.244.2.2", "node2", "z1"),
+            hinted("10.244.3.2", "node3", "z2"),
+            hinted("10.244.4.2", "node4", "z1"),
+        ];
+        let mut view = view(
+            vec![web],
+            vec![slice("web-1", "web", &[tcp("http", 8080)], endpoints)],
+        );
+        let eligible = |view: &ClusterView| backends(&plan(view, NODE).desired, "10.96.0.10", 80);
+        assert_eq!(
+            eligible(&view).len(),
+            3,
+            "zone unknown: every ready endpoint"
+        );
+        view.apply_node(crate::model::Node {
+            name: NODE.into(),
+            zone: Some("z1".into()),
+        });
+        assert_eq!(
+            eligible(&view),
+            vec![at("10.244.2.2:8080", false), at("10.244.4.2:8080", false)]
+        );
+        view.apply_node(crate::model::Node {
+            name: NODE.into(),
+            zone: Some("z9".into()),
+        });
+        assert_eq!(
+            eligible(&view).len(),
+            3,
+            "nothing hinted for this zone: every ready endpoint"
         );
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{EndpointSlice, Namespace, Service, ServiceId, SliceId};
+use crate::model::{EndpointSlice, Namespace, Node, Service, ServiceId, SliceId};
 
 /// Every Service and EndpointSlice known, by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct ClusterView {
     slices: BTreeMap<SliceId, EndpointSlice>,
     /// Namespaces labelled `zerohop.io/fast-path: "off"`.
     opted_out: BTreeSet<String>,
+    /// Zone of each known node.
+    zones: BTreeMap<String, Option<String>>,
 }
 
 impl ClusterView {
@@ -70,6 +72,21 @@ impl ClusterView {
     /// Whether zerohop handles the Services of namespace `name`.
     pub fn namespace_fast_path(&self, name: &str) -> bool {
         !self.opted_out.contains(name)
+    }
+
+    /// Records a Node's zone. Returns whether the view changed.
+    pub fn apply_node(&mut self, node: Node) -> bool {
+        self.zones.insert(node.name, node.zone.clone()) != Some(node.zone)
+    }
+
+    /// Forgets a Node. Returns whether the view changed.
+    pub fn delete_node(&mut self, name: &str) -> bool {
+        self.zones.remove(name).is_some()
+    }
+
+    /// The zone of node `name`, when known.
+    pub fn node_zone(&self, name: &str) -> Option<&str> {
+        self.zones.get(name).and_then(Option::as_deref)
     }
 
     /// Every Service, ordered by id.

@@ -105,7 +105,8 @@ pub async fn run(settings: Settings) -> Result<()> {
                 .await
                 .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
             tokio::spawn(
-                source::kube::run(client, publish).instrument(info_span!("source", kind = "kube")),
+                source::kube::run(client, settings.node.clone(), publish)
+                    .instrument(info_span!("source", kind = "kube")),
             )
         }
     };

@@ -1,4 +1,5 @@
-//! Services, EndpointSlices and Namespaces from the Kubernetes API, through
+//! Services, EndpointSlices, Namespaces and this agent's own Node (for its
+//! zone) from the Kubernetes API, through
 //! kube-rs watchers (list, then watch; re-list on 410 Gone or a lost
 //! connection).
 //!
@@ -39,16 +40,23 @@ enum Kind {
     Service,
     EndpointSlice,
     Namespace,
+    Node,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Namespace];
+    const ALL: [Kind; 4] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Namespace,
+        Kind::Node,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
         }
     }
 
@@ -57,6 +65,15 @@ impl Kind {
             Kind::Service => ApiResource::erase::<core::Service>(&()),
             Kind::EndpointSlice => ApiResource::erase::<discovery::EndpointSlice>(&()),
             Kind::Namespace => ApiResource::erase::<core::Namespace>(&()),
+            Kind::Node => ApiResource::erase::<core::Node>(&()),
+        }
+    }
+
+    /// What to watch of this kind: everything, but for Nodes this one only.
+    fn watcher_config(self, node: &str) -> watcher::Config {
+        match self {
+            Kind::Node => watcher::Config::default().fields(&format!("metadata.name={node}")),
+            _ => watcher::Config::default(),
         }
     }
 
@@ -74,6 +91,7 @@ impl Kind {
             Kind::Namespace => {
                 convert::<core::Namespace, model::Namespace>(self, object, Converted::Namespace)
             }
+            Kind::Node => convert::<core::Node, model::Node>(self, object, Converted::Node),
         }
     }
 }
@@ -96,6 +114,7 @@ enum Converted {
     Service(model::Service),
     Slice(model::EndpointSlice),
     Namespace(model::Namespace),
+    Node(model::Node),
     /// Not for zerohop (headless or ExternalName Service, FQDN slice).
     Ignored,
     /// Malformed: the problem, naming the object.
@@ -197,6 +216,7 @@ impl Store {
                 Converted::Service(service) => _ = view.apply_service(service),
                 Converted::Slice(slice) => _ = view.apply_slice(slice),
                 Converted::Namespace(namespace) => _ = view.apply_namespace(namespace),
+                Converted::Node(node) => _ = view.apply_node(node),
                 Converted::Ignored => {}
                 Converted::Invalid(problem) => problems.push(problem),
             }
@@ -211,10 +231,10 @@ impl Store {
 
 /// Watches the cluster and publishes a new snapshot after every change, from
 /// the end of the first complete list on. Runs until the process ends.
-pub async fn run(client: Client, snapshots: watch::Sender<Option<Snapshot>>) {
+pub async fn run(client: Client, node: String, snapshots: watch::Sender<Option<Snapshot>>) {
     let events = Kind::ALL.map(|kind| {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource());
-        watcher(api, watcher::Config::default())
+        watcher(api, kind.watcher_config(&node))
             .default_backoff()
             .map(move |event| (kind, event))
             .boxed()
@@ -264,6 +284,8 @@ mod tests {
         assert!(!store.complete());
         store.apply(Kind::EndpointSlice, watcher::Event::InitDone);
         store.apply(Kind::Namespace, watcher::Event::InitDone);
+        assert!(!store.complete(), "the Node is not listed yet");
+        store.apply(Kind::Node, watcher::Event::InitDone);
         assert!(store.complete());
     }
 
