@@ -725,7 +725,7 @@ fn the_agent_serves_health_and_prometheus_metrics() -> Result<()> {
         "zerohop_connects_total{outcome=\"translated_local\"} 1\n",
         "zerohop_ready 1\n",
         "zerohop_objects{kind=\"service\"} 1\n",
-        "zerohop_map_entries{map=\"zh_svc_v1\"} 1\n",
+        "zerohop_map_entries{map=\"zh_svc_v2\"} 1\n",
     ] {
         assert!(metrics.contains(sample), "no {sample:?} in\n{metrics}");
     }
@@ -753,6 +753,46 @@ fn the_agent_serves_health_and_prometheus_metrics() -> Result<()> {
         "promtool check metrics: {}{}",
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
+    );
+    Ok(())
+}
+
+/// `sessionAffinity: ClientIP`: a client keeps its endpoint while it keeps
+/// connecting within the timeout, and draws again once it expired.
+#[test]
+fn session_affinity_keeps_a_client_on_its_endpoint() -> Result<()> {
+    let family = Family::V4;
+    let servers = ["s1", "s2", "s3", "s4"];
+    let mut world = World::new(
+        &[("client", 1), ("s1", 1), ("s2", 1), ("s3", 1), ("s4", 1)],
+        &servers,
+    )?;
+    world.service(
+        family,
+        "sticky",
+        40,
+        &servers,
+        &[],
+        "sessionAffinity: ClientIP\nsessionAffinityConfig:\n  clientIP:\n    timeoutSeconds: 1",
+    )?;
+    world.start_agents()?;
+
+    let mut chosen = std::collections::BTreeSet::new();
+    for _round in 0..6 {
+        let counts = world.spread("client", frontend(family, 40), 30)?;
+        assert_eq!(
+            counts.len(),
+            1,
+            "one client, one endpoint within the timeout: {counts:?}"
+        );
+        chosen.extend(counts.into_keys());
+        // Past the 1 s timeout: the next connect draws again.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    // Six fair draws over four endpoints land on one only with p = 1/1024.
+    assert!(
+        chosen.len() > 1,
+        "the endpoint never changed after the timeout: {chosen:?}"
     );
     Ok(())
 }

@@ -11,7 +11,7 @@
 /// marks ours and the `_vN` suffix is the layout version.
 pub mod map_name {
     /// Frontends: [`FrontendKey`](super::FrontendKey) → [`Service`](super::Service).
-    pub const SERVICES: &str = "zh_svc_v1";
+    pub const SERVICES: &str = "zh_svc_v2";
     /// Eligible endpoints: [`BackendKey`](super::BackendKey) → [`Backend`](super::Backend).
     pub const BACKENDS: &str = "zh_backend_v1";
     /// Run-time switches: index 0 → [`Config`](super::Config).
@@ -26,13 +26,15 @@ pub mod map_name {
     pub const SOCKETS: &str = "zh_socks_v1";
     /// Sockets whose messages once went through the stack: [`SockKey`](super::SockKey) → u32.
     pub const FALLBACK: &str = "zh_fallbk_v1";
+    /// Session affinity: [`AffinityKey`](super::AffinityKey) → [`Affinity`](super::Affinity).
+    pub const AFFINITY: &str = "zh_affinity_v1";
     /// Service of each frontend, for `zerohop inspect` (no program reads it):
     /// [`FrontendKey`](super::FrontendKey) → [`ServiceName`](super::ServiceName).
     pub const NAMES: &str = "zh_names_v1";
 }
 
 /// Every map name, for pinning, inspection and cleanup.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     map_name::SERVICES,
     map_name::BACKENDS,
     map_name::CONFIG,
@@ -42,6 +44,7 @@ pub const ALL_MAPS: [&str; 9] = [
     map_name::SOCKETS,
     map_name::FALLBACK,
     map_name::NAMES,
+    map_name::AFFINITY,
 ];
 
 /// Map capacities.
@@ -58,6 +61,8 @@ pub mod capacity {
     pub const SOCKETS: u32 = 131_072;
     /// Connections that fell back to the stack.
     pub const FALLBACK: u32 = 65_536;
+    /// (client, frontend) pairs remembered for session affinity.
+    pub const AFFINITY: u32 = 65_536;
 }
 
 /// `AF_INET`, as the kernel reports it in `family` fields.
@@ -91,6 +96,35 @@ pub struct Service {
     pub endpoints: u32,
     /// [`SERVICE_NO_BYPASS`] or 0.
     pub flags: u32,
+    /// Session affinity (`sessionAffinity: ClientIP`): how long, in seconds,
+    /// a client keeps its endpoint after its last connect; 0 = none.
+    pub affinity_seconds: u32,
+}
+
+/// A client of a frontend, for session affinity. The client is its network
+/// namespace (each pod has its own, as it has its own IP): the connect hook
+/// runs before the source address is chosen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// The frontend connected to.
+    pub frontend: FrontendKey,
+    /// Padding, always 0.
+    pub _pad: u32,
+    /// The client's network namespace cookie.
+    pub netns: u64,
+}
+
+/// The endpoint a client sticks to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Affinity {
+    /// The endpoint, as it was in its slot.
+    pub backend: Backend,
+    /// Its slot, checked again before reuse (the endpoint may be gone).
+    pub slot: u32,
+    /// Last connect, in bpf_ktime_get_ns() nanoseconds.
+    pub last_ns: u64,
 }
 
 /// [`Service::flags`]: translate, but never bypass the stack for this Service.
@@ -246,7 +280,9 @@ pub const COUNTERS: u32 = Counter::ALL.len() as u32;
 
 const _: () = {
     assert!(core::mem::size_of::<FrontendKey>() == 20);
-    assert!(core::mem::size_of::<Service>() == 8);
+    assert!(core::mem::size_of::<Service>() == 12);
+    assert!(core::mem::size_of::<AffinityKey>() == 32);
+    assert!(core::mem::size_of::<Affinity>() == 32);
     assert!(core::mem::size_of::<BackendKey>() == 24);
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<Config>() == 4);
@@ -261,6 +297,8 @@ mod pod {
     // pattern is a valid value.
     unsafe impl aya::Pod for super::FrontendKey {}
     unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::Affinity {}
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Config {}

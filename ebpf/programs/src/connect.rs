@@ -7,15 +7,18 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+    },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use zerohop_abi::{
-    BackendKey, Counter, FrontendKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, SERVICE_NO_BYPASS,
+    Affinity, AffinityKey, Backend, BackendKey, Counter, FrontendKey, FAMILY_V4, FAMILY_V6,
+    PROTO_TCP, SERVICE_NO_BYPASS,
 };
 
-use crate::maps::{bypass_disabled, count, BACKENDS, SERVICES, TAGGED};
+use crate::maps::{bypass_disabled, count, AFFINITY, BACKENDS, SERVICES, TAGGED};
 
 /// Return value that lets the connect proceed. zerohop never rejects one
 /// (0 would fail it with EPERM): a connect it cannot help goes on unchanged.
@@ -68,6 +71,69 @@ impl Family for V6 {
     }
 }
 
+/// Draws one of the `endpoints` slots; with session affinity, a client
+/// (its network namespace) keeps the endpoint it had while it connects again
+/// within `affinity_seconds` and that endpoint is still in its slot.
+#[inline(always)]
+fn pick(
+    ctx: &SockAddrContext,
+    frontend: FrontendKey,
+    endpoints: u32,
+    affinity_seconds: u32,
+) -> Option<Backend> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let client = AffinityKey {
+        frontend,
+        _pad: 0,
+        netns: unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },
+    };
+    if affinity_seconds > 0 {
+        if let Some(kept) = unsafe { AFFINITY.get(client) } {
+            let fresh =
+                now.wrapping_sub(kept.last_ns) < u64::from(affinity_seconds) * 1_000_000_000;
+            let still_there = kept.slot < endpoints
+                && unsafe {
+                    BACKENDS.get(BackendKey {
+                        frontend,
+                        slot: kept.slot,
+                    })
+                }
+                .is_some_and(|current| *current == kept.backend);
+            if fresh && still_there {
+                let backend = kept.backend;
+                let _ = AFFINITY.insert(
+                    client,
+                    Affinity {
+                        backend,
+                        slot: kept.slot,
+                        last_ns: now,
+                    },
+                    0,
+                );
+                return Some(backend);
+            }
+        }
+    }
+    let slot = unsafe { bpf_get_prandom_u32() } % endpoints;
+    let backend = *unsafe { BACKENDS.get(BackendKey { frontend, slot }) }?;
+    if affinity_seconds > 0
+        && AFFINITY
+            .insert(
+                client,
+                Affinity {
+                    backend,
+                    slot,
+                    last_ns: now,
+                },
+                0,
+            )
+            .is_err()
+    {
+        count(Counter::MapFull, 1);
+    }
+    Some(backend)
+}
+
 #[inline(always)]
 fn translate<F: Family>(ctx: &SockAddrContext) {
     // SAFETY: the kernel hands the hook a valid bpf_sock_addr for its duration.
@@ -95,10 +161,10 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         count(Counter::PassedNoEndpoint, 1);
         return;
     }
-    let slot = unsafe { bpf_get_prandom_u32() } % endpoints;
-    // A slot can be missing for an instant while the agent shrinks the
-    // Service; the connect then takes the cluster's normal path.
-    let Some(backend) = (unsafe { BACKENDS.get(BackendKey { frontend, slot }) }) else {
+    let affinity_seconds = service.affinity_seconds;
+    let Some(backend) = pick(ctx, frontend, endpoints, affinity_seconds) else {
+        // A slot can be missing for an instant while the agent shrinks the
+        // Service; the connect then takes the cluster's normal path.
         count(Counter::PassedNoEndpoint, 1);
         return;
     };

@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use zerohop_abi::{
-    capacity, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName, SockKey,
-    COUNTERS,
+    capacity, Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, Service,
+    ServiceName, SockKey, COUNTERS,
 };
 
-#[map(name = "zh_svc_v1")]
+#[map(name = "zh_svc_v2")]
 pub static SERVICES: HashMap<FrontendKey, Service> = HashMap::pinned(capacity::SERVICES, 0);
 
 #[map(name = "zh_backend_v1")]
@@ -36,6 +36,10 @@ pub static SOCKETS: SockHash<SockKey> = SockHash::pinned(capacity::SOCKETS, 0);
 
 #[map(name = "zh_fallbk_v1")]
 pub static FALLBACK: LruHashMap<SockKey, u32> = LruHashMap::pinned(capacity::FALLBACK, 0);
+
+// LRU: affinities of clients that stopped connecting age out on their own.
+#[map(name = "zh_affinity_v1")]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(capacity::AFFINITY, 0);
 
 // Read by `zerohop inspect` only; pinned with the others so that it outlives
 // the agent like they do.

@@ -247,6 +247,7 @@ impl TryFrom<&core::Service> for Service {
             cluster_ips,
             ports,
             traffic: traffic_policy(spec),
+            affinity_seconds: affinity_seconds(spec),
             bypass: annotation_on(BYPASS_ANNOTATION),
             fast_path: annotation_on(FAST_PATH_KEY),
         })
@@ -295,9 +296,20 @@ fn cluster_ips(spec: &core::ServiceSpec) -> Result<Vec<(String, String)>, Invali
     Ok(listed)
 }
 
-/// `internalTrafficPolicy: Local` wins over `trafficDistribution`; zone
-/// preferences (`PreferClose`, `PreferSameZone`) do not restrict anything
-/// here, since every endpoint of a node is in the node's zone.
+/// `internalTrafficPolicy: Local` wins over `trafficDistribution`.
+/// `sessionAffinity: ClientIP` and its timeout (Kubernetes' default: 3 hours).
+fn affinity_seconds(spec: &core::ServiceSpec) -> Option<u32> {
+    (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|config| config.client_ip.as_ref())
+            .and_then(|client_ip| client_ip.timeout_seconds)
+            .and_then(|seconds| u32::try_from(seconds).ok())
+            .filter(|&seconds| seconds > 0)
+            .unwrap_or(10_800)
+    })
+}
+
 fn traffic_policy(spec: &core::ServiceSpec) -> TrafficPolicy {
     if spec.internal_traffic_policy.as_deref() == Some("Local") {
         TrafficPolicy::NodeLocal
@@ -585,6 +597,24 @@ spec:
         assert_eq!(
             with_spec(", internalTrafficPolicy: Local, trafficDistribution: PreferSameNode"),
             TrafficPolicy::NodeLocal
+        );
+    }
+
+    #[test]
+    fn session_affinity_client_ip_and_its_timeout() {
+        let affinity = |spec: &str| {
+            let service: core::Service = serde_yaml_ng::from_str(&format!(
+                "{{kind: Service, apiVersion: v1, metadata: {{name: web}}, spec: {{clusterIP: 10.96.0.1{spec}}}}}"
+            ))
+            .unwrap();
+            Service::try_from(&service).unwrap().affinity_seconds
+        };
+        assert_eq!(affinity(""), None);
+        assert_eq!(affinity(", sessionAffinity: None"), None);
+        assert_eq!(affinity(", sessionAffinity: ClientIP"), Some(10_800));
+        assert_eq!(
+            affinity(", sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}"),
+            Some(60)
         );
     }
 

@@ -205,6 +205,7 @@ mod tests {
                 abi::Service {
                     endpoints,
                     flags: 0,
+                    affinity_seconds: 0,
                 },
             );
         }
@@ -266,7 +267,8 @@ mod tests {
                     frontend(10),
                     abi::Service {
                         endpoints: 2,
-                        flags: 0
+                        flags: 0,
+                        affinity_seconds: 0,
                     }
                 ),
             ]
@@ -287,7 +289,8 @@ mod tests {
                     frontend(10),
                     abi::Service {
                         endpoints: 3,
-                        flags: 0
+                        flags: 0,
+                        affinity_seconds: 0,
                     }
                 )],
                 delete_services: vec![],
@@ -330,7 +333,8 @@ mod tests {
                     frontend(10),
                     abi::Service {
                         endpoints: 2,
-                        flags: 0
+                        flags: 0,
+                        affinity_seconds: 0,
                     }
                 ),
                 Change::DeleteBackend(slot(10, 2)),
@@ -362,7 +366,8 @@ mod tests {
                 frontend(10),
                 abi::Service {
                     endpoints: 2,
-                    flags: SERVICE_NO_BYPASS
+                    flags: SERVICE_NO_BYPASS,
+                    affinity_seconds: 0,
                 }
             )]
         );

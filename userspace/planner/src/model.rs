@@ -71,6 +71,9 @@ pub struct Service {
     /// Whether connections to a local endpoint may bypass the network stack;
     /// false when the Service is annotated `zerohop.io/bypass: "off"`.
     pub bypass: bool,
+    /// `sessionAffinity: ClientIP`: seconds a client keeps its endpoint
+    /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, 10800 by default).
+    pub affinity_seconds: Option<u32>,
     /// Whether zerohop handles the Service at all; false when it is annotated
     /// `zerohop.io/fast-path: "off"` (its traffic is left untouched).
     pub fast_path: bool,

@@ -162,8 +162,15 @@ impl Desired {
         }
         let flags = if service.bypass { 0 } else { SERVICE_NO_BYPASS };
         let endpoints = u32::try_from(targets.len()).unwrap_or(u32::MAX);
-        self.services
-            .insert(frontend, abi::Service { endpoints, flags });
+        let affinity_seconds = service.affinity_seconds.unwrap_or(0);
+        self.services.insert(
+            frontend,
+            abi::Service {
+                endpoints,
+                flags,
+                affinity_seconds,
+            },
+        );
         let name = abi::ServiceName::new(&service.id.namespace, &service.id.name);
         self.names.insert(frontend, name);
     }
@@ -272,6 +279,7 @@ mod tests {
                 .collect(),
             traffic: TrafficPolicy::Cluster,
             bypass: true,
+            affinity_seconds: None,
             fast_path: true,
         }
     }
@@ -388,7 +396,8 @@ mod tests {
             service,
             abi::Service {
                 endpoints: 3,
-                flags: 0
+                flags: 0,
+                affinity_seconds: 0,
             }
         );
         assert_eq!(
@@ -485,6 +494,22 @@ mod tests {
         assert_eq!(
             backends(&plan.desired, "10.96.0.10", 80),
             vec![at("10.244.3.3:8080", false)]
+        );
+    }
+
+    #[test]
+    fn session_affinity_reaches_the_frontend() {
+        let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+        web.affinity_seconds = Some(60);
+        let plan = plan(&view(vec![web], vec![]), NODE);
+        assert_eq!(
+            plan.desired
+                .services
+                .values()
+                .next()
+                .unwrap()
+                .affinity_seconds,
+            60
         );
     }
 
@@ -822,7 +847,8 @@ mod tests {
             plan.desired.services[&frontend_key(ip("10.96.0.10"), 80)],
             abi::Service {
                 endpoints: 0,
-                flags: 0
+                flags: 0,
+                affinity_seconds: 0,
             }
         );
     }

@@ -112,6 +112,7 @@ mod tests {
             ports: vec![],
             traffic: TrafficPolicy::Cluster,
             bypass: true,
+            affinity_seconds: None,
             fast_path: true,
         }
     }
