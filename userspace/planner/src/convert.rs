@@ -258,18 +258,8 @@ impl TryFrom<&core::Namespace> for Namespace {
     type Error = ConvertError;
 
     fn try_from(namespace: &core::Namespace) -> Result<Self, Self::Error> {
-        let Some(name) = namespace.metadata.name.clone() else {
-            return Err(ConvertError::Invalid {
-                object: object_label("Namespace", "", None),
-                reason: InvalidReason::MissingName,
-            });
-        };
-        let fast_path = namespace
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(FAST_PATH_KEY))
-            .is_none_or(|value| value != "off");
+        let (name, opt_out) = name_and_label("Namespace", &namespace.metadata, FAST_PATH_KEY)?;
+        let fast_path = opt_out.is_none_or(|value| value != "off");
         Ok(Namespace { name, fast_path })
     }
 }
@@ -419,6 +409,25 @@ fn convert_endpoint(
     })
 }
 
+/// The name of a cluster-scoped object and the value of one of its labels.
+fn name_and_label<'m>(
+    kind: &str,
+    metadata: &'m ObjectMeta,
+    label: &str,
+) -> Result<(String, Option<&'m String>), ConvertError> {
+    let name = metadata.name.clone().ok_or_else(|| ConvertError::Invalid {
+        object: object_label(kind, "", None),
+        reason: InvalidReason::MissingName,
+    })?;
+    Ok((
+        name,
+        metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(label)),
+    ))
+}
+
 /// Node label holding its zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
@@ -426,18 +435,8 @@ impl TryFrom<&core::Node> for Node {
     type Error = ConvertError;
 
     fn try_from(node: &core::Node) -> Result<Self, Self::Error> {
-        let Some(name) = node.metadata.name.clone() else {
-            return Err(ConvertError::Invalid {
-                object: object_label("Node", "", None),
-                reason: InvalidReason::MissingName,
-            });
-        };
-        let zone = node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(ZONE_LABEL))
-            .cloned();
+        let (name, zone) = name_and_label("Node", &node.metadata, ZONE_LABEL)?;
+        let zone = zone.cloned();
         Ok(Node { name, zone })
     }
 }
