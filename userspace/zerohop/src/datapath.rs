@@ -23,7 +23,7 @@ use zerohop_abi::{
     map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName, SockKey,
     CONFIG_NO_BYPASS,
 };
-use zerohop_planner::{Changes, Desired};
+use zerohop_planner::{Change, Changes, Desired};
 
 /// The compiled kernel programs (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zerohop.bpf.o"));
@@ -169,31 +169,22 @@ impl ServiceMaps {
     /// the rest of the node keeps being served.
     pub fn apply(&mut self, changes: &Changes) -> Applied {
         let mut applied = Applied::default();
-        let mut record =
-            |result: Result<(), aya::maps::MapError>, what: &dyn std::fmt::Debug| match result {
+        for change in changes.in_order() {
+            let result = match change {
+                Change::UpsertBackend(key, value) => self.backends.insert(key, value, 0),
+                Change::UpsertName(key, value) => self.names.insert(key, value, 0),
+                Change::UpsertService(key, value) => self.services.insert(key, value, 0),
+                Change::DeleteService(key) => self.services.remove(&key),
+                Change::DeleteBackend(key) => self.backends.remove(&key),
+                Change::DeleteName(key) => self.names.remove(&key),
+            };
+            match result {
                 Ok(()) => applied.written += 1,
                 Err(error) => {
                     applied.failed += 1;
-                    tracing::error!(?what, %error, "map write failed");
+                    tracing::error!(?change, %error, "map write failed");
                 }
-            };
-        for (key, value) in &changes.upsert_backends {
-            record(self.backends.insert(key, value, 0), key);
-        }
-        for (key, value) in &changes.upsert_names {
-            record(self.names.insert(key, value, 0), key);
-        }
-        for (key, value) in &changes.upsert_services {
-            record(self.services.insert(key, value, 0), key);
-        }
-        for key in &changes.delete_services {
-            record(self.services.remove(key), key);
-        }
-        for key in &changes.delete_backends {
-            record(self.backends.remove(key), key);
-        }
-        for key in &changes.delete_names {
-            record(self.names.remove(key), key);
+            }
         }
         applied
     }
