@@ -81,57 +81,56 @@ fn pick(
     endpoints: u32,
     affinity_seconds: u32,
 ) -> Option<Backend> {
+    if affinity_seconds == 0 {
+        return draw(frontend, endpoints).map(|(_, backend)| backend);
+    }
+    // Only Services with affinity pay for the clock and the extra lookups.
     let now = unsafe { bpf_ktime_get_ns() };
     let client = AffinityKey {
         frontend,
         _pad: 0,
         netns: unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },
     };
-    if affinity_seconds > 0 {
-        if let Some(kept) = unsafe { AFFINITY.get(client) } {
-            let fresh =
-                now.wrapping_sub(kept.last_ns) < u64::from(affinity_seconds) * 1_000_000_000;
-            let still_there = kept.slot < endpoints
-                && unsafe {
-                    BACKENDS.get(BackendKey {
-                        frontend,
-                        slot: kept.slot,
-                    })
-                }
-                .is_some_and(|current| *current == kept.backend);
-            if fresh && still_there {
-                let backend = kept.backend;
-                let _ = AFFINITY.insert(
-                    client,
-                    Affinity {
-                        backend,
-                        slot: kept.slot,
-                        last_ns: now,
-                    },
-                    0,
-                );
-                return Some(backend);
+    let kept = unsafe { AFFINITY.get(client) }.and_then(|kept| {
+        let fresh = now.wrapping_sub(kept.last_ns) < u64::from(affinity_seconds) * 1_000_000_000;
+        let still_there = kept.slot < endpoints
+            && unsafe {
+                BACKENDS.get(BackendKey {
+                    frontend,
+                    slot: kept.slot,
+                })
             }
-        }
-    }
-    let slot = unsafe { bpf_get_prandom_u32() } % endpoints;
-    let backend = *unsafe { BACKENDS.get(BackendKey { frontend, slot }) }?;
-    if affinity_seconds > 0
-        && AFFINITY
-            .insert(
-                client,
-                Affinity {
-                    backend,
-                    slot,
-                    last_ns: now,
-                },
-                0,
-            )
-            .is_err()
+            .is_some_and(|current| *current == kept.backend);
+        (fresh && still_there).then_some((kept.slot, kept.backend))
+    });
+    let (slot, backend) = match kept {
+        Some(kept) => kept,
+        None => draw(frontend, endpoints)?,
+    };
+    // Refreshed on every connect, as kube-proxy's affinity is.
+    if AFFINITY
+        .insert(
+            client,
+            Affinity {
+                backend,
+                slot,
+                last_ns: now,
+            },
+            0,
+        )
+        .is_err()
     {
         count(Counter::MapFull, 1);
     }
     Some(backend)
+}
+
+/// A uniformly drawn slot and its endpoint.
+#[inline(always)]
+fn draw(frontend: FrontendKey, endpoints: u32) -> Option<(u32, Backend)> {
+    let slot = unsafe { bpf_get_prandom_u32() } % endpoints;
+    let backend = *unsafe { BACKENDS.get(BackendKey { frontend, slot }) }?;
+    Some((slot, backend))
 }
 
 #[inline(always)]
