@@ -13,6 +13,8 @@ use std::{path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
 
+use crate::command_output as output;
+
 const BPF_LINKER_VERSION: &str = "0.13";
 
 pub fn run() -> Result<()> {
@@ -148,17 +150,6 @@ fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
         || Path::new("/usr/sbin").join(tool).is_file()
-}
-
-fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!("{program} {} failed", args.join(" "));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn run_cmd(program: &str, args: &[&str]) -> Result<()> {

@@ -76,11 +76,9 @@ pub async fn run(settings: Settings) -> Result<()> {
 
     let status = SharedStatus::default();
     let health = match settings.health_addr {
-        Some(addr) => Some(
-            health::serve(addr, Arc::clone(&status), settings.pin_dir.clone())
-                .await?
-                .1,
-        ),
+        Some(addr) => {
+            Some(health::serve(addr, Arc::clone(&status), settings.pin_dir.clone()).await?)
+        }
         None => None,
     };
     let health = async move {
@@ -133,7 +131,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     };
 
-    // The watch loop only ends with the process; a signal ends the agent.
+    // A signal ends the agent; so does a source that stopped publishing.
     tokio::select! {
         () = watch => warn!("the source stopped"),
         () = health => {}

@@ -47,13 +47,13 @@ pub struct AgentStatus {
 /// Shared between the sync loop and the HTTP server.
 pub type SharedStatus = Arc<Mutex<AgentStatus>>;
 
-/// Binds `addr` and serves the endpoints until the task is dropped. Returns
-/// the bound address (useful with port 0).
+/// Binds `addr` (logging the bound address, useful with port 0) and returns
+/// the server, which serves the endpoints until it is dropped.
 pub async fn serve(
     addr: SocketAddr,
     status: SharedStatus,
     pin_dir: PathBuf,
-) -> Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+) -> Result<impl std::future::Future<Output = ()>> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the health address {addr}"))?;
@@ -72,7 +72,7 @@ pub async fn serve(
             });
         }
     };
-    Ok((bound, server))
+    Ok(server)
 }
 
 async fn answer(
