@@ -2,11 +2,25 @@
 //!
 //! - [`model`]: the HTTPRoute and ReferenceGrant fields zerohop reads, as
 //!   they arrive from the API server or a manifest file;
+//! - [`status`]: a route checked against the cluster, as the per-parent
+//!   status zerohop writes (Accepted, ResolvedRefs, PartiallyInvalid), and
+//!   which Services are L7 Services;
 //! - [`router`]: the waypoint's decision for one request;
+//! - [`filters`]: the edits filters make (header modifiers, path rewrites,
+//!   redirect locations), also for the waypoint's responses;
+//! - [`duration`]: Gateway API durations (timeouts);
+//! - `rules` (private): rules compiled and validated, shared by [`status`]
+//!   and [`router`] so that status and routing always agree.
 //!
 //! Everything here is pure: no I/O, no clock, no randomness of its own, so
 //! every routing decision is unit-tested.
 #![forbid(unsafe_code)]
 
+pub mod duration;
+pub mod filters;
 pub mod model;
 pub mod router;
+mod rules;
+pub mod status;
+#[cfg(test)]
+mod testing;

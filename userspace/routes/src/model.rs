@@ -65,10 +65,21 @@ pub struct ParentRef {
     pub port: Option<u16>,
 }
 
+/// Kind of the Services zerohop serves and routes to.
+pub const SERVICE_KIND: &str = "Service";
+
+/// True for the core API group: `""`, or `"core"`, which the Gateway API
+/// mesh documentation itself uses in examples and meshes accept.
+pub fn is_core_group(group: &str) -> bool {
+    group.is_empty() || group == "core"
+}
+
 impl ParentRef {
-    /// True for a core-group Service parent (the GAMMA pattern).
+    /// True for a core-group Service parent (the GAMMA pattern). The group
+    /// must be given: left out, it defaults to the Gateway API group.
     pub fn is_service(&self) -> bool {
-        self.group.as_deref() == Some("") && self.kind.as_deref() == Some("Service")
+        self.group.as_deref().is_some_and(is_core_group)
+            && self.kind.as_deref() == Some(SERVICE_KIND)
     }
 }
 
@@ -221,6 +232,23 @@ pub struct ObjectRef {
     pub port: Option<u16>,
 }
 
+impl ObjectRef {
+    /// True for a core-group Service (the defaults: group `""`, kind `Service`).
+    pub fn is_service(&self) -> bool {
+        is_core_group(self.group.as_deref().unwrap_or(""))
+            && self.kind.as_deref().unwrap_or(SERVICE_KIND) == SERVICE_KIND
+    }
+
+    /// `group/kind` as written, with the defaults, for messages.
+    pub fn group_kind(&self) -> String {
+        format!(
+            "{}/{}",
+            self.group.as_deref().unwrap_or(""),
+            self.kind.as_deref().unwrap_or(SERVICE_KIND)
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendRef {
@@ -241,6 +269,13 @@ pub struct Timeouts {
     pub request: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_request: Option<String>,
+}
+
+impl HttpRoute {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.metadata.namespace, self.metadata.name)
+    }
 }
 
 /// A ReferenceGrant: lets routes in `from` namespaces refer to Services in
@@ -275,4 +310,118 @@ pub struct GrantTo {
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As `kubectl get httproute -o json` shows the Gateway API mesh example.
+    const HTTP_ROUTE: &str = r#"{
+      "apiVersion": "gateway.networking.k8s.io/v1",
+      "kind": "HTTPRoute",
+      "metadata": {
+        "name": "smiley-route",
+        "namespace": "faces",
+        "creationTimestamp": "2024-03-01T10:00:00Z",
+        "generation": 3,
+        "resourceVersion": "12345",
+        "uid": "0b9c3a1e-7d3f-4c2e-9f58-1f0a9a2e0c11"
+      },
+      "spec": {
+        "parentRefs": [{"group": "", "kind": "Service", "name": "smiley", "port": 80}],
+        "rules": [
+          {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/api"},
+                         "headers": [{"type": "Exact", "name": "x-canary", "value": "true"}],
+                         "queryParams": [{"type": "RegularExpression", "name": "v", "value": "[0-9]+"}],
+                         "method": "GET"}],
+            "filters": [
+              {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-via", "value": "zerohop"}], "remove": ["x-debug"]}},
+              {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}},
+              {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "smiley-shadow", "port": 80}}}
+            ],
+            "backendRefs": [
+              {"group": "", "kind": "Service", "name": "smiley", "port": 80, "weight": 90},
+              {"name": "smiley2", "namespace": "faces-next", "port": 80, "weight": 10,
+               "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": [{"name": "x-version", "value": "2"}]}}]}
+            ],
+            "timeouts": {"request": "10s", "backendRequest": "2s"}
+          },
+          {"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}
+        ]
+      },
+      "status": {"parents": []}
+    }"#;
+
+    #[test]
+    fn an_http_route_round_trips_through_json() {
+        let route: HttpRoute = serde_json::from_str(HTTP_ROUTE).unwrap();
+        assert_eq!(route.key(), "faces/smiley-route");
+        assert_eq!(route.metadata.generation, Some(3));
+        assert!(route.spec.parent_refs[0].is_service());
+        let rule = &route.spec.rules[0];
+        assert_eq!(
+            rule.matches[0].query_params[0].kind.as_deref(),
+            Some("RegularExpression")
+        );
+        assert_eq!(
+            rule.filters[2]
+                .request_mirror
+                .as_ref()
+                .unwrap()
+                .backend_ref
+                .name,
+            "smiley-shadow"
+        );
+        assert_eq!(
+            rule.backend_refs[1].target.namespace.as_deref(),
+            Some("faces-next")
+        );
+        assert_eq!(rule.backend_refs[1].weight, Some(10));
+        assert_eq!(
+            rule.backend_refs[1].filters[0].kind,
+            "ResponseHeaderModifier"
+        );
+        assert_eq!(
+            rule.timeouts.as_ref().unwrap().backend_request.as_deref(),
+            Some("2s")
+        );
+        assert_eq!(
+            route.spec.rules[1].filters[0]
+                .request_redirect
+                .as_ref()
+                .unwrap()
+                .status_code,
+            Some(301)
+        );
+
+        let json = serde_json::to_value(&route).unwrap();
+        assert_eq!(json["spec"]["rules"][0]["backendRefs"][0]["weight"], 90);
+        assert_eq!(
+            json["spec"]["rules"][0]["filters"][1]["urlRewrite"]["path"]["replacePrefixMatch"],
+            "/"
+        );
+        assert_eq!(serde_json::from_value::<HttpRoute>(json).unwrap(), route);
+    }
+
+    #[test]
+    fn service_parents_need_the_core_group() {
+        let parent = |group: Option<&str>, kind: Option<&str>| ParentRef {
+            group: group.map(Into::into),
+            kind: kind.map(Into::into),
+            namespace: None,
+            name: "svc".into(),
+            section_name: None,
+            port: None,
+        };
+        assert!(parent(Some(""), Some("Service")).is_service());
+        assert!(parent(Some("core"), Some("Service")).is_service());
+        assert!(
+            !parent(None, Some("Service")).is_service(),
+            "the group defaults to gateway.networking.k8s.io"
+        );
+        assert!(!parent(None, None).is_service());
+        assert!(!parent(Some(""), Some("Gateway")).is_service());
+    }
 }

@@ -1,0 +1,841 @@
+//! Route rules compiled for the router, and the checks that decide which
+//! rules are invalid and which references do not resolve. The status module
+//! reports exactly what this module finds, so the status a user reads and
+//! what the waypoint does never disagree.
+
+use std::{fmt, time::Duration};
+
+use regex::Regex;
+
+use crate::{
+    duration::parse_duration,
+    filters::{has_path_prefix, REPLACE_FULL_PATH, REPLACE_PREFIX_MATCH},
+    model::{
+        is_core_group, BackendRef, Filter, HeaderMatch, HeaderModifier, HttpRoute, Match,
+        ObjectRef, PathModifier, ReferenceGrant, RequestRedirect, Rule, UrlRewrite, GROUP,
+        SERVICE_KIND,
+    },
+    router::{RequestHead, ServiceInfo},
+    status::reason,
+};
+
+/// Why a rule is invalid or a reference does not resolve: a Gateway API
+/// condition reason and a message for humans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(reason: &'static str, message: impl Into<String>) -> Problem {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// One port of one Service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ServicePort {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+}
+
+impl fmt::Display for ServicePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+    }
+}
+
+/// What references resolve against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cluster<'a> {
+    pub services: &'a [ServiceInfo],
+    pub grants: &'a [ReferenceGrant],
+}
+
+impl Cluster<'_> {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceInfo> {
+        self.services
+            .iter()
+            .find(|s| s.namespace == namespace && s.name == name)
+    }
+
+    /// A backendRef (or mirror backendRef) of a route in `route_namespace`.
+    /// Spec (HTTPBackendRef): an unsupported kind is `InvalidKind`, a
+    /// cross-namespace reference without a ReferenceGrant `RefNotPermitted`,
+    /// a missing Service `BackendNotFound`; a Service reference needs a port
+    /// (BackendObjectReference), so a missing or unknown port is treated as
+    /// a missing backend.
+    pub fn resolve_backend(
+        &self,
+        route_namespace: &str,
+        target: &ObjectRef,
+    ) -> Result<ServicePort, Problem> {
+        if !target.is_service() {
+            return Err(Problem::new(
+                reason::INVALID_KIND,
+                format!(
+                    "backend {} {}: only core Services are supported",
+                    target.group_kind(),
+                    target.name
+                ),
+            ));
+        }
+        let namespace = target.namespace.as_deref().unwrap_or(route_namespace);
+        let name = &target.name;
+        if namespace != route_namespace && !self.grant_allows(route_namespace, namespace, name) {
+            return Err(Problem::new(
+                reason::REF_NOT_PERMITTED,
+                format!("backend Service {namespace}/{name}: no ReferenceGrant in {namespace} allows HTTPRoutes from {route_namespace}"),
+            ));
+        }
+        let Some(service) = self.service(namespace, name) else {
+            return Err(Problem::new(
+                reason::BACKEND_NOT_FOUND,
+                format!("backend Service {namespace}/{name} does not exist"),
+            ));
+        };
+        let port = match target.port {
+            None => {
+                return Err(Problem::new(
+                    reason::BACKEND_NOT_FOUND,
+                    format!(
+                        "backend Service {namespace}/{name}: a Service backendRef needs a port"
+                    ),
+                ))
+            }
+            Some(port) if !service.ports.contains(&port) => {
+                return Err(Problem::new(
+                    reason::BACKEND_NOT_FOUND,
+                    format!("backend Service {namespace}/{name} has no port {port}"),
+                ))
+            }
+            Some(port) => port,
+        };
+        Ok(ServicePort {
+            namespace: namespace.into(),
+            name: name.clone(),
+            port,
+        })
+    }
+
+    /// A ReferenceGrant in `to_namespace` lets HTTPRoutes from
+    /// `from_namespace` refer to the Service `name` (or to every Service).
+    fn grant_allows(&self, from_namespace: &str, to_namespace: &str, name: &str) -> bool {
+        self.grants
+            .iter()
+            .filter(|g| g.metadata.namespace == to_namespace)
+            .any(|grant| {
+                let from = grant.spec.from.iter().any(|f| {
+                    f.group == GROUP && f.kind == "HTTPRoute" && f.namespace == from_namespace
+                });
+                let to = grant.spec.to.iter().any(|t| {
+                    is_core_group(&t.group)
+                        && t.kind == SERVICE_KIND
+                        && t.name.as_deref().is_none_or(|n| n == name)
+                });
+                from && to
+            })
+    }
+}
+
+/// Precedence of a match, most specific first once sorted in reverse.
+/// Spec (HTTPRouteRule matches): Exact path, then the longest prefix (for
+/// zerohop also the longest regular expression, whose precedence the spec
+/// leaves to implementations), then a method match, then the most header
+/// matches, then the most query param matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Specificity {
+    exact_path: bool,
+    path_chars: usize,
+    method: bool,
+    headers: usize,
+    query_params: usize,
+}
+
+#[derive(Debug)]
+enum PathMatcher {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+enum ValueMatcher {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueMatcher {
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            ValueMatcher::Exact(expected) => value == expected,
+            ValueMatcher::Regex(regex) => regex.is_match(value),
+        }
+    }
+}
+
+/// A header or query param match.
+#[derive(Debug)]
+struct NamedMatcher {
+    name: String,
+    value: ValueMatcher,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledMatch {
+    path: PathMatcher,
+    path_chars: usize,
+    method: Option<String>,
+    headers: Vec<NamedMatcher>,
+    query_params: Vec<NamedMatcher>,
+}
+
+impl CompiledMatch {
+    pub fn specificity(&self) -> Specificity {
+        Specificity {
+            exact_path: matches!(self.path, PathMatcher::Exact(_)),
+            path_chars: self.path_chars,
+            method: self.method.is_some(),
+            headers: self.headers.len(),
+            query_params: self.query_params.len(),
+        }
+    }
+
+    /// The PathPrefix value, for ReplacePrefixMatch.
+    pub fn prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatcher::Prefix(prefix) => Some(prefix),
+            _ => None,
+        }
+    }
+
+    pub fn matches(&self, request: &RequestHead) -> bool {
+        let path = match &self.path {
+            PathMatcher::Exact(expected) => request.path == *expected,
+            PathMatcher::Prefix(prefix) => has_path_prefix(&request.path, prefix),
+            PathMatcher::Regex(regex) => regex.is_match(&request.path),
+        };
+        path && self.method.as_ref().is_none_or(|m| *m == request.method)
+            && self
+                .headers
+                .iter()
+                .all(|h| header_value(request, &h.name).is_some_and(|v| h.value.matches(&v)))
+            && self.query_params.iter().all(|q| {
+                query_param(request.query.as_deref().unwrap_or(""), &q.name)
+                    .is_some_and(|v| q.value.matches(&v))
+            })
+    }
+}
+
+/// A header's values joined with `,` (RFC 9110 field combination).
+fn header_value(request: &RequestHead, name: &str) -> Option<String> {
+    let values: Vec<&str> = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// The first value of a query param (the spec's recommendation for repeated
+/// params), percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key) == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        match (bytes[i], hex) {
+            (b'%', Some(hex)) => {
+                let hex = std::str::from_utf8(hex).expect("ASCII hex digits");
+                decoded.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// A filter, checked and ready to apply.
+#[derive(Debug)]
+pub(crate) enum Action {
+    RequestHeaders(HeaderModifier),
+    ResponseHeaders(HeaderModifier),
+    Redirect(RequestRedirect),
+    Rewrite(UrlRewrite),
+    /// An invalid mirror is dropped (spec: "not configure this backend"),
+    /// the request itself still goes through.
+    Mirror(Result<ServicePort, Problem>),
+    /// A filter that must not be skipped but cannot run: its requests get
+    /// an error response.
+    Unresolvable(Problem),
+}
+
+impl Action {
+    fn path_modifier(&self) -> Option<&PathModifier> {
+        match self {
+            Action::Redirect(redirect) => redirect.path.as_ref(),
+            Action::Rewrite(rewrite) => rewrite.path.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn problem(&self) -> Option<&Problem> {
+        match self {
+            Action::Mirror(Err(problem)) | Action::Unresolvable(problem) => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledBackend {
+    pub weight: u32,
+    /// An invalid backend keeps its weight: its share of requests gets 500.
+    pub target: Result<ServicePort, Problem>,
+    pub filters: Vec<Action>,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledRule {
+    /// Position in the route's `rules`.
+    pub index: usize,
+    pub matches: Vec<CompiledMatch>,
+    pub filters: Vec<Action>,
+    pub backends: Vec<CompiledBackend>,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+}
+
+impl CompiledRule {
+    /// References of this (valid) rule that do not resolve.
+    pub fn ref_problems(&self) -> impl Iterator<Item = &Problem> {
+        let backend_problems = self.backends.iter().flat_map(|b| {
+            b.target
+                .as_ref()
+                .err()
+                .into_iter()
+                .chain(b.filters.iter().filter_map(Action::problem))
+        });
+        self.filters
+            .iter()
+            .filter_map(Action::problem)
+            .chain(backend_problems)
+    }
+}
+
+/// The route's rules: the valid ones compiled, the invalid ones with why.
+/// Spec (HTTPRouteRule filters, RouteConditionPartiallyInvalid): an invalid
+/// rule is dropped; the route stays accepted while one rule is valid.
+pub(crate) fn compile_rules(
+    route: &HttpRoute,
+    cluster: &Cluster,
+) -> (Vec<CompiledRule>, Vec<(usize, Problem)>) {
+    let mut valid = Vec::new();
+    let mut dropped = Vec::new();
+    for (index, rule) in route.spec.rules.iter().enumerate() {
+        match compile_rule(&route.metadata.namespace, index, rule, cluster) {
+            Ok(compiled) => valid.push(compiled),
+            Err(problem) => dropped.push((index, problem)),
+        }
+    }
+    (valid, dropped)
+}
+
+fn compile_rule(
+    route_namespace: &str,
+    index: usize,
+    rule: &Rule,
+    cluster: &Cluster,
+) -> Result<CompiledRule, Problem> {
+    let matches = if rule.matches.is_empty() {
+        vec![compile_match(&Match::default())?]
+    } else {
+        rule.matches
+            .iter()
+            .map(compile_match)
+            .collect::<Result<_, _>>()?
+    };
+    let filters = compile_filters(route_namespace, &rule.filters, cluster)?;
+    let backends = rule
+        .backend_refs
+        .iter()
+        .map(|backend| compile_backend(route_namespace, backend, cluster))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_filter_combination(&filters, !backends.is_empty())?;
+    for backend in &backends {
+        check_filter_combination(&backend.filters, false)?;
+    }
+    let all_filters = filters
+        .iter()
+        .chain(backends.iter().flat_map(|b| &b.filters));
+    check_prefix_replacement(rule, all_filters)?;
+    let timeouts = rule.timeouts.clone().unwrap_or_default();
+    Ok(CompiledRule {
+        index,
+        matches,
+        filters,
+        backends,
+        request_timeout: timeout(timeouts.request.as_deref())?,
+        backend_timeout: timeout(timeouts.backend_request.as_deref())?,
+    })
+}
+
+fn compile_backend(
+    route_namespace: &str,
+    backend: &BackendRef,
+    cluster: &Cluster,
+) -> Result<CompiledBackend, Problem> {
+    Ok(CompiledBackend {
+        weight: backend.weight.unwrap_or(1),
+        target: cluster.resolve_backend(route_namespace, &backend.target),
+        filters: compile_filters(route_namespace, &backend.filters, cluster)?,
+    })
+}
+
+fn compile_filters(
+    route_namespace: &str,
+    filters: &[Filter],
+    cluster: &Cluster,
+) -> Result<Vec<Action>, Problem> {
+    filters
+        .iter()
+        .map(|f| compile_filter(route_namespace, f, cluster))
+        .collect()
+}
+
+/// A timeout; `0s` disables it (spec, HTTPRouteTimeouts).
+fn timeout(text: Option<&str>) -> Result<Option<Duration>, Problem> {
+    let Some(text) = text else { return Ok(None) };
+    let duration = parse_duration(text).ok_or_else(|| {
+        Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("timeout {text:?} is no Gateway API duration"),
+        )
+    })?;
+    Ok((!duration.is_zero()).then_some(duration))
+}
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Spec: unknown enum values (match types, methods) set Accepted False with
+/// `UnsupportedValue`; regular expressions use the `regex` crate syntax and
+/// must match the whole value, so one that does not compile is unsupported
+/// too.
+fn compile_match(m: &Match) -> Result<CompiledMatch, Problem> {
+    let path = m.path.as_ref();
+    let kind = path.and_then(|p| p.kind.as_deref()).unwrap_or("PathPrefix");
+    let value = path
+        .and_then(|p| p.value.clone())
+        .unwrap_or_else(|| "/".into());
+    if kind != "RegularExpression" && !value.starts_with('/') {
+        return Err(Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("path {value:?} does not start with /"),
+        ));
+    }
+    let path_chars = value.chars().count();
+    let path = match kind {
+        "Exact" => PathMatcher::Exact(value),
+        "PathPrefix" => PathMatcher::Prefix(value),
+        "RegularExpression" => PathMatcher::Regex(full_match_regex("path", &value)?),
+        other => {
+            return Err(Problem::new(
+                reason::UNSUPPORTED_VALUE,
+                format!("path match type {other:?} is not supported"),
+            ))
+        }
+    };
+    if let Some(method) = m.method.as_deref().filter(|m| !METHODS.contains(m)) {
+        return Err(Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("method {method:?} is not supported"),
+        ));
+    }
+    Ok(CompiledMatch {
+        path,
+        path_chars,
+        method: m.method.clone(),
+        headers: compile_named_matches("header", &m.headers, str::to_ascii_lowercase)?,
+        query_params: compile_named_matches("query param", &m.query_params, str::to_owned)?,
+    })
+}
+
+/// Header or query param matches. Spec: only the first entry of a name
+/// counts; header names are case-insensitive, query param names are not
+/// (`normalize` says which).
+fn compile_named_matches(
+    what: &str,
+    matches: &[HeaderMatch],
+    normalize: fn(&str) -> String,
+) -> Result<Vec<NamedMatcher>, Problem> {
+    let mut compiled: Vec<NamedMatcher> = Vec::new();
+    for m in matches {
+        let name = normalize(&m.name);
+        if compiled.iter().any(|c| c.name == name) {
+            continue;
+        }
+        let value = match m.kind.as_deref().unwrap_or("Exact") {
+            "Exact" => ValueMatcher::Exact(m.value.clone()),
+            "RegularExpression" => ValueMatcher::Regex(full_match_regex(what, &m.value)?),
+            other => {
+                return Err(Problem::new(
+                    reason::UNSUPPORTED_VALUE,
+                    format!("{what} match type {other:?} is not supported"),
+                ))
+            }
+        };
+        compiled.push(NamedMatcher { name, value });
+    }
+    Ok(compiled)
+}
+
+fn full_match_regex(what: &str, pattern: &str) -> Result<Regex, Problem> {
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|error| {
+        let error = error.to_string().replace('\n', " ");
+        Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("{what} regular expression {pattern:?} does not compile: {error}"),
+        )
+    })
+}
+
+/// Spec (HTTPRouteFilter type): an unknown filter type sets Accepted False
+/// with `UnsupportedValue`, and so do the types zerohop does not implement
+/// (CORS, ExternalAuth, ...). An ExtensionRef names a custom filter zerohop
+/// cannot resolve (it implements none): "the filter MUST NOT be skipped",
+/// its requests get an error response, and ResolvedRefs says `InvalidKind`
+/// (a reference to an unsupported group/kind).
+fn compile_filter(
+    route_namespace: &str,
+    filter: &Filter,
+    cluster: &Cluster,
+) -> Result<Action, Problem> {
+    let missing = || {
+        Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("filter {} has no configuration", filter.kind),
+        )
+    };
+    let action = match filter.kind.as_str() {
+        "RequestHeaderModifier" => Action::RequestHeaders(filter.request_header_modifier.clone().ok_or_else(missing)?),
+        "ResponseHeaderModifier" => Action::ResponseHeaders(filter.response_header_modifier.clone().ok_or_else(missing)?),
+        "RequestRedirect" => Action::Redirect(checked_redirect(filter.request_redirect.as_ref().ok_or_else(missing)?)?),
+        "URLRewrite" => {
+            let rewrite = filter.url_rewrite.as_ref().ok_or_else(missing)?;
+            rewrite.path.as_ref().map(check_path_modifier).transpose()?;
+            Action::Rewrite(rewrite.clone())
+        }
+        "RequestMirror" => {
+            let mirror = filter.request_mirror.as_ref().ok_or_else(missing)?;
+            Action::Mirror(cluster.resolve_backend(route_namespace, &mirror.backend_ref))
+        }
+        "ExtensionRef" => Action::Unresolvable(Problem::new(
+            reason::INVALID_KIND,
+            "ExtensionRef filter: zerohop implements no extension filters, so requests this filter would process get 500",
+        )),
+        other => return Err(Problem::new(reason::UNSUPPORTED_VALUE, format!("filter type {other:?} is not supported by zerohop"))),
+    };
+    Ok(action)
+}
+
+fn checked_redirect(redirect: &RequestRedirect) -> Result<RequestRedirect, Problem> {
+    if let Some(scheme) = redirect
+        .scheme
+        .as_deref()
+        .filter(|s| !["http", "https"].contains(s))
+    {
+        return Err(Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("redirect scheme {scheme:?} is not supported"),
+        ));
+    }
+    if let Some(status) = redirect
+        .status_code
+        .filter(|s| ![301, 302, 303, 307, 308].contains(s))
+    {
+        return Err(Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("redirect status code {status} is not supported"),
+        ));
+    }
+    redirect
+        .path
+        .as_ref()
+        .map(check_path_modifier)
+        .transpose()?;
+    Ok(redirect.clone())
+}
+
+fn check_path_modifier(modifier: &PathModifier) -> Result<(), Problem> {
+    let valid = match modifier.kind.as_str() {
+        REPLACE_FULL_PATH => modifier.replace_full_path.is_some(),
+        REPLACE_PREFIX_MATCH => modifier.replace_prefix_match.is_some(),
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("path modifier {:?} is incomplete or unknown", modifier.kind),
+        ))
+    }
+}
+
+/// Spec (HTTPRouteRule filters and its validations): RequestRedirect and
+/// URLRewrite may not be combined, and a RequestRedirect rule has no
+/// backendRefs; `IncompatibleFilters` is the spec's reason.
+fn check_filter_combination(filters: &[Action], has_backends: bool) -> Result<(), Problem> {
+    let redirect = filters.iter().any(|a| matches!(a, Action::Redirect(_)));
+    let rewrite = filters.iter().any(|a| matches!(a, Action::Rewrite(_)));
+    if redirect && rewrite {
+        return Err(Problem::new(
+            reason::INCOMPATIBLE_FILTERS,
+            "RequestRedirect and URLRewrite filters cannot be combined",
+        ));
+    }
+    if redirect && has_backends {
+        return Err(Problem::new(
+            reason::INCOMPATIBLE_FILTERS,
+            "a RequestRedirect rule cannot have backendRefs",
+        ));
+    }
+    Ok(())
+}
+
+/// Spec (HTTPPathModifier): ReplacePrefixMatch is only compatible with a
+/// PathPrefix match; the validations ask for exactly one; anything else
+/// sets Accepted False.
+fn check_prefix_replacement<'a>(
+    rule: &Rule,
+    mut filters: impl Iterator<Item = &'a Action>,
+) -> Result<(), Problem> {
+    let replaces_prefix = filters.any(|a| {
+        a.path_modifier()
+            .is_some_and(|m| m.kind == REPLACE_PREFIX_MATCH)
+    });
+    let one_prefix_match = match rule.matches.as_slice() {
+        [] => true, // the API default: one PathPrefix `/` match
+        [only] => only
+            .path
+            .as_ref()
+            .is_none_or(|p| p.kind.as_deref().unwrap_or("PathPrefix") == "PathPrefix"),
+        _ => false,
+    };
+    if replaces_prefix && !one_prefix_match {
+        return Err(Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            "ReplacePrefixMatch needs exactly one PathPrefix match",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PathMatch;
+
+    fn request(
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> RequestHead {
+        RequestHead {
+            method: method.into(),
+            path: path.into(),
+            query: query.map(Into::into),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn get(path: &str) -> RequestHead {
+        request("GET", path, None, &[])
+    }
+
+    fn compiled(json: serde_json::Value) -> Result<CompiledMatch, Problem> {
+        compile_match(&serde_json::from_value(json).unwrap())
+    }
+
+    #[test]
+    fn a_match_without_path_matches_every_path() {
+        let m = compile_match(&Match::default()).unwrap();
+        assert!(m.matches(&get("/")) && m.matches(&get("/any/thing")));
+    }
+
+    #[test]
+    fn exact_path_is_exact_and_case_sensitive() {
+        let m = compiled(serde_json::json!({"path": {"type": "Exact", "value": "/abc"}})).unwrap();
+        assert!(m.matches(&get("/abc")));
+        for other in ["/abc/", "/Abc", "/abcd", "/abc/d"] {
+            assert!(!m.matches(&get(other)), "{other}");
+        }
+    }
+
+    #[test]
+    fn prefix_path_matches_elements() {
+        let m = compiled(serde_json::json!({"path": {"value": "/foo"}})).unwrap();
+        assert!(m.matches(&get("/foo")) && m.matches(&get("/foo/")) && m.matches(&get("/foo/bar")));
+        assert!(!m.matches(&get("/foobar")));
+    }
+
+    #[test]
+    fn regex_path_must_match_the_whole_path() {
+        let m = compiled(
+            serde_json::json!({"path": {"type": "RegularExpression", "value": "/users/[0-9]+"}}),
+        )
+        .unwrap();
+        assert!(m.matches(&get("/users/42")));
+        assert!(!m.matches(&get("/users/42/edit")));
+        assert!(!m.matches(&get("/api/users/42")));
+    }
+
+    #[test]
+    fn headers_match_case_insensitive_names_and_exact_or_regex_values() {
+        let m = compiled(serde_json::json!({"headers": [
+            {"name": "X-Version", "value": "v2"},
+            {"name": "x-version", "value": "ignored: only the first entry of a name counts"},
+            {"name": "User-Agent", "type": "RegularExpression", "value": "curl/.*"}
+        ]}))
+        .unwrap();
+        assert_eq!(m.specificity().headers, 2);
+        let with = |headers: &[(&str, &str)]| m.matches(&request("GET", "/", None, headers));
+        assert!(with(&[("x-version", "v2"), ("user-agent", "curl/8.0")]));
+        assert!(!with(&[("x-version", "V2"), ("user-agent", "curl/8.0")]));
+        assert!(!with(&[
+            ("x-version", "v2"),
+            ("user-agent", "wget curl/8.0")
+        ]));
+        assert!(!with(&[("user-agent", "curl/8.0")]));
+    }
+
+    #[test]
+    fn query_params_match_the_first_decoded_value() {
+        let m = compiled(serde_json::json!({"queryParams": [
+            {"name": "animal", "value": "whale shark"},
+            {"name": "id", "type": "RegularExpression", "value": "[0-9]{3}"}
+        ]}))
+        .unwrap();
+        let with = |query: &str| m.matches(&request("GET", "/", Some(query), &[]));
+        assert!(with("animal=whale%20shark&id=123"));
+        assert!(with("id=123&animal=whale%20shark&animal=dolphin"));
+        assert!(!with("animal=dolphin&animal=whale%20shark&id=123"));
+        assert!(!with("animal=whale%20shark&id=1234"));
+        assert!(
+            !with("Animal=whale%20shark&id=123"),
+            "query param names are case-sensitive"
+        );
+        assert!(!m.matches(&get("/")));
+    }
+
+    #[test]
+    fn method_must_be_equal() {
+        let m = compiled(serde_json::json!({"method": "POST"})).unwrap();
+        assert!(m.matches(&request("POST", "/x", None, &[])));
+        assert!(!m.matches(&get("/x")));
+    }
+
+    #[test]
+    fn specificity_orders_as_the_spec_lists() {
+        let spec = |json| compiled(json).unwrap().specificity();
+        let exact_short = spec(serde_json::json!({"path": {"type": "Exact", "value": "/a"}}));
+        let long_prefix = spec(serde_json::json!({"path": {"value": "/a/very/long/prefix"}}));
+        let prefix_with_method =
+            spec(serde_json::json!({"path": {"value": "/a"}, "method": "GET"}));
+        let prefix_with_headers = spec(serde_json::json!({"path": {"value": "/a"}, "headers": [
+            {"name": "a", "value": "1"}, {"name": "b", "value": "2"}]}));
+        let prefix_with_query = spec(
+            serde_json::json!({"path": {"value": "/a"}, "queryParams": [{"name": "a", "value": "1"}]}),
+        );
+        assert!(exact_short > long_prefix);
+        assert!(long_prefix > prefix_with_method);
+        assert!(prefix_with_method > prefix_with_headers);
+        assert!(prefix_with_headers > prefix_with_query);
+    }
+
+    #[test]
+    fn bad_regexes_and_unknown_values_are_unsupported() {
+        for json in [
+            serde_json::json!({"path": {"type": "RegularExpression", "value": "/(unclosed"}}),
+            serde_json::json!({"headers": [{"name": "a", "type": "RegularExpression", "value": "[z-a]"}]}),
+            serde_json::json!({"queryParams": [{"name": "a", "type": "RegularExpression", "value": "*"}]}),
+            serde_json::json!({"path": {"type": "Glob", "value": "/a*"}}),
+            serde_json::json!({"path": {"value": "relative"}}),
+            serde_json::json!({"method": "BREW"}),
+        ] {
+            let problem = compiled(json.clone()).unwrap_err();
+            assert_eq!(problem.reason, reason::UNSUPPORTED_VALUE, "{json}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_leaves_invalid_escapes_alone() {
+        assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%C3%A9"), "é");
+    }
+
+    #[test]
+    fn replace_prefix_match_needs_one_prefix_match() {
+        let rule = |matches: Vec<Match>| Rule {
+            matches,
+            ..Default::default()
+        };
+        let prefix = |value: &str| Match {
+            path: Some(PathMatch {
+                kind: None,
+                value: Some(value.into()),
+            }),
+            ..Default::default()
+        };
+        let exact = Match {
+            path: Some(PathMatch {
+                kind: Some("Exact".into()),
+                value: Some("/a".into()),
+            }),
+            ..Default::default()
+        };
+        let rewrite = [Action::Rewrite(UrlRewrite {
+            hostname: None,
+            path: Some(PathModifier {
+                kind: REPLACE_PREFIX_MATCH.into(),
+                replace_full_path: None,
+                replace_prefix_match: Some("/b".into()),
+            }),
+        })];
+        assert!(check_prefix_replacement(&rule(vec![prefix("/a")]), rewrite.iter()).is_ok());
+        assert!(check_prefix_replacement(&rule(vec![exact]), rewrite.iter()).is_err());
+        assert!(
+            check_prefix_replacement(&rule(vec![prefix("/a"), prefix("/b")]), rewrite.iter())
+                .is_err()
+        );
+        assert!(check_prefix_replacement(&rule(vec![]), rewrite.iter()).is_ok());
+    }
+}

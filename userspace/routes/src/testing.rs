@@ -1,0 +1,95 @@
+//! Fixtures shared by the unit tests.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::Value;
+
+use crate::{
+    model::{HttpRoute, ReferenceGrant},
+    router::{Endpoint, RequestHead, ServiceEndpoints, ServiceInfo},
+};
+
+pub fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+pub fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+pub fn service(namespace: &str, name: &str, cluster_ip: &str, ports: &[u16]) -> ServiceInfo {
+    ServiceInfo {
+        namespace: namespace.into(),
+        name: name.into(),
+        cluster_ips: vec![ip(cluster_ip)],
+        ports: ports.to_vec(),
+    }
+}
+
+/// Endpoints of a Service port: `(address, local)`.
+pub fn endpoints(
+    namespace: &str,
+    name: &str,
+    port: u16,
+    list: &[(&str, bool)],
+) -> ServiceEndpoints {
+    ServiceEndpoints {
+        namespace: namespace.into(),
+        name: name.into(),
+        port,
+        endpoints: list
+            .iter()
+            .map(|(a, local)| Endpoint {
+                addr: addr(a),
+                local: *local,
+            })
+            .collect(),
+    }
+}
+
+pub fn route(json: Value) -> HttpRoute {
+    serde_json::from_value(json).expect("a valid HTTPRoute")
+}
+
+/// A route in `namespace` on the Service parent `parent` (`ns/name`, or
+/// `name` in the route's namespace) with the given rules.
+pub fn service_route(namespace: &str, name: &str, parent: &str, rules: Value) -> HttpRoute {
+    let parent_ref = match parent.split_once('/') {
+        Some((ns, svc)) => {
+            serde_json::json!({"group": "", "kind": "Service", "namespace": ns, "name": svc})
+        }
+        None => serde_json::json!({"group": "", "kind": "Service", "name": parent}),
+    };
+    route(serde_json::json!({
+        "metadata": {"namespace": namespace, "name": name, "creationTimestamp": "2024-01-01T00:00:00Z"},
+        "spec": {"parentRefs": [parent_ref], "rules": rules}
+    }))
+}
+
+/// Lets HTTPRoutes in `from` refer to Services in `to` (every Service, or `name`).
+pub fn grant(to: &str, from: &str, name: Option<&str>) -> ReferenceGrant {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": to, "name": format!("from-{from}")},
+        "spec": {
+            "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": from}],
+            "to": [{"group": "", "kind": "Service", "name": name}]
+        }
+    }))
+    .unwrap()
+}
+
+pub fn request(method: &str, path_and_query: &str, headers: &[(&str, &str)]) -> RequestHead {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_string())),
+        None => (path_and_query, None),
+    };
+    RequestHead {
+        method: method.into(),
+        path: path.into(),
+        query,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+    }
+}
