@@ -14,10 +14,10 @@ pub mod map_name {
     pub const SERVICES: &str = "zh_svc_v2";
     /// Eligible endpoints: [`BackendKey`](super::BackendKey) → [`Backend`](super::Backend).
     pub const BACKENDS: &str = "zh_backend_v1";
-    /// Run-time switches: index 0 → [`Config`](super::Config).
-    pub const CONFIG: &str = "zh_config_v1";
+    /// Run-time switches and the waypoint: index 0 → [`Config`](super::Config).
+    pub const CONFIG: &str = "zh_config_v2";
     /// Per-CPU counters, indexed by [`Counter`](super::Counter).
-    pub const STATS: &str = "zh_stats_v1";
+    pub const STATS: &str = "zh_stats_v2";
     /// Sockets connected to a local endpoint, by socket cookie (u64) → u32 flags.
     pub const TAGGED: &str = "zh_tagged_v1";
     /// Accepting ends we expect, as [`SockKey`](super::SockKey) seen from them → u32.
@@ -31,10 +31,17 @@ pub mod map_name {
     /// Service of each frontend, for `zerohop inspect` (no program reads it):
     /// [`FrontendKey`](super::FrontendKey) → [`ServiceName`](super::ServiceName).
     pub const NAMES: &str = "zh_names_v1";
+    /// Sockets the connect hook sent to the waypoint, not yet established:
+    /// socket cookie (u64) → the [`FrontendKey`](super::FrontendKey) they dialled.
+    pub const DIALED: &str = "zh_dialed_v1";
+    /// Original destinations for `SO_ORIGINAL_DST`: the waypoint's accepted
+    /// socket, as [`SockKey`](super::SockKey) seen from it → the
+    /// [`FrontendKey`](super::FrontendKey) its client dialled.
+    pub const ORIGDST: &str = "zh_origdst_v1";
 }
 
 /// Every map name, for pinning, inspection and cleanup.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 12] = [
     map_name::SERVICES,
     map_name::BACKENDS,
     map_name::CONFIG,
@@ -45,6 +52,8 @@ pub const ALL_MAPS: [&str; 10] = [
     map_name::FALLBACK,
     map_name::NAMES,
     map_name::AFFINITY,
+    map_name::DIALED,
+    map_name::ORIGDST,
 ];
 
 /// Map capacities.
@@ -63,6 +72,11 @@ pub mod capacity {
     pub const FALLBACK: u32 = 65_536;
     /// (client, frontend) pairs remembered for session affinity.
     pub const AFFINITY: u32 = 65_536;
+    /// Connects sent to the waypoint and not yet established.
+    pub const DIALED: u32 = 65_536;
+    /// Connections accepted by the waypoint whose original destination is
+    /// remembered (LRU: closed ones age out).
+    pub const ORIGDST: u32 = 65_536;
 }
 
 /// `AF_INET`, as the kernel reports it in `family` fields.
@@ -92,9 +106,11 @@ pub struct FrontendKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Service {
     /// Number of eligible endpoints, stored in slots `0..endpoints` of the
-    /// backend map. 0 means: leave the connect untouched.
+    /// backend map. 0 means: leave the connect untouched (connects to a
+    /// [`SERVICE_L7`] Service still go to the waypoint: its routes may send
+    /// them to other Services).
     pub endpoints: u32,
-    /// [`SERVICE_NO_BYPASS`] or 0.
+    /// [`SERVICE_NO_BYPASS`] and/or [`SERVICE_L7`], or 0.
     pub flags: u32,
     /// Session affinity (`sessionAffinity: ClientIP`): how long, in seconds,
     /// a client keeps its endpoint after its last connect; 0 = none.
@@ -129,6 +145,12 @@ pub struct Affinity {
 
 /// [`Service::flags`]: translate, but never bypass the stack for this Service.
 pub const SERVICE_NO_BYPASS: u32 = 1;
+
+/// [`Service::flags`]: the Service has L7 policy (HTTPRoutes): connects from
+/// ordinary sockets go to the node's waypoint ([`Config`]) instead of an
+/// endpoint. The waypoint's own sockets get the endpoints as usual, so the
+/// planner fills the endpoint slots of L7 frontends too.
+pub const SERVICE_L7: u32 = 2;
 
 /// One eligible endpoint slot of a frontend.
 #[repr(C)]
@@ -185,12 +207,26 @@ impl ServiceName {
     }
 }
 
-/// Run-time switches the programs read on every decision.
+/// Run-time switches the programs read on every decision, and the node's
+/// waypoint proxy for [`SERVICE_L7`] Services.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// [`CONFIG_NO_BYPASS`] or 0.
     pub flags: u32,
+    /// The `SO_MARK` the waypoint puts on its own sockets (host byte order):
+    /// connects from sockets with this mark are never sent to the waypoint.
+    /// 0 = no mark check (no socket counts as the waypoint's).
+    pub waypoint_mark: u32,
+    /// The waypoint's IPv4 address, network byte order (as `FrontendKey::addr[0]`).
+    pub waypoint_v4: u32,
+    /// The waypoint's IPv6 address, network byte order words (as `FrontendKey::addr`).
+    pub waypoint_v6: [u32; 4],
+    /// The waypoint's IPv4 port, host byte order; 0 = no IPv4 waypoint
+    /// (connects to IPv4 L7 frontends are left untouched).
+    pub waypoint_port_v4: u16,
+    /// The waypoint's IPv6 port, host byte order; 0 = no IPv6 waypoint.
+    pub waypoint_port_v6: u16,
 }
 
 /// [`Config::flags`]: translate, but send every message through the stack.
@@ -245,11 +281,13 @@ pub enum Counter {
     RedirectMiss = 6,
     /// Inserts refused because a map was full (the connection fell back).
     MapFull = 7,
+    /// Connects to an L7 Service sent to the node's waypoint.
+    ToWaypoint = 8,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::TranslatedLocal,
         Counter::TranslatedRemote,
         Counter::PassedNotService,
@@ -258,6 +296,7 @@ impl Counter {
         Counter::BytesRedirected,
         Counter::RedirectMiss,
         Counter::MapFull,
+        Counter::ToWaypoint,
     ];
 
     /// Stable name, used by the CLI and metrics.
@@ -271,6 +310,7 @@ impl Counter {
             Counter::BytesRedirected => "bytes_redirected",
             Counter::RedirectMiss => "redirect_miss",
             Counter::MapFull => "map_full",
+            Counter::ToWaypoint => "to_waypoint",
         }
     }
 }
@@ -285,7 +325,7 @@ const _: () = {
     assert!(core::mem::size_of::<Affinity>() == 32);
     assert!(core::mem::size_of::<BackendKey>() == 24);
     assert!(core::mem::size_of::<Backend>() == 20);
-    assert!(core::mem::size_of::<Config>() == 4);
+    assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<SockKey>() == 44);
     assert!(core::mem::size_of::<ServiceName>() == 128);
 };

@@ -1,7 +1,8 @@
 //! The 4-tuple of a connection end, read the same way from the sock_ops and
-//! sk_msg contexts, whose connection fields share names and byte orders.
+//! sk_msg contexts, whose connection fields share names and byte orders, and
+//! from a `bpf_sock` (the socket of a sockopt context), whose fields differ.
 
-use aya_ebpf::bindings::{bpf_sock_ops, sk_msg_md};
+use aya_ebpf::bindings::{bpf_sock, bpf_sock_ops, sk_msg_md};
 use zerohop_abi::{SockKey, FAMILY_V4, FAMILY_V6};
 
 /// Connection fields of a program context. Each read is one 4-byte load:
@@ -50,6 +51,36 @@ macro_rules! conn_fields {
 
 conn_fields!(bpf_sock_ops);
 conn_fields!(sk_msg_md);
+
+/// `struct bpf_sock`: `src_*` is the local end, `dst_*` the remote one.
+/// Same 4-byte loads, except `dst_port`: a `__be16` followed by padding,
+/// read with the 2-byte load its type asks for.
+impl ConnFields for bpf_sock {
+    fn family(&self) -> u32 {
+        unsafe { core::ptr::read_volatile(&self.family) }
+    }
+    fn local_ip4(&self) -> u32 {
+        unsafe { core::ptr::read_volatile(&self.src_ip4) }
+    }
+    fn remote_ip4(&self) -> u32 {
+        unsafe { core::ptr::read_volatile(&self.dst_ip4) }
+    }
+    fn local_ip6(&self, word: usize) -> u32 {
+        unsafe { core::ptr::read_volatile(&self.src_ip6[word]) }
+    }
+    fn remote_ip6(&self, word: usize) -> u32 {
+        unsafe { core::ptr::read_volatile(&self.dst_ip6[word]) }
+    }
+    /// `src_port` is host byte order, like sock_ops' `local_port`.
+    fn local_port(&self) -> u32 {
+        unsafe { core::ptr::read_volatile(&self.src_port) }
+    }
+    /// `dst_port` is network byte order in 16 bits: moved to the upper half
+    /// to match the sock_ops layout [`sock_key`] decodes.
+    fn remote_port_raw(&self) -> u32 {
+        u32::from(unsafe { core::ptr::read_volatile(&self.dst_port) }) << 16
+    }
+}
 
 /// The connection end as a sockhash key, or `None` for a non-IP socket.
 #[inline(always)]

@@ -1,12 +1,20 @@
-//! cgroup connect4/connect6: Service frontend → one eligible endpoint.
+//! cgroup connect4/connect6: Service frontend → one eligible endpoint, or the
+//! node's waypoint for L7 Services.
 //!
 //! The user-space planner already decided which endpoints are eligible for
 //! this node (all ready ones, the local ones only, ...) and stored them in
 //! slots `0..endpoints` of the backend map, so the hook only draws a slot.
 //! Drawing uniformly keeps the Service's load spread as kube-proxy would.
+//!
+//! A Service with HTTPRoutes (`SERVICE_L7`) must see every request pass its
+//! routes, so connects to it go to the waypoint proxy of this node instead,
+//! and the waypoint learns the ClusterIP:port dialled through
+//! `SO_ORIGINAL_DST` (see getsockopt.rs). The waypoint's own sockets carry
+//! its `SO_MARK`: they get the plain L4 translation, or no waypoint could
+//! ever reach the Service it proxies.
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
+    bindings::{bpf_sock, bpf_sock_addr},
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
     },
@@ -14,11 +22,11 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use zerohop_abi::{
-    Affinity, AffinityKey, Backend, BackendKey, Counter, FrontendKey, FAMILY_V4, FAMILY_V6,
-    PROTO_TCP, SERVICE_NO_BYPASS,
+    Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, FAMILY_V4, FAMILY_V6,
+    PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS,
 };
 
-use crate::maps::{bypass_disabled, count, AFFINITY, BACKENDS, SERVICES, TAGGED};
+use crate::maps::{bypass_disabled, config, count, AFFINITY, BACKENDS, DIALED, SERVICES, TAGGED};
 
 /// Return value that lets the connect proceed. zerohop never rejects one
 /// (0 would fail it with EPERM): a connect it cannot help goes on unchanged.
@@ -43,6 +51,8 @@ trait Family {
     const FAMILY: u8;
     fn destination(sa: &bpf_sock_addr) -> [u32; 4];
     fn set_destination(sa: &mut bpf_sock_addr, addr: &[u32; 4]);
+    /// The waypoint of this family (address, host-order port), if any.
+    fn waypoint(config: &Config) -> Option<([u32; 4], u16)>;
 }
 
 struct V4;
@@ -56,6 +66,10 @@ impl Family for V4 {
     fn set_destination(sa: &mut bpf_sock_addr, addr: &[u32; 4]) {
         unsafe { core::ptr::write_volatile(&mut sa.user_ip4, addr[0]) }
     }
+    fn waypoint(config: &Config) -> Option<([u32; 4], u16)> {
+        let port = config.waypoint_port_v4;
+        (port != 0).then_some(([config.waypoint_v4, 0, 0, 0], port))
+    }
 }
 
 impl Family for V6 {
@@ -68,6 +82,10 @@ impl Family for V6 {
         for (i, word) in addr.iter().enumerate() {
             unsafe { core::ptr::write_volatile(&mut sa.user_ip6[i], *word) }
         }
+    }
+    fn waypoint(config: &Config) -> Option<([u32; 4], u16)> {
+        let port = config.waypoint_port_v6;
+        (port != 0).then_some((config.waypoint_v6, port))
     }
 }
 
@@ -149,13 +167,34 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         family: F::FAMILY,
     };
 
+    let config = config();
+    let from_waypoint = is_waypoint_socket(sa, config);
+
     // SAFETY: values are plain integers; a concurrent update can at worst
     // give a stale view, which the slot lookup below tolerates.
     let Some(service) = (unsafe { SERVICES.get(frontend) }) else {
+        // The waypoint dials endpoints by their pod IPs: tagged, its
+        // connections to endpoints on this node move socket-to-socket like
+        // translated ones; to other nodes the peer never registers, so
+        // sk_msg falls back to the stack on the first message.
+        if from_waypoint && !bypass_disabled() {
+            tag(ctx);
+        }
         count(Counter::PassedNotService, 1);
         return;
     };
     let (endpoints, flags) = (service.endpoints, service.flags);
+    // Before the endpoint check: an L7 Service without endpoints of its own
+    // is fine, its routes may send every request to other Services.
+    if flags & SERVICE_L7 != 0 && !from_waypoint {
+        if let Some((addr, port)) = config.and_then(F::waypoint) {
+            to_waypoint::<F>(ctx, sa, frontend, flags, addr, port);
+        }
+        // Without a waypoint for this family the connect goes on untouched:
+        // the cluster's normal path still reaches the Service, without its
+        // routes, rather than not at all (fail open).
+        return;
+    }
     if endpoints == 0 {
         count(Counter::PassedNoEndpoint, 1);
         return;
@@ -173,10 +212,7 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         // Tag the socket so that sockops registers it once established.
         // Untagged, the connection is still translated, just not bypassed.
         if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() {
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-            if TAGGED.insert(cookie, 0, 0).is_err() {
-                count(Counter::MapFull, 1);
-            }
+            tag(ctx);
         }
         count(Counter::TranslatedLocal, 1);
     } else {
@@ -184,4 +220,61 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
     }
     F::set_destination(sa, &addr);
     unsafe { core::ptr::write_volatile(&mut sa.user_port, u32::from(port.to_be())) };
+}
+
+/// Sends a connect to an L7 Service to the waypoint. DIALED remembers what
+/// the socket dialled until sockops, once the connection is established,
+/// files it under the waypoint's end of it for `SO_ORIGINAL_DST`.
+#[inline(always)]
+fn to_waypoint<F: Family>(
+    ctx: &SockAddrContext,
+    sa: &mut bpf_sock_addr,
+    frontend: FrontendKey,
+    flags: u32,
+    addr: [u32; 4],
+    port: u16,
+) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    if DIALED.insert(cookie, frontend, 0).is_err() {
+        // The waypoint could not tell where this connection was going and
+        // would have to refuse it: leave it to the cluster's normal path.
+        count(Counter::MapFull, 1);
+        return;
+    }
+    // The waypoint runs on this node: client → waypoint is a same-node
+    // connection like any other, worth the bypass.
+    if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() {
+        tag(ctx);
+    }
+    F::set_destination(sa, &addr);
+    unsafe { core::ptr::write_volatile(&mut sa.user_port, u32::from(port.to_be())) };
+    count(Counter::ToWaypoint, 1);
+}
+
+/// Tags the socket so that sockops registers it in the sockhash once
+/// established. A full map only costs the bypass, never the connection.
+#[inline(always)]
+fn tag(ctx: &SockAddrContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    if TAGGED.insert(cookie, 0, 0).is_err() {
+        count(Counter::MapFull, 1);
+    }
+}
+
+/// Whether the socket is the waypoint's own: it carries the waypoint's
+/// `SO_MARK`. With no mark configured (0), no socket is: 0 is also the mark
+/// of every unmarked socket.
+#[inline(always)]
+fn is_waypoint_socket(sa: &bpf_sock_addr, config: Option<&Config>) -> bool {
+    let Some(mark) = config.map(|config| config.waypoint_mark) else {
+        return false;
+    };
+    if mark == 0 {
+        return false;
+    }
+    // SAFETY: `sk` of a sock_addr context is the connecting socket, never
+    // null (the verifier types it PTR_TO_SOCKET); `mark` takes a 4-byte load.
+    let sk: *mut bpf_sock = unsafe { core::ptr::read_volatile(&sa.__bindgen_anon_1.sk) };
+    let socket_mark = unsafe { core::ptr::read_volatile(&(*sk).mark) };
+    socket_mark == mark
 }

@@ -1,11 +1,15 @@
 //! zerohop's kernel programs.
 //!
 //! - `connect.rs`: cgroup connect4/connect6 hooks translate a Service frontend
-//!   to one eligible endpoint, and tag sockets connected to a local endpoint;
+//!   to one eligible endpoint (or to the waypoint, for L7 Services), and tag
+//!   sockets connected to a local endpoint;
 //! - `sockops.rs`: registers both ends of tagged connections in the sockhash
-//!   once they are established;
+//!   once they are established, and files the original destination of
+//!   connections sent to the waypoint;
 //! - `sk_msg.rs`: moves each message of a registered socket straight into its
-//!   peer's receive queue.
+//!   peer's receive queue;
+//! - `getsockopt.rs`: answers the waypoint's `SO_ORIGINAL_DST` with the
+//!   ClusterIP:port its client dialled.
 //!
 //! Every hook fails open: whatever goes wrong, the connect or message proceeds
 //! as it would without zerohop.
@@ -14,6 +18,7 @@
 
 mod conn;
 mod connect;
+mod getsockopt;
 mod maps;
 mod sk_msg;
 mod sockops;

@@ -17,10 +17,10 @@ pub static SERVICES: HashMap<FrontendKey, Service> = HashMap::pinned(capacity::S
 #[map(name = "zh_backend_v1")]
 pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(capacity::BACKENDS, 0);
 
-#[map(name = "zh_config_v1")]
+#[map(name = "zh_config_v2")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "zh_stats_v1")]
+#[map(name = "zh_stats_v2")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
 
 // LRU: an entry whose connection never establishes must not leak a slot forever.
@@ -46,6 +46,16 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(capa
 #[map(name = "zh_names_v1")]
 pub static NAMES: HashMap<FrontendKey, ServiceName> = HashMap::pinned(capacity::SERVICES, 0);
 
+// LRU: a connect that never establishes (refused, timed out) leaves its
+// entry behind; it ages out instead of filling the map.
+#[map(name = "zh_dialed_v1")]
+pub static DIALED: LruHashMap<u64, FrontendKey> = LruHashMap::pinned(capacity::DIALED, 0);
+
+// LRU: nothing sees the waypoint's accepted socket close, so entries of closed
+// connections age out; a recycled 4-tuple overwrites its predecessor's.
+#[map(name = "zh_origdst_v1")]
+pub static ORIGDST: LruHashMap<SockKey, FrontendKey> = LruHashMap::pinned(capacity::ORIGDST, 0);
+
 /// Adds `n` to a counter of this CPU.
 #[inline(always)]
 pub fn count(counter: Counter, n: u64) {
@@ -55,10 +65,16 @@ pub fn count(counter: Counter, n: u64) {
     }
 }
 
+/// The node's run-time configuration; `None` only if the array lookup fails,
+/// which it does not for index 0 (the array always has that slot, zeroed
+/// until the agent writes it: bypass on, no waypoint).
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
 /// True when the operator switched the bypass off for the whole node.
 #[inline(always)]
 pub fn bypass_disabled() -> bool {
-    CONFIG
-        .get(0)
-        .is_some_and(|config| config.flags & zerohop_abi::CONFIG_NO_BYPASS != 0)
+    config().is_some_and(|config| config.flags & zerohop_abi::CONFIG_NO_BYPASS != 0)
 }

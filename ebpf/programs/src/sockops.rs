@@ -5,6 +5,10 @@
 //! finds its tag, announces the accepting end in PENDING; the accepting end
 //! registers itself when it finds that announcement. Sockets of any other
 //! connection on the node are never registered.
+//!
+//! Connections the connect hook sent to the waypoint also leave their
+//! original destination for the waypoint's end here (ORIGDST, read by
+//! getsockopt.rs), whether or not they are tagged for the bypass.
 
 use aya_ebpf::{
     bindings::{
@@ -19,7 +23,7 @@ use zerohop_abi::{Counter, SockKey};
 
 use crate::{
     conn::sock_key,
-    maps::{count, FALLBACK, PENDING, SOCKETS, TAGGED},
+    maps::{count, DIALED, FALLBACK, ORIGDST, PENDING, SOCKETS, TAGGED},
 };
 
 #[sock_ops]
@@ -36,12 +40,30 @@ pub fn zh_sockops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn on_connecting_end_established(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    if unsafe { TAGGED.get(cookie) }.is_none() {
+    // Copied out: the entry is removed below.
+    let dialed = unsafe { DIALED.get(cookie) }.copied();
+    let tagged = unsafe { TAGGED.get(cookie) }.is_some();
+    if dialed.is_none() && !tagged {
+        return;
+    }
+    // SAFETY: valid context for the duration of the hook.
+    let key = sock_key(unsafe { &*ctx.ops });
+    if let Some(frontend) = dialed {
+        let _ = DIALED.remove(cookie);
+        // Filed before the waypoint's end is established (that needs the
+        // ACK this end sends after this hook), so before it can accept and
+        // ask. A miss only leaves that connection without an answer.
+        if let Some(key) = key {
+            if ORIGDST.insert(key.peer(), frontend, 0).is_err() {
+                count(Counter::MapFull, 1);
+            }
+        }
+    }
+    if !tagged {
         return;
     }
     let _ = TAGGED.remove(cookie);
-    // SAFETY: valid context for the duration of the hook.
-    let Some(key) = sock_key(unsafe { &*ctx.ops }) else {
+    let Some(key) = key else {
         return;
     };
     if PENDING.insert(key.peer(), 0, 0).is_err() {

@@ -9,6 +9,7 @@
 
 use std::{
     fs::File,
+    net::{IpAddr, SocketAddr},
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
@@ -16,7 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash},
-    programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
+    programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps},
     Ebpf, EbpfLoader,
 };
 use zerohop_abi::{
@@ -71,9 +72,9 @@ impl Datapath {
         })
     }
 
-    /// Attaches the connect and sockops hooks to the cgroup v2 directory
-    /// `cgroup` (every socket of its processes and their descendants), and the
-    /// sk_msg program to the sockhash.
+    /// Attaches the connect, sockops and getsockopt hooks to the cgroup v2
+    /// directory `cgroup` (every socket of its processes and their
+    /// descendants), and the sk_msg program to the sockhash.
     pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
         if filesystem_magic(cgroup)? != CGROUP2_SUPER_MAGIC {
             bail!("{} is not a cgroup v2 directory", cgroup.display());
@@ -93,6 +94,10 @@ impl Datapath {
         let sockops: &mut SockOps = self.program("zh_sockops")?.try_into()?;
         sockops.load().context("verifying zh_sockops")?;
         sockops.attach(&cgroup_dir, CgroupAttachMode::default())?;
+        // SO_ORIGINAL_DST for the waypoint, which runs in the cgroup too.
+        let getsockopt: &mut CgroupSockopt = self.program("zh_getsockopt")?.try_into()?;
+        getsockopt.load().context("verifying zh_getsockopt")?;
+        getsockopt.attach(&cgroup_dir, CgroupAttachMode::default())?;
 
         let sockets: SockHash<&MapData, SockKey> = SockHash::try_from(
             self.ebpf
@@ -191,18 +196,77 @@ impl ServiceMaps {
 }
 
 /// Sets the node-wide bypass switch the programs read on every decision.
+/// The waypoint settings are kept.
 pub fn set_bypass(pin_dir: &Path, enabled: bool) -> Result<()> {
-    let mut config: Array<MapData, Config> =
-        Array::try_from(open_pinned(pin_dir, map_name::CONFIG)?)?;
-    let flags = if enabled { 0 } else { CONFIG_NO_BYPASS };
-    config.set(0, Config { flags }, 0)?;
-    Ok(())
+    update_config(pin_dir, |config| {
+        config.flags = if enabled {
+            config.flags & !CONFIG_NO_BYPASS
+        } else {
+            config.flags | CONFIG_NO_BYPASS
+        };
+    })
 }
 
 /// Whether the node-wide bypass switch is on.
 pub fn bypass_enabled(pin_dir: &Path) -> Result<bool> {
+    Ok(read_config(pin_dir)?.flags & CONFIG_NO_BYPASS == 0)
+}
+
+/// Sets the node's waypoint proxy for L7 Services: at most one address per
+/// family (a family without one leaves connects to its L7 Services
+/// untouched; an empty list removes the waypoint), and the `SO_MARK` the
+/// waypoint puts on its own sockets (0: none, then every socket's connects
+/// to L7 Services go to the waypoint, the waypoint's own included). The
+/// bypass switch is kept.
+pub fn set_waypoint(pin_dir: &Path, waypoints: &[SocketAddr], mark: u32) -> Result<()> {
+    let (mut v4, mut v6) = (None, None);
+    for &waypoint in waypoints {
+        if waypoint.port() == 0 {
+            bail!("waypoint {waypoint}: port 0 (it would mean \"no waypoint\")");
+        }
+        let slot = match waypoint.ip() {
+            IpAddr::V4(_) => &mut v4,
+            IpAddr::V6(_) => &mut v6,
+        };
+        if let Some(previous) = slot.replace(waypoint) {
+            bail!("two waypoints of one family: {previous} and {waypoint}");
+        }
+    }
+    update_config(pin_dir, |config| {
+        config.waypoint_mark = mark;
+        (config.waypoint_v4, config.waypoint_port_v4) = match v4 {
+            Some(waypoint) => (
+                zerohop_planner::addr::to_kernel(waypoint.ip()).0[0],
+                waypoint.port(),
+            ),
+            None => (0, 0),
+        };
+        (config.waypoint_v6, config.waypoint_port_v6) = match v6 {
+            Some(waypoint) => (
+                zerohop_planner::addr::to_kernel(waypoint.ip()).0,
+                waypoint.port(),
+            ),
+            None => ([0; 4], 0),
+        };
+    })
+}
+
+/// The node configuration the programs read.
+pub fn read_config(pin_dir: &Path) -> Result<Config> {
     let config: Array<MapData, Config> = Array::try_from(open_pinned(pin_dir, map_name::CONFIG)?)?;
-    Ok(config.get(&0, 0)?.flags & CONFIG_NO_BYPASS == 0)
+    Ok(config.get(&0, 0)?)
+}
+
+/// Read-modify-write of the configuration. Only the agent and the CLI write
+/// it, one at a time, so nothing is lost between the read and the write;
+/// the programs see either the old or the new value, never a mix of fields
+/// within one word.
+fn update_config(pin_dir: &Path, change: impl FnOnce(&mut Config)) -> Result<()> {
+    let mut map: Array<MapData, Config> = Array::try_from(open_pinned(pin_dir, map_name::CONFIG)?)?;
+    let mut config = map.get(&0, 0)?;
+    change(&mut config);
+    map.set(0, config, 0)?;
+    Ok(())
 }
 
 /// The kernel counters, summed over CPUs, in [`Counter::ALL`] order.
@@ -220,8 +284,21 @@ pub fn read_counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>> {
 
 /// Removes our pins (and so, once no program or agent holds them, the maps).
 /// Registered sockets leave the sockhash and continue through the stack.
+/// Pins of earlier layouts (`zh_*` names no longer in use, e.g.
+/// `zh_config_v1`) go too, so that the directory itself can go.
 pub fn remove_pins(pin_dir: &Path) -> Result<()> {
-    for name in zerohop_abi::ALL_MAPS {
+    let mut names: Vec<std::ffi::OsString> = zerohop_abi::ALL_MAPS
+        .iter()
+        .map(|name| name.into())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(pin_dir) {
+        names.extend(
+            entries
+                .filter_map(|entry| Some(entry.ok()?.file_name()))
+                .filter(|name| name.as_bytes().starts_with(b"zh_")),
+        );
+    }
+    for name in names {
         let pin = pin_dir.join(name);
         match std::fs::remove_file(&pin) {
             Ok(()) => {}

@@ -165,6 +165,7 @@ fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'sta
             None,
             "Kernel map inserts refused because a map was full.",
         ),
+        Counter::ToWaypoint => ("zerohop_connects_total", Some("to_waypoint"), CONNECTS),
     }
 }
 
