@@ -13,10 +13,11 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use zerohop_routes::model as routes;
 
 use crate::model::{
-    Endpoint, EndpointSlice, Family, Namespace, Node, Protocol, Service, ServiceId, ServicePort,
-    SliceId, SlicePort, TrafficPolicy,
+    Endpoint, EndpointSlice, Family, Grant, Namespace, Node, Pod, Protocol, Route, Service,
+    ServiceId, ServicePort, SliceId, SlicePort, TrafficPolicy,
 };
 
 /// Service annotation; the value `off` keeps connections of the Service on
@@ -86,6 +87,12 @@ pub enum IgnoreReason {
     /// `addressType: FQDN`.
     #[error("FQDN EndpointSlice: it holds names, not addresses")]
     FqdnSlice,
+    /// An HTTPRoute whose parents are all Gateways.
+    #[error("no Service parent: the route belongs to a Gateway, not to the mesh")]
+    NoServiceParent,
+    /// `spec.hostNetwork: true`.
+    #[error("host-network Pod: its IP is the node's")]
+    HostNetwork,
 }
 
 /// What makes an object unusable. Fields are named by their manifest path.
@@ -155,12 +162,19 @@ struct Identity {
 
 impl Identity {
     fn of(kind: &str, metadata: &ObjectMeta) -> Identity {
-        let namespace = metadata
-            .namespace
-            .clone()
+        Identity::named(
+            kind,
+            metadata.namespace.as_deref(),
+            metadata.name.as_deref(),
+        )
+    }
+
+    fn named(kind: &str, namespace: Option<&str>, name: Option<&str>) -> Identity {
+        let namespace = namespace
             .filter(|namespace| !namespace.is_empty())
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        let name = metadata.name.clone().filter(|name| !name.is_empty());
+            .unwrap_or(DEFAULT_NAMESPACE)
+            .to_string();
+        let name = name.filter(|name| !name.is_empty()).map(str::to_string);
         let label = object_label(kind, &namespace, name.as_deref());
         Identity {
             namespace,
@@ -470,6 +484,76 @@ fn protocol(field: &str, value: Option<&str>) -> Result<Protocol, InvalidReason>
             field: field.to_string(),
             value: other.to_string(),
         }),
+    }
+}
+
+impl TryFrom<&routes::HttpRoute> for Route {
+    type Error = ConvertError;
+
+    fn try_from(route: &routes::HttpRoute) -> Result<Self, Self::Error> {
+        let mut route = route.clone();
+        let identity = with_identity("HTTPRoute", &mut route.metadata)?;
+        if !route
+            .spec
+            .parent_refs
+            .iter()
+            .any(routes::ParentRef::is_service)
+        {
+            return Err(identity.ignored(IgnoreReason::NoServiceParent));
+        }
+        Ok(Route(route))
+    }
+}
+
+impl TryFrom<&routes::ReferenceGrant> for Grant {
+    type Error = ConvertError;
+
+    fn try_from(grant: &routes::ReferenceGrant) -> Result<Self, Self::Error> {
+        let mut grant = grant.clone();
+        with_identity("ReferenceGrant", &mut grant.metadata)?;
+        Ok(Grant(grant))
+    }
+}
+
+/// Checks the name and fills in the default namespace of a Gateway API object.
+fn with_identity(kind: &str, metadata: &mut routes::Metadata) -> Result<Identity, ConvertError> {
+    let identity = Identity::named(kind, Some(&metadata.namespace), Some(&metadata.name));
+    metadata.name = identity.name()?;
+    metadata.namespace.clone_from(&identity.namespace);
+    Ok(identity)
+}
+
+impl TryFrom<&core::Pod> for Pod {
+    type Error = ConvertError;
+
+    fn try_from(pod: &core::Pod) -> Result<Self, Self::Error> {
+        let identity = Identity::of("Pod", &pod.metadata);
+        let name = identity.name()?;
+        let spec = pod.spec.as_ref();
+        if spec.and_then(|spec| spec.host_network) == Some(true) {
+            return Err(identity.ignored(IgnoreReason::HostNetwork));
+        }
+        let status = pod.status.as_ref();
+        let listed = status
+            .and_then(|status| status.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|ip| ip.ip.clone());
+        let single = status.and_then(|status| status.pod_ip.clone());
+        let mut ips = Vec::new();
+        for (index, text) in listed.chain(single).enumerate() {
+            let address = parse_address(format!("status.podIPs[{index}]"), &text)
+                .map_err(|reason| identity.invalid(reason))?;
+            if !ips.contains(&address) {
+                ips.push(address);
+            }
+        }
+        Ok(Pod {
+            namespace: identity.namespace,
+            name,
+            node: spec.and_then(|spec| spec.node_name.clone()),
+            ips,
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use zerohop_abi::BackendKey;
 
-use crate::{addr, build_view, plan, plan::frontend_key, Built};
+use crate::{addr, build_view, plan::frontend_key, plan_with, Built, Waypoints};
 
 fn example_files() -> Vec<(String, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
@@ -45,7 +45,7 @@ fn backends(desired: &crate::Desired, cluster_ip: &str, port: u16) -> Vec<(Strin
 }
 
 #[test]
-fn examples_plan_one_local_and_one_remote_service_on_node1() {
+fn examples_plan_a_local_a_remote_and_an_l7_service_on_node1() {
     let files = example_files();
     let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
     assert!(
@@ -55,7 +55,11 @@ fn examples_plan_one_local_and_one_remote_service_on_node1() {
 
     let Built { view, problems, .. } = build_view(files);
     assert_eq!(problems, vec![]);
-    let plan = plan(&view, "node1");
+    let waypoints = Waypoints {
+        v4: true,
+        v6: false,
+    };
+    let plan = plan_with(&view, "node1", waypoints);
     assert_eq!(plan.problems, vec![]);
     let desired = &plan.desired;
 
@@ -71,7 +75,9 @@ fn examples_plan_one_local_and_one_remote_service_on_node1() {
         backends(desired, "10.96.0.20", 80),
         vec![("10.244.2.2:8080".to_string(), false)]
     );
-    // Other examples may join the directory; these two Services keep bypass on.
+    // The L7 Service goes to the waypoint; the others keep bypass on.
+    let web = frontend_key("10.96.0.30".parse().unwrap(), 80);
+    assert_eq!(desired.services[&web].flags, zerohop_abi::SERVICE_L7);
     for (cluster_ip, port) in [("10.96.0.10", 80), ("fd00:96::10", 80), ("10.96.0.20", 80)] {
         let key = frontend_key(cluster_ip.parse().unwrap(), port);
         assert_eq!(desired.services[&key].flags, 0, "{cluster_ip}");

@@ -4,7 +4,9 @@
 //! a small [`model`] ([`convert`], [`manifest`]), gathered in a
 //! [`ClusterView`], turned into the exact desired
 //! contents of the BPF frontend and backend maps for one node ([`plan()`]),
-//! and compared with what the maps hold ([`diff()`]). No I/O, no kernel, no
+//! and compared with what the maps hold ([`diff()`]). Services with
+//! HTTPRoutes are L7 Services, sent to the node's waypoint, whose input
+//! [`waypoint_config`] builds. No I/O, no kernel, no
 //! async: every decision is unit-tested here; the agent only applies the
 //! result.
 #![forbid(unsafe_code)]
@@ -16,11 +18,13 @@ pub mod manifest;
 pub mod model;
 pub mod plan;
 pub mod view;
+pub mod waypoint;
 
 pub use diff::{diff, Change, Changes};
 pub use manifest::{build_view, parse_manifests, Built, Manifest, Problem};
-pub use plan::{plan, Desired, Plan, PlanProblem};
+pub use plan::{plan, plan_with, Desired, Plan, PlanProblem, Waypoints};
 pub use view::ClusterView;
+pub use waypoint::{l7_ports, waypoint_config};
 
 #[cfg(test)]
 mod deploy_examples;

@@ -2,9 +2,10 @@
 //!
 //! A file may hold several documents separated by `---` lines, and lists
 //! (`kind: List` with `items`, as `kubectl get -o yaml` prints). Kinds other
-//! than `v1` Service and `discovery.k8s.io/v1` EndpointSlice are skipped
-//! without a word, as are headless and ExternalName Services and FQDN
-//! slices. Everything wrong is a [`Problem`] naming the file and the object;
+//! than `v1` Service, Namespace, Node and Pod, `discovery.k8s.io/v1`
+//! EndpointSlice, and Gateway API HTTPRoute and ReferenceGrant are skipped
+//! without a word, as are headless and ExternalName Services, FQDN slices,
+//! host-network Pods and routes without a Service parent. Everything wrong is a [`Problem`] naming the file and the object;
 //! the rest of the file, and the other files, still load.
 
 use std::collections::btree_map::{BTreeMap, Entry};
@@ -18,6 +19,11 @@ use serde_yaml_ng::{Mapping, Value};
 use crate::convert::{object_label, ConvertError, DEFAULT_NAMESPACE};
 use crate::model;
 use crate::view::ClusterView;
+use zerohop_routes::model as routes;
+
+/// API versions of the Gateway API kinds read (HTTPRoute, ReferenceGrant).
+const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
+const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
 
 /// An object read from a manifest, converted to the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +36,12 @@ pub enum Manifest {
     Namespace(model::Namespace),
     /// A Node (only its zone matters).
     Node(model::Node),
+    /// An HTTPRoute with a Service parent.
+    Route(model::Route),
+    /// A ReferenceGrant.
+    Grant(model::Grant),
+    /// A Pod (its namespace, node and IPs).
+    Pod(model::Pod),
 }
 
 impl Manifest {
@@ -44,6 +56,15 @@ impl Manifest {
             }
             Manifest::Namespace(namespace) => format!("Namespace {}", namespace.name),
             Manifest::Node(node) => format!("Node {}", node.name),
+            Manifest::Route(route) => {
+                let metadata = &route.0.metadata;
+                object_label("HTTPRoute", &metadata.namespace, Some(&metadata.name))
+            }
+            Manifest::Grant(grant) => {
+                let metadata = &grant.0.metadata;
+                object_label("ReferenceGrant", &metadata.namespace, Some(&metadata.name))
+            }
+            Manifest::Pod(pod) => object_label("Pod", &pod.namespace, Some(&pod.name)),
         }
     }
 }
@@ -110,6 +131,9 @@ pub fn build_view(files: impl IntoIterator<Item = (String, String)>) -> Built {
                         Manifest::EndpointSlice(slice) => view.apply_slice(slice),
                         Manifest::Namespace(namespace) => view.apply_namespace(namespace),
                         Manifest::Node(node) => view.apply_node(node),
+                        Manifest::Route(route) => view.apply_route(route),
+                        Manifest::Grant(grant) => view.apply_grant(grant),
+                        Manifest::Pod(pod) => view.apply_pod(pod),
                     };
                 }
             }
@@ -237,6 +261,15 @@ impl Parser<'_> {
             ("v1", "Node") => self
                 .convert::<core::Node, _>(Value::Mapping(fields), document, label)
                 .map(Manifest::Node),
+            ("v1", "Pod") => self
+                .convert::<core::Pod, _>(Value::Mapping(fields), document, label)
+                .map(Manifest::Pod),
+            (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") => self
+                .convert::<routes::HttpRoute, _>(Value::Mapping(fields), document, label)
+                .map(Manifest::Route),
+            (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => self
+                .convert::<routes::ReferenceGrant, _>(Value::Mapping(fields), document, label)
+                .map(Manifest::Grant),
             (_, "") => {
                 self.not_an_object(document, "no kind");
                 None

@@ -214,3 +214,27 @@ pub struct Node {
     pub name: String,
     pub zone: Option<String>,
 }
+
+/// Namespace and name of a namespaced object other than a Service or slice
+/// (HTTPRoute, ReferenceGrant, Pod).
+pub type ObjectKey = (String, String);
+
+/// An HTTPRoute with at least one Service parent (the GAMMA pattern); routes
+/// of Gateways only are not zerohop's. Namespace defaulted, name present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route(pub zerohop_routes::model::HttpRoute);
+
+/// A ReferenceGrant (namespace defaulted, name present).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant(pub zerohop_routes::model::ReferenceGrant);
+
+/// What zerohop reads of a Pod: where it runs and its IPs, so the waypoint
+/// knows the namespace of a client by its address. Host-network pods are
+/// ignored (their IP is the node's, shared by many).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub node: Option<String>,
+    pub ips: Vec<IpAddr>,
+}

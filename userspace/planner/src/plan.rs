@@ -12,13 +12,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use zerohop_abi::{self as abi, BackendKey, FrontendKey, PROTO_TCP, SERVICE_NO_BYPASS};
+use zerohop_abi::{self as abi, BackendKey, FrontendKey, PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS};
 
 use crate::addr;
 use crate::model::{
     EndpointSlice, Family, Protocol, Service, ServiceId, ServicePort, TrafficPolicy,
 };
 use crate::view::ClusterView;
+use crate::waypoint::l7_ports;
 
 /// What the maps should hold, and what could not be planned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +57,16 @@ pub enum PlanProblem {
         /// The ClusterIP's family.
         family: Family,
     },
+    /// The Service has HTTPRoutes, but this node has no waypoint of the
+    /// ClusterIP's family: the frontend is left to the cluster's normal path
+    /// (routes are never skipped by a shortcut).
+    #[error("Service {service} has HTTPRoutes, but this node has no {family} waypoint: its {family} connections are left to the cluster's normal path")]
+    NoWaypoint {
+        /// The L7 Service.
+        service: ServiceId,
+        /// The ClusterIP's family.
+        family: Family,
+    },
     /// Two Services claim the same ClusterIP and port; the first by id keeps it.
     #[error("Service {service}: frontend {frontend} already belongs to Service {owner}; ignored")]
     FrontendTaken {
@@ -73,6 +84,7 @@ impl PlanProblem {
     pub fn service(&self) -> &ServiceId {
         match self {
             PlanProblem::PortNotInSlices { service, .. }
+            | PlanProblem::NoWaypoint { service, .. }
             | PlanProblem::FrontendTaken { service, .. } => service,
         }
     }
@@ -80,16 +92,42 @@ impl PlanProblem {
 
 /// An endpoint a frontend may send connections to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Target {
-    address: IpAddr,
-    port: u16,
-    local: bool,
+pub(crate) struct Target {
+    pub(crate) address: IpAddr,
+    pub(crate) port: u16,
+    pub(crate) local: bool,
     /// Hinted for this node's zone.
-    close: bool,
+    pub(crate) close: bool,
 }
 
-/// Plans the map contents for node `node`.
+/// The address families for which this node runs a waypoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waypoints {
+    /// An IPv4 waypoint address is configured.
+    pub v4: bool,
+    /// An IPv6 waypoint address is configured.
+    pub v6: bool,
+}
+
+impl Waypoints {
+    fn serve(self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.v4,
+            Family::V6 => self.v6,
+        }
+    }
+}
+
+/// Plans the map contents for node `node`, which has no waypoint.
 pub fn plan(view: &ClusterView, node: &str) -> Plan {
+    plan_with(view, node, Waypoints::default())
+}
+
+/// Plans the map contents for node `node`. Frontends of L7 Services (ports
+/// of Services with an accepted HTTPRoute) are marked for the waypoint when the node has
+/// one of their family; their endpoints are still planned, for the
+/// waypoint's own connections.
+pub fn plan_with(view: &ClusterView, node: &str, waypoints: Waypoints) -> Plan {
     let mut slices_by_service: BTreeMap<&ServiceId, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in view.slices().values() {
         slices_by_service
@@ -98,6 +136,7 @@ pub fn plan(view: &ClusterView, node: &str) -> Plan {
             .push(slice);
     }
 
+    let l7 = l7_ports(view);
     let mut plan = Plan::default();
     let mut owners: BTreeMap<FrontendKey, &ServiceId> = BTreeMap::new();
     let handled =
@@ -128,6 +167,14 @@ pub fn plan(view: &ClusterView, node: &str) -> Plan {
                     continue;
                 }
                 owners.insert(frontend, &service.id);
+                let is_l7 = l7.contains(&(service.id.clone(), port.port));
+                if is_l7 && !waypoints.serve(family) {
+                    plan.problems.push(PlanProblem::NoWaypoint {
+                        service: service.id.clone(),
+                        family,
+                    });
+                    continue;
+                }
 
                 let targets = match ready_targets(&family_slices, port, node, view.node_zone(node))
                 {
@@ -141,7 +188,7 @@ pub fn plan(view: &ClusterView, node: &str) -> Plan {
                         Vec::new()
                     }
                 };
-                plan.desired.insert(frontend, service, &targets);
+                plan.desired.insert(frontend, service, is_l7, &targets);
             }
         }
     }
@@ -150,7 +197,7 @@ pub fn plan(view: &ClusterView, node: &str) -> Plan {
 
 impl Desired {
     /// Writes one frontend and its eligible endpoints, in slot order.
-    fn insert(&mut self, frontend: FrontendKey, service: &Service, targets: &[Target]) {
+    fn insert(&mut self, frontend: FrontendKey, service: &Service, l7: bool, targets: &[Target]) {
         for (slot, target) in (0u32..).zip(targets) {
             let backend = abi::Backend {
                 addr: addr::to_kernel(target.address).0,
@@ -160,7 +207,8 @@ impl Desired {
             };
             self.backends.insert(BackendKey { frontend, slot }, backend);
         }
-        let flags = if service.bypass { 0 } else { SERVICE_NO_BYPASS };
+        let no_bypass = if service.bypass { 0 } else { SERVICE_NO_BYPASS };
+        let flags = no_bypass | if l7 { SERVICE_L7 } else { 0 };
         let endpoints = u32::try_from(targets.len()).unwrap_or(u32::MAX);
         let affinity_seconds = service.affinity_seconds.unwrap_or(0);
         self.services.insert(
@@ -191,7 +239,7 @@ pub fn frontend_key(cluster_ip: IpAddr, port: u16) -> FrontendKey {
 /// node's first, then by address. `None` when some slice has endpoints but
 /// none defines the port; slices without endpoints (a Service scaled to zero
 /// gets one without ports) are no reason to complain.
-fn ready_targets(
+pub(crate) fn ready_targets(
     slices: &[&EndpointSlice],
     port: &ServicePort,
     node: &str,

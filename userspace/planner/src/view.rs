@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{EndpointSlice, Namespace, Node, Service, ServiceId, SliceId};
+use crate::model::{
+    EndpointSlice, Grant, Namespace, Node, ObjectKey, Pod, Route, Service, ServiceId, SliceId,
+};
 
 /// Every Service and EndpointSlice known, by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,6 +20,12 @@ pub struct ClusterView {
     opted_out: BTreeSet<String>,
     /// Zone of each known node.
     zones: BTreeMap<String, Option<String>>,
+    /// HTTPRoutes with a Service parent.
+    routes: BTreeMap<ObjectKey, Route>,
+    /// ReferenceGrants.
+    grants: BTreeMap<ObjectKey, Grant>,
+    /// Pods (the sources read those of this node only).
+    pods: BTreeMap<ObjectKey, Pod>,
 }
 
 impl ClusterView {
@@ -28,11 +36,7 @@ impl ClusterView {
 
     /// Adds or replaces a Service. Returns whether the view changed.
     pub fn apply_service(&mut self, service: Service) -> bool {
-        if self.services.get(&service.id) == Some(&service) {
-            return false;
-        }
-        self.services.insert(service.id.clone(), service);
-        true
+        upsert(&mut self.services, service.id.clone(), service)
     }
 
     /// Removes a Service (its slices stay until they are deleted too).
@@ -43,11 +47,7 @@ impl ClusterView {
 
     /// Adds or replaces an EndpointSlice. Returns whether the view changed.
     pub fn apply_slice(&mut self, slice: EndpointSlice) -> bool {
-        if self.slices.get(&slice.id) == Some(&slice) {
-            return false;
-        }
-        self.slices.insert(slice.id.clone(), slice);
-        true
+        upsert(&mut self.slices, slice.id.clone(), slice)
     }
 
     /// Removes an EndpointSlice. Returns whether the view changed.
@@ -89,6 +89,60 @@ impl ClusterView {
         self.zones.get(name).and_then(Option::as_deref)
     }
 
+    /// Adds or replaces an HTTPRoute. Returns whether the view changed.
+    pub fn apply_route(&mut self, route: Route) -> bool {
+        let key = (
+            route.0.metadata.namespace.clone(),
+            route.0.metadata.name.clone(),
+        );
+        upsert(&mut self.routes, key, route)
+    }
+
+    /// Removes an HTTPRoute. Returns whether the view changed.
+    pub fn delete_route(&mut self, key: &ObjectKey) -> bool {
+        self.routes.remove(key).is_some()
+    }
+
+    /// Adds or replaces a ReferenceGrant. Returns whether the view changed.
+    pub fn apply_grant(&mut self, grant: Grant) -> bool {
+        let key = (
+            grant.0.metadata.namespace.clone(),
+            grant.0.metadata.name.clone(),
+        );
+        upsert(&mut self.grants, key, grant)
+    }
+
+    /// Removes a ReferenceGrant. Returns whether the view changed.
+    pub fn delete_grant(&mut self, key: &ObjectKey) -> bool {
+        self.grants.remove(key).is_some()
+    }
+
+    /// Adds or replaces a Pod. Returns whether the view changed.
+    pub fn apply_pod(&mut self, pod: Pod) -> bool {
+        let key = (pod.namespace.clone(), pod.name.clone());
+        upsert(&mut self.pods, key, pod)
+    }
+
+    /// Removes a Pod. Returns whether the view changed.
+    pub fn delete_pod(&mut self, key: &ObjectKey) -> bool {
+        self.pods.remove(key).is_some()
+    }
+
+    /// Every HTTPRoute with a Service parent, by namespace and name.
+    pub fn routes(&self) -> &BTreeMap<ObjectKey, Route> {
+        &self.routes
+    }
+
+    /// Every ReferenceGrant, by namespace and name.
+    pub fn grants(&self) -> &BTreeMap<ObjectKey, Grant> {
+        &self.grants
+    }
+
+    /// Every Pod, by namespace and name.
+    pub fn pods(&self) -> &BTreeMap<ObjectKey, Pod> {
+        &self.pods
+    }
+
     /// Every Service, ordered by id.
     pub fn services(&self) -> &BTreeMap<ServiceId, Service> {
         &self.services
@@ -98,6 +152,15 @@ impl ClusterView {
     pub fn slices(&self) -> &BTreeMap<SliceId, EndpointSlice> {
         &self.slices
     }
+}
+
+/// Inserts or replaces `value`; returns whether the map changed.
+fn upsert<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
+    if map.get(&key) == Some(&value) {
+        return false;
+    }
+    map.insert(key, value);
+    true
 }
 
 #[cfg(test)]

@@ -1,0 +1,285 @@
+//! What the node's waypoint needs to know, and which Services are L7.
+//!
+//! A Service with at least one accepted HTTPRoute (parentRef kind Service,
+//! the GAMMA pattern) is an L7 Service: its connections go to the waypoint,
+//! which applies the routes. The waypoint gets a [`WaypointConfig`]: every
+//! Service, route and grant (it resolves routes itself), the ready endpoints
+//! of every Service port (marked when on this node), and the namespace of
+//! each pod of this node by IP (consumer routes apply per client namespace).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use zerohop_routes::router::{Endpoint, ServiceEndpoints, ServiceInfo, WaypointConfig};
+
+use crate::model::{EndpointSlice, Protocol, ServiceId};
+use crate::plan::ready_targets;
+use crate::view::ClusterView;
+
+/// The ports of the view's Services with at least one accepted HTTPRoute
+/// (a route whose parentRef names a port attaches to that port only).
+pub fn l7_ports(view: &ClusterView) -> BTreeSet<(ServiceId, u16)> {
+    let services = service_infos(view);
+    let routes: Vec<_> = view
+        .routes()
+        .values()
+        .map(|route| route.0.clone())
+        .collect();
+    let grants: Vec<_> = view
+        .grants()
+        .values()
+        .map(|grant| grant.0.clone())
+        .collect();
+    zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
+        .into_iter()
+        .map(|(namespace, name, port)| (ServiceId::new(namespace, name), port))
+        .collect()
+}
+
+/// The waypoint's input for node `node`.
+pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
+    let mut slices_by_service: BTreeMap<&ServiceId, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in view.slices().values() {
+        slices_by_service
+            .entry(&slice.service)
+            .or_default()
+            .push(slice);
+    }
+    let mut endpoints = Vec::new();
+    for service in view.services().values() {
+        let slices = slices_by_service
+            .get(&service.id)
+            .map_or(&[][..], Vec::as_slice);
+        for port in service
+            .ports
+            .iter()
+            .filter(|port| port.protocol == Protocol::Tcp)
+        {
+            let targets = ready_targets(slices, port, node, None).unwrap_or_default();
+            endpoints.push(ServiceEndpoints {
+                namespace: service.id.namespace.clone(),
+                name: service.id.name.clone(),
+                port: port.port,
+                endpoints: targets
+                    .iter()
+                    .map(|target| Endpoint {
+                        addr: (target.address, target.port).into(),
+                        local: target.local,
+                    })
+                    .collect(),
+            });
+        }
+    }
+    let clients = view
+        .pods()
+        .values()
+        .filter(|pod| pod.node.as_deref() == Some(node))
+        .flat_map(|pod| pod.ips.iter().map(|ip| (*ip, pod.namespace.clone())))
+        .collect();
+    WaypointConfig {
+        services: service_infos(view),
+        routes: view
+            .routes()
+            .values()
+            .map(|route| route.0.clone())
+            .collect(),
+        grants: view
+            .grants()
+            .values()
+            .map(|grant| grant.0.clone())
+            .collect(),
+        endpoints,
+        clients,
+    }
+}
+
+fn service_infos(view: &ClusterView) -> Vec<ServiceInfo> {
+    view.services()
+        .values()
+        .map(|service| ServiceInfo {
+            namespace: service.id.namespace.clone(),
+            name: service.id.name.clone(),
+            cluster_ips: service.cluster_ips.clone(),
+            ports: service
+                .ports
+                .iter()
+                .filter(|port| port.protocol == Protocol::Tcp)
+                .map(|port| port.port)
+                .collect(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use zerohop_abi::{SERVICE_L7, SERVICE_NO_BYPASS};
+
+    use super::*;
+    use crate::plan::{frontend_key, plan_with, PlanProblem, Waypoints};
+    use crate::{build_view, model::Family};
+
+    const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop, annotations: {zerohop.io/bypass: "off"}}
+spec:
+  clusterIPs: [10.96.0.30, "fd00:96::30"]
+  ports: [{name: http, port: 80}, {name: admin, port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: shop}
+spec:
+  clusterIP: 10.96.0.40
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: admin, port: 9090}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: node1}
+- {addresses: [10.244.2.5], nodeName: node2}
+- {addresses: [10.244.2.6], nodeName: node2, conditions: {ready: false}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: gateway-only, namespace: shop}
+spec:
+  parentRefs: [{name: my-gateway}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: team-a}
+spec: {nodeName: node1}
+status: {podIPs: [{ip: 10.244.1.9}, {ip: "fd00:244:1::9"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: elsewhere, namespace: team-b}
+spec: {nodeName: node2}
+status: {podIP: 10.244.2.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host, namespace: kube-system}
+spec: {nodeName: node1, hostNetwork: true}
+status: {podIP: 192.168.0.1}
+"#;
+
+    fn view() -> ClusterView {
+        let built = build_view([("cluster.yaml".to_string(), SERVICES.to_string())]);
+        assert_eq!(built.problems, vec![]);
+        built.view
+    }
+
+    fn flags(plan: &crate::Plan, ip: &str, port: u16) -> Option<u32> {
+        let key = frontend_key(ip.parse().unwrap(), port);
+        plan.desired.services.get(&key).map(|service| service.flags)
+    }
+
+    #[test]
+    fn only_the_routed_port_of_an_l7_service_goes_to_the_waypoint() {
+        let plan = plan_with(&view(), "node1", Waypoints { v4: true, v6: true });
+        assert_eq!(plan.problems, vec![]);
+        assert_eq!(
+            flags(&plan, "10.96.0.30", 80),
+            Some(SERVICE_L7 | SERVICE_NO_BYPASS)
+        );
+        assert_eq!(
+            flags(&plan, "fd00:96::30", 80),
+            Some(SERVICE_L7 | SERVICE_NO_BYPASS)
+        );
+        assert_eq!(flags(&plan, "10.96.0.30", 9000), Some(SERVICE_NO_BYPASS));
+        assert_eq!(flags(&plan, "10.96.0.40", 80), Some(0));
+        // Endpoints stay planned, for the waypoint's own connections.
+        let web = frontend_key("10.96.0.30".parse().unwrap(), 80);
+        assert_eq!(plan.desired.services[&web].endpoints, 2);
+    }
+
+    #[test]
+    fn without_a_waypoint_of_its_family_an_l7_frontend_is_left_alone() {
+        let plan = plan_with(
+            &view(),
+            "node1",
+            Waypoints {
+                v4: true,
+                v6: false,
+            },
+        );
+        assert_eq!(
+            flags(&plan, "10.96.0.30", 80),
+            Some(SERVICE_L7 | SERVICE_NO_BYPASS)
+        );
+        assert_eq!(
+            flags(&plan, "fd00:96::30", 80),
+            None,
+            "never a shortcut past the routes"
+        );
+        assert_eq!(
+            plan.problems,
+            vec![PlanProblem::NoWaypoint {
+                service: ServiceId::new("shop", "web"),
+                family: Family::V6,
+            }]
+        );
+        let plain = crate::plan(&view(), "node1");
+        assert_eq!(flags(&plain, "10.96.0.30", 80), None);
+        assert_eq!(flags(&plain, "10.96.0.40", 80), Some(0));
+    }
+
+    #[test]
+    fn the_waypoint_learns_routes_ready_endpoints_and_this_nodes_clients() {
+        let config = waypoint_config(&view(), "node1");
+        let routes: Vec<&str> = config
+            .routes
+            .iter()
+            .map(|route| route.metadata.name.as_str())
+            .collect();
+        assert_eq!(routes, ["web"], "routes of Gateways only are not read");
+        let web_http = config
+            .endpoints
+            .iter()
+            .find(|entry| entry.name == "web" && entry.port == 80)
+            .unwrap();
+        let endpoints: Vec<(SocketAddr, bool)> = web_http
+            .endpoints
+            .iter()
+            .map(|endpoint| (endpoint.addr, endpoint.local))
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                ("10.244.1.5:8080".parse().unwrap(), true),
+                ("10.244.2.5:8080".parse().unwrap(), false)
+            ]
+        );
+        let clients: Vec<(String, &str)> = config
+            .clients
+            .iter()
+            .map(|(ip, namespace)| (ip.to_string(), namespace.as_str()))
+            .collect();
+        assert_eq!(
+            clients,
+            [
+                ("10.244.1.9".to_string(), "team-a"),
+                ("fd00:244:1::9".to_string(), "team-a")
+            ]
+        );
+        let services: Vec<(&str, &[u16])> = config
+            .services
+            .iter()
+            .map(|service| (service.name.as_str(), service.ports.as_slice()))
+            .collect();
+        assert_eq!(services, [("plain", &[80][..]), ("web", &[80, 9000][..])]);
+    }
+}
