@@ -20,11 +20,23 @@
 //!   BOOKMARK annotated `k8s.io/initial-events-end: "true"` (streaming lists).
 //!   When a change makes an object enter or leave a watch's selector the watch
 //!   sees ADDED or DELETED, like the API server's watch cache does;
-//! - single GET (`/api/v1/nodes/{name}`, `/api/v1/namespaces/{ns}/services/{name}`);
+//! - single GET (`/api/v1/nodes/{name}`, `/api/v1/namespaces/{ns}/services/{name}`),
+//!   also on the `/status` subresource (the whole object, as the real one does);
+//! - PATCH with `Content-Type: application/merge-patch+json` (RFC 7386) of one
+//!   object or of its `/status` subresource: through `/status` only the patch's
+//!   `status` is applied, through the object everything but `status` (the
+//!   object's identity in `metadata` and its `kind`/`apiVersion` are never
+//!   changed). A `metadata.resourceVersion` in the patch is a precondition
+//!   (409 Conflict when stale); a change bumps the resourceVersion (and
+//!   `metadata.generation`, if the object has one, when more than `metadata` and
+//!   `status` changed) and is seen by watches as MODIFIED; a patch that changes
+//!   nothing is not written, as with the real API server. Other patch types are
+//!   415, an unknown object 404;
 //! - `/version`, `/api`, `/apis`, `/api/v1` and `/apis/{group}/{version}`
 //!   discovery documents; anything else is 404 with a `Status` body, and methods
-//!   other than GET are 405: the state changes only through [`ApiServer::apply`]
-//!   and [`ApiServer::delete`].
+//!   other than GET and PATCH are 405: the state changes otherwise only through
+//!   [`ApiServer::apply`] and [`ApiServer::delete`]. [`ApiServer::get`] reads an
+//!   object back.
 //!
 //! Threads: one accept thread and one thread per connection (keep-alive is
 //! supported). Every socket has read/write timeouts, a watch notices a closed
@@ -95,10 +107,25 @@ pub const RESOURCES: &[Resource] = &[
         kind: "HTTPRoute",
         namespaced: true,
     },
+    Resource {
+        api_version: "gateway.networking.k8s.io/v1beta1",
+        plural: "referencegrants",
+        kind: "ReferenceGrant",
+        namespaced: true,
+    },
 ];
 
 fn resource_by_kind(kind: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.kind == kind)
+}
+
+/// The store key of an object; the namespace is ignored for cluster-scoped kinds.
+fn key_of(kind: &str, namespace: Option<&str>, name: &str) -> Key {
+    let namespace = match resource_by_kind(kind) {
+        Some(r) if !r.namespaced => "",
+        _ => namespace.unwrap_or(""),
+    };
+    (kind.to_string(), namespace.to_string(), name.to_string())
 }
 
 fn resource_by_path(api_version: &str, plural: &str) -> Option<&'static Resource> {
@@ -344,15 +371,19 @@ impl ApiServer {
         self.shared.changed.notify_all();
     }
 
+    /// The stored object (kind, namespace, name) as served, or `None`. The
+    /// namespace is ignored for cluster-scoped kinds.
+    pub fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let key = key_of(kind, namespace, name);
+        lock(&self.shared.store).objects.get(&key).cloned()
+    }
+
     /// Deletes an object (no-op if absent); watches see DELETED with the
     /// object carrying the new resourceVersion.
     pub fn delete(&self, kind: &str, namespace: Option<&str>, name: &str) {
-        let namespace = match resource_by_kind(kind) {
-            Some(r) if !r.namespaced => "",
-            _ => namespace.unwrap_or(""),
-        };
+        let key = key_of(kind, namespace, name);
+        let namespace = key.1.clone();
         let mut store = lock(&self.shared.store);
-        let key = (kind.to_string(), namespace.to_string(), name.to_string());
         let Some(mut object) = store.objects.remove(&key) else {
             return;
         };
@@ -366,7 +397,7 @@ impl ApiServer {
             Change {
                 rv,
                 kind: kind.to_string(),
-                namespace: namespace.to_string(),
+                namespace,
                 old: None,
                 new: object,
                 deleted: true,
@@ -593,6 +624,9 @@ struct Request {
     path: String,
     query: Vec<(String, String)>,
     close: bool,
+    /// The media type of the body, lower-case, without parameters.
+    content_type: String,
+    body: Vec<u8>,
 }
 
 impl Request {
@@ -628,24 +662,80 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads one request head (and discards its body). `Ok(None)` on a clean
-/// close, a timeout or garbage.
-fn read_request(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Request>> {
+/// Reads more bytes into `buf`; `Ok(false)` on a clean close.
+fn fill(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
     let mut chunk = [0u8; 4096];
+    loop {
+        match (&*stream).read(&mut chunk) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads up to and including the next CRLF; `Ok(None)` on close or garbage.
+fn read_line(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<String>> {
+    loop {
+        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..pos]).into_owned();
+            buf.drain(..pos + 2);
+            return Ok(Some(line));
+        }
+        if buf.len() > MAX_HEADER || !fill(stream, buf)? {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads a `Transfer-Encoding: chunked` body; `Ok(None)` on close or garbage.
+fn read_chunked(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        let Some(line) = read_line(stream, buf)? else {
+            return Ok(None);
+        };
+        let size = line.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            return Ok(None);
+        };
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                match read_line(stream, buf)? {
+                    Some(l) if l.is_empty() => return Ok(Some(body)),
+                    Some(_) => {}
+                    None => return Ok(None),
+                }
+            }
+        }
+        if body.len() + size > MAX_BODY {
+            return Ok(None);
+        }
+        while buf.len() < size + 2 {
+            if !fill(stream, buf)? {
+                return Ok(None);
+            }
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
+/// Reads one request (head and body). `Ok(None)` on a clean close, a timeout
+/// or garbage.
+fn read_request(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Request>> {
     let head_end = loop {
         if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break pos;
         }
-        if buf.len() > MAX_HEADER {
+        if buf.len() > MAX_HEADER || !fill(stream, buf)? {
             return Ok(None);
         }
-        let n = match (&*stream).read(&mut chunk) {
-            Ok(0) => return Ok(None),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     buf.drain(..head_end + 4);
@@ -658,6 +748,8 @@ fn read_request(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Requ
     let version = first.next().unwrap_or("HTTP/1.1");
     let mut close = version == "HTTP/1.0";
     let mut body_len = 0usize;
+    let mut chunked = false;
+    let mut content_type = String::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -668,20 +760,28 @@ fn read_request(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Requ
         } else if name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            close = true; // request bodies are not for us; do not try to frame them
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("content-type") {
+            let media = value.split(';').next().unwrap_or("");
+            content_type = media.trim().to_ascii_lowercase();
         }
     }
-    if body_len > MAX_BODY {
-        return Ok(None);
-    }
-    while buf.len() < body_len {
-        let n = (&*stream).read(&mut chunk)?;
-        if n == 0 {
+    let body = if chunked {
+        match read_chunked(stream, buf)? {
+            Some(body) => body,
+            None => return Ok(None),
+        }
+    } else {
+        if body_len > MAX_BODY {
             return Ok(None);
         }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    buf.drain(..body_len);
+        while buf.len() < body_len {
+            if !fill(stream, buf)? {
+                return Ok(None);
+            }
+        }
+        buf.drain(..body_len).collect()
+    };
 
     let (path, raw_query) = target.split_once('?').unwrap_or((target, ""));
     let query = raw_query
@@ -698,6 +798,8 @@ fn read_request(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Requ
         path: path.to_string(),
         query,
         close,
+        content_type,
+        body,
     }))
 }
 
@@ -707,7 +809,9 @@ fn reason_phrase(code: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         410 => "Gone",
+        415 => "Unsupported Media Type",
         _ => "Error",
     }
 }
@@ -766,7 +870,7 @@ fn serve_connection(shared: &Shared, stream: &TcpStream) {
 /// Answers one request; `Ok(true)` if the connection may serve another.
 fn handle(shared: &Shared, stream: &TcpStream, req: &Request) -> io::Result<bool> {
     let reply = |code: u16, body: Value| write_json(stream, code, &body, req.close).map(|()| true);
-    if req.method != "GET" {
+    if req.method != "GET" && req.method != "PATCH" {
         let msg = format!(
             "method {} is not supported by the test API server",
             req.method
@@ -779,8 +883,10 @@ fn handle(shared: &Shared, stream: &TcpStream, req: &Request) -> io::Result<bool
         )?;
         return Ok(false);
     }
-    if let Some(doc) = discovery(&req.path) {
-        return reply(200, doc);
+    if req.method == "GET" {
+        if let Some(doc) = discovery(&req.path) {
+            return reply(200, doc);
+        }
     }
     let Some(target) = parse_resource_path(&req.path) else {
         let msg = format!(
@@ -789,6 +895,10 @@ fn handle(shared: &Shared, stream: &TcpStream, req: &Request) -> io::Result<bool
         );
         return reply(404, status_object(404, "NotFound", &msg));
     };
+    if req.method == "PATCH" {
+        let (code, body) = patch(shared, &target, req);
+        return reply(code, body);
+    }
     let labels = match LabelSelector::parse(req.param("labelSelector").unwrap_or("")) {
         Ok(s) => s,
         Err(e) => return reply(400, status_object(400, "BadRequest", &e)),
@@ -815,12 +925,7 @@ fn handle(shared: &Shared, stream: &TcpStream, req: &Request) -> io::Result<bool
         drop(store);
         return match found {
             Some(obj) => reply(200, obj),
-            None => {
-                let msg = format!("{} \"{name}\" not found", filter.resource.plural);
-                let mut status = status_object(404, "NotFound", &msg);
-                status["details"] = json!({"name": name, "kind": filter.resource.plural});
-                reply(404, status)
-            }
+            None => reply(404, not_found(filter.resource, name)),
         };
     }
 
@@ -855,6 +960,179 @@ fn handle(shared: &Shared, stream: &TcpStream, req: &Request) -> io::Result<bool
     reply(200, list)
 }
 
+fn not_found(resource: &Resource, name: &str) -> Value {
+    let msg = format!("{} \"{name}\" not found", resource.plural);
+    let mut status = status_object(404, "NotFound", &msg);
+    status["details"] = json!({"name": name, "kind": resource.plural});
+    status
+}
+
+/// `plural.group` (`httproutes.gateway.networking.k8s.io`), or `plural` for
+/// the core group, as the API server names a resource in its messages.
+fn qualified_plural(resource: &Resource) -> String {
+    match resource.api_version.split_once('/') {
+        Some((group, _)) => format!("{}.{group}", resource.plural),
+        None => resource.plural.to_string(),
+    }
+}
+
+/// RFC 7386 JSON merge patch: objects merge key by key, `null` removes a
+/// key, anything else (arrays included) replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(target) = target else {
+        return;
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// The object without `metadata` and `status`: what a change of bumps
+/// `metadata.generation`.
+fn spec_part(object: &Value) -> Value {
+    let mut rest = object.clone();
+    if let Some(map) = rest.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+    }
+    rest
+}
+
+/// PATCH of one object or its `/status`: the status code and body to answer.
+fn patch(shared: &Shared, target: &Target, req: &Request) -> (u16, Value) {
+    let resource = target.resource;
+    let Some(name) = &target.name else {
+        let msg = format!("PATCH of a collection ({}) is not supported", req.path);
+        return (405, status_object(405, "MethodNotAllowed", &msg));
+    };
+    if req.content_type != "application/merge-patch+json" {
+        let msg = format!(
+            "the test API server supports only application/merge-patch+json patches, not {:?}",
+            req.content_type
+        );
+        return (415, status_object(415, "UnsupportedMediaType", &msg));
+    }
+    let patch: Value = match serde_json::from_slice(&req.body) {
+        Ok(p @ Value::Object(_)) => p,
+        Ok(other) => {
+            let msg = format!("a merge patch must be a JSON object, not {other}");
+            return (400, status_object(400, "BadRequest", &msg));
+        }
+        Err(e) => {
+            let msg = format!("invalid JSON in the patch: {e}");
+            return (400, status_object(400, "BadRequest", &msg));
+        }
+    };
+    // Through /status only the status changes; through the object everything
+    // but the status. resourceVersion is a precondition, not a change.
+    let mut effective = Map::new();
+    if target.status {
+        if let Some(status) = patch.get("status") {
+            effective.insert("status".into(), status.clone());
+        }
+    } else if let Some(map) = patch.as_object() {
+        for (key, value) in map {
+            if key != "status" {
+                effective.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    let wanted_rv = patch
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|rv| !rv.is_empty());
+
+    let key = key_of(resource.kind, target.namespace.as_deref(), name);
+    let mut store = lock(&shared.store);
+    let Some(old) = store.objects.get(&key).cloned() else {
+        return (404, not_found(resource, name));
+    };
+    let stored_rv = old
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if let Some(wanted) = wanted_rv {
+        if wanted != stored_rv {
+            let msg = format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+                 please apply your changes to the latest version and try again",
+                qualified_plural(resource)
+            );
+            let mut status = status_object(409, "Conflict", &msg);
+            status["details"] = json!({
+                "name": name,
+                "group": resource.api_version.split_once('/').map_or("", |(g, _)| g),
+                "kind": resource.plural,
+            });
+            return (409, status);
+        }
+    }
+
+    let mut new = old.clone();
+    merge_patch(&mut new, &Value::Object(effective));
+    // Identity is not the patch's to change.
+    for field in ["kind", "apiVersion"] {
+        match old.get(field) {
+            Some(v) => new[field] = v.clone(),
+            None => {
+                if let Some(map) = new.as_object_mut() {
+                    map.remove(field);
+                }
+            }
+        }
+    }
+    if !new.get("metadata").is_some_and(Value::is_object) {
+        new["metadata"] = json!({});
+    }
+    for field in ["name", "namespace", "uid", "resourceVersion", "generation"] {
+        let meta = new["metadata"]
+            .as_object_mut()
+            .expect("metadata is an object");
+        match old.pointer(&format!("/metadata/{field}")) {
+            Some(v) => meta.insert(field.into(), v.clone()),
+            None => meta.remove(field),
+        };
+    }
+    if new == old {
+        // A no-op: not written, no new resourceVersion, no event.
+        return (200, old);
+    }
+    if let Some(generation) = old.pointer("/metadata/generation").and_then(Value::as_i64) {
+        if spec_part(&new) != spec_part(&old) {
+            new["metadata"]["generation"] = json!(generation + 1);
+        }
+    }
+    store.rv += 1;
+    let rv = store.rv;
+    new["metadata"]["resourceVersion"] = json!(rv.to_string());
+    store.objects.insert(key.clone(), new.clone());
+    push_change(
+        &mut store,
+        Change {
+            rv,
+            kind: key.0,
+            namespace: key.1,
+            old: Some(old),
+            new: new.clone(),
+            deleted: false,
+        },
+    );
+    drop(store);
+    shared.changed.notify_all();
+    (200, new)
+}
+
 /// Discovery documents (enough for `kubectl`-like clients and kube's discovery).
 fn discovery(path: &str) -> Option<Value> {
     let path = path.trim_end_matches('/');
@@ -868,7 +1146,7 @@ fn discovery(path: &str) -> Option<Value> {
                     "singularName": r.kind.to_lowercase(),
                     "namespaced": r.namespaced,
                     "kind": r.kind,
-                    "verbs": ["get", "list", "watch"],
+                    "verbs": ["get", "list", "watch", "patch"],
                 })
             })
             .collect();
@@ -942,10 +1220,13 @@ struct Target {
     resource: &'static Resource,
     namespace: Option<String>,
     name: Option<String>,
+    /// The `/status` subresource of the named object.
+    status: bool,
 }
 
 /// `/api/v1/...` or `/apis/{group}/{version}/...` followed by `{plural}`,
-/// `{plural}/{name}`, `namespaces/{ns}/{plural}` or `namespaces/{ns}/{plural}/{name}`.
+/// `{plural}/{name}`, `namespaces/{ns}/{plural}` or `namespaces/{ns}/{plural}/{name}`,
+/// the last two forms optionally followed by `/status`.
 fn parse_resource_path(path: &str) -> Option<Target> {
     let (api_version, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
         ("v1".to_string(), rest)
@@ -955,9 +1236,15 @@ fn parse_resource_path(path: &str) -> Option<Target> {
         let (group, version, rest) = (parts.next()?, parts.next()?, parts.next()?);
         (format!("{group}/{version}"), rest)
     };
-    let segs: Vec<&str> = rest.split('/').collect();
+    let mut segs: Vec<&str> = rest.split('/').collect();
     if segs.iter().any(|s| s.is_empty()) {
         return None;
+    }
+    // `{plural}/{name}/status` or `namespaces/{ns}/{plural}/{name}/status`
+    // (`namespaces/{ns}/status` is a Namespace's status, as in Kubernetes).
+    let status = matches!(segs.len(), 3 | 5) && segs.last() == Some(&"status");
+    if status {
+        segs.pop();
     }
     let (namespace, plural, name) = match segs.as_slice() {
         ["namespaces", ns, plural] => (Some(ns.to_string()), *plural, None),
@@ -970,10 +1257,12 @@ fn parse_resource_path(path: &str) -> Option<Target> {
     match (resource.namespaced, &namespace, &name) {
         (false, Some(_), _) => None,   // cluster-scoped kind under a namespace
         (true, None, Some(_)) => None, // a namespaced object needs its namespace
+        (_, _, None) if status => None,
         _ => Some(Target {
             resource,
             namespace,
             name,
+            status,
         }),
     }
 }
@@ -1419,6 +1708,118 @@ mod tests {
         assert!(text.contains("\"type\":\"ERROR\""), "{text}");
         assert!(text.contains("\"code\":410"), "{text}");
         assert!(text.ends_with("0\r\n\r\n"), "{text}");
+    }
+
+    fn raw_request(server: &ApiServer, head: &str, body: &[u8]) -> String {
+        let addr = server.url().trim_start_matches("http://").to_string();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        read_some(&mut s, "}")
+    }
+
+    #[test]
+    fn raw_patch_bodies() {
+        let server = ApiServer::start().unwrap();
+        server.apply(json!({"kind": "Namespace", "metadata": {"name": "a"}}));
+        // A chunked body, split in two chunks, with a charset parameter.
+        let body = br#"{"status":{"phase":"Terminating"}}"#;
+        let (one, two) = body.split_at(10);
+        let mut chunked = Vec::new();
+        for part in [one, two] {
+            chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            chunked.extend_from_slice(part);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let text = raw_request(
+            &server,
+            "PATCH /api/v1/namespaces/a/status HTTP/1.1\r\nHost: t\r\n\
+             Content-Type: application/merge-patch+json; charset=utf-8\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            &chunked,
+        );
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let stored = server.get("Namespace", Some("ignored"), "a").unwrap();
+        assert_eq!(stored["status"]["phase"], "Terminating");
+
+        let head = format!(
+            "PATCH /api/v1/namespaces/a HTTP/1.1\r\nHost: t\r\n\
+             Content-Type: application/json-patch+json\r\nContent-Length: {}\r\n\r\n",
+            2
+        );
+        let text = raw_request(&server, &head, b"[]");
+        assert!(text.starts_with("HTTP/1.1 415"), "{text}");
+        let text = raw_request(
+            &server,
+            "PATCH /api/v1/namespaces HTTP/1.1\r\nHost: t\r\n\
+             Content-Type: application/merge-patch+json\r\nContent-Length: 2\r\n\r\n",
+            b"{}",
+        );
+        assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+        let text = raw_request(
+            &server,
+            "PATCH /api/v1/namespaces/a HTTP/1.1\r\nHost: t\r\n\
+             Content-Type: application/merge-patch+json\r\nContent-Length: 4\r\n\r\n",
+            b"[1,2",
+        );
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    }
+
+    #[test]
+    fn merge_patch_rfc7386() {
+        // The examples of RFC 7386 section 3.
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": "b", "b": "c"}),
+                json!({"a": null}),
+                json!({"b": "c"}),
+            ),
+            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+            (json!({"a": "foo"}), json!(null), json!(null)),
+            (json!({"a": "foo"}), json!("bar"), json!("bar")),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!([1, 2]),
+                json!({"a": "b", "c": null}),
+                json!({"a": "b"}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
+        ];
+        for (target, patch, want) in cases {
+            let mut got = target.clone();
+            merge_patch(&mut got, &patch);
+            assert_eq!(got, want, "{target} + {patch}");
+        }
     }
 
     #[test]

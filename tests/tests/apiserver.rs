@@ -8,7 +8,9 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DynamicObject, ListParams, VersionMatch, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DynamicObject, ListParams, Patch, PatchParams, VersionMatch, WatchEvent, WatchParams,
+};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::Backoff;
@@ -451,6 +453,256 @@ async fn kubeconfig_httproutes_bookmarks_and_errors() {
     let raw = Api::<DynamicObject>::namespaced_with(c, "prod", &ar);
     let got = within("raw", raw.get("broken")).await.unwrap();
     assert_eq!(got.data["spec"]["ports"], "not a list");
+}
+
+fn httproutes(c: Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "httproutes");
+    Api::<DynamicObject>::namespaced_with(c, ns, &ar)
+}
+
+fn route(ns: &str, name: &str, backend: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": ns, "generation": 1},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+            "rules": [{"backendRefs": [{"name": backend, "port": 80}]}],
+        },
+    })
+}
+
+fn parent_status(controller: &str, status: &str) -> serde_json::Value {
+    json!({
+        "parentRef": {"group": "", "kind": "Service", "name": "web", "port": 80},
+        "controllerName": controller,
+        "conditions": [{
+            "type": "Accepted",
+            "status": status,
+            "reason": "Accepted",
+            "message": "",
+            "observedGeneration": 1,
+            "lastTransitionTime": "2025-01-01T00:00:00Z",
+        }],
+    })
+}
+
+fn rv_of(object: &serde_json::Value) -> String {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("resourceVersion")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_patch_of_status() {
+    let server = ApiServer::start().unwrap();
+    server.apply(route("prod", "r", "v1"));
+    let routes = httproutes(client(&server), "prod");
+    let list = within("list", routes.list(&ListParams::default()))
+        .await
+        .unwrap();
+    let rv = list.metadata.resource_version.unwrap();
+    let events = within("watch", routes.watch(&WatchParams::default(), &rv))
+        .await
+        .unwrap();
+    futures::pin_mut!(events);
+
+    let before = server.get("HTTPRoute", Some("prod"), "r").unwrap();
+    let patch = json!({
+        "metadata": {"resourceVersion": rv_of(&before)},
+        "status": {"parents": [parent_status("zerohop.io/waypoint", "True")]},
+    });
+    let pp = PatchParams::default();
+    let patched = within(
+        "patch status",
+        routes.patch_status("r", &pp, &Patch::Merge(&patch)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        patched.data["status"]["parents"][0]["controllerName"],
+        "zerohop.io/waypoint"
+    );
+    let after = server.get("HTTPRoute", Some("prod"), "r").unwrap();
+    assert_eq!(after["status"], patch["status"]);
+    assert_eq!(after["spec"], before["spec"]);
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(
+        after["metadata"]["generation"], 1,
+        "a status change keeps the generation"
+    );
+    assert_ne!(rv_of(&after), rv_of(&before));
+    assert_eq!(patched.metadata.resource_version, Some(rv_of(&after)));
+    match within("modified event", events.try_next()).await.unwrap() {
+        Some(WatchEvent::Modified(obj)) => {
+            assert_eq!(obj.name_any(), "r");
+            assert_eq!(obj.data["status"], patch["status"]);
+            assert_eq!(obj.metadata.resource_version, Some(rv_of(&after)));
+        }
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    // GET of the status subresource serves the object.
+    let got = within("get_status", routes.get_status("r")).await.unwrap();
+    assert_eq!(got.data["status"], patch["status"]);
+
+    // The same patch again, at the new version: a no-op, not written.
+    let mut again = patch.clone();
+    again["metadata"]["resourceVersion"] = json!(rv_of(&after));
+    within(
+        "no-op",
+        routes.patch_status("r", &pp, &Patch::Merge(&again)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rv_of(&server.get("HTTPRoute", Some("prod"), "r").unwrap()),
+        rv_of(&after)
+    );
+
+    // Without a resourceVersion, no precondition; null removes a key.
+    let clear = json!({"status": {"parents": null}});
+    let cleared = within(
+        "clear",
+        routes.patch_status("r", &pp, &Patch::Merge(&clear)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cleared.data["status"], json!({}));
+    let patches = server
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.starts_with(
+                "PATCH /apis/gateway.networking.k8s.io/v1/namespaces/prod/httproutes/r/status",
+            )
+        })
+        .count();
+    assert_eq!(patches, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_patch_conflicts_and_errors() {
+    let server = ApiServer::start().unwrap();
+    server.apply(route("prod", "r", "v1"));
+    let routes = httproutes(client(&server), "prod");
+    let pp = PatchParams::default();
+    let stale = rv_of(&server.get("HTTPRoute", Some("prod"), "r").unwrap());
+    server.apply(route("prod", "r", "v2")); // someone else wrote it since
+    let patch = json!({
+        "metadata": {"resourceVersion": stale},
+        "status": {"parents": [parent_status("zerohop.io/waypoint", "True")]},
+    });
+    match within(
+        "stale",
+        routes.patch_status("r", &pp, &Patch::Merge(&patch)),
+    )
+    .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 409);
+            assert_eq!(status.reason, "Conflict");
+        }
+        other => panic!("expected 409, got {other:?}"),
+    }
+    assert!(server.get("HTTPRoute", Some("prod"), "r").unwrap()["status"].is_null());
+
+    match within(
+        "missing",
+        routes.patch_status("nope", &pp, &Patch::Merge(&patch)),
+    )
+    .await
+    {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
+        other => panic!("expected 404, got {other:?}"),
+    }
+    let strategic = Patch::Strategic(json!({"status": {}}));
+    match within("strategic", routes.patch_status("r", &pp, &strategic)).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 415),
+        other => panic!("expected 415, got {other:?}"),
+    }
+    // The connection pool survives error answers.
+    assert!(within("get", routes.get("r")).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_main_paths_change_their_own_parts() {
+    let server = ApiServer::start().unwrap();
+    server.apply(route("prod", "r", "v1"));
+    let routes = httproutes(client(&server), "prod");
+    let pp = PatchParams::default();
+    let before = server.get("HTTPRoute", Some("prod"), "r").unwrap();
+
+    // Through /status: the spec (and the identity) stay, the status changes.
+    let sneaky = json!({
+        "metadata": {"name": "other", "uid": "x", "labels": {"a": "b"}},
+        "spec": {"rules": []},
+        "status": {"parents": [parent_status("zerohop.io/waypoint", "False")]},
+    });
+    within(
+        "status",
+        routes.patch_status("r", &pp, &Patch::Merge(&sneaky)),
+    )
+    .await
+    .unwrap();
+    let after = server.get("HTTPRoute", Some("prod"), "r").unwrap();
+    assert_eq!(after["spec"], before["spec"]);
+    assert_eq!(after["metadata"]["name"], "r");
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert!(after["metadata"]["labels"].is_null());
+    assert_eq!(after["status"], sneaky["status"]);
+
+    // Only a spec change through /status: nothing to write.
+    let only_spec = json!({"spec": {"rules": []}});
+    within(
+        "spec via status",
+        routes.patch_status("r", &pp, &Patch::Merge(&only_spec)),
+    )
+    .await
+    .unwrap();
+    let unchanged = server.get("HTTPRoute", Some("prod"), "r").unwrap();
+    assert_eq!(unchanged, after);
+
+    // Through the object: the spec changes (and the generation), not the status.
+    let main = json!({
+        "metadata": {"labels": {"a": "b"}},
+        "spec": {"rules": [{"backendRefs": [{"name": "v3", "port": 80}]}]},
+        "status": {"parents": []},
+    });
+    within("main", routes.patch("r", &pp, &Patch::Merge(&main)))
+        .await
+        .unwrap();
+    let last = server.get("HTTPRoute", Some("prod"), "r").unwrap();
+    assert_eq!(last["spec"]["rules"][0]["backendRefs"][0]["name"], "v3");
+    assert_eq!(last["spec"]["parentRefs"], before["spec"]["parentRefs"]);
+    assert_eq!(last["metadata"]["labels"]["a"], "b");
+    assert_eq!(last["metadata"]["generation"], 2);
+    assert_eq!(last["status"], sneaky["status"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reference_grants_are_served() {
+    let server = ApiServer::start().unwrap();
+    server.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": {"name": "g", "namespace": "backend"},
+        "spec": {
+            "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "prod"}],
+            "to": [{"group": "", "kind": "Service"}],
+        },
+    }));
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1beta1", "ReferenceGrant");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "referencegrants");
+    let grants = Api::<DynamicObject>::all_with(client(&server), &ar);
+    let list = within("grants", grants.list(&ListParams::default()))
+        .await
+        .unwrap();
+    assert_eq!(names(list.items.clone()), set(&["g"]));
+    assert_eq!(list.items[0].data["spec"]["to"][0]["kind"], "Service");
+    assert!(server.get("ReferenceGrant", Some("backend"), "g").is_some());
+    assert!(server.get("ReferenceGrant", Some("prod"), "g").is_none());
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     str::FromStr,
     sync::Arc,
     time::{Duration, Instant},
@@ -22,11 +22,17 @@ use tokio::{
 };
 use tracing::{info, info_span, warn, Instrument};
 use zerohop_abi::map_name;
-use zerohop_planner::convert::object_label;
+use zerohop_planner::{convert::object_label, waypoint_config, Waypoints};
+use zerohop_routes::{
+    model::HttpRoute,
+    router::WaypointConfig,
+    status::{self, RouteEvaluation},
+};
 
 use crate::{
     datapath::{self, Datapath, ServiceMaps},
     health::{self, SharedStatus},
+    route_status,
     source::{self, Snapshot},
 };
 
@@ -64,12 +70,28 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// Where /healthz, /readyz and /metrics are served; `None`: not served.
     pub health_addr: Option<SocketAddr>,
+    /// This node's waypoint, at most one address per family.
+    pub waypoints: Vec<SocketAddr>,
+    /// SO_MARK of the waypoint's own sockets.
+    pub waypoint_mark: u32,
+    /// Where the waypoint's input is written.
+    pub waypoint_config: PathBuf,
 }
+
+/// Default of `--waypoint-config` (and of `zerohop-waypoint --config`).
+pub const DEFAULT_WAYPOINT_CONFIG: &str = "/run/zerohop/waypoint.json";
 
 /// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
 pub async fn run(settings: Settings) -> Result<()> {
     if settings.node.is_empty() {
         bail!("the node name is empty: pass --node or set NODE_NAME");
+    }
+    let families: Vec<bool> = settings.waypoints.iter().map(SocketAddr::is_ipv4).collect();
+    if families.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
+        bail!(
+            "--waypoint takes at most one address per family, got {:?}",
+            settings.waypoints
+        );
     }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -90,7 +112,12 @@ pub async fn run(settings: Settings) -> Result<()> {
 
     let mut datapath = Datapath::load(&settings.pin_dir)?;
     datapath::set_bypass(&settings.pin_dir, settings.bypass)?;
-    let mut sync = Sync::new(&settings.pin_dir, &settings.node, Arc::clone(&status))?;
+    datapath::set_waypoint(
+        &settings.pin_dir,
+        &settings.waypoints,
+        settings.waypoint_mark,
+    )?;
+    let mut sync = Sync::new(&settings, Arc::clone(&status))?;
 
     let (publish, mut snapshots) = watch::channel(None);
     let source = match settings.source.clone() {
@@ -102,6 +129,11 @@ pub async fn run(settings: Settings) -> Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+            let (statuses, desired) = watch::channel(route_status::Desired::new());
+            sync.route_statuses = Some(statuses);
+            tokio::spawn(
+                route_status::run(client.clone(), desired).instrument(info_span!("route_status")),
+            );
             tokio::spawn(
                 source::kube::run(client, settings.node.clone(), publish)
                     .instrument(info_span!("source", kind = "kube")),
@@ -154,10 +186,18 @@ async fn next_snapshot(snapshots: &mut watch::Receiver<Option<Snapshot>>) -> Res
     }
 }
 
-/// Plans and writes the maps; remembers which problems are already logged.
+/// Plans and writes the maps and the waypoint's input; remembers which
+/// problems are already logged.
 struct Sync {
     maps: ServiceMaps,
     node: String,
+    waypoints: Waypoints,
+    waypoint_config: PathBuf,
+    /// The waypoint input last written.
+    written_config: Option<String>,
+    route_problems: BTreeSet<String>,
+    /// Where the routes' parent status goes (kube source only).
+    route_statuses: Option<watch::Sender<route_status::Desired>>,
     source_problems: BTreeSet<String>,
     plan_problems: BTreeSet<String>,
     /// What /metrics and /readyz report.
@@ -165,10 +205,18 @@ struct Sync {
 }
 
 impl Sync {
-    fn new(pin_dir: &Path, node: &str, status: SharedStatus) -> Result<Self> {
+    fn new(settings: &Settings, status: SharedStatus) -> Result<Self> {
         Ok(Self {
-            maps: ServiceMaps::open(pin_dir)?,
-            node: node.to_owned(),
+            maps: ServiceMaps::open(&settings.pin_dir)?,
+            node: settings.node.clone(),
+            waypoints: Waypoints {
+                v4: settings.waypoints.iter().any(SocketAddr::is_ipv4),
+                v6: settings.waypoints.iter().any(SocketAddr::is_ipv6),
+            },
+            waypoint_config: settings.waypoint_config.clone(),
+            written_config: None,
+            route_problems: BTreeSet::new(),
+            route_statuses: None,
             source_problems: BTreeSet::new(),
             plan_problems: BTreeSet::new(),
             status,
@@ -179,7 +227,7 @@ impl Sync {
         let started = Instant::now();
         report(&mut self.source_problems, snapshot.problems.iter().cloned());
         let view = &snapshot.view;
-        let plan = zerohop_planner::plan(view, &self.node);
+        let plan = zerohop_planner::plan_with(view, &self.node, self.waypoints);
         let described = plan.problems.iter().map(|problem| {
             let service = problem.service();
             let label = object_label("Service", &service.namespace, Some(&service.name));
@@ -192,6 +240,27 @@ impl Sync {
         let current = self.maps.read()?;
         let changes = zerohop_planner::diff(&current, &plan.desired);
         let applied = self.maps.apply(&changes);
+        let config = waypoint_config(view, &self.node);
+        let evaluations: Vec<(&HttpRoute, RouteEvaluation)> = config
+            .routes
+            .iter()
+            .map(|route| {
+                (
+                    route,
+                    status::evaluate(route, &config.services, &config.grants),
+                )
+            })
+            .collect();
+        report(
+            &mut self.route_problems,
+            route_problems(&evaluations, &snapshot.origins),
+        );
+        if let Some(statuses) = &self.route_statuses {
+            statuses.send_replace(desired_route_statuses(&evaluations));
+        }
+        if self.waypoints != Waypoints::default() {
+            self.write_waypoint_config(&config)?;
+        }
         {
             let mut status = self.status.lock().unwrap();
             status.syncs += 1;
@@ -221,6 +290,71 @@ impl Sync {
         );
         Ok(())
     }
+}
+
+impl Sync {
+    /// Writes the waypoint's input when it changed, atomically (the waypoint
+    /// polls the file and must never read half of it).
+    fn write_waypoint_config(&mut self, config: &WaypointConfig) -> Result<()> {
+        let text = serde_json::to_string_pretty(config)?;
+        if self.written_config.as_ref() == Some(&text) {
+            return Ok(());
+        }
+        let path = &self.waypoint_config;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let partial = path.with_extension("json.partial");
+        std::fs::write(&partial, &text)
+            .and_then(|()| std::fs::rename(&partial, path))
+            .with_context(|| format!("writing the waypoint config {}", path.display()))?;
+        info!(path = %path.display(), routes = config.routes.len(), "waypoint config written");
+        self.written_config = Some(text);
+        Ok(())
+    }
+}
+
+/// What is wrong with the routes, each naming its route (and file).
+fn route_problems(
+    evaluations: &[(&HttpRoute, RouteEvaluation)],
+    origins: &BTreeMap<String, String>,
+) -> impl Iterator<Item = String> {
+    let mut problems = Vec::new();
+    for (route, evaluation) in evaluations {
+        let metadata = &route.metadata;
+        let label = object_label("HTTPRoute", &metadata.namespace, Some(&metadata.name));
+        let place = origins
+            .get(&label)
+            .map(|file| format!("{file}: "))
+            .unwrap_or_default();
+        for problem in &evaluation.problems {
+            problems.push(format!("{place}{label}: {problem}"));
+        }
+    }
+    problems.into_iter()
+}
+
+/// The parent status zerohop writes on each route.
+fn desired_route_statuses(evaluations: &[(&HttpRoute, RouteEvaluation)]) -> route_status::Desired {
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    evaluations
+        .iter()
+        .map(|(route, evaluation)| {
+            let metadata = &route.metadata;
+            let generation = metadata.generation.unwrap_or(0);
+            let key = (metadata.namespace.clone(), metadata.name.clone());
+            let parents = status::status_parents(evaluation, generation, &now);
+            (
+                key,
+                route_status::RouteStatus {
+                    generation,
+                    parents,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Logs the problems not in `known`, then makes `known` the current set, so

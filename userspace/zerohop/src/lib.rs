@@ -8,4 +8,5 @@ pub mod agent;
 pub mod datapath;
 pub mod health;
 pub mod inspect;
+pub mod route_status;
 pub mod source;

@@ -92,6 +92,25 @@ struct AgentArgs {
     /// How often the source directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
+    /// Address of this node's waypoint (`zerohop-waypoint --listen`), one per
+    /// address family: connections to L7 Services (those with HTTPRoutes) go
+    /// there. Without one for a family, L7 Services of that family are left
+    /// to the cluster's normal path.
+    #[arg(
+        long = "waypoint",
+        value_name = "ADDR:PORT",
+        env = "ZEROHOP_WAYPOINT",
+        value_delimiter = ','
+    )]
+    waypoints: Vec<std::net::SocketAddr>,
+    /// SO_MARK of the waypoint's own sockets (`zerohop-waypoint --mark`):
+    /// their connects are never sent back to the waypoint.
+    #[arg(long, default_value = "0x7a68", value_parser = parse_mark)]
+    waypoint_mark: u32,
+    /// Where the waypoint's input (routes, Services, endpoints, clients) is
+    /// written, as JSON, whenever it changes (`zerohop-waypoint --config`).
+    #[arg(long, default_value = agent::DEFAULT_WAYPOINT_CONFIG)]
+    waypoint_config: PathBuf,
     /// Address for /healthz, /readyz and /metrics (port 0 picks a free one);
     /// "off" serves none.
     #[arg(long, default_value = "0.0.0.0:9877", value_parser = parse_health_addr)]
@@ -109,6 +128,15 @@ fn parse_health_addr(text: &str) -> Result<HealthAddr, String> {
             .map(|addr| HealthAddr(Some(addr)))
             .map_err(|e| format!("{text:?}: {e}")),
     }
+}
+
+/// A mark in decimal or `0x` hexadecimal.
+fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -146,6 +174,9 @@ fn run(cli: Cli) -> Result<()> {
                 bypass: matches!(args.bypass, OnOff::On),
                 poll_interval: Duration::from_millis(args.poll_ms.max(10)),
                 health_addr: args.health_addr.0,
+                waypoints: args.waypoints,
+                waypoint_mark: args.waypoint_mark,
+                waypoint_config: args.waypoint_config,
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(settings))
         }

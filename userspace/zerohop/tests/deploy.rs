@@ -49,14 +49,17 @@ fn every_manifest_parses_as_its_kind() {
 #[test]
 fn the_cluster_role_grants_exactly_what_the_agent_watches() {
     let role: ClusterRole = the("rbac.yaml", "ClusterRole");
-    let mut granted = BTreeSet::new();
+    let mut read = BTreeSet::new();
+    let mut patched = BTreeSet::new();
     for rule in role.rules.unwrap_or_default() {
         let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
-        assert_eq!(
-            verbs,
-            BTreeSet::from(["get", "list", "watch"]),
-            "read-only, and all three"
-        );
+        let granted = if verbs == BTreeSet::from(["get", "list", "watch"]) {
+            &mut read
+        } else if verbs == BTreeSet::from(["patch"]) {
+            &mut patched
+        } else {
+            panic!("unexpected verbs {verbs:?}: read rules grant get, list and watch; write rules patch only");
+        };
         for group in rule.api_groups.unwrap_or_default() {
             for resource in rule.resources.clone().unwrap_or_default() {
                 granted.insert((group.clone(), resource));
@@ -66,7 +69,15 @@ fn the_cluster_role_grants_exactly_what_the_agent_watches() {
     let watched: BTreeSet<(String, String)> = zerohop::source::kube::watched_resources()
         .into_iter()
         .collect();
-    assert_eq!(granted, watched);
+    assert_eq!(read, watched);
+    assert_eq!(
+        patched,
+        BTreeSet::from([(
+            "gateway.networking.k8s.io".to_string(),
+            "httproutes/status".to_string()
+        )]),
+        "the agent writes route status only"
+    );
 }
 
 #[test]
@@ -155,5 +166,54 @@ fn the_daemon_set_runs_the_agent_as_it_expects() {
             .and_then(|r| r.limits.as_ref())
             .is_some(),
         "limits set"
+    );
+}
+
+#[test]
+fn the_waypoint_listens_where_the_agent_sends_l7_connections_and_reads_its_config() {
+    let daemon_set: DaemonSet = the("daemonset.yaml", "DaemonSet");
+    let pod = daemon_set.spec.template.spec.unwrap();
+    let container = |name: &str| {
+        pod.containers
+            .iter()
+            .find(|container| container.name == name)
+            .unwrap_or_else(|| panic!("container {name}"))
+    };
+    let flag = |name: &str, flag: &str| -> String {
+        let container = container(name);
+        container
+            .args
+            .iter()
+            .flatten()
+            .find_map(|arg| arg.strip_prefix(&format!("{flag}=")))
+            .unwrap_or_else(|| panic!("{flag} of {name}"))
+            .to_string()
+    };
+    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.to_string();
+    assert_eq!(
+        port(&flag("agent", "--waypoint")),
+        port(&flag("waypoint", "--listen"))
+    );
+    let config = flag("agent", "--waypoint-config");
+    assert_eq!(config, flag("waypoint", "--config"));
+    let mount_of = |name: &str| {
+        container(name)
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|mount| config.starts_with(&mount.mount_path))
+            .map(|mount| mount.name.clone())
+            .unwrap_or_else(|| panic!("{name} mounts no volume holding {config}"))
+    };
+    assert_eq!(mount_of("agent"), mount_of("waypoint"), "one shared volume");
+    let added = container("waypoint")
+        .security_context
+        .as_ref()
+        .and_then(|security| security.capabilities.as_ref())
+        .and_then(|capabilities| capabilities.add.clone())
+        .unwrap_or_default();
+    assert!(
+        added.iter().any(|capability| capability == "NET_ADMIN"),
+        "SO_MARK needs NET_ADMIN"
     );
 }

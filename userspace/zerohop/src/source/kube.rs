@@ -1,6 +1,6 @@
-//! Services, EndpointSlices, Namespaces and this agent's own Node (for its
-//! zone) from the Kubernetes API, through
-//! kube-rs watchers (list, then watch; re-list on 410 Gone or a lost
+//! Services, EndpointSlices, Namespaces, this agent's own Node (for its
+//! zone), the Pods of this node (the waypoint's clients), HTTPRoutes and
+//! ReferenceGrants from the Kubernetes API, through kube-rs watchers (list, then watch; re-list on 410 Gone or a lost
 //! connection).
 //!
 //! Objects are watched untyped and converted one by one, so that one
@@ -33,6 +33,7 @@ use zerohop_planner::{
 };
 
 use super::Snapshot;
+use zerohop_routes::model::{self as routes, GROUP as GATEWAY_GROUP};
 
 /// The kinds zerohop reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,14 +42,20 @@ enum Kind {
     EndpointSlice,
     Namespace,
     Node,
+    Pod,
+    HttpRoute,
+    ReferenceGrant,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [
+    const ALL: [Kind; 7] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Namespace,
         Kind::Node,
+        Kind::Pod,
+        Kind::HttpRoute,
+        Kind::ReferenceGrant,
     ];
 
     fn name(self) -> &'static str {
@@ -57,22 +64,43 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Namespace => "Namespace",
             Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 
     fn resource(self) -> ApiResource {
+        let gateway_api = |version: &str, kind: &str, plural: &str| ApiResource {
+            group: GATEWAY_GROUP.to_owned(),
+            version: version.to_owned(),
+            api_version: format!("{GATEWAY_GROUP}/{version}"),
+            kind: kind.to_owned(),
+            plural: plural.to_owned(),
+        };
         match self {
             Kind::Service => ApiResource::erase::<core::Service>(&()),
             Kind::EndpointSlice => ApiResource::erase::<discovery::EndpointSlice>(&()),
             Kind::Namespace => ApiResource::erase::<core::Namespace>(&()),
             Kind::Node => ApiResource::erase::<core::Node>(&()),
+            Kind::Pod => ApiResource::erase::<core::Pod>(&()),
+            Kind::HttpRoute => gateway_api("v1", "HTTPRoute", "httproutes"),
+            Kind::ReferenceGrant => gateway_api("v1beta1", "ReferenceGrant", "referencegrants"),
         }
     }
 
-    /// What to watch of this kind: everything, but for Nodes this one only.
+    /// Kinds of CRDs a cluster may not have: until their first list
+    /// succeeds, they count as listed and empty.
+    fn optional(self) -> bool {
+        matches!(self, Kind::HttpRoute | Kind::ReferenceGrant)
+    }
+
+    /// What to watch of this kind: everything, but for Nodes this one only
+    /// and for Pods those of this node.
     fn watcher_config(self, node: &str) -> watcher::Config {
         match self {
             Kind::Node => watcher::Config::default().fields(&format!("metadata.name={node}")),
+            Kind::Pod => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
             _ => watcher::Config::default(),
         }
     }
@@ -92,6 +120,13 @@ impl Kind {
                 convert::<core::Namespace, model::Namespace>(self, object, Converted::Namespace)
             }
             Kind::Node => convert::<core::Node, model::Node>(self, object, Converted::Node),
+            Kind::Pod => convert::<core::Pod, model::Pod>(self, object, Converted::Pod),
+            Kind::HttpRoute => {
+                convert::<routes::HttpRoute, model::Route>(self, object, Converted::Route)
+            }
+            Kind::ReferenceGrant => {
+                convert::<routes::ReferenceGrant, model::Grant>(self, object, Converted::Grant)
+            }
         }
     }
 }
@@ -115,6 +150,9 @@ enum Converted {
     Slice(model::EndpointSlice),
     Namespace(model::Namespace),
     Node(model::Node),
+    Pod(model::Pod),
+    Route(model::Route),
+    Grant(model::Grant),
     /// Not for zerohop (headless or ExternalName Service, FQDN slice).
     Ignored,
     /// Malformed: the problem, naming the object.
@@ -217,6 +255,9 @@ impl Store {
                 Converted::Slice(slice) => _ = view.apply_slice(slice),
                 Converted::Namespace(namespace) => _ = view.apply_namespace(namespace),
                 Converted::Node(node) => _ = view.apply_node(node),
+                Converted::Pod(pod) => _ = view.apply_pod(pod),
+                Converted::Route(route) => _ = view.apply_route(route),
+                Converted::Grant(grant) => _ = view.apply_grant(grant),
                 Converted::Ignored => {}
                 Converted::Invalid(problem) => problems.push(problem),
             }
@@ -245,6 +286,14 @@ pub async fn run(client: Client, node: String, snapshots: watch::Sender<Option<S
         match event {
             Ok(event) => {
                 if store.apply(kind, event) && store.complete() {
+                    snapshots.send_replace(Some(store.snapshot()));
+                }
+            }
+            // A cluster without the Gateway API CRDs has no routes: that
+            // must not hold up the first sync.
+            Err(error) if kind.optional() && !store.listed.contains(&kind) => {
+                info!(kind = kind.name(), %error, "not served (CRD not installed?); treated as empty until it is");
+                if store.apply(kind, watcher::Event::InitDone) && store.complete() {
                     snapshots.send_replace(Some(store.snapshot()));
                 }
             }
@@ -286,6 +335,10 @@ mod tests {
         store.apply(Kind::Namespace, watcher::Event::InitDone);
         assert!(!store.complete(), "the Node is not listed yet");
         store.apply(Kind::Node, watcher::Event::InitDone);
+        store.apply(Kind::Pod, watcher::Event::InitDone);
+        store.apply(Kind::HttpRoute, watcher::Event::InitDone);
+        assert!(!store.complete(), "ReferenceGrants are not listed yet");
+        store.apply(Kind::ReferenceGrant, watcher::Event::InitDone);
         assert!(store.complete());
     }
 

@@ -1,0 +1,503 @@
+//! Writes the status of the HTTPRoutes zerohop serves (GAMMA: Service
+//! parentRefs): our `RouteParentStatus` entries, under `controllerName`
+//! [`CONTROLLER_NAME`], in `status.parents` of each route.
+//!
+//! Which entries and conditions a route should carry is decided elsewhere
+//! (pure, in `zerohop-routes`); this module only does the I/O: [`run`] watches
+//! the [`Desired`] state and, for each route whose entries differ from what it
+//! last wrote, reads the route, merges ours into `status.parents` and patches
+//! the `/status` subresource.
+//!
+//! Every agent of every node evaluates the same routes and writes the same
+//! status, so writes must be idempotent:
+//! - nothing is written when the merged parents equal what the route already
+//!   carries (ignoring `lastTransitionTime`), so N agents make one write per
+//!   real change, not N, and none ping-pong;
+//! - `lastTransitionTime` of a condition whose status did not change is kept
+//!   from the route (as `meta.SetStatusCondition` does), so timestamps do not
+//!   churn between agents or evaluations;
+//! - the entries of other controllers are kept, in place, and ours keep their
+//!   position: nobody's write is undone by reordering;
+//! - JSON merge patch replaces `status.parents` as a whole, so the patch
+//!   carries the resourceVersion of the read: a concurrent writer (another
+//!   agent, another controller) makes it fail with 409 Conflict instead of
+//!   being overwritten, and the route is retried on a later tick (read again,
+//!   usually found equal by then).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// The `controllerName` of our entries in a route's `status.parents`.
+pub use zerohop_routes::status::CONTROLLER_NAME;
+
+/// The field manager of our status writes.
+const FIELD_MANAGER: &str = "zerohop";
+/// How soon a failed write is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// A read or write taking longer than this counts as failed (and is retried).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Routes read and written at the same time.
+const CONCURRENCY: usize = 8;
+
+/// Our part of one route's status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteStatus {
+    /// The route's `metadata.generation` the entries were computed from. A
+    /// route found at a newer generation is not written (its new evaluation
+    /// is on the way); 0 turns that check off.
+    pub generation: i64,
+    /// Our `RouteParentStatus` entries in Gateway API shape:
+    /// `{"parentRef": {...}, "controllerName": CONTROLLER_NAME, "conditions":
+    /// [{"type", "status", "reason", "message", "observedGeneration",
+    /// "lastTransitionTime"}]}`. A missing `controllerName` is set to ours; a
+    /// missing `lastTransitionTime` to the time of the write.
+    pub parents: Vec<Value>,
+}
+
+/// The status wanted for each route, by (namespace, name). Routes absent here
+/// are not written (their status is left as it is).
+pub type Desired = BTreeMap<(String, String), RouteStatus>;
+
+type RouteKey = (String, String);
+
+/// The HTTPRoute resource (gateway.networking.k8s.io/v1).
+fn httproute_resource() -> ApiResource {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    ApiResource::from_gvk_with_plural(&gvk, "httproutes")
+}
+
+/// Keeps the routes' status in line with `desired` until its sender is
+/// dropped. Never fails: errors are logged and the route retried every
+/// [`RETRY`] while other routes go on.
+pub async fn run(client: kube::Client, mut desired: watch::Receiver<Desired>) {
+    let resource = httproute_resource();
+    // The desired status last settled per route: written, found already
+    // there, or found outdated by a newer generation of the route.
+    let mut settled: BTreeMap<RouteKey, RouteStatus> = BTreeMap::new();
+    let mut current = desired.borrow_and_update().clone();
+    loop {
+        settled.retain(|key, _| current.contains_key(key));
+        let mut pending: BTreeSet<RouteKey> = current
+            .iter()
+            .filter(|(key, status)| !settled.get(*key).is_some_and(|s| same_status(s, status)))
+            .map(|(key, _)| key.clone())
+            .collect();
+
+        if !pending.is_empty() {
+            // Owned jobs: the future must be Send for any caller's spawn.
+            let jobs: Vec<_> = pending
+                .iter()
+                .filter_map(|key| Some((key.clone(), current.get(key)?.clone())))
+                .map(|(key, status)| {
+                    let api =
+                        Api::<DynamicObject>::namespaced_with(client.clone(), &key.0, &resource);
+                    async move {
+                        let result =
+                            tokio::time::timeout(CALL_TIMEOUT, sync_route(&api, &key.1, &status))
+                                .await
+                                .unwrap_or(Err(SyncError::Timeout));
+                        (key, status, result)
+                    }
+                })
+                .collect();
+            let results: Vec<_> = futures::stream::iter(jobs)
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            for (key, status, result) in results {
+                let (namespace, name) = (&key.0, &key.1);
+                match result {
+                    Ok(Outcome::Written) => {
+                        info!(%namespace, %name, "route status written");
+                    }
+                    Ok(Outcome::Unchanged) => {
+                        debug!(%namespace, %name, "route status already up to date");
+                    }
+                    Ok(Outcome::Outdated { live, ours }) => {
+                        // The route changed since the evaluation: a new desired
+                        // state follows; do not write the old one meanwhile.
+                        debug!(%namespace, %name, live, ours, "route newer than its evaluation; waiting");
+                    }
+                    Err(SyncError::NotFound) => {
+                        debug!(%namespace, %name, "route not found (yet?); retrying");
+                        continue;
+                    }
+                    Err(error) => {
+                        warn!(%namespace, %name, %error, "writing the route status failed; retrying");
+                        continue;
+                    }
+                }
+                pending.remove(&key);
+                settled.insert(key, status);
+            }
+        }
+
+        let changed = if pending.is_empty() {
+            desired.changed().await.is_ok()
+        } else {
+            tokio::select! {
+                changed = desired.changed() => changed.is_ok(),
+                () = tokio::time::sleep(RETRY) => true,
+            }
+        };
+        if !changed {
+            debug!("desired route status closed; route status writer stops");
+            return;
+        }
+        current = desired.borrow_and_update().clone();
+    }
+}
+
+/// What [`sync_route`] did.
+#[derive(Debug)]
+enum Outcome {
+    Written,
+    Unchanged,
+    /// The route's generation is newer than the one evaluated.
+    Outdated {
+        live: i64,
+        ours: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("route not found")]
+    NotFound,
+    #[error("conflict: the route changed since it was read")]
+    Conflict,
+    #[error("timed out after {CALL_TIMEOUT:?}")]
+    Timeout,
+    #[error("route has no resourceVersion")]
+    NoResourceVersion,
+    #[error(transparent)]
+    Kube(kube::Error),
+}
+
+impl From<kube::Error> for SyncError {
+    fn from(error: kube::Error) -> Self {
+        match &error {
+            kube::Error::Api(status) if status.code == 404 => SyncError::NotFound,
+            kube::Error::Api(status) if status.code == 409 => SyncError::Conflict,
+            _ => SyncError::Kube(error),
+        }
+    }
+}
+
+/// Reads one route and patches its status if our entries differ.
+async fn sync_route(
+    api: &Api<DynamicObject>,
+    name: &str,
+    status: &RouteStatus,
+) -> Result<Outcome, SyncError> {
+    let route = api.get(name).await?;
+    if let Some(live) = route.metadata.generation {
+        if status.generation > 0 && live > status.generation {
+            return Ok(Outcome::Outdated {
+                live,
+                ours: status.generation,
+            });
+        }
+    }
+    let resource_version = route
+        .metadata
+        .resource_version
+        .clone()
+        .ok_or(SyncError::NoResourceVersion)?;
+    let existing: &[Value] = route
+        .data
+        .pointer("/status/parents")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice);
+    let mut parents = merged_parents(existing, &status.parents);
+    if same_ignoring_transition_time(existing, &parents) {
+        return Ok(Outcome::Unchanged);
+    }
+    fill_transition_times(&mut parents, &now());
+    let patch = json!({
+        "metadata": {"resourceVersion": resource_version},
+        "status": {"parents": parents},
+    });
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    api.patch_status(name, &pp, &Patch::Merge(&patch)).await?;
+    Ok(Outcome::Written)
+}
+
+/// Whether two desired states of a route need no write from one to the other.
+fn same_status(a: &RouteStatus, b: &RouteStatus) -> bool {
+    a.generation == b.generation && same_ignoring_transition_time(&a.parents, &b.parents)
+}
+
+/// Now, as a Kubernetes `metav1.Time` (RFC 3339, seconds).
+fn now() -> String {
+    let time = Time(k8s_openapi::jiff::Timestamp::now());
+    match serde_json::to_value(time) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn is_ours(entry: &Value) -> bool {
+    entry.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
+}
+
+/// `status.parents` with ours replaced by `ours`: other controllers' entries
+/// are kept as they are, where they are; each of ours takes the place of our
+/// existing entry for the same `parentRef` (new ones are appended in the
+/// order given, ours for parents no longer in `ours` are dropped). A
+/// condition keeps its existing `lastTransitionTime` when its status did not
+/// change (whatever its reason, message or observedGeneration).
+pub fn merged_parents(existing: &[Value], ours: &[Value]) -> Vec<Value> {
+    let mut ours: Vec<Option<Value>> = ours
+        .iter()
+        .map(|entry| {
+            let mut entry = entry.clone();
+            if let Some(map) = entry.as_object_mut() {
+                map.insert("controllerName".into(), json!(CONTROLLER_NAME));
+            }
+            Some(entry)
+        })
+        .collect();
+    let mut merged = Vec::with_capacity(existing.len() + ours.len());
+    for old in existing {
+        if !is_ours(old) {
+            merged.push(old.clone());
+            continue;
+        }
+        let slot = ours.iter_mut().find(|o| {
+            o.as_ref()
+                .is_some_and(|o| o.get("parentRef") == old.get("parentRef"))
+        });
+        if let Some(new) = slot.and_then(Option::take) {
+            merged.push(keep_transition_times(old, new));
+        }
+    }
+    merged.extend(ours.into_iter().flatten());
+    merged
+}
+
+/// `new` with the `lastTransitionTime` of `old`'s condition of the same type
+/// wherever the condition's status is unchanged.
+fn keep_transition_times(old: &Value, mut new: Value) -> Value {
+    let old_conditions = old
+        .get("conditions")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    if let Some(conditions) = new.get_mut("conditions").and_then(Value::as_array_mut) {
+        for condition in conditions {
+            let before = old_conditions
+                .iter()
+                .find(|c| c.get("type").is_some() && c.get("type") == condition.get("type"));
+            let Some(before) = before else { continue };
+            if before.get("status") != condition.get("status") {
+                continue;
+            }
+            if let (Some(time), Some(map)) =
+                (before.get("lastTransitionTime"), condition.as_object_mut())
+            {
+                map.insert("lastTransitionTime".into(), time.clone());
+            }
+        }
+    }
+    new
+}
+
+/// Sets `lastTransitionTime` to `now` on our conditions without one.
+fn fill_transition_times(parents: &mut [Value], now: &str) {
+    for entry in parents.iter_mut().filter(|e| is_ours(e)) {
+        let Some(conditions) = entry.get_mut("conditions").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for condition in conditions.iter_mut().filter_map(Value::as_object_mut) {
+            let missing = condition
+                .get("lastTransitionTime")
+                .is_none_or(|t| t.is_null() || t.as_str() == Some(""));
+            if missing {
+                condition.insert("lastTransitionTime".into(), json!(now));
+            }
+        }
+    }
+}
+
+/// The parents without the conditions' `lastTransitionTime`.
+fn without_transition_times(parents: &[Value]) -> Vec<Value> {
+    let mut parents = parents.to_vec();
+    for entry in &mut parents {
+        if let Some(conditions) = entry.get_mut("conditions").and_then(Value::as_array_mut) {
+            for condition in conditions.iter_mut().filter_map(Value::as_object_mut) {
+                condition.remove("lastTransitionTime");
+            }
+        }
+    }
+    parents
+}
+
+/// Whether two `status.parents` lists are equal but for the conditions'
+/// `lastTransitionTime`.
+pub fn same_ignoring_transition_time(a: &[Value], b: &[Value]) -> bool {
+    a.len() == b.len() && without_transition_times(a) == without_transition_times(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parent_ref(service: &str) -> Value {
+        json!({"group": "", "kind": "Service", "name": service, "port": 80})
+    }
+
+    fn condition(kind: &str, status: &str, reason: &str, generation: i64, time: &str) -> Value {
+        json!({
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": "",
+            "observedGeneration": generation,
+            "lastTransitionTime": time,
+        })
+    }
+
+    fn entry(controller: &str, service: &str, conditions: Vec<Value>) -> Value {
+        json!({
+            "parentRef": parent_ref(service),
+            "controllerName": controller,
+            "conditions": conditions,
+        })
+    }
+
+    const T0: &str = "2025-01-01T00:00:00Z";
+    const T1: &str = "2025-06-01T00:00:00Z";
+
+    #[test]
+    fn keeps_other_controllers_in_place_and_replaces_ours() {
+        let foreign = entry(
+            "example.com/mesh",
+            "web",
+            vec![condition("Accepted", "True", "Accepted", 1, T0)],
+        );
+        let old_ours = entry(
+            CONTROLLER_NAME,
+            "web",
+            vec![condition("Accepted", "False", "NotAllowed", 1, T0)],
+        );
+        let gone = entry(
+            CONTROLLER_NAME,
+            "old",
+            vec![condition("Accepted", "True", "Accepted", 1, T0)],
+        );
+        let foreign2 = entry("example.com/other", "db", vec![]);
+        let existing = vec![old_ours, foreign.clone(), gone, foreign2.clone()];
+
+        let new_web = entry(
+            CONTROLLER_NAME,
+            "web",
+            vec![condition("Accepted", "True", "Accepted", 2, T1)],
+        );
+        let new_api = entry(
+            CONTROLLER_NAME,
+            "api",
+            vec![condition("Accepted", "True", "Accepted", 2, T1)],
+        );
+        let merged = merged_parents(&existing, &[new_api.clone(), new_web.clone()]);
+        // Ours for web stays first, the foreign ones stay where they were, the
+        // dropped parent is gone and the new one is appended.
+        assert_eq!(merged, vec![new_web, foreign, foreign2, new_api]);
+    }
+
+    #[test]
+    fn transition_time_kept_while_status_is_unchanged() {
+        let existing = vec![entry(
+            CONTROLLER_NAME,
+            "web",
+            vec![
+                condition("Accepted", "True", "Accepted", 1, T0),
+                condition("ResolvedRefs", "True", "ResolvedRefs", 1, T0),
+            ],
+        )];
+        // Same status, new generation and reason: the old time stays.
+        // Changed status: the new time.
+        let ours = vec![entry(
+            CONTROLLER_NAME,
+            "web",
+            vec![
+                condition("Accepted", "True", "Accepted", 2, T1),
+                condition("ResolvedRefs", "False", "BackendNotFound", 2, T1),
+            ],
+        )];
+        let merged = merged_parents(&existing, &ours);
+        let conditions = merged[0]["conditions"].as_array().unwrap();
+        assert_eq!(conditions[0]["lastTransitionTime"], T0);
+        assert_eq!(conditions[0]["observedGeneration"], 2);
+        assert_eq!(conditions[1]["lastTransitionTime"], T1);
+        assert_eq!(conditions[1]["reason"], "BackendNotFound");
+    }
+
+    #[test]
+    fn equal_state_means_no_write() {
+        let existing = vec![
+            entry("example.com/mesh", "web", vec![]),
+            entry(
+                CONTROLLER_NAME,
+                "web",
+                vec![condition("Accepted", "True", "Accepted", 1, T0)],
+            ),
+        ];
+        // A fresh evaluation stamps a new time: still equal, nothing to write.
+        let ours = vec![entry(
+            CONTROLLER_NAME,
+            "web",
+            vec![condition("Accepted", "True", "Accepted", 1, T1)],
+        )];
+        let merged = merged_parents(&existing, &ours);
+        assert!(same_ignoring_transition_time(&existing, &merged));
+        assert_eq!(merged, existing, "the time is kept too");
+
+        let changed = vec![entry(
+            CONTROLLER_NAME,
+            "web",
+            vec![condition("Accepted", "True", "Accepted", 2, T1)],
+        )];
+        assert!(!same_ignoring_transition_time(
+            &existing,
+            &merged_parents(&existing, &changed)
+        ));
+        // Dropping our last entry is a change; other controllers' are not ours to drop.
+        let only_foreign = merged_parents(&existing, &[]);
+        assert_eq!(only_foreign, vec![existing[0].clone()]);
+        assert!(!same_ignoring_transition_time(&existing, &only_foreign));
+    }
+
+    #[test]
+    fn controller_name_and_missing_times_are_filled_in() {
+        let ours = vec![json!({
+            "parentRef": parent_ref("web"),
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "observedGeneration": 1}],
+        })];
+        let mut merged = merged_parents(&[], &ours);
+        assert_eq!(merged[0]["controllerName"], CONTROLLER_NAME);
+        fill_transition_times(&mut merged, T1);
+        assert_eq!(merged[0]["conditions"][0]["lastTransitionTime"], T1);
+        // Only ours: a foreign entry is never touched.
+        let mut foreign = vec![json!({
+            "parentRef": parent_ref("web"),
+            "controllerName": "example.com/mesh",
+            "conditions": [{"type": "Accepted", "status": "True"}],
+        })];
+        fill_transition_times(&mut foreign, T1);
+        assert!(foreign[0]["conditions"][0]
+            .get("lastTransitionTime")
+            .is_none());
+        assert!(now().ends_with('Z'), "{}", now());
+    }
+}
