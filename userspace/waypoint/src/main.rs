@@ -1,2 +1,167 @@
 //! zerohop-waypoint: the node-local HTTP proxy for L7 Services.
-fn main() {}
+//!
+//! The kernel redirects connections to Services that carry HTTPRoutes to this
+//! process. For each connection it learns the ClusterIP:port the client
+//! dialled (`SO_ORIGINAL_DST`, answered by zerohop's cgroup getsockopt
+//! program), and for each request asks `zerohop_routes::router::Router` what
+//! to do: answer directly, or forward to an endpoint with edits.
+//!
+//! - [`config`]: the router, reloaded when the agent rewrites its JSON file;
+//! - [`listener`]: listening sockets, accept loop, original destination;
+//! - [`proxy`]: one request: decision, forwarding, mirrors, timeouts;
+//! - [`upstream`]: the pooled upstream client and its marked sockets.
+
+mod config;
+mod listener;
+mod proxy;
+mod upstream;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Result;
+use clap::Parser;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+/// How long open connections get to finish their requests on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Node-local HTTP proxy applying Gateway API HTTPRoutes to L7 Services.
+#[derive(Debug, Parser)]
+#[command(name = "zerohop-waypoint", version)]
+struct Cli {
+    /// Address to listen on (repeatable: one listener per address; an IPv6
+    /// listener takes IPv6 connections only).
+    #[arg(long = "listen", value_name = "ADDR:PORT", required = true)]
+    listen: Vec<SocketAddr>,
+
+    /// The waypoint config (JSON) the agent writes; polled for changes.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/zerohop/waypoint.json"
+    )]
+    config: PathBuf,
+
+    /// SO_MARK set on every upstream socket, so that the kernel does not send
+    /// the waypoint's own connects back to it (must match the agent's
+    /// --waypoint-mark; 0 sets none).
+    #[arg(long, value_name = "N", default_value = "0x7a68", value_parser = parse_mark)]
+    mark: u32,
+
+    /// Interval between two checks of the config file, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    poll_ms: u64,
+
+    /// Node name, for logs.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node: Option<String>,
+}
+
+/// A mark in decimal or `0x` hexadecimal.
+fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?}: {e}"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let node = cli.node.as_deref().unwrap_or("");
+    // Before anything else, so that a stop signal always ends in a drain.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let routes = config::Routes::default();
+    let mut watcher = config::Watcher::new(cli.config.clone(), routes.clone());
+    watcher.poll();
+    tokio::spawn(watcher.run(Duration::from_millis(cli.poll_ms.max(1))));
+    let state = Arc::new(proxy::Proxy::new(routes, upstream::client(cli.mark)));
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut acceptors = Vec::new();
+    for addr in &cli.listen {
+        let listener = listener::bind(*addr)?;
+        info!(%addr, node, mark = %format_args!("{:#x}", cli.mark), "listening");
+        acceptors.push(tokio::spawn(listener::accept_loop(
+            listener,
+            state.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    drop(stop_rx);
+
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = which, node, "shutting down");
+    let _ = stop_tx.send(true);
+    for acceptor in acceptors {
+        let _ = acceptor.await;
+    }
+    // The accept loops are gone, and with them every other handle.
+    let Some(graceful) = Arc::into_inner(graceful) else {
+        return Ok(());
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        info!(
+            timeout_s = DRAIN_TIMEOUT.as_secs(),
+            "connections still open after the drain timeout; closing them"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn marks() {
+        assert_eq!(parse_mark("0x7a68"), Ok(0x7a68));
+        assert_eq!(parse_mark("31336"), Ok(31336));
+        assert!(parse_mark("x").is_err());
+    }
+
+    #[test]
+    fn cli_defaults() {
+        let cli = Cli::try_parse_from(["zerohop-waypoint", "--listen", "127.0.0.1:15001"]).unwrap();
+        assert_eq!(cli.mark, 0x7a68);
+        assert_eq!(cli.poll_ms, 250);
+        assert_eq!(cli.config, PathBuf::from("/run/zerohop/waypoint.json"));
+        let cli = Cli::try_parse_from([
+            "zerohop-waypoint",
+            "--listen",
+            "127.0.0.1:1",
+            "--listen",
+            "[::1]:1",
+        ])
+        .unwrap();
+        assert_eq!(cli.listen.len(), 2);
+        Cli::command().debug_assert();
+    }
+}

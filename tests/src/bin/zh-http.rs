@@ -1,0 +1,526 @@
+//! zh-http: the HTTP workload of the sandbox's L7 tests, a backend that tells
+//! who answered and what it received, and a keep-alive client that counts
+//! the answers. HTTP/1.1 only (h2c checks use `curl --http2-prior-knowledge`).
+//!
+//! ```text
+//! zh-http server --name NAME --port P [--delay-ms D]
+//! zh-http get    --target IP:PORT [--count N] [--method M] [--path P]
+//!                [--header NAME:VALUE]... [--host H] [--body TEXT] [--pause-ms D]
+//! ```
+//!
+//! The server listens on `0.0.0.0:P` and `[::]:P`, prints `READY`, then
+//! answers every request `200` with `x-backend: NAME` and the JSON body
+//! `{"backend", "method", "path" (path and query as received), "headers"
+//! (lower-case names; repeated ones joined with ", "), "peer", "body_bytes"}`,
+//! after `--delay-ms` if given; it prints the same JSON as one line per
+//! request, so that a test can count what a mirror received.
+//!
+//! `get` sends `--count` requests (default 1) over one keep-alive connection
+//! (a new one only if the server closes it), `--pause-ms` apart, and prints
+//! one JSON line:
+//! `{"statuses": {"200": n}, "backends": {"v1": n}, "last": {"status",
+//! "headers", "body" (JSON when it parses, else text)}, "connections": 1}`.
+//! It exits 0 when every request got an answer, whatever its status, and 1
+//! otherwise (with `"error"` in the line). Socket timeouts are 10 s.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, BufRead, BufReader, Write},
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::{FromRawFd, OwnedFd},
+    process::ExitCode,
+    sync::Arc,
+    thread,
+    time::Duration,
+};
+
+use serde_json::{json, Map, Value};
+use zerohop_tests::cli::{say, Context, Flags, Res};
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Larger request or response heads are refused.
+const MAX_HEAD: usize = 64 * 1024;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("usage: zh-http server|get --flags… (see the source)");
+        return ExitCode::from(2);
+    };
+    let run = || -> Res<bool> {
+        // `--header` repeats; `Flags` keeps one value per name.
+        let (headers, rest) = take_repeated(rest, "--header");
+        let flags = Flags::parse(&rest)?;
+        match command.as_str() {
+            "server" => server(&flags),
+            "get" => get(&flags, &headers),
+            other => Err(format!("unknown command {other:?}")),
+        }
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("zh-http {command}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The values of every `flag VALUE` in `args`, and the other arguments.
+fn take_repeated(args: &[String], flag: &str) -> (Vec<String>, Vec<String>) {
+    let mut values = Vec::new();
+    let mut rest = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == flag {
+            values.extend(args.next().cloned());
+        } else {
+            rest.push(arg.clone());
+        }
+    }
+    (values, rest)
+}
+
+// ---------------------------------------------------------------- messages
+
+/// A request or response head: the start line, and headers with lower-case
+/// names in order.
+struct Head {
+    start: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// Headers as a JSON object; repeated names joined with ", ".
+    fn headers_json(&self) -> Value {
+        let mut map = Map::new();
+        for (name, value) in &self.headers {
+            match map.get_mut(name) {
+                Some(Value::String(joined)) => {
+                    joined.push_str(", ");
+                    joined.push_str(value);
+                }
+                _ => {
+                    map.insert(name.clone(), Value::String(value.clone()));
+                }
+            }
+        }
+        Value::Object(map)
+    }
+}
+
+/// Reads a head; `None` on a clean end of stream before it.
+fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Head>> {
+    let mut start = String::new();
+    // Tolerate empty lines between messages (RFC 9112 §2.2).
+    while start.trim_end().is_empty() {
+        start.clear();
+        if reader.read_line(&mut start)? == 0 {
+            return Ok(None);
+        }
+    }
+    let mut size = start.len();
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "end of stream in a head",
+            ));
+        }
+        size += line.len();
+        if size > MAX_HEAD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("bad header {line:?}"))
+        })?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    Ok(Some(Head {
+        start: start.trim_end().to_owned(),
+        headers,
+    }))
+}
+
+/// Reads a body framed by `content-length` or chunked encoding; without
+/// either, a request has none and a response runs to the end of stream.
+fn read_body(reader: &mut impl BufRead, head: &Head, is_response: bool) -> io::Result<Vec<u8>> {
+    if head.has_token("transfer-encoding", "chunked") {
+        return read_chunked(reader);
+    }
+    if let Some(length) = head.get("content-length") {
+        let length: usize = length
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        return Ok(body);
+    }
+    let mut body = Vec::new();
+    if is_response {
+        reader.read_to_end(&mut body)?;
+    }
+    Ok(body)
+}
+
+fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let size = line.trim_end().split(';').next().unwrap_or_default();
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad chunk size {line:?}"),
+            )
+        })?;
+        if size == 0 {
+            // Trailers, up to an empty line.
+            loop {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..])?;
+        line.clear();
+        reader.read_line(&mut line)?; // the CRLF after the data
+    }
+}
+
+// ---------------------------------------------------------------- server
+
+/// Serves on `0.0.0.0:P` and `[::]:P` until killed.
+fn server(flags: &Flags) -> Res<bool> {
+    let name: Arc<str> = flags.get::<String>("name")?.into();
+    let port: u16 = flags.get("port")?;
+    let delay = Duration::from_millis(flags.get_or("delay-ms", 0u64)?);
+    let listeners = [
+        IpAddr::from(Ipv4Addr::UNSPECIFIED),
+        IpAddr::from(Ipv6Addr::UNSPECIFIED),
+    ]
+    .map(|ip| {
+        let addr = SocketAddr::new(ip, port);
+        listen(addr).ctx(&format!("listen on {addr}"))
+    });
+    let listeners = listeners.into_iter().collect::<Res<Vec<_>>>()?;
+    say("READY");
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let name = name.clone();
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    match stream {
+                        Ok(stream) => {
+                            let name = name.clone();
+                            thread::spawn(move || {
+                                if let Err(e) = serve(stream, &name, delay) {
+                                    eprintln!("connection: {e}");
+                                }
+                            });
+                        }
+                        Err(e) => eprintln!("accept: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    acceptors
+        .into_iter()
+        .for_each(|acceptor| drop(acceptor.join()));
+    Ok(true)
+}
+
+/// Answers the requests of one connection until it ends.
+fn serve(stream: TcpStream, name: &str, delay: Duration) -> io::Result<()> {
+    let peer = stream.peer_addr()?;
+    stream.set_read_timeout(Some(SERVER_IDLE_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    while let Some(head) = read_head(&mut reader)? {
+        let body = read_body(&mut reader, &head, false)?;
+        let mut parts = head.start.split_whitespace();
+        let method = parts.next().unwrap_or_default();
+        let target = parts.next().unwrap_or_default();
+        let version = parts.next().unwrap_or_default();
+        let report = json!({
+            "backend": name,
+            "method": method,
+            "path": target,
+            "headers": head.headers_json(),
+            "peer": peer.to_string(),
+            "body_bytes": body.len(),
+        })
+        .to_string();
+        say(&report);
+        if !delay.is_zero() {
+            thread::sleep(delay);
+        }
+        let close = head.has_token("connection", "close")
+            || (version == "HTTP/1.0" && !head.has_token("connection", "keep-alive"));
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-backend: {name}\r\n\
+             content-length: {}\r\n{}\r\n{report}",
+            report.len(),
+            if close { "connection: close\r\n" } else { "" },
+        );
+        // One write: a formatted write to a socket would send each piece alone.
+        writer.write_all(answer.as_bytes())?;
+        if close {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A listening socket for `addr`; an IPv6 one is IPv6-only, so that IPv4
+/// clients are seen as they are, not as `::ffff:a.b.c.d`.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket calls on a descriptor we own; the address structure
+    // is fully initialised and its length given.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let socket = OwnedFd::from_raw_fd(fd);
+        set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        if addr.is_ipv6() {
+            set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        }
+        let (storage, len) = sockaddr(addr);
+        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0
+            || libc::listen(fd, 1024) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TcpListener::from(socket))
+    }
+}
+
+fn set_int_option(fd: i32, level: i32, option: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            option,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `addr` as the kernel's socket address structure.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage, and both sockaddr_in and
+    // sockaddr_in6 fit in (and may be written through) a sockaddr_storage.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match addr {
+            SocketAddr::V4(v4) => {
+                let sin =
+                    &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = v4.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = &mut *(&mut storage as *mut libc::sockaddr_storage)
+                    .cast::<libc::sockaddr_in6>();
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = v6.port().to_be();
+                sin6.sin6_addr.s6_addr = v6.ip().octets();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (storage, len as libc::socklen_t)
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+/// Sends `--count` requests over one keep-alive connection and reports.
+fn get(flags: &Flags, extra_headers: &[String]) -> Res<bool> {
+    let target: SocketAddr = flags.get("target")?;
+    let count: u64 = flags.get_or("count", 1)?;
+    let method: String = flags.get_or("method", "GET".to_owned())?;
+    let path: String = flags.get_or("path", "/".to_owned())?;
+    let host: String = flags.get_or("host", target.to_string())?;
+    let body: String = flags.get_or("body", String::new())?;
+    let pause = Duration::from_millis(flags.get_or("pause-ms", 0u64)?);
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
+    for header in extra_headers {
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| format!("--header {header:?}: expected NAME:VALUE"))?;
+        request.push_str(&format!("{}: {}\r\n", name.trim(), value.trim()));
+    }
+    if !body.is_empty() || matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
+        request.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+
+    let mut statuses = BTreeMap::<String, u64>::new();
+    let mut backends = BTreeMap::<String, u64>::new();
+    let mut last = Value::Null;
+    let mut connections = 0u64;
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    let mut error = None;
+    for n in 0..count {
+        if n > 0 && !pause.is_zero() {
+            thread::sleep(pause);
+        }
+        let exchange = (|| -> Res<(Head, Vec<u8>, bool)> {
+            let reader = match conn.as_mut() {
+                Some(reader) => reader,
+                None => {
+                    connections += 1;
+                    conn.insert(BufReader::new(
+                        connect(target).ctx(&format!("connect {target}"))?,
+                    ))
+                }
+            };
+            reader.get_mut().write_all(request.as_bytes()).ctx("send")?;
+            let head = read_head(reader)
+                .ctx("read the response")?
+                .ok_or("the connection closed before an answer")?;
+            let no_body = method == "HEAD"
+                || head
+                    .start
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|s| s.starts_with('1') || s == "204" || s == "304");
+            let body = if no_body {
+                Vec::new()
+            } else {
+                read_body(reader, &head, true).ctx("read the response body")?
+            };
+            let framed = head.get("content-length").is_some()
+                || head.has_token("transfer-encoding", "chunked")
+                || no_body;
+            let close = head.has_token("connection", "close") || !framed;
+            Ok((head, body, close))
+        })();
+        let (head, body, close) = match exchange {
+            Ok(answer) => answer,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        };
+        if close {
+            conn = None;
+        }
+        let status = head
+            .start
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("?")
+            .to_owned();
+        *statuses.entry(status.clone()).or_default() += 1;
+        if let Some(backend) = head.get("x-backend") {
+            *backends.entry(backend.to_owned()).or_default() += 1;
+        }
+        let text = String::from_utf8_lossy(&body).into_owned();
+        last = json!({
+            "status": status.parse::<u16>().map(Value::from).unwrap_or(Value::String(status)),
+            "headers": head.headers_json(),
+            "body": serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
+        });
+    }
+    let mut report = json!({
+        "statuses": statuses,
+        "backends": backends,
+        "last": last,
+        "connections": connections,
+    });
+    if let Some(error) = &error {
+        report["error"] = Value::String(error.clone());
+    }
+    say(report);
+    Ok(error.is_none())
+}
+
+fn connect(target: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&target, CLIENT_TIMEOUT)?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_flags() {
+        let args: Vec<String> = ["--header", "a:1", "--count", "2", "--header", "b: 2"]
+            .map(String::from)
+            .into();
+        let (headers, rest) = take_repeated(&args, "--header");
+        assert_eq!(headers, ["a:1", "b: 2"]);
+        assert_eq!(rest, ["--count", "2"]);
+    }
+
+    #[test]
+    fn heads_and_bodies() {
+        let wire = b"POST /x?y=1 HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2\r\n\
+                     Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext\r\nde\r\n0\r\n\r\n\
+                     GET / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi";
+        let mut reader = &wire[..];
+        let head = read_head(&mut reader).unwrap().unwrap();
+        assert_eq!(head.start, "POST /x?y=1 HTTP/1.1");
+        assert_eq!(
+            head.headers_json(),
+            json!({"host": "a", "x-a": "1, 2", "transfer-encoding": "chunked"})
+        );
+        assert_eq!(read_body(&mut reader, &head, false).unwrap(), b"abcde");
+        let head = read_head(&mut reader).unwrap().unwrap();
+        assert_eq!(read_body(&mut reader, &head, false).unwrap(), b"hi");
+        assert!(read_head(&mut reader).unwrap().is_none());
+    }
+}

@@ -1,0 +1,204 @@
+//! Listening sockets and the accept loop: each accepted connection is served
+//! by hyper (HTTP/1.1 with keep-alive, or HTTP/2 with prior knowledge, told
+//! apart by the first bytes), with the destination its client dialled.
+
+use std::{
+    io,
+    mem::size_of,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::proxy::{Conn, Proxy};
+
+/// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
+/// (linux/netfilter_ipv6/ip6_tables.h): both 80, at `SOL_IP` / `SOL_IPV6`.
+const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// A listening socket for `addr`; an IPv6 one takes IPv6 connections only
+/// (a dual-stack one would see IPv4 clients as `::ffff:a.b.c.d`).
+pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
+    socket.listen(1024)?;
+    Ok(TcpListener::from_std(socket.into())?)
+}
+
+/// Accepts and serves connections until `stop` turns true.
+pub async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    // No timer: hyper then applies no server-side timeouts, so an idle
+    // keep-alive connection stays open as long as the client keeps it (as
+    // it would, talking to the backend directly), rather than being closed
+    // by the 30 s header-read timeout that also runs between requests.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            // The only change is to "stop" (or the sender is gone).
+            _ = stop.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Typically EMFILE, or a connection reset before accept:
+                // back off a little rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn = Conn {
+            client: peer.ip().to_canonical(),
+            destination: destination(&stream),
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, conn).await) }
+            });
+            let served = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(served).await {
+                debug!(client = %conn.client, destination = %conn.destination, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The ClusterIP:port the client dialled; the local address when the kernel
+/// does not know it (no zerohop program attached, or a client that dialled
+/// the waypoint directly).
+fn destination(stream: &TcpStream) -> SocketAddr {
+    static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+    let local = stream.local_addr();
+    let original = match local {
+        Ok(SocketAddr::V6(_)) => original_dst_v6(stream),
+        _ => original_dst_v4(stream),
+    };
+    match (original, local) {
+        (Ok(original), _) => canonical(original),
+        (Err(e), Ok(local)) => {
+            if !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
+                warn!(error = %e, %local, "no original destination; using the local address (logged once)");
+            } else {
+                debug!(error = %e, %local, "no original destination; using the local address");
+            }
+            canonical(local)
+        }
+        (Err(e), Err(_)) => {
+            warn!(error = %e, "neither original destination nor local address");
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it stands for.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+fn original_dst_v4(stream: &TcpStream) -> io::Result<SocketAddr> {
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    getsockopt(stream, libc::SOL_IP, &mut sin)?;
+    if sin.sin_family != libc::AF_INET as libc::sa_family_t {
+        return Err(io::Error::other("SO_ORIGINAL_DST: not an IPv4 address"));
+    }
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+        u16::from_be(sin.sin_port),
+    )
+    .into())
+}
+
+fn original_dst_v6(stream: &TcpStream) -> io::Result<SocketAddr> {
+    // SAFETY: all-zero is a valid sockaddr_in6.
+    let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    getsockopt(stream, libc::SOL_IPV6, &mut sin6)?;
+    if sin6.sin6_family != libc::AF_INET6 as libc::sa_family_t {
+        return Err(io::Error::other(
+            "IP6T_SO_ORIGINAL_DST: not an IPv6 address",
+        ));
+    }
+    Ok(SocketAddrV6::new(
+        Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+        u16::from_be(sin6.sin6_port),
+        0,
+        0,
+    )
+    .into())
+}
+
+/// `getsockopt(level, SO_ORIGINAL_DST)` into a socket address structure.
+fn getsockopt<T>(stream: &TcpStream, level: libc::c_int, out: &mut T) -> io::Result<()> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `out` is a plain C structure of `len` bytes that outlives the
+    // call; the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            level,
+            SO_ORIGINAL_DST,
+            (out as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn loopback_falls_back_to_the_local_address() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(destination(&server), addr);
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn ipv6_listeners_are_v6_only() {
+        let Ok(listener) = bind("[::1]:0".parse().unwrap()) else {
+            return; // no IPv6 loopback here
+        };
+        assert!(socket2::SockRef::from(&listener).only_v6().unwrap());
+    }
+}

@@ -1,0 +1,511 @@
+//! One request: ask the router, then answer directly or forward upstream.
+//!
+//! Forwarding goes over HTTP/1.1 whatever the client spoke, with the
+//! router's request headers (less hop-by-hop ones), path and Host; bodies
+//! stream both ways, except that a request with mirrors is read whole first
+//! so that each mirror gets a copy. Timeouts: `backend_timeout` bounds one
+//! upstream attempt and `request_timeout` the whole exchange, both up to the
+//! response head (the body then streams); either expiring answers 504.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::{
+    body::Incoming,
+    header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST},
+    http::uri::PathAndQuery,
+    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+};
+use tracing::{debug, warn};
+use zerohop_routes::{
+    model::HeaderModifier,
+    router::{self, Decision, Forward, RequestHead},
+};
+
+use crate::{config::Routes, upstream::UpstreamClient};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request and response bodies, streamed or in memory.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A mirror's exchange is abandoned after this long.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connection-level headers: they describe one hop, never forwarded.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
+/// What a request's connection tells.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// The client's IP (the peer address).
+    pub client: IpAddr,
+    /// The ClusterIP:port the client dialled.
+    pub destination: SocketAddr,
+}
+
+pub struct Proxy {
+    routes: Routes,
+    client: UpstreamClient,
+}
+
+impl Proxy {
+    pub fn new(routes: Routes, client: UpstreamClient) -> Proxy {
+        Proxy { routes, client }
+    }
+
+    /// Answers one request; errors become status codes.
+    pub async fn handle(&self, request: Request<Incoming>, conn: Conn) -> Response<Body> {
+        let head = request_head(&request);
+        let decision =
+            self.routes
+                .current()
+                .decide(conn.destination, conn.client, &head, &mut |n| {
+                    if n == 0 {
+                        0
+                    } else {
+                        fastrand::u32(0..n)
+                    }
+                });
+        debug!(client = %conn.client, destination = %conn.destination, method = %head.method, path = %head.path, ?decision, "request");
+        match decision {
+            Decision::UnknownService => text(
+                StatusCode::BAD_GATEWAY,
+                format!("no L7 Service at {}", conn.destination),
+            ),
+            Decision::Respond(response) => respond(response),
+            Decision::Forward(forward) => {
+                let request_timeout = forward.request_timeout;
+                let route = forward.route.clone();
+                let exchange = self.forward(request, forward);
+                with_timeout(request_timeout, exchange, || {
+                    warn!(%route, client = %conn.client, destination = %conn.destination, timeout = ?request_timeout, "request timeout");
+                    text(StatusCode::GATEWAY_TIMEOUT, "request timeout".into())
+                })
+                .await
+            }
+        }
+    }
+
+    async fn forward(&self, request: Request<Incoming>, forward: Forward) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let host = forward
+            .host
+            .clone()
+            .or_else(|| original_host(&parts.headers, &parts.uri));
+        let body = if forward.mirrors.is_empty() {
+            body.map_err(BoxError::from).boxed()
+        } else {
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    debug!(route = %forward.route, error = %e, "reading the request body");
+                    return text(StatusCode::BAD_REQUEST, "bad request body".into());
+                }
+            };
+            for &mirror in &forward.mirrors {
+                let copy = upstream_request(
+                    mirror,
+                    &parts.method,
+                    &forward,
+                    host.as_deref(),
+                    full(bytes.clone()),
+                );
+                match copy {
+                    Ok(copy) => self.mirror(mirror, copy),
+                    Err(e) => debug!(%mirror, error = %e, "mirror request"),
+                }
+            }
+            full(bytes)
+        };
+        let request = match upstream_request(
+            forward.upstream,
+            &parts.method,
+            &forward,
+            host.as_deref(),
+            body,
+        ) {
+            Ok(request) => request,
+            Err(e) => {
+                warn!(route = %forward.route, upstream = %forward.upstream, error = %e, "cannot build the upstream request");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bad upstream request".into(),
+                );
+            }
+        };
+        let attempt = async {
+            match self.client.request(request).await {
+                Ok(response) => response_from_upstream(response, &forward.response_headers),
+                Err(e) => {
+                    warn!(route = %forward.route, upstream = %forward.upstream, error = %chain(&e), "upstream request failed");
+                    if e.is_connect() {
+                        text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "upstream connect error".into(),
+                        )
+                    } else {
+                        text(StatusCode::BAD_GATEWAY, "upstream error".into())
+                    }
+                }
+            }
+        };
+        with_timeout(forward.backend_timeout, attempt, || {
+            warn!(route = %forward.route, upstream = %forward.upstream, timeout = ?forward.backend_timeout, "backend request timeout");
+            text(StatusCode::GATEWAY_TIMEOUT, "upstream timeout".into())
+        })
+        .await
+    }
+
+    /// Sends a copy in the background; its answer and errors are ignored.
+    fn mirror(&self, mirror: SocketAddr, request: Request<Body>) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let exchange = async {
+                let response = client.request(request).await?;
+                // Read it all, so that the connection goes back to the pool.
+                response.into_body().collect().await?;
+                Ok::<_, BoxError>(())
+            };
+            match tokio::time::timeout(MIRROR_TIMEOUT, exchange).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%mirror, error = %chain(&*e), "mirror request failed"),
+                Err(_) => debug!(%mirror, "mirror request timed out"),
+            }
+        });
+    }
+}
+
+/// Runs `exchange`, or answers `expired()` once `limit` (if any) has passed.
+async fn with_timeout(
+    limit: Option<Duration>,
+    exchange: impl Future<Output = Response<Body>>,
+    expired: impl FnOnce() -> Response<Body>,
+) -> Response<Body> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, exchange)
+            .await
+            .unwrap_or_else(|_| expired()),
+        None => exchange.await,
+    }
+}
+
+/// The parts of the request the router reads. An HTTP/2 request carries its
+/// host in `:authority`, which becomes the `host` header here.
+fn request_head<B>(request: &Request<B>) -> RequestHead {
+    let mut headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if !request.headers().contains_key(HOST) {
+        if let Some(authority) = request.uri().authority() {
+            headers.push(("host".into(), authority.as_str().into()));
+        }
+    }
+    RequestHead {
+        method: request.method().as_str().to_owned(),
+        path: request.uri().path().to_owned(),
+        query: request.uri().query().map(str::to_owned),
+        headers,
+    }
+}
+
+fn original_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    match headers.get(HOST) {
+        Some(host) => Some(String::from_utf8_lossy(host.as_bytes()).into_owned()),
+        None => uri
+            .authority()
+            .map(|authority| authority.as_str().to_owned()),
+    }
+}
+
+/// An error with its causes: `client error (Connect): tcp connect error: ...`.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
+/// The HTTP/1.1 request to `upstream`, with the router's headers, path and
+/// query, and `host`.
+fn upstream_request(
+    upstream: SocketAddr,
+    method: &Method,
+    forward: &Forward,
+    host: Option<&str>,
+    body: Body,
+) -> Result<Request<Body>, hyper::http::Error> {
+    let path_and_query = match forward.path_and_query.as_str() {
+        "" => PathAndQuery::from_static("/"),
+        other => PathAndQuery::try_from(other)?,
+    };
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(upstream.to_string())
+        .path_and_query(path_and_query)
+        .build()?;
+    let mut request = Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .version(Version::HTTP_11)
+        .body(body)?;
+    let headers = request.headers_mut();
+    if let Some(host) = host {
+        headers.insert(HOST, HeaderValue::from_str(host)?);
+    }
+    for (name, value) in &forward.request_headers {
+        if is_hop_by_hop(name) || name.eq_ignore_ascii_case("host") {
+            continue;
+        }
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ => debug!(%name, "dropping a header that is not valid HTTP"),
+        }
+    }
+    Ok(request)
+}
+
+/// The upstream's response for the client: hop-by-hop headers dropped, the
+/// route's response header filter applied, the body streamed.
+fn response_from_upstream(
+    response: Response<Incoming>,
+    modifier: &HeaderModifier,
+) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    for hop in HOP_BY_HOP {
+        parts.headers.remove(hop);
+    }
+    modify_headers(&mut parts.headers, modifier);
+    // The client's connection decides its own version.
+    parts.version = Version::default();
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+}
+
+/// Gateway API HTTPHeaderFilter: `set` replaces, `add` appends, `remove`
+/// removes. Names are case-insensitive; invalid names or values are skipped.
+fn modify_headers(headers: &mut HeaderMap, modifier: &HeaderModifier) {
+    let valid = |name: &str, value: &str| {
+        Some((
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(value.as_bytes()).ok()?,
+        ))
+    };
+    for header in &modifier.set {
+        if let Some((name, value)) = valid(&header.name, &header.value) {
+            headers.insert(name, value);
+        }
+    }
+    for header in &modifier.add {
+        if let Some((name, value)) = valid(&header.name, &header.value) {
+            headers.append(name, value);
+        }
+    }
+    for name in &modifier.remove {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The router's direct answer: its status and headers, its reason as body.
+fn respond(response: router::Response) -> Response<Body> {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut answer = text(status, response.reason);
+    let headers = answer.headers_mut();
+    let mut typed = false;
+    for (name, value) in &response.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            if name == CONTENT_TYPE && !typed {
+                headers.remove(CONTENT_TYPE);
+                typed = true;
+            }
+            headers.append(name, value);
+        }
+    }
+    answer
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use zerohop_routes::model::Header;
+
+    use super::*;
+
+    fn forward(headers: &[(&str, &str)]) -> Forward {
+        Forward {
+            route: "default/r/0".into(),
+            upstream: "10.0.0.1:8080".parse().unwrap(),
+            request_headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            path_and_query: "/v2/x?a=1".into(),
+            host: None,
+            response_headers: HeaderModifier::default(),
+            mirrors: vec![],
+            request_timeout: None,
+            backend_timeout: None,
+        }
+    }
+
+    #[test]
+    fn head_of_http1_and_http2_requests() {
+        let request = Request::builder()
+            .uri("/a/b?x=1&y")
+            .header("Host", "web.default")
+            .header("X-Two", "a")
+            .header("x-two", "b")
+            .body(())
+            .unwrap();
+        let head = request_head(&request);
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.path, "/a/b");
+        assert_eq!(head.query.as_deref(), Some("x=1&y"));
+        assert_eq!(
+            head.headers,
+            [
+                ("host".to_string(), "web.default".to_string()),
+                ("x-two".into(), "a".into()),
+                ("x-two".into(), "b".into())
+            ]
+        );
+        let h2 = Request::builder()
+            .method("POST")
+            .uri("http://web.default:8080/p")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        let head = request_head(&h2);
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.query, None);
+        assert_eq!(head.headers, [("host".into(), "web.default:8080".into())]);
+    }
+
+    #[test]
+    fn upstream_request_drops_hop_by_hop_headers() {
+        let f = forward(&[
+            ("host", "ignored"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-a", "1"),
+            ("x-a", "2"),
+            ("content-length", "0"),
+        ]);
+        let request = upstream_request(
+            f.upstream,
+            &Method::PUT,
+            &f,
+            Some("web.default"),
+            full(Bytes::new()),
+        )
+        .unwrap();
+        assert_eq!(request.uri(), "http://10.0.0.1:8080/v2/x?a=1");
+        assert_eq!(request.method(), Method::PUT);
+        assert_eq!(request.version(), Version::HTTP_11);
+        let headers: Vec<_> = request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("host", "web.default"),
+                ("x-a", "1"),
+                ("x-a", "2"),
+                ("content-length", "0")
+            ]
+        );
+    }
+
+    #[test]
+    fn header_filter() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-set", HeaderValue::from_static("old"));
+        headers.insert("x-add", HeaderValue::from_static("one"));
+        headers.insert("x-gone", HeaderValue::from_static("bye"));
+        let header = |name: &str, value: &str| Header {
+            name: name.into(),
+            value: value.into(),
+        };
+        modify_headers(
+            &mut headers,
+            &HeaderModifier {
+                set: vec![header("X-Set", "new"), header("x-new", "n")],
+                add: vec![header("x-add", "two")],
+                remove: vec!["X-Gone".into()],
+            },
+        );
+        assert_eq!(headers["x-set"], "new");
+        assert_eq!(headers["x-new"], "n");
+        let added: Vec<_> = headers.get_all("x-add").iter().collect();
+        assert_eq!(added, ["one", "two"]);
+        assert!(!headers.contains_key("x-gone"));
+    }
+
+    #[test]
+    fn direct_answers() {
+        let answer = respond(router::Response {
+            status: 302,
+            headers: vec![("location".into(), "http://x/y".into())],
+            reason: "redirect".into(),
+        });
+        assert_eq!(answer.status(), 302);
+        assert_eq!(answer.headers()["location"], "http://x/y");
+        assert!(is_hop_by_hop("Connection") && !is_hop_by_hop("x-a"));
+    }
+}

@@ -1,0 +1,105 @@
+//! The upstream side: one pooled HTTP/1.1 client (keep-alive) for every
+//! endpoint and mirror. Its sockets carry the waypoint's mark: zerohop's
+//! connect hook leaves marked sockets alone, so the waypoint's own connects
+//! (to an endpoint, or to a ClusterIP) are never sent back to the waypoint.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use hyper::Uri;
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use socket2::SockRef;
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::proxy::Body;
+
+/// A connect that takes longer fails the request with 503.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle upstream connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub type UpstreamClient = Client<MarkedConnector, Body>;
+
+/// The client every request and mirror goes through.
+pub fn client(mark: u32) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(MarkedConnector { mark })
+}
+
+/// Connects to the `IP:port` of a request URI with a marked, no-delay socket.
+#[derive(Debug, Clone, Copy)]
+pub struct MarkedConnector {
+    /// `SO_MARK`; 0 sets none.
+    mark: u32,
+}
+
+impl tower_service::Service<Uri> for MarkedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let mark = self.mark;
+        Box::pin(async move {
+            // The proxy only builds URIs of an endpoint address.
+            let addr: SocketAddr = uri
+                .authority()
+                .map(|authority| authority.as_str())
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}")))?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect(addr, mark))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+async fn connect(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if mark != 0 {
+        SockRef::from(&socket).set_mark(mark)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_service::Service;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn connects_to_the_uri_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connector = MarkedConnector { mark: 0 };
+        let uri: Uri = format!("http://{addr}/x").parse().unwrap();
+        let stream = connector.call(uri).await.unwrap();
+        assert_eq!(stream.inner().peer_addr().unwrap(), addr);
+        assert!(stream.inner().nodelay().unwrap());
+        let bad: Uri = "http://example.com/".parse().unwrap();
+        assert!(connector.call(bad).await.is_err());
+    }
+}
