@@ -17,15 +17,25 @@ use crate::Cluster;
 /// The `zerohop` binary: `$ZEROHOP_BIN` (set by `cargo xtask test`), else the
 /// workspace's release build, else its debug build.
 pub fn zerohop_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ZEROHOP_BIN") {
+    workspace_binary("zerohop", "ZEROHOP_BIN")
+}
+
+/// The `zerohop-waypoint` binary: `$ZEROHOP_WAYPOINT_BIN` (set by `cargo
+/// xtask test`), else the workspace's release build, else its debug build.
+pub fn waypoint_binary() -> PathBuf {
+    workspace_binary("zerohop-waypoint", "ZEROHOP_WAYPOINT_BIN")
+}
+
+fn workspace_binary(name: &str, variable: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
         return path.into();
     }
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let release = target.join("release/zerohop");
+    let release = target.join("release").join(name);
     if release.exists() {
         release
     } else {
-        target.join("debug/zerohop")
+        target.join("debug").join(name)
     }
 }
 

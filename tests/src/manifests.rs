@@ -107,3 +107,16 @@ pub fn slice_yaml(service: &str, slice: &str, target_port: u16, endpoints: &[End
     }
     yaml.replace("endpoints:\n[]", "endpoints: []")
 }
+
+/// A running Pod: its namespace, node and IPs (what the waypoint learns its
+/// clients' namespaces from).
+pub fn pod_yaml(name: &str, namespace: &str, node: &str, ips: &[IpAddr]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+         spec:\n  nodeName: {node}\n  containers: []\nstatus:\n  podIPs:\n"
+    );
+    for ip in ips {
+        let _ = writeln!(yaml, "  - ip: \"{ip}\"");
+    }
+    yaml
+}

@@ -193,3 +193,124 @@ fn the_kube_source_keeps_the_maps_exact() -> Result<()> {
     assert_eq!(inspect("backends", &pin_dir)?.trim(), "[]");
     Ok(())
 }
+
+fn route(name: &str, rule: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "default", "generation": 1},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                 "rules": [rule]}
+    })
+}
+
+/// Our (zerohop's) conditions on a route, as `type → (status, reason)`.
+fn our_conditions(api: &ApiServer, name: &str) -> BTreeMap<String, (String, String)> {
+    let route = api
+        .get("HTTPRoute", Some("default"), name)
+        .unwrap_or_default();
+    let parents = route["status"]["parents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    parents
+        .iter()
+        .filter(|parent| parent["controllerName"] == "zerohop.io/waypoint")
+        .flat_map(|parent| parent["conditions"].as_array().cloned().unwrap_or_default())
+        .map(|condition| {
+            let text = |key: &str| condition[key].as_str().unwrap_or_default().to_owned();
+            (text("type"), (text("status"), text("reason")))
+        })
+        .collect()
+}
+
+#[test]
+fn routes_get_their_parent_status_and_bad_ones_are_reported() -> Result<()> {
+    let mut world = World::new()?;
+    world.api.apply(namespace(json!({})));
+    world.api.apply(service("web", json!({})));
+    world.api.apply(slice("web", &world.a));
+    let backend = |namespace: &str| json!({"name": "web", "namespace": namespace, "port": 80});
+    world
+        .api
+        .apply(route("good", json!({"backendRefs": [backend("default")]})));
+    world.api.apply(route(
+        "unknown-filter",
+        json!({"filters": [{"type": "Teleport"}], "backendRefs": [backend("default")]}),
+    ));
+    world.api.apply(route(
+        "no-grant",
+        json!({"backendRefs": [backend("elsewhere")]}),
+    ));
+    world.api.apply(route(
+        "bad-regex",
+        json!({"matches": [{"path": {"type": "RegularExpression", "value": "/(unclosed"}}],
+               "backendRefs": [backend("default")]}),
+    ));
+    // A route of a Gateway is someone else's: no status from zerohop.
+    let mut gateway_route = route("gateway-only", json!({}));
+    gateway_route["spec"]["parentRefs"] = json!([{"name": "a-gateway"}]);
+    world.api.apply(gateway_route);
+    world.start_agent()?;
+
+    let expected = [
+        ("good", ("True", "Accepted"), ("True", "ResolvedRefs")),
+        (
+            "unknown-filter",
+            ("False", "UnsupportedValue"),
+            ("True", "ResolvedRefs"),
+        ),
+        (
+            "no-grant",
+            ("True", "Accepted"),
+            ("False", "RefNotPermitted"),
+        ),
+        (
+            "bad-regex",
+            ("False", "UnsupportedValue"),
+            ("True", "ResolvedRefs"),
+        ),
+    ];
+    let deadline = std::time::Instant::now() + SETTLE * 10;
+    for (name, accepted, resolved) in expected {
+        let want = BTreeMap::from([
+            (
+                "Accepted".to_owned(),
+                (accepted.0.to_owned(), accepted.1.to_owned()),
+            ),
+            (
+                "ResolvedRefs".to_owned(),
+                (resolved.0.to_owned(), resolved.1.to_owned()),
+            ),
+        ]);
+        while our_conditions(&world.api, name) != want && std::time::Instant::now() < deadline {
+            sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            our_conditions(&world.api, name),
+            want,
+            "status of route {name}"
+        );
+    }
+    assert!(our_conditions(&world.api, "gateway-only").is_empty());
+    for name in ["unknown-filter", "no-grant", "bad-regex"] {
+        world
+            .agent()
+            .wait_for_log(&format!("HTTPRoute default/{name}"), SETTLE)?;
+    }
+    // Written once: the same view again writes nothing.
+    let patches = |api: &ApiServer| {
+        api.requests()
+            .iter()
+            .filter(|line| line.starts_with("PATCH"))
+            .count()
+    };
+    let written = patches(&world.api);
+    world.api.apply(slice("web", &world.b));
+    sleep(SETTLE * 2);
+    assert_eq!(
+        patches(&world.api),
+        written,
+        "no write when nothing changed"
+    );
+    Ok(())
+}

@@ -62,6 +62,7 @@ fn main() -> Result<()> {
 /// Paths of the programs the tests and the demo start.
 pub struct Binaries {
     pub zerohop: PathBuf,
+    pub waypoint: PathBuf,
     pub testpod: PathBuf,
 }
 
@@ -79,12 +80,15 @@ fn build() -> Result<Binaries> {
         "-p",
         "zerohop",
         "-p",
+        "zerohop-waypoint",
+        "-p",
         "zerohop-tests",
         "--bins",
     ])?;
     let release = workspace_root().join("target/release");
     Ok(Binaries {
         zerohop: release.join("zerohop"),
+        waypoint: release.join("zerohop-waypoint"),
         testpod: release.join("zh-testpod"),
     })
 }
@@ -98,8 +102,10 @@ fn test(filter: &[String]) -> Result<()> {
     println!("== privileged tests on this kernel, in sandboxed clusters");
     let mut args = vec!["test", "--release", "-p", "zerohop-tests", "--"];
     args.extend(filter.iter().map(String::as_str));
-    // Read by the tests (zerohop_tests::zerohop_binary); xtask has one thread.
+    // Read by the tests (zerohop_tests::zerohop_binary, waypoint_binary);
+    // xtask has one thread.
     std::env::set_var("ZEROHOP_BIN", &binaries.zerohop);
+    std::env::set_var("ZEROHOP_WAYPOINT_BIN", &binaries.waypoint);
     cargo(&args)?;
     leftovers_check()
 }

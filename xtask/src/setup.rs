@@ -6,7 +6,8 @@
 //! - bpf-linker, built against the nightly toolchain's own LLVM (no system
 //!   LLVM needed);
 //! - iproute2 and iptables for the sandboxed cluster, bpftool for inspection,
-//!   promtool (package prometheus) to check the agent's metrics;
+//!   promtool (package prometheus) to check the agent's metrics, curl for
+//!   the waypoint's HTTP/2 (h2c) test;
 //! - a bpffs mount at /sys/fs/bpf for the pinned maps.
 
 use std::{path::Path, process::Command};
@@ -113,6 +114,7 @@ fn system_packages() -> Result<()> {
         ("iptables", "iptables"),
         ("bpftool", "bpftool"),
         ("promtool", "prometheus"),
+        ("curl", "curl"),
     ]
     .into_iter()
     .filter(|(tool, _)| !on_path(tool))

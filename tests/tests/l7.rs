@@ -1,0 +1,661 @@
+//! L7 Services end to end: a Service with an HTTPRoute is sent by the kernel
+//! to the node's waypoint (`zerohop-waypoint`, in a pod of node 1), which
+//! applies the route. Real kernel programs, a real agent, real processes in
+//! the sandboxed cluster's pods. Privileged; run for real (`cargo xtask test`).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use zerohop_tests::{
+    node_name, pod_yaml, require_root, service_yaml, slice_yaml, waypoint_binary, Agent, Cluster,
+    Endpoint, Family, Manifests, Pod, PodProcess,
+};
+
+/// Port of every Service, and port every backend listens on.
+const SERVICE_PORT: u16 = 80;
+const TARGET_PORT: u16 = 8080;
+const WAYPOINT_PORT: u16 = 15001;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn zh_http() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_zh-http"))
+}
+
+fn cluster_ip(n: u8) -> IpAddr {
+    IpAddr::from([10, 96, 0, n])
+}
+
+fn frontend(n: u8) -> SocketAddr {
+    SocketAddr::new(cluster_ip(n), SERVICE_PORT)
+}
+
+/// ClusterIP numbers of the Services.
+const WEB: u8 = 30;
+const V1: u8 = 31;
+const V2: u8 = 32;
+const MIRROR: u8 = 33;
+const SLOW: u8 = 34;
+const PLAIN: u8 = 35;
+const GUARDED: u8 = 36;
+const UNROUTED: u8 = 37;
+
+/// The producer route of Service `web`: one rule per feature under test.
+const WEB_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: default, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    backendRefs: [{name: v1, port: 80, weight: 80}, {name: v2, port: 80, weight: 20}]
+  - matches: [{path: {type: Exact, value: /exact}}]
+    backendRefs: [{name: v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /pick}, headers: [{name: x-version, value: v2}]}]
+    backendRefs: [{name: v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /pick}, queryParams: [{name: version, value: v2}]}]
+    backendRefs: [{name: v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /pick}, method: POST}]
+    backendRefs: [{name: v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /pick}}]
+    backendRefs: [{name: v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /headers}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-set, value: by-route}], add: [{name: x-added, value: yes}], remove: [x-drop]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-response, value: by-route}], remove: [x-backend]}
+    backendRefs: [{name: v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /internal}}
+    backendRefs: [{name: v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /mirror}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: mirror, port: 80}}
+    backendRefs: [{name: v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /slow}}]
+    timeouts: {backendRequest: 300ms}
+    backendRefs: [{name: slow, port: 80}]
+"#;
+
+/// A consumer route: clients in namespace team-a get v2 for everything.
+const TEAM_A_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-for-team-a, namespace: team-a}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, namespace: default, port: 80}]
+  rules:
+  - backendRefs: [{name: v2, namespace: default, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: team-a-routes, namespace: default}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: team-a}]
+  to: [{group: "", kind: Service}]
+"#;
+
+/// Bad routes: `guarded` keeps one valid rule whose backend is in another
+/// namespace without a ReferenceGrant; every rule of `unrouted`'s only route
+/// is invalid, so that route is not accepted.
+const BAD_ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: no-grant, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: guarded}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /elsewhere}}]
+    backendRefs: [{name: v1, namespace: elsewhere, port: 80}]
+  - matches: [{path: {type: RegularExpression, value: "/(unclosed"}}]
+    backendRefs: [{name: v1, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: teleport, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: unrouted}]
+  rules:
+  - filters: [{type: Teleport}]
+    backendRefs: [{name: v1, port: 80}]
+"#;
+
+/// The answer summary `zh-http get` prints.
+#[derive(Debug, serde::Deserialize)]
+struct GetReport {
+    statuses: BTreeMap<String, u32>,
+    backends: BTreeMap<String, u32>,
+    last: Value,
+}
+
+impl GetReport {
+    fn only_status(&self) -> Option<u16> {
+        match self.statuses.keys().collect::<Vec<_>>()[..] {
+            [status] => status.parse().ok(),
+            _ => None,
+        }
+    }
+
+    fn last_header(&self, name: &str) -> Option<&str> {
+        self.last["headers"][name].as_str()
+    }
+
+    /// What the backend received, from its JSON answer.
+    fn seen(&self) -> &Value {
+        &self.last["body"]
+    }
+}
+
+/// Pods on node 1: clients in three namespaces, the waypoint, and the
+/// backends of the Services; the agent of node 1 with its waypoint.
+struct World {
+    agent: Option<Agent>,
+    waypoint: Option<PodProcess>,
+    servers: BTreeMap<String, PodProcess>,
+    manifests: Manifests,
+    pods: BTreeMap<String, Pod>,
+    cluster: Cluster,
+}
+
+const BACKENDS: [&str; 6] = ["webpod", "v1", "v2", "mirror", "slow", "plain"];
+const CLIENTS: [(&str, &str); 3] = [
+    ("client", "default"),
+    ("client-a", "team-a"),
+    ("client-b", "team-b"),
+];
+
+impl World {
+    fn new() -> Result<World> {
+        require_root();
+        let cluster = Cluster::new(2)?;
+        let mut world = World {
+            agent: None,
+            waypoint: None,
+            servers: BTreeMap::new(),
+            manifests: Manifests::new()?,
+            pods: BTreeMap::new(),
+            cluster,
+        };
+        let names = BACKENDS
+            .iter()
+            .chain(CLIENTS.iter().map(|(name, _)| name))
+            .chain(&["waypoint"]);
+        for name in names {
+            let pod = world.cluster.add_pod(1, name)?;
+            world.pods.insert(name.to_string(), pod);
+        }
+        for name in BACKENDS {
+            let delay = if name == "slow" { "2000" } else { "0" };
+            let args = [
+                "server",
+                "--name",
+                name,
+                "--port",
+                &TARGET_PORT.to_string(),
+                "--delay-ms",
+                delay,
+            ];
+            let mut server = world.pods[name].spawn(&zh_http(), args)?;
+            server.wait_for_line("READY", WAIT)?;
+            world.servers.insert(name.to_string(), server);
+        }
+        for (service, n, backend) in [
+            ("web", WEB, "webpod"),
+            ("v1", V1, "v1"),
+            ("v2", V2, "v2"),
+            ("mirror", MIRROR, "mirror"),
+            ("slow", SLOW, "slow"),
+            ("plain", PLAIN, "plain"),
+            ("guarded", GUARDED, "plain"),
+            ("unrouted", UNROUTED, "plain"),
+        ] {
+            world.service(service, n, backend)?;
+        }
+        for (name, namespace) in CLIENTS.iter().chain(&[("waypoint", "zerohop-system")]) {
+            let ip = world.pods[*name].ip(Family::V4);
+            world.manifests.write(
+                &format!("{name}-pod.yaml"),
+                &pod_yaml(name, namespace, &node_name(1), &[ip]),
+            )?;
+        }
+        world.manifests.write("web-route.yaml", WEB_ROUTE)?;
+        world.start_agent()?;
+        world.start_waypoint()?;
+        Ok(world)
+    }
+
+    fn service(&self, name: &str, n: u8, backend: &str) -> Result<()> {
+        let endpoint = Endpoint {
+            ip: self.pods[backend].ip(Family::V4),
+            node: "node1",
+            ready: true,
+        };
+        self.manifests.write(
+            &format!("{name}-svc.yaml"),
+            &service_yaml(name, cluster_ip(n), SERVICE_PORT, TARGET_PORT, ""),
+        )?;
+        self.manifests.write(
+            &format!("{name}-slice.yaml"),
+            &slice_yaml(name, &format!("{name}-1"), TARGET_PORT, &[endpoint]),
+        )
+    }
+
+    fn waypoint_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.pods["waypoint"].ip(Family::V4), WAYPOINT_PORT)
+    }
+
+    fn waypoint_config(&self) -> PathBuf {
+        self.manifests.dir().with_extension("waypoint.json")
+    }
+
+    fn start_agent(&mut self) -> Result<()> {
+        let waypoint = format!("--waypoint={}", self.waypoint_addr());
+        let config = format!("--waypoint-config={}", self.waypoint_config().display());
+        let agent = Agent::start(
+            &self.cluster,
+            1,
+            self.manifests.dir(),
+            &[&waypoint, &config],
+        )?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    fn start_waypoint(&mut self) -> Result<()> {
+        let listen = self.waypoint_addr().to_string();
+        let config = self.waypoint_config().display().to_string();
+        let args = ["--listen", &listen, "--config", &config, "--poll-ms", "100"];
+        let waypoint = self.pods["waypoint"].spawn(&waypoint_binary(), args)?;
+        self.waypoint = Some(waypoint);
+        // Ready once a request through it is routed by the route of `web`.
+        self.eventually("the waypoint routes /pick to v1", || {
+            Ok(self
+                .get("client", WEB, &["--path", "/pick"])?
+                .backends
+                .contains_key("v1"))
+        })
+    }
+
+    /// `zh-http get` from pod `client` to the frontend of Service number `n`.
+    fn get(&self, client: &str, n: u8, args: &[&str]) -> Result<GetReport> {
+        let target = frontend(n).to_string();
+        let mut all = vec!["get", "--target", &target];
+        all.extend_from_slice(args);
+        let finished = self.pods[client].run(&zh_http(), &all, WAIT)?;
+        let line = finished.stdout.last().cloned().unwrap_or_default();
+        serde_json::from_str(&line)
+            .with_context(|| format!("zh-http get {all:?}: {line:?}; stderr {}", finished.stderr))
+    }
+
+    fn eventually(&self, what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match check() {
+                Ok(true) => return Ok(()),
+                Ok(false) => last = "not yet".into(),
+                Err(error) => last = format!("{error:#}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let log = self.agent.as_ref().map(Agent::log_text).unwrap_or_default();
+        let waypoint = self
+            .waypoint
+            .as_ref()
+            .map(PodProcess::stderr)
+            .unwrap_or_default();
+        bail!("{what}: never held ({last}); agent log:\n{log}\nwaypoint log:\n{waypoint}")
+    }
+
+    fn counter(&self, name: &str) -> Result<u64> {
+        let counters = self.agent.as_ref().context("no agent")?.counters()?;
+        counters
+            .get(name)
+            .copied()
+            .with_context(|| format!("no counter {name} in {counters:?}"))
+    }
+
+    /// The requests the backend of pod `name` printed since the last call:
+    /// up to `wait_for` of them, waiting at most 3 s for them.
+    fn requests_seen(&mut self, name: &str, wait_for: usize) -> Result<Vec<Value>> {
+        let server = self.servers.get_mut(name).context("no such server")?;
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while seen.len() < wait_for {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // An error here is the timeout: no more lines came.
+            let Ok(Some(line)) = server.read_line_timeout(left) else {
+                break;
+            };
+            if let Ok(request) = serde_json::from_str::<Value>(&line) {
+                seen.push(request);
+            }
+        }
+        Ok(seen)
+    }
+}
+
+#[test]
+fn an_80_20_split_holds_within_5_points_over_1000_requests() -> Result<()> {
+    let world = World::new()?;
+    let report = world.get("client", WEB, &["--path", "/split", "--count", "1000"])?;
+    ensure!(report.statuses.get("200") == Some(&1000), "{report:?}");
+    let v1 = report.backends.get("v1").copied().unwrap_or(0);
+    let v2 = report.backends.get("v2").copied().unwrap_or(0);
+    ensure!(v1 + v2 == 1000, "{report:?}");
+    ensure!(
+        (750..=850).contains(&v1),
+        "v1 got {v1} of 1000, expected 800 ± 50"
+    );
+    Ok(())
+}
+
+#[test]
+fn path_header_query_and_method_rules_pick_their_backend() -> Result<()> {
+    let world = World::new()?;
+    let cases: [(&[&str], &str); 5] = [
+        (&["--path", "/exact"], "v2"),
+        (&["--path", "/pick/x", "--header", "x-version:v2"], "v2"),
+        (&["--path", "/pick?version=v2"], "v2"),
+        (&["--path", "/pick", "--method", "POST"], "v2"),
+        (&["--path", "/pick/x", "--header", "x-version:v3"], "v1"),
+    ];
+    for (args, expected) in cases {
+        let report = world.get("client", WEB, args)?;
+        ensure!(
+            report.backends.keys().collect::<Vec<_>>() == [expected],
+            "{args:?} should reach {expected}: {report:?}"
+        );
+    }
+    let unmatched = world.get("client", WEB, &["--path", "/nothing-here"])?;
+    ensure!(unmatched.only_status() == Some(404), "{unmatched:?}");
+    // An Exact rule does not match a longer path.
+    let longer = world.get("client", WEB, &["--path", "/exact/more"])?;
+    ensure!(longer.only_status() == Some(404), "{longer:?}");
+    Ok(())
+}
+
+#[test]
+fn header_modifiers_are_seen_by_the_backend_and_the_client() -> Result<()> {
+    let world = World::new()?;
+    let report = world.get(
+        "client",
+        WEB,
+        &[
+            "--path",
+            "/headers",
+            "--header",
+            "x-drop:1",
+            "--header",
+            "x-set:by-client",
+        ],
+    )?;
+    ensure!(report.only_status() == Some(200), "{report:?}");
+    let seen = &report.seen()["headers"];
+    ensure!(seen["x-set"] == "by-route", "set: {seen}");
+    ensure!(seen["x-added"] == "yes", "add: {seen}");
+    ensure!(seen.get("x-drop").is_none(), "remove: {seen}");
+    ensure!(
+        report.last_header("x-response") == Some("by-route"),
+        "{report:?}"
+    );
+    ensure!(report.last_header("x-backend").is_none(), "{report:?}");
+    Ok(())
+}
+
+#[test]
+fn a_redirect_answers_with_its_status_and_location() -> Result<()> {
+    let world = World::new()?;
+    let report = world.get(
+        "client",
+        WEB,
+        &["--path", "/old/page?q=1", "--host", "web.default"],
+    )?;
+    ensure!(report.only_status() == Some(301), "{report:?}");
+    ensure!(
+        report.last_header("location") == Some("http://web.default/new/page?q=1"),
+        "{report:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_rewrite_changes_the_path_the_backend_sees() -> Result<()> {
+    let world = World::new()?;
+    let report = world.get("client", WEB, &["--path", "/api/users?id=7"])?;
+    ensure!(report.only_status() == Some(200), "{report:?}");
+    ensure!(
+        report.seen()["path"] == "/internal/users?id=7",
+        "{report:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_mirror_gets_a_copy_and_its_answer_is_ignored() -> Result<()> {
+    let mut world = World::new()?;
+    let report = world.get("client", WEB, &["--path", "/mirror/x", "--count", "3"])?;
+    ensure!(report.backends.get("v1") == Some(&3), "{report:?}");
+    ensure!(!report.backends.contains_key("mirror"), "{report:?}");
+    let copies = world.requests_seen("mirror", 3)?;
+    ensure!(copies.len() == 3, "the mirror saw {copies:?}");
+    ensure!(
+        copies.iter().all(|copy| copy["path"] == "/mirror/x"),
+        "{copies:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_backend_request_timeout_answers_504() -> Result<()> {
+    let world = World::new()?;
+    let started = Instant::now();
+    let report = world.get("client", WEB, &["--path", "/slow"])?;
+    ensure!(report.only_status() == Some(504), "{report:?}");
+    ensure!(
+        started.elapsed() < Duration::from_millis(1900),
+        "answered before the backend would have"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_l7_service_is_reached_only_through_the_waypoint_and_others_stay_l4() -> Result<()> {
+    let mut world = World::new()?;
+    let to_waypoint = world.counter("to_waypoint")?;
+
+    // A Service without routes: straight to its backend, from the client's address.
+    let plain = world.get("client", PLAIN, &["--path", "/"])?;
+    ensure!(
+        plain.backends.keys().collect::<Vec<_>>() == ["plain"],
+        "{plain:?}"
+    );
+    let client_ip = world.pods["client"].ip(Family::V4).to_string();
+    let peer = plain.seen()["peer"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        peer.starts_with(&client_ip),
+        "plain saw {peer}, not the client"
+    );
+    ensure!(
+        world.counter("to_waypoint")? == to_waypoint,
+        "no waypoint for plain"
+    );
+
+    // The L7 Service: its requests come from the waypoint.
+    let web = world.get("client", WEB, &["--path", "/pick", "--count", "5"])?;
+    ensure!(web.backends.get("v1") == Some(&5), "{web:?}");
+    let waypoint_ip = world.waypoint_addr().ip().to_string();
+    let peer = web.seen()["peer"].as_str().unwrap_or_default().to_string();
+    ensure!(
+        peer.starts_with(&waypoint_ip),
+        "v1 saw {peer}, not the waypoint"
+    );
+    ensure!(world.counter("to_waypoint")? > to_waypoint, "counted");
+
+    // Without the waypoint, the L7 Service is unreachable: never its backends directly.
+    if let Some(mut waypoint) = world.waypoint.take() {
+        waypoint.kill();
+    }
+    let finished = world.pods["client"].run(
+        &zh_http(),
+        [
+            "get",
+            "--target",
+            &frontend(WEB).to_string(),
+            "--path",
+            "/pick",
+        ],
+        WAIT,
+    )?;
+    ensure!(!finished.status.success(), "reached {:?}", finished.stdout);
+    ensure!(
+        world.requests_seen("webpod", 1)?.is_empty(),
+        "the Service's own backend was reached directly"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_consumer_route_applies_to_its_namespace_only() -> Result<()> {
+    let world = World::new()?;
+    world.manifests.write("team-a-route.yaml", TEAM_A_ROUTE)?;
+    world.eventually("team-a gets the consumer route", || {
+        let report = world.get("client-a", WEB, &["--path", "/pick"])?;
+        Ok(report.backends.keys().collect::<Vec<_>>() == ["v2"])
+    })?;
+    for client in ["client-b", "client"] {
+        let report = world.get(client, WEB, &["--path", "/pick", "--count", "5"])?;
+        ensure!(
+            report.backends.get("v1") == Some(&5),
+            "{client}: {report:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn h2c_and_keep_alive_connections_are_served_and_survive_route_changes() -> Result<()> {
+    let world = World::new()?;
+    let url = format!("http://{}/pick", frontend(WEB));
+    let finished = world.pods["client"].run(
+        &PathBuf::from("curl"),
+        [
+            "-sS",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            &url,
+        ],
+        WAIT,
+    )?;
+    ensure!(
+        finished.stdout.join("").trim() == "2 200",
+        "curl h2c: {:?} {}",
+        finished.stdout,
+        finished.stderr
+    );
+
+    // One keep-alive connection across a route change: its later requests
+    // follow the new route, and the connection stays open.
+    let target = frontend(WEB).to_string();
+    let slow_client = world.pods["client"].spawn(
+        &zh_http(),
+        [
+            "get",
+            "--target",
+            &target,
+            "--path",
+            "/pick",
+            "--count",
+            "2",
+            "--pause-ms",
+            "3000",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    world.manifests.write(
+        "web-route.yaml",
+        &WEB_ROUTE.replace(
+            "- matches: [{path: {type: PathPrefix, value: /pick}}]\n    backendRefs: [{name: v1, port: 80}]",
+            "- matches: [{path: {type: PathPrefix, value: /pick}}]\n    backendRefs: [{name: v2, port: 80}]",
+        ),
+    )?;
+    let finished = slow_client.finish(WAIT)?;
+    let line = finished.stdout.last().cloned().unwrap_or_default();
+    let report: GetReport = serde_json::from_str(&line).with_context(|| format!("{finished:?}"))?;
+    ensure!(
+        report.backends.get("v1") == Some(&1) && report.backends.get("v2") == Some(&1),
+        "the second request follows the new route: {report:?}"
+    );
+    let connections: Value = serde_json::from_str(&line)?;
+    ensure!(connections["connections"] == 1, "one connection: {line}");
+    Ok(())
+}
+
+#[test]
+fn bad_routes_are_logged_and_traffic_follows_the_spec() -> Result<()> {
+    let world = World::new()?;
+    world.manifests.write("bad-routes.yaml", BAD_ROUTES)?;
+    let agent = world.agent.as_ref().context("agent")?;
+    for route in ["no-grant", "teleport"] {
+        let deadline = Instant::now() + WAIT;
+        while !agent
+            .log_text()
+            .contains(&format!("HTTPRoute default/{route}"))
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "{route} not reported:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    ensure!(
+        agent.log_text().contains("does not compile"),
+        "{}",
+        agent.log_text()
+    );
+
+    // A backend the route may not refer to: its share of requests gets 500.
+    world.eventually("/elsewhere answers 500", || {
+        Ok(world
+            .get("client", GUARDED, &["--path", "/elsewhere"])?
+            .only_status()
+            == Some(500))
+    })?;
+    // The rule whose regular expression does not compile matches nothing.
+    let dropped = world.get("client", GUARDED, &["--path", "/(unclosed"])?;
+    ensure!(dropped.only_status() == Some(404), "{dropped:?}");
+
+    // A route with no valid rule is not accepted: its Service stays L4,
+    // straight from the client to the backend.
+    let report = world.get("client", UNROUTED, &["--path", "/"])?;
+    ensure!(
+        report.backends.keys().collect::<Vec<_>>() == ["plain"],
+        "{report:?}"
+    );
+    let client_ip = world.pods["client"].ip(Family::V4).to_string();
+    let peer = report.seen()["peer"].as_str().unwrap_or_default();
+    ensure!(peer.starts_with(&client_ip), "plain saw {peer}: not direct");
+    Ok(())
+}
