@@ -24,6 +24,7 @@ mod dnat;
 mod manifests;
 mod mounts;
 mod process;
+pub mod socket;
 mod testpod;
 
 pub use addressing::Family;

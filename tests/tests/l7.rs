@@ -13,8 +13,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use zerohop_tests::{
-    node_name, pod_yaml, require_root, service_yaml, slice_yaml, waypoint_binary, Agent, Cluster,
-    Endpoint, Family, Manifests, Pod, PodProcess,
+    inspect, node_name, pod_yaml, require_root, service_yaml, slice_yaml, waypoint_binary, Agent,
+    Cluster, Endpoint, Family, Manifests, Pod, PodProcess,
 };
 
 /// Port of every Service, and port every backend listens on.
@@ -497,6 +497,23 @@ fn an_l7_service_is_reached_only_through_the_waypoint_and_others_stay_l4() -> Re
         world.counter("to_waypoint")? == to_waypoint,
         "no waypoint for plain"
     );
+
+    // `zerohop inspect services` tells the two apart.
+    let pin_dir = world.agent.as_ref().context("agent")?.pin_dir().to_owned();
+    let rows: Vec<Value> = serde_json::from_str(&inspect("services", &pin_dir)?)?;
+    let row = |n: u8| {
+        rows.iter()
+            .find(|row| row["frontend"] == format!("{}/TCP", frontend(n)))
+            .cloned()
+            .unwrap_or_default()
+    };
+    ensure!(row(WEB)["action"] == "waypoint", "{rows:?}");
+    ensure!(
+        row(WEB)["waypoint"] == world.waypoint_addr().to_string(),
+        "{rows:?}"
+    );
+    ensure!(row(PLAIN)["action"] == "translate", "{rows:?}");
+    ensure!(row(PLAIN)["waypoint"].is_null(), "{rows:?}");
 
     // The L7 Service: its requests come from the waypoint.
     let web = world.get("client", WEB, &["--path", "/pick", "--count", "5"])?;

@@ -1,18 +1,22 @@
 //! `cargo xtask demo`: the fast path at work in a sandboxed two-node cluster.
 //!
-//! node1 runs a client pod and `local-echo`; node2 runs `remote-echo`. One
-//! agent per node reads deploy/examples/. The client calls both Services;
-//! the demo shows, per call, which pod answered, how many bytes crossed the
-//! client's veth, and what the kernel counters say. Everything is removed at
+//! node1 runs a client pod, `local-echo`, the two versions of the L7 Service
+//! `web` and the node's waypoint; node2 runs `remote-echo`. One agent per
+//! node reads deploy/examples/. The client calls every Service; the demo
+//! shows, per call, which pod answered, how many bytes crossed the client's
+//! veth, and what the kernel counters say, then sends HTTP requests to the
+//! L7 Service and shows where its route sent them. Everything is removed at
 //! the end, also on failure.
 
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{ensure, Context, Result};
-use zerohop_tests::{require_root, Agent, Cluster, Family, Testpod};
+use zerohop_tests::{require_root, Agent, Cluster, Family, Pod, Testpod};
 
 use crate::Binaries;
 
@@ -45,37 +49,85 @@ pub fn run(binaries: &Binaries) -> Result<()> {
     let testpod = Testpod::at(&binaries.testpod);
     let examples = crate::workspace_root().join("deploy/examples");
 
-    println!("== building a sandboxed cluster: 2 nodes, 3 pods");
+    println!("== building a sandboxed cluster: 2 nodes, 6 pods");
     let cluster = Cluster::new(2)?;
     // Pods get addresses in creation order; the example manifests expect
     // local-echo at 10.244.1.2 and remote-echo at 10.244.2.2.
     let local_echo = cluster.add_pod(1, "local-echo")?;
     let client = cluster.add_pod(1, "client")?;
+    let web_v1 = cluster.add_pod(1, "web-v1")?;
+    let web_v2 = cluster.add_pod(1, "web-v2")?;
+    let waypoint = cluster.add_pod(1, "waypoint")?;
     let remote_echo = cluster.add_pod(2, "remote-echo")?;
     ensure!(
         local_echo.ip(Family::V4) == IpAddr::from([10, 244, 1, 2])
+            && web_v1.ip(Family::V4) == IpAddr::from([10, 244, 1, 4])
+            && web_v2.ip(Family::V4) == IpAddr::from([10, 244, 1, 5])
             && remote_echo.ip(Family::V4) == IpAddr::from([10, 244, 2, 2]),
         "pod addresses differ from deploy/examples"
     );
+    let mut web_servers = Vec::new();
+    for (pod, name) in [(&web_v1, "web-v1"), (&web_v2, "web-v2")] {
+        let mut server = pod.spawn(&binaries.http, ["server", "--name", name, "--port", "8080"])?;
+        server.wait_for_line("READY", Duration::from_secs(10))?;
+        web_servers.push(server);
+    }
     let _servers = [
         testpod.server(&local_echo, "local-echo", 8080)?,
         testpod.server(&remote_echo, "remote-echo", 8080)?,
     ];
-    for pod in [&local_echo, &client, &remote_echo] {
+    for pod in [
+        &local_echo,
+        &client,
+        &web_v1,
+        &web_v2,
+        &waypoint,
+        &remote_echo,
+    ] {
         println!(
             "   {:<12} node{}  {}  {}",
             pod.name, pod.node, pod.ipv4, pod.ipv6
         );
     }
 
+    let waypoint_addr = SocketAddr::new(waypoint.ip(Family::V4), 15001);
+    let waypoint_config = WaypointConfig::new();
+    let waypoint_flags = [
+        format!("--waypoint={waypoint_addr}"),
+        format!("--waypoint-config={}", waypoint_config.0.display()),
+    ];
     println!("== starting zerohop agent on node1 and node2 (--source dir:deploy/examples)");
+    println!("   node1's waypoint: zerohop-waypoint in pod waypoint, {waypoint_addr}");
     let agents = [
-        Agent::start(&cluster, 1, &examples, &[])?,
+        Agent::start(
+            &cluster,
+            1,
+            &examples,
+            &[&waypoint_flags[0], &waypoint_flags[1]],
+        )?,
         Agent::start(&cluster, 2, &examples, &[])?,
     ];
+    let waypoint_process = waypoint.spawn(
+        &binaries.waypoint,
+        [
+            "--listen",
+            &waypoint_addr.to_string(),
+            "--config",
+            &waypoint_config.0.display().to_string(),
+            "--poll-ms",
+            "100",
+        ],
+    )?;
+
+    println!("\n== what the kernel does on node1 (zerohop inspect services)\n");
+    let pin_dir = agents[0].pin_dir().display().to_string();
+    let zerohop = binaries.zerohop.display().to_string();
+    let services =
+        crate::command_output(&zerohop, &["inspect", "services", "--pin-dir", &pin_dir])?;
+    print!("{services}");
 
     println!(
-        "== client (node1) echoes {} MiB through each Service\n",
+        "\n== client (node1) echoes {} MiB through each Service\n",
         PAYLOAD >> 20
     );
     println!(
@@ -109,6 +161,29 @@ pub fn run(binaries: &Binaries) -> Result<()> {
          directions) and left the veth almost idle; the remote call crossed the network."
     );
 
+    println!("\n== client (node1) sends HTTP requests to the L7 Service web (10.96.0.30:80)\n");
+    println!("{:<38} {:>10} {:>10}", "REQUESTS", "WEB-V1", "WEB-V2");
+    let before = agents[0].counters()?;
+    for (what, path, count) in [
+        ("100 x GET /", "/", "100"),
+        ("10 x GET /v2/hello", "/v2/hello", "10"),
+    ] {
+        let report = http_get(&binaries.http, &client, "10.96.0.30:80", path, count)?;
+        let backends = &report["backends"];
+        println!(
+            "{what:<38} {:>10} {:>10}",
+            backends["web-v1"].as_u64().unwrap_or(0),
+            backends["web-v2"].as_u64().unwrap_or(0)
+        );
+    }
+    let after = agents[0].counters()?;
+    println!(
+        "\nThe route splits / 75/25 and sends /v2 to web-v2. The {} connection(s) went\n\
+         to the waypoint (to_waypoint), which applied the route; the client never\n\
+         connected to a web pod itself.",
+        after["to_waypoint"] - before.get("to_waypoint").copied().unwrap_or(0)
+    );
+
     println!("\n== node1 kernel counters (zerohop inspect stats)");
     let counters: BTreeMap<String, u64> = agents[0].counters().context("reading counters")?;
     for (name, value) in &counters {
@@ -116,7 +191,50 @@ pub fn run(binaries: &Binaries) -> Result<()> {
     }
 
     println!("\n== stopping the agents and removing the cluster");
+    drop(waypoint_process);
+    drop(web_servers);
     drop(agents);
     drop(cluster);
     crate::leftovers_check()
+}
+
+/// `zh-http get` from `pod`: its JSON report.
+fn http_get(
+    http: &Path,
+    pod: &Pod,
+    target: &str,
+    path: &str,
+    count: &str,
+) -> Result<serde_json::Value> {
+    let args = ["get", "--target", target, "--path", path, "--count", count];
+    // The waypoint may still be reading its first config.
+    for _ in 0..50 {
+        let finished = pod.run(http, args, Duration::from_secs(20))?;
+        let line = finished.stdout.last().cloned().unwrap_or_default();
+        let report: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("zh-http get: {line:?} {}", finished.stderr))?;
+        if report["backends"]
+            .as_object()
+            .is_some_and(|b| !b.is_empty())
+        {
+            return Ok(report);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::bail!("the L7 Service web never answered through the waypoint")
+}
+
+/// The waypoint's input file, removed at the end.
+struct WaypointConfig(PathBuf);
+
+impl WaypointConfig {
+    fn new() -> WaypointConfig {
+        WaypointConfig(std::env::temp_dir().join(format!("zh-demo-{}.json", std::process::id())))
+    }
+}
+
+impl Drop for WaypointConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

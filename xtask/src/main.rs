@@ -64,6 +64,7 @@ pub struct Binaries {
     pub zerohop: PathBuf,
     pub waypoint: PathBuf,
     pub testpod: PathBuf,
+    pub http: PathBuf,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -90,6 +91,7 @@ fn build() -> Result<Binaries> {
         zerohop: release.join("zerohop"),
         waypoint: release.join("zerohop-waypoint"),
         testpod: release.join("zh-testpod"),
+        http: release.join("zh-http"),
     })
 }
 

@@ -26,9 +26,7 @@
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, BufReader, Write},
-    mem::size_of,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::{FromRawFd, OwnedFd},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     process::ExitCode,
     sync::Arc,
     thread,
@@ -37,6 +35,7 @@ use std::{
 
 use serde_json::{json, Map, Value};
 use zerohop_tests::cli::{say, Context, Flags, Res};
+use zerohop_tests::socket::listen;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -301,82 +300,6 @@ fn serve(stream: TcpStream, name: &str, delay: Duration) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A listening socket for `addr`; an IPv6 one is IPv6-only, so that IPv4
-/// clients are seen as they are, not as `::ffff:a.b.c.d`.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket calls on a descriptor we own; the address structure
-    // is fully initialised and its length given.
-    unsafe {
-        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let socket = OwnedFd::from_raw_fd(fd);
-        set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        if addr.is_ipv6() {
-            set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
-        }
-        let (storage, len) = sockaddr(addr);
-        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0
-            || libc::listen(fd, 1024) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(TcpListener::from(socket))
-    }
-}
-
-fn set_int_option(fd: i32, level: i32, option: i32, value: i32) -> io::Result<()> {
-    // SAFETY: `value` outlives the call and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            option,
-            (&value as *const i32).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// `addr` as the kernel's socket address structure.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage, and both sockaddr_in and
-    // sockaddr_in6 fit in (and may be written through) a sockaddr_storage.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let len = match addr {
-            SocketAddr::V4(v4) => {
-                let sin =
-                    &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
-                sin.sin_family = libc::AF_INET as libc::sa_family_t;
-                sin.sin_port = v4.port().to_be();
-                sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-                size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(v6) => {
-                let sin6 = &mut *(&mut storage as *mut libc::sockaddr_storage)
-                    .cast::<libc::sockaddr_in6>();
-                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sin6.sin6_port = v6.port().to_be();
-                sin6.sin6_addr.s6_addr = v6.ip().octets();
-                size_of::<libc::sockaddr_in6>()
-            }
-        };
-        (storage, len as libc::socklen_t)
-    }
 }
 
 // ---------------------------------------------------------------- client

@@ -23,8 +23,8 @@
 use std::{
     io::{self, BufRead, BufReader, Write},
     mem::size_of,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd,
     process::ExitCode,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -36,6 +36,7 @@ use std::{
 
 use serde_json::json;
 use zerohop_tests::cli::{say, Context, Flags, Res};
+use zerohop_tests::socket::{connect_marked, listen};
 
 /// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h), the same number as
 /// `IP6T_SO_ORIGINAL_DST` (linux/netfilter_ipv6/ip6_tables.h).
@@ -187,7 +188,7 @@ fn connect(flags: &Flags) -> Res<bool> {
     let target: SocketAddr = flags.get("connect")?;
     let mark: u32 = flags.get_or("mark", 0)?;
     let result = (|| -> Res<(String, SocketAddr)> {
-        let stream = connect_marked(target, mark).ctx(&format!("connect to {target}"))?;
+        let stream = connect_marked(target, mark, TIMEOUT).ctx(&format!("connect to {target}"))?;
         stream
             .set_read_timeout(Some(TIMEOUT))
             .ctx("set read timeout")?;
@@ -207,119 +208,10 @@ fn connect(flags: &Flags) -> Res<bool> {
     Ok(ok)
 }
 
-/// A TCP connection from a socket marked with `mark` (SO_MARK, needs
-/// CAP_NET_ADMIN) before its connect, when `mark` is not 0.
-fn connect_marked(target: SocketAddr, mark: u32) -> io::Result<TcpStream> {
-    let domain = if target.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket calls on a descriptor we own; the option values
-    // and the address structure outlive the calls and their sizes are given.
-    unsafe {
-        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let socket = OwnedFd::from_raw_fd(fd);
-        if mark != 0 {
-            set_option(fd, libc::SOL_SOCKET, libc::SO_MARK, &mark)?;
-        }
-        // A blocking connect gives up after SO_SNDTIMEO.
-        let timeout = libc::timeval {
-            tv_sec: TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        set_option(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &timeout)?;
-        let (storage, len) = sockaddr(target);
-        if libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(TcpStream::from(socket))
-    }
-}
-
-// ---------------------------------------------------------------- sockets
-
-/// A listening socket for `addr`; an IPv6 one is IPv6-only (a dual-stack one
-/// would take IPv4 clients as ::ffff:a.b.c.d, unlike a real pod's).
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: as in connect_marked.
-    unsafe {
-        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let socket = OwnedFd::from_raw_fd(fd);
-        set_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)?;
-        if addr.is_ipv6() {
-            set_option(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1i32)?;
-        }
-        let (storage, len) = sockaddr(addr);
-        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0
-            || libc::listen(fd, 1024) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(TcpListener::from(socket))
-    }
-}
-
-fn set_option<T>(fd: i32, level: i32, option: i32, value: &T) -> io::Result<()> {
-    // SAFETY: `value` is a valid T for the call and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            option,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// `addr` as the kernel's socket address structure.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage, and both sockaddr_in and
-    // sockaddr_in6 fit in (and may be written through) a sockaddr_storage.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let len = match addr {
-            SocketAddr::V4(v4) => {
-                let sin =
-                    &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
-                sin.sin_family = libc::AF_INET as libc::sa_family_t;
-                sin.sin_port = v4.port().to_be();
-                sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-                size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(v6) => {
-                let sin6 = &mut *(&mut storage as *mut libc::sockaddr_storage)
-                    .cast::<libc::sockaddr_in6>();
-                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sin6.sin6_port = v6.port().to_be();
-                sin6.sin6_addr.s6_addr = v6.ip().octets();
-                size_of::<libc::sockaddr_in6>()
-            }
-        };
-        (storage, len as libc::socklen_t)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zerohop_tests::socket::sockaddr;
 
     #[test]
     fn sockaddrs_round_trip() {

@@ -12,7 +12,9 @@ use std::{
 use anyhow::Result;
 use aya::maps::{MapData, SockHash};
 use serde::Serialize;
-use zerohop_abi::{map_name, FrontendKey, ServiceName, SockKey, SERVICE_NO_BYPASS};
+use zerohop_abi::{
+    map_name, Config, FrontendKey, ServiceName, SockKey, FAMILY_V4, SERVICE_L7, SERVICE_NO_BYPASS,
+};
 use zerohop_planner::addr;
 
 use crate::datapath::{self, open_pinned, ServiceMaps};
@@ -31,8 +33,11 @@ pub enum Output {
 pub struct FrontendRow {
     pub frontend: String,
     pub service: String,
+    /// `waypoint` (an L7 Service: connections go to the node's waypoint),
     /// `translate` (it has eligible endpoints) or `pass` (left untouched).
     pub action: &'static str,
+    /// Where connections go when the action is `waypoint`.
+    pub waypoint: Option<String>,
     /// Whether connections to local endpoints move socket-to-socket.
     pub bypass: bool,
     pub endpoints: u32,
@@ -91,10 +96,22 @@ fn name_of(names: &BTreeMap<FrontendKey, ServiceName>, key: &FrontendKey) -> Str
         .map_or_else(|| "-".to_owned(), |name| name.as_str().to_owned())
 }
 
+/// The node's waypoint for a family, from the config map.
+fn waypoint_of(config: &Config, family: u8) -> Option<SocketAddr> {
+    let (words, port) = if family == FAMILY_V4 {
+        ([config.waypoint_v4, 0, 0, 0], config.waypoint_port_v4)
+    } else {
+        (config.waypoint_v6, config.waypoint_port_v6)
+    };
+    let ip = ip_text(words, family).filter(|_| port != 0)?;
+    Some(SocketAddr::new(ip, port))
+}
+
 /// Every frontend, with its Service, action, bypass and local backends.
 pub fn services(pin_dir: &Path) -> Result<Vec<FrontendRow>> {
     let maps = ServiceMaps::open(pin_dir)?.read()?;
     let node_bypass = datapath::bypass_enabled(pin_dir)?;
+    let config = datapath::read_config(pin_dir)?;
     Ok(maps
         .services
         .iter()
@@ -112,14 +129,19 @@ pub fn services(pin_dir: &Path) -> Result<Vec<FrontendRow>> {
                 })
                 .map(|socket| socket.to_string())
                 .collect();
+            let l7 = service.flags & SERVICE_L7 != 0;
+            let waypoint = waypoint_of(&config, key.family).filter(|_| l7);
             FrontendRow {
                 frontend: frontend_text(key),
                 service: name_of(&maps.names, key),
-                action: if service.endpoints > 0 {
+                action: if waypoint.is_some() {
+                    "waypoint"
+                } else if service.endpoints > 0 && !l7 {
                     "translate"
                 } else {
                     "pass"
                 },
+                waypoint: waypoint.map(|addr| addr.to_string()),
                 bypass: node_bypass && service.flags & SERVICE_NO_BYPASS == 0,
                 endpoints: service.endpoints,
                 local_backends,
@@ -215,6 +237,7 @@ pub fn print_services(rows: &[FrontendRow], output: Output) -> Result<()> {
             "FRONTEND",
             "SERVICE",
             "ACTION",
+            "WAYPOINT",
             "BYPASS",
             "ENDPOINTS",
             "LOCAL BACKENDS",
@@ -224,6 +247,7 @@ pub fn print_services(rows: &[FrontendRow], output: Output) -> Result<()> {
                 row.frontend.clone(),
                 row.service.clone(),
                 row.action.to_owned(),
+                row.waypoint.clone().unwrap_or_else(|| "-".to_owned()),
                 on_off(row.bypass),
                 row.endpoints.to_string(),
                 if row.local_backends.is_empty() {
