@@ -199,6 +199,8 @@ struct Shared {
     workers: Mutex<Vec<JoinHandle<()>>>,
     ctl: Mutex<ListenerCtl>,
     ctl_changed: Condvar,
+    /// Plurals answered 404, as for a CRD that is not installed.
+    hidden: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -254,6 +256,7 @@ impl ApiServer {
             workers: Mutex::new(Vec::new()),
             ctl: Mutex::new(ListenerCtl::default()),
             ctl_changed: Condvar::new(),
+            hidden: Mutex::new(Vec::new()),
         });
         let for_thread = shared.clone();
         let acceptor = thread::Builder::new()
@@ -440,6 +443,16 @@ impl ApiServer {
         lock(&self.shared.store).restart_epoch += 1;
         self.shared.changed.notify_all();
         self.shared.close_all_connections();
+    }
+
+    /// Serves the resource `plural` (e.g. `httproutes`) or answers 404 for
+    /// it, as for a CRD that is installed or not.
+    pub fn set_served(&self, plural: &str, served: bool) {
+        let mut hidden = lock(&self.shared.hidden);
+        hidden.retain(|hidden| hidden != plural);
+        if !served {
+            hidden.push(plural.to_owned());
+        }
     }
 
     /// The request lines seen so far, e.g.
@@ -888,7 +901,12 @@ fn handle(shared: &Shared, stream: &TcpStream, req: &Request) -> io::Result<bool
             return reply(200, doc);
         }
     }
-    let Some(target) = parse_resource_path(&req.path) else {
+    let hidden = |target: &Target| {
+        lock(&shared.hidden)
+            .iter()
+            .any(|p| p == target.resource.plural)
+    };
+    let Some(target) = parse_resource_path(&req.path).filter(|target| !hidden(target)) else {
         let msg = format!(
             "the server could not find the requested resource ({})",
             req.path

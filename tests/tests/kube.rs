@@ -314,3 +314,34 @@ fn routes_get_their_parent_status_and_bad_ones_are_reported() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_cluster_without_the_gateway_api_crds_is_served_all_the_same() -> Result<()> {
+    let mut world = World::new()?;
+    world.api.set_served("httproutes", false);
+    world.api.set_served("referencegrants", false);
+    world.api.apply(namespace(json!({})));
+    world.api.apply(service("web", json!({})));
+    world.api.apply(slice("web", &world.a));
+    world.start_agent()?;
+    assert_eq!(world.answered_by()?, only("a"), "synced without routes");
+    world
+        .agent()
+        .wait_for_log("not served (CRD not installed?)", SETTLE)?;
+    // Installed later: the watcher's retries pick the routes up.
+    world.api.set_served("httproutes", true);
+    world.api.set_served("referencegrants", true);
+    world.api.apply(route(
+        "later",
+        json!({"backendRefs": [{"name": "web", "port": 80}]}),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while our_conditions(&world.api, "later").is_empty() && std::time::Instant::now() < deadline {
+        sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !our_conditions(&world.api, "later").is_empty(),
+        "route status written once served"
+    );
+    Ok(())
+}

@@ -282,20 +282,29 @@ pub async fn run(client: Client, node: String, snapshots: watch::Sender<Option<S
     });
     let mut events = stream::select_all(events);
     let mut store = Store::default();
+    // Optional kinds whose lists fail, counted as listed and empty.
+    let mut missing = BTreeSet::new();
     while let Some((kind, event)) = events.next().await {
         match event {
             Ok(event) => {
+                if matches!(event, watcher::Event::InitDone) && missing.remove(&kind) {
+                    info!(kind = kind.name(), "now served");
+                }
                 if store.apply(kind, event) && store.complete() {
                     snapshots.send_replace(Some(store.snapshot()));
                 }
             }
             // A cluster without the Gateway API CRDs has no routes: that
-            // must not hold up the first sync.
+            // must not hold up the first sync, nor fill the log.
             Err(error) if kind.optional() && !store.listed.contains(&kind) => {
                 info!(kind = kind.name(), %error, "not served (CRD not installed?); treated as empty until it is");
+                missing.insert(kind);
                 if store.apply(kind, watcher::Event::InitDone) && store.complete() {
                     snapshots.send_replace(Some(store.snapshot()));
                 }
+            }
+            Err(error) if missing.contains(&kind) => {
+                debug!(kind = kind.name(), %error, "still not served");
             }
             // The watcher re-lists by itself (with backoff): keep serving the
             // current view meanwhile.
