@@ -2,7 +2,6 @@
 //! watcher and reflector. No root needed: everything is on 127.0.0.1.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -19,27 +18,8 @@ use kube::{Client, Config, ResourceExt};
 use serde_json::json;
 use zerohop_tests::apiserver::ApiServer;
 
-const STEP: Duration = Duration::from_secs(10);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    within(what, async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-}
-
-fn client(server: &ApiServer) -> Client {
-    let config = Config::new(server.url().parse().expect("url"));
-    Client::try_from(config).expect("client")
-}
+mod kube_client;
+use kube_client::{client, eventually, within};
 
 fn service(ns: &str, name: &str, port: u16) -> serde_json::Value {
     json!({

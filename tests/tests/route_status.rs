@@ -1,38 +1,18 @@
 //! The agent's HTTPRoute status writer (`zerohop::route_status`) against the
 //! in-process API server. No root needed: everything is on 127.0.0.1.
 
-use std::future::Future;
 use std::time::Duration;
 
-use kube::{Client, Config};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use zerohop::route_status::{self, Desired, RouteStatus, CONTROLLER_NAME};
 use zerohop_tests::apiserver::ApiServer;
 
-const STEP: Duration = Duration::from_secs(10);
+mod kube_client;
+use kube_client::{client, eventually, within};
+
 const FOREIGN: &str = "example.com/mesh-controller";
 const STATUS_PATH: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/prod/httproutes/";
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    within(what, async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-}
-
-fn client(server: &ApiServer) -> Client {
-    let config = Config::new(server.url().parse().expect("url"));
-    Client::try_from(config).expect("client")
-}
 
 fn parent_ref() -> Value {
     json!({"group": "", "kind": "Service", "name": "web", "port": 80})
