@@ -128,13 +128,7 @@ pub fn plan(view: &ClusterView, node: &str) -> Plan {
 /// one of their family; their endpoints are still planned, for the
 /// waypoint's own connections.
 pub fn plan_with(view: &ClusterView, node: &str, waypoints: Waypoints) -> Plan {
-    let mut slices_by_service: BTreeMap<&ServiceId, Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in view.slices().values() {
-        slices_by_service
-            .entry(&slice.service)
-            .or_default()
-            .push(slice);
-    }
+    let slices_by_service = view.slices_by_service();
 
     let l7 = l7_ports(view);
     let mut plan = Plan::default();

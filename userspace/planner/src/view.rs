@@ -148,6 +148,15 @@ impl ClusterView {
         &self.services
     }
 
+    /// The EndpointSlices of each Service that has any.
+    pub fn slices_by_service(&self) -> BTreeMap<&ServiceId, Vec<&EndpointSlice>> {
+        let mut by_service: BTreeMap<&ServiceId, Vec<&EndpointSlice>> = BTreeMap::new();
+        for slice in self.slices.values() {
+            by_service.entry(&slice.service).or_default().push(slice);
+        }
+        by_service
+    }
+
     /// Every EndpointSlice, ordered by id.
     pub fn slices(&self) -> &BTreeMap<SliceId, EndpointSlice> {
         &self.slices

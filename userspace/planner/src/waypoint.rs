@@ -7,28 +7,21 @@
 //! of every Service port (marked when on this node), and the namespace of
 //! each pod of this node by IP (consumer routes apply per client namespace).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use zerohop_routes::router::{Endpoint, ServiceEndpoints, ServiceInfo, WaypointConfig};
+use zerohop_routes::{
+    model::{HttpRoute, ReferenceGrant},
+    router::{Endpoint, ServiceEndpoints, ServiceInfo, WaypointConfig},
+};
 
-use crate::model::{EndpointSlice, Protocol, ServiceId};
+use crate::model::{Protocol, ServiceId};
 use crate::plan::ready_targets;
 use crate::view::ClusterView;
 
 /// The ports of the view's Services with at least one accepted HTTPRoute
 /// (a route whose parentRef names a port attaches to that port only).
 pub fn l7_ports(view: &ClusterView) -> BTreeSet<(ServiceId, u16)> {
-    let services = service_infos(view);
-    let routes: Vec<_> = view
-        .routes()
-        .values()
-        .map(|route| route.0.clone())
-        .collect();
-    let grants: Vec<_> = view
-        .grants()
-        .values()
-        .map(|grant| grant.0.clone())
-        .collect();
+    let (services, routes, grants) = route_inputs(view);
     zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
         .into_iter()
         .map(|(namespace, name, port)| (ServiceId::new(namespace, name), port))
@@ -37,13 +30,7 @@ pub fn l7_ports(view: &ClusterView) -> BTreeSet<(ServiceId, u16)> {
 
 /// The waypoint's input for node `node`.
 pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
-    let mut slices_by_service: BTreeMap<&ServiceId, Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in view.slices().values() {
-        slices_by_service
-            .entry(&slice.service)
-            .or_default()
-            .push(slice);
-    }
+    let slices_by_service = view.slices_by_service();
     let mut endpoints = Vec::new();
     for service in view.services().values() {
         let slices = slices_by_service
@@ -75,21 +62,29 @@ pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
         .filter(|pod| pod.node.as_deref() == Some(node))
         .flat_map(|pod| pod.ips.iter().map(|ip| (*ip, pod.namespace.clone())))
         .collect();
+    let (services, routes, grants) = route_inputs(view);
     WaypointConfig {
-        services: service_infos(view),
-        routes: view
-            .routes()
-            .values()
-            .map(|route| route.0.clone())
-            .collect(),
-        grants: view
-            .grants()
-            .values()
-            .map(|grant| grant.0.clone())
-            .collect(),
+        services,
+        routes,
+        grants,
         endpoints,
         clients,
     }
+}
+
+/// What routes are resolved against: every Service, route and grant.
+fn route_inputs(view: &ClusterView) -> (Vec<ServiceInfo>, Vec<HttpRoute>, Vec<ReferenceGrant>) {
+    let routes = view
+        .routes()
+        .values()
+        .map(|route| route.0.clone())
+        .collect();
+    let grants = view
+        .grants()
+        .values()
+        .map(|grant| grant.0.clone())
+        .collect();
+    (service_infos(view), routes, grants)
 }
 
 fn service_infos(view: &ClusterView) -> Vec<ServiceInfo> {

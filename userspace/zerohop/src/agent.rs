@@ -86,13 +86,6 @@ pub async fn run(settings: Settings) -> Result<()> {
     if settings.node.is_empty() {
         bail!("the node name is empty: pass --node or set NODE_NAME");
     }
-    let families: Vec<bool> = settings.waypoints.iter().map(SocketAddr::is_ipv4).collect();
-    if families.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
-        bail!(
-            "--waypoint takes at most one address per family, got {:?}",
-            settings.waypoints
-        );
-    }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
 
@@ -231,10 +224,7 @@ impl Sync {
         let described = plan.problems.iter().map(|problem| {
             let service = problem.service();
             let label = object_label("Service", &service.namespace, Some(&service.name));
-            match snapshot.origins.get(&label) {
-                Some(file) => format!("{file}: {problem}"),
-                None => problem.to_string(),
-            }
+            in_its_file(&snapshot.origins, &label, problem.to_string())
         });
         report(&mut self.plan_problems, described);
         let current = self.maps.read()?;
@@ -323,15 +313,20 @@ fn route_problems(
     for (route, evaluation) in evaluations {
         let metadata = &route.metadata;
         let label = object_label("HTTPRoute", &metadata.namespace, Some(&metadata.name));
-        let place = origins
-            .get(&label)
-            .map(|file| format!("{file}: "))
-            .unwrap_or_default();
         for problem in &evaluation.problems {
-            problems.push(format!("{place}{label}: {problem}"));
+            problems.push(in_its_file(origins, &label, format!("{label}: {problem}")));
         }
     }
     problems.into_iter()
+}
+
+/// `message` about the object `label`, preceded by the file that object
+/// comes from when the source is a directory.
+fn in_its_file(origins: &BTreeMap<String, String>, label: &str, message: String) -> String {
+    match origins.get(label) {
+        Some(file) => format!("{file}: {message}"),
+        None => message,
+    }
 }
 
 /// The parent status zerohop writes on each route.
