@@ -203,6 +203,13 @@ fn route(name: &str, rule: Value) -> Value {
     })
 }
 
+/// Polls `done` until it holds or `deadline` passes (the caller then asserts).
+fn wait_until(deadline: std::time::Instant, mut done: impl FnMut() -> bool) {
+    while !done() && std::time::Instant::now() < deadline {
+        sleep(Duration::from_millis(100));
+    }
+}
+
 /// Our (zerohop's) conditions on a route, as `type → (status, reason)`.
 fn our_conditions(api: &ApiServer, name: &str) -> BTreeMap<String, (String, String)> {
     let route = api
@@ -282,9 +289,7 @@ fn routes_get_their_parent_status_and_bad_ones_are_reported() -> Result<()> {
                 (resolved.0.to_owned(), resolved.1.to_owned()),
             ),
         ]);
-        while our_conditions(&world.api, name) != want && std::time::Instant::now() < deadline {
-            sleep(Duration::from_millis(100));
-        }
+        wait_until(deadline, || our_conditions(&world.api, name) == want);
         assert_eq!(
             our_conditions(&world.api, name),
             want,
@@ -336,9 +341,7 @@ fn a_cluster_without_the_gateway_api_crds_is_served_all_the_same() -> Result<()>
         json!({"backendRefs": [{"name": "web", "port": 80}]}),
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while our_conditions(&world.api, "later").is_empty() && std::time::Instant::now() < deadline {
-        sleep(Duration::from_millis(200));
-    }
+    wait_until(deadline, || !our_conditions(&world.api, "later").is_empty());
     assert!(
         !our_conditions(&world.api, "later").is_empty(),
         "route status written once served"

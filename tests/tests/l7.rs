@@ -634,18 +634,10 @@ fn bad_routes_are_logged_and_traffic_follows_the_spec() -> Result<()> {
     world.manifests.write("bad-routes.yaml", BAD_ROUTES)?;
     let agent = world.agent.as_ref().context("agent")?;
     for route in ["no-grant", "teleport"] {
-        let deadline = Instant::now() + WAIT;
-        while !agent
-            .log_text()
-            .contains(&format!("HTTPRoute default/{route}"))
-        {
-            ensure!(
-                Instant::now() < deadline,
-                "{route} not reported:\n{}",
-                agent.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let label = format!("HTTPRoute default/{route}");
+        world.eventually(&format!("{label} is reported"), || {
+            Ok(agent.log_text().contains(&label))
+        })?;
     }
     ensure!(
         agent.log_text().contains("does not compile"),
