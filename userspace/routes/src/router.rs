@@ -23,6 +23,24 @@ use crate::{
     status::{assess, parent_ports},
 };
 
+/// Where the agent writes, and the waypoint reads, [`WaypointConfig`] unless
+/// told otherwise (`zerohop agent --waypoint-config`, `zerohop-waypoint --config`).
+pub const DEFAULT_CONFIG_PATH: &str = "/run/zerohop/waypoint.json";
+
+/// The SO_MARK of the waypoint's own sockets unless told otherwise
+/// (`zerohop agent --waypoint-mark`, `zerohop-waypoint --mark`): the connect
+/// hook never sends sockets with it back to the waypoint.
+pub const DEFAULT_MARK: &str = "0x7a68";
+
+/// A socket mark as both commands take it: decimal, or hexadecimal after `0x`.
+pub fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?}: {e}"))
+}
+
 /// Everything the waypoint needs, written by the agent (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct WaypointConfig {

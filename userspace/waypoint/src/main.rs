@@ -23,6 +23,7 @@ use clap::Parser;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
+use zerohop_routes::router::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
 
 /// How long open connections get to finish their requests on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,17 +38,13 @@ struct Cli {
     listen: Vec<SocketAddr>,
 
     /// The waypoint config (JSON) the agent writes; polled for changes.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/run/zerohop/waypoint.json"
-    )]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
 
     /// SO_MARK set on every upstream socket, so that the kernel does not send
     /// the waypoint's own connects back to it (must match the agent's
     /// --waypoint-mark; 0 sets none).
-    #[arg(long, value_name = "N", default_value = "0x7a68", value_parser = parse_mark)]
+    #[arg(long, value_name = "N", default_value = DEFAULT_MARK, value_parser = parse_mark)]
     mark: u32,
 
     /// Interval between two checks of the config file, in milliseconds.
@@ -57,15 +54,6 @@ struct Cli {
     /// Node name, for logs.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     node: Option<String>,
-}
-
-/// A mark in decimal or `0x` hexadecimal.
-fn parse_mark(text: &str) -> Result<u32, String> {
-    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|e| format!("{text:?}: {e}"))
 }
 
 fn main() -> Result<()> {

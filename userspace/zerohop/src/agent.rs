@@ -78,9 +78,6 @@ pub struct Settings {
     pub waypoint_config: PathBuf,
 }
 
-/// Default of `--waypoint-config` (and of `zerohop-waypoint --config`).
-pub const DEFAULT_WAYPOINT_CONFIG: &str = "/run/zerohop/waypoint.json";
-
 /// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
 pub async fn run(settings: Settings) -> Result<()> {
     if settings.node.is_empty() {

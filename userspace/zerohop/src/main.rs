@@ -9,6 +9,7 @@ use zerohop::{
     datapath::{self, DEFAULT_PIN_DIR},
     inspect::{self, Output},
 };
+use zerohop_routes::router::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
 
 /// zerohop: same-node fast path for Kubernetes Services.
 #[derive(Parser)]
@@ -105,11 +106,11 @@ struct AgentArgs {
     waypoints: Vec<std::net::SocketAddr>,
     /// SO_MARK of the waypoint's own sockets (`zerohop-waypoint --mark`):
     /// their connects are never sent back to the waypoint.
-    #[arg(long, default_value = "0x7a68", value_parser = parse_mark)]
+    #[arg(long, default_value = DEFAULT_MARK, value_parser = parse_mark)]
     waypoint_mark: u32,
     /// Where the waypoint's input (routes, Services, endpoints, clients) is
     /// written, as JSON, whenever it changes (`zerohop-waypoint --config`).
-    #[arg(long, default_value = agent::DEFAULT_WAYPOINT_CONFIG)]
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     waypoint_config: PathBuf,
     /// Address for /healthz, /readyz and /metrics (port 0 picks a free one);
     /// "off" serves none.
@@ -128,15 +129,6 @@ fn parse_health_addr(text: &str) -> Result<HealthAddr, String> {
             .map(|addr| HealthAddr(Some(addr)))
             .map_err(|e| format!("{text:?}: {e}")),
     }
-}
-
-/// A mark in decimal or `0x` hexadecimal.
-fn parse_mark(text: &str) -> Result<u32, String> {
-    let parsed = match text.strip_prefix("0x") {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
