@@ -522,10 +522,12 @@ fn stale_entries(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The namespaces, cgroups and pin directories of runs whose process is gone:
-/// after a test run, anything listed here was left behind.
+/// The namespaces, cgroups, pin directories and temporary files of runs
+/// whose process is gone: after a test run, anything listed here was left
+/// behind.
 pub fn stale_leftovers() -> Vec<PathBuf> {
-    let mut left = stale_entries(Path::new("/run/netns"));
+    let mut left = stale_entries(&std::env::temp_dir());
+    left.extend(stale_entries(Path::new("/run/netns")));
     left.extend(stale_entries(&cgroup2_mount()));
     if let Ok(bpffs) = bpffs_mount() {
         left.extend(stale_entries(&bpffs));
@@ -533,9 +535,9 @@ pub fn stale_leftovers() -> Vec<PathBuf> {
     left
 }
 
-/// Removes the namespaces, cgroups and pin directories of earlier runs whose
-/// process is gone (crashed or killed before its Drop ran). Live runs, of this
-/// process or others, are left alone. Processes are never killed here: a stale
+/// Removes the namespaces, cgroups, pin directories and temporary files of
+/// earlier runs whose process is gone (crashed or killed before its Drop
+/// ran). Live runs, of this process or others, are left alone. Processes are never killed here: a stale
 /// cgroup still holding one is reported and left.
 pub fn sweep_stale() {
     let mut netns = stale_entries(Path::new("/run/netns"));
@@ -557,11 +559,38 @@ pub fn sweep_stale() {
             .iter()
             .for_each(|dir| remove_pins(dir));
     }
+    for path in stale_entries(&std::env::temp_dir()) {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            eprintln!("zerohop-tests sweep: cannot remove {}: {e}", path.display());
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporary_files_of_dead_runs_are_leftovers_and_the_sweep_removes_them() {
+        // No process ever has a pid above pid_max.
+        let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("zh{}x0-manifests", pid_max + 1));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("svc.yaml"), "kind: Service\n").unwrap();
+        assert!(stale_leftovers().contains(&dir));
+        sweep_stale();
+        assert!(!dir.exists());
+        assert!(!stale_leftovers().contains(&dir));
+    }
 
     #[test]
     fn run_names_are_recognised() {

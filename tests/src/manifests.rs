@@ -20,10 +20,12 @@ pub struct Manifests {
 }
 
 impl Manifests {
-    /// A new empty directory under the system temp directory.
+    /// A new empty directory under the system temp directory, named like the
+    /// rest of a run's sandbox (`zh<pid>x<n>-manifests`), so that the sweep
+    /// finds it when its run died before its Drop.
     pub fn new() -> Result<Manifests> {
         let dir = std::env::temp_dir().join(format!(
-            "zh-manifests-{}-{}",
+            "zh{}x{}-manifests",
             std::process::id(),
             DIRS.fetch_add(1, Ordering::Relaxed)
         ));

@@ -167,6 +167,8 @@ struct World {
     waypoint: Option<PodProcess>,
     servers: BTreeMap<String, PodProcess>,
     manifests: Manifests,
+    /// Holds the waypoint's input, out of the agent's manifest directory.
+    scratch: Manifests,
     pods: BTreeMap<String, Pod>,
     cluster: Cluster,
 }
@@ -187,6 +189,7 @@ impl World {
             waypoint: None,
             servers: BTreeMap::new(),
             manifests: Manifests::new()?,
+            scratch: Manifests::new()?,
             pods: BTreeMap::new(),
             cluster,
         };
@@ -259,7 +262,7 @@ impl World {
     }
 
     fn waypoint_config(&self) -> PathBuf {
-        self.manifests.dir().with_extension("waypoint.json")
+        self.scratch.dir().join("waypoint.json")
     }
 
     fn start_agent(&mut self) -> Result<()> {

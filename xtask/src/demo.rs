@@ -229,7 +229,9 @@ struct WaypointConfig(PathBuf);
 
 impl WaypointConfig {
     fn new() -> WaypointConfig {
-        WaypointConfig(std::env::temp_dir().join(format!("zh-demo-{}.json", std::process::id())))
+        // Named like the sandbox's other paths, for the sweep of dead runs.
+        let name = format!("zh{}x0-demo-waypoint.json", std::process::id());
+        WaypointConfig(std::env::temp_dir().join(name))
     }
 }
 
