@@ -31,6 +31,7 @@ use zerohop_routes::{
 
 use crate::{
     datapath::{self, Datapath, ServiceMaps},
+    features::{self, FEATURES},
     health::{self, SharedStatus},
     route_status,
     source::{self, Snapshot},
@@ -79,7 +80,7 @@ pub struct Settings {
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
-pub async fn run(settings: Settings) -> Result<()> {
+pub async fn run(mut settings: Settings) -> Result<()> {
     if settings.node.is_empty() {
         bail!("the node name is empty: pass --node or set NODE_NAME");
     }
@@ -101,7 +102,21 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
 
     let mut datapath = Datapath::load(&settings.pin_dir)?;
-    datapath::set_bypass(&settings.pin_dir, settings.bypass)?;
+    report_features(&datapath);
+    status.lock().unwrap().features = datapath
+        .features()
+        .iter()
+        .map(|state| (state.name, state.on))
+        .collect();
+    // Without sockops and sk_msg nothing would register the sockets the
+    // connect hook tags: tag none.
+    let bypass = settings.bypass && datapath.feature_on(features::BYPASS);
+    datapath::set_bypass(&settings.pin_dir, bypass)?;
+    // Without SO_ORIGINAL_DST the waypoint cannot tell where a connection
+    // was going: plan as if there were none (L7 Services keep the normal path).
+    if !datapath.feature_on(features::ORIGINAL_DST) {
+        settings.waypoints.clear();
+    }
     datapath::set_waypoint(
         &settings.pin_dir,
         &settings.waypoints,
@@ -164,6 +179,30 @@ pub async fn run(settings: Settings) -> Result<()> {
     drop(datapath);
     info!("programs detached; maps stay pinned for established connections and the next agent");
     Ok(())
+}
+
+/// One line for the features this kernel has, and one per feature it lacks,
+/// with the kernel's reason.
+fn report_features(datapath: &Datapath) {
+    let on: Vec<&str> = datapath
+        .features()
+        .iter()
+        .filter(|state| state.on)
+        .map(|state| state.name)
+        .collect();
+    info!(on = on.join(","), "kernel features");
+    for (feature, state) in FEATURES.iter().zip(datapath.features()) {
+        if let Some(reason) = &state.off_because {
+            let (major, minor) = feature.since;
+            warn!(
+                feature = feature.name,
+                "feature off on this kernel: {}: {}. It needs Linux {major}.{minor}+ ({}); the kernel refused {reason}",
+                feature.name,
+                feature.gives,
+                feature.needs,
+            );
+        }
+    }
 }
 
 /// Waits for the next snapshot the source publishes.

@@ -1,6 +1,10 @@
 //! The kernel side of the agent: loads the programs, pins their maps,
 //! attaches the hooks, and gives typed access to the maps.
 //!
+//! Loading is also the probe of what this kernel supports: every program is
+//! verified at load, and a program the kernel refuses switches its feature
+//! off (see `features`); only the core must load.
+//!
 //! Maps are pinned by name under one bpffs directory of ours and outlive the
 //! agent: a restarted agent reuses them (the maps stay exact across a restart,
 //! with no window where they are empty), and connections already moving
@@ -17,7 +21,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash},
-    programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps},
+    programs::{CgroupAttachMode, Program},
     Ebpf, EbpfLoader,
 };
 use zerohop_abi::{
@@ -25,6 +29,8 @@ use zerohop_abi::{
     CONFIG_NO_BYPASS,
 };
 use zerohop_planner::{Change, Changes, Desired};
+
+use crate::features::{self, FeatureState, ProgramState, FEATURES};
 
 /// The compiled kernel programs (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zerohop.bpf.o"));
@@ -39,11 +45,15 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    programs: Vec<ProgramState>,
+    features: Vec<FeatureState>,
 }
 
 impl Datapath {
-    /// Loads the programs into the kernel and creates (or reuses) the pinned
-    /// maps under `pin_dir`. Nothing is attached yet.
+    /// Creates (or reuses) the pinned maps under `pin_dir` and loads every
+    /// program into the kernel, which verifies it. Fails only when the
+    /// kernel refuses the core; other refused programs switch their
+    /// features off ([`Datapath::features`]). Nothing is attached yet.
     pub fn load(pin_dir: &Path) -> Result<Self> {
         raise_memlock_limit();
         let parent = pin_dir.parent().unwrap_or(Path::new("/"));
@@ -56,65 +66,101 @@ impl Datapath {
         }
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(EBPF_OBJECT)
             .with_context(|| {
                 format!(
-                    "loading the eBPF programs (pinned maps of another layout in {}? \
+                    "loading the eBPF object (pinned maps of another layout in {}? \
                      remove them with `zerohop cleanup`)",
                     pin_dir.display()
                 )
             })?;
+        let mut programs: Vec<ProgramState> = ebpf
+            .programs_mut()
+            .map(|(name, program)| features::load_and_describe(name, program))
+            .collect();
+        programs.sort_by(|a, b| a.name.cmp(&b.name));
+        let features = features::states(&programs);
+        for (feature, state) in FEATURES.iter().zip(&features) {
+            if feature.core && !state.on {
+                bail!(
+                    "this kernel cannot run zerohop's {} ({}): {}",
+                    feature.name,
+                    feature.gives,
+                    state.off_because.as_deref().unwrap_or_default()
+                );
+            }
+        }
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),
+            programs,
+            features,
         })
     }
 
-    /// Attaches the connect, sockops and getsockopt hooks to the cgroup v2
-    /// directory `cgroup` (every socket of its processes and their
-    /// descendants), and the sk_msg program to the sockhash.
+    /// How the kernel took each program of the object.
+    pub fn programs(&self) -> &[ProgramState] {
+        &self.programs
+    }
+
+    /// Which features this kernel supports, in [`FEATURES`] order.
+    pub fn features(&self) -> &[FeatureState] {
+        &self.features
+    }
+
+    /// Whether the feature `name` is on.
+    pub fn feature_on(&self, name: &str) -> bool {
+        self.features
+            .iter()
+            .any(|state| state.name == name && state.on)
+    }
+
+    /// Attaches the programs of every feature that is on: the cgroup hooks
+    /// to the cgroup v2 directory `cgroup` (every socket of its processes
+    /// and their descendants), sk_msg to the sockhash. Once the kernel
+    /// accepted a program for its hook, attaching it fails only for reasons
+    /// of this machine (the cgroup, privileges), which must stop the agent.
     pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
         if filesystem_magic(cgroup)? != CGROUP2_SUPER_MAGIC {
             bail!("{} is not a cgroup v2 directory", cgroup.display());
         }
         let cgroup_dir =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-        // aya attaches through bpf_link on kernels >= 5.7, which always
-        // coexists with other programs on the cgroup (a CNI's) and rejects
-        // explicit attach flags, hence the default mode.
-        for name in ["zh_connect4", "zh_connect6"] {
-            let program: &mut CgroupSockAddr = self.program(name)?.try_into()?;
-            program
-                .load()
-                .with_context(|| format!("verifying {name}"))?;
-            program.attach(&cgroup_dir, CgroupAttachMode::default())?;
-        }
-        let sockops: &mut SockOps = self.program("zh_sockops")?.try_into()?;
-        sockops.load().context("verifying zh_sockops")?;
-        sockops.attach(&cgroup_dir, CgroupAttachMode::default())?;
-        // SO_ORIGINAL_DST for the waypoint, which runs in the cgroup too.
-        let getsockopt: &mut CgroupSockopt = self.program("zh_getsockopt")?.try_into()?;
-        getsockopt.load().context("verifying zh_getsockopt")?;
-        getsockopt.attach(&cgroup_dir, CgroupAttachMode::default())?;
-
         let sockets: SockHash<&MapData, SockKey> = SockHash::try_from(
             self.ebpf
                 .map(map_name::SOCKETS)
                 .context("sockhash missing from the object")?,
         )?;
-        let sockets_fd = sockets.fd().try_clone()?;
-        let sk_msg: &mut SkMsg = self.program("zh_sk_msg")?.try_into()?;
-        sk_msg.load().context("verifying zh_sk_msg")?;
-        sk_msg.attach(&sockets_fd)?;
+        let sockets = sockets.fd().try_clone()?;
+        let mut attached: Vec<&str> = Vec::new();
+        for (feature, state) in FEATURES.iter().zip(&self.features) {
+            for &name in feature.programs {
+                if !state.on || attached.contains(&name) {
+                    continue;
+                }
+                let program = self
+                    .ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("program {name} missing from the object"))?;
+                // aya attaches cgroup programs through bpf_link on kernels
+                // >= 5.7, which always coexists with other programs on the
+                // cgroup (a CNI's) and rejects explicit attach flags, hence
+                // the default mode.
+                let mode = CgroupAttachMode::default();
+                let result = match program {
+                    Program::CgroupSockAddr(program) => program.attach(&cgroup_dir, mode).map(drop),
+                    Program::SockOps(program) => program.attach(&cgroup_dir, mode).map(drop),
+                    Program::CgroupSockopt(program) => program.attach(&cgroup_dir, mode).map(drop),
+                    Program::SkMsg(program) => program.attach(&sockets).map(drop),
+                    other => bail!("{name}: no attach rule for {:?}", other.prog_type()),
+                };
+                result.with_context(|| format!("attaching {name}"))?;
+                attached.push(name);
+            }
+        }
         Ok(())
-    }
-
-    fn program(&mut self, name: &str) -> Result<&mut aya::programs::Program> {
-        self.ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))
     }
 
     /// The pin directory in use.

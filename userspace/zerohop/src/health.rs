@@ -42,6 +42,8 @@ pub struct AgentStatus {
     pub problems: BTreeMap<&'static str, usize>,
     /// Map writes the kernel refused since start.
     pub map_write_errors: u64,
+    /// Each feature of the datapath and whether this kernel has it.
+    pub features: Vec<(&'static str, bool)>,
 }
 
 /// Shared between the sync loop and the HTTP server.
@@ -230,6 +232,15 @@ pub fn metrics(status: &AgentStatus, kernel: &[(Counter, u64)]) -> String {
             *count as f64,
         );
     }
+    for (name, on) in &status.features {
+        out.sample(
+            "zerohop_feature",
+            "gauge",
+            "1 when this kernel supports the datapath feature, 0 when it is off.",
+            Some(("name", name)),
+            f64::from(u8::from(*on)),
+        );
+    }
     out.sample(
         "zerohop_map_write_errors_total",
         "counter",
@@ -279,6 +290,7 @@ mod tests {
             ready: true,
             syncs: 3,
             objects: BTreeMap::from([("service", 2), ("endpointslice", 3)]),
+            features: vec![("connect", true), ("bypass", false)],
             ..AgentStatus::default()
         };
         let kernel: Vec<(Counter, u64)> =
@@ -293,6 +305,8 @@ mod tests {
         assert!(text.contains("zerohop_redirected_bytes_total 7\n"));
         assert!(text.contains("zerohop_objects{kind=\"endpointslice\"} 3\n"));
         assert!(text.contains("zerohop_ready 1\n"));
+        assert!(text.contains("zerohop_feature{name=\"connect\"} 1\n"));
+        assert!(text.contains("zerohop_feature{name=\"bypass\"} 0\n"));
         let type_line = text.find("# TYPE zerohop_objects").unwrap();
         assert!(type_line < text.find("zerohop_objects{").unwrap());
     }

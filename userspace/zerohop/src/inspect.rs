@@ -306,7 +306,7 @@ pub fn print_counters(rows: &[CounterRow], output: Output) -> Result<()> {
     })
 }
 
-fn on_off(on: bool) -> String {
+pub(crate) fn on_off(on: bool) -> String {
     if on { "on" } else { "off" }.to_owned()
 }
 
@@ -314,7 +314,7 @@ fn yes_no(yes: bool) -> String {
     if yes { "yes" } else { "no" }.to_owned()
 }
 
-fn print_rows<T: Serialize>(
+pub(crate) fn print_rows<T: Serialize>(
     rows: &[T],
     output: Output,
     headers: &[&str],

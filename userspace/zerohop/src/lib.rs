@@ -2,10 +2,12 @@
 //! node CLI that reads them.
 //!
 //! Routing decisions live in the pure `zerohop-planner` crate; this crate
-//! feeds it (`source`) and writes its output into the kernel (`datapath`).
+//! feeds it (`source`) and writes its output into the kernel (`datapath`),
+//! with what this kernel supports (`features`).
 
 pub mod agent;
 pub mod datapath;
+pub mod features;
 pub mod health;
 pub mod inspect;
 pub mod route_status;

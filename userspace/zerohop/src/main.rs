@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use zerohop::{
     agent::{self, Settings, Source},
     datapath::{self, DEFAULT_PIN_DIR},
+    features,
     inspect::{self, Output},
 };
 use zerohop_routes::router::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
@@ -42,6 +43,19 @@ enum Command {
         pin_dir: PathBuf,
         /// Output format.
         #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Load every kernel program into this kernel, attaching none, and show
+    /// which features it supports and each program's size after
+    /// verification (the verifier budget). Fails when the kernel refuses
+    /// the core (connect translation).
+    Probe {
+        /// bpffs directory for the programs' maps, created and removed
+        /// [default: /sys/fs/bpf/zerohop-probe-<pid>].
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Remove the pinned maps (after the agent stopped for good). Registered
@@ -188,6 +202,12 @@ fn run(cli: Cli) -> Result<()> {
                 inspect::print_counters(&inspect::counters(&pin_dir, None)?, output)
             }
         },
+        Command::Probe { pin_dir, output } => {
+            let pin_dir = pin_dir.unwrap_or_else(|| {
+                PathBuf::from(format!("/sys/fs/bpf/zerohop-probe-{}", std::process::id()))
+            });
+            features::print_report(&features::probe(&pin_dir)?, output)
+        }
         Command::Cleanup { pin_dir } => datapath::remove_pins(&pin_dir),
     }
 }
