@@ -118,11 +118,7 @@ impl Cluster {
             "a sandbox cluster has 1 or 2 nodes, not {nodes}"
         );
         sweep_stale();
-        let prefix = format!(
-            "zh{}x{}",
-            std::process::id(),
-            RUNS.fetch_add(1, Ordering::Relaxed)
-        );
+        let prefix = run_name();
         let mut cluster = Cluster {
             bpffs: bpffs_mount()?,
             prefix,
@@ -495,8 +491,19 @@ fn remove_pins(dir: &Path) {
     }
 }
 
+/// A new run name `zh<pid>x<n>`, unique on this machine while this process
+/// lives: name whatever a run creates with it (`<name>-…`), so that
+/// [`sweep_stale`] and [`stale_leftovers`] know it once the process is gone.
+pub fn run_name() -> String {
+    format!(
+        "zh{}x{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// The pid in a name `zh<pid>x<n>` or `zh<pid>x<n>-…`, if it has that form.
-fn run_owner(name: &str) -> Option<u32> {
+pub fn run_owner(name: &str) -> Option<u32> {
     let run = name.split('-').next()?;
     let (pid, n) = run.strip_prefix("zh")?.split_once('x')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
