@@ -1,16 +1,21 @@
 //! `cargo xtask`: zerohop's developer tasks.
 //!
 //! - `setup`: installs what a fresh machine needs (idempotent, quick when done);
-//! - `test`: setup, then every test tier, the privileged ones included;
+//! - `test`: setup, then every test tier, the privileged ones included, on
+//!   this kernel and on each kernel of the matrix (`xtask/kernels.txt`);
 //! - `demo`: a sandboxed two-node cluster showing the fast path at work.
 
 mod bench;
 mod demo;
+mod kernels;
+mod matrix;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
@@ -29,12 +34,20 @@ enum Task {
     Setup,
     /// Build the agent (and its eBPF object) and the test programs.
     Build,
-    /// Run setup, then the unit tests and the privileged tests on this kernel.
+    /// Run setup, then the unit tests and the privileged tests on this
+    /// kernel and on every kernel of the matrix (xtask/kernels.txt).
     Test {
+        /// Only the privileged tests, on this kernel of the matrix (its
+        /// name in xtask/kernels.txt: 5.10, 6.1, 6.12, newest).
+        #[arg(long)]
+        kernel: Option<String>,
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
     },
+    /// Write the README's "Supported kernels" table from the last run of the
+    /// kernel matrix (target/kernel-matrix/last-run.json).
+    SupportedKernels,
     /// Show the fast path in a sandboxed two-node cluster, then clean up.
     Demo,
     /// Benchmark same-node paths: zerohop vs kube-proxy DNAT vs pod IP vs Unix socket.
@@ -45,7 +58,8 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Build => build().map(drop),
-        Task::Test { filter } => test(&filter),
+        Task::Test { kernel, filter } => test(kernel.as_deref(), &filter),
+        Task::SupportedKernels => matrix::write_readme_table(),
         Task::Demo => {
             setup::run()?;
             let binaries = build()?;
@@ -95,33 +109,51 @@ fn build() -> Result<Binaries> {
     })
 }
 
-fn test(filter: &[String]) -> Result<()> {
+/// The tiers in order; `kernel` runs the privileged tests on that kernel of
+/// the matrix only.
+fn test(kernel: Option<&str>, filter: &[String]) -> Result<()> {
+    let started = Instant::now();
     setup::run()?;
     require_root()?;
     let binaries = build()?;
-    println!("== unit tests (no privileges needed)");
-    cargo(&["test", "--workspace", "--exclude", "zerohop-tests"])?;
-    println!("== privileged tests on this kernel, in sandboxed clusters");
-    let mut args = vec!["test", "--release", "-p", "zerohop-tests", "--"];
-    args.extend(filter.iter().map(String::as_str));
     // Read by the tests (zerohop_tests::zerohop_binary, waypoint_binary);
     // xtask has one thread.
     std::env::set_var("ZEROHOP_BIN", &binaries.zerohop);
     std::env::set_var("ZEROHOP_WAYPOINT_BIN", &binaries.waypoint);
-    cargo(&args)?;
-    leftovers_check()
+    if kernel.is_none() {
+        println!("== unit tests (no privileges needed)");
+        cargo(&["test", "--workspace", "--exclude", "zerohop-tests"])?;
+        println!("== privileged tests on this kernel, in sandboxed clusters");
+        let mut args = vec!["test", "--release", "-p", "zerohop-tests", "--"];
+        args.extend(filter.iter().map(String::as_str));
+        cargo(&args)?;
+    }
+    println!("== privileged tests on the kernels of the matrix, one VM at a time");
+    let matrix = matrix::run(&binaries, kernel, filter);
+    // Also after a failed matrix: what it left matters most then.
+    let leftovers = leftovers_check();
+    matrix?;
+    leftovers?;
+    let elapsed = started.elapsed().as_secs();
+    println!(
+        "== cargo xtask test passed in {}m{:02}s",
+        elapsed / 60,
+        elapsed % 60
+    );
+    Ok(())
 }
 
-/// Fails when a run left any of our network namespaces, cgroups, pins or
-/// programs behind. Sandboxes of runs still alive (another test run on the
-/// machine) are not leftovers; those of runs whose process is gone are.
-/// A `zh_*` program held by no live process is kept alive only by an
-/// attachment, so it is a leftover too.
+/// Fails when a run left any of our network namespaces, cgroups, pins,
+/// programs, VM directories, mounts or VM processes behind. Sandboxes of
+/// runs still alive (another test run on the machine) are not leftovers;
+/// those of runs whose process is gone are. A `zh_*` program held by no
+/// live process is kept alive only by an attachment, so it is a leftover too.
 pub fn leftovers_check() -> Result<()> {
     let mut left: Vec<String> = zerohop_tests::stale_leftovers()
         .iter()
         .map(|path| path.display().to_string())
         .collect();
+    left.extend(vm::leftovers());
     let programs: Vec<serde_json::Value> =
         serde_json::from_str(&command_output("bpftool", &["-j", "prog", "show"])?)?;
     for program in &programs {
@@ -137,7 +169,10 @@ pub fn leftovers_check() -> Result<()> {
     if !left.is_empty() {
         bail!("left behind: {left:#?}");
     }
-    println!("== nothing left behind: no network namespace, cgroup, bpffs pin or program of ours");
+    println!(
+        "== nothing left behind: no network namespace, cgroup, bpffs pin, program, VM, \
+         virtiofsd or mount of ours"
+    );
     Ok(())
 }
 
@@ -166,6 +201,20 @@ fn require_root() -> Result<()> {
     Ok(())
 }
 
+/// Where `tool` is: an absolute path if that file exists, else the first
+/// match on PATH or in the sbin directories (root's tools, which a
+/// non-login PATH may lack).
+pub fn which(tool: &str) -> Option<PathBuf> {
+    if Path::new(tool).is_absolute() {
+        return Path::new(tool).is_file().then(|| tool.into());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(tool))
+        .find(|path| path.is_file())
+}
+
 /// Runs cargo (the one running xtask) in the workspace root.
 pub fn cargo(args: &[&str]) -> Result<()> {
     let status = Command::new(cargo_path())
@@ -180,6 +229,6 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 }
 
 /// The cargo that runs xtask, so the same toolchain builds everything.
-fn cargo_path() -> String {
+pub fn cargo_path() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }

@@ -8,6 +8,9 @@
 //! - iproute2 and iptables for the sandboxed cluster, bpftool for inspection,
 //!   promtool (package prometheus) to check the agent's metrics, curl for
 //!   the waypoint's HTTP/2 (h2c) test;
+//! - for the kernel matrix: qemu-system-x86 (with virtiofsd), busybox-static
+//!   for the VMs' initramfs, kmod (depmod here, modprobe in the guests),
+//!   xz-utils for compressed modules, and Debian's archive keyring;
 //! - a bpffs mount at /sys/fs/bpf for the pinned maps.
 
 use std::{path::Path, process::Command};
@@ -109,17 +112,28 @@ fn bpf_linker() -> Result<()> {
 }
 
 fn system_packages() -> Result<()> {
-    let missing: Vec<&str> = [
+    let mut missing: Vec<&str> = [
         ("ip", "iproute2"),
         ("iptables", "iptables"),
         ("bpftool", "bpftool"),
         ("promtool", "prometheus"),
         ("curl", "curl"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("/usr/lib/qemu/virtiofsd", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+        ("depmod", "kmod"),
+        ("xz", "xz-utils"),
+        ("dpkg-deb", "dpkg"),
+        (
+            "/usr/share/keyrings/debian-archive-keyring.gpg",
+            "debian-archive-keyring",
+        ),
     ]
     .into_iter()
-    .filter(|(tool, _)| !on_path(tool))
+    .filter(|(tool, _)| crate::which(tool).is_none())
     .map(|(_, package)| package)
     .collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
@@ -146,12 +160,6 @@ fn bpffs() -> Result<()> {
         return Ok(());
     }
     run_cmd("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-        || Path::new("/usr/sbin").join(tool).is_file()
 }
 
 fn run_cmd(program: &str, args: &[&str]) -> Result<()> {
