@@ -512,21 +512,29 @@ pub fn run_owner(name: &str) -> Option<u32> {
         .flatten()
 }
 
-/// Whether `name` belongs to a run whose process is gone.
-fn is_stale(name: &str) -> bool {
-    run_owner(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+/// Whether the process `pid` is gone.
+pub fn process_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Names in `dir` that belong to dead runs.
-fn stale_entries(dir: &Path) -> Vec<PathBuf> {
+/// Entries of `dir` named by runs whose owner's pid `over` says are over.
+pub fn run_entries(dir: &Path, over: impl Fn(u32) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_str().is_some_and(is_stale))
+        .filter(|entry| {
+            let name = entry.file_name();
+            name.to_str().and_then(run_owner).is_some_and(&over)
+        })
         .map(|entry| entry.path())
         .collect()
+}
+
+/// Names in `dir` that belong to dead runs.
+fn stale_entries(dir: &Path) -> Vec<PathBuf> {
+    run_entries(dir, process_gone)
 }
 
 /// The namespaces, cgroups, pin directories and temporary files of runs

@@ -31,10 +31,13 @@ pub use addressing::Family;
 pub use agent::{
     counters, inspect, node_name, waypoint_binary, zerohop_binary, Agent, AgentSource,
 };
-pub use cluster::{run_name, run_owner, stale_leftovers, sweep_stale, Cluster, Node, Pod};
+pub use cluster::{
+    process_gone, run_entries, run_name, run_owner, stale_leftovers, sweep_stale, Cluster, Node,
+    Pod,
+};
 pub use manifests::{pod_yaml, service_yaml, slice_yaml, Endpoint, Manifests};
 pub use mounts::{bpffs_mount, cgroup2_mount, require_root};
-pub use process::{Finished, PodProcess};
+pub use process::{dies_with_this_process, Finished, PodProcess};
 pub use testpod::{
     ConcurrentReport, EchoReport, Greeting, Hold, ResetReport, ServerConn, SpreadReport, Testpod,
 };

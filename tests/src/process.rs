@@ -111,25 +111,18 @@ impl Pod {
             .open(&procs_path)
             .with_context(|| format!("cannot open {}", procs_path.display()))?;
         let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
-        let parent = std::process::id();
         let mut command = Command::new(program);
         command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        dies_with_this_process(&mut command);
         // SAFETY: the closure runs in the forked child before exec and only makes
         // async-signal-safe system calls, on descriptors that stay open (the
         // parent holds `netns` and `procs` until spawn returns).
         unsafe {
             command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before the line above took effect.
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::other("parent exited"));
-                }
                 if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -192,6 +185,28 @@ impl Pod {
         let mut process = self.spawn(program, args)?;
         process.close_stdin();
         process.finish(timeout)
+    }
+}
+
+/// Makes the process `command` starts get SIGKILL when this process dies
+/// (`PR_SET_PDEATHSIG`), from its first instruction: Drop cannot run after a
+/// SIGKILL or an abort, and the orphan would outlive what it belongs to.
+/// The signal follows the death of the *thread* that forks, so spawn from
+/// one that lives as long as the process.
+pub fn dies_with_this_process(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the line above took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("parent exited"));
+            }
+            Ok(())
+        });
     }
 }
 

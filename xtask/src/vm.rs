@@ -19,7 +19,7 @@ use std::{
     ffi::CString,
     fs::File,
     io::{BufRead, BufReader, Write},
-    os::unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -392,19 +392,7 @@ struct Owned {
 
 impl Owned {
     fn spawn(command: &mut Command, what: &'static str) -> Result<Owned> {
-        let parent = std::process::id();
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::other("xtask exited"));
-                }
-                Ok(())
-            });
-        }
+        zerohop_tests::dies_with_this_process(command);
         let child = command
             .spawn()
             .with_context(|| format!("starting {what}"))?;
@@ -546,23 +534,14 @@ fn mount_points() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Runs of ours that are over: their process is gone, or it is this one
-/// (called once its VMs are done).
-fn over(name: &str) -> bool {
-    zerohop_tests::run_owner(name).is_some_and(|pid| {
-        pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists()
-    })
+/// Whether a run of ours is over: its process is gone, or it is this one
+/// (asked once its VMs are done).
+fn over(pid: u32) -> bool {
+    pid == std::process::id() || zerohop_tests::process_gone(pid)
 }
 
 fn run_dirs_over() -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(RUN_ROOT) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_str().is_some_and(over))
-        .map(|entry| entry.path())
-        .collect()
+    zerohop_tests::run_entries(Path::new(RUN_ROOT), over)
 }
 
 /// Removes what runs that died left under [`RUN_ROOT`] (their processes
@@ -599,7 +578,7 @@ pub fn leftovers() -> Vec<String> {
         let run = cmdline
             .split_once(&format!("{RUN_ROOT}/"))
             .and_then(|(_, rest)| rest.split('/').next());
-        if run.is_some_and(over) {
+        if run.and_then(zerohop_tests::run_owner).is_some_and(over) {
             left.push(format!(
                 "process {} ({})",
                 process.file_name().to_string_lossy(),
