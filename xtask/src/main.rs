@@ -132,6 +132,9 @@ fn test(kernel: Option<&str>, filter: &[String]) -> Result<()> {
     let matrix = matrix::run(&binaries, kernel, filter);
     // Also after a failed matrix: what it left matters most then.
     let leftovers = leftovers_check();
+    if let (Err(_), Err(left)) = (&matrix, &leftovers) {
+        eprintln!("{left:#}");
+    }
     matrix?;
     leftovers?;
     let elapsed = started.elapsed().as_secs();
@@ -156,12 +159,10 @@ pub fn leftovers_check() -> Result<()> {
     left.extend(vm::leftovers());
     let programs: Vec<serde_json::Value> =
         serde_json::from_str(&command_output("bpftool", &["-j", "prog", "show"])?)?;
+    let held = held_programs();
     for program in &programs {
         let name = program["name"].as_str().unwrap_or_default();
-        let held = program["pids"].as_array().is_some_and(|pids| {
-            pids.iter()
-                .any(|pid| Path::new(&format!("/proc/{}", pid["pid"])).exists())
-        });
+        let held = program["id"].as_u64().is_some_and(|id| held.contains(&id));
         if name.starts_with("zh_") && !held {
             left.push(format!("program {name} (id {})", program["id"]));
         }
@@ -174,6 +175,28 @@ pub fn leftovers_check() -> Result<()> {
          virtiofsd or mount of ours"
     );
     Ok(())
+}
+
+/// The ids of the BPF programs that live processes hold, through a program
+/// or a link descriptor: the fdinfo of both says `prog_id:`. (bpftool's
+/// `pids` would tell too, but only where it was built with its pid
+/// iterator, and for links not programs.)
+fn held_programs() -> std::collections::BTreeSet<u64> {
+    let fdinfo_dirs = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|process| std::fs::read_dir(process.path().join("fdinfo")).ok());
+    fdinfo_dirs
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
 }
 
 /// Runs `program` and returns its standard output; fails with its standard

@@ -442,11 +442,11 @@ fn print_summary(run: &Run, suites: &BTreeMap<String, PathBuf>) {
                         .as_u64()
                         .map_or_else(|| "-".to_owned(), |n| n.to_string())
                 };
+                let name = program["name"].as_str().unwrap_or_default();
                 match program["refused"].as_str() {
-                    Some(reason) => format!("{} refused: {reason}", program["name"]),
+                    Some(reason) => format!("{name} refused: {reason}"),
                     None => format!(
-                        "{} {}/{}/{}",
-                        program["name"].as_str().unwrap_or_default(),
+                        "{name} {}/{}/{}",
                         count("xlated_insns"),
                         count("verified_insns"),
                         count("jited_bytes")
