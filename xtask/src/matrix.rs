@@ -105,12 +105,13 @@ pub fn run(binaries: &Binaries, only: Option<&str>, filter: &[String]) -> Result
         for suite in entry.suites.iter().flatten() {
             ensure!(
                 suites.contains_key(suite),
-                "kernel {}: no test suite {suite} in zerohop-tests",
+                "kernel {}: no test suite {suite} in zerohop-tests for the matrix",
                 entry.name
             );
         }
     }
     same_filesystem_as_root(&[&kernels::cache_dir(), &workspace_root()])?;
+    vm::stop_on_signals();
     vm::sweep_stale();
     std::fs::create_dir_all(out_dir())?;
 
@@ -121,6 +122,9 @@ pub fn run(binaries: &Binaries, only: Option<&str>, filter: &[String]) -> Result
     };
     let mut runs = Vec::new();
     for entry in entries {
+        if vm::interrupted() {
+            bail!("stopped by a signal");
+        }
         let (run, next_accel) = run_kernel(entry, binaries, &suites, filter, accel);
         accel = next_accel;
         println!(
@@ -188,6 +192,7 @@ fn run_kernel(
     let chosen = chosen_suites(entry, suites);
     let plan = plan(&kernel.modules, binaries, suites, &chosen, filter);
     let work = out_dir().join(&entry.name);
+    let log = work.join("console.log");
     let outcome = loop {
         println!(
             "== kernel {}: booting {} under {accel:?}: {}",
@@ -197,16 +202,7 @@ fn run_kernel(
         );
         let result = std::fs::create_dir_all(&work)
             .map_err(anyhow::Error::from)
-            .and_then(|()| {
-                vm::run(
-                    &kernel,
-                    &entry.name,
-                    &plan,
-                    accel,
-                    &work,
-                    &work.join("console.log"),
-                )
-            });
+            .and_then(|()| vm::run(&kernel, &entry.name, &plan, accel, &work, &log));
         match result {
             Ok(outcome) if outcome.kvm_hung => {
                 println!(
@@ -229,53 +225,66 @@ fn run_kernel(
         .report
         .as_deref()
         .and_then(|json| serde_json::from_str(json).ok());
-    let log = work.join("console.log");
-    run.problem = match (&outcome.booted, &outcome.stopped) {
-        (_, Some(stopped)) => Some(format!("VM {stopped} (console: {})", log.display())),
-        (None, None) => Some(format!(
-            "the guest did not start (console: {})",
-            log.display()
-        )),
-        (Some(booted), None) if *booted != kernel.release => {
-            Some(format!("booted {booted}, not {}", kernel.release))
-        }
-        (Some(_), None) if !outcome.done => Some(format!(
-            "the VM ended before its plan did (console: {})",
-            log.display()
-        )),
-        _ => None,
-    };
-    if run.probe.is_none() && run.problem.is_none() {
-        run.problem = Some("no probe report from the guest".to_owned());
-    }
-    for name in suites
-        .keys()
-        .filter(|name| !HOST_ONLY.contains(&name.as_str()))
-    {
-        let ran = outcome.suites.iter().find(|(suite, _, _)| suite == name);
-        let (status, reason, seconds) = match ran {
-            Some((_, 0, seconds)) => ("passed", None, *seconds),
-            Some((_, code, seconds)) => (
-                "failed",
-                Some(format!("exit {code} (console: {})", log.display())),
-                *seconds,
-            ),
-            None if chosen.contains(name) => (
-                "failed",
-                Some("did not run: the VM stopped before".to_owned()),
-                0,
-            ),
-            None => ("skipped", Some(SUBSET_REASON.to_owned()), 0),
-        };
-        run.suites.push(SuiteRun {
-            suite: name.clone(),
-            status: status.to_owned(),
-            reason,
-            seconds,
-        });
-    }
+    run.problem = vm_problem(&outcome, &kernel.release, &log).or_else(|| {
+        run.probe
+            .is_none()
+            .then(|| "no probe report from the guest".to_owned())
+    });
+    run.suites = suite_runs(&outcome, suites, &chosen, &log);
     run.seconds = started.elapsed().as_secs();
     (run, accel)
+}
+
+/// What went wrong with the VM itself, if anything.
+fn vm_problem(outcome: &vm::Outcome, release: &str, log: &Path) -> Option<String> {
+    let log = log.display();
+    match (&outcome.booted, &outcome.stopped) {
+        (_, Some(stopped)) => Some(format!("VM {stopped} (console: {log})")),
+        (None, None) => Some(format!("the guest did not start (console: {log})")),
+        (Some(booted), None) if booted != release => {
+            Some(format!("booted {booted}, not {release}"))
+        }
+        (Some(_), None) if !outcome.done => {
+            Some(format!("the VM ended before its plan did (console: {log})"))
+        }
+        _ => None,
+    }
+}
+
+/// Each suite of the matrix on this kernel: passed or failed as it ran,
+/// failed if chosen but never run, else skipped.
+fn suite_runs(
+    outcome: &vm::Outcome,
+    suites: &BTreeMap<String, PathBuf>,
+    chosen: &[String],
+    log: &Path,
+) -> Vec<SuiteRun> {
+    suites
+        .keys()
+        .map(|name| {
+            let ran = outcome.suites.iter().find(|(suite, _, _)| suite == name);
+            let (status, reason, seconds) = match ran {
+                Some((_, 0, seconds)) => ("passed", None, *seconds),
+                Some((_, code, seconds)) => (
+                    "failed",
+                    Some(format!("exit {code} (console: {})", log.display())),
+                    *seconds,
+                ),
+                None if chosen.contains(name) => (
+                    "failed",
+                    Some("did not run: the VM stopped before".to_owned()),
+                    0,
+                ),
+                None => ("skipped", Some(SUBSET_REASON.to_owned()), 0),
+            };
+            SuiteRun {
+                suite: name.clone(),
+                status: status.to_owned(),
+                reason,
+                seconds,
+            }
+        })
+        .collect()
 }
 
 const SUBSET_REASON: &str = "time budget: every suite runs on the oldest and the newest \
@@ -285,7 +294,6 @@ const SUBSET_REASON: &str = "time budget: every suite runs on the oldest and the
 fn chosen_suites(entry: &Entry, suites: &BTreeMap<String, PathBuf>) -> Vec<String> {
     let mut chosen: Vec<String> = suites
         .keys()
-        .filter(|name| !HOST_ONLY.contains(&name.as_str()))
         .filter(|name| entry.suites.as_ref().is_none_or(|only| only.contains(name)))
         .cloned()
         .collect();
@@ -319,7 +327,7 @@ fn plan(
 }
 
 /// The test executables of zerohop-tests by suite name (its `tests/*.rs`),
-/// as cargo built them for the host tier.
+/// as cargo built them for the host tier, but for the [`HOST_ONLY`] ones.
 fn suite_binaries() -> Result<BTreeMap<String, PathBuf>> {
     let output = Command::new(cargo_path())
         .args(["test", "--release", "-p", "zerohop-tests", "--no-run"])
@@ -346,7 +354,9 @@ fn suite_binaries() -> Result<BTreeMap<String, PathBuf>> {
             target["name"].as_str(),
             message["executable"].as_str(),
         ) {
-            suites.insert(name.to_owned(), PathBuf::from(executable));
+            if !HOST_ONLY.contains(&name) {
+                suites.insert(name.to_owned(), PathBuf::from(executable));
+            }
         }
     }
     ensure!(!suites.is_empty(), "cargo reported no test suites");
@@ -371,12 +381,8 @@ fn same_filesystem_as_root(paths: &[&Path]) -> Result<()> {
 }
 
 fn print_summary(run: &Run, suites: &BTreeMap<String, PathBuf>) {
-    let names: Vec<&String> = suites
-        .keys()
-        .filter(|name| !HOST_ONLY.contains(&name.as_str()))
-        .collect();
     let mut header = vec!["KERNEL".to_owned(), "PACKAGE VERSION".to_owned()];
-    header.extend(names.iter().map(|name| name.to_string()));
+    header.extend(suites.keys().cloned());
     header.push("TOTAL".to_owned());
     let mut rows = vec![header];
     let mut reasons: Vec<String> = Vec::new();
@@ -593,7 +599,7 @@ mod tests {
     use super::*;
 
     fn suites() -> BTreeMap<String, PathBuf> {
-        ["apiserver", "fastpath", "kernel", "l7", "route_status"]
+        ["fastpath", "kernel", "l7"]
             .iter()
             .map(|name| (name.to_string(), PathBuf::from(format!("/t/{name}-1"))))
             .collect()
@@ -610,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_suite_runs_first_and_host_only_suites_never() {
+    fn the_kernel_suite_runs_first() {
         assert_eq!(
             chosen_suites(&entry(None), &suites()),
             ["kernel", "fastpath", "l7"]

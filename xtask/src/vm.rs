@@ -22,7 +22,10 @@ use std::{
     os::unix::{ffi::OsStrExt, fs::PermissionsExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -49,6 +52,29 @@ const VM_DEADLINE: Duration = Duration::from_secs(60 * 60);
 const STAGE1: &str = include_str!("../vm/init");
 const STAGE2: &str = include_str!("../vm/guest.sh");
 
+/// Set by SIGINT, SIGTERM or SIGHUP once [`stop_on_signals`] ran.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// From now on SIGINT, SIGTERM and SIGHUP stop the running VM instead of
+/// ending xtask on the spot, so that its mount and processes are removed
+/// (a SIGKILL leaves the mount to the next run's sweep; the processes die
+/// with xtask anyway).
+pub fn stop_on_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(signal, on_signal as libc::sighandler_t) };
+    }
+}
+
+/// Whether a signal asked xtask to stop.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// How qemu runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -73,7 +99,6 @@ pub struct Outcome {
     pub stopped: Option<String>,
     /// Under KVM, the kernel never reached its init.
     pub kvm_hung: bool,
-    pub seconds: u64,
 }
 
 /// Boots `kernel` and follows `plan` (see vm/guest.sh), streaming the
@@ -150,12 +175,15 @@ pub fn run(
             outcome.stopped = Some(format!("stopped after {VM_DEADLINE:?}"));
             break;
         }
+        if interrupted() {
+            outcome.stopped = Some("stopped by a signal".to_owned());
+            break;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(qemu);
     let _ = reader.join();
     drop(virtiofsd);
-    outcome.seconds = started.elapsed().as_secs();
     let reports = std::fs::read_to_string(&results).unwrap_or_default();
     read_reports(&reports, &mut outcome);
     drop(share);
