@@ -65,6 +65,15 @@ pub struct ResetReport {
     pub error: Option<String>,
 }
 
+/// Result of `zh-testpod rr`.
+#[derive(Debug, Deserialize)]
+pub struct RrReport {
+    pub ok: bool,
+    /// The client's own address.
+    pub local: Option<SocketAddr>,
+    pub error: Option<String>,
+}
+
 /// The first line of `zh-testpod hold`: who answered.
 #[derive(Debug, Deserialize)]
 pub struct Greeting {
@@ -155,10 +164,24 @@ impl Testpod {
 
     /// Starts `zh-testpod server` in `pod` and waits until it listens (v4 and v6).
     pub fn server(&self, pod: &Pod, name: &str, port: u16) -> Result<PodProcess> {
-        let mut server = pod.spawn(
-            &self.path,
-            ["server", "--name", name, "--port", &port.to_string()],
-        )?;
+        self.server_with(pod, name, port, &[])
+    }
+
+    /// [`Testpod::server`] that does not greet: its clients speak first.
+    pub fn server_quiet(&self, pod: &Pod, name: &str, port: u16) -> Result<PodProcess> {
+        self.server_with(pod, name, port, &["--quiet"])
+    }
+
+    /// [`Testpod::server`] on one dual-stack `[::]` socket, where IPv4 clients
+    /// arrive as `::ffff:a.b.c.d` (iperf3, Go and Java servers listen so).
+    pub fn server_dual_stack(&self, pod: &Pod, name: &str, port: u16) -> Result<PodProcess> {
+        self.server_with(pod, name, port, &["--dual-stack"])
+    }
+
+    fn server_with(&self, pod: &Pod, name: &str, port: u16, extra: &[&str]) -> Result<PodProcess> {
+        let port = port.to_string();
+        let args = [&["server", "--name", name, "--port", &port][..], extra].concat();
+        let mut server = pod.spawn(&self.path, args)?;
         server
             .wait_for_line("READY", READY_TIMEOUT)
             .with_context(|| format!("server {name} in pod {}", pod.name))?;
@@ -231,6 +254,18 @@ impl Testpod {
                 &conns,
                 "--bytes",
                 &bytes,
+            ],
+        )
+    }
+
+    /// `count` requests of `size` bytes on one connection to a quiet server,
+    /// each written right away and its echo read back.
+    pub fn rr(&self, pod: &Pod, target: SocketAddr, count: u32, size: usize) -> Result<RrReport> {
+        let (target, count, size) = (target.to_string(), count.to_string(), size.to_string());
+        self.run_json(
+            pod,
+            &[
+                "rr", "--target", &target, "--count", &count, "--size", &size,
             ],
         )
     }

@@ -17,15 +17,17 @@ pub mod map_name {
     /// Run-time switches and the waypoint: index 0 → [`Config`](super::Config).
     pub const CONFIG: &str = "zh_config_v2";
     /// Per-CPU counters, indexed by [`Counter`](super::Counter).
-    pub const STATS: &str = "zh_stats_v2";
+    pub const STATS: &str = "zh_stats_v3";
     /// Sockets connected to a local endpoint, by socket cookie (u64) → u32 flags.
     pub const TAGGED: &str = "zh_tagged_v1";
-    /// Accepting ends we expect, as [`SockKey`](super::SockKey) seen from them → u32.
-    pub const PENDING: &str = "zh_pending_v1";
+    /// Accepting ends we expect, as [`SockKey`](super::SockKey) seen from
+    /// them → the connection's id (u64, the connecting end's socket cookie).
+    pub const PENDING: &str = "zh_pending_v2";
     /// Registered sockets of bypassed connections: [`SockKey`](super::SockKey) → socket.
     pub const SOCKETS: &str = "zh_socks_v1";
-    /// Sockets whose messages once went through the stack: [`SockKey`](super::SockKey) → u32.
-    pub const FALLBACK: &str = "zh_fallbk_v1";
+    /// Registered sockets' order-keeping state: [`SockKey`](super::SockKey) →
+    /// [`End`](super::End).
+    pub const ENDS: &str = "zh_ends_v1";
     /// Session affinity: [`AffinityKey`](super::AffinityKey) → [`Affinity`](super::Affinity).
     pub const AFFINITY: &str = "zh_affinity_v1";
     /// Service of each frontend, for `zerohop inspect` (no program reads it):
@@ -40,6 +42,19 @@ pub mod map_name {
     pub const ORIGDST: &str = "zh_origdst_v1";
 }
 
+/// Read-only globals of the programs that the agent sets at load time.
+///
+/// The programs read two fields of the kernel's `struct tcp_sock`, whose
+/// layout differs between kernels; the agent finds their byte offsets in the
+/// running kernel's BTF and sets them here. The verifier checks every such
+/// read against the same BTF.
+pub mod global {
+    /// Byte offset of `copied_seq` in `struct tcp_sock` (u32).
+    pub const TCP_COPIED_SEQ: &str = "ZH_TCP_COPIED_SEQ";
+    /// Byte offset of `write_seq` in `struct tcp_sock` (u32).
+    pub const TCP_WRITE_SEQ: &str = "ZH_TCP_WRITE_SEQ";
+}
+
 /// Every map name, for pinning, inspection and cleanup.
 pub const ALL_MAPS: [&str; 12] = [
     map_name::SERVICES,
@@ -49,7 +64,7 @@ pub const ALL_MAPS: [&str; 12] = [
     map_name::TAGGED,
     map_name::PENDING,
     map_name::SOCKETS,
-    map_name::FALLBACK,
+    map_name::ENDS,
     map_name::NAMES,
     map_name::AFFINITY,
     map_name::DIALED,
@@ -68,8 +83,9 @@ pub mod capacity {
     pub const PENDING: u32 = 65_536;
     /// Registered sockets (two per bypassed connection).
     pub const SOCKETS: u32 = 131_072;
-    /// Connections that fell back to the stack.
-    pub const FALLBACK: u32 = 65_536;
+    /// Ends of registered connections (two per connection; LRU: an end
+    /// whose entry ages out only has to prove again that it may redirect).
+    pub const ENDS: u32 = 131_072;
     /// (client, frontend) pairs remembered for session affinity.
     pub const AFFINITY: u32 = 65_536;
     /// Connects sent to the waypoint and not yet established.
@@ -261,6 +277,34 @@ impl SockKey {
     }
 }
 
+/// One end of a registered connection: what its peer needs to know before
+/// redirecting to it, and whether this end may redirect.
+///
+/// Bytes must reach the reader in the order they were written. A reader
+/// takes redirected bytes before those the stack delivered, so an end that
+/// sent anything through the stack may redirect only once its peer has read
+/// all of it: once the peer's published `read_upto` equals this end's
+/// `write_seq` (both in the sequence space of this end's sent bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct End {
+    /// The connection's id, the same at both ends (the connecting end's
+    /// socket cookie): a peer entry of another connection on a recycled
+    /// 4-tuple never counts.
+    pub conn: u64,
+    /// This end's `copied_seq` (the next byte its application reads from the
+    /// stack) when it last published it; host byte order, wraps.
+    pub read_upto: u32,
+    /// [`END_VERIFIED`], [`END_REDIRECTED`].
+    pub flags: u32,
+}
+
+/// [`End::flags`]: the peer has read every byte this end sent through the
+/// stack; until this end sends through the stack again, it may redirect.
+pub const END_VERIFIED: u32 = 1;
+/// [`End::flags`]: this end has redirected at least one message.
+pub const END_REDIRECTED: u32 = 2;
+
 /// Per-CPU counters in the stats map, by reason.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,17 +321,23 @@ pub enum Counter {
     MsgRedirected = 4,
     /// Bytes moved socket-to-socket.
     BytesRedirected = 5,
-    /// Messages of registered sockets that went through the stack instead.
+    /// Messages of registered sockets that went through the stack instead
+    /// (the peer was not registered, or had not read all this end sent
+    /// through the stack yet, or the bypass is off).
     RedirectMiss = 6,
     /// Inserts refused because a map was full (the connection fell back).
     MapFull = 7,
     /// Connects to an L7 Service sent to the node's waypoint.
     ToWaypoint = 8,
+    /// Connections that moved at least one message socket-to-socket.
+    ConnsBypassed = 9,
+    /// Bytes of registered sockets' messages that went through the stack.
+    BytesPassed = 10,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 11] = [
         Counter::TranslatedLocal,
         Counter::TranslatedRemote,
         Counter::PassedNotService,
@@ -297,6 +347,8 @@ impl Counter {
         Counter::RedirectMiss,
         Counter::MapFull,
         Counter::ToWaypoint,
+        Counter::ConnsBypassed,
+        Counter::BytesPassed,
     ];
 
     /// Stable name, used by the CLI and metrics.
@@ -311,6 +363,8 @@ impl Counter {
             Counter::RedirectMiss => "redirect_miss",
             Counter::MapFull => "map_full",
             Counter::ToWaypoint => "to_waypoint",
+            Counter::ConnsBypassed => "conns_bypassed",
+            Counter::BytesPassed => "bytes_passed",
         }
     }
 }
@@ -327,6 +381,7 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<SockKey>() == 44);
+    assert!(core::mem::size_of::<End>() == 16);
     assert!(core::mem::size_of::<ServiceName>() == 128);
 };
 
@@ -343,5 +398,6 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::End {}
     unsafe impl aya::Pod for super::ServiceName {}
 }

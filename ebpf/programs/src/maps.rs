@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use zerohop_abi::{
-    capacity, Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, Service,
-    ServiceName, SockKey, COUNTERS,
+    capacity, Affinity, AffinityKey, Backend, BackendKey, Config, Counter, End, FrontendKey,
+    Service, ServiceName, SockKey, COUNTERS,
 };
 
 #[map(name = "zh_svc_v2")]
@@ -20,22 +20,24 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(capacity::BA
 #[map(name = "zh_config_v2")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "zh_stats_v2")]
+#[map(name = "zh_stats_v3")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
 
 // LRU: an entry whose connection never establishes must not leak a slot forever.
 #[map(name = "zh_tagged_v1")]
 pub static TAGGED: LruHashMap<u64, u32> = LruHashMap::pinned(capacity::TAGGED, 0);
 
-#[map(name = "zh_pending_v1")]
-pub static PENDING: LruHashMap<SockKey, u32> = LruHashMap::pinned(capacity::PENDING, 0);
+#[map(name = "zh_pending_v2")]
+pub static PENDING: LruHashMap<SockKey, u64> = LruHashMap::pinned(capacity::PENDING, 0);
 
 // Entries leave by themselves when their socket closes.
 #[map(name = "zh_socks_v1")]
 pub static SOCKETS: SockHash<SockKey> = SockHash::pinned(capacity::SOCKETS, 0);
 
-#[map(name = "zh_fallbk_v1")]
-pub static FALLBACK: LruHashMap<SockKey, u32> = LruHashMap::pinned(capacity::FALLBACK, 0);
+// LRU: an entry whose socket closed ages out; an evicted entry of a live
+// socket only makes it prove again that it may redirect (see sk_msg.rs).
+#[map(name = "zh_ends_v1")]
+pub static ENDS: LruHashMap<SockKey, End> = LruHashMap::pinned(capacity::ENDS, 0);
 
 // LRU: affinities of clients that stopped connecting age out on their own.
 #[map(name = "zh_affinity_v1")]

@@ -2,9 +2,14 @@
 //!
 //! The connecting end establishes first (on the SYN-ACK) and only then sends
 //! the ACK that establishes the accepting end. So the connecting end, when it
-//! finds its tag, announces the accepting end in PENDING; the accepting end
-//! registers itself when it finds that announcement. Sockets of any other
-//! connection on the node are never registered.
+//! finds its tag, announces the accepting end in PENDING, with the
+//! connection's id (its own socket cookie); the accepting end registers
+//! itself when it finds that announcement. Sockets of any other connection on
+//! the node are never registered.
+//!
+//! Registering an end files its ENDS entry (what it has read so far, which
+//! its peer checks before redirecting, see sk_msg.rs) before it enters the
+//! sockhash: a peer that can redirect to it can also find that entry.
 //!
 //! Connections the connect hook sent to the waypoint also leave their
 //! original destination for the waypoint's end here (ORIGDST, read by
@@ -19,11 +24,12 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use zerohop_abi::{Counter, SockKey};
+use zerohop_abi::{Counter, End, SockKey};
 
 use crate::{
     conn::sock_key,
-    maps::{count, DIALED, FALLBACK, ORIGDST, PENDING, SOCKETS, TAGGED},
+    maps::{count, DIALED, ENDS, ORIGDST, PENDING, SOCKETS, TAGGED},
+    tcp,
 };
 
 #[sock_ops]
@@ -66,11 +72,11 @@ fn on_connecting_end_established(ctx: &SockOpsContext) {
     let Some(key) = key else {
         return;
     };
-    if PENDING.insert(key.peer(), 0, 0).is_err() {
+    if PENDING.insert(key.peer(), cookie, 0).is_err() {
         count(Counter::MapFull, 1);
         return;
     }
-    register(ctx.ops, key);
+    register(ctx.ops, key, cookie);
 }
 
 #[inline(always)]
@@ -78,17 +84,34 @@ fn on_accepting_end_established(ctx: &SockOpsContext) {
     let Some(key) = sock_key(unsafe { &*ctx.ops }) else {
         return;
     };
-    if unsafe { PENDING.get(key) }.is_none() {
+    // Copied out: the entry is removed below.
+    let Some(conn) = (unsafe { PENDING.get(key) }).copied() else {
         return;
-    }
+    };
     let _ = PENDING.remove(key);
-    register(ctx.ops, key);
+    register(ctx.ops, key, conn);
 }
 
+/// Files the end's ENDS entry, then puts it in the sockhash. An end whose
+/// sequence numbers cannot be read is not registered: its peer could never
+/// check it, so the connection stays on the stack.
 #[inline(always)]
-fn register(ops: *mut bpf_sock_ops, mut key: SockKey) {
+fn register(ops: *mut bpf_sock_ops, mut key: SockKey, conn: u64) {
+    // SAFETY: `ops` is the hook's own context; `sk` is its socket (the
+    // verifier types it maybe-null, tcp::seqs checks).
+    let Some(seqs) = tcp::seqs(unsafe { (*ops).__bindgen_anon_2.sk }) else {
+        return;
+    };
     // A recycled 4-tuple starts afresh, whatever its predecessor did.
-    let _ = FALLBACK.remove(key);
+    let end = End {
+        conn,
+        read_upto: seqs.copied,
+        flags: 0,
+    };
+    if ENDS.insert(key, end, 0).is_err() {
+        count(Counter::MapFull, 1);
+        return;
+    }
     // SAFETY: `ops` is the hook's own context.
     if SOCKETS
         .update(&mut key, unsafe { &mut *ops }, u64::from(BPF_ANY))

@@ -21,10 +21,12 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use zerohop_abi::{
-    map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName, SockKey,
-    CONFIG_NO_BYPASS,
+    global, map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName,
+    SockKey, CONFIG_NO_BYPASS,
 };
 use zerohop_planner::{Change, Changes, Desired};
+
+use crate::kernel_btf::{TcpSockOffsets, VMLINUX_BTF};
 
 /// The compiled kernel programs (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zerohop.bpf.o"));
@@ -56,8 +58,12 @@ impl Datapath {
         }
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        // The programs read two tcp_sock fields at these offsets (tcp.rs).
+        let tcp = TcpSockOffsets::from_btf_file(Path::new(VMLINUX_BTF))?;
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .override_global(global::TCP_COPIED_SEQ, &tcp.copied_seq, true)
+            .override_global(global::TCP_WRITE_SEQ, &tcp.write_seq, true)
             .load(EBPF_OBJECT)
             .with_context(|| {
                 format!(

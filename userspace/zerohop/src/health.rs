@@ -166,6 +166,16 @@ fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'sta
             "Kernel map inserts refused because a map was full.",
         ),
         Counter::ToWaypoint => ("zerohop_connects_total", Some("to_waypoint"), CONNECTS),
+        Counter::ConnsBypassed => (
+            "zerohop_bypassed_connections_total",
+            None,
+            "Connections that moved at least one message socket-to-socket.",
+        ),
+        Counter::BytesPassed => (
+            "zerohop_passed_bytes_total",
+            None,
+            "Bytes of registered sockets' messages that went through the stack.",
+        ),
     }
 }
 

@@ -8,5 +8,6 @@ pub mod agent;
 pub mod datapath;
 pub mod health;
 pub mod inspect;
+pub mod kernel_btf;
 pub mod route_status;
 pub mod source;
