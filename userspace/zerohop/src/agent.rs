@@ -32,6 +32,7 @@ use zerohop_routes::{
 use crate::{
     datapath::{self, Datapath, ServiceMaps},
     health::{self, SharedStatus},
+    node_idle::IdleBehaviour,
     route_status,
     source::{self, Snapshot},
 };
@@ -87,6 +88,19 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
 
     let status = SharedStatus::default();
+    let idle = IdleBehaviour::of_this_node();
+    if idle.halts() {
+        warn!(
+            idle = %idle,
+            "every wake-up of a reader on another vCPU is an interrupt here: small \
+             request/response traffic may gain little from the bypass, or lose; idle \
+             polling removes that cost (/sys/module/haltpoll/parameters/guest_halt_poll_ns, \
+             e.g. 200000)"
+        );
+    } else {
+        info!(idle = %idle, "node idle behaviour");
+    }
+    status.lock().unwrap().idle_halts = idle.halts();
     let health = match settings.health_addr {
         Some(addr) => {
             Some(health::serve(addr, Arc::clone(&status), settings.pin_dir.clone()).await?)

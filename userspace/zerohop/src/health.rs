@@ -42,6 +42,8 @@ pub struct AgentStatus {
     pub problems: BTreeMap<&'static str, usize>,
     /// Map writes the kernel refused since start.
     pub map_write_errors: u64,
+    /// The node's idle vCPUs halt at once (see node_idle.rs).
+    pub idle_halts: bool,
 }
 
 /// Shared between the sync loop and the HTTP server.
@@ -240,6 +242,14 @@ pub fn metrics(status: &AgentStatus, kernel: &[(Counter, u64)]) -> String {
             *count as f64,
         );
     }
+    out.sample(
+        "zerohop_node_idle_halts",
+        "gauge",
+        "1 when this node is a VM whose idle vCPUs halt at once, so that every \
+         wake-up of a reader on another vCPU is an interrupt (see the README).",
+        None,
+        f64::from(u8::from(status.idle_halts)),
+    );
     out.sample(
         "zerohop_map_write_errors_total",
         "counter",

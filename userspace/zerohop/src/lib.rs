@@ -9,5 +9,6 @@ pub mod datapath;
 pub mod health;
 pub mod inspect;
 pub mod kernel_btf;
+pub mod node_idle;
 pub mod route_status;
 pub mod source;
