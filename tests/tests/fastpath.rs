@@ -512,6 +512,45 @@ fn large_writes_half_close_and_reset_reach_the_peer() -> Result<()> {
     Ok(())
 }
 
+/// Java (by default), Python and gRPC's C core open IPv6 sockets and dial
+/// IPv4 Services as `::ffff:a.b.c.d`: such a connect is an IPv4 Service's,
+/// translated and bypassed like one from an IPv4 socket.
+#[test]
+fn an_ipv6_socket_dialling_an_ipv4_service_takes_the_bypass() -> Result<()> {
+    const PAYLOAD: u64 = 4 * MIB;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(Family::V4, "mapped", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+
+    let IpAddr::V4(cluster_ip) = cluster_ip(Family::V4, 10) else {
+        unreachable!("an IPv4 ClusterIP")
+    };
+    let mapped = SocketAddr::new(IpAddr::V6(cluster_ip.to_ipv6_mapped()), SERVICE_PORT);
+    let veth_before = world.veth_bytes("client")?;
+    let report = world.echo("client", mapped, PAYLOAD)?;
+    let veth = world.veth_bytes("client")? - veth_before;
+    let counters = world.agents[0].counters()?;
+    ensure!(
+        report.local.is_some_and(|local| local.is_ipv6()),
+        "the client's socket is not IPv6: {report:?}"
+    );
+    ensure!(
+        report.seen_peer.map(|peer| peer.ip().to_canonical())
+            == report.local.map(|local| local.ip().to_canonical()),
+        "the server saw {:?}, the client is {:?}",
+        report.seen_peer,
+        report.local
+    );
+    ensure!(
+        counters["translated_local"] == 1
+            && counters["passed_not_service"] == 0
+            && counters["bytes_redirected"] >= 2 * PAYLOAD
+            && veth < 64 * 1024,
+        "counters {counters:?}, {veth} bytes on the client's veth"
+    );
+    Ok(())
+}
+
 /// A client that writes right after connect() (HTTP, redis) can write
 /// before its server's end is established and registered; here the
 /// handshake's last ACK is dropped so that this happens to every

@@ -84,7 +84,7 @@ impl ConnFields for bpf_sock {
 
 /// Word 2 of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), loaded as the
 /// kernel stores it: bytes `00 00 ff ff`, read little-endian.
-const V4_MAPPED_WORD: u32 = u32::from_le_bytes([0, 0, 0xff, 0xff]);
+pub const V4_MAPPED_WORD: u32 = u32::from_le_bytes([0, 0, 0xff, 0xff]);
 
 /// The connection end as a sockhash key, or `None` for a non-IP socket.
 ///
@@ -135,6 +135,6 @@ pub fn sock_key<C: ConnFields>(ctx: &C) -> Option<SockKey> {
 /// The IPv4 address (network byte order, as `local_ip4`) of an IPv4-mapped
 /// IPv6 address, or `None` for any other IPv6 address.
 #[inline(always)]
-fn v4_mapped(addr: &[u32; 4]) -> Option<u32> {
+pub fn v4_mapped(addr: &[u32; 4]) -> Option<u32> {
     (addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_WORD).then_some(addr[3])
 }

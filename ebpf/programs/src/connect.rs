@@ -6,6 +6,10 @@
 //! slots `0..endpoints` of the backend map, so the hook only draws a slot.
 //! Drawing uniformly keeps the Service's load spread as kube-proxy would.
 //!
+//! An IPv6 socket dialling `::ffff:a.b.c.d` (Java, Python) dials an IPv4
+//! address: connect6 looks it up as an IPv4 frontend and writes the chosen
+//! endpoint back in the same mapped form.
+//!
 //! A Service with HTTPRoutes (`SERVICE_L7`) must see every request pass its
 //! routes, so connects to it go to the waypoint proxy of this node instead,
 //! and the waypoint learns the ClusterIP:port dialled through
@@ -26,7 +30,10 @@ use zerohop_abi::{
     PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS,
 };
 
-use crate::maps::{bypass_disabled, config, count, AFFINITY, BACKENDS, DIALED, SERVICES, TAGGED};
+use crate::{
+    conn::{v4_mapped, V4_MAPPED_WORD},
+    maps::{bypass_disabled, config, count, AFFINITY, BACKENDS, DIALED, SERVICES, TAGGED},
+};
 
 /// Return value that lets the connect proceed. zerohop never rejects one
 /// (0 would fail it with EPERM): a connect it cannot help goes on unchanged.
@@ -40,7 +47,15 @@ pub fn zh_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn zh_connect6(ctx: SockAddrContext) -> i32 {
-    translate::<V6>(&ctx);
+    // SAFETY: the kernel hands the hook a valid bpf_sock_addr for its duration.
+    let destination = V6::destination(unsafe { &*ctx.sock_addr });
+    // An IPv6 socket dialling an IPv4 address as ::ffff:a.b.c.d (Java's
+    // default, Python, gRPC's C core) reaches IPv4 Services.
+    if v4_mapped(&destination).is_some() {
+        translate::<Mapped>(&ctx);
+    } else {
+        translate::<V6>(&ctx);
+    }
     PROCEED
 }
 
@@ -57,6 +72,9 @@ trait Family {
 
 struct V4;
 struct V6;
+/// IPv4 through an IPv6 socket: IPv4 frontends and endpoints, written
+/// back in the socket's mapped form (`::ffff:a.b.c.d`).
+struct Mapped;
 
 impl Family for V4 {
     const FAMILY: u8 = FAMILY_V4;
@@ -86,6 +104,19 @@ impl Family for V6 {
     fn waypoint(config: &Config) -> Option<([u32; 4], u16)> {
         let port = config.waypoint_port_v6;
         (port != 0).then_some((config.waypoint_v6, port))
+    }
+}
+
+impl Family for Mapped {
+    const FAMILY: u8 = FAMILY_V4;
+    fn destination(sa: &bpf_sock_addr) -> [u32; 4] {
+        [V6::destination(sa)[3], 0, 0, 0]
+    }
+    fn set_destination(sa: &mut bpf_sock_addr, addr: &[u32; 4]) {
+        V6::set_destination(sa, &[0, 0, V4_MAPPED_WORD, addr[0]]);
+    }
+    fn waypoint(config: &Config) -> Option<([u32; 4], u16)> {
+        V4::waypoint(config)
     }
 }
 
