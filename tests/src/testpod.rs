@@ -261,13 +261,30 @@ impl Testpod {
     /// `count` requests of `size` bytes on one connection to a quiet server,
     /// each written right away and its echo read back.
     pub fn rr(&self, pod: &Pod, target: SocketAddr, count: u32, size: usize) -> Result<RrReport> {
-        let (target, count, size) = (target.to_string(), count.to_string(), size.to_string());
-        self.run_json(
-            pod,
-            &[
-                "rr", "--target", &target, "--count", &count, "--size", &size,
-            ],
-        )
+        let args = rr_args(target, count, size, 0);
+        self.run_json(pod, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// [`Testpod::rr`] started in the background, `interval_ms` between
+    /// rounds; [`Testpod::rr_report`] collects its report.
+    pub fn rr_spawn(
+        &self,
+        pod: &Pod,
+        target: SocketAddr,
+        count: u32,
+        size: usize,
+        interval_ms: u32,
+    ) -> Result<PodProcess> {
+        let mut process = pod.spawn(&self.path, rr_args(target, count, size, interval_ms))?;
+        process.close_stdin();
+        Ok(process)
+    }
+
+    /// The report of a [`Testpod::rr_spawn`]ed client, once it is done.
+    pub fn rr_report(process: PodProcess) -> Result<RrReport> {
+        let finished = process.finish(RUN_TIMEOUT)?;
+        let last = finished.stdout.last().cloned().unwrap_or_default();
+        serde_json::from_str(&last).with_context(|| format!("zh-testpod rr: {finished:?}"))
     }
 
     /// A connection closed by a reset (RST) after a short echo.
@@ -291,6 +308,21 @@ impl Testpod {
         let line = server.wait_for_line("CONN ", timeout)?;
         ServerConn::parse(&line).with_context(|| format!("malformed server line {line:?}"))
     }
+}
+
+fn rr_args(target: SocketAddr, count: u32, size: usize, interval_ms: u32) -> Vec<String> {
+    [
+        "rr".to_owned(),
+        "--target".to_owned(),
+        target.to_string(),
+        "--count".to_owned(),
+        count.to_string(),
+        "--size".to_owned(),
+        size.to_string(),
+        "--interval-ms".to_owned(),
+        interval_ms.to_string(),
+    ]
+    .into()
 }
 
 #[cfg(test)]

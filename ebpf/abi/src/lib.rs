@@ -295,7 +295,7 @@ pub struct End {
     /// This end's `copied_seq` (the next byte its application reads from the
     /// stack) when it last published it; host byte order, wraps.
     pub read_upto: u32,
-    /// [`END_VERIFIED`], [`END_REDIRECTED`].
+    /// [`END_VERIFIED`], [`END_REDIRECTED`], [`END_STACKED`].
     pub flags: u32,
 }
 
@@ -304,6 +304,10 @@ pub struct End {
 pub const END_VERIFIED: u32 = 1;
 /// [`End::flags`]: this end has redirected at least one message.
 pub const END_REDIRECTED: u32 = 2;
+/// [`End::flags`]: this end sent through the stack before its peer was
+/// registered: the peer does not register, and the connection leaves the
+/// sockhash.
+pub const END_STACKED: u32 = 4;
 
 /// Per-CPU counters in the stats map, by reason.
 #[repr(u32)]
@@ -333,11 +337,14 @@ pub enum Counter {
     ConnsBypassed = 9,
     /// Bytes of registered sockets' messages that went through the stack.
     BytesPassed = 10,
+    /// Connections handed whole to the stack: the client's first message
+    /// went through it before the server's end was registered.
+    ConnsKeptOff = 11,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 12] = [
         Counter::TranslatedLocal,
         Counter::TranslatedRemote,
         Counter::PassedNotService,
@@ -349,6 +356,7 @@ impl Counter {
         Counter::ToWaypoint,
         Counter::ConnsBypassed,
         Counter::BytesPassed,
+        Counter::ConnsKeptOff,
     ];
 
     /// Stable name, used by the CLI and metrics.
@@ -365,6 +373,7 @@ impl Counter {
             Counter::ToWaypoint => "to_waypoint",
             Counter::ConnsBypassed => "conns_bypassed",
             Counter::BytesPassed => "bytes_passed",
+            Counter::ConnsKeptOff => "conns_kept_off",
         }
     }
 }

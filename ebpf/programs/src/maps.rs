@@ -3,6 +3,7 @@
 //! these names, so a mismatch fails at load time, never silently.
 
 use aya_ebpf::{
+    helpers::generated::bpf_map_delete_elem,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
@@ -57,6 +58,20 @@ pub static DIALED: LruHashMap<u64, FrontendKey> = LruHashMap::pinned(capacity::D
 // connections age out; a recycled 4-tuple overwrites its predecessor's.
 #[map(name = "zh_origdst_v1")]
 pub static ORIGDST: LruHashMap<SockKey, FrontendKey> = LruHashMap::pinned(capacity::ORIGDST, 0);
+
+/// Takes a socket out of the sockhash (aya's SockHash has no delete).
+/// sockops may delete any entry; sk_msg may not (6.10+).
+#[inline(always)]
+pub fn unregister(key: &SockKey) {
+    // SAFETY: SockHash is a transparent wrapper of the map definition the
+    // helper wants; the key is a valid SockKey for the call's duration.
+    unsafe {
+        bpf_map_delete_elem(
+            core::ptr::addr_of!(SOCKETS).cast_mut().cast(),
+            core::ptr::from_ref(key).cast(),
+        );
+    }
+}
 
 /// Adds `n` to a counter of this CPU.
 #[inline(always)]

@@ -11,16 +11,17 @@
 //! message that went through the stack. Going the other way, from redirect
 //! to the stack, never reorders: the reader drains redirected bytes first.
 //!
-//! A connection whose first message went through the stack thus joins the
-//! bypass at its next message once the peer has read and, in
-//! request/response protocols, answered it.
+//! Such an end joins the bypass at its next message once the peer has read
+//! and, in request/response protocols, answered it. An end whose message
+//! went through the stack because its peer was not registered yet is the
+//! exception: see [`may_redirect`].
 
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, BPF_F_INGRESS},
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use zerohop_abi::{Counter, End, SockKey, END_REDIRECTED, END_VERIFIED};
+use zerohop_abi::{Counter, End, SockKey, END_REDIRECTED, END_STACKED, END_VERIFIED};
 
 use crate::{
     conn::sock_key,
@@ -87,6 +88,13 @@ fn try_redirect(ctx: &SkMsgContext) -> bool {
 /// Whether every byte this end sent through the stack has been read by its
 /// peer (checked once, then remembered until a message goes through the
 /// stack again).
+///
+/// A peer that has no entry is not registered yet: this end's message beat
+/// the accepting end's registration (a client writing right after
+/// connect()). It is marked, and the accepting end, when it establishes,
+/// hands the whole connection to the stack instead of registering (see
+/// sockops.rs): that connection could join the bypass only if its server
+/// ever sent, and stays cheaper on plain TCP than half registered.
 #[inline(always)]
 fn may_redirect(end: &mut End, key: &SockKey, write_seq: u32) -> bool {
     if end.flags & END_VERIFIED != 0 {
@@ -94,8 +102,13 @@ fn may_redirect(end: &mut End, key: &SockKey, write_seq: u32) -> bool {
     }
     // SAFETY: plain integers; the peer updates `read_upto` with single
     // 4-byte stores, so a read sees an old or a new value, both valid.
-    let caught_up = unsafe { ENDS.get(&key.peer()) }
-        .is_some_and(|peer| peer.conn == end.conn && peer.read_upto == write_seq);
+    let Some(peer) = (unsafe { ENDS.get(&key.peer()) }).filter(|peer| peer.conn == end.conn) else {
+        if end.flags & END_REDIRECTED == 0 {
+            end.flags |= END_STACKED;
+        }
+        return false;
+    };
+    let caught_up = peer.read_upto == write_seq;
     if caught_up {
         end.flags |= END_VERIFIED;
     }

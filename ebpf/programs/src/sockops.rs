@@ -7,6 +7,10 @@
 //! itself when it finds that announcement. Sockets of any other connection on
 //! the node are never registered.
 //!
+//! An accepting end does not register when its client's first message
+//! already went through the stack (see sk_msg.rs); the client's end leaves
+//! the sockhash then.
+//!
 //! Registering an end files its ENDS entry (what it has read so far, which
 //! its peer checks before redirecting, see sk_msg.rs) before it enters the
 //! sockhash: a peer that can redirect to it can also find that entry.
@@ -24,11 +28,11 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use zerohop_abi::{Counter, End, SockKey};
+use zerohop_abi::{Counter, End, SockKey, END_STACKED};
 
 use crate::{
     conn::sock_key,
-    maps::{count, DIALED, ENDS, ORIGDST, PENDING, SOCKETS, TAGGED},
+    maps::{count, unregister, DIALED, ENDS, ORIGDST, PENDING, SOCKETS, TAGGED},
     tcp,
 };
 
@@ -89,6 +93,21 @@ fn on_accepting_end_established(ctx: &SockOpsContext) {
         return;
     };
     let _ = PENDING.remove(key);
+    // The client's first message beat this registration and went through
+    // the stack: the whole connection stays there. Its end leaves the
+    // sockhash now, safely, as nothing was ever redirected to it (this end,
+    // the only one that could, was never registered); its sends take plain
+    // TCP from here on. Registering instead would leave it on the stack
+    // anyway until this end had answered, and for good if it never sends.
+    let client = key.peer();
+    let stacked = unsafe { ENDS.get(client) }
+        .is_some_and(|end| end.conn == conn && end.flags & END_STACKED != 0);
+    if stacked {
+        unregister(&client);
+        let _ = ENDS.remove(client);
+        count(Counter::ConnsKeptOff, 1);
+        return;
+    }
     register(ctx.ops, key, conn);
 }
 

@@ -9,7 +9,8 @@
 //! zh-testpod concurrent --target IP:PORT --conns K --bytes N
 //! zh-testpod reset      --target IP:PORT
 //! zh-testpod hold       --target IP:PORT      (lines on stdin are echoed)
-//! zh-testpod rr         --target IP:PORT --count N --size S   (to a --quiet server)
+//! zh-testpod rr         --target IP:PORT --count N --size S [--interval-ms M]
+//!                       (to a --quiet server)
 //! ```
 //!
 //! The server greets each connection with `HELLO <name> <peer-ip> <peer-port>`,
@@ -427,11 +428,13 @@ fn reset(flags: &Flags) -> Res<bool> {
 
 /// Request/response on one connection, the client speaking first (as HTTP
 /// or redis clients do) to a `--quiet` server: `count` times, write `size`
-/// pattern bytes right away and read their echo back, checking every byte.
+/// pattern bytes right away and read their echo back, checking every byte,
+/// then wait `interval-ms`.
 fn rr(flags: &Flags) -> Res<bool> {
     let target: SocketAddr = flags.get("target")?;
     let count: u64 = flags.get("count")?;
     let size: usize = flags.get("size")?;
+    let interval = Duration::from_millis(flags.get_or("interval-ms", 0)?);
     let result = (|| -> Res<SocketAddr> {
         let mut stream = TcpStream::connect_timeout(&target, CLIENT_TIMEOUT)
             .ctx(&format!("connect to {target}"))?;
@@ -456,6 +459,7 @@ fn rr(flags: &Flags) -> Res<bool> {
             if reply != expected {
                 return Err(format!("reply {round} differs from its request"));
             }
+            thread::sleep(interval);
         }
         Ok(local)
     })();

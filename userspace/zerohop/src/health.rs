@@ -178,6 +178,12 @@ fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'sta
             None,
             "Bytes of registered sockets' messages that went through the stack.",
         ),
+        Counter::ConnsKeptOff => (
+            "zerohop_kept_off_connections_total",
+            None,
+            "Connections handed whole to the stack: the client's first message \
+             went through it before the server's end was registered.",
+        ),
     }
 }
 
