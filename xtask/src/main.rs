@@ -37,7 +37,7 @@ enum Task {
     },
     /// Show the fast path in a sandboxed two-node cluster, then clean up.
     Demo,
-    /// Benchmark same-node paths: zerohop vs kube-proxy DNAT vs pod IP vs Unix socket.
+    /// Benchmark zerohop against the kube-proxy path on one node (wrk, redis, iperf3, zh-bench).
     Bench(bench::BenchArgs),
 }
 
