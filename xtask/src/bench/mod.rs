@@ -268,7 +268,7 @@ fn measure(
             backend.target_port(Route::KubeProxy),
         );
     }
-    let servers = start_servers(&server, zh_bench, &dir.0, pin)?;
+    let mut servers = start_servers(&server, zh_bench, &dir.0, pin)?;
     println!(
         "== starting the zerohop agent on {}: it knows the Z Services, not the K ones",
         node_name(1)
@@ -313,7 +313,10 @@ fn measure(
         let mut cells = Vec::new();
         for workload in &workloads {
             for &concurrency in &workload.concurrencies {
-                cells.push(bench.cell(workload, concurrency)?);
+                let cell = bench
+                    .cell(workload, concurrency)
+                    .map_err(|e| e.context(servers_state(&server, &mut servers)))?;
+                cells.push(cell);
             }
         }
         drop(setting);
@@ -471,6 +474,25 @@ fn start_servers(
         pod.ipv4
     );
     Ok(servers)
+}
+
+/// What listens in the server pod, whether each server still runs, and what
+/// it wrote on stderr: the context of a failed trial.
+fn servers_state(pod: &Pod, servers: &mut [PodProcess]) -> String {
+    let listening = pod
+        .exec("ss", &["-Hltn"])
+        .unwrap_or_else(|e| format!("{e:#}"));
+    let mut text = format!("listening in pod {}:\n{listening}the servers:", pod.name);
+    for server in servers {
+        let state = match server.wait_timeout(Duration::ZERO) {
+            Ok(status) => format!("exited ({status})"),
+            Err(_) => "running".to_owned(),
+        };
+        let stderr = server.stderr();
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        text += &format!("\n  pid {} {state}; stderr: {:?}", server.pid(), tail);
+    }
+    text
 }
 
 fn ports_of(backend: Backend) -> [u16; 2] {
