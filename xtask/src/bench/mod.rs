@@ -595,7 +595,7 @@ impl Bench<'_> {
         }
         let budget = self.budget(w, &warm);
         println!(
-            "   {head:<26} warm-up (not counted): {}{}",
+            "   {head:<30} warm-up (not counted): {}{}",
             warm.iter()
                 .map(|t| format!("{} {}", t.route.name(), stats::number(t.values[0])))
                 .collect::<Vec<_>>()
@@ -614,7 +614,7 @@ impl Bench<'_> {
                 let trial = self.trial(w, route, concurrency, budget)?;
                 let values: Vec<String> = trial.values.iter().map(|v| stats::number(*v)).collect();
                 println!(
-                    "   {head:<26} #{} {:<10} {:>9} {:<6} {}{}",
+                    "   {head:<30} #{} {:<10} {:>9} {:<6} {}{}",
                     i + 1,
                     route.name(),
                     values.join("/"),
@@ -635,7 +635,7 @@ impl Bench<'_> {
         };
         for row in cell.rows() {
             println!(
-                "   {:<26} => zerohop {}, kube-proxy {} {}: {:.2}x; {}",
+                "   {:<30} => zerohop {}, kube-proxy {} {}: {:.2}x; {}",
                 format!("{} c{concurrency}", row.label),
                 report::spread_text(Some(row.zerohop)),
                 report::spread_text(Some(row.kube_proxy)),
