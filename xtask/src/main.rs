@@ -37,7 +37,7 @@ enum Task {
     },
     /// Show the fast path in a sandboxed two-node cluster, then clean up.
     Demo,
-    /// Benchmark same-node paths: zerohop vs kube-proxy DNAT vs pod IP vs Unix socket.
+    /// Benchmark zerohop against the kube-proxy path on one node (wrk, redis, iperf3, zh-bench).
     Bench(bench::BenchArgs),
 }
 
@@ -124,12 +124,10 @@ pub fn leftovers_check() -> Result<()> {
         .collect();
     let programs: Vec<serde_json::Value> =
         serde_json::from_str(&command_output("bpftool", &["-j", "prog", "show"])?)?;
+    let held = held_programs();
     for program in &programs {
         let name = program["name"].as_str().unwrap_or_default();
-        let held = program["pids"].as_array().is_some_and(|pids| {
-            pids.iter()
-                .any(|pid| Path::new(&format!("/proc/{}", pid["pid"])).exists())
-        });
+        let held = program["id"].as_u64().is_some_and(|id| held.contains(&id));
         if name.starts_with("zh_") && !held {
             left.push(format!("program {name} (id {})", program["id"]));
         }
@@ -139,6 +137,30 @@ pub fn leftovers_check() -> Result<()> {
     }
     println!("== nothing left behind: no network namespace, cgroup, bpffs pin or program of ours");
     Ok(())
+}
+
+/// Ids of the BPF programs a live process holds, through a program or a link
+/// descriptor (both show `prog_id:` in their fdinfo). bpftool's `pids` would
+/// tell the same, but not every bpftool build can.
+fn held_programs() -> std::collections::BTreeSet<u64> {
+    let fdinfos = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|process| {
+            std::fs::read_dir(process.path().join("fdinfo"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten();
+    fdinfos
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
 }
 
 /// Runs `program` and returns its standard output; fails with its standard

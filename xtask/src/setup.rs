@@ -7,7 +7,8 @@
 //!   LLVM needed);
 //! - iproute2 and iptables for the sandboxed cluster, bpftool for inspection,
 //!   promtool (package prometheus) to check the agent's metrics, curl for
-//!   the waypoint's HTTP/2 (h2c) test;
+//!   the waypoint's HTTP/2 (h2c) test; wrk, nginx-light, redis-server,
+//!   redis-tools and iperf3 for the benchmark;
 //! - a bpffs mount at /sys/fs/bpf for the pinned maps.
 
 use std::{path::Path, process::Command};
@@ -115,6 +116,11 @@ fn system_packages() -> Result<()> {
         ("bpftool", "bpftool"),
         ("promtool", "prometheus"),
         ("curl", "curl"),
+        ("wrk", "wrk"),
+        ("nginx", "nginx-light"),
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
+        ("iperf3", "iperf3"),
     ]
     .into_iter()
     .filter(|(tool, _)| !on_path(tool))
