@@ -295,7 +295,7 @@ pub struct End {
     /// This end's `copied_seq` (the next byte its application reads from the
     /// stack) when it last published it; host byte order, wraps.
     pub read_upto: u32,
-    /// [`END_VERIFIED`], [`END_REDIRECTED`], [`END_STACKED`].
+    /// [`END_VERIFIED`], [`END_REDIRECTED`], [`END_STACKED`], [`END_SENT`].
     pub flags: u32,
 }
 
@@ -308,6 +308,8 @@ pub const END_REDIRECTED: u32 = 2;
 /// registered: the peer does not register, and the connection leaves the
 /// sockhash.
 pub const END_STACKED: u32 = 4;
+/// [`End::flags`]: this end has sent at least one message (either way).
+pub const END_SENT: u32 = 8;
 
 /// Per-CPU counters in the stats map, by reason.
 #[repr(u32)]
@@ -340,11 +342,15 @@ pub enum Counter {
     /// Connections handed whole to the stack: the client's first message
     /// went through it before the server's end was registered.
     ConnsKeptOff = 11,
+    /// Registered connections that sent at least one message, either way
+    /// (the base of the bypassed share: a connection that never sends
+    /// cannot take the bypass).
+    ConnsSent = 12,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Counter::TranslatedLocal,
         Counter::TranslatedRemote,
         Counter::PassedNotService,
@@ -357,6 +363,7 @@ impl Counter {
         Counter::ConnsBypassed,
         Counter::BytesPassed,
         Counter::ConnsKeptOff,
+        Counter::ConnsSent,
     ];
 
     /// Stable name, used by the CLI and metrics.
@@ -374,6 +381,7 @@ impl Counter {
             Counter::ConnsBypassed => "conns_bypassed",
             Counter::BytesPassed => "bytes_passed",
             Counter::ConnsKeptOff => "conns_kept_off",
+            Counter::ConnsSent => "conns_sent",
         }
     }
 }

@@ -21,7 +21,7 @@ use aya_ebpf::{
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use zerohop_abi::{Counter, End, SockKey, END_REDIRECTED, END_STACKED, END_VERIFIED};
+use zerohop_abi::{Counter, End, SockKey, END_REDIRECTED, END_SENT, END_STACKED, END_VERIFIED};
 
 use crate::{
     conn::sock_key,
@@ -62,6 +62,10 @@ fn try_redirect(ctx: &SkMsgContext) -> bool {
     };
     // Published for the peer's check, whether or not this message redirects.
     end.read_upto = seqs.copied;
+    if end.flags & END_SENT == 0 {
+        end.flags |= END_SENT;
+        count_once_per_connection(end, &key, END_SENT, Counter::ConnsSent);
+    }
     if bypass_disabled() || !(may_redirect(end, &key, seqs.write)) {
         end.flags &= !END_VERIFIED;
         return false;
@@ -74,15 +78,23 @@ fn try_redirect(ctx: &SkMsgContext) -> bool {
     }
     if end.flags & END_REDIRECTED == 0 {
         end.flags |= END_REDIRECTED;
-        let peer_redirected = unsafe { ENDS.get(&key.peer()) }
-            .is_some_and(|peer| peer.conn == end.conn && peer.flags & END_REDIRECTED != 0);
-        if !peer_redirected {
-            count(Counter::ConnsBypassed, 1);
-        }
+        count_once_per_connection(end, &key, END_REDIRECTED, Counter::ConnsBypassed);
     }
     count(Counter::MsgRedirected, 1);
     count(Counter::BytesRedirected, u64::from(size));
     true
+}
+
+/// Counts `counter` when this end just set `flag` and its peer has not:
+/// once per connection (two ends setting it at the same instant on two
+/// CPUs may both count; rare, and only a counter).
+#[inline(always)]
+fn count_once_per_connection(end: &End, key: &SockKey, flag: u32, counter: Counter) {
+    let peer_has_it = unsafe { ENDS.get(&key.peer()) }
+        .is_some_and(|peer| peer.conn == end.conn && peer.flags & flag != 0);
+    if !peer_has_it {
+        count(counter, 1);
+    }
 }
 
 /// Whether every byte this end sent through the stack has been read by its

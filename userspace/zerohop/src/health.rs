@@ -178,6 +178,11 @@ fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'sta
             None,
             "Bytes of registered sockets' messages that went through the stack.",
         ),
+        Counter::ConnsSent => (
+            "zerohop_sending_connections_total",
+            None,
+            "Registered connections that sent at least one message, either way.",
+        ),
         Counter::ConnsKeptOff => (
             "zerohop_kept_off_connections_total",
             None,

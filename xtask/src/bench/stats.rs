@@ -74,9 +74,13 @@ impl BytesBasis {
 pub fn shares(counts: &Counts) -> Shares {
     let get = |name: &str| counts.get(name).copied();
     let connects: u64 = CONNECTS.iter().filter_map(|name| get(name)).sum();
+    // Of the connections that sent anything (a connection that never sends,
+    // such as wrk's address probe, cannot take the bypass); without that
+    // counter, of every connect the hook saw.
+    let base = get("conns_sent").unwrap_or(connects);
     let connections = get("conns_bypassed")
-        .filter(|_| connects > 0)
-        .map(|bypassed| bypassed as f64 / connects as f64);
+        .filter(|_| base > 0)
+        .map(|bypassed| bypassed as f64 / base as f64);
     let redirected = get("bytes_redirected").unwrap_or(0);
     let (other, bytes_basis) = match get("bytes_passed") {
         Some(passed) => (passed, BytesBasis::Kernel),
@@ -450,6 +454,17 @@ mod tests {
         ]));
         assert_eq!((kp.connections, kp.bytes), (Some(0.0), Some(0.0)));
         assert_eq!(shares(&Counts::new()).bytes, None);
+    }
+
+    #[test]
+    fn the_connection_share_counts_connections_that_sent() {
+        // wrk's address probe connects and closes without sending.
+        let s = shares(&counts(&[
+            ("translated_local", 3),
+            ("conns_sent", 2),
+            ("conns_bypassed", 2),
+        ]));
+        assert_eq!(s.connections, Some(1.0));
     }
 
     fn row(label: &str, role: Role, concurrency: u32, zh: f64, kp: f64, higher: bool) -> Row {
