@@ -18,16 +18,23 @@ pub mod map_name {
     pub const CONFIG: &str = "zh_config_v2";
     /// Per-CPU counters, indexed by [`Counter`](super::Counter).
     pub const STATS: &str = "zh_stats_v3";
-    /// Sockets connected to a local endpoint, by socket cookie (u64) → u32 flags.
-    pub const TAGGED: &str = "zh_tagged_v1";
+    /// Sockets connected to a local endpoint, by socket cookie (u64) → the
+    /// [`FrontendKey`](super::FrontendKey) they dialled (all zero for the
+    /// waypoint's connects to pod IPs).
+    pub const TAGGED: &str = "zh_tagged_v2";
     /// Accepting ends we expect, as [`SockKey`](super::SockKey) seen from
-    /// them → the connection's id (u64, the connecting end's socket cookie).
-    pub const PENDING: &str = "zh_pending_v2";
+    /// them → [`Pending`](super::Pending).
+    pub const PENDING: &str = "zh_pending_v3";
     /// Registered sockets of bypassed connections: [`SockKey`](super::SockKey) → socket.
     pub const SOCKETS: &str = "zh_socks_v1";
     /// Registered sockets' order-keeping state: [`SockKey`](super::SockKey) →
     /// [`End`](super::End).
-    pub const ENDS: &str = "zh_ends_v1";
+    pub const ENDS: &str = "zh_ends_v2";
+    /// What the bypassed connections of each frontend do, for the agent's
+    /// bypass policy: [`FrontendKey`](super::FrontendKey) →
+    /// [`Traffic`](super::Traffic). The agent creates and removes the
+    /// entries; the programs only add to them.
+    pub const TRAFFIC: &str = "zh_traffic_v1";
     /// Session affinity: [`AffinityKey`](super::AffinityKey) → [`Affinity`](super::Affinity).
     pub const AFFINITY: &str = "zh_affinity_v1";
     /// Service of each frontend, for `zerohop inspect` (no program reads it):
@@ -56,7 +63,7 @@ pub mod global {
 }
 
 /// Every map name, for pinning, inspection and cleanup.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     map_name::SERVICES,
     map_name::BACKENDS,
     map_name::CONFIG,
@@ -69,6 +76,7 @@ pub const ALL_MAPS: [&str; 12] = [
     map_name::AFFINITY,
     map_name::DIALED,
     map_name::ORIGDST,
+    map_name::TRAFFIC,
 ];
 
 /// Map capacities.
@@ -95,6 +103,14 @@ pub mod capacity {
     pub const ORIGDST: u32 = 65_536;
 }
 
+/// How many messages one end of a connection sends before the connection
+/// counts as long in [`Traffic::long_ends`].
+pub const LONG_MSGS: u32 = 8;
+
+/// While a frontend is marked [`SERVICE_SHORT_CONNS`], one connect in this
+/// many still takes the bypass, so that its [`Traffic`] keeps telling.
+pub const SHORT_CONNS_SAMPLE: u32 = 16;
+
 /// `AF_INET`, as the kernel reports it in `family` fields.
 pub const FAMILY_V4: u8 = 2;
 /// `AF_INET6`.
@@ -104,7 +120,7 @@ pub const PROTO_TCP: u8 = 6;
 
 /// A Service frontend: ClusterIP, port and protocol.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendKey {
     /// The ClusterIP as the kernel stores it (network byte order words);
     /// IPv4 uses `addr[0]` and leaves the other words zero.
@@ -126,7 +142,7 @@ pub struct Service {
     /// [`SERVICE_L7`] Service still go to the waypoint: its routes may send
     /// them to other Services).
     pub endpoints: u32,
-    /// [`SERVICE_NO_BYPASS`] and/or [`SERVICE_L7`], or 0.
+    /// [`SERVICE_NO_BYPASS`], [`SERVICE_L7`], [`SERVICE_SHORT_CONNS`], or 0.
     pub flags: u32,
     /// Session affinity (`sessionAffinity: ClientIP`): how long, in seconds,
     /// a client keeps its endpoint after its last connect; 0 = none.
@@ -161,6 +177,12 @@ pub struct Affinity {
 
 /// [`Service::flags`]: translate, but never bypass the stack for this Service.
 pub const SERVICE_NO_BYPASS: u32 = 1;
+
+/// [`Service::flags`]: the agent learned that this frontend's connections
+/// are too short to gain from the bypass (each carries a request or two, and
+/// registering a connection costs more than that saves): its connects are
+/// translated, and only one in [`SHORT_CONNS_SAMPLE`] is bypassed.
+pub const SERVICE_SHORT_CONNS: u32 = 4;
 
 /// [`Service::flags`]: the Service has L7 policy (HTTPRoutes): connects from
 /// ordinary sockets go to the node's waypoint ([`Config`]) instead of an
@@ -277,6 +299,29 @@ impl SockKey {
     }
 }
 
+/// An accepting end the connecting end announced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// The connection's id (the connecting end's socket cookie).
+    pub conn: u64,
+    /// The frontend the connecting end dialled (all zero: none).
+    pub frontend: FrontendKey,
+    /// Padding, always 0.
+    pub _pad: u32,
+}
+
+/// What the bypassed connections of one frontend did, counted by the
+/// programs since the agent created the entry (u64 counters that wrap).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Connects tagged for the bypass.
+    pub conns: u64,
+    /// Ends of those connections that sent [`LONG_MSGS`] messages or more.
+    pub long_ends: u64,
+}
+
 /// One end of a registered connection: what its peer needs to know before
 /// redirecting to it, and whether this end may redirect.
 ///
@@ -297,6 +342,10 @@ pub struct End {
     pub read_upto: u32,
     /// [`END_VERIFIED`], [`END_REDIRECTED`], [`END_STACKED`], [`END_SENT`].
     pub flags: u32,
+    /// The frontend the connection was dialled at (all zero: none).
+    pub frontend: FrontendKey,
+    /// Messages this end sent while registered, up to [`LONG_MSGS`].
+    pub msgs: u32,
 }
 
 /// [`End::flags`]: the peer has read every byte this end sent through the
@@ -398,7 +447,9 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<SockKey>() == 44);
-    assert!(core::mem::size_of::<End>() == 16);
+    assert!(core::mem::size_of::<End>() == 40);
+    assert!(core::mem::size_of::<Pending>() == 32);
+    assert!(core::mem::size_of::<Traffic>() == 16);
     assert!(core::mem::size_of::<ServiceName>() == 128);
 };
 
@@ -416,5 +467,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::End {}
+    unsafe impl aya::Pod for super::Pending {}
+    unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::ServiceName {}
 }

@@ -27,12 +27,14 @@ use aya_ebpf::{
 };
 use zerohop_abi::{
     Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, FAMILY_V4, FAMILY_V6,
-    PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS,
+    PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS, SERVICE_SHORT_CONNS, SHORT_CONNS_SAMPLE,
 };
 
 use crate::{
     conn::{v4_mapped, V4_MAPPED_WORD},
-    maps::{bypass_disabled, config, count, AFFINITY, BACKENDS, DIALED, SERVICES, TAGGED},
+    maps::{
+        bypass_disabled, config, count, count_traffic, AFFINITY, BACKENDS, DIALED, SERVICES, TAGGED,
+    },
 };
 
 /// Return value that lets the connect proceed. zerohop never rejects one
@@ -209,7 +211,7 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         // translated ones; to other nodes the peer never registers, so
         // sk_msg falls back to the stack on the first message.
         if from_waypoint && !bypass_disabled() {
-            tag(ctx);
+            tag(ctx, &FrontendKey::default());
         }
         count(Counter::PassedNotService, 1);
         return;
@@ -242,8 +244,9 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
     if local {
         // Tag the socket so that sockops registers it once established.
         // Untagged, the connection is still translated, just not bypassed.
-        if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() {
-            tag(ctx);
+        if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() && sampled(flags) {
+            tag(ctx, &frontend);
+            count_traffic(&frontend, |traffic| &mut traffic.conns);
         }
         count(Counter::TranslatedLocal, 1);
     } else {
@@ -275,19 +278,29 @@ fn to_waypoint<F: Family>(
     // The waypoint runs on this node: client → waypoint is a same-node
     // connection like any other, worth the bypass.
     if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() {
-        tag(ctx);
+        tag(ctx, &FrontendKey::default());
     }
     F::set_destination(sa, &addr);
     unsafe { core::ptr::write_volatile(&mut sa.user_port, u32::from(port.to_be())) };
     count(Counter::ToWaypoint, 1);
 }
 
-/// Tags the socket so that sockops registers it in the sockhash once
-/// established. A full map only costs the bypass, never the connection.
+/// Whether a connect to a frontend with these flags takes the bypass: all
+/// of them, but only one in SHORT_CONNS_SAMPLE where the agent learned that
+/// the frontend's connections are too short to gain from it (the sample
+/// keeps its traffic counters telling, so the agent sees a change).
 #[inline(always)]
-fn tag(ctx: &SockAddrContext) {
+fn sampled(flags: u32) -> bool {
+    flags & SERVICE_SHORT_CONNS == 0 || unsafe { bpf_get_prandom_u32() } % SHORT_CONNS_SAMPLE == 0
+}
+
+/// Tags the socket so that sockops registers it in the sockhash once
+/// established, with the frontend it dialled (all zero: none). A full map
+/// only costs the bypass, never the connection.
+#[inline(always)]
+fn tag(ctx: &SockAddrContext, frontend: &FrontendKey) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    if TAGGED.insert(cookie, 0, 0).is_err() {
+    if TAGGED.insert(cookie, *frontend, 0).is_err() {
         count(Counter::MapFull, 1);
     }
 }

@@ -21,11 +21,13 @@ use aya_ebpf::{
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use zerohop_abi::{Counter, End, SockKey, END_REDIRECTED, END_SENT, END_STACKED, END_VERIFIED};
+use zerohop_abi::{
+    Counter, End, SockKey, END_REDIRECTED, END_SENT, END_STACKED, END_VERIFIED, LONG_MSGS,
+};
 
 use crate::{
     conn::sock_key,
-    maps::{bypass_disabled, count, ENDS, SOCKETS},
+    maps::{bypass_disabled, count, count_traffic, ENDS, SOCKETS},
     tcp,
 };
 
@@ -65,6 +67,14 @@ fn try_redirect(ctx: &SkMsgContext) -> bool {
     if end.flags & END_SENT == 0 {
         end.flags |= END_SENT;
         count_once_per_connection(end, &key, END_SENT, Counter::ConnsSent);
+    }
+    // How long the connection is, for the agent's bypass policy: one count
+    // per end that reaches LONG_MSGS messages.
+    if end.msgs < LONG_MSGS {
+        end.msgs += 1;
+        if end.msgs == LONG_MSGS {
+            count_traffic(&end.frontend, |traffic| &mut traffic.long_ends);
+        }
     }
     if bypass_disabled() || !(may_redirect(end, &key, seqs.write)) {
         end.flags &= !END_VERIFIED;

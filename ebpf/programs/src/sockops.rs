@@ -28,7 +28,7 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use zerohop_abi::{Counter, End, SockKey, END_STACKED};
+use zerohop_abi::{Counter, End, Pending, SockKey, END_STACKED};
 
 use crate::{
     conn::sock_key,
@@ -52,8 +52,8 @@ fn on_connecting_end_established(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     // Copied out: the entry is removed below.
     let dialed = unsafe { DIALED.get(cookie) }.copied();
-    let tagged = unsafe { TAGGED.get(cookie) }.is_some();
-    if dialed.is_none() && !tagged {
+    let tagged = unsafe { TAGGED.get(cookie) }.copied();
+    if dialed.is_none() && tagged.is_none() {
         return;
     }
     // SAFETY: valid context for the duration of the hook.
@@ -69,18 +69,23 @@ fn on_connecting_end_established(ctx: &SockOpsContext) {
             }
         }
     }
-    if !tagged {
+    let Some(frontend) = tagged else {
         return;
-    }
+    };
     let _ = TAGGED.remove(cookie);
     let Some(key) = key else {
         return;
     };
-    if PENDING.insert(key.peer(), cookie, 0).is_err() {
+    let pending = Pending {
+        conn: cookie,
+        frontend,
+        _pad: 0,
+    };
+    if PENDING.insert(key.peer(), pending, 0).is_err() {
         count(Counter::MapFull, 1);
         return;
     }
-    register(ctx.ops, key, cookie);
+    register(ctx.ops, key, &pending);
 }
 
 #[inline(always)]
@@ -89,7 +94,7 @@ fn on_accepting_end_established(ctx: &SockOpsContext) {
         return;
     };
     // Copied out: the entry is removed below.
-    let Some(conn) = (unsafe { PENDING.get(key) }).copied() else {
+    let Some(pending) = (unsafe { PENDING.get(key) }).copied() else {
         return;
     };
     let _ = PENDING.remove(key);
@@ -101,21 +106,21 @@ fn on_accepting_end_established(ctx: &SockOpsContext) {
     // anyway until this end had answered, and for good if it never sends.
     let client = key.peer();
     let stacked = unsafe { ENDS.get(client) }
-        .is_some_and(|end| end.conn == conn && end.flags & END_STACKED != 0);
+        .is_some_and(|end| end.conn == pending.conn && end.flags & END_STACKED != 0);
     if stacked {
         unregister(&client);
         let _ = ENDS.remove(client);
         count(Counter::ConnsKeptOff, 1);
         return;
     }
-    register(ctx.ops, key, conn);
+    register(ctx.ops, key, &pending);
 }
 
 /// Files the end's ENDS entry, then puts it in the sockhash. An end whose
 /// sequence numbers cannot be read is not registered: its peer could never
 /// check it, so the connection stays on the stack.
 #[inline(always)]
-fn register(ops: *mut bpf_sock_ops, mut key: SockKey, conn: u64) {
+fn register(ops: *mut bpf_sock_ops, mut key: SockKey, pending: &Pending) {
     // SAFETY: `ops` is the hook's own context; `sk` is its socket (the
     // verifier types it maybe-null, tcp::seqs checks).
     let Some(seqs) = tcp::seqs(unsafe { (*ops).__bindgen_anon_2.sk }) else {
@@ -123,9 +128,11 @@ fn register(ops: *mut bpf_sock_ops, mut key: SockKey, conn: u64) {
     };
     // A recycled 4-tuple starts afresh, whatever its predecessor did.
     let end = End {
-        conn,
+        conn: pending.conn,
         read_upto: seqs.copied,
         flags: 0,
+        frontend: pending.frontend,
+        msgs: 0,
     };
     if ENDS.insert(key, end, 0).is_err() {
         count(Counter::MapFull, 1);

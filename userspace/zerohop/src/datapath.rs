@@ -8,6 +8,7 @@
 //! the agent: dropping [`Datapath`] detaches them.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     net::{IpAddr, SocketAddr},
     os::unix::ffi::OsStrExt,
@@ -22,7 +23,7 @@ use aya::{
 };
 use zerohop_abi::{
     global, map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName,
-    SockKey, CONFIG_NO_BYPASS,
+    SockKey, Traffic, CONFIG_NO_BYPASS,
 };
 use zerohop_planner::{Change, Changes, Desired};
 
@@ -30,6 +31,9 @@ use crate::kernel_btf::{TcpSockOffsets, VMLINUX_BTF};
 
 /// The compiled kernel programs (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zerohop.bpf.o"));
+
+/// `bpf_map_update_elem` flag: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// Default bpffs directory for our pins.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/zerohop";
@@ -129,11 +133,13 @@ impl Datapath {
     }
 }
 
-/// The maps the agent writes: frontends, their endpoint slots and names.
+/// The maps the agent writes: frontends, their endpoint slots and names,
+/// and each frontend's traffic counters (which the programs add to).
 pub struct ServiceMaps {
     services: HashMap<MapData, FrontendKey, Service>,
     backends: HashMap<MapData, BackendKey, Backend>,
     names: HashMap<MapData, FrontendKey, ServiceName>,
+    traffic: HashMap<MapData, FrontendKey, Traffic>,
 }
 
 /// What [`ServiceMaps::apply`] did.
@@ -153,7 +159,31 @@ impl ServiceMaps {
             services: HashMap::try_from(open_pinned(pin_dir, map_name::SERVICES)?)?,
             backends: HashMap::try_from(open_pinned(pin_dir, map_name::BACKENDS)?)?,
             names: HashMap::try_from(open_pinned(pin_dir, map_name::NAMES)?)?,
+            traffic: HashMap::try_from(open_pinned(pin_dir, map_name::TRAFFIC)?)?,
         })
+    }
+
+    /// Every frontend's traffic counters, as the programs left them.
+    pub fn read_traffic(&self) -> Result<BTreeMap<FrontendKey, Traffic>> {
+        self.traffic.iter().map(|entry| Ok(entry?)).collect()
+    }
+
+    /// Gives every frontend in the maps a traffic entry (kept if it has one):
+    /// the maps of an earlier agent may hold frontends this one never writes.
+    pub fn count_traffic_of_every_frontend(&mut self) -> Result<()> {
+        let frontends: Vec<FrontendKey> = self.services.keys().collect::<Result<_, _>>()?;
+        for frontend in frontends {
+            self.start_counting(frontend);
+        }
+        Ok(())
+    }
+
+    /// A zeroed traffic entry for `frontend`, unless it has one. A refused
+    /// insert (a full map) only leaves the frontend unlearned.
+    fn start_counting(&mut self, frontend: FrontendKey) {
+        let _ = self
+            .traffic
+            .insert(frontend, Traffic::default(), BPF_NOEXIST);
     }
 
     /// The current contents of both maps.
@@ -184,8 +214,14 @@ impl ServiceMaps {
             let result = match change {
                 Change::UpsertBackend(key, value) => self.backends.insert(key, value, 0),
                 Change::UpsertName(key, value) => self.names.insert(key, value, 0),
-                Change::UpsertService(key, value) => self.services.insert(key, value, 0),
-                Change::DeleteService(key) => self.services.remove(&key),
+                Change::UpsertService(key, value) => {
+                    self.start_counting(key);
+                    self.services.insert(key, value, 0)
+                }
+                Change::DeleteService(key) => {
+                    let _ = self.traffic.remove(&key);
+                    self.services.remove(&key)
+                }
                 Change::DeleteBackend(key) => self.backends.remove(&key),
                 Change::DeleteName(key) => self.names.remove(&key),
             };
