@@ -775,6 +775,83 @@ fn every_byte_arrives_once_and_in_order_through_joins_and_faults() -> Result<()>
     Ok(())
 }
 
+/// A Service whose connections carry a message or two (each connection
+/// here reads the server's greeting and closes) gains nothing from the
+/// bypass but its cost: the agent learns that from the kernel's counts and
+/// marks it, after which only one connect in 16 is bypassed (the others are
+/// translated only). A Service annotated `zerohop.io/bypass: "on"` with the
+/// same traffic keeps the bypass for every connection.
+#[test]
+fn a_service_with_short_connections_is_translated_only() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "short", 10, &["server"], &[], "")?;
+    world.service(family, "forced", 11, &["server"], &[], "")?;
+    let forced = service_yaml(
+        "forced",
+        cluster_ip(family, 11),
+        SERVICE_PORT,
+        TARGET_PORT,
+        "",
+    )
+    .replace(
+        "  namespace: default\n",
+        "  namespace: default\n  annotations:\n    zerohop.io/bypass: \"on\"\n",
+    );
+    world.manifests.write("forced-svc.yaml", &forced)?;
+    world.start_agents()?;
+    let pin_dir = world.agents[0].pin_dir().to_owned();
+    let short_conns = |frontend: &str| -> Result<bool> {
+        let services: serde_json::Value = serde_json::from_str(&inspect("services", &pin_dir)?)?;
+        let row = services
+            .as_array()
+            .and_then(|rows| rows.iter().find(|row| row["frontend"] == frontend))
+            .cloned()
+            .with_context(|| format!("no frontend {frontend} in {services}"))?;
+        Ok(row["short_conns"] == true)
+    };
+
+    for n in [10, 11] {
+        world.spread("client", frontend(family, n), 200)?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !short_conns("10.96.0.10:80/TCP")? {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "frontend 10 not judged short within 10 s; agent log:\n{}",
+            world.agents[0].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        !short_conns("10.96.0.11:80/TCP")?,
+        "an annotated Service was judged"
+    );
+
+    let bypassed = |world: &World| world.counter("conns_bypassed");
+    let before = bypassed(&world)?;
+    world.spread("client", frontend(family, 10), 320)?;
+    let sampled = bypassed(&world)? - before;
+    // One in 16 of 320 is 20 on average; 0 has odds below 1e-8.
+    ensure!(
+        (1..=60).contains(&sampled),
+        "{sampled} of 320 short connections bypassed"
+    );
+    let before = bypassed(&world)?;
+    world.spread("client", frontend(family, 11), 100)?;
+    ensure!(
+        bypassed(&world)? - before == 100,
+        "the annotated Service's connections are all bypassed"
+    );
+    ensure!(
+        world.agents[0]
+            .log_text()
+            .contains("connections are too short to gain from the bypass"),
+        "the agent says what it decided"
+    );
+    Ok(())
+}
+
 /// Connections from before the agent keep working after it starts; bypassed
 /// connections keep working after it stops.
 #[test]

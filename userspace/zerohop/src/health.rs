@@ -44,6 +44,8 @@ pub struct AgentStatus {
     pub map_write_errors: u64,
     /// The node's idle vCPUs halt at once (see node_idle.rs).
     pub idle_halts: bool,
+    /// Frontends the bypass policy judged to have too short connections.
+    pub short_conn_frontends: usize,
 }
 
 /// Shared between the sync loop and the HTTP server.
@@ -253,6 +255,14 @@ pub fn metrics(status: &AgentStatus, kernel: &[(Counter, u64)]) -> String {
             *count as f64,
         );
     }
+    out.sample(
+        "zerohop_short_connection_frontends",
+        "gauge",
+        "Frontends whose connections the bypass policy judged too short to gain \
+         from the bypass (translated only, one in 16 still bypassed).",
+        None,
+        status.short_conn_frontends as f64,
+    );
     out.sample(
         "zerohop_node_idle_halts",
         "gauge",
