@@ -134,3 +134,43 @@ impl Node {
         Ok(())
     }
 }
+
+impl Node {
+    /// Drops, with `probability`, the ACK that completes the handshake of
+    /// IPv4 connections to pod port `port` on their way through this node.
+    /// The accepting end then establishes only when the client's first data
+    /// segment arrives, always after the client wrote it: the race of a
+    /// client that writes right after connect() with its server's end,
+    /// decided the same way every time. (conntrack counts the SYN as the
+    /// first packet of the original direction, the ACK as the second.)
+    pub fn drop_handshake_acks(&self, port: u16, probability: f64) -> Result<()> {
+        self.exec("sysctl", &["-qw", "net.netfilter.nf_conntrack_acct=1"])?;
+        let (port, probability) = (port.to_string(), format!("{probability:.4}"));
+        let mut rule = vec!["-I", "FORWARD", "-p", "tcp", "--dport", &port];
+        if probability != "1.0000" {
+            rule.extend([
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &probability,
+            ]);
+        }
+        rule.extend([
+            "-m",
+            "connbytes",
+            "--connbytes",
+            "2:2",
+            "--connbytes-dir",
+            "original",
+            "--connbytes-mode",
+            "packets",
+            "-j",
+            "DROP",
+        ]);
+        self.exec("iptables", &rule)
+            .map(drop)
+            .with_context(|| format!("cannot drop handshake ACKs on node {}", self.index()))
+    }
+}

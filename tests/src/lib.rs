@@ -23,6 +23,7 @@ mod cmd;
 mod dnat;
 mod manifests;
 mod mounts;
+pub mod pattern;
 mod process;
 pub mod socket;
 mod testpod;
@@ -39,5 +40,6 @@ pub use manifests::{pod_yaml, service_yaml, slice_yaml, Endpoint, Manifests};
 pub use mounts::{bpffs_mount, cgroup2_mount, require_root};
 pub use process::{dies_with_this_process, Finished, PodProcess};
 pub use testpod::{
-    ConcurrentReport, EchoReport, Greeting, Hold, ResetReport, ServerConn, SpreadReport, Testpod,
+    ConcurrentReport, EchoReport, Greeting, Hold, ResetReport, RrReport, ServerConn, SpreadReport,
+    Testpod,
 };

@@ -13,11 +13,29 @@ use std::{
 /// socket would also take IPv4 connections, as IPv4-mapped addresses
 /// (::ffff:a.b.c.d), which is not what a v4 client of a real pod sees.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    listen_with(addr, addr.is_ipv6())
+}
+
+/// A dual-stack listener on `[::]:port`, as iperf3, Go and Java servers open
+/// by default: IPv4 clients arrive on it as `::ffff:a.b.c.d`.
+pub fn listen_dual_stack(port: u16) -> io::Result<TcpListener> {
+    listen_with(
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        false,
+    )
+}
+
+fn listen_with(addr: SocketAddr, v6_only: bool) -> io::Result<TcpListener> {
     let socket = tcp_socket(addr)?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
     set_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)?;
     if addr.is_ipv6() {
-        set_option(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1i32)?;
+        set_option(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &i32::from(v6_only),
+        )?;
     }
     let (storage, len) = sockaddr(addr);
     // SAFETY: the address structure is initialised and its length given.

@@ -65,6 +65,15 @@ pub struct ResetReport {
     pub error: Option<String>,
 }
 
+/// Result of `zh-testpod rr`.
+#[derive(Debug, Deserialize)]
+pub struct RrReport {
+    pub ok: bool,
+    /// The client's own address.
+    pub local: Option<SocketAddr>,
+    pub error: Option<String>,
+}
+
 /// The first line of `zh-testpod hold`: who answered.
 #[derive(Debug, Deserialize)]
 pub struct Greeting {
@@ -155,10 +164,24 @@ impl Testpod {
 
     /// Starts `zh-testpod server` in `pod` and waits until it listens (v4 and v6).
     pub fn server(&self, pod: &Pod, name: &str, port: u16) -> Result<PodProcess> {
-        let mut server = pod.spawn(
-            &self.path,
-            ["server", "--name", name, "--port", &port.to_string()],
-        )?;
+        self.server_with(pod, name, port, &[])
+    }
+
+    /// [`Testpod::server`] that does not greet: its clients speak first.
+    pub fn server_quiet(&self, pod: &Pod, name: &str, port: u16) -> Result<PodProcess> {
+        self.server_with(pod, name, port, &["--quiet"])
+    }
+
+    /// [`Testpod::server`] on one dual-stack `[::]` socket, where IPv4 clients
+    /// arrive as `::ffff:a.b.c.d` (iperf3, Go and Java servers listen so).
+    pub fn server_dual_stack(&self, pod: &Pod, name: &str, port: u16) -> Result<PodProcess> {
+        self.server_with(pod, name, port, &["--dual-stack"])
+    }
+
+    fn server_with(&self, pod: &Pod, name: &str, port: u16, extra: &[&str]) -> Result<PodProcess> {
+        let port = port.to_string();
+        let args = [&["server", "--name", name, "--port", &port][..], extra].concat();
+        let mut server = pod.spawn(&self.path, args)?;
         server
             .wait_for_line("READY", READY_TIMEOUT)
             .with_context(|| format!("server {name} in pod {}", pod.name))?;
@@ -235,6 +258,35 @@ impl Testpod {
         )
     }
 
+    /// `count` requests of `size` bytes on one connection to a quiet server,
+    /// each written right away and its echo read back.
+    pub fn rr(&self, pod: &Pod, target: SocketAddr, count: u32, size: usize) -> Result<RrReport> {
+        let args = rr_args(target, count, size, 0);
+        self.run_json(pod, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// [`Testpod::rr`] started in the background, `interval_ms` between
+    /// rounds; [`Testpod::rr_report`] collects its report.
+    pub fn rr_spawn(
+        &self,
+        pod: &Pod,
+        target: SocketAddr,
+        count: u32,
+        size: usize,
+        interval_ms: u32,
+    ) -> Result<PodProcess> {
+        let mut process = pod.spawn(&self.path, rr_args(target, count, size, interval_ms))?;
+        process.close_stdin();
+        Ok(process)
+    }
+
+    /// The report of a [`Testpod::rr_spawn`]ed client, once it is done.
+    pub fn rr_report(process: PodProcess) -> Result<RrReport> {
+        let finished = process.finish(RUN_TIMEOUT)?;
+        let last = finished.stdout.last().cloned().unwrap_or_default();
+        serde_json::from_str(&last).with_context(|| format!("zh-testpod rr: {finished:?}"))
+    }
+
     /// A connection closed by a reset (RST) after a short echo.
     pub fn reset(&self, pod: &Pod, target: SocketAddr) -> Result<ResetReport> {
         self.run_json(pod, &["reset", "--target", &target.to_string()])
@@ -256,6 +308,21 @@ impl Testpod {
         let line = server.wait_for_line("CONN ", timeout)?;
         ServerConn::parse(&line).with_context(|| format!("malformed server line {line:?}"))
     }
+}
+
+fn rr_args(target: SocketAddr, count: u32, size: usize, interval_ms: u32) -> Vec<String> {
+    [
+        "rr".to_owned(),
+        "--target".to_owned(),
+        target.to_string(),
+        "--count".to_owned(),
+        count.to_string(),
+        "--size".to_owned(),
+        size.to_string(),
+        "--interval-ms".to_owned(),
+        interval_ms.to_string(),
+    ]
+    .into()
 }
 
 #[cfg(test)]

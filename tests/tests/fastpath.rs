@@ -265,6 +265,42 @@ fn bypass_skips_the_veths_v6() -> Result<()> {
     bypass_skips_the_veths(Family::V6)
 }
 
+/// A server on one dual-stack `[::]` socket (iperf3, Go and Java servers
+/// listen so) sees its IPv4 clients as `::ffff:a.b.c.d` on an IPv6 socket;
+/// its end of the connection must still find the client's end, or every
+/// byte crosses the veths.
+#[test]
+fn a_dual_stack_listener_takes_the_bypass() -> Result<()> {
+    const PAYLOAD: u64 = 8 * MIB;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &[])?;
+    let server = testpod().server_dual_stack(world.pod("server"), "server", TARGET_PORT)?;
+    world.servers.push(server);
+    world.service(Family::V4, "dual", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+
+    let veth_before = world.veth_bytes("client")?;
+    let redirected_before = world.counter("bytes_redirected")?;
+    let report = world.echo("client", frontend(Family::V4, 10), PAYLOAD)?;
+    let veth = world.veth_bytes("client")? - veth_before;
+    let redirected = world.counter("bytes_redirected")? - redirected_before;
+    ensure!(
+        report.seen_peer.map(|peer| peer.ip().to_canonical()) == report.local.map(|l| l.ip()),
+        "the server saw {:?}, the client is {:?}",
+        report.seen_peer,
+        report.local
+    );
+    ensure!(
+        redirected >= 2 * PAYLOAD && veth < 64 * 1024,
+        "{redirected} bytes redirected and {veth} bytes on the client's veth for 2 x {PAYLOAD} echoed"
+    );
+    ensure!(
+        world.counter("redirect_miss")? == 0,
+        "redirect misses: {:?}",
+        world.agents[0].counters()?
+    );
+    Ok(())
+}
+
 /// A Service whose endpoints are all on node 2: translated (no DNAT rule
 /// exists for it, so only translation can reach them), bytes on the wire.
 fn remote_endpoints_are_reached_without_nat(family: Family) -> Result<()> {
@@ -473,6 +509,346 @@ fn large_writes_half_close_and_reset_reach_the_peer() -> Result<()> {
     assert!(report.ok, "{report:?}");
     let conn = Testpod::next_conn(&mut world.servers[0], WAIT)?;
     assert_eq!(conn.end, "reset", "the server sees the reset: {conn:?}");
+    Ok(())
+}
+
+/// Java (by default), Python and gRPC's C core open IPv6 sockets and dial
+/// IPv4 Services as `::ffff:a.b.c.d`: such a connect is an IPv4 Service's,
+/// translated and bypassed like one from an IPv4 socket.
+#[test]
+fn an_ipv6_socket_dialling_an_ipv4_service_takes_the_bypass() -> Result<()> {
+    const PAYLOAD: u64 = 4 * MIB;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(Family::V4, "mapped", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+
+    let IpAddr::V4(cluster_ip) = cluster_ip(Family::V4, 10) else {
+        unreachable!("an IPv4 ClusterIP")
+    };
+    let mapped = SocketAddr::new(IpAddr::V6(cluster_ip.to_ipv6_mapped()), SERVICE_PORT);
+    let veth_before = world.veth_bytes("client")?;
+    let report = world.echo("client", mapped, PAYLOAD)?;
+    let veth = world.veth_bytes("client")? - veth_before;
+    let counters = world.agents[0].counters()?;
+    ensure!(
+        report.local.is_some_and(|local| local.is_ipv6()),
+        "the client's socket is not IPv6: {report:?}"
+    );
+    ensure!(
+        report.seen_peer.map(|peer| peer.ip().to_canonical())
+            == report.local.map(|local| local.ip().to_canonical()),
+        "the server saw {:?}, the client is {:?}",
+        report.seen_peer,
+        report.local
+    );
+    ensure!(
+        counters["translated_local"] == 1
+            && counters["passed_not_service"] == 0
+            && counters["bytes_redirected"] >= 2 * PAYLOAD
+            && veth < 64 * 1024,
+        "counters {counters:?}, {veth} bytes on the client's veth"
+    );
+    Ok(())
+}
+
+/// A client that writes right after connect() (HTTP, redis, iperf3) takes
+/// the bypass from its first message: its server's end registers while
+/// processing the handshake's last ACK, before connect() returns.
+#[test]
+fn a_client_first_connection_takes_the_bypass_from_its_first_message() -> Result<()> {
+    const ROUNDS: u32 = 200;
+    const SIZE: usize = 1000;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &[])?;
+    let server = testpod().server_quiet(world.pod("server"), "server", TARGET_PORT)?;
+    world.servers.push(server);
+    world.service(Family::V4, "rr", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+
+    let veth_before = world.veth_bytes("client")?;
+    let report = testpod().rr(world.pod("client"), frontend(Family::V4, 10), ROUNDS, SIZE)?;
+    ensure!(report.ok, "request/response failed: {report:?}");
+    let counters = world.agents[0].counters()?;
+    let veth = world.veth_bytes("client")? - veth_before;
+    ensure!(
+        counters["msg_redirected"] == 2 * u64::from(ROUNDS)
+            && counters["redirect_miss"] == 0
+            && counters["conns_bypassed"] == 1
+            && veth < 8 * 1024,
+        "counters {counters:?}, {veth} bytes on the client's veth"
+    );
+    Ok(())
+}
+
+/// When a client's first message does beat its server's registration (here
+/// the handshake's last ACK is dropped, so the server's end establishes only
+/// on that message), the connection is handed whole to the stack: its
+/// client's end leaves the sockhash and its server's end never enters it,
+/// so both send with plain TCP, at no cost over it.
+#[test]
+fn a_client_that_beats_its_server_is_handed_to_the_stack() -> Result<()> {
+    const ROUNDS: u32 = 300;
+    const SIZE: usize = 1000;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &[])?;
+    let server = testpod().server_quiet(world.pod("server"), "server", TARGET_PORT)?;
+    world.servers.push(server);
+    world.service(Family::V4, "rr", 10, &["server"], &[], "")?;
+    world
+        .cluster
+        .node(1)
+        .drop_handshake_acks(TARGET_PORT, 1.0)?;
+    world.start_agents()?;
+
+    let client = testpod().rr_spawn(
+        world.pod("client"),
+        frontend(Family::V4, 10),
+        ROUNDS,
+        SIZE,
+        3,
+    )?;
+    std::thread::sleep(Duration::from_millis(400));
+    let registered = inspect("sockets", world.agents[0].pin_dir())?;
+    let report = Testpod::rr_report(client)?;
+    ensure!(report.ok, "request/response failed: {report:?}");
+    let counters = world.agents[0].counters()?;
+    let counted = format!("counters {counters:?}; registered sockets mid-run:\n{registered}");
+    ensure!(
+        counters["redirect_miss"] == 1
+            && counters["bytes_passed"] == SIZE as u64
+            && counters["conns_kept_off"] == 1
+            && counters["msg_redirected"] == 0,
+        "expected the first request through sk_msg, then plain TCP: {counted}"
+    );
+    ensure!(
+        !registered.contains("10.244."),
+        "no end of the connection may stay in the sockhash: {counted}"
+    );
+    Ok(())
+}
+
+/// The bypass switched off and on under a live connection: the messages of
+/// the off period go through the stack, and once the peer has read them the
+/// connection moves socket-to-socket again, every line echoed in order.
+#[test]
+fn a_live_connection_returns_to_the_bypass_after_it_was_off() -> Result<()> {
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(Family::V4, "local", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+    let mut hold = testpod().hold(world.pod("client"), frontend(Family::V4, 10))?;
+    let mut echo_lines = |phase: &str| -> Result<()> {
+        for round in 0..20 {
+            let line = format!("{phase} {round} {}", "x".repeat(round * 37));
+            ensure!(hold.echo(&line)? == line, "echo of {line:?}");
+        }
+        Ok(())
+    };
+    echo_lines("on")?;
+    let on = world.agents[0].counters()?;
+    world.agents[0].set_bypass(false)?;
+    echo_lines("off")?;
+    let off = world.agents[0].counters()?;
+    world.agents[0].set_bypass(true)?;
+    echo_lines("on again")?;
+    let again = world.agents[0].counters()?;
+    hold.close()?;
+    let grew = |from: &BTreeMap<String, u64>, to: &BTreeMap<String, u64>, name: &str| {
+        to[name] - from[name]
+    };
+    ensure!(
+        grew(&on, &off, "msg_redirected") == 0 && grew(&on, &off, "redirect_miss") == 40,
+        "off: every message through the stack: {on:?} -> {off:?}"
+    );
+    // The first message of each end after the switch finds its peer caught
+    // up (it answered every line), so everything is redirected again.
+    ensure!(
+        grew(&off, &again, "msg_redirected") == 40 && grew(&off, &again, "redirect_miss") == 0,
+        "on again: every message redirected: {off:?} -> {again:?}"
+    );
+    Ok(())
+}
+
+/// Thousands of connections, each checking every byte of its echo (zh-stress:
+/// random write sizes and pauses, client-first, server-first and racing first
+/// writes, resets part-way), while half of the handshakes are made to lose
+/// their race (those connections are handed to the stack), the bypass is
+/// switched off and on (live connections go through the stack, then join
+/// again), and the agent restarts: not one byte lost, reordered, duplicated
+/// or crossed.
+#[test]
+fn every_byte_arrives_once_and_in_order_through_joins_and_faults() -> Result<()> {
+    const CONNS: u32 = 3000;
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &[])?;
+    let server = world.pod("server").ip(family);
+    let quiet_port = TARGET_PORT + 1;
+    world
+        .servers
+        .push(testpod().server(world.pod("server"), "hello", TARGET_PORT)?);
+    world
+        .servers
+        .push(testpod().server_quiet(world.pod("server"), "quiet", quiet_port)?);
+    world.service(family, "hello", 10, &["server"], &[], "")?;
+    world.manifests.write(
+        "quiet-svc.yaml",
+        &service_yaml(
+            "quiet",
+            cluster_ip(family, 11),
+            SERVICE_PORT,
+            quiet_port,
+            "",
+        ),
+    )?;
+    world.manifests.write(
+        "quiet-slice.yaml",
+        &slice_yaml(
+            "quiet",
+            "quiet-1",
+            quiet_port,
+            &[Endpoint {
+                ip: server,
+                node: "node1",
+                ready: true,
+            }],
+        ),
+    )?;
+    // While the agent is down, new connections take the kube-proxy path.
+    for (n, port) in [(10, TARGET_PORT), (11, quiet_port)] {
+        world.cluster.add_dnat_everywhere(
+            cluster_ip(family, n),
+            SERVICE_PORT,
+            &[(server, port)],
+        )?;
+    }
+    for port in [TARGET_PORT, quiet_port] {
+        world.cluster.node(1).drop_handshake_acks(port, 0.5)?;
+    }
+    world.start_agents()?;
+
+    let targets = format!(
+        "hello:{},quiet:{}",
+        frontend(family, 10),
+        frontend(family, 11)
+    );
+    let mut stress = world.pod("client").spawn(
+        Path::new(env!("CARGO_BIN_EXE_zh-stress")),
+        [
+            "--target",
+            &targets,
+            "--conns",
+            &CONNS.to_string(),
+            "--parallel",
+            "32",
+            "--seed",
+            "11",
+            "--max-bytes",
+            "262144",
+        ],
+    )?;
+    let pause = || std::thread::sleep(Duration::from_millis(700));
+    pause();
+    world.agents[0].set_bypass(false)?;
+    pause();
+    world.agents[0].set_bypass(true)?;
+    pause();
+    world.agents[0].stop()?;
+    pause();
+    world.agents[0] = Agent::start(&world.cluster, 1, world.manifests.dir(), &[])?;
+    stress.close_stdin();
+    let finished = stress.finish(Duration::from_secs(300))?;
+    let report = finished.stdout.last().cloned().unwrap_or_default();
+    ensure!(
+        finished.status.success(),
+        "zh-stress: {report} {}",
+        finished.stderr
+    );
+    let report: serde_json::Value = serde_json::from_str(&report)?;
+    ensure!(report["ok"] == CONNS, "{report}");
+    // The faults happened, and the bypass carried traffic around them.
+    let counters = world.agents[0].counters()?;
+    for name in [
+        "redirect_miss",
+        "bytes_passed",
+        "conns_bypassed",
+        "bytes_redirected",
+    ] {
+        ensure!(counters[name] > 0, "no {name}: {counters:?}; {report}");
+    }
+    Ok(())
+}
+
+/// A Service whose connections carry a message or two (each connection
+/// here reads the server's greeting and closes) gains nothing from the
+/// bypass but its cost: the agent learns that from the kernel's counts and
+/// marks it, after which only one connect in 16 is bypassed (the others are
+/// translated only). A Service annotated `zerohop.io/bypass: "on"` with the
+/// same traffic keeps the bypass for every connection.
+#[test]
+fn a_service_with_short_connections_is_translated_only() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "short", 10, &["server"], &[], "")?;
+    world.service(family, "forced", 11, &["server"], &[], "")?;
+    let forced = service_yaml(
+        "forced",
+        cluster_ip(family, 11),
+        SERVICE_PORT,
+        TARGET_PORT,
+        "",
+    )
+    .replace(
+        "  namespace: default\n",
+        "  namespace: default\n  annotations:\n    zerohop.io/bypass: \"on\"\n",
+    );
+    world.manifests.write("forced-svc.yaml", &forced)?;
+    world.start_agents()?;
+    let pin_dir = world.agents[0].pin_dir().to_owned();
+    let short_conns = |frontend: &str| -> Result<bool> {
+        let services: serde_json::Value = serde_json::from_str(&inspect("services", &pin_dir)?)?;
+        let row = services
+            .as_array()
+            .and_then(|rows| rows.iter().find(|row| row["frontend"] == frontend))
+            .cloned()
+            .with_context(|| format!("no frontend {frontend} in {services}"))?;
+        Ok(row["short_conns"] == true)
+    };
+
+    for n in [10, 11] {
+        world.spread("client", frontend(family, n), 200)?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !short_conns("10.96.0.10:80/TCP")? {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "frontend 10 not judged short within 10 s; agent log:\n{}",
+            world.agents[0].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        !short_conns("10.96.0.11:80/TCP")?,
+        "an annotated Service was judged"
+    );
+
+    let bypassed = |world: &World| world.counter("conns_bypassed");
+    let before = bypassed(&world)?;
+    world.spread("client", frontend(family, 10), 320)?;
+    let sampled = bypassed(&world)? - before;
+    // One in 16 of 320 is 20 on average; 0 has odds below 1e-8.
+    ensure!(
+        (1..=60).contains(&sampled),
+        "{sampled} of 320 short connections bypassed"
+    );
+    let before = bypassed(&world)?;
+    world.spread("client", frontend(family, 11), 100)?;
+    ensure!(
+        bypassed(&world)? - before == 100,
+        "the annotated Service's connections are all bypassed"
+    );
+    ensure!(
+        world.agents[0]
+            .log_text()
+            .contains("connections are too short to gain from the bypass"),
+        "the agent says what it decided"
+    );
     Ok(())
 }
 

@@ -50,7 +50,7 @@ enum Task {
     SupportedKernels,
     /// Show the fast path in a sandboxed two-node cluster, then clean up.
     Demo,
-    /// Benchmark same-node paths: zerohop vs kube-proxy DNAT vs pod IP vs Unix socket.
+    /// Benchmark zerohop against the kube-proxy path on one node (wrk, redis, iperf3, zh-bench).
     Bench(bench::BenchArgs),
 }
 
@@ -177,19 +177,21 @@ pub fn leftovers_check() -> Result<()> {
     Ok(())
 }
 
-/// The ids of the BPF programs that live processes hold, through a program
-/// or a link descriptor: the fdinfo of both says `prog_id:`. (bpftool's
-/// `pids` would tell too, but only where it was built with its pid
-/// iterator, and for links not programs.)
+/// Ids of the BPF programs a live process holds, through a program or a link
+/// descriptor (both show `prog_id:` in their fdinfo). bpftool's `pids` would
+/// tell the same, but not every bpftool build can.
 fn held_programs() -> std::collections::BTreeSet<u64> {
-    let fdinfo_dirs = std::fs::read_dir("/proc")
+    let fdinfos = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|process| std::fs::read_dir(process.path().join("fdinfo")).ok());
-    fdinfo_dirs
-        .flatten()
-        .flatten()
+        .flat_map(|process| {
+            std::fs::read_dir(process.path().join("fdinfo"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten();
+    fdinfos
         .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
         .filter_map(|info| {
             info.lines()

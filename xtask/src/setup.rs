@@ -11,6 +11,8 @@
 //! - for the kernel matrix: qemu-system-x86 (with virtiofsd), busybox-static
 //!   for the VMs' initramfs, kmod (depmod here, modprobe in the guests),
 //!   xz-utils for compressed modules, and Debian's archive keyring;
+//! - wrk, nginx-light, redis-server, redis-tools and iperf3 for the
+//!   benchmark;
 //! - a bpffs mount at /sys/fs/bpf for the pinned maps.
 
 use std::{path::Path, process::Command};
@@ -128,6 +130,11 @@ fn system_packages() -> Result<()> {
             "/usr/share/keyrings/debian-archive-keyring.gpg",
             "debian-archive-keyring",
         ),
+        ("wrk", "wrk"),
+        ("nginx", "nginx-light"),
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
+        ("iperf3", "iperf3"),
     ]
     .into_iter()
     .filter(|(tool, _)| crate::which(tool).is_none())

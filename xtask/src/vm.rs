@@ -66,7 +66,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 pub fn stop_on_signals() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(signal, on_signal as libc::sighandler_t) };
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
     }
 }
 

@@ -17,15 +17,24 @@ pub mod map_name {
     /// Run-time switches and the waypoint: index 0 → [`Config`](super::Config).
     pub const CONFIG: &str = "zh_config_v2";
     /// Per-CPU counters, indexed by [`Counter`](super::Counter).
-    pub const STATS: &str = "zh_stats_v2";
-    /// Sockets connected to a local endpoint, by socket cookie (u64) → u32 flags.
-    pub const TAGGED: &str = "zh_tagged_v1";
-    /// Accepting ends we expect, as [`SockKey`](super::SockKey) seen from them → u32.
-    pub const PENDING: &str = "zh_pending_v1";
+    pub const STATS: &str = "zh_stats_v3";
+    /// Sockets connected to a local endpoint, by socket cookie (u64) → the
+    /// [`FrontendKey`](super::FrontendKey) they dialled (all zero for the
+    /// waypoint's connects to pod IPs).
+    pub const TAGGED: &str = "zh_tagged_v2";
+    /// Accepting ends we expect, as [`SockKey`](super::SockKey) seen from
+    /// them → [`Pending`](super::Pending).
+    pub const PENDING: &str = "zh_pending_v3";
     /// Registered sockets of bypassed connections: [`SockKey`](super::SockKey) → socket.
     pub const SOCKETS: &str = "zh_socks_v1";
-    /// Sockets whose messages once went through the stack: [`SockKey`](super::SockKey) → u32.
-    pub const FALLBACK: &str = "zh_fallbk_v1";
+    /// Registered sockets' order-keeping state: [`SockKey`](super::SockKey) →
+    /// [`End`](super::End).
+    pub const ENDS: &str = "zh_ends_v2";
+    /// What the bypassed connections of each frontend do, for the agent's
+    /// bypass policy: [`FrontendKey`](super::FrontendKey) →
+    /// [`Traffic`](super::Traffic). The agent creates and removes the
+    /// entries; the programs only add to them.
+    pub const TRAFFIC: &str = "zh_traffic_v1";
     /// Session affinity: [`AffinityKey`](super::AffinityKey) → [`Affinity`](super::Affinity).
     pub const AFFINITY: &str = "zh_affinity_v1";
     /// Service of each frontend, for `zerohop inspect` (no program reads it):
@@ -40,8 +49,21 @@ pub mod map_name {
     pub const ORIGDST: &str = "zh_origdst_v1";
 }
 
+/// Read-only globals of the programs that the agent sets at load time.
+///
+/// The programs read two fields of the kernel's `struct tcp_sock`, whose
+/// layout differs between kernels; the agent finds their byte offsets in the
+/// running kernel's BTF and sets them here. The verifier checks every such
+/// read against the same BTF.
+pub mod global {
+    /// Byte offset of `copied_seq` in `struct tcp_sock` (u32).
+    pub const TCP_COPIED_SEQ: &str = "ZH_TCP_COPIED_SEQ";
+    /// Byte offset of `write_seq` in `struct tcp_sock` (u32).
+    pub const TCP_WRITE_SEQ: &str = "ZH_TCP_WRITE_SEQ";
+}
+
 /// Every map name, for pinning, inspection and cleanup.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     map_name::SERVICES,
     map_name::BACKENDS,
     map_name::CONFIG,
@@ -49,11 +71,12 @@ pub const ALL_MAPS: [&str; 12] = [
     map_name::TAGGED,
     map_name::PENDING,
     map_name::SOCKETS,
-    map_name::FALLBACK,
+    map_name::ENDS,
     map_name::NAMES,
     map_name::AFFINITY,
     map_name::DIALED,
     map_name::ORIGDST,
+    map_name::TRAFFIC,
 ];
 
 /// Map capacities.
@@ -68,8 +91,9 @@ pub mod capacity {
     pub const PENDING: u32 = 65_536;
     /// Registered sockets (two per bypassed connection).
     pub const SOCKETS: u32 = 131_072;
-    /// Connections that fell back to the stack.
-    pub const FALLBACK: u32 = 65_536;
+    /// Ends of registered connections (two per connection; LRU: an end
+    /// whose entry ages out only has to prove again that it may redirect).
+    pub const ENDS: u32 = 131_072;
     /// (client, frontend) pairs remembered for session affinity.
     pub const AFFINITY: u32 = 65_536;
     /// Connects sent to the waypoint and not yet established.
@@ -78,6 +102,14 @@ pub mod capacity {
     /// remembered (LRU: closed ones age out).
     pub const ORIGDST: u32 = 65_536;
 }
+
+/// How many messages one end of a connection sends before the connection
+/// counts as long in [`Traffic::long_ends`].
+pub const LONG_MSGS: u32 = 8;
+
+/// While a frontend is marked [`SERVICE_SHORT_CONNS`], one connect in this
+/// many still takes the bypass, so that its [`Traffic`] keeps telling.
+pub const SHORT_CONNS_SAMPLE: u32 = 16;
 
 /// `AF_INET`, as the kernel reports it in `family` fields.
 pub const FAMILY_V4: u8 = 2;
@@ -88,7 +120,7 @@ pub const PROTO_TCP: u8 = 6;
 
 /// A Service frontend: ClusterIP, port and protocol.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendKey {
     /// The ClusterIP as the kernel stores it (network byte order words);
     /// IPv4 uses `addr[0]` and leaves the other words zero.
@@ -110,7 +142,7 @@ pub struct Service {
     /// [`SERVICE_L7`] Service still go to the waypoint: its routes may send
     /// them to other Services).
     pub endpoints: u32,
-    /// [`SERVICE_NO_BYPASS`] and/or [`SERVICE_L7`], or 0.
+    /// [`SERVICE_NO_BYPASS`], [`SERVICE_L7`], [`SERVICE_SHORT_CONNS`], or 0.
     pub flags: u32,
     /// Session affinity (`sessionAffinity: ClientIP`): how long, in seconds,
     /// a client keeps its endpoint after its last connect; 0 = none.
@@ -145,6 +177,12 @@ pub struct Affinity {
 
 /// [`Service::flags`]: translate, but never bypass the stack for this Service.
 pub const SERVICE_NO_BYPASS: u32 = 1;
+
+/// [`Service::flags`]: the agent learned that this frontend's connections
+/// are too short to gain from the bypass (each carries a request or two, and
+/// registering a connection costs more than that saves): its connects are
+/// translated, and only one in [`SHORT_CONNS_SAMPLE`] is bypassed.
+pub const SERVICE_SHORT_CONNS: u32 = 4;
 
 /// [`Service::flags`]: the Service has L7 policy (HTTPRoutes): connects from
 /// ordinary sockets go to the node's waypoint ([`Config`]) instead of an
@@ -261,6 +299,67 @@ impl SockKey {
     }
 }
 
+/// An accepting end the connecting end announced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// The connection's id (the connecting end's socket cookie).
+    pub conn: u64,
+    /// The frontend the connecting end dialled (all zero: none).
+    pub frontend: FrontendKey,
+    /// Padding, always 0.
+    pub _pad: u32,
+}
+
+/// What the bypassed connections of one frontend did, counted by the
+/// programs since the agent created the entry (u64 counters that wrap).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Connects tagged for the bypass.
+    pub conns: u64,
+    /// Ends of those connections that sent [`LONG_MSGS`] messages or more.
+    pub long_ends: u64,
+}
+
+/// One end of a registered connection: what its peer needs to know before
+/// redirecting to it, and whether this end may redirect.
+///
+/// Bytes must reach the reader in the order they were written. A reader
+/// takes redirected bytes before those the stack delivered, so an end that
+/// sent anything through the stack may redirect only once its peer has read
+/// all of it: once the peer's published `read_upto` equals this end's
+/// `write_seq` (both in the sequence space of this end's sent bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct End {
+    /// The connection's id, the same at both ends (the connecting end's
+    /// socket cookie): a peer entry of another connection on a recycled
+    /// 4-tuple never counts.
+    pub conn: u64,
+    /// This end's `copied_seq` (the next byte its application reads from the
+    /// stack) when it last published it; host byte order, wraps.
+    pub read_upto: u32,
+    /// [`END_VERIFIED`], [`END_REDIRECTED`], [`END_STACKED`], [`END_SENT`].
+    pub flags: u32,
+    /// The frontend the connection was dialled at (all zero: none).
+    pub frontend: FrontendKey,
+    /// Messages this end sent while registered, up to [`LONG_MSGS`].
+    pub msgs: u32,
+}
+
+/// [`End::flags`]: the peer has read every byte this end sent through the
+/// stack; until this end sends through the stack again, it may redirect.
+pub const END_VERIFIED: u32 = 1;
+/// [`End::flags`]: this end has redirected at least one message.
+pub const END_REDIRECTED: u32 = 2;
+/// [`End::flags`]: this end sent through the stack before its peer was
+/// registered: the peer does not register, and the connection leaves the
+/// sockhash.
+pub const END_STACKED: u32 = 4;
+/// [`End::flags`]: this end has sent at least one message (either way).
+pub const END_SENT: u32 = 8;
+
 /// Per-CPU counters in the stats map, by reason.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,17 +376,30 @@ pub enum Counter {
     MsgRedirected = 4,
     /// Bytes moved socket-to-socket.
     BytesRedirected = 5,
-    /// Messages of registered sockets that went through the stack instead.
+    /// Messages of registered sockets that went through the stack instead
+    /// (the peer was not registered, or had not read all this end sent
+    /// through the stack yet, or the bypass is off).
     RedirectMiss = 6,
     /// Inserts refused because a map was full (the connection fell back).
     MapFull = 7,
     /// Connects to an L7 Service sent to the node's waypoint.
     ToWaypoint = 8,
+    /// Connections that moved at least one message socket-to-socket.
+    ConnsBypassed = 9,
+    /// Bytes of registered sockets' messages that went through the stack.
+    BytesPassed = 10,
+    /// Connections handed whole to the stack: the client's first message
+    /// went through it before the server's end was registered.
+    ConnsKeptOff = 11,
+    /// Registered connections that sent at least one message, either way
+    /// (the base of the bypassed share: a connection that never sends
+    /// cannot take the bypass).
+    ConnsSent = 12,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 13] = [
         Counter::TranslatedLocal,
         Counter::TranslatedRemote,
         Counter::PassedNotService,
@@ -297,6 +409,10 @@ impl Counter {
         Counter::RedirectMiss,
         Counter::MapFull,
         Counter::ToWaypoint,
+        Counter::ConnsBypassed,
+        Counter::BytesPassed,
+        Counter::ConnsKeptOff,
+        Counter::ConnsSent,
     ];
 
     /// Stable name, used by the CLI and metrics.
@@ -311,6 +427,10 @@ impl Counter {
             Counter::RedirectMiss => "redirect_miss",
             Counter::MapFull => "map_full",
             Counter::ToWaypoint => "to_waypoint",
+            Counter::ConnsBypassed => "conns_bypassed",
+            Counter::BytesPassed => "bytes_passed",
+            Counter::ConnsKeptOff => "conns_kept_off",
+            Counter::ConnsSent => "conns_sent",
         }
     }
 }
@@ -327,6 +447,9 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<SockKey>() == 44);
+    assert!(core::mem::size_of::<End>() == 40);
+    assert!(core::mem::size_of::<Pending>() == 32);
+    assert!(core::mem::size_of::<Traffic>() == 16);
     assert!(core::mem::size_of::<ServiceName>() == 128);
 };
 
@@ -343,5 +466,8 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::End {}
+    unsafe impl aya::Pod for super::Pending {}
+    unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::ServiceName {}
 }

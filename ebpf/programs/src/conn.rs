@@ -82,27 +82,44 @@ impl ConnFields for bpf_sock {
     }
 }
 
+/// Word 2 of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), loaded as the
+/// kernel stores it: bytes `00 00 ff ff`, read little-endian.
+pub const V4_MAPPED_WORD: u32 = u32::from_le_bytes([0, 0, 0xff, 0xff]);
+
 /// The connection end as a sockhash key, or `None` for a non-IP socket.
+///
+/// An IPv4 connection on an IPv6 socket (a dual-stack listener's accepted
+/// socket, or a client that dialled `::ffff:a.b.c.d`) gets the IPv4 key:
+/// its other end may be a plain IPv4 socket, and both ends must compute the
+/// same key for one to find the other.
 #[inline(always)]
 pub fn sock_key<C: ConnFields>(ctx: &C) -> Option<SockKey> {
     let family = ctx.family();
-    let (local_addr, remote_addr) = if family == u32::from(FAMILY_V4) {
-        ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0])
-    } else if family == u32::from(FAMILY_V6) {
+    let (family, local_addr, remote_addr) = if family == u32::from(FAMILY_V4) {
         (
-            [
-                ctx.local_ip6(0),
-                ctx.local_ip6(1),
-                ctx.local_ip6(2),
-                ctx.local_ip6(3),
-            ],
-            [
-                ctx.remote_ip6(0),
-                ctx.remote_ip6(1),
-                ctx.remote_ip6(2),
-                ctx.remote_ip6(3),
-            ],
+            family,
+            [ctx.local_ip4(), 0, 0, 0],
+            [ctx.remote_ip4(), 0, 0, 0],
         )
+    } else if family == u32::from(FAMILY_V6) {
+        let local = [
+            ctx.local_ip6(0),
+            ctx.local_ip6(1),
+            ctx.local_ip6(2),
+            ctx.local_ip6(3),
+        ];
+        let remote = [
+            ctx.remote_ip6(0),
+            ctx.remote_ip6(1),
+            ctx.remote_ip6(2),
+            ctx.remote_ip6(3),
+        ];
+        match (v4_mapped(&local), v4_mapped(&remote)) {
+            (Some(local), Some(remote)) => {
+                (u32::from(FAMILY_V4), [local, 0, 0, 0], [remote, 0, 0, 0])
+            }
+            _ => (family, local, remote),
+        }
     } else {
         return None;
     };
@@ -113,4 +130,11 @@ pub fn sock_key<C: ConnFields>(ctx: &C) -> Option<SockKey> {
         remote_port: u32::from(u16::from_be((ctx.remote_port_raw() >> 16) as u16)),
         family,
     })
+}
+
+/// The IPv4 address (network byte order, as `local_ip4`) of an IPv4-mapped
+/// IPv6 address, or `None` for any other IPv6 address.
+#[inline(always)]
+pub fn v4_mapped(addr: &[u32; 4]) -> Option<u32> {
+    (addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_WORD).then_some(addr[3])
 }

@@ -6,6 +6,10 @@
 //! slots `0..endpoints` of the backend map, so the hook only draws a slot.
 //! Drawing uniformly keeps the Service's load spread as kube-proxy would.
 //!
+//! An IPv6 socket dialling `::ffff:a.b.c.d` (Java, Python) dials an IPv4
+//! address: connect6 looks it up as an IPv4 frontend and writes the chosen
+//! endpoint back in the same mapped form.
+//!
 //! A Service with HTTPRoutes (`SERVICE_L7`) must see every request pass its
 //! routes, so connects to it go to the waypoint proxy of this node instead,
 //! and the waypoint learns the ClusterIP:port dialled through
@@ -23,10 +27,15 @@ use aya_ebpf::{
 };
 use zerohop_abi::{
     Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, FAMILY_V4, FAMILY_V6,
-    PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS,
+    PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS, SERVICE_SHORT_CONNS, SHORT_CONNS_SAMPLE,
 };
 
-use crate::maps::{bypass_disabled, config, count, AFFINITY, BACKENDS, DIALED, SERVICES, TAGGED};
+use crate::{
+    conn::{v4_mapped, V4_MAPPED_WORD},
+    maps::{
+        bypass_disabled, config, count, count_traffic, AFFINITY, BACKENDS, DIALED, SERVICES, TAGGED,
+    },
+};
 
 /// Return value that lets the connect proceed. zerohop never rejects one
 /// (0 would fail it with EPERM): a connect it cannot help goes on unchanged.
@@ -40,7 +49,15 @@ pub fn zh_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn zh_connect6(ctx: SockAddrContext) -> i32 {
-    translate::<V6>(&ctx);
+    // SAFETY: the kernel hands the hook a valid bpf_sock_addr for its duration.
+    let destination = V6::destination(unsafe { &*ctx.sock_addr });
+    // An IPv6 socket dialling an IPv4 address as ::ffff:a.b.c.d (Java's
+    // default, Python, gRPC's C core) reaches IPv4 Services.
+    if v4_mapped(&destination).is_some() {
+        translate::<Mapped>(&ctx);
+    } else {
+        translate::<V6>(&ctx);
+    }
     PROCEED
 }
 
@@ -57,6 +74,9 @@ trait Family {
 
 struct V4;
 struct V6;
+/// IPv4 through an IPv6 socket: IPv4 frontends and endpoints, written
+/// back in the socket's mapped form (`::ffff:a.b.c.d`).
+struct Mapped;
 
 impl Family for V4 {
     const FAMILY: u8 = FAMILY_V4;
@@ -86,6 +106,19 @@ impl Family for V6 {
     fn waypoint(config: &Config) -> Option<([u32; 4], u16)> {
         let port = config.waypoint_port_v6;
         (port != 0).then_some((config.waypoint_v6, port))
+    }
+}
+
+impl Family for Mapped {
+    const FAMILY: u8 = FAMILY_V4;
+    fn destination(sa: &bpf_sock_addr) -> [u32; 4] {
+        [V6::destination(sa)[3], 0, 0, 0]
+    }
+    fn set_destination(sa: &mut bpf_sock_addr, addr: &[u32; 4]) {
+        V6::set_destination(sa, &[0, 0, V4_MAPPED_WORD, addr[0]]);
+    }
+    fn waypoint(config: &Config) -> Option<([u32; 4], u16)> {
+        V4::waypoint(config)
     }
 }
 
@@ -178,7 +211,7 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         // translated ones; to other nodes the peer never registers, so
         // sk_msg falls back to the stack on the first message.
         if from_waypoint && !bypass_disabled() {
-            tag(ctx);
+            tag(ctx, &FrontendKey::default());
         }
         count(Counter::PassedNotService, 1);
         return;
@@ -211,8 +244,9 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
     if local {
         // Tag the socket so that sockops registers it once established.
         // Untagged, the connection is still translated, just not bypassed.
-        if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() {
-            tag(ctx);
+        if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() && sampled(flags) {
+            tag(ctx, &frontend);
+            count_traffic(&frontend, |traffic| &mut traffic.conns);
         }
         count(Counter::TranslatedLocal, 1);
     } else {
@@ -244,19 +278,29 @@ fn to_waypoint<F: Family>(
     // The waypoint runs on this node: client → waypoint is a same-node
     // connection like any other, worth the bypass.
     if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() {
-        tag(ctx);
+        tag(ctx, &FrontendKey::default());
     }
     F::set_destination(sa, &addr);
     unsafe { core::ptr::write_volatile(&mut sa.user_port, u32::from(port.to_be())) };
     count(Counter::ToWaypoint, 1);
 }
 
-/// Tags the socket so that sockops registers it in the sockhash once
-/// established. A full map only costs the bypass, never the connection.
+/// Whether a connect to a frontend with these flags takes the bypass: all
+/// of them, but only one in SHORT_CONNS_SAMPLE where the agent learned that
+/// the frontend's connections are too short to gain from it (the sample
+/// keeps its traffic counters telling, so the agent sees a change).
 #[inline(always)]
-fn tag(ctx: &SockAddrContext) {
+fn sampled(flags: u32) -> bool {
+    flags & SERVICE_SHORT_CONNS == 0 || unsafe { bpf_get_prandom_u32() } % SHORT_CONNS_SAMPLE == 0
+}
+
+/// Tags the socket so that sockops registers it in the sockhash once
+/// established, with the frontend it dialled (all zero: none). A full map
+/// only costs the bypass, never the connection.
+#[inline(always)]
+fn tag(ctx: &SockAddrContext, frontend: &FrontendKey) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    if TAGGED.insert(cookie, 0, 0).is_err() {
+    if TAGGED.insert(cookie, *frontend, 0).is_err() {
         count(Counter::MapFull, 1);
     }
 }

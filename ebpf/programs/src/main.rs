@@ -22,6 +22,7 @@ mod getsockopt;
 mod maps;
 mod sk_msg;
 mod sockops;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

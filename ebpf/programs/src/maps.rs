@@ -3,12 +3,13 @@
 //! these names, so a mismatch fails at load time, never silently.
 
 use aya_ebpf::{
+    helpers::generated::bpf_map_delete_elem,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use zerohop_abi::{
-    capacity, Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, Service,
-    ServiceName, SockKey, COUNTERS,
+    capacity, Affinity, AffinityKey, Backend, BackendKey, Config, Counter, End, FrontendKey,
+    Pending, Service, ServiceName, SockKey, Traffic, COUNTERS,
 };
 
 #[map(name = "zh_svc_v2")]
@@ -20,22 +21,24 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(capacity::BA
 #[map(name = "zh_config_v2")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "zh_stats_v2")]
+#[map(name = "zh_stats_v3")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
 
 // LRU: an entry whose connection never establishes must not leak a slot forever.
-#[map(name = "zh_tagged_v1")]
-pub static TAGGED: LruHashMap<u64, u32> = LruHashMap::pinned(capacity::TAGGED, 0);
+#[map(name = "zh_tagged_v2")]
+pub static TAGGED: LruHashMap<u64, FrontendKey> = LruHashMap::pinned(capacity::TAGGED, 0);
 
-#[map(name = "zh_pending_v1")]
-pub static PENDING: LruHashMap<SockKey, u32> = LruHashMap::pinned(capacity::PENDING, 0);
+#[map(name = "zh_pending_v3")]
+pub static PENDING: LruHashMap<SockKey, Pending> = LruHashMap::pinned(capacity::PENDING, 0);
 
 // Entries leave by themselves when their socket closes.
 #[map(name = "zh_socks_v1")]
 pub static SOCKETS: SockHash<SockKey> = SockHash::pinned(capacity::SOCKETS, 0);
 
-#[map(name = "zh_fallbk_v1")]
-pub static FALLBACK: LruHashMap<SockKey, u32> = LruHashMap::pinned(capacity::FALLBACK, 0);
+// LRU: an entry whose socket closed ages out; an evicted entry of a live
+// socket only makes it prove again that it may redirect (see sk_msg.rs).
+#[map(name = "zh_ends_v2")]
+pub static ENDS: LruHashMap<SockKey, End> = LruHashMap::pinned(capacity::ENDS, 0);
 
 // LRU: affinities of clients that stopped connecting age out on their own.
 #[map(name = "zh_affinity_v1")]
@@ -55,6 +58,38 @@ pub static DIALED: LruHashMap<u64, FrontendKey> = LruHashMap::pinned(capacity::D
 // connections age out; a recycled 4-tuple overwrites its predecessor's.
 #[map(name = "zh_origdst_v1")]
 pub static ORIGDST: LruHashMap<SockKey, FrontendKey> = LruHashMap::pinned(capacity::ORIGDST, 0);
+
+// Entries are the agent's (one per frontend); programs only add to them.
+#[map(name = "zh_traffic_v1")]
+pub static TRAFFIC: HashMap<FrontendKey, Traffic> = HashMap::pinned(capacity::SERVICES, 0);
+
+/// Adds one to a frontend's traffic counter, if the agent keeps an entry for it.
+///
+/// A plain add, not an atomic one: Rust's BPF target offers no atomic
+/// read-modify-write. Two CPUs counting the same frontend at the same instant
+/// may lose one count; the counters only feed the bypass policy's ratio,
+/// whose thresholds sit far apart (see planner's policy.rs).
+#[inline(always)]
+pub fn count_traffic(frontend: &FrontendKey, field: impl Fn(&mut Traffic) -> &mut u64) {
+    if let Some(traffic) = TRAFFIC.get_ptr_mut(frontend) {
+        // SAFETY: a map value, valid while the program runs.
+        *field(unsafe { &mut *traffic }) += 1;
+    }
+}
+
+/// Takes a socket out of the sockhash (aya's SockHash has no delete).
+/// sockops may delete any entry; sk_msg may not (6.10+).
+#[inline(always)]
+pub fn unregister(key: &SockKey) {
+    // SAFETY: SockHash is a transparent wrapper of the map definition the
+    // helper wants; the key is a valid SockKey for the call's duration.
+    unsafe {
+        bpf_map_delete_elem(
+            core::ptr::addr_of!(SOCKETS).cast_mut().cast(),
+            core::ptr::from_ref(key).cast(),
+        );
+    }
+}
 
 /// Adds `n` to a counter of this CPU.
 #[inline(always)]

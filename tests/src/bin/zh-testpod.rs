@@ -3,12 +3,14 @@
 //! when everything it checked held.
 //!
 //! ```text
-//! zh-testpod server     --name NAME --port P
+//! zh-testpod server     --name NAME --port P [--dual-stack] [--quiet]
 //! zh-testpod echo       --target IP:PORT --bytes N [--chunk C] [--nodelay]
 //! zh-testpod spread     --target IP:PORT --count N
 //! zh-testpod concurrent --target IP:PORT --conns K --bytes N
 //! zh-testpod reset      --target IP:PORT
 //! zh-testpod hold       --target IP:PORT      (lines on stdin are echoed)
+//! zh-testpod rr         --target IP:PORT --count N --size S [--interval-ms M]
+//!                       (to a --quiet server)
 //! ```
 //!
 //! The server greets each connection with `HELLO <name> <peer-ip> <peer-port>`,
@@ -33,7 +35,8 @@ use std::{
 
 use serde_json::json;
 use zerohop_tests::cli::{say, Context, Flags, Res};
-use zerohop_tests::socket::listen;
+use zerohop_tests::pattern::{fill_pattern, Patient};
+use zerohop_tests::socket::{listen, listen_dual_stack};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
             "concurrent" => concurrent(&flags),
             "reset" => reset(&flags),
             "hold" => hold(&flags),
+            "rr" => rr(&flags),
             other => Err(format!("unknown command {other:?}")),
         }
     };
@@ -71,24 +75,33 @@ fn main() -> ExitCode {
 
 // ---------------------------------------------------------------- server
 
-/// Serves on `0.0.0.0:P` and `[::]:P` until killed.
+/// Serves on `0.0.0.0:P` and `[::]:P` (IPv6 only) until killed; with
+/// `--dual-stack`, on one dual-stack `[::]:P` socket instead. With
+/// `--quiet` it does not greet: the client speaks first.
 fn server(flags: &Flags) -> Res<bool> {
     let name: Arc<str> = flags.get::<String>("name")?.into();
+    let greet = !flags.has("quiet");
     let port: u16 = flags.get("port")?;
-    let listeners = [
-        IpAddr::from(Ipv4Addr::UNSPECIFIED),
-        IpAddr::from(Ipv6Addr::UNSPECIFIED),
-    ]
-    .map(|ip| {
-        listen(SocketAddr::new(ip, port)).ctx(&format!("listen on {}", SocketAddr::new(ip, port)))
-    });
+    let listeners = if flags.has("dual-stack") {
+        vec![listen_dual_stack(port).ctx(&format!("listen dual-stack on port {port}"))]
+    } else {
+        [
+            IpAddr::from(Ipv4Addr::UNSPECIFIED),
+            IpAddr::from(Ipv6Addr::UNSPECIFIED),
+        ]
+        .map(|ip| {
+            listen(SocketAddr::new(ip, port))
+                .ctx(&format!("listen on {}", SocketAddr::new(ip, port)))
+        })
+        .into()
+    };
     let listeners = listeners.into_iter().collect::<Res<Vec<_>>>()?;
     say("READY");
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
             let name = name.clone();
-            thread::spawn(move || accept_loop(listener, name))
+            thread::spawn(move || accept_loop(listener, name, greet))
         })
         .collect();
     acceptors
@@ -97,20 +110,21 @@ fn server(flags: &Flags) -> Res<bool> {
     Ok(true)
 }
 
-fn accept_loop(listener: TcpListener, name: Arc<str>) {
+fn accept_loop(listener: TcpListener, name: Arc<str>, greet: bool) {
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
                 let name = name.clone();
-                thread::spawn(move || serve(stream, &name));
+                thread::spawn(move || serve(stream, &name, greet));
             }
             Err(e) => eprintln!("accept: {e}"),
         }
     }
 }
 
-/// Greets, echoes until EOF, half-closes, and reports how the connection ended.
-fn serve(mut stream: TcpStream, name: &str) {
+/// Greets (unless told not to), echoes until EOF, half-closes, and reports
+/// how the connection ended.
+fn serve(mut stream: TcpStream, name: &str, greet: bool) {
     let peer = match stream.peer_addr() {
         Ok(peer) => peer,
         Err(e) => return eprintln!("peer_addr: {e}"),
@@ -118,8 +132,10 @@ fn serve(mut stream: TcpStream, name: &str) {
     let mut bytes = 0u64;
     let mut echo = || -> io::Result<()> {
         stream.set_read_timeout(Some(SERVER_IDLE_TIMEOUT))?;
-        // One write: a formatted write to a socket would send each piece alone.
-        stream.write_all(format!("HELLO {name} {} {}\n", peer.ip(), peer.port()).as_bytes())?;
+        if greet {
+            // One write: a formatted write to a socket would send each piece alone.
+            stream.write_all(format!("HELLO {name} {} {}\n", peer.ip(), peer.port()).as_bytes())?;
+        }
         let mut buf = vec![0u8; DEFAULT_CHUNK];
         loop {
             let n = Patient(&stream).read(&mut buf)?;
@@ -192,62 +208,12 @@ fn parse_hello(line: &str) -> Option<(String, SocketAddr)> {
     ))
 }
 
-/// Writes `buf.len()` bytes of the pattern for `seed` starting at `offset`:
-/// 8 bytes per splitmix64 step of the 8-byte block index, so that any slice of
-/// the stream can be computed (and checked) without generating what precedes.
-fn fill_pattern(seed: u64, offset: u64, buf: &mut [u8]) {
-    let mut pos = offset;
-    let mut done = 0;
-    while done < buf.len() {
-        let word = splitmix64(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (pos / 8)).to_le_bytes();
-        let start = (pos % 8) as usize;
-        let n = (8 - start).min(buf.len() - done);
-        buf[done..done + n].copy_from_slice(&word[start..start + n]);
-        done += n;
-        pos += n as u64;
-    }
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// What one echo exchange established.
 struct Echoed {
     conn: Option<serde_json::Value>,
     /// Bytes that came back and matched.
     bytes: u64,
     error: Option<String>,
-}
-
-/// A blocking reader that sits out spurious `EAGAIN`s.
-///
-/// On a socket whose connection bypasses the stack (sockmap), the kernel's
-/// `tcp_bpf_recvmsg` returns `EAGAIN` from a blocking read when the waiting
-/// reader is woken by something other than data, e.g. write space freed for
-/// another thread writing on the same socket. Event-driven programs (epoll)
-/// treat that as "not ready yet"; this reader does the same, so the echo
-/// checks the bytes, not that kernel quirk. A real timeout still ends it.
-struct Patient<R>(R);
-
-impl<R: Read> Read for Patient<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
-        loop {
-            match self.0.read(buf) {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && std::time::Instant::now() < deadline =>
-                {
-                    thread::yield_now()
-                }
-                other => return other,
-            }
-        }
-    }
 }
 
 /// Opens a connection and sends `total` pattern bytes (seeded by `seed`, or by
@@ -460,6 +426,50 @@ fn reset(flags: &Flags) -> Res<bool> {
     Ok(ok)
 }
 
+/// Request/response on one connection, the client speaking first (as HTTP
+/// or redis clients do) to a `--quiet` server: `count` times, write `size`
+/// pattern bytes right away and read their echo back, checking every byte,
+/// then wait `interval-ms`.
+fn rr(flags: &Flags) -> Res<bool> {
+    let target: SocketAddr = flags.get("target")?;
+    let count: u64 = flags.get("count")?;
+    let size: usize = flags.get("size")?;
+    let interval = Duration::from_millis(flags.get_or("interval-ms", 0)?);
+    let result = (|| -> Res<SocketAddr> {
+        let mut stream = TcpStream::connect_timeout(&target, CLIENT_TIMEOUT)
+            .ctx(&format!("connect to {target}"))?;
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .ctx("set read timeout")?;
+        stream.set_nodelay(true).ctx("set TCP_NODELAY")?;
+        let local = stream.local_addr().ctx("local address")?;
+        let seed = u64::from(local.port());
+        let (mut request, mut reply, mut expected) =
+            (vec![0u8; size], vec![0u8; size], vec![0u8; size]);
+        for round in 0..count {
+            let offset = round * size as u64;
+            fill_pattern(seed, offset, &mut request);
+            stream
+                .write_all(&request)
+                .ctx(&format!("write request {round}"))?;
+            Patient(&stream)
+                .read_exact(&mut reply)
+                .ctx(&format!("read reply {round}"))?;
+            fill_pattern(seed, offset, &mut expected);
+            if reply != expected {
+                return Err(format!("reply {round} differs from its request"));
+            }
+            thread::sleep(interval);
+        }
+        Ok(local)
+    })();
+    let ok = result.is_ok();
+    say(
+        json!({ "ok": ok, "local": result.as_ref().ok().map(ToString::to_string), "error": result.err() }),
+    );
+    Ok(ok)
+}
+
 /// One connection kept open while stdin has lines: each is sent and its echo
 /// printed as `ECHO <line>` (or `ERROR <message>`).
 fn hold(flags: &Flags) -> Res<bool> {
@@ -495,18 +505,6 @@ fn hold(flags: &Flags) -> Res<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pattern_slices_agree_with_the_whole() {
-        let mut whole = vec![0u8; 100];
-        fill_pattern(7, 0, &mut whole);
-        let mut part = vec![0u8; 37];
-        fill_pattern(7, 13, &mut part);
-        assert_eq!(&whole[13..50], &part[..]);
-        let mut other = vec![0u8; 100];
-        fill_pattern(8, 0, &mut other);
-        assert_ne!(whole, other);
-    }
 
     #[test]
     fn hello_lines_parse() {

@@ -16,12 +16,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use zerohop_routes::model as routes;
 
 use crate::model::{
-    Endpoint, EndpointSlice, Family, Grant, Namespace, Node, Pod, Protocol, Route, Service,
+    Bypass, Endpoint, EndpointSlice, Family, Grant, Namespace, Node, Pod, Protocol, Route, Service,
     ServiceId, ServicePort, SliceId, SlicePort, TrafficPolicy,
 };
 
-/// Service annotation; the value `off` keeps connections of the Service on
-/// the network stack (they are still translated at connect time).
+/// Service annotation: `off` keeps connections of the Service on the
+/// network stack (they are still translated at connect time), `on` bypasses
+/// them whatever the agent learns, anything else (or none) leaves it to the
+/// agent ([`Bypass::Auto`]).
 pub const BYPASS_ANNOTATION: &str = "zerohop.io/bypass";
 /// Annotation (on a Service) or label (on a Namespace) that opts out of zerohop.
 pub const FAST_PATH_KEY: &str = "zerohop.io/fast-path";
@@ -262,7 +264,7 @@ impl TryFrom<&core::Service> for Service {
             ports,
             traffic: traffic_policy(spec),
             affinity_seconds: affinity_seconds(spec),
-            bypass: annotation_on(BYPASS_ANNOTATION),
+            bypass: bypass(service),
             fast_path: annotation_on(FAST_PATH_KEY),
         })
     }
@@ -302,6 +304,20 @@ fn cluster_ips(spec: &core::ServiceSpec) -> Result<Vec<(String, String)>, Invali
 
 /// `internalTrafficPolicy: Local` wins over `trafficDistribution`.
 /// `sessionAffinity: ClientIP` and its timeout (Kubernetes' default: 3 hours).
+/// The Service's `zerohop.io/bypass` annotation.
+fn bypass(service: &core::Service) -> Bypass {
+    let value = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(BYPASS_ANNOTATION));
+    match value.map(String::as_str) {
+        Some("off") => Bypass::Off,
+        Some("on") => Bypass::On,
+        _ => Bypass::Auto,
+    }
+}
+
 fn affinity_seconds(spec: &core::ServiceSpec) -> Option<u32> {
     (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
@@ -618,7 +634,7 @@ spec:
             ]
         );
         assert_eq!(web.traffic, TrafficPolicy::Cluster);
-        assert!(web.bypass);
+        assert_eq!(web.bypass, Bypass::Auto);
     }
 
     #[test]
@@ -739,7 +755,7 @@ spec:
         )
         .unwrap();
         let service = Service::try_from(&service).unwrap();
-        assert!(!service.fast_path && service.bypass);
+        assert!(!service.fast_path && service.bypass == Bypass::Auto);
         let namespace = |labels: &str| -> Namespace {
             let wire: core::Namespace = serde_yaml_ng::from_str(&format!(
                 "{{kind: Namespace, apiVersion: v1, metadata: {{name: team, labels: {{{labels}}}}}}}"
@@ -753,7 +769,7 @@ spec:
     }
 
     #[test]
-    fn bypass_annotation_off_disables_bypass_only_for_off() {
+    fn bypass_annotation_reads_off_on_and_auto() {
         let annotated = |value: &str| {
             service(&format!(
                 "{{kind: Service, apiVersion: v1, metadata: {{name: web, annotations: {{zerohop.io/bypass: '{value}'}}}}, spec: {{clusterIP: 10.96.0.1}}}}"
@@ -761,8 +777,10 @@ spec:
             .unwrap()
             .bypass
         };
-        assert!(!annotated("off"));
-        assert!(annotated("on"));
+        assert_eq!(annotated("off"), Bypass::Off);
+        assert_eq!(annotated("on"), Bypass::On);
+        assert_eq!(annotated("auto"), Bypass::Auto);
+        assert_eq!(annotated("sometimes"), Bypass::Auto);
     }
 
     #[test]

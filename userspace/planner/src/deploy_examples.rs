@@ -59,7 +59,7 @@ fn examples_plan_a_local_a_remote_and_an_l7_service_on_node1() {
         v4: true,
         v6: false,
     };
-    let plan = plan_with(&view, "node1", waypoints);
+    let plan = plan_with(&view, "node1", waypoints, &Default::default());
     assert_eq!(plan.problems, vec![]);
     let desired = &plan.desired;
 

@@ -17,6 +17,7 @@ pub mod diff;
 pub mod manifest;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod view;
 pub mod waypoint;
 

@@ -68,15 +68,30 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// Which endpoints a connection may go to.
     pub traffic: TrafficPolicy,
-    /// Whether connections to a local endpoint may bypass the network stack;
-    /// false when the Service is annotated `zerohop.io/bypass: "off"`.
-    pub bypass: bool,
+    /// Whether connections to a local endpoint bypass the network stack
+    /// (annotation `zerohop.io/bypass`).
+    pub bypass: Bypass,
     /// `sessionAffinity: ClientIP`: seconds a client keeps its endpoint
     /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, 10800 by default).
     pub affinity_seconds: Option<u32>,
     /// Whether zerohop handles the Service at all; false when it is annotated
     /// `zerohop.io/fast-path: "off"` (its traffic is left untouched).
     pub fast_path: bool,
+}
+
+/// Whether a Service's connections to local endpoints bypass the network
+/// stack: annotation `zerohop.io/bypass`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Bypass {
+    /// No annotation, or `auto`: they do, unless this node's agent learns
+    /// that the Service's connections are too short to gain from it
+    /// ([`crate::policy`]).
+    #[default]
+    Auto,
+    /// `on`: they always do.
+    On,
+    /// `off`: they never do (they are still translated).
+    Off,
 }
 
 /// What zerohop reads of a Namespace.

@@ -9,14 +9,17 @@
 //! [`TrafficPolicy`]; the eligible ones fill slots `0..n`, those on this node
 //! first, then by address, so that a plan never depends on input order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use zerohop_abi::{self as abi, BackendKey, FrontendKey, PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS};
+use zerohop_abi::{
+    self as abi, BackendKey, FrontendKey, PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS,
+    SERVICE_SHORT_CONNS,
+};
 
 use crate::addr;
 use crate::model::{
-    EndpointSlice, Family, Protocol, Service, ServiceId, ServicePort, TrafficPolicy,
+    Bypass, EndpointSlice, Family, Protocol, Service, ServiceId, ServicePort, TrafficPolicy,
 };
 use crate::view::ClusterView;
 use crate::waypoint::l7_ports;
@@ -120,14 +123,21 @@ impl Waypoints {
 
 /// Plans the map contents for node `node`, which has no waypoint.
 pub fn plan(view: &ClusterView, node: &str) -> Plan {
-    plan_with(view, node, Waypoints::default())
+    plan_with(view, node, Waypoints::default(), &BTreeSet::new())
 }
 
 /// Plans the map contents for node `node`. Frontends of L7 Services (ports
 /// of Services with an accepted HTTPRoute) are marked for the waypoint when the node has
 /// one of their family; their endpoints are still planned, for the
-/// waypoint's own connections.
-pub fn plan_with(view: &ClusterView, node: &str, waypoints: Waypoints) -> Plan {
+/// waypoint's own connections. Frontends in `short_conns` (learned by the
+/// node's agent, see [`crate::policy`]) are marked as such unless their
+/// Service says `zerohop.io/bypass` itself.
+pub fn plan_with(
+    view: &ClusterView,
+    node: &str,
+    waypoints: Waypoints,
+    short_conns: &BTreeSet<FrontendKey>,
+) -> Plan {
     let slices_by_service = view.slices_by_service();
 
     let l7 = l7_ports(view);
@@ -182,7 +192,9 @@ pub fn plan_with(view: &ClusterView, node: &str, waypoints: Waypoints) -> Plan {
                         Vec::new()
                     }
                 };
-                plan.desired.insert(frontend, service, is_l7, &targets);
+                let short = short_conns.contains(&frontend);
+                plan.desired
+                    .insert(frontend, service, is_l7, short, &targets);
             }
         }
     }
@@ -191,7 +203,14 @@ pub fn plan_with(view: &ClusterView, node: &str, waypoints: Waypoints) -> Plan {
 
 impl Desired {
     /// Writes one frontend and its eligible endpoints, in slot order.
-    fn insert(&mut self, frontend: FrontendKey, service: &Service, l7: bool, targets: &[Target]) {
+    fn insert(
+        &mut self,
+        frontend: FrontendKey,
+        service: &Service,
+        l7: bool,
+        short_conns: bool,
+        targets: &[Target],
+    ) {
         for (slot, target) in (0u32..).zip(targets) {
             let backend = abi::Backend {
                 addr: addr::to_kernel(target.address).0,
@@ -201,8 +220,12 @@ impl Desired {
             };
             self.backends.insert(BackendKey { frontend, slot }, backend);
         }
-        let no_bypass = if service.bypass { 0 } else { SERVICE_NO_BYPASS };
-        let flags = no_bypass | if l7 { SERVICE_L7 } else { 0 };
+        let bypass = match service.bypass {
+            Bypass::Off => SERVICE_NO_BYPASS,
+            Bypass::Auto if short_conns => SERVICE_SHORT_CONNS,
+            Bypass::Auto | Bypass::On => 0,
+        };
+        let flags = bypass | if l7 { SERVICE_L7 } else { 0 };
         let endpoints = u32::try_from(targets.len()).unwrap_or(u32::MAX);
         let affinity_seconds = service.affinity_seconds.unwrap_or(0);
         self.services.insert(
@@ -320,7 +343,7 @@ mod tests {
                 })
                 .collect(),
             traffic: TrafficPolicy::Cluster,
-            bypass: true,
+            bypass: Bypass::Auto,
             affinity_seconds: None,
             fast_path: true,
         }
@@ -898,12 +921,33 @@ mod tests {
     #[test]
     fn bypass_off_sets_the_no_bypass_flag() {
         let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
-        web.bypass = false;
+        web.bypass = Bypass::Off;
         let plan = plan(&view(vec![web], vec![]), NODE);
         assert_eq!(
             frontend(&plan.desired, "10.96.0.10", 80).0.flags,
             SERVICE_NO_BYPASS
         );
+    }
+
+    #[test]
+    fn learned_short_connections_mark_auto_frontends_only() {
+        let web = frontend_key(IpAddr::from([10, 96, 0, 10]), 80);
+        let short = BTreeSet::from([web]);
+        for (bypass, expected) in [
+            (Bypass::Auto, SERVICE_SHORT_CONNS),
+            (Bypass::On, 0),
+            (Bypass::Off, SERVICE_NO_BYPASS),
+        ] {
+            let mut service = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+            service.bypass = bypass;
+            let plan = plan_with(
+                &view(vec![service], vec![]),
+                NODE,
+                Waypoints::default(),
+                &short,
+            );
+            assert_eq!(plan.desired.services[&web].flags, expected, "{bypass:?}");
+        }
     }
 
     #[test]

@@ -183,7 +183,7 @@ mod tests {
             cluster_ips: vec![ip.parse().unwrap()],
             ports: vec![],
             traffic: TrafficPolicy::Cluster,
-            bypass: true,
+            bypass: crate::model::Bypass::Auto,
             affinity_seconds: None,
             fast_path: true,
         }

@@ -184,7 +184,12 @@ status: {podIP: 192.168.0.1}
 
     #[test]
     fn only_the_routed_port_of_an_l7_service_goes_to_the_waypoint() {
-        let plan = plan_with(&view(), "node1", Waypoints { v4: true, v6: true });
+        let plan = plan_with(
+            &view(),
+            "node1",
+            Waypoints { v4: true, v6: true },
+            &Default::default(),
+        );
         assert_eq!(plan.problems, vec![]);
         assert_eq!(
             flags(&plan, "10.96.0.30", 80),
@@ -210,6 +215,7 @@ status: {podIP: 192.168.0.1}
                 v4: true,
                 v6: false,
             },
+            &Default::default(),
         );
         assert_eq!(
             flags(&plan, "10.96.0.30", 80),

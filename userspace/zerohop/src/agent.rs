@@ -21,8 +21,12 @@ use tokio::{
     sync::watch,
 };
 use tracing::{info, info_span, warn, Instrument};
-use zerohop_abi::map_name;
-use zerohop_planner::{convert::object_label, waypoint_config, Waypoints};
+use zerohop_abi::{map_name, FrontendKey, SHORT_CONNS_SAMPLE};
+use zerohop_planner::{
+    convert::object_label,
+    policy::{Learner, Verdict},
+    waypoint_config, Waypoints,
+};
 use zerohop_routes::{
     model::HttpRoute,
     router::WaypointConfig,
@@ -33,6 +37,7 @@ use crate::{
     datapath::{self, Datapath, ServiceMaps},
     features::{self, FEATURES},
     health::{self, SharedStatus},
+    node_idle::IdleBehaviour,
     route_status,
     source::{self, Snapshot},
 };
@@ -88,6 +93,19 @@ pub async fn run(mut settings: Settings) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
 
     let status = SharedStatus::default();
+    let idle = IdleBehaviour::of_this_node();
+    if idle.halts() {
+        warn!(
+            idle = %idle,
+            "every wake-up of a reader on another vCPU is an interrupt here: small \
+             request/response traffic may gain little from the bypass, or lose; idle \
+             polling removes that cost (/sys/module/haltpoll/parameters/guest_halt_poll_ns, \
+             e.g. 200000)"
+        );
+    } else {
+        info!(idle = %idle, "node idle behaviour");
+    }
+    status.lock().unwrap().idle_halts = idle.halts();
     let health = match settings.health_addr {
         Some(addr) => {
             Some(health::serve(addr, Arc::clone(&status), settings.pin_dir.clone()).await?)
@@ -152,17 +170,36 @@ pub async fn run(mut settings: Settings) -> Result<()> {
         _ = terminate.recv() => return Ok(()),
         _ = interrupt.recv() => return Ok(()),
     };
+    sync.maps.count_traffic_of_every_frontend()?;
     sync.apply(&first).context("first sync of the maps")?;
     datapath.attach(&settings.cgroup)?;
     status.lock().unwrap().ready = true;
     info!(cgroup = %settings.cgroup.display(), pin_dir = %settings.pin_dir.display(), "attached");
 
     let watch = async {
+        let mut last = first;
+        let mut learning = tokio::time::interval(LEARN_EVERY);
+        learning.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Ok(snapshot) = next_snapshot(&mut snapshots).await else {
-                return;
-            };
-            if let Err(error) = sync.apply(&snapshot) {
+            tokio::select! {
+                snapshot = next_snapshot(&mut snapshots) => {
+                    let Ok(snapshot) = snapshot else {
+                        return;
+                    };
+                    last = snapshot;
+                }
+                _ = learning.tick() => {
+                    match sync.learn(&frontend_names(&last)) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(error) => {
+                            warn!(%error, "reading the traffic counters failed");
+                            continue;
+                        }
+                    }
+                }
+            }
+            if let Err(error) = sync.apply(&last) {
                 warn!(%error, "sync failed; retrying on the next change");
             }
         }
@@ -205,6 +242,29 @@ fn report_features(datapath: &Datapath) {
     }
 }
 
+/// How often the bypass policy looks at the frontends' traffic counters.
+const LEARN_EVERY: Duration = Duration::from_secs(2);
+
+/// `namespace/name` of the Service of each frontend of a snapshot, for log
+/// lines.
+fn frontend_names(snapshot: &Snapshot) -> BTreeMap<FrontendKey, String> {
+    snapshot
+        .view
+        .services()
+        .values()
+        .flat_map(|service| {
+            service.cluster_ips.iter().flat_map(move |&ip| {
+                service.ports.iter().map(move |port| {
+                    (
+                        zerohop_planner::plan::frontend_key(ip, port.port),
+                        service.id.to_string(),
+                    )
+                })
+            })
+        })
+        .collect()
+}
+
 /// Waits for the next snapshot the source publishes.
 async fn next_snapshot(snapshots: &mut watch::Receiver<Option<Snapshot>>) -> Result<Snapshot> {
     loop {
@@ -231,6 +291,8 @@ struct Sync {
     plan_problems: BTreeSet<String>,
     /// What /metrics and /readyz report.
     status: SharedStatus,
+    /// The bypass policy's view of each frontend's connections.
+    learner: Learner,
 }
 
 impl Sync {
@@ -249,14 +311,46 @@ impl Sync {
             source_problems: BTreeSet::new(),
             plan_problems: BTreeSet::new(),
             status,
+            learner: Learner::default(),
         })
+    }
+
+    /// Reads what the frontends' bypassed connections did since the last
+    /// look and tells whether the bypass policy changed its mind about any
+    /// of them (then the maps need planning again).
+    fn learn(&mut self, names: &BTreeMap<FrontendKey, String>) -> Result<bool> {
+        let traffic = self.maps.read_traffic()?;
+        let changes = self.learner.observe(&traffic);
+        for change in &changes {
+            let service = names.get(&change.frontend).map_or("?", String::as_str);
+            let frontend =
+                zerohop_planner::addr::from_kernel(change.frontend.addr, change.frontend.family)
+                    .map_or_else(
+                        |_| "?".to_owned(),
+                        |ip| SocketAddr::new(ip, change.frontend.port).to_string(),
+                    );
+            let (conns, long_ends) = (change.window.conns, change.window.long_ends);
+            match change.verdict {
+                Verdict::ShortConns => info!(
+                    %service, %frontend, conns, long_ends,
+                    "connections are too short to gain from the bypass: translated only, \
+                     one in {SHORT_CONNS_SAMPLE} still bypassed to keep watching"
+                ),
+                Verdict::Bypass => info!(
+                    %service, %frontend, conns, long_ends,
+                    "connections got longer: bypassed again"
+                ),
+            }
+        }
+        Ok(!changes.is_empty())
     }
 
     fn apply(&mut self, snapshot: &Snapshot) -> Result<()> {
         let started = Instant::now();
         report(&mut self.source_problems, snapshot.problems.iter().cloned());
         let view = &snapshot.view;
-        let plan = zerohop_planner::plan_with(view, &self.node, self.waypoints);
+        let short_conns = self.learner.short_conns();
+        let plan = zerohop_planner::plan_with(view, &self.node, self.waypoints, &short_conns);
         let described = plan.problems.iter().map(|problem| {
             let service = problem.service();
             let label = object_label("Service", &service.namespace, Some(&service.name));
@@ -305,6 +399,7 @@ impl Sync {
                 ("plan", self.plan_problems.len()),
             ]);
             status.map_write_errors += applied.failed as u64;
+            status.short_conn_frontends = short_conns.len();
         }
         info!(
             frontends = plan.desired.services.len(),

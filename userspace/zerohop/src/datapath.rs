@@ -12,6 +12,7 @@
 //! the agent: dropping [`Datapath`] detaches them.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     net::{IpAddr, SocketAddr},
     os::unix::ffi::OsStrExt,
@@ -25,15 +26,19 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use zerohop_abi::{
-    map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName, SockKey,
-    CONFIG_NO_BYPASS,
+    global, map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName,
+    SockKey, Traffic, CONFIG_NO_BYPASS,
 };
 use zerohop_planner::{Change, Changes, Desired};
 
 use crate::features::{self, FeatureState, ProgramState, FEATURES};
+use crate::kernel_btf::{TcpSockOffsets, VMLINUX_BTF};
 
 /// The compiled kernel programs (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zerohop.bpf.o"));
+
+/// `bpf_map_update_elem` flag: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// Default bpffs directory for our pins.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/zerohop";
@@ -66,8 +71,12 @@ impl Datapath {
         }
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        // The programs read two tcp_sock fields at these offsets (tcp.rs).
+        let tcp = TcpSockOffsets::from_btf_file(Path::new(VMLINUX_BTF))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .override_global(global::TCP_COPIED_SEQ, &tcp.copied_seq, true)
+            .override_global(global::TCP_WRITE_SEQ, &tcp.write_seq, true)
             .load(EBPF_OBJECT)
             .with_context(|| {
                 format!(
@@ -169,11 +178,13 @@ impl Datapath {
     }
 }
 
-/// The maps the agent writes: frontends, their endpoint slots and names.
+/// The maps the agent writes: frontends, their endpoint slots and names,
+/// and each frontend's traffic counters (which the programs add to).
 pub struct ServiceMaps {
     services: HashMap<MapData, FrontendKey, Service>,
     backends: HashMap<MapData, BackendKey, Backend>,
     names: HashMap<MapData, FrontendKey, ServiceName>,
+    traffic: HashMap<MapData, FrontendKey, Traffic>,
 }
 
 /// What [`ServiceMaps::apply`] did.
@@ -193,7 +204,31 @@ impl ServiceMaps {
             services: HashMap::try_from(open_pinned(pin_dir, map_name::SERVICES)?)?,
             backends: HashMap::try_from(open_pinned(pin_dir, map_name::BACKENDS)?)?,
             names: HashMap::try_from(open_pinned(pin_dir, map_name::NAMES)?)?,
+            traffic: HashMap::try_from(open_pinned(pin_dir, map_name::TRAFFIC)?)?,
         })
+    }
+
+    /// Every frontend's traffic counters, as the programs left them.
+    pub fn read_traffic(&self) -> Result<BTreeMap<FrontendKey, Traffic>> {
+        self.traffic.iter().map(|entry| Ok(entry?)).collect()
+    }
+
+    /// Gives every frontend in the maps a traffic entry (kept if it has one):
+    /// the maps of an earlier agent may hold frontends this one never writes.
+    pub fn count_traffic_of_every_frontend(&mut self) -> Result<()> {
+        let frontends: Vec<FrontendKey> = self.services.keys().collect::<Result<_, _>>()?;
+        for frontend in frontends {
+            self.start_counting(frontend);
+        }
+        Ok(())
+    }
+
+    /// A zeroed traffic entry for `frontend`, unless it has one. A refused
+    /// insert (a full map) only leaves the frontend unlearned.
+    fn start_counting(&mut self, frontend: FrontendKey) {
+        let _ = self
+            .traffic
+            .insert(frontend, Traffic::default(), BPF_NOEXIST);
     }
 
     /// The current contents of both maps.
@@ -224,8 +259,14 @@ impl ServiceMaps {
             let result = match change {
                 Change::UpsertBackend(key, value) => self.backends.insert(key, value, 0),
                 Change::UpsertName(key, value) => self.names.insert(key, value, 0),
-                Change::UpsertService(key, value) => self.services.insert(key, value, 0),
-                Change::DeleteService(key) => self.services.remove(&key),
+                Change::UpsertService(key, value) => {
+                    self.start_counting(key);
+                    self.services.insert(key, value, 0)
+                }
+                Change::DeleteService(key) => {
+                    let _ = self.traffic.remove(&key);
+                    self.services.remove(&key)
+                }
                 Change::DeleteBackend(key) => self.backends.remove(&key),
                 Change::DeleteName(key) => self.names.remove(&key),
             };

@@ -64,8 +64,10 @@ pub const FEATURES: &[Feature] = &[
         name: BYPASS,
         gives: "socket-to-socket bypass of same-node connections; without it \
                 they go through the TCP/IP stack",
-        since: (5, 0),
-        needs: "sockhash and sk_msg socket fields (4.18), sk_msg message size (5.0)",
+        since: (5, 9),
+        needs: "sockhash and sk_msg socket fields (4.18), sk_msg message size (5.0), \
+                bpf_skc_to_tcp_sock in sk_msg for the sequence numbers that keep \
+                bytes in order (5.9)",
         // sk_msg first: a socket takes the sockhash's programs when sockops
         // registers it, so the verdict program must be there before.
         programs: &["zh_sk_msg", "zh_sockops"],

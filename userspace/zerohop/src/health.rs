@@ -44,6 +44,10 @@ pub struct AgentStatus {
     pub map_write_errors: u64,
     /// Each feature of the datapath and whether this kernel has it.
     pub features: Vec<(&'static str, bool)>,
+    /// The node's idle vCPUs halt at once (see node_idle.rs).
+    pub idle_halts: bool,
+    /// Frontends the bypass policy judged to have too short connections.
+    pub short_conn_frontends: usize,
 }
 
 /// Shared between the sync loop and the HTTP server.
@@ -168,6 +172,27 @@ fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'sta
             "Kernel map inserts refused because a map was full.",
         ),
         Counter::ToWaypoint => ("zerohop_connects_total", Some("to_waypoint"), CONNECTS),
+        Counter::ConnsBypassed => (
+            "zerohop_bypassed_connections_total",
+            None,
+            "Connections that moved at least one message socket-to-socket.",
+        ),
+        Counter::BytesPassed => (
+            "zerohop_passed_bytes_total",
+            None,
+            "Bytes of registered sockets' messages that went through the stack.",
+        ),
+        Counter::ConnsSent => (
+            "zerohop_sending_connections_total",
+            None,
+            "Registered connections that sent at least one message, either way.",
+        ),
+        Counter::ConnsKeptOff => (
+            "zerohop_kept_off_connections_total",
+            None,
+            "Connections handed whole to the stack: the client's first message \
+             went through it before the server's end was registered.",
+        ),
     }
 }
 
@@ -241,6 +266,22 @@ pub fn metrics(status: &AgentStatus, kernel: &[(Counter, u64)]) -> String {
             f64::from(u8::from(*on)),
         );
     }
+    out.sample(
+        "zerohop_short_connection_frontends",
+        "gauge",
+        "Frontends whose connections the bypass policy judged too short to gain \
+         from the bypass (translated only, one in 16 still bypassed).",
+        None,
+        status.short_conn_frontends as f64,
+    );
+    out.sample(
+        "zerohop_node_idle_halts",
+        "gauge",
+        "1 when this node is a VM whose idle vCPUs halt at once, so that every \
+         wake-up of a reader on another vCPU is an interrupt (see the README).",
+        None,
+        f64::from(u8::from(status.idle_halts)),
+    );
     out.sample(
         "zerohop_map_write_errors_total",
         "counter",

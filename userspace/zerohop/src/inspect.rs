@@ -14,6 +14,7 @@ use aya::maps::{MapData, SockHash};
 use serde::Serialize;
 use zerohop_abi::{
     map_name, Config, FrontendKey, ServiceName, SockKey, FAMILY_V4, SERVICE_L7, SERVICE_NO_BYPASS,
+    SERVICE_SHORT_CONNS,
 };
 use zerohop_planner::addr;
 
@@ -40,6 +41,9 @@ pub struct FrontendRow {
     pub waypoint: Option<String>,
     /// Whether connections to local endpoints move socket-to-socket.
     pub bypass: bool,
+    /// The agent learned that the frontend's connections are too short to
+    /// gain from the bypass: only one connect in 16 takes it.
+    pub short_conns: bool,
     pub endpoints: u32,
     pub local_backends: Vec<String>,
 }
@@ -143,6 +147,7 @@ pub fn services(pin_dir: &Path) -> Result<Vec<FrontendRow>> {
                 },
                 waypoint: waypoint.map(|addr| addr.to_string()),
                 bypass: node_bypass && service.flags & SERVICE_NO_BYPASS == 0,
+                short_conns: service.flags & SERVICE_SHORT_CONNS != 0,
                 endpoints: service.endpoints,
                 local_backends,
             }
@@ -248,7 +253,10 @@ pub fn print_services(rows: &[FrontendRow], output: Output) -> Result<()> {
                 row.service.clone(),
                 row.action.to_owned(),
                 row.waypoint.clone().unwrap_or_else(|| "-".to_owned()),
-                on_off(row.bypass),
+                match (row.bypass, row.short_conns) {
+                    (true, true) => "short".to_owned(),
+                    (bypass, _) => on_off(bypass),
+                },
                 row.endpoints.to_string(),
                 if row.local_backends.is_empty() {
                     "-".to_owned()

@@ -10,5 +10,7 @@ pub mod datapath;
 pub mod features;
 pub mod health;
 pub mod inspect;
+pub mod kernel_btf;
+pub mod node_idle;
 pub mod route_status;
 pub mod source;
