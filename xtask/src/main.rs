@@ -157,16 +157,7 @@ pub fn leftovers_check() -> Result<()> {
         .map(|path| path.display().to_string())
         .collect();
     left.extend(vm::leftovers());
-    let programs: Vec<serde_json::Value> =
-        serde_json::from_str(&command_output("bpftool", &["-j", "prog", "show"])?)?;
-    let held = held_programs();
-    for program in &programs {
-        let name = program["name"].as_str().unwrap_or_default();
-        let held = program["id"].as_u64().is_some_and(|id| held.contains(&id));
-        if name.starts_with("zh_") && !held {
-            left.push(format!("program {name} (id {})", program["id"]));
-        }
-    }
+    left.extend(unheld_programs_after(PROGRAM_RELEASE)?);
     if !left.is_empty() {
         bail!("left behind: {left:#?}");
     }
@@ -175,6 +166,72 @@ pub fn leftovers_check() -> Result<()> {
          virtiofsd or mount of ours"
     );
     Ok(())
+}
+
+/// How long the kernel may take to free the programs of a finished run.
+/// It frees them asynchronously: the sk_msg program lives until the
+/// sockhash goes, the sockhash until its last socket has left it, and a
+/// socket's psock after an RCU grace period, all on work queues (seconds
+/// when a run just deleted many network namespaces).
+const PROGRAM_RELEASE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The `zh_*` programs no live process holds, once they had `grace` to go;
+/// for each that stayed, what keeps it: the `zh_*` maps still alive and the
+/// sockets still in our sockhashes.
+fn unheld_programs_after(grace: std::time::Duration) -> Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        let unheld = unheld_programs()?;
+        if unheld.is_empty() {
+            return Ok(unheld);
+        }
+        if std::time::Instant::now() >= deadline {
+            let mut left = unheld;
+            left.extend(live_maps()?);
+            return Ok(left);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+fn unheld_programs() -> Result<Vec<String>> {
+    let programs: Vec<serde_json::Value> =
+        serde_json::from_str(&command_output("bpftool", &["-j", "prog", "show"])?)?;
+    let held = held_programs();
+    Ok(programs
+        .iter()
+        .filter(|program| {
+            let name = program["name"].as_str().unwrap_or_default();
+            let id = program["id"].as_u64();
+            name.starts_with("zh_") && !id.is_some_and(|id| held.contains(&id))
+        })
+        .map(|program| format!("program {} (id {})", program["name"], program["id"]))
+        .collect())
+}
+
+/// The `zh_*` maps still alive, with the entries of the sockhashes (the
+/// 4-tuples of the sockets that keep them).
+fn live_maps() -> Result<Vec<String>> {
+    let maps: Vec<serde_json::Value> =
+        serde_json::from_str(&command_output("bpftool", &["-j", "map", "show"])?)?;
+    Ok(maps
+        .iter()
+        .filter(|map| {
+            map["name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("zh_"))
+        })
+        .map(|map| {
+            let id = map["id"].to_string();
+            let mut line = format!("map {} (id {id}, {})", map["name"], map["type"]);
+            if map["type"] == "sockhash" {
+                let dump = command_output("bpftool", &["map", "dump", "id", &id])
+                    .unwrap_or_else(|error| format!("{error:#}"));
+                line.push_str(&format!(", entries:\n{dump}"));
+            }
+            line
+        })
+        .collect())
 }
 
 /// Ids of the BPF programs a live process holds, through a program or a link
