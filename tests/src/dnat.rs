@@ -144,7 +144,8 @@ impl Node {
     /// decided the same way every time. (conntrack counts the SYN as the
     /// first packet of the original direction, the ACK as the second.)
     pub fn drop_handshake_acks(&self, port: u16, probability: f64) -> Result<()> {
-        self.exec("sysctl", &["-qw", "net.netfilter.nf_conntrack_acct=1"])?;
+        // The connbytes match turns the namespace's conntrack accounting on
+        // when its rule is added.
         let (port, probability) = (port.to_string(), format!("{probability:.4}"));
         let mut rule = vec!["-I", "FORWARD", "-p", "tcp", "--dport", &port];
         if probability != "1.0000" {
