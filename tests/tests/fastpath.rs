@@ -800,6 +800,7 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
     let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
     world.service(family, "short", 10, &["server"], &[], "")?;
     world.service(family, "forced", 11, &["server"], &[], "")?;
+    world.service(family, "large", 12, &["server"], &[], "")?;
     let forced = service_yaml(
         "forced",
         cluster_ip(family, 11),
@@ -827,6 +828,9 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
     for n in [10, 11] {
         world.spread("client", frontend(family, n), 200)?;
     }
+    // Few but large writes: a connection per 64 KiB echo is not short.
+    let report = testpod().concurrent(world.pod("client"), frontend(family, 12), 100, 64 * 1024)?;
+    ensure!(report.failed == 0, "{:?}", report.errors);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !short_conns("10.96.0.10:80/TCP")? {
         ensure!(
@@ -839,6 +843,12 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
     ensure!(
         !short_conns("10.96.0.11:80/TCP")?,
         "an annotated Service was judged"
+    );
+    // The agent judges every 2 s: by now it has seen the large writes too.
+    std::thread::sleep(Duration::from_millis(2500));
+    ensure!(
+        !short_conns("10.96.0.12:80/TCP")?,
+        "connections of single 64 KiB writes were judged short"
     );
 
     let bypassed = |world: &World| world.counter("conns_bypassed");

@@ -104,8 +104,12 @@ pub mod capacity {
 }
 
 /// How many messages one end of a connection sends before the connection
-/// counts as long in [`Traffic::long_ends`].
+/// counts as long in [`Traffic::long_ends`], a message counting one more for
+/// each [`BYTES_PER_MSG_COUNT`] bytes it carries.
 pub const LONG_MSGS: u32 = 8;
+
+/// See [`LONG_MSGS`]: a single 64 KiB write makes an end long.
+pub const BYTES_PER_MSG_COUNT: u32 = 8192;
 
 /// While a frontend is marked [`SERVICE_SHORT_CONNS`], one connect in this
 /// many still takes the bypass, so that its [`Traffic`] keeps telling.
@@ -318,7 +322,8 @@ pub struct Pending {
 pub struct Traffic {
     /// Connects tagged for the bypass.
     pub conns: u64,
-    /// Ends of those connections that sent [`LONG_MSGS`] messages or more.
+    /// Ends of those connections that sent [`LONG_MSGS`] messages or more
+    /// (large messages counting more).
     pub long_ends: u64,
 }
 
@@ -344,7 +349,8 @@ pub struct End {
     pub flags: u32,
     /// The frontend the connection was dialled at (all zero: none).
     pub frontend: FrontendKey,
-    /// Messages this end sent while registered, up to [`LONG_MSGS`].
+    /// Messages this end sent while registered, up to [`LONG_MSGS`] (large
+    /// messages counting more, see there).
     pub msgs: u32,
 }
 

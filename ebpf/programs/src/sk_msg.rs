@@ -22,7 +22,8 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use zerohop_abi::{
-    Counter, End, SockKey, END_REDIRECTED, END_SENT, END_STACKED, END_VERIFIED, LONG_MSGS,
+    Counter, End, SockKey, BYTES_PER_MSG_COUNT, END_REDIRECTED, END_SENT, END_STACKED,
+    END_VERIFIED, LONG_MSGS,
 };
 
 use crate::{
@@ -68,10 +69,14 @@ fn try_redirect(ctx: &SkMsgContext) -> bool {
         end.flags |= END_SENT;
         count_once_per_connection(end, &key, END_SENT, Counter::ConnsSent);
     }
+    let size = ctx.size();
     // How long the connection is, for the agent's bypass policy: one count
-    // per end that reaches LONG_MSGS messages.
+    // per end that reaches LONG_MSGS, a message counting one more for each
+    // BYTES_PER_MSG_COUNT it carries (the bypass saves per message and per
+    // byte, so a few large writes gain as much as many small ones).
     if end.msgs < LONG_MSGS {
-        end.msgs += 1;
+        let weight = 1 + size / BYTES_PER_MSG_COUNT;
+        end.msgs = end.msgs.saturating_add(weight).min(LONG_MSGS);
         if end.msgs == LONG_MSGS {
             count_traffic(&end.frontend, |traffic| &mut traffic.long_ends);
         }
@@ -80,7 +85,6 @@ fn try_redirect(ctx: &SkMsgContext) -> bool {
         end.flags &= !END_VERIFIED;
         return false;
     }
-    let size = ctx.size();
     if SOCKETS.redirect_msg(ctx, key.peer(), u64::from(BPF_F_INGRESS)) != i64::from(SK_PASS) {
         // The peer is gone (or not registered yet): through the stack.
         end.flags &= !END_VERIFIED;

@@ -9,7 +9,10 @@
 //! bypassed connections made 0.88x to 0.97x the kube-proxy path's rate, and
 //! translated-only ones about 1.0x. So the programs count, per frontend, the
 //! connections they tag and the ends of those that send
-//! [`LONG_MSGS`](zerohop_abi::LONG_MSGS) messages. When hardly any connection
+//! [`LONG_MSGS`](zerohop_abi::LONG_MSGS) messages (a message counting one
+//! more per [`BYTES_PER_MSG_COUNT`](zerohop_abi::BYTES_PER_MSG_COUNT) bytes
+//! it carries: a connection of a few large writes gains from the bypass as
+//! well). When hardly any connection
 //! of a frontend gets that long, the frontend is marked
 //! [`SERVICE_SHORT_CONNS`](zerohop_abi::SERVICE_SHORT_CONNS): its connects
 //! are translated only, but for one in
