@@ -35,6 +35,68 @@ pub fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// How much [`check_pattern`] reads at a time.
+const CHECK_CHUNK: usize = 256 * 1024;
+
+/// Reads `total` bytes of the pattern for `seed` and checks each one's value
+/// and place; with `to_eof`, then expects EOF (and fails on more bytes). Returns the bytes checked and the first problem.
+pub fn check_pattern(
+    reader: &mut impl Read,
+    seed: u64,
+    total: u64,
+    to_eof: bool,
+) -> (u64, Option<String>) {
+    let mut reader = Patient(reader);
+    let mut buf = vec![0u8; CHECK_CHUNK];
+    let mut expected = vec![0u8; CHECK_CHUNK];
+    let mut checked = 0u64;
+    while checked < total || to_eof {
+        let want = if to_eof {
+            buf.len()
+        } else {
+            buf.len().min((total - checked) as usize)
+        };
+        let n = match reader.read(&mut buf[..want]) {
+            Ok(0) if checked == total => return (checked, None),
+            Ok(0) => {
+                return (
+                    checked,
+                    Some(format!("EOF after {checked} of {total} bytes")),
+                )
+            }
+            Ok(n) => n,
+            Err(e) => {
+                return (
+                    checked,
+                    Some(format!("read after {checked} of {total} bytes: {e}")),
+                )
+            }
+        };
+        if checked + n as u64 > total {
+            return (
+                checked,
+                Some(format!("more than the {total} bytes sent came back")),
+            );
+        }
+        fill_pattern(seed, checked, &mut expected[..n]);
+        if let Some(at) = buf[..n]
+            .iter()
+            .zip(&expected[..n])
+            .position(|(a, b)| a != b)
+        {
+            return (
+                checked,
+                Some(format!(
+                    "wrong byte at offset {} of {total}",
+                    checked + at as u64
+                )),
+            );
+        }
+        checked += n as u64;
+    }
+    (checked, None)
+}
+
 /// A small deterministic random generator (splitmix64 steps): test plans
 /// drawn from a seed are the same on every run.
 pub struct Rng(u64);

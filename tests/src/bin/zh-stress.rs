@@ -23,7 +23,7 @@
 //! Exits 0 only when every connection held.
 
 use std::{
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Write},
     mem::size_of,
     net::{Shutdown, SocketAddr, TcpStream},
     os::fd::AsRawFd,
@@ -39,7 +39,7 @@ use std::{
 use serde_json::json;
 use zerohop_tests::{
     cli::{say, Context, Flags, Res},
-    pattern::{fill_pattern, Patient, Rng},
+    pattern::{check_pattern, fill_pattern, Patient, Rng},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -315,7 +315,7 @@ fn echo(plan: &Plan, stream: TcpStream, mut reader: BufReader<TcpStream>) -> Out
     };
     let total = plan.total();
     let (checked, read_error) = match read {
-        Ok(()) => check(&mut reader, seed, total, true),
+        Ok(()) => check_pattern(&mut reader, seed, total, true),
         Err(error) => (0, Some(error)),
     };
     if read_error.is_some() {
@@ -364,7 +364,7 @@ fn echo_then_reset(
             read_hello(plan, &mut reader)?;
         }
         // Everything sent comes back before the reset: no EOF is expected.
-        let (checked, error) = check(&mut reader, plan.seed, outcome.sent, false);
+        let (checked, error) = check_pattern(&mut reader, plan.seed, outcome.sent, false);
         outcome.checked = checked;
         if let Some(error) = error {
             return Err(error);
@@ -376,60 +376,6 @@ fn echo_then_reset(
     // Both descriptors close here; the last close sends the reset.
     drop((stream, reader));
     outcome
-}
-
-/// Reads `total` echoed bytes and checks each against the pattern; with
-/// `to_eof`, then expects EOF. Returns the bytes checked and the first problem.
-fn check(reader: &mut impl Read, seed: u64, total: u64, to_eof: bool) -> (u64, Option<String>) {
-    let mut reader = Patient(reader);
-    let mut buf = vec![0u8; MAX_WRITE as usize];
-    let mut expected = vec![0u8; MAX_WRITE as usize];
-    let mut checked = 0u64;
-    while checked < total || to_eof {
-        let want = if to_eof {
-            buf.len()
-        } else {
-            buf.len().min((total - checked) as usize)
-        };
-        let n = match reader.read(&mut buf[..want]) {
-            Ok(0) if checked == total => return (checked, None),
-            Ok(0) => {
-                return (
-                    checked,
-                    Some(format!("EOF after {checked} of {total} bytes")),
-                )
-            }
-            Ok(n) => n,
-            Err(e) => {
-                return (
-                    checked,
-                    Some(format!("read after {checked} of {total} bytes: {e}")),
-                )
-            }
-        };
-        if checked + n as u64 > total {
-            return (
-                checked,
-                Some(format!("more than the {total} bytes sent came back")),
-            );
-        }
-        fill_pattern(seed, checked, &mut expected[..n]);
-        if let Some(at) = buf[..n]
-            .iter()
-            .zip(&expected[..n])
-            .position(|(a, b)| a != b)
-        {
-            return (
-                checked,
-                Some(format!(
-                    "wrong byte at offset {} of {total}",
-                    checked + at as u64
-                )),
-            );
-        }
-        checked += n as u64;
-    }
-    (checked, None)
 }
 
 /// SO_LINGER on with a zero timeout: the last close resets the connection.

@@ -35,7 +35,7 @@ use std::{
 
 use serde_json::json;
 use zerohop_tests::cli::{say, Context, Flags, Res};
-use zerohop_tests::pattern::{fill_pattern, Patient};
+use zerohop_tests::pattern::{check_pattern, fill_pattern, Patient};
 use zerohop_tests::socket::{listen, listen_dual_stack};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -261,7 +261,7 @@ fn echo_once(
         }
         writer.shutdown(Shutdown::Write).ctx("shutdown(write)")
     });
-    let (received, read_error) = verify_echo(&mut conn.reader, seed, total);
+    let (received, read_error) = check_pattern(&mut conn.reader, seed, total, true);
     if read_error.is_some() {
         // Unblocks a sender stuck on a full socket buffer.
         let _ = conn.stream.shutdown(Shutdown::Both);
@@ -275,51 +275,6 @@ fn echo_once(
         conn: Some(conn.describe()),
         bytes: received,
         error,
-    }
-}
-
-/// Reads to EOF, checking the data against the pattern; returns the bytes
-/// matched and the first problem.
-fn verify_echo(reader: &mut impl Read, seed: u64, total: u64) -> (u64, Option<String>) {
-    let mut reader = Patient(reader);
-    let mut buf = vec![0u8; DEFAULT_CHUNK];
-    let mut expected = vec![0u8; DEFAULT_CHUNK];
-    let mut received = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) if received == total => return (received, None),
-            Ok(0) => {
-                return (
-                    received,
-                    Some(format!("EOF after {received} of {total} bytes")),
-                )
-            }
-            Ok(n) => n,
-            Err(e) => {
-                return (
-                    received,
-                    Some(format!("read after {received} of {total} bytes: {e}")),
-                )
-            }
-        };
-        if received + n as u64 > total {
-            return (
-                received,
-                Some(format!("more than the {total} bytes sent came back")),
-            );
-        }
-        fill_pattern(seed, received, &mut expected[..n]);
-        if let Some(at) = buf[..n]
-            .iter()
-            .zip(&expected[..n])
-            .position(|(got, want)| got != want)
-        {
-            return (
-                received,
-                Some(format!("wrong byte at offset {}", received + at as u64)),
-            );
-        }
-        received += n as u64;
     }
 }
 
