@@ -160,8 +160,9 @@ fn serve(mut stream: TcpStream, name: &str, greet: bool) {
 struct Conn {
     stream: TcpStream,
     /// Reads of the stream; everything read goes through it, so that nothing
-    /// buffered after the HELLO line is lost.
-    reader: BufReader<TcpStream>,
+    /// buffered after the HELLO line is lost, and it sits out the bypass's
+    /// spurious `EAGAIN`s (see [`Patient`]).
+    reader: BufReader<Patient<TcpStream>>,
     server: String,
     seen_peer: SocketAddr,
     local: SocketAddr,
@@ -179,7 +180,7 @@ impl Conn {
             .ctx("set write timeout")?;
         stream.set_nodelay(nodelay).ctx("set TCP_NODELAY")?;
         let local = stream.local_addr().ctx("local address")?;
-        let mut reader = BufReader::new(stream.try_clone().ctx("clone socket")?);
+        let mut reader = BufReader::new(Patient(stream.try_clone().ctx("clone socket")?));
         let mut hello = String::new();
         reader.read_line(&mut hello).ctx("read HELLO")?;
         let (server, seen_peer) =
