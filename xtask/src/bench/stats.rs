@@ -327,9 +327,10 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
         parts.push(match (measured, share) {
             (false, _) => format!("{what} not measured"),
             (true, Some(share)) => format!(
-                "{what} {} ({} of {})",
+                "{what} {} ({} of the {} connections that sent; {} connects)",
                 percent(share),
                 counts.get("conns_bypassed").copied().unwrap_or(0),
+                counts.get("conns_sent").copied().unwrap_or(0),
                 CONNECTS
                     .iter()
                     .filter_map(|name| counts.get(*name))
