@@ -326,16 +326,19 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
         met &= share.is_some_and(|share| share >= 0.95);
         parts.push(match (measured, share) {
             (false, _) => format!("{what} not measured"),
-            (true, Some(share)) => format!(
-                "{what} {} ({} of the {} connections that sent; {} connects)",
-                percent(share),
-                counts.get("conns_bypassed").copied().unwrap_or(0),
-                counts.get("conns_sent").copied().unwrap_or(0),
-                CONNECTS
-                    .iter()
-                    .filter_map(|name| counts.get(*name))
-                    .sum::<u64>()
-            ),
+            (true, Some(share)) => {
+                let bypassed = counts.get("conns_bypassed").copied().unwrap_or(0);
+                let connects: u64 = CONNECTS.iter().filter_map(|name| counts.get(*name)).sum();
+                // The same base as `shares`.
+                match counts.get("conns_sent") {
+                    Some(sent) => format!(
+                        "{what} {} ({bypassed} of the {sent} connections that sent; \
+                         {connects} connects)",
+                        percent(share)
+                    ),
+                    None => format!("{what} {} ({bypassed} of {connects})", percent(share)),
+                }
+            }
             (true, None) => format!("{what} n/a"),
         });
     }
