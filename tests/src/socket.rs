@@ -1,5 +1,6 @@
 //! Raw socket setup the test programs share: listeners that are IPv6-only
-//! for IPv6 (as a real pod's), and connects from a marked socket.
+//! for IPv6 (as a real pod's), connects from a marked socket, and closes
+//! that reset.
 
 use std::{
     io,
@@ -132,4 +133,27 @@ pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         };
         (storage, len as libc::socklen_t)
     }
+}
+
+/// SO_LINGER on with a zero timeout: the last close of `stream`'s socket
+/// resets the connection (RST) instead of ending it with a FIN.
+pub fn linger_zero(stream: &TcpStream) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -24,9 +24,7 @@
 
 use std::{
     io::{self, BufRead, BufReader, Write},
-    mem::size_of,
     net::{Shutdown, SocketAddr, TcpStream},
-    os::fd::AsRawFd,
     process::ExitCode,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -40,6 +38,7 @@ use serde_json::json;
 use zerohop_tests::{
     cli::{say, Context, Flags, Res},
     pattern::{check_pattern, fill_pattern, Patient, Rng},
+    socket::linger_zero,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -369,35 +368,13 @@ fn echo_then_reset(
         if let Some(error) = error {
             return Err(error);
         }
-        linger_zero(&stream)?;
+        linger_zero(&stream).ctx("SO_LINGER")?;
         Ok(())
     })();
     outcome.error = result.err();
     // Both descriptors close here; the last close sends the reset.
     drop((stream, reader));
     outcome
-}
-
-/// SO_LINGER on with a zero timeout: the last close resets the connection.
-fn linger_zero(stream: &TcpStream) -> Res<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: `linger` outlives the call and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(format!("SO_LINGER: {}", io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Line reads through [`Patient`].

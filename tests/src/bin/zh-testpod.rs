@@ -24,9 +24,7 @@
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, BufReader, Read, Write},
-    mem::size_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     process::ExitCode,
     sync::Arc,
     thread,
@@ -36,7 +34,7 @@ use std::{
 use serde_json::json;
 use zerohop_tests::cli::{say, Context, Flags, Res};
 use zerohop_tests::pattern::{check_pattern, fill_pattern, Patient};
-use zerohop_tests::socket::{listen, listen_dual_stack};
+use zerohop_tests::socket::{linger_zero, listen, listen_dual_stack};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -353,23 +351,7 @@ fn reset(flags: &Flags) -> Res<bool> {
         if &back != probe {
             return Err(format!("echo {back:?} differs from {probe:?}"));
         }
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: `linger` outlives the call and its size is passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                conn.stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(format!("SO_LINGER: {}", io::Error::last_os_error()));
-        }
+        linger_zero(&conn.stream).ctx("SO_LINGER")?;
         let report = conn.describe();
         drop(conn); // closes both descriptors of the socket: the last close resets
         Ok(report)
