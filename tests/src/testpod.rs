@@ -35,6 +35,8 @@ pub struct EchoReport {
     pub seen_peer: Option<SocketAddr>,
     /// The client's own address.
     pub local: Option<SocketAddr>,
+    /// What the client's getpeername() returned.
+    pub peer: Option<SocketAddr>,
     /// Bytes echoed back and verified.
     pub bytes: u64,
     pub ok: bool,
@@ -80,6 +82,8 @@ pub struct Greeting {
     pub server: String,
     pub seen_peer: SocketAddr,
     pub local: SocketAddr,
+    /// What the client's getpeername() returned.
+    pub peer: SocketAddr,
 }
 
 /// A server's `CONN peer=<addr> bytes=<n> end=<how>` line, one per finished

@@ -11,8 +11,9 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use zerohop_tests::{
-    inspect, node_name, require_root, service_yaml, slice_yaml, Agent, Cluster, EchoReport,
-    Endpoint, Family, Manifests, Pod, PodProcess, Testpod,
+    dies_with_this_process, inspect, node_name, require_root, service_yaml, slice_yaml,
+    zerohop_binary, Agent, Cluster, EchoReport, Endpoint, Family, Manifests, Pod, PodProcess,
+    Testpod,
 };
 
 /// Port every test server listens on (the Services' targetPort).
@@ -182,6 +183,11 @@ fn same_node_connection_goes_straight_to_the_backend(family: Family) -> Result<(
 
     let report = world.echo("client", frontend(family, 10), 256 * 1024)?;
     assert_eq!(report.server.as_deref(), Some("server"));
+    assert_eq!(
+        report.peer,
+        Some(frontend(family, 10)),
+        "getpeername() returns the ClusterIP:port dialled, as through kube-proxy"
+    );
     let seen = report.seen_peer.context("server did not report the peer")?;
     assert_eq!(
         seen.ip(),
@@ -317,6 +323,7 @@ fn remote_endpoints_are_reached_without_nat(family: Family) -> Result<()> {
         matches!(report.server.as_deref(), Some("far1" | "far2")),
         "{report:?}"
     );
+    assert_eq!(report.peer, Some(frontend(family, 20)), "getpeername()");
     assert_eq!(
         report.seen_peer.map(|peer| peer.ip()),
         Some(world.pod("client").ip(family))
@@ -365,6 +372,7 @@ fn unknown_addresses_are_left_alone(family: Family) -> Result<()> {
         Some("server"),
         "the DNAT rule still serves unknown Services"
     );
+    assert_eq!(report.peer, Some(frontend(family, 99)), "getpeername()");
     assert!(world.counter("passed_not_service")? >= 2);
     assert_eq!(
         world.counter("translated_local")? + world.counter("translated_remote")?,
@@ -546,6 +554,11 @@ fn an_ipv6_socket_dialling_an_ipv4_service_takes_the_bypass() -> Result<()> {
     ensure!(
         report.local.is_some_and(|local| local.is_ipv6()),
         "the client's socket is not IPv6: {report:?}"
+    );
+    ensure!(
+        report.peer == Some(mapped),
+        "getpeername() returned {:?}, not the mapped ClusterIP:port {mapped} dialled",
+        report.peer
     );
     ensure!(
         report.seen_peer.map(|peer| peer.ip().to_canonical())
@@ -852,13 +865,20 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
     );
 
     let bypassed = |world: &World| world.counter("conns_bypassed");
-    let before = bypassed(&world)?;
+    let translated_only = |world: &World| world.counter("local_translated_only");
+    let (before, only_before) = (bypassed(&world)?, translated_only(&world)?);
     world.spread("client", frontend(family, 10), 320)?;
     let sampled = bypassed(&world)? - before;
     // One in 16 of 320 is 20 on average; 0 has odds below 1e-8.
     ensure!(
         (1..=60).contains(&sampled),
         "{sampled} of 320 short connections bypassed"
+    );
+    // Every other one is counted as kept off the bypass.
+    ensure!(
+        sampled + translated_only(&world)? - only_before == 320,
+        "{sampled} bypassed and {} translated only of 320",
+        translated_only(&world)? - only_before
     );
     let before = bypassed(&world)?;
     world.spread("client", frontend(family, 11), 100)?;
@@ -1101,6 +1121,188 @@ fn inspect_shows_what_the_kernel_does() -> Result<()> {
     let message = format!("{:#}", missing.expect_err("inspecting missing maps fails"));
     assert!(message.contains("no zerohop map"), "{message}");
     Ok(())
+}
+
+/// getpeername() of a translated socket returns the ClusterIP:port it
+/// dialled while the connection lives (the echo tests check it on every
+/// path), and its entry leaves when the connection closes: hundreds of
+/// short connections leave none behind.
+#[test]
+fn a_translated_sockets_peer_name_lives_as_long_as_its_connection() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(
+        &[("client", 1), ("server", 1), ("far", 2)],
+        &["server", "far"],
+    )?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.service(family, "remote", 20, &["far"], &[], "")?;
+    world.start_agents()?;
+    let pin_dir = world.agents[0].pin_dir().to_owned();
+    let peers = || -> Result<Vec<serde_json::Value>> {
+        Ok(serde_json::from_str(&inspect("peers", &pin_dir)?)?)
+    };
+
+    let mut held = testpod().hold(world.pod("client"), frontend(family, 10))?;
+    assert_eq!(held.echo("x")?, "x");
+    assert_eq!(held.greeting.peer, frontend(family, 10));
+    let server = SocketAddr::new(world.pod("server").ip(family), TARGET_PORT);
+    let rows = peers()?;
+    ensure!(
+        rows.len() == 1
+            && rows[0]["dialled"] == frontend(family, 10).to_string()
+            && rows[0]["connected_to"] == server.to_string(),
+        "inspect peers while one connection is open: {rows:?}"
+    );
+    held.close()?;
+
+    for n in [10, 20] {
+        world.spread("client", frontend(family, n), 200)?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = peers()?;
+        if left.is_empty() {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{} entries of closed connections left after 5 s: {:?}",
+            left.len(),
+            &left[..left.len().min(5)]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        world.counter("translated_local")? + world.counter("translated_remote")?,
+        401
+    );
+    Ok(())
+}
+
+/// A second agent (or any connect-time load balancer or sockmap user) on a
+/// cgroup whose hooks already run other programs refuses to start, naming
+/// them, before it creates or writes any map; the first keeps serving.
+/// `--allow-other-programs` lets it start beside them.
+#[test]
+fn an_agent_refuses_hooks_that_run_other_programs() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+
+    let second_pins = world.cluster.bpffs_dir(1).join("second");
+    let second = |extra: &[&str]| {
+        let mut command = std::process::Command::new(zerohop_binary());
+        command
+            .arg("agent")
+            .arg(format!("--source=dir:{}", world.manifests.dir().display()))
+            .args(["--node", "node1", "--health-addr", "off", "--cgroup"])
+            .arg(world.cluster.node(1).cgroup_path())
+            .arg("--pin-dir")
+            .arg(&second_pins)
+            .args(extra)
+            .env("RUST_LOG", "info");
+        command
+    };
+    let outcome = (|| {
+        // It refuses before it loads anything; the timeout only bounds an
+        // agent that would not.
+        let mut command = second(&[]);
+        dies_with_this_process(&mut command);
+        let refused = command.stderr(std::process::Stdio::piped()).spawn()?;
+        let refused = wait_with_deadline(refused, Duration::from_secs(60))?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            refused.status.code() == Some(1),
+            "the second agent did not refuse ({:?}): {stderr}",
+            refused.status
+        );
+        for expected in [
+            "connect4: program",
+            "(zh_connect4)",
+            "sock_ops: program",
+            "(zh_sockops)",
+            "--allow-other-programs",
+        ] {
+            ensure!(stderr.contains(expected), "no {expected:?} in: {stderr}");
+        }
+        ensure!(
+            !second_pins.exists(),
+            "the refusing agent created {}",
+            second_pins.display()
+        );
+        world.echo("client", frontend(family, 10), MIB)?;
+        ensure!(
+            world.counter("bytes_redirected")? >= 2 * MIB,
+            "the first agent's bypass still works"
+        );
+
+        // Allowed, it starts beside them.
+        let mut command = second(&["--allow-other-programs"]);
+        dies_with_this_process(&mut command);
+        let mut allowed = command.stderr(std::process::Stdio::piped()).spawn()?;
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(
+            allowed.stderr.take().context("stderr")?,
+        ));
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let attached = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match receive.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains("attached");
+                    log.push(line);
+                    if done {
+                        break true;
+                    }
+                }
+                Err(_) => break false,
+            }
+        };
+        // Ended by its PID, as an operator would.
+        // SAFETY: a plain kill(2) of the child this test started.
+        let ended_by_itself = allowed.try_wait()?;
+        unsafe { libc::kill(allowed.id() as i32, libc::SIGTERM) };
+        let _ = allowed.wait();
+        let log = log.join("\n");
+        ensure!(
+            attached && log.contains("starting beside them"),
+            "with --allow-other-programs (ended by itself: {ended_by_itself:?}): {log}"
+        );
+        Ok(())
+    })();
+    if second_pins.exists() {
+        let _ = std::process::Command::new(zerohop_binary())
+            .arg("cleanup")
+            .arg("--pin-dir")
+            .arg(&second_pins)
+            .status();
+    }
+    outcome
+}
+
+/// Waits for `child` to end, killing it (by its PID) at `deadline`.
+fn wait_with_deadline(
+    mut child: std::process::Child,
+    deadline: Duration,
+) -> Result<std::process::Output> {
+    let until = std::time::Instant::now() + deadline;
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > until {
+            child.kill()?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child.wait_with_output()?)
 }
 
 /// /healthz, /readyz and /metrics on the agent's health address; the

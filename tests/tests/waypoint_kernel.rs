@@ -66,6 +66,8 @@ fn route_yaml(service: &str) -> String {
 struct Dialled {
     /// The first line the server sent.
     line: Option<String>,
+    /// What the client's getpeername() returned.
+    peer: Option<SocketAddr>,
     ok: bool,
     error: Option<String>,
 }
@@ -243,6 +245,11 @@ fn check_reaches_waypoint(world: &mut World, family: Family) -> Result<()> {
         dialled.line.as_deref(),
         Some(format!("ORIGDST {target}").as_str()),
         "the waypoint learns the ClusterIP:port dialled"
+    );
+    assert_eq!(
+        dialled.peer,
+        Some(target),
+        "the client's getpeername() returns the ClusterIP:port it dialled, not the waypoint"
     );
     let accepted = world.accepted()?;
     assert_eq!(accepted.origdst, Some(target), "{accepted:?}");

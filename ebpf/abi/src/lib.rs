@@ -17,7 +17,7 @@ pub mod map_name {
     /// Run-time switches and the waypoint: index 0 → [`Config`](super::Config).
     pub const CONFIG: &str = "zh_config_v2";
     /// Per-CPU counters, indexed by [`Counter`](super::Counter).
-    pub const STATS: &str = "zh_stats_v3";
+    pub const STATS: &str = "zh_stats_v4";
     /// Sockets connected to a local endpoint, by socket cookie (u64) → the
     /// [`FrontendKey`](super::FrontendKey) they dialled (all zero for the
     /// waypoint's connects to pod IPs).
@@ -47,6 +47,9 @@ pub mod map_name {
     /// socket, as [`SockKey`](super::SockKey) seen from it → the
     /// [`FrontendKey`](super::FrontendKey) its client dialled.
     pub const ORIGDST: &str = "zh_origdst_v1";
+    /// What each translated socket dialled, for `getpeername()`: socket
+    /// cookie (u64) → [`PeerName`](super::PeerName).
+    pub const PEERS: &str = "zh_peer_v1";
 }
 
 /// Read-only globals of the programs that the agent sets at load time.
@@ -63,7 +66,7 @@ pub mod global {
 }
 
 /// Every map name, for pinning, inspection and cleanup.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 14] = [
     map_name::SERVICES,
     map_name::BACKENDS,
     map_name::CONFIG,
@@ -77,6 +80,7 @@ pub const ALL_MAPS: [&str; 13] = [
     map_name::DIALED,
     map_name::ORIGDST,
     map_name::TRAFFIC,
+    map_name::PEERS,
 ];
 
 /// Map capacities.
@@ -101,6 +105,12 @@ pub mod capacity {
     /// Connections accepted by the waypoint whose original destination is
     /// remembered (LRU: closed ones age out).
     pub const ORIGDST: u32 = 65_536;
+    /// Translated sockets whose dialled address `getpeername()` returns.
+    /// Entries leave when their TCP connection closes; the map is LRU, so
+    /// connects that never establish age out, and beyond this many live
+    /// translated sockets the oldest ones' `getpeername()` returns their
+    /// endpoint instead.
+    pub const PEERS: u32 = 65_536;
 }
 
 /// How many messages one end of a connection sends before the connection
@@ -271,6 +281,25 @@ pub struct Config {
     pub waypoint_port_v6: u16,
 }
 
+/// What a translated socket dialled and where the connect hook sent it,
+/// for `getpeername()`. Addresses are in the socket's own form, as its
+/// `bpf_sock_addr` holds them: an IPv4 socket's in word 0, an IPv6
+/// socket's in all four (`::ffff:a.b.c.d` when it dialled IPv4); ports in
+/// network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerName {
+    /// The ClusterIP the client dialled.
+    pub dialled: [u32; 4],
+    /// The endpoint (or waypoint) the connect went to instead.
+    pub sent_to: [u32; 4],
+    pub dialled_port: u16,
+    pub sent_to_port: u16,
+    /// The socket's family: [`FAMILY_V4`] or [`FAMILY_V6`] (also for
+    /// `::ffff:a.b.c.d`), widened to keep the value free of padding.
+    pub family: u32,
+}
+
 /// [`Config::flags`]: translate, but send every message through the stack.
 pub const CONFIG_NO_BYPASS: u32 = 1;
 
@@ -401,11 +430,15 @@ pub enum Counter {
     /// (the base of the bypassed share: a connection that never sends
     /// cannot take the bypass).
     ConnsSent = 12,
+    /// Connects to a local endpoint translated without the bypass: it is
+    /// off for the Service or the node, or the Service's connections were
+    /// judged short (all but one in [`SHORT_CONNS_SAMPLE`]).
+    LocalTranslatedOnly = 13,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::TranslatedLocal,
         Counter::TranslatedRemote,
         Counter::PassedNotService,
@@ -419,6 +452,7 @@ impl Counter {
         Counter::BytesPassed,
         Counter::ConnsKeptOff,
         Counter::ConnsSent,
+        Counter::LocalTranslatedOnly,
     ];
 
     /// Stable name, used by the CLI and metrics.
@@ -437,6 +471,7 @@ impl Counter {
             Counter::BytesPassed => "bytes_passed",
             Counter::ConnsKeptOff => "conns_kept_off",
             Counter::ConnsSent => "conns_sent",
+            Counter::LocalTranslatedOnly => "local_translated_only",
         }
     }
 }
@@ -457,6 +492,7 @@ const _: () = {
     assert!(core::mem::size_of::<Pending>() == 32);
     assert!(core::mem::size_of::<Traffic>() == 16);
     assert!(core::mem::size_of::<ServiceName>() == 128);
+    assert!(core::mem::size_of::<PeerName>() == 40);
 };
 
 #[cfg(feature = "user")]
@@ -476,4 +512,5 @@ mod pod {
     unsafe impl aya::Pod for super::Pending {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::ServiceName {}
+    unsafe impl aya::Pod for super::PeerName {}
 }

@@ -26,20 +26,22 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use zerohop_abi::{
-    Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, FAMILY_V4, FAMILY_V6,
-    PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS, SERVICE_SHORT_CONNS, SHORT_CONNS_SAMPLE,
+    Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, PeerName, FAMILY_V4,
+    FAMILY_V6, PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS, SERVICE_SHORT_CONNS, SHORT_CONNS_SAMPLE,
 };
 
 use crate::{
     conn::{v4_mapped, V4_MAPPED_WORD},
     maps::{
-        bypass_disabled, config, count, count_traffic, AFFINITY, BACKENDS, DIALED, SERVICES, TAGGED,
+        bypass_disabled, config, count, count_traffic, AFFINITY, BACKENDS, DIALED, PEERS, SERVICES,
+        TAGGED,
     },
 };
 
-/// Return value that lets the connect proceed. zerohop never rejects one
-/// (0 would fail it with EPERM): a connect it cannot help goes on unchanged.
-const PROCEED: i32 = 1;
+/// Return value that lets the connect (or getpeername) proceed. zerohop
+/// never rejects one (0 would fail it with EPERM): a call it cannot help
+/// goes on unchanged.
+pub(crate) const PROCEED: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn zh_connect4(ctx: SockAddrContext) -> i32 {
@@ -64,16 +66,22 @@ pub fn zh_connect6(ctx: SockAddrContext) -> i32 {
 /// How one address family stores the destination in `bpf_sock_addr`.
 /// Accesses are single 4-byte loads and stores, the only width the verifier
 /// accepts for every one of these fields.
-trait Family {
+pub(crate) trait Family {
     const FAMILY: u8;
     fn destination(sa: &bpf_sock_addr) -> [u32; 4];
     fn set_destination(sa: &mut bpf_sock_addr, addr: &[u32; 4]);
     /// The waypoint of this family (address, host-order port), if any.
     fn waypoint(config: &Config) -> Option<([u32; 4], u16)>;
+    /// The socket's own family.
+    const SOCKET_FAMILY: u8 = Self::FAMILY;
+    /// The destination in the socket's own form, as getpeername.rs sees it.
+    fn as_stored(sa: &bpf_sock_addr) -> [u32; 4] {
+        Self::destination(sa)
+    }
 }
 
-struct V4;
-struct V6;
+pub(crate) struct V4;
+pub(crate) struct V6;
 /// IPv4 through an IPv6 socket: IPv4 frontends and endpoints, written
 /// back in the socket's mapped form (`::ffff:a.b.c.d`).
 struct Mapped;
@@ -111,6 +119,7 @@ impl Family for V6 {
 
 impl Family for Mapped {
     const FAMILY: u8 = FAMILY_V4;
+    const SOCKET_FAMILY: u8 = FAMILY_V6;
     fn destination(sa: &bpf_sock_addr) -> [u32; 4] {
         [V6::destination(sa)[3], 0, 0, 0]
     }
@@ -119,6 +128,9 @@ impl Family for Mapped {
     }
     fn waypoint(config: &Config) -> Option<([u32; 4], u16)> {
         V4::waypoint(config)
+    }
+    fn as_stored(sa: &bpf_sock_addr) -> [u32; 4] {
+        V6::destination(sa)
     }
 }
 
@@ -240,6 +252,7 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         return;
     };
     let (addr, port, local) = (backend.addr, backend.port, backend.local != 0);
+    let dialled = F::as_stored(sa);
 
     if local {
         // Tag the socket so that sockops registers it once established.
@@ -247,6 +260,8 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() && sampled(flags) {
             tag(ctx, &frontend);
             count_traffic(&frontend, |traffic| &mut traffic.conns);
+        } else {
+            count(Counter::LocalTranslatedOnly, 1);
         }
         count(Counter::TranslatedLocal, 1);
     } else {
@@ -254,6 +269,30 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
     }
     F::set_destination(sa, &addr);
     unsafe { core::ptr::write_volatile(&mut sa.user_port, u32::from(port.to_be())) };
+    remember_peer::<F>(ctx, sa, dialled, frontend.port);
+}
+
+/// Files what a socket dialled and where it goes now (its `sa` after the
+/// rewrite), for getpeername.rs. A miss only costs the client the
+/// ClusterIP in getpeername: it sees the endpoint, as without the hook.
+#[inline(always)]
+fn remember_peer<F: Family>(
+    ctx: &SockAddrContext,
+    sa: &bpf_sock_addr,
+    dialled: [u32; 4],
+    dialled_port: u16,
+) {
+    let peer = PeerName {
+        dialled,
+        sent_to: F::as_stored(sa),
+        dialled_port: dialled_port.to_be(),
+        sent_to_port: unsafe { core::ptr::read_volatile(&sa.user_port) } as u16,
+        family: u32::from(F::SOCKET_FAMILY),
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    if PEERS.insert(cookie, peer, 0).is_err() {
+        count(Counter::MapFull, 1);
+    }
 }
 
 /// Sends a connect to an L7 Service to the waypoint. DIALED remembers what
@@ -280,8 +319,10 @@ fn to_waypoint<F: Family>(
     if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() {
         tag(ctx, &FrontendKey::default());
     }
+    let dialled = F::as_stored(sa);
     F::set_destination(sa, &addr);
     unsafe { core::ptr::write_volatile(&mut sa.user_port, u32::from(port.to_be())) };
+    remember_peer::<F>(ctx, sa, dialled, frontend.port);
     count(Counter::ToWaypoint, 1);
 }
 

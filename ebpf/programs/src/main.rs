@@ -9,7 +9,9 @@
 //! - `sk_msg.rs`: moves each message of a registered socket straight into its
 //!   peer's receive queue;
 //! - `getsockopt.rs`: answers the waypoint's `SO_ORIGINAL_DST` with the
-//!   ClusterIP:port its client dialled.
+//!   ClusterIP:port its client dialled;
+//! - `getpeername.rs`: answers a translated socket's `getpeername()` with
+//!   the ClusterIP:port it dialled.
 //!
 //! Every hook fails open: whatever goes wrong, the connect or message proceeds
 //! as it would without zerohop.
@@ -18,6 +20,7 @@
 
 mod conn;
 mod connect;
+mod getpeername;
 mod getsockopt;
 mod maps;
 mod sk_msg;

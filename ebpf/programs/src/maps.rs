@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use zerohop_abi::{
     capacity, Affinity, AffinityKey, Backend, BackendKey, Config, Counter, End, FrontendKey,
-    Pending, Service, ServiceName, SockKey, Traffic, COUNTERS,
+    PeerName, Pending, Service, ServiceName, SockKey, Traffic, COUNTERS,
 };
 
 #[map(name = "zh_svc_v2")]
@@ -21,7 +21,7 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(capacity::BA
 #[map(name = "zh_config_v2")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "zh_stats_v3")]
+#[map(name = "zh_stats_v4")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
 
 // LRU: an entry whose connection never establishes must not leak a slot forever.
@@ -58,6 +58,12 @@ pub static DIALED: LruHashMap<u64, FrontendKey> = LruHashMap::pinned(capacity::D
 // connections age out; a recycled 4-tuple overwrites its predecessor's.
 #[map(name = "zh_origdst_v1")]
 pub static ORIGDST: LruHashMap<SockKey, FrontendKey> = LruHashMap::pinned(capacity::ORIGDST, 0);
+
+// Entries leave when their TCP connection closes (sockops.rs). LRU: a
+// connect that never establishes ages out, and so, on a node with more
+// live translated sockets than the map holds, do the oldest entries.
+#[map(name = "zh_peer_v1")]
+pub static PEERS: LruHashMap<u64, PeerName> = LruHashMap::pinned(capacity::PEERS, 0);
 
 // Entries are the agent's (one per frontend); programs only add to them.
 #[map(name = "zh_traffic_v1")]

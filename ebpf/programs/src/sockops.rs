@@ -18,11 +18,14 @@
 //! Connections the connect hook sent to the waypoint also leave their
 //! original destination for the waypoint's end here (ORIGDST, read by
 //! getsockopt.rs), whether or not they are tagged for the bypass.
+//!
+//! A translated connection's PEERS entry (getpeername.rs) leaves when the
+//! connection closes: its connecting end asks for state callbacks here.
 
 use aya_ebpf::{
     bindings::{
         bpf_sock_ops, BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
     },
     helpers::generated::bpf_get_socket_cookie,
     macros::sock_ops,
@@ -32,7 +35,7 @@ use zerohop_abi::{Counter, End, Pending, SockKey, END_STACKED};
 
 use crate::{
     conn::sock_key,
-    maps::{count, unregister, DIALED, ENDS, ORIGDST, PENDING, SOCKETS, TAGGED},
+    maps::{count, unregister, DIALED, ENDS, ORIGDST, PEERS, PENDING, SOCKETS, TAGGED},
     tcp,
 };
 
@@ -41,15 +44,27 @@ pub fn zh_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_connecting_end_established(&ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_accepting_end_established(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            let _ = PEERS.remove(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
+        }
         _ => {}
     }
     // sockops return values only matter for ops that ask for a reply.
     1
 }
 
+/// `TCP_CLOSE` (include/net/tcp_states.h): every socket's last state,
+/// also when it leaves a `TIME_WAIT` socket behind.
+const TCP_CLOSE: u32 = 7;
+
 #[inline(always)]
 fn on_connecting_end_established(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if PEERS.get_ptr(cookie).is_some() {
+        // Translated: its PEERS entry goes when it closes (see zh_sockops).
+        // Only the state callbacks: no other callback flag is ever set.
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    }
     // Copied out: the entry is removed below.
     let dialed = unsafe { DIALED.get(cookie) }.copied();
     let tagged = unsafe { TAGGED.get(cookie) }.copied();

@@ -18,7 +18,8 @@
 //! `--connect`: connects (with `SO_MARK` M, as a waypoint marks its own
 //! sockets, when given), reads the first line the server sends (`ORIGDST …`
 //! from a zh-origdst, `HELLO …` from a zh-testpod server) and prints
-//! `{"line","local","ok","error"}`.
+//! `{"line","local","peer","ok","error"}` (`peer`: what getpeername()
+//! returned).
 
 use std::{
     io::{self, BufRead, BufReader, Write},
@@ -187,24 +188,29 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
 fn connect(flags: &Flags) -> Res<bool> {
     let target: SocketAddr = flags.get("connect")?;
     let mark: u32 = flags.get_or("mark", 0)?;
-    let result = (|| -> Res<(String, SocketAddr)> {
+    let result = (|| -> Res<(String, SocketAddr, SocketAddr)> {
         let stream = connect_marked(target, mark, TIMEOUT).ctx(&format!("connect to {target}"))?;
         stream
             .set_read_timeout(Some(TIMEOUT))
             .ctx("set read timeout")?;
         let local = stream.local_addr().ctx("local address")?;
+        let peer = stream.peer_addr().ctx("peer address")?;
         let mut line = String::new();
         BufReader::new(stream)
             .read_line(&mut line)
             .ctx("read the first line")?;
-        Ok((line.trim_end().to_owned(), local))
+        Ok((line.trim_end().to_owned(), local, peer))
     })();
     let ok = result.is_ok();
-    let (line, local) = match &result {
-        Ok((line, local)) => (Some(line.clone()), Some(local.to_string())),
-        Err(_) => (None, None),
+    let (line, local, peer) = match &result {
+        Ok((line, local, peer)) => (
+            Some(line.clone()),
+            Some(local.to_string()),
+            Some(peer.to_string()),
+        ),
+        Err(_) => (None, None, None),
     };
-    say(json!({ "line": line, "local": local, "ok": ok, "error": result.err() }));
+    say(json!({ "line": line, "local": local, "peer": peer, "ok": ok, "error": result.err() }));
     Ok(ok)
 }
 

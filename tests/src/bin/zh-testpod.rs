@@ -164,6 +164,8 @@ struct Conn {
     server: String,
     seen_peer: SocketAddr,
     local: SocketAddr,
+    /// What getpeername() returned once connected.
+    peer: SocketAddr,
 }
 
 impl Conn {
@@ -178,6 +180,7 @@ impl Conn {
             .ctx("set write timeout")?;
         stream.set_nodelay(nodelay).ctx("set TCP_NODELAY")?;
         let local = stream.local_addr().ctx("local address")?;
+        let peer = stream.peer_addr().ctx("peer address")?;
         let mut reader = BufReader::new(Patient(stream.try_clone().ctx("clone socket")?));
         let mut hello = String::new();
         reader.read_line(&mut hello).ctx("read HELLO")?;
@@ -189,11 +192,17 @@ impl Conn {
             server,
             seen_peer,
             local,
+            peer,
         })
     }
 
     fn describe(&self) -> serde_json::Value {
-        json!({ "server": self.server, "seen_peer": self.seen_peer.to_string(), "local": self.local.to_string() })
+        json!({
+            "server": self.server,
+            "seen_peer": self.seen_peer.to_string(),
+            "local": self.local.to_string(),
+            "peer": self.peer.to_string(),
+        })
     }
 }
 
@@ -283,9 +292,9 @@ fn echo(flags: &Flags) -> Res<bool> {
     let chunk = flags.get_or("chunk", DEFAULT_CHUNK)?;
     let nodelay = flags.get_or("nodelay", false)?;
     let echoed = echo_once(target, total, chunk, nodelay, None);
-    let mut report = echoed
-        .conn
-        .unwrap_or_else(|| json!({ "server": null, "seen_peer": null, "local": null }));
+    let mut report = echoed.conn.unwrap_or_else(
+        || json!({ "server": null, "seen_peer": null, "local": null, "peer": null }),
+    );
     report["bytes"] = echoed.bytes.into();
     report["ok"] = echoed.error.is_none().into();
     report["error"] = echoed.error.clone().into();

@@ -38,7 +38,7 @@ use crate::{
     features::{self, FEATURES},
     health::{self, SharedStatus},
     node_idle::IdleBehaviour,
-    route_status,
+    others, route_status,
     source::{self, Snapshot},
 };
 
@@ -82,6 +82,8 @@ pub struct Settings {
     pub waypoint_mark: u32,
     /// Where the waypoint's input is written.
     pub waypoint_config: PathBuf,
+    /// Start even when other programs run on the cgroup's hooks.
+    pub allow_other_programs: bool,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
@@ -119,6 +121,19 @@ pub async fn run(mut settings: Settings) -> Result<()> {
         }
     };
 
+    // Before any map is created or written: a second agent must not
+    // overwrite the first one's maps on its way to refusing.
+    let others = others::on_hooks_of(&settings.cgroup)?;
+    if let Some(refusal) = others::refusal(&others, &settings.cgroup) {
+        if !settings.allow_other_programs {
+            bail!("{refusal}");
+        }
+        warn!(
+            programs = %others.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            "other BPF programs run on the hooks zerohop attaches to; starting beside them \
+             as --allow-other-programs asks"
+        );
+    }
     let mut datapath = Datapath::load(&settings.pin_dir)?;
     report_features(&datapath);
     status.lock().unwrap().features = datapath

@@ -50,6 +50,9 @@ pub const BYPASS: &str = "bypass";
 /// sockops + cgroup getsockopt: the waypoint learns where a connection was going.
 pub const ORIGINAL_DST: &str = "original_dst";
 
+/// cgroup getpeername: a translated socket's peer is the ClusterIP it dialled.
+pub const PEER_NAME: &str = "peer_name";
+
 /// Every feature, in attach order.
 pub const FEATURES: &[Feature] = &[
     Feature {
@@ -80,6 +83,15 @@ pub const FEATURES: &[Feature] = &[
         since: (5, 3),
         needs: "cgroup getsockopt hook (5.3)",
         programs: &["zh_sockops", "zh_getsockopt"],
+        core: false,
+    },
+    Feature {
+        name: PEER_NAME,
+        gives: "getpeername() of a translated socket returns the ClusterIP:port \
+                it dialled, as through kube-proxy; without it, the endpoint's address",
+        since: (5, 8),
+        needs: "cgroup getpeername4/getpeername6 hooks (5.8)",
+        programs: &["zh_getpeername4", "zh_getpeername6"],
         core: false,
     },
 ];
@@ -336,17 +348,24 @@ mod tests {
                 "zh_getsockopt",
                 Some("unknown func bpf_x#999 (Invalid argument)"),
             ),
+            program("zh_getpeername4", None),
+            program("zh_getpeername6", None),
         ];
         let states = states(&programs);
         let state = |name: &str| states.iter().find(|state| state.name == name).unwrap();
-        assert!(state(CONNECT).on && state(BYPASS).on);
+        assert!(state(CONNECT).on && state(BYPASS).on && state(PEER_NAME).on);
         assert!(!state(ORIGINAL_DST).on);
         assert_eq!(
             state(ORIGINAL_DST).off_because.as_deref(),
             Some("zh_getsockopt: unknown func bpf_x#999 (Invalid argument)")
         );
 
-        let without_sockops = [program("zh_connect4", None), program("zh_connect6", None)];
+        let without_sockops = [
+            program("zh_connect4", None),
+            program("zh_connect6", None),
+            program("zh_getpeername4", None),
+            program("zh_getpeername6", None),
+        ];
         let states = super::states(&without_sockops);
         assert!(states.iter().filter(|state| !state.on).all(|state| state
             .off_because

@@ -193,6 +193,12 @@ fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'sta
             "Connections handed whole to the stack: the client's first message \
              went through it before the server's end was registered.",
         ),
+        Counter::LocalTranslatedOnly => (
+            "zerohop_translated_only_connections_total",
+            None,
+            "Connects to a local endpoint translated without the bypass: off for \
+             the Service or the node, or its connections judged short.",
+        ),
     }
 }
 

@@ -10,11 +10,11 @@ use std::{
 };
 
 use anyhow::Result;
-use aya::maps::{MapData, SockHash};
+use aya::maps::{HashMap, MapData, SockHash};
 use serde::Serialize;
 use zerohop_abi::{
-    map_name, Config, FrontendKey, ServiceName, SockKey, FAMILY_V4, SERVICE_L7, SERVICE_NO_BYPASS,
-    SERVICE_SHORT_CONNS,
+    map_name, Config, FrontendKey, PeerName, ServiceName, SockKey, FAMILY_V4, SERVICE_L7,
+    SERVICE_NO_BYPASS, SERVICE_SHORT_CONNS,
 };
 use zerohop_planner::addr;
 
@@ -65,6 +65,17 @@ pub struct SocketRow {
     pub remote: String,
     /// Whether the other end is registered too (then messages are redirected).
     pub peer_registered: bool,
+}
+
+/// One translated socket, for getpeername().
+#[derive(Debug, Serialize)]
+pub struct PeerRow {
+    /// The socket's cookie (SO_COOKIE).
+    pub cookie: u64,
+    /// What its getpeername() returns: the ClusterIP:port it dialled.
+    pub dialled: String,
+    /// The endpoint or waypoint it is connected to.
+    pub connected_to: String,
 }
 
 /// One counter, summed over CPUs.
@@ -187,6 +198,27 @@ pub fn sockets(pin_dir: &Path) -> Result<Vec<SocketRow>> {
         .collect())
 }
 
+/// Every translated socket the getpeername hooks answer for.
+pub fn peers(pin_dir: &Path) -> Result<Vec<PeerRow>> {
+    let peers: HashMap<MapData, u64, PeerName> =
+        HashMap::try_from(open_pinned(pin_dir, map_name::PEERS)?)?;
+    let mut rows = peers
+        .iter()
+        .map(|entry| {
+            let (cookie, peer) = entry?;
+            // Ports are stored in network byte order.
+            let port = u16::from_be;
+            Ok(PeerRow {
+                cookie,
+                dialled: socket_text(peer.dialled, peer.family, port(peer.dialled_port)),
+                connected_to: socket_text(peer.sent_to, peer.family, port(peer.sent_to_port)),
+            })
+        })
+        .collect::<Result<Vec<_>, aya::maps::MapError>>()?;
+    rows.sort_by_key(|row| row.cookie);
+    Ok(rows)
+}
+
 /// The counters, with rates against `previous` (taken `elapsed` earlier).
 pub fn counters(
     pin_dir: &Path,
@@ -295,6 +327,21 @@ pub fn print_sockets(rows: &[SocketRow], output: Output) -> Result<()> {
                 row.local.clone(),
                 row.remote.clone(),
                 yes_no(row.peer_registered),
+            ]
+        },
+    )
+}
+
+pub fn print_peers(rows: &[PeerRow], output: Output) -> Result<()> {
+    print_rows(
+        rows,
+        output,
+        &["SOCKET COOKIE", "GETPEERNAME", "CONNECTED TO"],
+        |row| {
+            vec![
+                row.cookie.to_string(),
+                row.dialled.clone(),
+                row.connected_to.clone(),
             ]
         },
     )

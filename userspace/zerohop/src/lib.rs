@@ -12,5 +12,6 @@ pub mod health;
 pub mod inspect;
 pub mod kernel_btf;
 pub mod node_idle;
+pub mod others;
 pub mod route_status;
 pub mod source;

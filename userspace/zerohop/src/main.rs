@@ -76,6 +76,10 @@ enum Inspect {
     Backends,
     /// Registered sockets of bypassed connections, as 4-tuples, and whether their peer is registered.
     Sockets,
+    /// Translated sockets: the ClusterIP:port their getpeername() returns
+    /// and the endpoint (or waypoint) they are connected to. Entries leave
+    /// when the connection closes.
+    Peers,
     /// Kernel counters by reason, summed over CPUs.
     Stats {
         /// Refresh every second and show rates.
@@ -130,6 +134,13 @@ struct AgentArgs {
     /// "off" serves none.
     #[arg(long, default_value = "0.0.0.0:9877", value_parser = parse_health_addr)]
     health_addr: HealthAddr,
+    /// Start even when other BPF programs run on the cgroup's connect,
+    /// sendmsg, recvmsg, sock_ops, getsockopt or getpeername hooks (another
+    /// connect-time load balancer, a sockmap user, a second agent). Without
+    /// it the agent refuses, naming them: two such programs on the same
+    /// sockets break each other's connections silently.
+    #[arg(long)]
+    allow_other_programs: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -183,6 +194,7 @@ fn run(cli: Cli) -> Result<()> {
                 waypoints: args.waypoints,
                 waypoint_mark: args.waypoint_mark,
                 waypoint_config: args.waypoint_config,
+                allow_other_programs: args.allow_other_programs,
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(settings))
         }
@@ -197,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             Inspect::Services => inspect::print_services(&inspect::services(&pin_dir)?, output),
             Inspect::Backends => inspect::print_backends(&inspect::backends(&pin_dir)?, output),
             Inspect::Sockets => inspect::print_sockets(&inspect::sockets(&pin_dir)?, output),
+            Inspect::Peers => inspect::print_peers(&inspect::peers(&pin_dir)?, output),
             Inspect::Stats { watch: true } => inspect::watch_counters(&pin_dir, output),
             Inspect::Stats { watch: false } => {
                 inspect::print_counters(&inspect::counters(&pin_dir, None)?, output)

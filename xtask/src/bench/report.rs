@@ -187,16 +187,15 @@ pub fn print_run(run: &Run, trials: usize) {
             );
         }
     }
-    let basis = match run
-        .cells
-        .first()
-        .map(|cell| shares(&cell.counts(Route::Zerohop)).bytes_basis)
-    {
-        Some(BytesBasis::Veth) => {
-            "the client's veth, headers and handshakes included: a lower bound; \
-             the kernel has no bytes_passed counter"
-        }
-        _ => "the kernel's bytes_passed",
+    let on_veth =
+        |cell: &Cell| shares(&cell.counts(Route::Zerohop)).bytes_basis == BytesBasis::Veth;
+    let basis = if run.cells.iter().all(|cell| !on_veth(cell)) {
+        "the kernel's bytes_passed"
+    } else if run.cells.iter().all(on_veth) {
+        "the client's veth, headers and handshakes included: a lower bound"
+    } else {
+        "the kernel's bytes_passed, or, in cells where connections were translated \
+         without the bypass, the client's veth (headers included: a lower bound)"
     };
     println!(
         "Medians of {trials} interleaved trials per path, [min–max] over them. C: connections \

@@ -73,24 +73,36 @@ impl BytesBasis {
 /// knows which counter means what (a new counter is a line here).
 pub fn shares(counts: &Counts) -> Shares {
     let get = |name: &str| counts.get(name).copied();
-    let connects: u64 = CONNECTS.iter().filter_map(|name| get(name)).sum();
-    // Of the connections that sent anything (a connection that never sends,
-    // such as wrk's address probe, cannot take the bypass); without that
-    // counter, of every connect the hook saw.
-    let base = get("conns_sent").unwrap_or(connects);
+    let base = connection_base(counts);
     let connections = get("conns_bypassed")
         .filter(|_| base > 0)
         .map(|bypassed| bypassed as f64 / base as f64);
     let redirected = get("bytes_redirected").unwrap_or(0);
+    // Connections translated without the bypass never enter the sockhash,
+    // so no kernel counter sees their bytes: then only the veth does.
+    let translated_only = get("local_translated_only").unwrap_or(0);
     let (other, bytes_basis) = match get("bytes_passed") {
-        Some(passed) => (passed, BytesBasis::Kernel),
-        None => (get(VETH_BYTES).unwrap_or(0), BytesBasis::Veth),
+        Some(passed) if translated_only == 0 => (passed, BytesBasis::Kernel),
+        _ => (get(VETH_BYTES).unwrap_or(0), BytesBasis::Veth),
     };
     let all = redirected + other;
     Shares {
         connections,
         bytes: (all > 0).then(|| redirected as f64 / all as f64),
         bytes_basis,
+    }
+}
+
+/// The connections a run's connection share counts: those registered for
+/// the bypass that sent anything (a connection that never sends, such as
+/// wrk's address probe, cannot take it), plus those translated without it
+/// (the bypass policy kept them off); without those counters, every
+/// connect the hook saw.
+pub fn connection_base(counts: &Counts) -> u64 {
+    let get = |name: &str| counts.get(name).copied();
+    match get("conns_sent") {
+        Some(sent) => sent + get("local_translated_only").unwrap_or(0),
+        None => CONNECTS.iter().filter_map(|name| get(name)).sum(),
     }
 }
 
@@ -329,14 +341,14 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             (true, Some(share)) => {
                 let bypassed = counts.get("conns_bypassed").copied().unwrap_or(0);
                 let connects: u64 = CONNECTS.iter().filter_map(|name| counts.get(*name)).sum();
-                // The same base as `shares`.
+                let base = connection_base(&counts);
                 match counts.get("conns_sent") {
-                    Some(sent) => format!(
-                        "{what} {} ({bypassed} of the {sent} connections that sent; \
-                         {connects} connects)",
+                    Some(_) => format!(
+                        "{what} {} ({bypassed} of the {base} connections that sent or were \
+                         translated only; {connects} connects)",
                         percent(share)
                     ),
-                    None => format!("{what} {} ({bypassed} of {connects})", percent(share)),
+                    None => format!("{what} {} ({bypassed} of {base})", percent(share)),
                 }
             }
             (true, None) => format!("{what} n/a"),
@@ -469,6 +481,24 @@ mod tests {
             ("conns_bypassed", 2),
         ]));
         assert_eq!(s.connections, Some(1.0));
+    }
+
+    #[test]
+    fn connections_the_policy_kept_off_the_bypass_count_against_the_share() {
+        // A frontend judged short: 15 of 16 connects translated only, their
+        // bytes seen by no kernel counter, so by the veth.
+        let s = shares(&counts(&[
+            ("translated_local", 16),
+            ("local_translated_only", 15),
+            ("conns_sent", 1),
+            ("conns_bypassed", 1),
+            ("bytes_redirected", 100),
+            ("bytes_passed", 0),
+            (VETH_BYTES, 1500),
+        ]));
+        assert_eq!(s.connections, Some(1.0 / 16.0));
+        assert_eq!(s.bytes, Some(100.0 / 1600.0));
+        assert_eq!(s.bytes_basis, BytesBasis::Veth);
     }
 
     fn row(label: &str, role: Role, concurrency: u32, zh: f64, kp: f64, higher: bool) -> Row {
