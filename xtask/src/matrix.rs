@@ -196,9 +196,8 @@ fn run_kernel(
     // A kernel that never reaches its init under TCG (seen once: the newest
     // kernel oopsed in the scheduler while patching its own text, before
     // any of our code ran) is booted once more; its first console is kept.
-    let mut boots_left = 2;
+    let mut booted_again = false;
     let outcome = loop {
-        boots_left -= 1;
         println!(
             "== kernel {}: booting {} under {accel:?}: {}",
             entry.name,
@@ -216,9 +215,9 @@ fn run_kernel(
                     outcome.stopped.as_deref().unwrap_or_default()
                 );
                 accel = Accel::Tcg;
-                boots_left += 1;
             }
-            Ok(outcome) if outcome.booted.is_none() && boots_left > 0 => {
+            Ok(outcome) if outcome.booted.is_none() && !booted_again => {
+                booted_again = true;
                 let first = work.join("console.first-boot.log");
                 let _ = std::fs::rename(&log, &first);
                 println!(

@@ -129,7 +129,7 @@ pub async fn run(mut settings: Settings) -> Result<()> {
             bail!("{refusal}");
         }
         warn!(
-            programs = %others.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            programs = %others::listing(&others),
             "other BPF programs run on the hooks zerohop attaches to; starting beside them \
              as --allow-other-programs asks"
         );

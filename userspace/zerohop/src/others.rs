@@ -77,16 +77,21 @@ pub fn on_hooks_of(cgroup: &Path) -> Result<Vec<Found>> {
         .collect())
 }
 
+/// `found`, one after the other: `hook: program id (name), …`.
+pub fn listing(found: &[Found]) -> String {
+    found
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Why the agent does not start beside `found`; `None` when nothing is there.
 pub fn refusal(found: &[Found], cgroup: &Path) -> Option<String> {
     if found.is_empty() {
         return None;
     }
-    let list = found
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = listing(found);
     Some(format!(
         "other BPF programs already run on the hooks zerohop attaches to for {}: {list}. \
          Another connect-time load balancer or sockmap user (or a second zerohop agent) \
