@@ -50,6 +50,21 @@ fn listen_with(addr: SocketAddr, v6_only: bool) -> io::Result<TcpListener> {
     Ok(TcpListener::from(socket))
 }
 
+/// A UDP socket bound to `addr`; an IPv6 one takes IPv6 only, as
+/// [`listen`]'s listeners do.
+pub fn udp_bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// A TCP connection to `target` from a socket marked with `mark` (SO_MARK,
 /// needs CAP_NET_ADMIN) before its connect when `mark` is not 0; a blocking
 /// connect that gives up after `timeout`.

@@ -50,6 +50,21 @@ pub struct SpreadReport {
     pub failed: u64,
 }
 
+/// Result of `zh-testpod datagrams`.
+#[derive(Debug, Deserialize)]
+pub struct DatagramsReport {
+    /// Answers per answering server.
+    pub servers: BTreeMap<String, u64>,
+    /// Answers per address they came from.
+    pub sources: BTreeMap<String, u64>,
+    /// The datagrams left unanswered, by index.
+    pub lost: Vec<u32>,
+    /// What the connected socket's getpeername() returned.
+    pub peer: Option<SocketAddr>,
+    /// Nothing lost, every answer from the address sent to.
+    pub ok: bool,
+}
+
 /// Result of `zh-testpod concurrent`.
 #[derive(Debug, Deserialize)]
 pub struct ConcurrentReport {
@@ -237,6 +252,23 @@ impl Testpod {
                 &count.to_string(),
             ],
         )
+    }
+
+    /// `count` datagrams from one socket (connected first with `connected`),
+    /// each awaiting its answer.
+    pub fn datagrams(
+        &self,
+        pod: &Pod,
+        target: SocketAddr,
+        count: u32,
+        connected: bool,
+    ) -> Result<DatagramsReport> {
+        let (target, count) = (target.to_string(), count.to_string());
+        let mut args = vec!["datagrams", "--target", &target, "--count", &count];
+        if connected {
+            args.push("--connected");
+        }
+        self.run_json(pod, &args)
     }
 
     /// `conns` connections at once, each echoing its own `bytes` bytes.

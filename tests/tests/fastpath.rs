@@ -1,5 +1,7 @@
 //! The same-node L4 fast path, end to end: real kernel programs attached by a
 //! real `zerohop agent` to the pod cgroups of a sandboxed two-node cluster.
+//! TCP connections, and UDP: datagrams of the sandbox's own responder, and
+//! DNS between dig, dnsmasq and a ClusterIP.
 //! Privileged; run for real, never skipped (`cargo xtask test`).
 
 use std::{
@@ -38,6 +40,36 @@ fn cluster_ip(family: Family, n: u8) -> IpAddr {
 fn frontend(family: Family, n: u8) -> SocketAddr {
     SocketAddr::new(cluster_ip(family, n), SERVICE_PORT)
 }
+
+/// A Service's port: protocol, port and targetPort.
+#[derive(Clone, Copy)]
+struct Port {
+    protocol: &'static str,
+    service: u16,
+    target: u16,
+}
+
+impl Port {
+    const TCP: Port = Port {
+        protocol: "TCP",
+        service: SERVICE_PORT,
+        target: TARGET_PORT,
+    };
+    /// zh-testpod's UDP responder.
+    const UDP: Port = Port {
+        protocol: "UDP",
+        ..Port::TCP
+    };
+    /// DNS, served by dnsmasq on [`DNS_TARGET_PORT`].
+    const DNS: Port = Port {
+        protocol: "UDP",
+        service: 53,
+        target: DNS_TARGET_PORT,
+    };
+}
+
+/// Port the tests' dnsmasq servers listen on.
+const DNS_TARGET_PORT: u16 = 5353;
 
 /// A cluster, pods serving on [`TARGET_PORT`] under their own name, a
 /// manifest directory, and (once started) one agent per node. Fields drop in
@@ -88,6 +120,21 @@ impl World {
         not_ready: &[&str],
         spec_extra: &str,
     ) -> Result<()> {
+        self.service_of(Port::TCP, family, name, n, backends, not_ready, spec_extra)
+    }
+
+    /// [`World::service`] with a port of another protocol or numbers.
+    #[allow(clippy::too_many_arguments)]
+    fn service_of(
+        &self,
+        port: Port,
+        family: Family,
+        name: &str,
+        n: u8,
+        backends: &[&str],
+        not_ready: &[&str],
+        spec_extra: &str,
+    ) -> Result<()> {
         let endpoints: Vec<Endpoint> = backends
             .iter()
             .map(|&pod| Endpoint {
@@ -96,19 +143,27 @@ impl World {
                 ready: !not_ready.contains(&pod),
             })
             .collect();
+        // The manifest helpers write TCP ports.
+        let protocol =
+            |yaml: String| yaml.replace("protocol: TCP", &format!("protocol: {}", port.protocol));
         self.manifests.write(
             &format!("{name}-svc.yaml"),
-            &service_yaml(
+            &protocol(service_yaml(
                 name,
                 cluster_ip(family, n),
-                SERVICE_PORT,
-                TARGET_PORT,
+                port.service,
+                port.target,
                 spec_extra,
-            ),
+            )),
         )?;
         self.manifests.write(
             &format!("{name}-slice.yaml"),
-            &slice_yaml(name, &format!("{name}-1"), TARGET_PORT, &endpoints),
+            &protocol(slice_yaml(
+                name,
+                &format!("{name}-1"),
+                port.target,
+                &endpoints,
+            )),
         )
     }
 
@@ -1139,7 +1194,7 @@ fn a_translated_sockets_peer_name_lives_as_long_as_its_connection() -> Result<()
     world.start_agents()?;
     let pin_dir = world.agents[0].pin_dir().to_owned();
     let peers = || -> Result<Vec<serde_json::Value>> {
-        Ok(serde_json::from_str(&inspect("peers", &pin_dir)?)?)
+        Ok(serde_json::from_str(&inspect("reverse", &pin_dir)?)?)
     };
 
     let mut held = testpod().hold(world.pod("client"), frontend(family, 10))?;
@@ -1150,8 +1205,8 @@ fn a_translated_sockets_peer_name_lives_as_long_as_its_connection() -> Result<()
     ensure!(
         rows.len() == 1
             && rows[0]["dialled"] == frontend(family, 10).to_string()
-            && rows[0]["connected_to"] == server.to_string(),
-        "inspect peers while one connection is open: {rows:?}"
+            && rows[0]["sent_to"] == server.to_string(),
+        "inspect reverse while one connection is open: {rows:?}"
     );
     held.close()?;
 
@@ -1396,4 +1451,276 @@ fn session_affinity_keeps_a_client_on_its_endpoint() -> Result<()> {
         "the endpoint never changed after the timeout: {chosen:?}"
     );
     Ok(())
+}
+
+// ------------------------------------------------------------------- UDP
+
+/// An unconnected UDP socket (`sendto`) reaches a Service's endpoints and
+/// hears back from the ClusterIP:port it sent to; it keeps one endpoint for
+/// all its datagrams, while different sockets spread over the endpoints. A
+/// connected one is translated at connect and its getpeername() returns the
+/// ClusterIP:port.
+fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(family: Family) -> Result<()> {
+    let mut world = World::new(&[("client", 1), ("near", 1), ("far", 2)], &["near", "far"])?;
+    world.service_of(Port::UDP, family, "pair", 40, &["near", "far"], &[], "")?;
+    world.start_agents()?;
+    let target = frontend(family, 40);
+    // The sandbox's first IPv6 datagram to another node is sometimes lost
+    // (also straight to the pod's IP, with no Service involved; a TCP
+    // connect would retransmit its SYN): warm both paths first.
+    for pod in ["near", "far"] {
+        let direct = SocketAddr::new(world.pod(pod).ip(family), TARGET_PORT);
+        testpod().datagrams(world.pod("client"), direct, 3, false)?;
+    }
+
+    let mut answered_by = std::collections::BTreeSet::new();
+    for _socket in 0..12 {
+        let report = testpod().datagrams(world.pod("client"), target, 25, false)?;
+        ensure!(
+            report.ok,
+            "25 datagrams to {target}: {report:?}; counters {:?}",
+            world.agents[0].counters()
+        );
+        ensure!(
+            report.servers.len() == 1,
+            "one socket's datagrams reached more than one endpoint: {report:?}"
+        );
+        answered_by.extend(report.servers.into_keys());
+    }
+    // Twelve sockets all on one of two endpoints: p = 1/2048.
+    assert_eq!(
+        answered_by.into_iter().collect::<Vec<_>>(),
+        ["far", "near"],
+        "sockets spread over both endpoints"
+    );
+    assert!(world.counter("datagrams_translated")? >= 300);
+    assert!(world.counter("replies_restored")? >= 300);
+    let services: Vec<serde_json::Value> =
+        serde_json::from_str(&inspect("services", world.agents[0].pin_dir())?)?;
+    ensure!(
+        services
+            .iter()
+            .any(|row| row["frontend"] == format!("{target}/UDP") && row["endpoints"] == 2),
+        "inspect services: {services:?}"
+    );
+
+    let translated_before =
+        world.counter("translated_local")? + world.counter("translated_remote")?;
+    let report = testpod().datagrams(world.pod("client"), target, 25, true)?;
+    ensure!(report.ok, "connected: {report:?}");
+    assert_eq!(
+        report.peer,
+        Some(target),
+        "getpeername() of a connected UDP socket"
+    );
+    let translated = world.counter("translated_local")? + world.counter("translated_remote")?;
+    assert_eq!(translated - translated_before, 1, "one connect translated");
+    Ok(())
+}
+
+#[test]
+fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip_v4() -> Result<()> {
+    udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(Family::V4)
+}
+
+#[test]
+fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip_v6() -> Result<()> {
+    udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(Family::V6)
+}
+
+/// A dnsmasq DNS server in `pod` on [`DNS_TARGET_PORT`], or a forwarder
+/// when `records` is empty and `forward` is not; killed on drop.
+fn dnsmasq(pod: &Pod, records: &[&str], forward: &[String], port: u16) -> Result<PodProcess> {
+    let mut args: Vec<String> = [
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--pid-file=",
+        "--no-resolv",
+        "--no-hosts",
+        // A forwarder that caches would not ask again.
+        "--cache-size=0",
+    ]
+    .map(str::to_owned)
+    .into();
+    args.push(format!("--port={port}"));
+    if forward.is_empty() {
+        // Queries come from other pods: listen on the pod's interface.
+        args.push("--interface=eth0".to_owned());
+    } else {
+        args.extend(["--listen-address=127.0.0.1", "--bind-interfaces"].map(str::to_owned));
+    }
+    args.extend(
+        records
+            .iter()
+            .map(|record| format!("--host-record={record}")),
+    );
+    args.extend(forward.iter().map(|server| format!("--server={server}")));
+    let process = pod.spawn(Path::new("dnsmasq"), &args)?;
+    Ok(process)
+}
+
+/// `dig` in `pod`, `count` times `who` at `server`:`port`, one query at a
+/// time, each its own connected UDP socket (as dig does), waiting two
+/// seconds at most and never retrying; returns the answers.
+fn dig(pod: &Pod, server: IpAddr, port: u16, who: &str, count: usize) -> Result<Vec<String>> {
+    // Tests run in parallel, with pods of the same names.
+    static BATCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let batch = std::env::temp_dir().join(format!("zh-dig-{}-{n}.txt", std::process::id()));
+    let line = format!("@{server} -p {port} {who} A +short +tries=1 +time=2\n");
+    std::fs::write(&batch, line.repeat(count)).with_context(|| format!("writing {batch:?}"))?;
+    let finished = pod.run(
+        Path::new("dig"),
+        ["-f", batch.to_str().unwrap_or_default()],
+        Duration::from_secs(120),
+    );
+    std::fs::remove_file(&batch).with_context(|| format!("removing {batch:?}"))?;
+    Ok(finished?
+        .stdout
+        .into_iter()
+        .filter(|line| !line.is_empty() && !line.starts_with(';'))
+        .collect())
+}
+
+/// Waits until the dnsmasq in `server` answers `client` for `who` at the
+/// server pod's own address. This also warms the path between the two: the
+/// sandbox's first IPv6 datagram to another node is sometimes lost, with or
+/// without zerohop.
+fn wait_for_dns(client: &Pod, server: &Pod, family: Family, who: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        if !dig(client, server.ip(family), DNS_TARGET_PORT, who, 1)?.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("dnsmasq in {} did not answer for {who}", server.name)
+}
+
+/// DNS through a ClusterIP, to a real DNS server (dnsmasq) on this node and
+/// on the other: dig (a connected UDP socket per query) and a forwarding
+/// dnsmasq in the client's pod (unconnected sockets, `sendto`; it drops
+/// replies that do not come from the server it asked, as every resolver
+/// does), 250 queries each way to each server, none lost. A Service that
+/// opted out is left to the cluster's path.
+fn dns_through_a_clusterip_reaches_local_and_remote_servers(family: Family) -> Result<()> {
+    const QUERIES: usize = 250;
+    let mut world = World::new(&[("client", 1), ("dns-near", 1), ("dns-far", 2)], &[])?;
+    let _near = dnsmasq(
+        world.pod("dns-near"),
+        &["near.zerohop.test,10.0.0.1"],
+        &[],
+        DNS_TARGET_PORT,
+    )?;
+    let _far = dnsmasq(
+        world.pod("dns-far"),
+        &["far.zerohop.test,10.0.0.2"],
+        &[],
+        DNS_TARGET_PORT,
+    )?;
+    let client = world.pod("client");
+    wait_for_dns(client, world.pod("dns-near"), family, "near.zerohop.test")?;
+    wait_for_dns(client, world.pod("dns-far"), family, "far.zerohop.test")?;
+    world.service_of(Port::DNS, family, "dns-near", 53, &["dns-near"], &[], "")?;
+    world.service_of(Port::DNS, family, "dns-far", 54, &["dns-far"], &[], "")?;
+    world.service_of(Port::DNS, family, "dns-off", 55, &["dns-near"], &[], "")?;
+    // Opted out: the annotation goes in the metadata the helper writes.
+    let opted_out = std::fs::read_to_string(world.manifests.dir().join("dns-off-svc.yaml"))?
+        .replace(
+            "  namespace: default\n",
+            "  namespace: default\n  annotations:\n    zerohop.io/fast-path: \"off\"\n",
+        );
+    world.manifests.write("dns-off-svc.yaml", &opted_out)?;
+    world.start_agents()?;
+    let client = world.pod("client");
+    let all = |answers: &[String], expected: &str| {
+        answers.iter().filter(|answer| *answer == expected).count()
+    };
+
+    let before = (
+        world.counter("translated_local")?,
+        world.counter("translated_remote")?,
+    );
+    let near = dig(
+        client,
+        cluster_ip(family, 53),
+        53,
+        "near.zerohop.test",
+        QUERIES,
+    )?;
+    let far = dig(
+        client,
+        cluster_ip(family, 54),
+        53,
+        "far.zerohop.test",
+        QUERIES,
+    )?;
+    assert_eq!(
+        all(&near, "10.0.0.1"),
+        QUERIES,
+        "dig, local server: {near:?}"
+    );
+    assert_eq!(
+        all(&far, "10.0.0.2"),
+        QUERIES,
+        "dig, remote server: {far:?}"
+    );
+    let after = (
+        world.counter("translated_local")?,
+        world.counter("translated_remote")?,
+    );
+    assert!(
+        after.0 - before.0 >= QUERIES as u64 && after.1 - before.1 >= QUERIES as u64,
+        "dig's connects translated: {before:?} -> {after:?}"
+    );
+
+    let upstream = |n: u8, domain: &str| format!("/{domain}/{}#53", cluster_ip(family, n));
+    let _forwarder = dnsmasq(
+        client,
+        &[],
+        &[
+            upstream(53, "near.zerohop.test"),
+            upstream(54, "far.zerohop.test"),
+        ],
+        5300,
+    )?;
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let datagrams_before = world.counter("datagrams_translated")?;
+    let restored_before = world.counter("replies_restored")?;
+    let near = dig(client, loopback, 5300, "near.zerohop.test", QUERIES)?;
+    let far = dig(client, loopback, 5300, "far.zerohop.test", QUERIES)?;
+    assert_eq!(
+        all(&near, "10.0.0.1"),
+        QUERIES,
+        "via a forwarder, local server: {near:?}"
+    );
+    assert_eq!(
+        all(&far, "10.0.0.2"),
+        QUERIES,
+        "via a forwarder, remote server: {far:?}"
+    );
+    let datagrams = world.counter("datagrams_translated")? - datagrams_before;
+    let restored = world.counter("replies_restored")? - restored_before;
+    assert!(
+        datagrams >= 2 * QUERIES as u64 && restored >= 2 * QUERIES as u64,
+        "the forwarder's queries were translated ({datagrams}) and its replies restored ({restored})"
+    );
+
+    // No rule of the cluster's own path backs the opted-out ClusterIP in
+    // the sandbox: untouched, the query goes unanswered.
+    let passed_before = world.counter("passed_not_service")?;
+    let off = dig(client, cluster_ip(family, 55), 53, "near.zerohop.test", 1)?;
+    assert_eq!(off, Vec::<String>::new(), "an opted-out Service answered");
+    assert_eq!(world.counter("passed_not_service")? - passed_before, 1);
+    Ok(())
+}
+
+#[test]
+fn dns_through_a_clusterip_reaches_local_and_remote_servers_v4() -> Result<()> {
+    dns_through_a_clusterip_reaches_local_and_remote_servers(Family::V4)
+}
+
+#[test]
+fn dns_through_a_clusterip_reaches_local_and_remote_servers_v6() -> Result<()> {
+    dns_through_a_clusterip_reaches_local_and_remote_servers(Family::V6)
 }

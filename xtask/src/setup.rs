@@ -7,7 +7,8 @@
 //!   LLVM needed);
 //! - iproute2 and iptables for the sandboxed cluster, bpftool for inspection,
 //!   promtool (package prometheus) to check the agent's metrics, curl for
-//!   the waypoint's HTTP/2 (h2c) test;
+//!   the waypoint's HTTP/2 (h2c) test, dnsmasq (dnsmasq-base) and dig
+//!   (bind9-dnsutils) for DNS through a ClusterIP;
 //! - for the kernel matrix: qemu-system-x86 (with virtiofsd), busybox-static
 //!   for the VMs' initramfs, kmod (depmod here, modprobe in the guests),
 //!   xz-utils for compressed modules, and Debian's archive keyring;
@@ -120,6 +121,8 @@ fn system_packages() -> Result<()> {
         ("bpftool", "bpftool"),
         ("promtool", "prometheus"),
         ("curl", "curl"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("dig", "bind9-dnsutils"),
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("/usr/lib/qemu/virtiofsd", "qemu-system-x86"),
         ("busybox", "busybox-static"),

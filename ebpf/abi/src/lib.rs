@@ -17,7 +17,7 @@ pub mod map_name {
     /// Run-time switches and the waypoint: index 0 → [`Config`](super::Config).
     pub const CONFIG: &str = "zh_config_v2";
     /// Per-CPU counters, indexed by [`Counter`](super::Counter).
-    pub const STATS: &str = "zh_stats_v4";
+    pub const STATS: &str = "zh_stats_v5";
     /// Sockets connected to a local endpoint, by socket cookie (u64) → the
     /// [`FrontendKey`](super::FrontendKey) they dialled (all zero for the
     /// waypoint's connects to pod IPs).
@@ -35,7 +35,8 @@ pub mod map_name {
     /// [`Traffic`](super::Traffic). The agent creates and removes the
     /// entries; the programs only add to them.
     pub const TRAFFIC: &str = "zh_traffic_v1";
-    /// Session affinity: [`AffinityKey`](super::AffinityKey) → [`Affinity`](super::Affinity).
+    /// Session affinity and the endpoint of each unconnected UDP socket:
+    /// [`AffinityKey`](super::AffinityKey) → [`Affinity`](super::Affinity).
     pub const AFFINITY: &str = "zh_affinity_v1";
     /// Service of each frontend, for `zerohop inspect` (no program reads it):
     /// [`FrontendKey`](super::FrontendKey) → [`ServiceName`](super::ServiceName).
@@ -47,9 +48,11 @@ pub mod map_name {
     /// socket, as [`SockKey`](super::SockKey) seen from it → the
     /// [`FrontendKey`](super::FrontendKey) its client dialled.
     pub const ORIGDST: &str = "zh_origdst_v1";
-    /// What each translated socket dialled, for `getpeername()`: socket
-    /// cookie (u64) → [`PeerName`](super::PeerName).
-    pub const PEERS: &str = "zh_peer_v1";
+    /// Reverse translations: a socket and the endpoint the hooks sent it to,
+    /// [`ReverseKey`](super::ReverseKey) → the ClusterIP:port it dialled
+    /// ([`Dialled`](super::Dialled)), for `getpeername()` and the source of
+    /// UDP replies.
+    pub const REVERSE: &str = "zh_reverse_v1";
 }
 
 /// Read-only globals of the programs that the agent sets at load time.
@@ -80,7 +83,7 @@ pub const ALL_MAPS: [&str; 14] = [
     map_name::DIALED,
     map_name::ORIGDST,
     map_name::TRAFFIC,
-    map_name::PEERS,
+    map_name::REVERSE,
 ];
 
 /// Map capacities.
@@ -105,12 +108,14 @@ pub mod capacity {
     /// Connections accepted by the waypoint whose original destination is
     /// remembered (LRU: closed ones age out).
     pub const ORIGDST: u32 = 65_536;
-    /// Translated sockets whose dialled address `getpeername()` returns.
-    /// Entries leave when their TCP connection closes; the map is LRU, so
-    /// connects that never establish age out, and beyond this many live
-    /// translated sockets the oldest ones' `getpeername()` returns their
-    /// endpoint instead.
-    pub const PEERS: u32 = 65_536;
+    /// Reverse translations (one per translated TCP or connected UDP
+    /// socket, one per endpoint an unconnected UDP socket sent to). Entries
+    /// of TCP sockets leave when their connection closes; the map is LRU,
+    /// so UDP sockets' entries and connects that never establish age out,
+    /// and beyond this many live entries the least used ones go: such a
+    /// socket's `getpeername()` returns its endpoint, and its UDP replies
+    /// come from the endpoint's address (which resolvers drop).
+    pub const REVERSE: u32 = 65_536;
 }
 
 /// How many messages one end of a connection sends before the connection
@@ -131,6 +136,8 @@ pub const FAMILY_V4: u8 = 2;
 pub const FAMILY_V6: u8 = 10;
 /// `IPPROTO_TCP`.
 pub const PROTO_TCP: u8 = 6;
+/// `IPPROTO_UDP`.
+pub const PROTO_UDP: u8 = 17;
 
 /// A Service frontend: ClusterIP, port and protocol.
 #[repr(C)]
@@ -141,7 +148,7 @@ pub struct FrontendKey {
     pub addr: [u32; 4],
     /// Service port, host byte order.
     pub port: u16,
-    /// IP protocol number ([`PROTO_TCP`]).
+    /// IP protocol number ([`PROTO_TCP`] or [`PROTO_UDP`]).
     pub proto: u8,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
@@ -163,19 +170,26 @@ pub struct Service {
     pub affinity_seconds: u32,
 }
 
-/// A client of a frontend, for session affinity. The client is its network
-/// namespace (each pod has its own, as it has its own IP): the connect hook
-/// runs before the source address is chosen.
+/// Who keeps an endpoint of a frontend: a client, for session affinity, or
+/// one unconnected UDP socket, whose datagrams to a Service all go to one
+/// endpoint while it stays eligible.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
-    /// The frontend connected to.
+    /// The frontend connected or sent to.
     pub frontend: FrontendKey,
-    /// Padding, always 0.
-    pub _pad: u32,
-    /// The client's network namespace cookie.
-    pub netns: u64,
+    /// [`AFFINITY_CLIENT`] or [`AFFINITY_SOCKET`]: what `owner` is.
+    pub scope: u32,
+    /// The client's network namespace cookie (each pod has its own, as it
+    /// has its own IP: the hooks run before the source address is chosen),
+    /// or the socket's cookie.
+    pub owner: u64,
 }
+
+/// [`AffinityKey::scope`]: the owner is a client (network namespace).
+pub const AFFINITY_CLIENT: u32 = 0;
+/// [`AffinityKey::scope`]: the owner is an unconnected UDP socket.
+pub const AFFINITY_SOCKET: u32 = 1;
 
 /// The endpoint a client sticks to.
 #[repr(C)]
@@ -264,7 +278,7 @@ impl ServiceName {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// [`CONFIG_NO_BYPASS`] or 0.
+    /// [`CONFIG_NO_BYPASS`], [`CONFIG_UDP`], or 0.
     pub flags: u32,
     /// The `SO_MARK` the waypoint puts on its own sockets (host byte order):
     /// connects from sockets with this mark are never sent to the waypoint.
@@ -281,27 +295,39 @@ pub struct Config {
     pub waypoint_port_v6: u16,
 }
 
-/// What a translated socket dialled and where the connect hook sent it,
-/// for `getpeername()`. Addresses are in the socket's own form, as its
-/// `bpf_sock_addr` holds them: an IPv4 socket's in word 0, an IPv6
-/// socket's in all four (`::ffff:a.b.c.d` when it dialled IPv4); ports in
-/// network byte order.
+/// A socket and an address the hooks sent it to instead of a ClusterIP:port.
+/// Addresses here and in [`Dialled`] are in the socket's own form, as its
+/// `bpf_sock_addr` holds them: an IPv4 socket's in word 0, an IPv6 socket's
+/// in all four (`::ffff:a.b.c.d` when it dialled IPv4); ports are in
+/// network byte order in the low 16 bits, as `bpf_sock_addr::user_port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReverseKey {
+    /// The socket's cookie.
+    pub cookie: u64,
+    /// The endpoint (or waypoint) it was sent to.
+    pub addr: [u32; 4],
+    pub port: u32,
+    /// The socket's family: [`FAMILY_V4`] or [`FAMILY_V6`] (also for
+    /// `::ffff:a.b.c.d`).
+    pub family: u32,
+}
+
+/// The ClusterIP:port a socket dialled (see [`ReverseKey`] for the form).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PeerName {
-    /// The ClusterIP the client dialled.
-    pub dialled: [u32; 4],
-    /// The endpoint (or waypoint) the connect went to instead.
-    pub sent_to: [u32; 4],
-    pub dialled_port: u16,
-    pub sent_to_port: u16,
-    /// The socket's family: [`FAMILY_V4`] or [`FAMILY_V6`] (also for
-    /// `::ffff:a.b.c.d`), widened to keep the value free of padding.
-    pub family: u32,
+pub struct Dialled {
+    pub addr: [u32; 4],
+    pub port: u32,
 }
 
 /// [`Config::flags`]: translate, but send every message through the stack.
 pub const CONFIG_NO_BYPASS: u32 = 1;
+
+/// [`Config::flags`]: the recvmsg hooks run, so the connect hooks may
+/// translate UDP sockets too (their replies would otherwise come from the
+/// endpoint's address, which resolvers drop).
+pub const CONFIG_UDP: u32 = 2;
 
 /// Identifies one end of a TCP connection, as that end sees it.
 #[repr(C)]
@@ -399,9 +425,10 @@ pub const END_SENT: u32 = 8;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Connects rewritten to an endpoint on this node.
+    /// Connects (TCP, or UDP sockets' `connect`) rewritten to an endpoint
+    /// on this node.
     TranslatedLocal = 0,
-    /// Connects rewritten to an endpoint on another node.
+    /// Connects (TCP or UDP) rewritten to an endpoint on another node.
     TranslatedRemote = 1,
     /// Connects left untouched: the address is no known Service frontend.
     PassedNotService = 2,
@@ -434,11 +461,17 @@ pub enum Counter {
     /// off for the Service or the node, or the Service's connections were
     /// judged short (all but one in [`SHORT_CONNS_SAMPLE`]).
     LocalTranslatedOnly = 13,
+    /// UDP datagrams sent without a connect (`sendto`) rewritten to an
+    /// endpoint.
+    DatagramsTranslated = 14,
+    /// UDP datagrams received from an endpoint whose source was given back
+    /// as the ClusterIP:port the socket sent to.
+    RepliesRestored = 15,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 16] = [
         Counter::TranslatedLocal,
         Counter::TranslatedRemote,
         Counter::PassedNotService,
@@ -453,6 +486,8 @@ impl Counter {
         Counter::ConnsKeptOff,
         Counter::ConnsSent,
         Counter::LocalTranslatedOnly,
+        Counter::DatagramsTranslated,
+        Counter::RepliesRestored,
     ];
 
     /// Stable name, used by the CLI and metrics.
@@ -472,6 +507,8 @@ impl Counter {
             Counter::ConnsKeptOff => "conns_kept_off",
             Counter::ConnsSent => "conns_sent",
             Counter::LocalTranslatedOnly => "local_translated_only",
+            Counter::DatagramsTranslated => "datagrams_translated",
+            Counter::RepliesRestored => "replies_restored",
         }
     }
 }
@@ -492,7 +529,8 @@ const _: () = {
     assert!(core::mem::size_of::<Pending>() == 32);
     assert!(core::mem::size_of::<Traffic>() == 16);
     assert!(core::mem::size_of::<ServiceName>() == 128);
-    assert!(core::mem::size_of::<PeerName>() == 40);
+    assert!(core::mem::size_of::<ReverseKey>() == 32);
+    assert!(core::mem::size_of::<Dialled>() == 20);
 };
 
 #[cfg(feature = "user")]
@@ -512,5 +550,6 @@ mod pod {
     unsafe impl aya::Pod for super::Pending {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::ServiceName {}
-    unsafe impl aya::Pod for super::PeerName {}
+    unsafe impl aya::Pod for super::ReverseKey {}
+    unsafe impl aya::Pod for super::Dialled {}
 }

@@ -1,5 +1,6 @@
 //! cgroup connect4/connect6: Service frontend → one eligible endpoint, or the
-//! node's waypoint for L7 Services.
+//! node's waypoint for L7 Services. TCP sockets and connected UDP sockets
+//! come through here; UDP datagrams sent without a connect, through udp.rs.
 //!
 //! The user-space planner already decided which endpoints are eligible for
 //! this node (all ready ones, the local ones only, ...) and stored them in
@@ -26,16 +27,18 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use zerohop_abi::{
-    Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, PeerName, FAMILY_V4,
-    FAMILY_V6, PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS, SERVICE_SHORT_CONNS, SHORT_CONNS_SAMPLE,
+    Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, AFFINITY_CLIENT,
+    AFFINITY_SOCKET, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, SERVICE_L7, SERVICE_NO_BYPASS,
+    SERVICE_SHORT_CONNS, SHORT_CONNS_SAMPLE,
 };
 
 use crate::{
     conn::{v4_mapped, V4_MAPPED_WORD},
     maps::{
-        bypass_disabled, config, count, count_traffic, AFFINITY, BACKENDS, DIALED, PEERS, SERVICES,
-        TAGGED,
+        bypass_disabled, config, count, count_traffic, udp_enabled, AFFINITY, BACKENDS, DIALED,
+        SERVICES, TAGGED,
     },
+    reverse,
 };
 
 /// Return value that lets the connect (or getpeername) proceed. zerohop
@@ -51,16 +54,21 @@ pub fn zh_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn zh_connect6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel hands the hook a valid bpf_sock_addr for its duration.
-    let destination = V6::destination(unsafe { &*ctx.sock_addr });
     // An IPv6 socket dialling an IPv4 address as ::ffff:a.b.c.d (Java's
     // default, Python, gRPC's C core) reaches IPv4 Services.
-    if v4_mapped(&destination).is_some() {
+    if dials_mapped(&ctx) {
         translate::<Mapped>(&ctx);
     } else {
         translate::<V6>(&ctx);
     }
     PROCEED
+}
+
+/// Whether an IPv6 socket's destination is an IPv4-mapped address.
+#[inline(always)]
+pub(crate) fn dials_mapped(ctx: &SockAddrContext) -> bool {
+    // SAFETY: the kernel hands the hook a valid bpf_sock_addr for its duration.
+    v4_mapped(&V6::destination(unsafe { &*ctx.sock_addr })).is_some()
 }
 
 /// How one address family stores the destination in `bpf_sock_addr`.
@@ -84,7 +92,7 @@ pub(crate) struct V4;
 pub(crate) struct V6;
 /// IPv4 through an IPv6 socket: IPv4 frontends and endpoints, written
 /// back in the socket's mapped form (`::ffff:a.b.c.d`).
-struct Mapped;
+pub(crate) struct Mapped;
 
 impl Family for V4 {
     const FAMILY: u8 = FAMILY_V4;
@@ -134,28 +142,57 @@ impl Family for Mapped {
     }
 }
 
-/// Draws one of the `endpoints` slots; with session affinity, a client
-/// (its network namespace) keeps the endpoint it had while it connects again
-/// within `affinity_seconds` and that endpoint is still in its slot.
+/// Who keeps the endpoint drawn for a frontend.
+#[derive(Clone, Copy)]
+pub(crate) enum Keep {
+    /// Nobody: every connect draws anew.
+    Nothing,
+    /// The client (its network namespace), while it comes back within
+    /// this many seconds: session affinity, refreshed on every connect as
+    /// kube-proxy's is.
+    Client(u32),
+    /// The socket, for as long as it lives: an unconnected UDP socket's
+    /// datagrams to a Service all reach one endpoint, as one connected
+    /// through kube-proxy's conntrack entry would.
+    Socket,
+}
+
+/// Draws one of the `endpoints` slots, or takes the one kept: it is kept
+/// while it is still that endpoint's slot.
 #[inline(always)]
-fn pick(
+pub(crate) fn pick(
     ctx: &SockAddrContext,
     frontend: FrontendKey,
     endpoints: u32,
-    affinity_seconds: u32,
+    keep: Keep,
 ) -> Option<Backend> {
-    if affinity_seconds == 0 {
-        return draw(frontend, endpoints).map(|(_, backend)| backend);
-    }
-    // Only Services with affinity pay for the clock and the extra lookups.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let client = AffinityKey {
-        frontend,
-        _pad: 0,
-        netns: unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },
+    let (scope, owner, seconds) = match keep {
+        Keep::Nothing => return draw(frontend, endpoints).map(|(_, backend)| backend),
+        Keep::Client(seconds) => (
+            AFFINITY_CLIENT,
+            unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },
+            seconds,
+        ),
+        Keep::Socket => (
+            AFFINITY_SOCKET,
+            unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
+            0,
+        ),
     };
-    let kept = unsafe { AFFINITY.get(client) }.and_then(|kept| {
-        let fresh = now.wrapping_sub(kept.last_ns) < u64::from(affinity_seconds) * 1_000_000_000;
+    // Only clients with affinity pay for the clock.
+    let now = if seconds != 0 {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    let owner = AffinityKey {
+        frontend,
+        scope,
+        owner,
+    };
+    let kept = unsafe { AFFINITY.get(owner) }.and_then(|kept| {
+        let fresh =
+            seconds == 0 || now.wrapping_sub(kept.last_ns) < u64::from(seconds) * 1_000_000_000;
         let still_there = kept.slot < endpoints
             && unsafe {
                 BACKENDS.get(BackendKey {
@@ -166,14 +203,15 @@ fn pick(
             .is_some_and(|current| *current == kept.backend);
         (fresh && still_there).then_some((kept.slot, kept.backend))
     });
-    let (slot, backend) = match kept {
-        Some(kept) => kept,
-        None => draw(frontend, endpoints)?,
+    let (slot, backend) = match (kept, keep) {
+        // A socket's endpoint needs no refresh: it has no clock.
+        (Some((_, backend)), Keep::Socket) => return Some(backend),
+        (Some(kept), _) => kept,
+        (None, _) => draw(frontend, endpoints)?,
     };
-    // Refreshed on every connect, as kube-proxy's affinity is.
     if AFFINITY
         .insert(
-            client,
+            owner,
             Affinity {
                 backend,
                 slot,
@@ -196,21 +234,52 @@ fn draw(frontend: FrontendKey, endpoints: u32) -> Option<(u32, Backend)> {
     Some((slot, backend))
 }
 
+/// The frontend a socket addresses, if its protocol is one of ours.
+#[inline(always)]
+pub(crate) fn frontend_of<F: Family>(sa: &bpf_sock_addr) -> Option<FrontendKey> {
+    let proto = unsafe { core::ptr::read_volatile(&sa.protocol) };
+    if proto != u32::from(PROTO_TCP) && proto != u32::from(PROTO_UDP) {
+        return None;
+    }
+    // user_port: the port in network byte order, in the low 16 bits of a u32.
+    let user_port = unsafe { core::ptr::read_volatile(&sa.user_port) };
+    Some(FrontendKey {
+        addr: F::destination(sa),
+        port: u16::from_be(user_port as u16),
+        proto: proto as u8,
+        family: F::FAMILY,
+    })
+}
+
+/// Sends the socket of `sa` to `backend` instead of what it addressed, and
+/// files what it addressed for reverse.rs.
+#[inline(always)]
+pub(crate) fn send_to<F: Family>(
+    ctx: &SockAddrContext,
+    sa: &mut bpf_sock_addr,
+    frontend: &FrontendKey,
+    addr: &[u32; 4],
+    port: u16,
+    unless_filed: bool,
+) {
+    let dialled = F::as_stored(sa);
+    F::set_destination(sa, addr);
+    unsafe { core::ptr::write_volatile(&mut sa.user_port, u32::from(port.to_be())) };
+    reverse::remember::<F>(ctx, sa, dialled, frontend.port, unless_filed);
+}
+
 #[inline(always)]
 fn translate<F: Family>(ctx: &SockAddrContext) {
     // SAFETY: the kernel hands the hook a valid bpf_sock_addr for its duration.
     let sa = unsafe { &mut *ctx.sock_addr };
-    if unsafe { core::ptr::read_volatile(&sa.protocol) } != u32::from(PROTO_TCP) {
+    let Some(frontend) = frontend_of::<F>(sa) else {
+        return;
+    };
+    // Only TCP has a bypass, and L7 Services (the waypoint) are TCP only.
+    let tcp = frontend.proto == PROTO_TCP;
+    if !tcp && !udp_enabled() {
         return;
     }
-    // user_port: the port in network byte order, in the low 16 bits of a u32.
-    let user_port = unsafe { core::ptr::read_volatile(&sa.user_port) };
-    let frontend = FrontendKey {
-        addr: F::destination(sa),
-        port: u16::from_be(user_port as u16),
-        proto: PROTO_TCP,
-        family: F::FAMILY,
-    };
 
     let config = config();
     let from_waypoint = is_waypoint_socket(sa, config);
@@ -222,7 +291,7 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         // connections to endpoints on this node move socket-to-socket like
         // translated ones; to other nodes the peer never registers, so
         // sk_msg falls back to the stack on the first message.
-        if from_waypoint && !bypass_disabled() {
+        if from_waypoint && tcp && !bypass_disabled() {
             tag(ctx, &FrontendKey::default());
         }
         count(Counter::PassedNotService, 1);
@@ -231,7 +300,7 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
     let (endpoints, flags) = (service.endpoints, service.flags);
     // Before the endpoint check: an L7 Service without endpoints of its own
     // is fine, its routes may send every request to other Services.
-    if flags & SERVICE_L7 != 0 && !from_waypoint {
+    if flags & SERVICE_L7 != 0 && tcp && !from_waypoint {
         if let Some((addr, port)) = config.and_then(F::waypoint) {
             to_waypoint::<F>(ctx, sa, frontend, flags, addr, port);
         }
@@ -244,17 +313,21 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         count(Counter::PassedNoEndpoint, 1);
         return;
     }
-    let affinity_seconds = service.affinity_seconds;
-    let Some(backend) = pick(ctx, frontend, endpoints, affinity_seconds) else {
+    let keep = match service.affinity_seconds {
+        0 => Keep::Nothing,
+        seconds => Keep::Client(seconds),
+    };
+    let Some(backend) = pick(ctx, frontend, endpoints, keep) else {
         // A slot can be missing for an instant while the agent shrinks the
         // Service; the connect then takes the cluster's normal path.
         count(Counter::PassedNoEndpoint, 1);
         return;
     };
-    let (addr, port, local) = (backend.addr, backend.port, backend.local != 0);
-    let dialled = F::as_stored(sa);
-
-    if local {
+    if backend.local == 0 {
+        count(Counter::TranslatedRemote, 1);
+    } else if !tcp {
+        count(Counter::TranslatedLocal, 1);
+    } else {
         // Tag the socket so that sockops registers it once established.
         // Untagged, the connection is still translated, just not bypassed.
         if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() && sampled(flags) {
@@ -264,35 +337,8 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
             count(Counter::LocalTranslatedOnly, 1);
         }
         count(Counter::TranslatedLocal, 1);
-    } else {
-        count(Counter::TranslatedRemote, 1);
     }
-    F::set_destination(sa, &addr);
-    unsafe { core::ptr::write_volatile(&mut sa.user_port, u32::from(port.to_be())) };
-    remember_peer::<F>(ctx, sa, dialled, frontend.port);
-}
-
-/// Files what a socket dialled and where it goes now (its `sa` after the
-/// rewrite), for getpeername.rs. A miss only costs the client the
-/// ClusterIP in getpeername: it sees the endpoint, as without the hook.
-#[inline(always)]
-fn remember_peer<F: Family>(
-    ctx: &SockAddrContext,
-    sa: &bpf_sock_addr,
-    dialled: [u32; 4],
-    dialled_port: u16,
-) {
-    let peer = PeerName {
-        dialled,
-        sent_to: F::as_stored(sa),
-        dialled_port: dialled_port.to_be(),
-        sent_to_port: unsafe { core::ptr::read_volatile(&sa.user_port) } as u16,
-        family: u32::from(F::SOCKET_FAMILY),
-    };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    if PEERS.insert(cookie, peer, 0).is_err() {
-        count(Counter::MapFull, 1);
-    }
+    send_to::<F>(ctx, sa, &frontend, &backend.addr, backend.port, false);
 }
 
 /// Sends a connect to an L7 Service to the waypoint. DIALED remembers what
@@ -319,10 +365,7 @@ fn to_waypoint<F: Family>(
     if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() {
         tag(ctx, &FrontendKey::default());
     }
-    let dialled = F::as_stored(sa);
-    F::set_destination(sa, &addr);
-    unsafe { core::ptr::write_volatile(&mut sa.user_port, u32::from(port.to_be())) };
-    remember_peer::<F>(ctx, sa, dialled, frontend.port);
+    send_to::<F>(ctx, sa, &frontend, &addr, port, false);
     count(Counter::ToWaypoint, 1);
 }
 

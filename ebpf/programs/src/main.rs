@@ -10,8 +10,10 @@
 //!   peer's receive queue;
 //! - `getsockopt.rs`: answers the waypoint's `SO_ORIGINAL_DST` with the
 //!   ClusterIP:port its client dialled;
+//! - `udp.rs`: cgroup sendmsg4/6 translate UDP datagrams sent without a
+//!   connect, recvmsg4/6 give replies the ClusterIP:port as their source;
 //! - `getpeername.rs`: answers a translated socket's `getpeername()` with
-//!   the ClusterIP:port it dialled.
+//!   the ClusterIP:port it dialled (both from `reverse.rs`).
 //!
 //! Every hook fails open: whatever goes wrong, the connect or message proceeds
 //! as it would without zerohop.
@@ -23,9 +25,11 @@ mod connect;
 mod getpeername;
 mod getsockopt;
 mod maps;
+mod reverse;
 mod sk_msg;
 mod sockops;
 mod tcp;
+mod udp;
 
 #[cfg(not(test))]
 #[panic_handler]

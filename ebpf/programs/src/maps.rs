@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use zerohop_abi::{
-    capacity, Affinity, AffinityKey, Backend, BackendKey, Config, Counter, End, FrontendKey,
-    PeerName, Pending, Service, ServiceName, SockKey, Traffic, COUNTERS,
+    capacity, Affinity, AffinityKey, Backend, BackendKey, Config, Counter, Dialled, End,
+    FrontendKey, Pending, ReverseKey, Service, ServiceName, SockKey, Traffic, COUNTERS,
 };
 
 #[map(name = "zh_svc_v2")]
@@ -21,7 +21,7 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(capacity::BA
 #[map(name = "zh_config_v2")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "zh_stats_v4")]
+#[map(name = "zh_stats_v5")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
 
 // LRU: an entry whose connection never establishes must not leak a slot forever.
@@ -40,7 +40,8 @@ pub static SOCKETS: SockHash<SockKey> = SockHash::pinned(capacity::SOCKETS, 0);
 #[map(name = "zh_ends_v2")]
 pub static ENDS: LruHashMap<SockKey, End> = LruHashMap::pinned(capacity::ENDS, 0);
 
-// LRU: affinities of clients that stopped connecting age out on their own.
+// LRU: affinities of clients that stopped connecting, and endpoints of UDP
+// sockets that closed, age out on their own.
 #[map(name = "zh_affinity_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(capacity::AFFINITY, 0);
 
@@ -59,11 +60,11 @@ pub static DIALED: LruHashMap<u64, FrontendKey> = LruHashMap::pinned(capacity::D
 #[map(name = "zh_origdst_v1")]
 pub static ORIGDST: LruHashMap<SockKey, FrontendKey> = LruHashMap::pinned(capacity::ORIGDST, 0);
 
-// Entries leave when their TCP connection closes (sockops.rs). LRU: a
-// connect that never establishes ages out, and so, on a node with more
-// live translated sockets than the map holds, do the oldest entries.
-#[map(name = "zh_peer_v1")]
-pub static PEERS: LruHashMap<u64, PeerName> = LruHashMap::pinned(capacity::PEERS, 0);
+// TCP entries leave when their connection closes (sockops.rs). LRU: UDP
+// sockets' entries and connects that never establish age out, and so, on a
+// node with more live entries than the map holds, do the least used ones.
+#[map(name = "zh_reverse_v1")]
+pub static REVERSE: LruHashMap<ReverseKey, Dialled> = LruHashMap::pinned(capacity::REVERSE, 0);
 
 // Entries are the agent's (one per frontend); programs only add to them.
 #[map(name = "zh_traffic_v1")]
@@ -112,6 +113,12 @@ pub fn count(counter: Counter, n: u64) {
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
+}
+
+/// True when the agent runs the recvmsg hooks (see `CONFIG_UDP`).
+#[inline(always)]
+pub fn udp_enabled() -> bool {
+    config().is_some_and(|config| config.flags & zerohop_abi::CONFIG_UDP != 0)
 }
 
 /// True when the operator switched the bypass off for the whole node.

@@ -19,7 +19,7 @@
 //! original destination for the waypoint's end here (ORIGDST, read by
 //! getsockopt.rs), whether or not they are tagged for the bypass.
 //!
-//! A translated connection's PEERS entry (getpeername.rs) leaves when the
+//! A translated connection's REVERSE entry (reverse.rs) leaves when the
 //! connection closes: its connecting end asks for state callbacks here.
 
 use aya_ebpf::{
@@ -35,8 +35,8 @@ use zerohop_abi::{Counter, End, Pending, SockKey, END_STACKED};
 
 use crate::{
     conn::sock_key,
-    maps::{count, unregister, DIALED, ENDS, ORIGDST, PEERS, PENDING, SOCKETS, TAGGED},
-    tcp,
+    maps::{count, unregister, DIALED, ENDS, ORIGDST, PENDING, REVERSE, SOCKETS, TAGGED},
+    reverse, tcp,
 };
 
 #[sock_ops]
@@ -45,7 +45,12 @@ pub fn zh_sockops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_connecting_end_established(&ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_accepting_end_established(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
-            let _ = PEERS.remove(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+            // The remote end is still the one connected to: the kernel
+            // clears it only after this callback.
+            if let Some(key) = reverse::key_of_connection(unsafe { &*ctx.ops }, cookie) {
+                let _ = REVERSE.remove(&key);
+            }
         }
         _ => {}
     }
@@ -60,8 +65,10 @@ const TCP_CLOSE: u32 = 7;
 #[inline(always)]
 fn on_connecting_end_established(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    if PEERS.get_ptr(cookie).is_some() {
-        // Translated: its PEERS entry goes when it closes (see zh_sockops).
+    let translated = reverse::key_of_connection(unsafe { &*ctx.ops }, cookie)
+        .is_some_and(|key| REVERSE.get_ptr(&key).is_some());
+    if translated {
+        // Its REVERSE entry goes when it closes (see zh_sockops).
         // Only the state callbacks: no other callback flag is ever set.
         let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     }

@@ -1,5 +1,5 @@
-//! zh-testpod: the workload of the sandbox's pods, a TCP echo server and the
-//! clients that check it. Every client prints one JSON line and exits 0 only
+//! zh-testpod: the workload of the sandbox's pods, a TCP echo server (and a
+//! UDP responder on the same port) and the clients that check it. Every client prints one JSON line and exits 0 only
 //! when everything it checked held.
 //!
 //! ```text
@@ -11,7 +11,13 @@
 //! zh-testpod hold       --target IP:PORT      (lines on stdin are echoed)
 //! zh-testpod rr         --target IP:PORT --count N --size S [--interval-ms M]
 //!                       (to a --quiet server)
+//! zh-testpod datagrams  --target IP:PORT --count N [--connected]
 //! ```
+//!
+//! The UDP responder answers each datagram with `<name> <peer-ip> <peer-port>`;
+//! `datagrams` sends N of them from one socket (with `sendto`, or after a
+//! `connect` with `--connected`) and checks every answer came back from the
+//! address it sent to.
 //!
 //! The server greets each connection with `HELLO <name> <peer-ip> <peer-port>`,
 //! so a client learns which backend it reached and which address that backend
@@ -24,7 +30,7 @@
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, BufReader, Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::ExitCode,
     sync::Arc,
     thread,
@@ -34,7 +40,7 @@ use std::{
 use serde_json::json;
 use zerohop_tests::cli::{say, Context, Flags, Res};
 use zerohop_tests::pattern::{check_pattern, fill_pattern, Patient};
-use zerohop_tests::socket::{linger_zero, listen, listen_dual_stack};
+use zerohop_tests::socket::{linger_zero, listen, listen_dual_stack, udp_bind};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
             "reset" => reset(&flags),
             "hold" => hold(&flags),
             "rr" => rr(&flags),
+            "datagrams" => datagrams(&flags),
             other => Err(format!("unknown command {other:?}")),
         }
     };
@@ -94,6 +101,17 @@ fn server(flags: &Flags) -> Res<bool> {
         .into()
     };
     let listeners = listeners.into_iter().collect::<Res<Vec<_>>>()?;
+    let responders = [
+        IpAddr::from(Ipv4Addr::UNSPECIFIED),
+        IpAddr::from(Ipv6Addr::UNSPECIFIED),
+    ]
+    .map(|ip| {
+        udp_bind(SocketAddr::new(ip, port)).ctx(&format!("UDP bind {}", SocketAddr::new(ip, port)))
+    });
+    for responder in responders {
+        let (responder, name) = (responder?, name.clone());
+        thread::spawn(move || respond(&responder, &name));
+    }
     say("READY");
     let acceptors: Vec<_> = listeners
         .into_iter()
@@ -150,6 +168,22 @@ fn serve(mut stream: TcpStream, name: &str, greet: bool) {
         Err(e) => format!("error:{e}"),
     };
     say(format_args!("CONN peer={peer} bytes={bytes} end={end}"));
+}
+
+/// Answers every datagram with `<name> <peer-ip> <peer-port>`.
+fn respond(socket: &UdpSocket, name: &str) {
+    let mut buf = [0u8; 2048];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((_, peer)) => {
+                let answer = format!("{name} {} {}", peer.ip(), peer.port());
+                if let Err(e) = socket.send_to(answer.as_bytes(), peer) {
+                    eprintln!("UDP answer to {peer}: {e}");
+                }
+            }
+            Err(e) => eprintln!("UDP receive: {e}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- clients
@@ -319,6 +353,64 @@ fn spread(flags: &Flags) -> Res<bool> {
         json!({ "counts": counts, "failed": count - counts.values().sum::<u32>(), "errors": errors }),
     );
     Ok(errors.is_empty())
+}
+
+/// Sends `count` datagrams from one socket, each awaiting its answer (one
+/// second at most: a datagram unanswered by then counts as lost), and
+/// reports which servers answered and from which addresses the answers came.
+fn datagrams(flags: &Flags) -> Res<bool> {
+    let target: SocketAddr = flags.get("target")?;
+    let count: u32 = flags.get("count")?;
+    let connected = flags.has("connected");
+    let unspecified = match target {
+        SocketAddr::V4(_) => IpAddr::from(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::from(Ipv6Addr::UNSPECIFIED),
+    };
+    let socket = UdpSocket::bind((unspecified, 0)).ctx("UDP bind")?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .ctx("set read timeout")?;
+    let mut peer = None;
+    if connected {
+        socket
+            .connect(target)
+            .ctx(&format!("connect to {target}"))?;
+        peer = Some(socket.peer_addr().ctx("peer address")?.to_string());
+    }
+    let mut servers = BTreeMap::<String, u32>::new();
+    let (mut lost, mut sources) = (Vec::<u32>::new(), BTreeMap::<String, u32>::new());
+    let mut buf = [0u8; 2048];
+    for index in 0..count {
+        let query = format!("Q{index}");
+        let sent = if connected {
+            socket.send(query.as_bytes())
+        } else {
+            socket.send_to(query.as_bytes(), target)
+        };
+        sent.ctx("send")?;
+        match socket.recv_from(&mut buf) {
+            Ok((n, source)) => {
+                *sources.entry(source.to_string()).or_default() += 1;
+                let answer = String::from_utf8_lossy(&buf[..n]);
+                let server = answer.split(' ').next().unwrap_or_default().to_owned();
+                *servers.entry(server).or_default() += 1;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                lost.push(index);
+            }
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+    }
+    let ok = lost.is_empty() && sources.keys().all(|source| *source == target.to_string());
+    say(json!({
+        "servers": servers, "sources": sources, "lost": lost, "peer": peer, "ok": ok,
+    }));
+    Ok(ok)
 }
 
 fn concurrent(flags: &Flags) -> Res<bool> {

@@ -5,7 +5,12 @@ use std::net::SocketAddr;
 
 use zerohop_abi::BackendKey;
 
-use crate::{addr, build_view, plan::frontend_key, plan_with, Built, Waypoints};
+use crate::{
+    addr, build_view,
+    model::{Protocol, ServicePort},
+    plan::{frontend_key, port_frontend_key},
+    plan_with, Built, Waypoints,
+};
 
 fn example_files() -> Vec<(String, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
@@ -27,7 +32,10 @@ fn example_files() -> Vec<(String, String)> {
 
 /// Backends of a frontend in slot order, as (`address:port`, local).
 fn backends(desired: &crate::Desired, cluster_ip: &str, port: u16) -> Vec<(String, bool)> {
-    let key = frontend_key(cluster_ip.parse().unwrap(), port);
+    slots(desired, frontend_key(cluster_ip.parse().unwrap(), port))
+}
+
+fn slots(desired: &crate::Desired, key: zerohop_abi::FrontendKey) -> Vec<(String, bool)> {
     let service = desired.services[&key];
     (0..service.endpoints)
         .map(|slot| {
@@ -45,7 +53,7 @@ fn backends(desired: &crate::Desired, cluster_ip: &str, port: u16) -> Vec<(Strin
 }
 
 #[test]
-fn examples_plan_a_local_a_remote_and_an_l7_service_on_node1() {
+fn examples_plan_a_local_a_remote_an_l7_and_a_dns_service_on_node1() {
     let files = example_files();
     let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
     assert!(
@@ -82,4 +90,14 @@ fn examples_plan_a_local_a_remote_and_an_l7_service_on_node1() {
         let key = frontend_key(cluster_ip.parse().unwrap(), port);
         assert_eq!(desired.services[&key].flags, 0, "{cluster_ip}");
     }
+    let dns = ServicePort {
+        name: "dns".into(),
+        port: 53,
+        protocol: Protocol::Udp,
+    };
+    let dns = port_frontend_key("10.96.0.53".parse().unwrap(), &dns).unwrap();
+    assert_eq!(
+        slots(desired, dns),
+        vec![("10.244.1.7:5353".to_string(), true)]
+    );
 }

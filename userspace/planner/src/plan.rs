@@ -1,8 +1,8 @@
 //! The routing decisions: from a [`ClusterView`] and this node's name to the
 //! exact contents the two BPF maps of frontends and backends should have.
 //!
-//! For every Service, ClusterIP and TCP port (the kernel hook translates TCP
-//! only), one frontend. Its endpoints are the ready endpoints of the
+//! For every Service, ClusterIP and TCP or UDP port (the kernel hooks
+//! translate those two; SCTP is left to the cluster), one frontend. Its endpoints are the ready endpoints of the
 //! Service's EndpointSlices of the ClusterIP's family, at the port the slice
 //! gives for the Service port's name (how named targetPorts resolve), each
 //! address once. Which of them are eligible depends on the
@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use zerohop_abi::{
-    self as abi, BackendKey, FrontendKey, PROTO_TCP, SERVICE_L7, SERVICE_NO_BYPASS,
+    self as abi, BackendKey, FrontendKey, PROTO_TCP, PROTO_UDP, SERVICE_L7, SERVICE_NO_BYPASS,
     SERVICE_SHORT_CONNS,
 };
 
@@ -156,12 +156,10 @@ pub fn plan_with(
                 .copied()
                 .filter(|slice| slice.family == family)
                 .collect();
-            for port in service
-                .ports
-                .iter()
-                .filter(|port| port.protocol == Protocol::Tcp)
-            {
-                let frontend = frontend_key(cluster_ip, port.port);
+            for port in &service.ports {
+                let Some(frontend) = port_frontend_key(cluster_ip, port) else {
+                    continue;
+                };
                 if let Some(owner) = owners.get(&frontend) {
                     plan.problems.push(PlanProblem::FrontendTaken {
                         service: service.id.clone(),
@@ -171,7 +169,9 @@ pub fn plan_with(
                     continue;
                 }
                 owners.insert(frontend, &service.id);
-                let is_l7 = l7.contains(&(service.id.clone(), port.port));
+                // Routes are HTTP: they apply to TCP ports only.
+                let is_l7 =
+                    port.protocol == Protocol::Tcp && l7.contains(&(service.id.clone(), port.port));
                 if is_l7 && !waypoints.serve(family) {
                     plan.problems.push(PlanProblem::NoWaypoint {
                         service: service.id.clone(),
@@ -243,11 +243,26 @@ impl Desired {
 
 /// The key of a TCP frontend (port in host byte order).
 pub fn frontend_key(cluster_ip: IpAddr, port: u16) -> FrontendKey {
+    key_of(cluster_ip, port, PROTO_TCP)
+}
+
+/// The key of a Service port's frontend, if the kernel hooks translate its
+/// protocol.
+pub fn port_frontend_key(cluster_ip: IpAddr, port: &ServicePort) -> Option<FrontendKey> {
+    let proto = match port.protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+        Protocol::Sctp => return None,
+    };
+    Some(key_of(cluster_ip, port.port, proto))
+}
+
+fn key_of(cluster_ip: IpAddr, port: u16, proto: u8) -> FrontendKey {
     let (addr, family) = addr::to_kernel(cluster_ip);
     FrontendKey {
         addr,
         port,
-        proto: PROTO_TCP,
+        proto,
         family,
     }
 }
@@ -816,7 +831,7 @@ mod tests {
     }
 
     #[test]
-    fn udp_and_sctp_ports_get_no_frontend() {
+    fn udp_ports_get_frontends_of_their_own_and_sctp_ports_none() {
         let view = view(
             vec![service(
                 "dns",
@@ -832,7 +847,7 @@ mod tests {
                 "dns",
                 &[
                     ("dns".into(), 5353, Protocol::Udp),
-                    tcp("dns-tcp", 5353),
+                    tcp("dns-tcp", 5354),
                     ("s".into(), 99, Protocol::Sctp),
                 ],
                 vec![ready_on("10.244.1.2", NODE)],
@@ -840,18 +855,31 @@ mod tests {
         );
         let plan = plan(&view, NODE);
         assert_eq!(plan.problems, vec![]);
-        assert_eq!(
-            plan.desired
-                .services
-                .keys()
-                .map(|key| key.port)
-                .collect::<Vec<_>>(),
-            vec![53]
-        );
+        let keys: Vec<(u16, u8)> = plan
+            .desired
+            .services
+            .keys()
+            .map(|key| (key.port, key.proto))
+            .collect();
+        assert_eq!(keys, vec![(53, PROTO_TCP), (53, PROTO_UDP)]);
         assert_eq!(
             backends(&plan.desired, "10.96.0.53", 53),
-            vec![at("10.244.1.2:5353", true)]
+            vec![at("10.244.1.2:5354", true)]
         );
+        let udp = port_frontend_key(
+            ip("10.96.0.53"),
+            &ServicePort {
+                name: "dns".into(),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+        )
+        .unwrap();
+        let slot0 = plan.desired.backends[&BackendKey {
+            frontend: udp,
+            slot: 0,
+        }];
+        assert_eq!(slot0.port, 5353, "the UDP port's own target port");
     }
 
     #[test]

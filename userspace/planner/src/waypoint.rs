@@ -207,6 +207,57 @@ status: {podIP: 192.168.0.1}
     }
 
     #[test]
+    fn a_route_on_a_port_number_leaves_its_udp_twin_an_l4_frontend() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: shop}
+spec:
+  clusterIP: 10.96.0.53
+  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-1, namespace: shop, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: node1}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: dns, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: dns, port: 53}]
+  rules: [{backendRefs: [{name: dns, port: 53}]}]
+"#;
+        let built = build_view([("dns.yaml".to_string(), yaml.to_string())]);
+        assert_eq!(built.problems, vec![]);
+        let plan = plan_with(
+            &built.view,
+            "node1",
+            Waypoints {
+                v4: true,
+                v6: false,
+            },
+            &Default::default(),
+        );
+        let flags: Vec<(u8, u32)> = plan
+            .desired
+            .services
+            .iter()
+            .map(|(key, service)| (key.proto, service.flags & SERVICE_L7))
+            .collect();
+        assert_eq!(
+            flags,
+            vec![
+                (zerohop_abi::PROTO_TCP, SERVICE_L7),
+                (zerohop_abi::PROTO_UDP, 0)
+            ]
+        );
+    }
+
+    #[test]
     fn without_a_waypoint_of_its_family_an_l7_frontend_is_left_alone() {
         let plan = plan_with(
             &view(),

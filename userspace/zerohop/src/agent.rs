@@ -145,6 +145,9 @@ pub async fn run(mut settings: Settings) -> Result<()> {
     // connect hook tags: tag none.
     let bypass = settings.bypass && datapath.feature_on(features::BYPASS);
     datapath::set_bypass(&settings.pin_dir, bypass)?;
+    // Without the recvmsg hooks a translated UDP socket's replies would come
+    // from the endpoint, which resolvers drop: leave UDP alone then.
+    datapath::set_udp(&settings.pin_dir, datapath.feature_on(features::UDP))?;
     // Without SO_ORIGINAL_DST the waypoint cannot tell where a connection
     // was going: plan as if there were none (L7 Services keep the normal path).
     if !datapath.feature_on(features::ORIGINAL_DST) {
@@ -269,11 +272,9 @@ fn frontend_names(snapshot: &Snapshot) -> BTreeMap<FrontendKey, String> {
         .values()
         .flat_map(|service| {
             service.cluster_ips.iter().flat_map(move |&ip| {
-                service.ports.iter().map(move |port| {
-                    (
-                        zerohop_planner::plan::frontend_key(ip, port.port),
-                        service.id.to_string(),
-                    )
+                service.ports.iter().filter_map(move |port| {
+                    let key = zerohop_planner::plan::port_frontend_key(ip, port)?;
+                    Some((key, service.id.to_string()))
                 })
             })
         })

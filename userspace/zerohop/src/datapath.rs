@@ -27,7 +27,7 @@ use aya::{
 };
 use zerohop_abi::{
     global, map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName,
-    SockKey, Traffic, CONFIG_NO_BYPASS,
+    SockKey, Traffic, CONFIG_NO_BYPASS, CONFIG_UDP,
 };
 use zerohop_planner::{Change, Changes, Desired};
 
@@ -290,6 +290,18 @@ pub fn set_bypass(pin_dir: &Path, enabled: bool) -> Result<()> {
             config.flags & !CONFIG_NO_BYPASS
         } else {
             config.flags | CONFIG_NO_BYPASS
+        };
+    })
+}
+
+/// Lets the connect hooks translate UDP sockets, which they may only while
+/// the recvmsg hooks run (feature `udp`). The other settings are kept.
+pub fn set_udp(pin_dir: &Path, enabled: bool) -> Result<()> {
+    update_config(pin_dir, |config| {
+        config.flags = if enabled {
+            config.flags | CONFIG_UDP
+        } else {
+            config.flags & !CONFIG_UDP
         };
     })
 }

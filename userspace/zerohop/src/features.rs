@@ -52,6 +52,8 @@ pub const ORIGINAL_DST: &str = "original_dst";
 
 /// cgroup getpeername: a translated socket's peer is the ClusterIP it dialled.
 pub const PEER_NAME: &str = "peer_name";
+/// cgroup sendmsg/recvmsg: UDP datagrams, and replies from the ClusterIP.
+pub const UDP: &str = "udp";
 
 /// Every feature, in attach order.
 pub const FEATURES: &[Feature] = &[
@@ -92,6 +94,17 @@ pub const FEATURES: &[Feature] = &[
         since: (5, 8),
         needs: "cgroup getpeername4/getpeername6 hooks (5.8)",
         programs: &["zh_getpeername4", "zh_getpeername6"],
+        core: false,
+    },
+    Feature {
+        name: UDP,
+        gives: "translation of UDP Service ports: datagrams sent without a connect \
+                (sendto, what resolvers do) and connected UDP sockets, with replies \
+                from the ClusterIP; without it UDP takes the cluster's normal path",
+        since: (5, 7),
+        needs: "cgroup sendmsg4/6 (4.18) and recvmsg4/6 (5.2) hooks, \
+                bpf_get_netns_cookie (5.7) for session affinity",
+        programs: &["zh_sendmsg4", "zh_sendmsg6", "zh_recvmsg4", "zh_recvmsg6"],
         core: false,
     },
 ];
@@ -350,10 +363,14 @@ mod tests {
             ),
             program("zh_getpeername4", None),
             program("zh_getpeername6", None),
+            program("zh_sendmsg4", None),
+            program("zh_sendmsg6", None),
+            program("zh_recvmsg4", None),
+            program("zh_recvmsg6", None),
         ];
         let states = states(&programs);
         let state = |name: &str| states.iter().find(|state| state.name == name).unwrap();
-        assert!(state(CONNECT).on && state(BYPASS).on && state(PEER_NAME).on);
+        assert!(state(CONNECT).on && state(BYPASS).on && state(PEER_NAME).on && state(UDP).on);
         assert!(!state(ORIGINAL_DST).on);
         assert_eq!(
             state(ORIGINAL_DST).off_because.as_deref(),
@@ -365,6 +382,10 @@ mod tests {
             program("zh_connect6", None),
             program("zh_getpeername4", None),
             program("zh_getpeername6", None),
+            program("zh_sendmsg4", None),
+            program("zh_sendmsg6", None),
+            program("zh_recvmsg4", None),
+            program("zh_recvmsg6", None),
         ];
         let states = super::states(&without_sockops);
         assert!(states.iter().filter(|state| !state.on).all(|state| state

@@ -199,6 +199,17 @@ fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'sta
             "Connects to a local endpoint translated without the bypass: off for \
              the Service or the node, or its connections judged short.",
         ),
+        Counter::DatagramsTranslated => (
+            "zerohop_translated_datagrams_total",
+            None,
+            "UDP datagrams sent without a connect (sendto) rewritten to an endpoint.",
+        ),
+        Counter::RepliesRestored => (
+            "zerohop_restored_replies_total",
+            None,
+            "UDP datagrams from an endpoint whose source was given back as the \
+             ClusterIP:port the socket sent to.",
+        ),
     }
 }
 

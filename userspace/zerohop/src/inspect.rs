@@ -13,8 +13,8 @@ use anyhow::Result;
 use aya::maps::{HashMap, MapData, SockHash};
 use serde::Serialize;
 use zerohop_abi::{
-    map_name, Config, FrontendKey, PeerName, ServiceName, SockKey, FAMILY_V4, SERVICE_L7,
-    SERVICE_NO_BYPASS, SERVICE_SHORT_CONNS,
+    map_name, Config, Dialled, FrontendKey, ReverseKey, ServiceName, SockKey, FAMILY_V4, PROTO_TCP,
+    PROTO_UDP, SERVICE_L7, SERVICE_NO_BYPASS, SERVICE_SHORT_CONNS,
 };
 use zerohop_planner::addr;
 
@@ -69,13 +69,14 @@ pub struct SocketRow {
 
 /// One translated socket, for getpeername().
 #[derive(Debug, Serialize)]
-pub struct PeerRow {
+pub struct ReverseRow {
     /// The socket's cookie (SO_COOKIE).
     pub cookie: u64,
-    /// What its getpeername() returns: the ClusterIP:port it dialled.
+    /// The ClusterIP:port it dialled: what its getpeername() returns, and
+    /// the source of its UDP replies.
     pub dialled: String,
-    /// The endpoint or waypoint it is connected to.
-    pub connected_to: String,
+    /// The endpoint or waypoint the hooks sent it to.
+    pub sent_to: String,
 }
 
 /// One counter, summed over CPUs.
@@ -89,7 +90,12 @@ pub struct CounterRow {
 }
 
 fn frontend_text(key: &FrontendKey) -> String {
-    format!("{}/TCP", socket_text(key.addr, key.family, key.port))
+    let protocol = match key.proto {
+        PROTO_TCP => "TCP".to_owned(),
+        PROTO_UDP => "UDP".to_owned(),
+        other => format!("protocol {other}"),
+    };
+    format!("{}/{protocol}", socket_text(key.addr, key.family, key.port))
 }
 
 fn socket_text(words: [u32; 4], family: impl Into<u32>, port: impl Into<u32>) -> String {
@@ -198,24 +204,25 @@ pub fn sockets(pin_dir: &Path) -> Result<Vec<SocketRow>> {
         .collect())
 }
 
-/// Every translated socket the getpeername hooks answer for.
-pub fn peers(pin_dir: &Path) -> Result<Vec<PeerRow>> {
-    let peers: HashMap<MapData, u64, PeerName> =
-        HashMap::try_from(open_pinned(pin_dir, map_name::PEERS)?)?;
-    let mut rows = peers
+/// Every reverse translation: what getpeername() and UDP replies show
+/// translated sockets.
+pub fn reverse(pin_dir: &Path) -> Result<Vec<ReverseRow>> {
+    let entries: HashMap<MapData, ReverseKey, Dialled> =
+        HashMap::try_from(open_pinned(pin_dir, map_name::REVERSE)?)?;
+    let mut rows = entries
         .iter()
         .map(|entry| {
-            let (cookie, peer) = entry?;
-            // Ports are stored in network byte order.
-            let port = u16::from_be;
-            Ok(PeerRow {
-                cookie,
-                dialled: socket_text(peer.dialled, peer.family, port(peer.dialled_port)),
-                connected_to: socket_text(peer.sent_to, peer.family, port(peer.sent_to_port)),
+            let (key, dialled) = entry?;
+            // Ports are stored in network byte order, in the low 16 bits.
+            let port = |raw: u32| u16::from_be(raw as u16);
+            Ok(ReverseRow {
+                cookie: key.cookie,
+                dialled: socket_text(dialled.addr, key.family, port(dialled.port)),
+                sent_to: socket_text(key.addr, key.family, port(key.port)),
             })
         })
         .collect::<Result<Vec<_>, aya::maps::MapError>>()?;
-    rows.sort_by_key(|row| row.cookie);
+    rows.sort_by(|a, b| (a.cookie, &a.sent_to).cmp(&(b.cookie, &b.sent_to)));
     Ok(rows)
 }
 
@@ -332,16 +339,16 @@ pub fn print_sockets(rows: &[SocketRow], output: Output) -> Result<()> {
     )
 }
 
-pub fn print_peers(rows: &[PeerRow], output: Output) -> Result<()> {
+pub fn print_reverse(rows: &[ReverseRow], output: Output) -> Result<()> {
     print_rows(
         rows,
         output,
-        &["SOCKET COOKIE", "GETPEERNAME", "CONNECTED TO"],
+        &["SOCKET COOKIE", "DIALLED (SHOWN)", "SENT TO"],
         |row| {
             vec![
                 row.cookie.to_string(),
                 row.dialled.clone(),
-                row.connected_to.clone(),
+                row.sent_to.clone(),
             ]
         },
     )

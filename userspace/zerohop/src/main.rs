@@ -76,10 +76,12 @@ enum Inspect {
     Backends,
     /// Registered sockets of bypassed connections, as 4-tuples, and whether their peer is registered.
     Sockets,
-    /// Translated sockets: the ClusterIP:port their getpeername() returns
-    /// and the endpoint (or waypoint) they are connected to. Entries leave
-    /// when the connection closes.
-    Peers,
+    /// Reverse translations: for each translated socket and endpoint (or
+    /// waypoint) it was sent to, the ClusterIP:port it dialled, which its
+    /// getpeername() and its UDP replies show. TCP entries leave when the
+    /// connection closes; UDP ones age out.
+    #[command(alias = "peers")]
+    Reverse,
     /// Kernel counters by reason, summed over CPUs.
     Stats {
         /// Refresh every second and show rates.
@@ -209,7 +211,7 @@ fn run(cli: Cli) -> Result<()> {
             Inspect::Services => inspect::print_services(&inspect::services(&pin_dir)?, output),
             Inspect::Backends => inspect::print_backends(&inspect::backends(&pin_dir)?, output),
             Inspect::Sockets => inspect::print_sockets(&inspect::sockets(&pin_dir)?, output),
-            Inspect::Peers => inspect::print_peers(&inspect::peers(&pin_dir)?, output),
+            Inspect::Reverse => inspect::print_reverse(&inspect::reverse(&pin_dir)?, output),
             Inspect::Stats { watch: true } => inspect::watch_counters(&pin_dir, output),
             Inspect::Stats { watch: false } => {
                 inspect::print_counters(&inspect::counters(&pin_dir, None)?, output)
