@@ -1382,6 +1382,8 @@ fn the_agent_serves_health_and_prometheus_metrics() -> Result<()> {
         "zerohop_ready 1\n",
         "zerohop_objects{kind=\"service\"} 1\n",
         "zerohop_map_entries{map=\"zh_svc_v2\"} 1\n",
+        "zerohop_frontends{protocol=\"tcp\"} 1\n",
+        "zerohop_frontends{protocol=\"udp\"} 0\n",
     ] {
         assert!(metrics.contains(sample), "no {sample:?} in\n{metrics}");
     }

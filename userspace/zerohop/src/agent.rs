@@ -134,6 +134,15 @@ pub async fn run(mut settings: Settings) -> Result<()> {
              as --allow-other-programs asks"
         );
     }
+    let sockmaps = others::foreign_sockmaps();
+    if !sockmaps.is_empty() {
+        let sockmaps: Vec<String> = sockmaps.iter().map(ToString::to_string).collect();
+        info!(
+            sockmaps = %sockmaps.join(", "),
+            "other programs' sockmaps on this node; their sockets come from other \
+             cgroups' sock_ops programs or from processes that add their own"
+        );
+    }
     let mut datapath = Datapath::load(&settings.pin_dir)?;
     report_features(&datapath);
     status.lock().unwrap().features = datapath
@@ -410,6 +419,14 @@ impl Sync {
                 (map_name::BACKENDS, plan.desired.backends.len()),
                 (map_name::NAMES, plan.desired.names.len()),
             ]);
+            let udp = plan
+                .desired
+                .services
+                .keys()
+                .filter(|key| key.proto == zerohop_abi::PROTO_UDP)
+                .count();
+            status.frontends =
+                BTreeMap::from([("tcp", plan.desired.services.len() - udp), ("udp", udp)]);
             status.problems = BTreeMap::from([
                 ("source", self.source_problems.len()),
                 ("plan", self.plan_problems.len()),

@@ -38,6 +38,8 @@ pub struct AgentStatus {
     pub objects: BTreeMap<&'static str, usize>,
     /// Entries the agent keeps in each map, by map name.
     pub map_entries: BTreeMap<&'static str, usize>,
+    /// Frontends in the maps, by protocol (`tcp`, `udp`).
+    pub frontends: BTreeMap<&'static str, usize>,
     /// Problems currently reported, by kind (`source`, `plan`).
     pub problems: BTreeMap<&'static str, usize>,
     /// Map writes the kernel refused since start.
@@ -262,6 +264,15 @@ pub fn metrics(status: &AgentStatus, kernel: &[(Counter, u64)]) -> String {
             "gauge",
             "Entries the agent keeps in each BPF map.",
             Some(("map", map)),
+            *count as f64,
+        );
+    }
+    for (protocol, count) in &status.frontends {
+        out.sample(
+            "zerohop_frontends",
+            "gauge",
+            "Service frontends (ClusterIP, port) the kernel translates, by protocol.",
+            Some(("protocol", protocol)),
             *count as f64,
         );
     }

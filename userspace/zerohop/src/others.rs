@@ -8,10 +8,23 @@
 //! cgroup, including those inherited from its ancestors, and refuses to
 //! start when there are any. The agent's own programs are attached through
 //! links that end with its process, so at its start none of them is there.
+//!
+//! Sockmaps and sockhashes of other programs on the node are listed too,
+//! with the programs that run on their sockets' messages, but only for the
+//! log: a socket enters such a map through a sock_ops program (on this
+//! cgroup's hooks it would stop the agent, see above) or a process that
+//! adds its own sockets, so the sockets of zerohop's cgroup are in none.
 
-use std::{collections::BTreeMap, fmt, fs::File, os::fd::AsRawFd, path::Path};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    fs::File,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+};
 
 use anyhow::{Context, Result};
+use aya::maps::{loaded_maps, MapType};
 use aya_obj::generated::{bpf_attach_type, bpf_cmd, BPF_F_QUERY_EFFECTIVE};
 
 /// The cgroup hooks zerohop uses, or that rewrite the same traffic
@@ -56,25 +69,84 @@ pub fn on_hooks_of(cgroup: &Path) -> Result<Vec<Found>> {
     let mut ids = Vec::new();
     for &(hook, attach_type) in HOOKS {
         // A hook this kernel does not have (EINVAL) has nothing on it.
-        if let Ok(found) = query(&dir, attach_type) {
+        if let Ok(found) = query(&dir, attach_type, BPF_F_QUERY_EFFECTIVE) {
             ids.extend(found.into_iter().map(|id| (hook, id)));
         }
     }
+    Ok(named(ids))
+}
+
+/// The attach points of programs that act on a sockmap's sockets.
+const SOCKMAP_HOOKS: &[(&str, bpf_attach_type)] = &[
+    ("sk_msg", bpf_attach_type::BPF_SK_MSG_VERDICT),
+    ("stream_parser", bpf_attach_type::BPF_SK_SKB_STREAM_PARSER),
+    ("stream_verdict", bpf_attach_type::BPF_SK_SKB_STREAM_VERDICT),
+    ("skb_verdict", bpf_attach_type::BPF_SK_SKB_VERDICT),
+];
+
+/// A sockmap or sockhash that is not zerohop's (its name lacks the `zh_`
+/// prefix) and the programs on it. `programs` is `None` where this kernel
+/// cannot say (it answers that query from 5.19 on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignSockmap {
+    pub id: u32,
+    pub name: String,
+    pub programs: Option<Vec<Found>>,
+}
+
+impl fmt::Display for ForeignSockmap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "map {} ({}): ", self.id, self.name)?;
+        match &self.programs {
+            Some(programs) if programs.is_empty() => write!(f, "no programs"),
+            Some(programs) => write!(f, "{}", listing(programs)),
+            None => write!(f, "programs unknown on this kernel"),
+        }
+    }
+}
+
+/// Every sockmap and sockhash of other programs on this node.
+pub fn foreign_sockmaps() -> Vec<ForeignSockmap> {
+    loaded_maps()
+        .filter_map(Result::ok)
+        .filter(|info| {
+            matches!(info.map_type(), Ok(MapType::SockHash | MapType::SockMap))
+                && !info.name_as_str().unwrap_or_default().starts_with("zh_")
+        })
+        .map(|info| {
+            let programs = info.fd().ok().and_then(|fd| {
+                let mut ids = Vec::new();
+                for &(hook, attach_type) in SOCKMAP_HOOKS {
+                    let found = query(&fd.as_fd(), attach_type, 0).ok()?;
+                    ids.extend(found.into_iter().map(|id| (hook, id)));
+                }
+                Some(named(ids))
+            });
+            ForeignSockmap {
+                id: info.id(),
+                name: info.name_as_str().unwrap_or("?").to_owned(),
+                programs,
+            }
+        })
+        .collect()
+}
+
+/// Program ids found on hooks, with the programs' names.
+fn named(ids: Vec<(&'static str, u32)>) -> Vec<Found> {
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Vec::new();
     }
     let names: BTreeMap<u32, String> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .map(|info| (info.id(), info.name_as_str().unwrap_or("?").to_owned()))
         .collect();
-    Ok(ids
-        .into_iter()
+    ids.into_iter()
         .map(|(hook, id)| Found {
             hook,
             id,
             name: names.get(&id).cloned().unwrap_or_else(|| "?".to_owned()),
         })
-        .collect())
+        .collect()
 }
 
 /// `found`, one after the other: `hook: program id (name), …`.
@@ -116,15 +188,20 @@ struct QueryAttr {
     _pad: u32,
 }
 
-/// The ids of the programs that run on `attach_type` for `cgroup`, those
-/// inherited from ancestor cgroups included (`BPF_F_QUERY_EFFECTIVE`).
-fn query(cgroup: &File, attach_type: bpf_attach_type) -> std::io::Result<Vec<u32>> {
+/// The ids of the programs that run on `attach_type` of `target` (a cgroup,
+/// or a sockmap); for a cgroup with `BPF_F_QUERY_EFFECTIVE` in `flags`,
+/// those inherited from ancestor cgroups included.
+fn query(
+    target: &impl AsRawFd,
+    attach_type: bpf_attach_type,
+    flags: u32,
+) -> std::io::Result<Vec<u32>> {
     let mut ids = vec![0u32; 64];
     loop {
         let mut attr = QueryAttr {
-            target_fd: cgroup.as_raw_fd() as u32,
+            target_fd: target.as_raw_fd() as u32,
             attach_type: attach_type as u32,
-            query_flags: BPF_F_QUERY_EFFECTIVE,
+            query_flags: flags,
             prog_ids: ids.as_mut_ptr() as u64,
             prog_cnt: ids.len() as u32,
             ..QueryAttr::default()
@@ -156,6 +233,31 @@ fn query(cgroup: &File, attach_type: bpf_attach_type) -> std::io::Result<Vec<u32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_foreign_sockmap_reads_with_its_programs_or_why_they_are_unknown() {
+        let with = ForeignSockmap {
+            id: 7,
+            name: "sock_ops_map".into(),
+            programs: Some(vec![Found {
+                hook: "sk_msg",
+                id: 9,
+                name: "bpf_redir".into(),
+            }]),
+        };
+        assert_eq!(
+            with.to_string(),
+            "map 7 (sock_ops_map): sk_msg: program 9 (bpf_redir)"
+        );
+        let unknown = ForeignSockmap {
+            programs: None,
+            ..with
+        };
+        assert_eq!(
+            unknown.to_string(),
+            "map 7 (sock_ops_map): programs unknown on this kernel"
+        );
+    }
 
     #[test]
     fn nothing_on_the_hooks_is_no_refusal() {
