@@ -1461,7 +1461,8 @@ fn session_affinity_keeps_a_client_on_its_endpoint() -> Result<()> {
 /// hears back from the ClusterIP:port it sent to; it keeps one endpoint for
 /// all its datagrams, while different sockets spread over the endpoints. A
 /// connected one is translated at connect and its getpeername() returns the
-/// ClusterIP:port.
+/// ClusterIP:port. Both also through an IPv6 socket to `::ffff:` + the IPv4
+/// ClusterIP.
 fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(family: Family) -> Result<()> {
     let mut world = World::new(&[("client", 1), ("near", 1), ("far", 2)], &["near", "far"])?;
     world.service_of(Port::UDP, family, "pair", 40, &["near", "far"], &[], "")?;
@@ -1517,6 +1518,22 @@ fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(family: Family
     );
     let translated = world.counter("translated_local")? + world.counter("translated_remote")?;
     assert_eq!(translated - translated_before, 1, "one connect translated");
+
+    // An IPv6 socket sending to the IPv4 ClusterIP as ::ffff:a.b.c.d (Java's
+    // default) is translated too, and hears back in that same form.
+    if let IpAddr::V4(ip) = target.ip() {
+        let mapped = SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), target.port());
+        for connected in [false, true] {
+            let report = testpod().datagrams(world.pod("client"), mapped, 25, connected)?;
+            ensure!(
+                report.ok && report.servers.len() == 1,
+                "{mapped}, connected: {connected}: {report:?}"
+            );
+            if connected {
+                assert_eq!(report.peer, Some(mapped), "getpeername() of {mapped}");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -66,7 +66,7 @@ pub fn zh_connect6(ctx: SockAddrContext) -> i32 {
 
 /// Whether an IPv6 socket's destination is an IPv4-mapped address.
 #[inline(always)]
-pub(crate) fn dials_mapped(ctx: &SockAddrContext) -> bool {
+fn dials_mapped(ctx: &SockAddrContext) -> bool {
     // SAFETY: the kernel hands the hook a valid bpf_sock_addr for its duration.
     v4_mapped(&V6::destination(unsafe { &*ctx.sock_addr })).is_some()
 }
@@ -92,7 +92,7 @@ pub(crate) struct V4;
 pub(crate) struct V6;
 /// IPv4 through an IPv6 socket: IPv4 frontends and endpoints, written
 /// back in the socket's mapped form (`::ffff:a.b.c.d`).
-pub(crate) struct Mapped;
+struct Mapped;
 
 impl Family for V4 {
     const FAMILY: u8 = FAMILY_V4;

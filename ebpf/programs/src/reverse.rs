@@ -14,12 +14,14 @@
 //! servers always see their real clients.
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr, helpers::generated::bpf_get_socket_cookie, programs::SockAddrContext,
+    bindings::{bpf_sock, bpf_sock_addr},
+    helpers::generated::bpf_get_socket_cookie,
+    programs::SockAddrContext,
 };
 use zerohop_abi::{Counter, Dialled, ReverseKey, FAMILY_V4, FAMILY_V6};
 
 use crate::{
-    conn::ConnFields,
+    conn::{ConnFields, V4_MAPPED_WORD},
     connect::Family,
     maps::{count, REVERSE},
 };
@@ -37,7 +39,17 @@ pub(crate) fn remember<F: Family>(
     dialled_port: u16,
     unless_filed: bool,
 ) {
-    let key = key_of_socket::<F>(ctx, sa);
+    let mut key = key_of_socket::<F>(ctx, sa);
+    let mut dialled = dialled;
+    // An IPv6 socket's datagram to ::ffff:a.b.c.d reaches the IPv4 sendmsg
+    // hook (udpv6_sendmsg hands it to udp_sendmsg as IPv4), as does its
+    // connect with an IPv4 sockaddr: file it in the socket's own, mapped
+    // form, which recvmsg6 and getpeername6 ask for.
+    if key.family == u32::from(FAMILY_V4) && socket_family(sa) == u32::from(FAMILY_V6) {
+        key.addr = [0, 0, V4_MAPPED_WORD, key.addr[0]];
+        key.family = u32::from(FAMILY_V6);
+        dialled = [0, 0, V4_MAPPED_WORD, dialled[0]];
+    }
     let value = Dialled {
         addr: dialled,
         port: u32::from(dialled_port.to_be()),
@@ -66,6 +78,16 @@ pub(crate) fn restore<F: Family>(ctx: &SockAddrContext) -> bool {
     F::set_destination(sa, &dialled.addr);
     unsafe { core::ptr::write_volatile(&mut sa.user_port, dialled.port) };
     true
+}
+
+/// The family of the socket of `sa`, which can differ from the family of
+/// the hook (see [`remember`]).
+#[inline(always)]
+fn socket_family(sa: &bpf_sock_addr) -> u32 {
+    // SAFETY: `sk` of a sock_addr context is the socket, never null (the
+    // verifier types it PTR_TO_SOCKET); `family` takes a 4-byte load.
+    let sk: *mut bpf_sock = unsafe { core::ptr::read_volatile(&sa.__bindgen_anon_1.sk) };
+    unsafe { core::ptr::read_volatile(&(*sk).family) }
 }
 
 /// The key of the socket of `ctx` and the address in `sa`.

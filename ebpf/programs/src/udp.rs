@@ -19,7 +19,7 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use zerohop_abi::{Counter, PROTO_UDP};
 
 use crate::{
-    connect::{dials_mapped, frontend_of, pick, send_to, Family, Keep, Mapped, PROCEED, V4, V6},
+    connect::{frontend_of, pick, send_to, Family, Keep, PROCEED, V4, V6},
     maps::{count, SERVICES},
     reverse,
 };
@@ -30,14 +30,12 @@ pub fn zh_sendmsg4(ctx: SockAddrContext) -> i32 {
     PROCEED
 }
 
-/// Also IPv6 sockets sending to an IPv4 Service as `::ffff:a.b.c.d`.
+/// Never a datagram to `::ffff:a.b.c.d`: udpv6_sendmsg hands those to the
+/// IPv4 path, so they come through sendmsg4 (reverse.rs files them in the
+/// IPv6 socket's mapped form).
 #[cgroup_sock_addr(sendmsg6)]
 pub fn zh_sendmsg6(ctx: SockAddrContext) -> i32 {
-    if dials_mapped(&ctx) {
-        translate::<Mapped>(&ctx);
-    } else {
-        translate::<V6>(&ctx);
-    }
+    translate::<V6>(&ctx);
     PROCEED
 }
 
