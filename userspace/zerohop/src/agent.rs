@@ -136,9 +136,8 @@ pub async fn run(mut settings: Settings) -> Result<()> {
     }
     let sockmaps = others::foreign_sockmaps();
     if !sockmaps.is_empty() {
-        let sockmaps: Vec<String> = sockmaps.iter().map(ToString::to_string).collect();
         info!(
-            sockmaps = %sockmaps.join(", "),
+            sockmaps = %others::listing(&sockmaps),
             "other programs' sockmaps on this node; their sockets come from other \
              cgroups' sock_ops programs or from processes that add their own"
         );

@@ -285,23 +285,22 @@ impl ServiceMaps {
 /// Sets the node-wide bypass switch the programs read on every decision.
 /// The waypoint settings are kept.
 pub fn set_bypass(pin_dir: &Path, enabled: bool) -> Result<()> {
-    update_config(pin_dir, |config| {
-        config.flags = if enabled {
-            config.flags & !CONFIG_NO_BYPASS
-        } else {
-            config.flags | CONFIG_NO_BYPASS
-        };
-    })
+    set_config_flag(pin_dir, CONFIG_NO_BYPASS, !enabled)
 }
 
 /// Lets the connect hooks translate UDP sockets, which they may only while
 /// the recvmsg hooks run (feature `udp`). The other settings are kept.
 pub fn set_udp(pin_dir: &Path, enabled: bool) -> Result<()> {
+    set_config_flag(pin_dir, CONFIG_UDP, enabled)
+}
+
+/// Sets (`on`) or clears one bit of the run-time flags, keeping the rest.
+fn set_config_flag(pin_dir: &Path, flag: u32, on: bool) -> Result<()> {
     update_config(pin_dir, |config| {
-        config.flags = if enabled {
-            config.flags | CONFIG_UDP
+        config.flags = if on {
+            config.flags | flag
         } else {
-            config.flags & !CONFIG_UDP
+            config.flags & !flag
         };
     })
 }

@@ -149,9 +149,10 @@ fn named(ids: Vec<(&'static str, u32)>) -> Vec<Found> {
         .collect()
 }
 
-/// `found`, one after the other: `hook: program id (name), …`.
-pub fn listing(found: &[Found]) -> String {
-    found
+/// `items`, one after the other: `hook: program id (name), …` for
+/// [`Found`], `map id (name): …` for [`ForeignSockmap`].
+pub fn listing(items: &[impl fmt::Display]) -> String {
+    items
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
