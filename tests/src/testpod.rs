@@ -101,6 +101,15 @@ pub struct Greeting {
     pub peer: SocketAddr,
 }
 
+/// What `zh-testpod watch` connected to.
+#[derive(Debug, Deserialize)]
+pub struct Watched {
+    /// The server that answered.
+    pub server: String,
+    /// What the client's getpeername() returned.
+    pub peer: SocketAddr,
+}
+
 /// A server's `CONN peer=<addr> bytes=<n> end=<how>` line, one per finished
 /// connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -337,6 +346,23 @@ impl Testpod {
         let greeting = serde_json::from_str(&first)
             .with_context(|| format!("hold client: {first}; stderr: {}", process.stderr()))?;
         Ok(Hold { greeting, process })
+    }
+
+    /// A socket connected to `target` (UDP when `udp`), watched until it
+    /// fails: its greeting, and the process that prints `ENDED <why>` then.
+    pub fn watch(&self, pod: &Pod, target: SocketAddr, udp: bool) -> Result<(Watched, PodProcess)> {
+        let target = target.to_string();
+        let mut args = vec!["watch", "--target", &target];
+        if udp {
+            args.push("--udp");
+        }
+        let mut process = pod.spawn(&self.path, args)?;
+        let first = process
+            .read_line_timeout(Duration::from_secs(15))?
+            .context("watch client printed nothing")?;
+        let watched = serde_json::from_str(&first)
+            .with_context(|| format!("watch client: {first}; stderr: {}", process.stderr()))?;
+        Ok((watched, process))
     }
 
     /// The next finished connection a server reports.

@@ -8,10 +8,11 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context, Result};
+use zerohop::features::{feature, kernel_release, TERMINATE};
 use zerohop_tests::{
     dies_with_this_process, inspect, node_name, require_root, service_yaml, slice_yaml,
     zerohop_binary, Agent, Cluster, EchoReport, Endpoint, Family, Manifests, Pod, PodProcess,
@@ -175,8 +176,16 @@ impl World {
     }
 
     fn start_agents(&mut self) -> Result<()> {
+        self.start_agents_with(&[])
+    }
+
+    /// Starts one agent per node with `extra` arguments, in place of any
+    /// earlier ones.
+    fn start_agents_with(&mut self, extra: &[&str]) -> Result<()> {
+        self.stop_agents()?;
+        self.agents.clear();
         for node in 1..=2 {
-            let agent = Agent::start(&self.cluster, node, self.manifests.dir(), &[])
+            let agent = Agent::start(&self.cluster, node, self.manifests.dir(), extra)
                 .with_context(|| format!("agent of {}", node_name(node)))?;
             self.agents.push(agent);
         }
@@ -1725,4 +1734,97 @@ fn dns_through_a_clusterip_reaches_local_and_remote_servers_v4() -> Result<()> {
 #[test]
 fn dns_through_a_clusterip_reaches_local_and_remote_servers_v6() -> Result<()> {
     dns_through_a_clusterip_reaches_local_and_remote_servers(Family::V6)
+}
+
+/// A connected UDP socket and a TCP connection whose endpoint leaves its
+/// Service: where the kernel can (6.5+), the agent terminates the UDP
+/// socket within a second, and the TCP connection too when asked
+/// (`--terminate-stale tcp,udp`), never by default; where it cannot, it
+/// counts them. New sockets reach the endpoint that stays.
+fn stale_sockets_are_terminated_when_their_endpoint_leaves(family: Family) -> Result<()> {
+    let mut world = World::new(
+        &[("client", 1), ("leaves", 1), ("stays", 2)],
+        &["leaves", "stays"],
+    )?;
+    let (udp, tcp) = (frontend(family, 41), frontend(family, 42));
+    let can_terminate = feature(TERMINATE).expected_on(kernel_release()?);
+    // The sandbox's first IPv6 datagram to another node may be lost (see
+    // udp_sockets_keep_one_endpoint…): warm the path to "stays".
+    let stays = SocketAddr::new(world.pod("stays").ip(family), TARGET_PORT);
+    testpod().datagrams(world.pod("client"), stays, 3, false)?;
+
+    for terminate in ["udp", "tcp,udp"] {
+        world.service_of(Port::UDP, family, "dns", 41, &["leaves"], &[], "")?;
+        world.service(family, "web", 42, &["leaves"], &[], "")?;
+        world.start_agents_with(&["--terminate-stale", terminate])?;
+        let client = world.pod("client");
+        let (on_udp, mut udp_socket) = testpod().watch(client, udp, true)?;
+        let (on_tcp, mut tcp_socket) = testpod().watch(client, tcp, false)?;
+        assert_eq!((on_udp.server.as_str(), on_udp.peer), ("leaves", udp));
+        assert_eq!((on_tcp.server.as_str(), on_tcp.peer), ("leaves", tcp));
+        let (terminated, left) = (
+            world.counter("sockets_terminated")?,
+            world.counter("sockets_left_stale")?,
+        );
+
+        world.service_of(Port::UDP, family, "dns", 41, &["stays"], &[], "")?;
+        world.service(family, "web", 42, &["stays"], &[], "")?;
+        let moved = Instant::now();
+        let tcp_too = terminate.contains("tcp");
+        let stale = 1 + u64::from(tcp_too);
+        if can_terminate {
+            let within = |socket: &mut PodProcess| {
+                let left = Duration::from_secs(1).saturating_sub(moved.elapsed());
+                socket.wait_for_line("ENDED", left)
+            };
+            let ended = within(&mut udp_socket).context("the UDP socket within 1 s")?;
+            assert!(ended.contains("abort"), "UDP socket: {ended}");
+            if tcp_too {
+                let ended = within(&mut tcp_socket).context("the TCP socket within 1 s")?;
+                assert!(ended.contains("abort"), "TCP socket: {ended}");
+            }
+            assert_eq!(world.counter("sockets_terminated")? - terminated, stale);
+        } else {
+            let deadline = moved + Duration::from_secs(5);
+            while world.counter("sockets_left_stale")? - left < stale && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert_eq!(world.counter("sockets_left_stale")? - left, stale);
+            assert!(
+                world.agents[0].log_text().contains("cannot terminate"),
+                "no warning in the agent's log"
+            );
+        }
+        // What was not terminated is still there, reading.
+        let still_open = |socket: &mut PodProcess| {
+            socket
+                .read_line_timeout(Duration::from_millis(300))
+                .is_err()
+        };
+        if !can_terminate {
+            assert!(still_open(&mut udp_socket), "UDP socket ended");
+        }
+        if !can_terminate || !tcp_too {
+            assert!(still_open(&mut tcp_socket), "TCP connection ended");
+        }
+
+        let report = testpod().datagrams(client, udp, 5, true)?;
+        assert!(report.ok, "a new UDP socket: {report:?}");
+        assert_eq!(report.servers.into_keys().collect::<Vec<_>>(), ["stays"]);
+        assert_eq!(
+            world.spread("client", tcp, 5)?,
+            BTreeMap::from([("stays".to_owned(), 5)])
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn stale_sockets_are_terminated_when_their_endpoint_leaves_v4() -> Result<()> {
+    stale_sockets_are_terminated_when_their_endpoint_leaves(Family::V4)
+}
+
+#[test]
+fn stale_sockets_are_terminated_when_their_endpoint_leaves_v6() -> Result<()> {
+    stale_sockets_are_terminated_when_their_endpoint_leaves(Family::V6)
 }

@@ -17,7 +17,7 @@ pub mod map_name {
     /// Run-time switches and the waypoint: index 0 → [`Config`](super::Config).
     pub const CONFIG: &str = "zh_config_v2";
     /// Per-CPU counters, indexed by [`Counter`](super::Counter).
-    pub const STATS: &str = "zh_stats_v5";
+    pub const STATS: &str = "zh_stats_v6";
     /// Sockets connected to a local endpoint, by socket cookie (u64) → the
     /// [`FrontendKey`](super::FrontendKey) they dialled (all zero for the
     /// waypoint's connects to pod IPs).
@@ -53,6 +53,11 @@ pub mod map_name {
     /// ([`Dialled`](super::Dialled)), for `getpeername()` and the source of
     /// UDP replies.
     pub const REVERSE: &str = "zh_reverse_v1";
+    /// Endpoints that just left a frontend,
+    /// [`FrontendEndpoint`](super::FrontendEndpoint) →
+    /// u8 (1): the agent fills it, runs the socket iterators that terminate
+    /// the sockets still connected to them, and empties it again.
+    pub const GONE: &str = "zh_gone_v1";
 }
 
 /// Read-only globals of the programs that the agent sets at load time.
@@ -66,10 +71,33 @@ pub mod global {
     pub const TCP_COPIED_SEQ: &str = "ZH_TCP_COPIED_SEQ";
     /// Byte offset of `write_seq` in `struct tcp_sock` (u32).
     pub const TCP_WRITE_SEQ: &str = "ZH_TCP_WRITE_SEQ";
+    /// Byte offsets in `struct sock_common` (the head of every socket the
+    /// TCP and UDP iterators walk) of `skc_daddr` (u32), `skc_dport`
+    /// (u16), `skc_family` (u16), `skc_v6_daddr` (16 bytes) and
+    /// `skc_cookie` (u64).
+    pub const SKC_DADDR: &str = "ZH_SKC_DADDR";
+    pub const SKC_DPORT: &str = "ZH_SKC_DPORT";
+    pub const SKC_FAMILY: &str = "ZH_SKC_FAMILY";
+    pub const SKC_V6_DADDR: &str = "ZH_SKC_V6_DADDR";
+    pub const SKC_COOKIE: &str = "ZH_SKC_COOKIE";
+}
+
+/// Calls of the programs to kernel functions (kfuncs), which the agent
+/// binds at load time.
+///
+/// Rust has no `__ksym` externs, so a program calls a kfunc through an
+/// ordinary helper call whose number is one of these placeholders; the
+/// agent rewrites each such instruction before loading the object: into
+/// a call of the kfunc (its BTF id in the running kernel) where the kernel
+/// has it, else into `r0 = -EOPNOTSUPP`, what the kfunc answers when it
+/// cannot act.
+pub mod kfunc {
+    /// `int bpf_sock_destroy(struct sock_common *sk)` (6.5+).
+    pub const SOCK_DESTROY: i32 = 0x7a68_0001;
 }
 
 /// Every map name, for pinning, inspection and cleanup.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     map_name::SERVICES,
     map_name::BACKENDS,
     map_name::CONFIG,
@@ -84,6 +112,7 @@ pub const ALL_MAPS: [&str; 14] = [
     map_name::ORIGDST,
     map_name::TRAFFIC,
     map_name::REVERSE,
+    map_name::GONE,
 ];
 
 /// Map capacities.
@@ -116,6 +145,9 @@ pub mod capacity {
     /// socket's `getpeername()` returns its endpoint, and its UDP replies
     /// come from the endpoint's address (which resolvers drop).
     pub const REVERSE: u32 = 65_536;
+    /// Endpoints terminated in one pass of the socket iterators; the agent
+    /// makes as many passes as a change needs.
+    pub const GONE: u32 = 4_096;
 }
 
 /// How many messages one end of a connection sends before the connection
@@ -271,6 +303,22 @@ impl ServiceName {
             .unwrap_or(self.text.len());
         core::str::from_utf8(&self.text[..len]).unwrap_or("<not UTF-8>")
     }
+}
+
+/// One endpoint of one frontend. In [`map_name::GONE`]: an endpoint that
+/// left the frontend's ready endpoints, so that sockets the hooks sent from
+/// that frontend to it are stale.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendEndpoint {
+    /// The frontend the socket dialled.
+    pub frontend: FrontendKey,
+    /// The endpoint, layout and family of [`FrontendKey::addr`].
+    pub addr: [u32; 4],
+    /// The endpoint's port, host byte order.
+    pub port: u16,
+    /// Padding, always 0.
+    pub _pad: u16,
 }
 
 /// Run-time switches the programs read on every decision, and the node's
@@ -467,11 +515,17 @@ pub enum Counter {
     /// UDP datagrams received from an endpoint whose source was given back
     /// as the ClusterIP:port the socket sent to.
     RepliesRestored = 15,
+    /// Sockets terminated because the endpoint they were sent to left
+    /// their Service (stale connections).
+    SocketsTerminated = 16,
+    /// Stale sockets this kernel could not terminate (it has no
+    /// `bpf_sock_destroy`, 6.5+): they keep talking to the old endpoint.
+    SocketsLeftStale = 17,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 18] = [
         Counter::TranslatedLocal,
         Counter::TranslatedRemote,
         Counter::PassedNotService,
@@ -488,6 +542,8 @@ impl Counter {
         Counter::LocalTranslatedOnly,
         Counter::DatagramsTranslated,
         Counter::RepliesRestored,
+        Counter::SocketsTerminated,
+        Counter::SocketsLeftStale,
     ];
 
     /// Stable name, used by the CLI and metrics.
@@ -509,6 +565,8 @@ impl Counter {
             Counter::LocalTranslatedOnly => "local_translated_only",
             Counter::DatagramsTranslated => "datagrams_translated",
             Counter::RepliesRestored => "replies_restored",
+            Counter::SocketsTerminated => "sockets_terminated",
+            Counter::SocketsLeftStale => "sockets_left_stale",
         }
     }
 }
@@ -531,6 +589,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceName>() == 128);
     assert!(core::mem::size_of::<ReverseKey>() == 32);
     assert!(core::mem::size_of::<Dialled>() == 20);
+    assert!(core::mem::size_of::<FrontendEndpoint>() == 40);
 };
 
 #[cfg(feature = "user")]
@@ -552,4 +611,5 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceName {}
     unsafe impl aya::Pod for super::ReverseKey {}
     unsafe impl aya::Pod for super::Dialled {}
+    unsafe impl aya::Pod for super::FrontendEndpoint {}
 }

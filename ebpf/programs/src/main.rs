@@ -13,12 +13,16 @@
 //! - `udp.rs`: cgroup sendmsg4/6 translate UDP datagrams sent without a
 //!   connect, recvmsg4/6 give replies the ClusterIP:port as their source;
 //! - `getpeername.rs`: answers a translated socket's `getpeername()` with
-//!   the ClusterIP:port it dialled (both from `reverse.rs`).
+//!   the ClusterIP:port it dialled (both from `reverse.rs`);
+//! - `terminate.rs`: TCP and UDP socket iterators the agent runs to
+//!   terminate sockets still connected to endpoints that left their Service.
 //!
 //! Every hook fails open: whatever goes wrong, the connect or message proceeds
 //! as it would without zerohop.
 #![no_std]
 #![no_main]
+// Inline assembly for the kfunc call placeholder (terminate.rs).
+#![feature(asm_experimental_arch)]
 
 mod conn;
 mod connect;
@@ -29,6 +33,7 @@ mod reverse;
 mod sk_msg;
 mod sockops;
 mod tcp;
+mod terminate;
 mod udp;
 
 #[cfg(not(test))]

@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use zerohop_abi::{
     capacity, Affinity, AffinityKey, Backend, BackendKey, Config, Counter, Dialled, End,
-    FrontendKey, Pending, ReverseKey, Service, ServiceName, SockKey, Traffic, COUNTERS,
+    FrontendEndpoint, FrontendKey, Pending, ReverseKey, Service, ServiceName, SockKey, Traffic,
+    COUNTERS,
 };
 
 #[map(name = "zh_svc_v2")]
@@ -21,7 +22,7 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(capacity::BA
 #[map(name = "zh_config_v2")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "zh_stats_v5")]
+#[map(name = "zh_stats_v6")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
 
 // LRU: an entry whose connection never establishes must not leak a slot forever.
@@ -65,6 +66,10 @@ pub static ORIGDST: LruHashMap<SockKey, FrontendKey> = LruHashMap::pinned(capaci
 // node with more live entries than the map holds, do the least used ones.
 #[map(name = "zh_reverse_v1")]
 pub static REVERSE: LruHashMap<ReverseKey, Dialled> = LruHashMap::pinned(capacity::REVERSE, 0);
+
+// The agent's: filled before a pass of the socket iterators, emptied after.
+#[map(name = "zh_gone_v1")]
+pub static GONE: HashMap<FrontendEndpoint, u8> = HashMap::pinned(capacity::GONE, 0);
 
 // Entries are the agent's (one per frontend); programs only add to them.
 #[map(name = "zh_traffic_v1")]

@@ -12,6 +12,9 @@
 //! zh-testpod rr         --target IP:PORT --count N --size S [--interval-ms M]
 //!                       (to a --quiet server)
 //! zh-testpod datagrams  --target IP:PORT --count N [--connected]
+//! zh-testpod watch      --target IP:PORT [--udp]
+//!                       (prints its server, then `ENDED <why>` when the
+//!                       socket fails)
 //! ```
 //!
 //! The UDP responder answers each datagram with `<name> <peer-ip> <peer-port>`;
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
             "hold" => hold(&flags),
             "rr" => rr(&flags),
             "datagrams" => datagrams(&flags),
+            "watch" => watch(&flags),
             other => Err(format!("unknown command {other:?}")),
         }
     };
@@ -358,15 +362,19 @@ fn spread(flags: &Flags) -> Res<bool> {
 /// Sends `count` datagrams from one socket, each awaiting its answer (one
 /// second at most: a datagram unanswered by then counts as lost), and
 /// reports which servers answered and from which addresses the answers came.
+/// The unspecified address of `target`'s family, to bind a client to.
+fn unspecified_of(target: SocketAddr) -> IpAddr {
+    match target {
+        SocketAddr::V4(_) => IpAddr::from(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::from(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
 fn datagrams(flags: &Flags) -> Res<bool> {
     let target: SocketAddr = flags.get("target")?;
     let count: u32 = flags.get("count")?;
     let connected = flags.has("connected");
-    let unspecified = match target {
-        SocketAddr::V4(_) => IpAddr::from(Ipv4Addr::UNSPECIFIED),
-        SocketAddr::V6(_) => IpAddr::from(Ipv6Addr::UNSPECIFIED),
-    };
-    let socket = UdpSocket::bind((unspecified, 0)).ctx("UDP bind")?;
+    let socket = UdpSocket::bind((unspecified_of(target), 0)).ctx("UDP bind")?;
     socket
         .set_read_timeout(Some(Duration::from_secs(1)))
         .ctx("set read timeout")?;
@@ -411,6 +419,56 @@ fn datagrams(flags: &Flags) -> Res<bool> {
         "servers": servers, "sources": sources, "lost": lost, "peer": peer, "ok": ok,
     }));
     Ok(ok)
+}
+
+/// Connects to `--target` (TCP, or UDP with `--udp`), prints which server
+/// answered, then waits, reading, until the socket fails or the server
+/// ends the connection, and prints `ENDED <why>`.
+fn watch(flags: &Flags) -> Res<bool> {
+    let target: SocketAddr = flags.get("target")?;
+    let mut buf = [0u8; 2048];
+    let ended = if flags.has("udp") {
+        let socket = UdpSocket::bind((unspecified_of(target), 0)).ctx("UDP bind")?;
+        socket
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .ctx("set read timeout")?;
+        socket
+            .connect(target)
+            .ctx(&format!("connect to {target}"))?;
+        socket.send(b"WHO").ctx("send")?;
+        let n = socket.recv(&mut buf).ctx("receive the answer")?;
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        say(json!({
+            "server": answer.split(' ').next().unwrap_or_default(),
+            "peer": socket.peer_addr().ctx("peer address")?.to_string(),
+        }));
+        wait_for_failure(|| socket.recv(&mut buf))
+    } else {
+        let mut conn = Conn::open(target, true)?;
+        say(conn.describe());
+        wait_for_failure(|| conn.stream.read(&mut buf))
+    };
+    say(format_args!("ENDED {ended}"));
+    Ok(true)
+}
+
+/// Reads until a read fails for another reason than its timeout, or
+/// returns end of file.
+fn wait_for_failure(mut read: impl FnMut() -> io::Result<usize>) -> String {
+    loop {
+        match read() {
+            Ok(0) => return "eof".to_owned(),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return e.to_string(),
+        }
+    }
 }
 
 fn concurrent(flags: &Flags) -> Res<bool> {

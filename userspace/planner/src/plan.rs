@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use zerohop_abi::{
-    self as abi, BackendKey, FrontendKey, PROTO_TCP, PROTO_UDP, SERVICE_L7, SERVICE_NO_BYPASS,
-    SERVICE_SHORT_CONNS,
+    self as abi, BackendKey, FrontendEndpoint, FrontendKey, PROTO_TCP, PROTO_UDP, SERVICE_L7,
+    SERVICE_NO_BYPASS, SERVICE_SHORT_CONNS,
 };
 
 use crate::addr;
@@ -32,6 +32,10 @@ pub struct Plan {
     /// Services (or ports of them) planned with fewer endpoints than they
     /// seem to want, or not at all.
     pub problems: Vec<PlanProblem>,
+    /// Every ready endpoint of each planned frontend, eligible or not: an
+    /// endpoint that leaves this set makes the connections to it stale
+    /// ([`gone`]), one that is only no longer eligible does not.
+    pub ready: BTreeSet<FrontendEndpoint>,
 }
 
 /// The exact contents of the frontend and backend maps.
@@ -182,7 +186,14 @@ pub fn plan_with(
 
                 let targets = match ready_targets(&family_slices, port, node, view.node_zone(node))
                 {
-                    Some(targets) => eligible(targets, service.traffic),
+                    Some(targets) => {
+                        plan.ready.extend(
+                            targets
+                                .iter()
+                                .map(|target| endpoint_of(frontend, target.address, target.port)),
+                        );
+                        eligible(targets, service.traffic)
+                    }
                     None => {
                         plan.problems.push(PlanProblem::PortNotInSlices {
                             service: service.id.clone(),
@@ -238,6 +249,27 @@ impl Desired {
         );
         let name = abi::ServiceName::new(&service.id.namespace, &service.id.name);
         self.names.insert(frontend, name);
+    }
+}
+
+/// The endpoints of `before` (an earlier plan's [`Plan::ready`]) that left
+/// their frontend in `after`: sockets sent to them are stale. Frontends
+/// gone from `after` as a whole (a Service deleted or opted out) keep their
+/// connections: their endpoints may live on.
+pub fn gone(before: &BTreeSet<FrontendEndpoint>, after: &Plan) -> Vec<FrontendEndpoint> {
+    before
+        .difference(&after.ready)
+        .filter(|endpoint| after.desired.services.contains_key(&endpoint.frontend))
+        .copied()
+        .collect()
+}
+
+fn endpoint_of(frontend: FrontendKey, address: IpAddr, port: u16) -> FrontendEndpoint {
+    FrontendEndpoint {
+        frontend,
+        addr: addr::to_kernel(address).0,
+        port,
+        _pad: 0,
     }
 }
 
@@ -465,6 +497,84 @@ mod tests {
                 ],
             )],
         )
+    }
+
+    /// `web` (PreferSameNode, 10.96.0.10:80 → 8080) with these endpoints.
+    fn web_with(endpoints: Vec<Endpoint>) -> ClusterView {
+        let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+        web.traffic = TrafficPolicy::PreferSameNode;
+        view(
+            vec![web],
+            vec![slice("web-1", "web", &[tcp("http", 8080)], endpoints)],
+        )
+    }
+
+    fn gone_between(before: &ClusterView, after: &ClusterView) -> Vec<String> {
+        gone(&plan(before, NODE).ready, &plan(after, NODE))
+            .iter()
+            .map(|endpoint| {
+                let frontend = endpoint.frontend;
+                let cluster_ip = addr::from_kernel(frontend.addr, frontend.family).unwrap();
+                let address = addr::from_kernel(endpoint.addr, frontend.family).unwrap();
+                assert_eq!(endpoint._pad, 0);
+                format!(
+                    "{} -> {}",
+                    SocketAddr::new(cluster_ip, frontend.port),
+                    SocketAddr::new(address, endpoint.port)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_endpoint_deleted_or_no_longer_ready_is_gone() {
+        let both = web_with(vec![
+            ready_on("10.244.2.3", "node2"),
+            ready_on("10.244.2.9", "node2"),
+        ]);
+        let one = web_with(vec![ready_on("10.244.2.9", "node2")]);
+        assert_eq!(
+            gone_between(&both, &one),
+            vec!["10.96.0.10:80 -> 10.244.2.3:8080"]
+        );
+        let mut unready = ready_on("10.244.2.3", "node2");
+        unready.ready = false;
+        let terminating = web_with(vec![unready, ready_on("10.244.2.9", "node2")]);
+        assert_eq!(
+            gone_between(&both, &terminating),
+            vec!["10.96.0.10:80 -> 10.244.2.3:8080"]
+        );
+        // The last endpoint going leaves a frontend without endpoints: still gone.
+        assert_eq!(
+            gone_between(&one, &web_with(vec![])),
+            vec!["10.96.0.10:80 -> 10.244.2.9:8080"]
+        );
+        assert_eq!(gone_between(&both, &both), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_endpoint_only_no_longer_eligible_is_not_gone() {
+        // A local endpoint appears: PreferSameNode drops the remote ones
+        // from the slots, but they still serve the Service.
+        let remote = web_with(vec![ready_on("10.244.2.3", "node2")]);
+        let with_local = web_with(vec![
+            ready_on("10.244.2.3", "node2"),
+            ready_on("10.244.1.5", NODE),
+        ]);
+        assert_eq!(
+            backends(&plan(&with_local, NODE).desired, "10.96.0.10", 80),
+            vec![at("10.244.1.5:8080", true)]
+        );
+        assert_eq!(gone_between(&remote, &with_local), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_deleted_service_leaves_its_connections_alone() {
+        let web = web_with(vec![ready_on("10.244.2.3", "node2")]);
+        assert_eq!(
+            gone_between(&web, &ClusterView::new()),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::{
     sync::watch,
 };
 use tracing::{info, info_span, warn, Instrument};
-use zerohop_abi::{map_name, FrontendKey, SHORT_CONNS_SAMPLE};
+use zerohop_abi::{map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_SAMPLE};
 use zerohop_planner::{
     convert::object_label,
     policy::{Learner, Verdict},
@@ -40,6 +40,7 @@ use crate::{
     node_idle::IdleBehaviour,
     others, route_status,
     source::{self, Snapshot},
+    stale::{self, Terminate},
 };
 
 /// Where the agent learns Services and endpoints.
@@ -84,6 +85,8 @@ pub struct Settings {
     pub waypoint_config: PathBuf,
     /// Start even when other programs run on the cgroup's hooks.
     pub allow_other_programs: bool,
+    /// Whose sockets are terminated when their endpoint leaves its Service.
+    pub terminate: Terminate,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
@@ -225,8 +228,9 @@ pub async fn run(mut settings: Settings) -> Result<()> {
                     }
                 }
             }
-            if let Err(error) = sync.apply(&last) {
-                warn!(%error, "sync failed; retrying on the next change");
+            match sync.apply(&last) {
+                Ok(gone) => terminate_stale(&mut datapath, &settings, &gone),
+                Err(error) => warn!(%error, "sync failed; retrying on the next change"),
             }
         }
     };
@@ -242,6 +246,31 @@ pub async fn run(mut settings: Settings) -> Result<()> {
     drop(datapath);
     info!("programs detached; maps stay pinned for established connections and the next agent");
     Ok(())
+}
+
+/// Terminates the sockets still connected to the endpoints that just left
+/// their Service, and says what happened.
+fn terminate_stale(datapath: &mut Datapath, settings: &Settings, gone: &[FrontendEndpoint]) {
+    if gone.is_empty() {
+        return;
+    }
+    match stale::terminate(datapath, &settings.cgroup, gone, settings.terminate) {
+        Ok(pass) if pass.left > 0 => warn!(
+            endpoints = gone.len(),
+            namespaces = pass.namespaces,
+            terminated = pass.terminated,
+            left = pass.left,
+            "stale sockets found that this kernel cannot terminate (bpf_sock_destroy \
+             came in 6.5): they keep their departed endpoint until their owner closes them"
+        ),
+        Ok(pass) => info!(
+            endpoints = gone.len(),
+            namespaces = pass.namespaces,
+            terminated = pass.terminated,
+            "endpoints left their Services; sockets still connected to them terminated"
+        ),
+        Err(error) => warn!(%error, "terminating the sockets of departed endpoints failed"),
+    }
 }
 
 /// One line for the features this kernel has, and one per feature it lacks,
@@ -317,6 +346,8 @@ struct Sync {
     status: SharedStatus,
     /// The bypass policy's view of each frontend's connections.
     learner: Learner,
+    /// Every ready endpoint of each frontend at the last sync.
+    ready: BTreeSet<FrontendEndpoint>,
 }
 
 impl Sync {
@@ -336,6 +367,7 @@ impl Sync {
             plan_problems: BTreeSet::new(),
             status,
             learner: Learner::default(),
+            ready: BTreeSet::new(),
         })
     }
 
@@ -369,12 +401,14 @@ impl Sync {
         Ok(!changes.is_empty())
     }
 
-    fn apply(&mut self, snapshot: &Snapshot) -> Result<()> {
+    /// Writes the maps for `snapshot`; returns the endpoints that left
+    /// their frontends since the last sync.
+    fn apply(&mut self, snapshot: &Snapshot) -> Result<Vec<FrontendEndpoint>> {
         let started = Instant::now();
         report(&mut self.source_problems, snapshot.problems.iter().cloned());
         let view = &snapshot.view;
         let short_conns = self.learner.short_conns();
-        let plan = zerohop_planner::plan_with(view, &self.node, self.waypoints, &short_conns);
+        let mut plan = zerohop_planner::plan_with(view, &self.node, self.waypoints, &short_conns);
         let described = plan.problems.iter().map(|problem| {
             let service = problem.service();
             let label = object_label("Service", &service.namespace, Some(&service.name));
@@ -441,7 +475,9 @@ impl Sync {
             micros = started.elapsed().as_micros() as u64,
             "maps synced"
         );
-        Ok(())
+        let gone = zerohop_planner::gone(&self.ready, &plan);
+        self.ready = std::mem::take(&mut plan.ready);
+        Ok(gone)
     }
 }
 

@@ -26,16 +26,18 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use zerohop_abi::{
-    global, map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName,
-    SockKey, Traffic, CONFIG_NO_BYPASS, CONFIG_UDP,
+    map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName, SockKey,
+    Traffic, CONFIG_NO_BYPASS, CONFIG_UDP,
 };
 use zerohop_planner::{Change, Changes, Desired};
 
 use crate::features::{self, FeatureState, ProgramState, FEATURES};
-use crate::kernel_btf::{TcpSockOffsets, VMLINUX_BTF};
+use crate::kernel_btf::{KernelBtf, VMLINUX_BTF};
+use crate::kfunc;
 
 /// The compiled kernel programs (see build.rs).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zerohop.bpf.o"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zerohop.bpf.o"));
 
 /// `bpf_map_update_elem` flag: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
@@ -71,26 +73,35 @@ impl Datapath {
         }
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-        // The programs read two tcp_sock fields at these offsets (tcp.rs).
-        let tcp = TcpSockOffsets::from_btf_file(Path::new(VMLINUX_BTF))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .override_global(global::TCP_COPIED_SEQ, &tcp.copied_seq, true)
-            .override_global(global::TCP_WRITE_SEQ, &tcp.write_seq, true)
-            .load(EBPF_OBJECT)
-            .with_context(|| {
-                format!(
-                    "loading the eBPF object (pinned maps of another layout in {}? \
+        let kernel = KernelBtf::open(Path::new(VMLINUX_BTF))?;
+        let (object, bindings) = kfunc::bind(EBPF_OBJECT, |name| kernel.function(name))?;
+        let missing_kfuncs: Vec<&str> = bindings
+            .iter()
+            .filter(|binding| binding.id.is_none())
+            .map(|binding| binding.name)
+            .collect();
+        // The programs read kernel struct fields at these offsets (tcp.rs,
+        // terminate.rs).
+        let offsets = kernel.field_offsets()?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        for (global, offset) in &offsets {
+            loader.override_global(global, offset, true);
+        }
+        let mut ebpf = loader.load(&object).with_context(|| {
+            format!(
+                "loading the eBPF object (pinned maps of another layout in {}? \
                      remove them with `zerohop cleanup`)",
-                    pin_dir.display()
-                )
-            })?;
+                pin_dir.display()
+            )
+        })?;
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let mut programs: Vec<ProgramState> = ebpf
             .programs_mut()
-            .map(|(name, program)| features::load_and_describe(name, program))
+            .map(|(name, program)| features::load_and_describe(name, program, &btf))
             .collect();
         programs.sort_by(|a, b| a.name.cmp(&b.name));
-        let features = features::states(&programs);
+        let features = features::states(&programs, &missing_kfuncs);
         for (feature, state) in FEATURES.iter().zip(&features) {
             if feature.core && !state.on {
                 bail!(
@@ -117,6 +128,27 @@ impl Datapath {
     /// Which features this kernel supports, in [`FEATURES`] order.
     pub fn features(&self) -> &[FeatureState] {
         &self.features
+    }
+
+    /// Whether the kernel took the program `name`.
+    pub fn program_loaded(&self, name: &str) -> bool {
+        self.programs
+            .iter()
+            .any(|program| program.name == name && program.refused.is_none())
+    }
+
+    /// The program `name` of the object.
+    pub(crate) fn program_mut(&mut self, name: &str) -> Result<&mut Program> {
+        self.ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))
+    }
+
+    /// The map `name` of the object.
+    pub(crate) fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the object"))
     }
 
     /// Whether the feature `name` is on.
@@ -163,6 +195,9 @@ impl Datapath {
                     Program::SockOps(program) => program.attach(&cgroup_dir, mode).map(drop),
                     Program::CgroupSockopt(program) => program.attach(&cgroup_dir, mode).map(drop),
                     Program::SkMsg(program) => program.attach(&sockets).map(drop),
+                    // Iterators hook nothing: stale.rs opens them when it
+                    // needs a walk of the sockets.
+                    Program::Iter(_) => Ok(()),
                     other => bail!("{name}: no attach rule for {:?}", other.prog_type()),
                 };
                 result.with_context(|| format!("attaching {name}"))?;

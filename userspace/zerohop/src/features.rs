@@ -16,7 +16,10 @@
 use std::path::Path;
 
 use anyhow::Result;
-use aya::programs::{Program, ProgramError};
+use aya::{
+    programs::{Program, ProgramError},
+    Btf,
+};
 use serde::Serialize;
 
 use crate::{
@@ -39,6 +42,10 @@ pub struct Feature {
     /// Its programs, in attach order. A program may serve several features;
     /// it is loaded and attached once.
     pub programs: &'static [&'static str],
+    /// Kernel functions its programs call (see kfunc.rs). Where the kernel
+    /// lacks one, the programs still load (the call answers -EOPNOTSUPP)
+    /// but the feature is off.
+    pub kfuncs: &'static [&'static str],
     /// Without it the agent does not start.
     pub core: bool,
 }
@@ -54,6 +61,8 @@ pub const ORIGINAL_DST: &str = "original_dst";
 pub const PEER_NAME: &str = "peer_name";
 /// cgroup sendmsg/recvmsg: UDP datagrams, and replies from the ClusterIP.
 pub const UDP: &str = "udp";
+/// Socket iterators with bpf_sock_destroy: stale connections are terminated.
+pub const TERMINATE: &str = "terminate";
 
 /// Every feature, in attach order.
 pub const FEATURES: &[Feature] = &[
@@ -63,6 +72,7 @@ pub const FEATURES: &[Feature] = &[
         since: (5, 7),
         needs: "cgroup connect4/connect6 hooks with bpf_get_netns_cookie (5.7)",
         programs: &["zh_connect4", "zh_connect6"],
+        kfuncs: &[],
         core: true,
     },
     Feature {
@@ -76,6 +86,7 @@ pub const FEATURES: &[Feature] = &[
         // sk_msg first: a socket takes the sockhash's programs when sockops
         // registers it, so the verdict program must be there before.
         programs: &["zh_sk_msg", "zh_sockops"],
+        kfuncs: &[],
         core: false,
     },
     Feature {
@@ -85,6 +96,7 @@ pub const FEATURES: &[Feature] = &[
         since: (5, 3),
         needs: "cgroup getsockopt hook (5.3)",
         programs: &["zh_sockops", "zh_getsockopt"],
+        kfuncs: &[],
         core: false,
     },
     Feature {
@@ -94,6 +106,7 @@ pub const FEATURES: &[Feature] = &[
         since: (5, 8),
         needs: "cgroup getpeername4/getpeername6 hooks (5.8)",
         programs: &["zh_getpeername4", "zh_getpeername6"],
+        kfuncs: &[],
         core: false,
     },
     Feature {
@@ -105,6 +118,18 @@ pub const FEATURES: &[Feature] = &[
         needs: "cgroup sendmsg4/6 (4.18) and recvmsg4/6 (5.2) hooks, \
                 bpf_get_netns_cookie (5.7) for session affinity",
         programs: &["zh_sendmsg4", "zh_sendmsg6", "zh_recvmsg4", "zh_recvmsg6"],
+        kfuncs: &[],
+        core: false,
+    },
+    Feature {
+        name: TERMINATE,
+        gives: "sockets still connected to an endpoint that left its Service are \
+                terminated, so that their clients connect again to a live one (UDP \
+                by default, TCP on request); without it they are only counted",
+        since: (6, 5),
+        needs: "TCP and UDP socket iterators (5.9), bpf_sock_destroy (6.5)",
+        programs: &["zh_terminate_tcp", "zh_terminate_udp"],
+        kfuncs: &["bpf_sock_destroy"],
         core: false,
     },
 ];
@@ -224,13 +249,15 @@ pub fn print_report(report: &KernelReport, output: Output) -> Result<()> {
 
 /// Loads `program` (verification by this kernel), whatever its type; on
 /// refusal, the kernel's reason. Every type the object uses has an arm
-/// here; a new type is one more.
-fn load(program: &mut Program) -> Result<(), String> {
+/// here; a new type is one more. Iterator programs are named after what
+/// they walk (`zh_terminate_tcp` walks `tcp`), which `btf` knows.
+fn load(name: &str, program: &mut Program, btf: &Btf) -> Result<(), String> {
     let loaded = match program {
         Program::CgroupSockAddr(program) => program.load(),
         Program::SockOps(program) => program.load(),
         Program::SkMsg(program) => program.load(),
         Program::CgroupSockopt(program) => program.load(),
+        Program::Iter(program) => program.load(name.rsplit('_').next().unwrap_or(name), btf),
         other => {
             return Err(format!(
                 "{:?} programs have no load rule in features.rs",
@@ -242,7 +269,7 @@ fn load(program: &mut Program) -> Result<(), String> {
 }
 
 /// Loads `program` and describes how the kernel took it.
-pub fn load_and_describe(name: &str, program: &mut Program) -> ProgramState {
+pub fn load_and_describe(name: &str, program: &mut Program, btf: &Btf) -> ProgramState {
     let mut state = ProgramState {
         name: name.to_owned(),
         refused: None,
@@ -250,7 +277,7 @@ pub fn load_and_describe(name: &str, program: &mut Program) -> ProgramState {
         verified_insns: None,
         jited_bytes: None,
     };
-    if let Err(reason) = load(program) {
+    if let Err(reason) = load(name, program, btf) {
         state.refused = Some(reason);
         return state;
     }
@@ -263,9 +290,10 @@ pub fn load_and_describe(name: &str, program: &mut Program) -> ProgramState {
     state
 }
 
-/// The states of [`FEATURES`] given the programs' states. A program missing
-/// from `programs` counts as refused (it is not in the object).
-pub fn states(programs: &[ProgramState]) -> Vec<FeatureState> {
+/// The states of [`FEATURES`] given the programs' states and the kernel
+/// functions this kernel lacks. A program missing from `programs` counts
+/// as refused (it is not in the object).
+pub fn states(programs: &[ProgramState], missing_kfuncs: &[&str]) -> Vec<FeatureState> {
     FEATURES
         .iter()
         .map(|feature| {
@@ -277,6 +305,13 @@ pub fn states(programs: &[ProgramState]) -> Vec<FeatureState> {
                         .as_ref()
                         .map(|reason| format!("{name}: {reason}")),
                 }
+            });
+            let off_because = off_because.or_else(|| {
+                let missing = feature
+                    .kfuncs
+                    .iter()
+                    .find(|name| missing_kfuncs.contains(name))?;
+                Some(format!("{missing}: not in this kernel"))
             });
             FeatureState {
                 name: feature.name,
@@ -368,7 +403,7 @@ mod tests {
             program("zh_recvmsg4", None),
             program("zh_recvmsg6", None),
         ];
-        let states = states(&programs);
+        let states = states(&programs, &[]);
         let state = |name: &str| states.iter().find(|state| state.name == name).unwrap();
         assert!(state(CONNECT).on && state(BYPASS).on && state(PEER_NAME).on && state(UDP).on);
         assert!(!state(ORIGINAL_DST).on);
@@ -387,13 +422,33 @@ mod tests {
             program("zh_recvmsg4", None),
             program("zh_recvmsg6", None),
         ];
-        let states = super::states(&without_sockops);
+        let states = super::states(&without_sockops, &[]);
         assert!(states.iter().filter(|state| !state.on).all(|state| state
             .off_because
             .as_deref()
             .unwrap()
             .ends_with("not in the object")));
-        assert_eq!(states.iter().filter(|state| !state.on).count(), 2);
+        assert_eq!(states.iter().filter(|state| !state.on).count(), 3);
+    }
+
+    #[test]
+    fn a_missing_kfunc_turns_off_the_features_that_call_it() {
+        let programs: Vec<ProgramState> = FEATURES
+            .iter()
+            .flat_map(|feature| feature.programs)
+            .map(|name| program(name, None))
+            .collect();
+        let states = states(&programs, &["bpf_sock_destroy"]);
+        let off: Vec<(&str, &str)> = states
+            .iter()
+            .filter(|state| !state.on)
+            .map(|state| (state.name, state.off_because.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            off,
+            vec![(TERMINATE, "bpf_sock_destroy: not in this kernel")]
+        );
+        assert!(super::states(&programs, &[]).iter().all(|state| state.on));
     }
 
     #[test]

@@ -136,6 +136,8 @@ async fn answer(
 /// The kernel counter as a Prometheus metric: (name, label, help).
 fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'static str) {
     const CONNECTS: &str = "Connects seen by the connect hook, by outcome.";
+    const STALE: &str = "Sockets found connected to an endpoint that left their Service: \
+                         terminated, or left (the kernel lacks bpf_sock_destroy).";
     match counter {
         Counter::TranslatedLocal => ("zerohop_connects_total", Some("translated_local"), CONNECTS),
         Counter::TranslatedRemote => (
@@ -212,6 +214,8 @@ fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'sta
             "UDP datagrams from an endpoint whose source was given back as the \
              ClusterIP:port the socket sent to.",
         ),
+        Counter::SocketsTerminated => ("zerohop_stale_sockets_total", Some("terminated"), STALE),
+        Counter::SocketsLeftStale => ("zerohop_stale_sockets_total", Some("left"), STALE),
     }
 }
 

@@ -1,35 +1,59 @@
 //! What the agent reads from the running kernel's BTF: the byte offsets of
-//! the `struct tcp_sock` fields the programs read (see ebpf/programs/src/tcp.rs).
-//! Field names are stable across kernels; their offsets are not.
+//! the kernel struct fields the programs read (tcp.rs, terminate.rs), and
+//! the BTF ids of the kernel functions they call (kfunc.rs). Field and
+//! function names are stable across kernels; offsets and ids are not.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use btf_rs::{Btf, Type};
+use zerohop_abi::global;
 
 /// Where the kernel exposes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Byte offsets of the `struct tcp_sock` fields the programs read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpSockOffsets {
-    pub copied_seq: u32,
-    pub write_seq: u32,
+/// Each read-only global of the programs that holds a field offset: the
+/// global, the struct, the field.
+pub const FIELD_OFFSETS: [(&str, &str, &str); 7] = [
+    (global::TCP_COPIED_SEQ, "tcp_sock", "copied_seq"),
+    (global::TCP_WRITE_SEQ, "tcp_sock", "write_seq"),
+    (global::SKC_DADDR, "sock_common", "skc_daddr"),
+    (global::SKC_DPORT, "sock_common", "skc_dport"),
+    (global::SKC_FAMILY, "sock_common", "skc_family"),
+    (global::SKC_V6_DADDR, "sock_common", "skc_v6_daddr"),
+    (global::SKC_COOKIE, "sock_common", "skc_cookie"),
+];
+
+/// The running kernel's BTF.
+pub struct KernelBtf {
+    btf: Btf,
 }
 
-impl TcpSockOffsets {
-    /// Reads them from the BTF file at `path` (normally [`VMLINUX_BTF`]).
-    pub fn from_btf_file(path: &Path) -> Result<TcpSockOffsets> {
+impl KernelBtf {
+    /// Reads the BTF file at `path` (normally [`VMLINUX_BTF`]).
+    pub fn open(path: &Path) -> Result<KernelBtf> {
         let btf = Btf::from_file(path)
             .with_context(|| format!("reading the kernel's BTF from {}", path.display()))?;
-        let offset = |field| {
-            member_offset(&btf, "tcp_sock", field)
-                .with_context(|| format!("struct tcp_sock.{field} in {}", path.display()))
-        };
-        Ok(TcpSockOffsets {
-            copied_seq: offset("copied_seq")?,
-            write_seq: offset("write_seq")?,
-        })
+        Ok(KernelBtf { btf })
+    }
+
+    /// The value of each global of [`FIELD_OFFSETS`] in this kernel.
+    pub fn field_offsets(&self) -> Result<Vec<(&'static str, u32)>> {
+        FIELD_OFFSETS
+            .iter()
+            .map(|&(global, name, field)| {
+                let offset = member_offset(&self.btf, name, field)
+                    .with_context(|| format!("struct {name}.{field} in the kernel's BTF"))?;
+                Ok((global, offset))
+            })
+            .collect()
+    }
+
+    /// The BTF id of the kernel function `name`, if this kernel has one.
+    pub fn function(&self, name: &str) -> Option<u32> {
+        let ids = self.btf.resolve_ids_by_name(name).ok()?;
+        ids.into_iter()
+            .find(|&id| matches!(self.btf.resolve_type_by_id(id), Ok(Type::Func(_))))
     }
 }
 
@@ -75,19 +99,45 @@ fn find_member(btf: &Btf, ty: &Type, field: &str, base: u32) -> Result<Option<u3
 mod tests {
     use super::*;
 
-    /// zerohop requires a kernel with BTF; the machine the tests run on has one.
+    fn offsets() -> std::collections::BTreeMap<&'static str, u32> {
+        // zerohop requires a kernel with BTF; the machine the tests run on has one.
+        let btf = KernelBtf::open(Path::new(VMLINUX_BTF)).unwrap();
+        btf.field_offsets().unwrap().into_iter().collect()
+    }
+
     #[test]
     fn finds_the_tcp_sock_fields_of_the_running_kernel() {
-        let offsets = TcpSockOffsets::from_btf_file(Path::new(VMLINUX_BTF)).unwrap();
+        let offsets = offsets();
+        let (copied, write) = (
+            offsets[global::TCP_COPIED_SEQ],
+            offsets[global::TCP_WRITE_SEQ],
+        );
         // Both sit well inside the struct, after struct inet_connection_sock,
         // and are distinct u32 fields.
-        assert!(
-            offsets.copied_seq > 500 && offsets.write_seq > 500,
-            "{offsets:?}"
-        );
-        assert_ne!(offsets.copied_seq, offsets.write_seq);
-        assert_eq!(offsets.copied_seq % 4, 0);
-        assert_eq!(offsets.write_seq % 4, 0);
+        assert!(copied > 500 && write > 500, "{offsets:?}");
+        assert_ne!(copied, write);
+        assert_eq!(copied % 4, 0);
+        assert_eq!(write % 4, 0);
+    }
+
+    #[test]
+    fn finds_the_sock_common_fields_through_its_anonymous_unions() {
+        let offsets = offsets();
+        // The address pair opens the struct, the port pair follows the hash.
+        assert_eq!(offsets[global::SKC_DADDR], 0, "{offsets:?}");
+        assert_eq!(offsets[global::SKC_DPORT], 12, "{offsets:?}");
+        assert_eq!(offsets[global::SKC_FAMILY], 16, "{offsets:?}");
+        assert!(offsets[global::SKC_V6_DADDR] > 16);
+        assert_eq!(offsets[global::SKC_COOKIE] % 8, 0);
+    }
+
+    #[test]
+    fn finds_kernel_functions_only_by_their_name() {
+        let btf = KernelBtf::open(Path::new(VMLINUX_BTF)).unwrap();
+        assert!(btf.function("tcp_sendmsg").is_some());
+        // A struct of that name is no function.
+        assert_eq!(btf.function("sock_common"), None);
+        assert_eq!(btf.function("zerohop_no_such_function"), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use zerohop::{
     datapath::{self, DEFAULT_PIN_DIR},
     features,
     inspect::{self, Output},
+    stale::Terminate,
 };
 use zerohop_routes::router::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
 
@@ -143,6 +144,15 @@ struct AgentArgs {
     /// sockets break each other's connections silently.
     #[arg(long)]
     allow_other_programs: bool,
+    /// When an endpoint leaves its Service (deleted, or no longer ready),
+    /// terminate the sockets still connected to it through zerohop, so that
+    /// their clients connect again to a live endpoint: `udp` (connected UDP
+    /// sockets, which have no other way to notice), `tcp,udp`, or `none`.
+    /// TCP is opt-in: it also cuts connections to a pod that is draining
+    /// gracefully. Needs Linux 6.5 (bpf_sock_destroy); older kernels count
+    /// such sockets in zerohop_stale_sockets_total{outcome="left"}.
+    #[arg(long, value_name = "PROTOCOLS", default_value = "udp")]
+    terminate_stale: Terminate,
 }
 
 #[derive(Clone, Copy)]
@@ -197,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
                 waypoint_mark: args.waypoint_mark,
                 waypoint_config: args.waypoint_config,
                 allow_other_programs: args.allow_other_programs,
+                terminate: args.terminate_stale,
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(settings))
         }
