@@ -1,7 +1,7 @@
 //! The same-node L4 fast path, end to end: real kernel programs attached by a
 //! real `zerohop agent` to the pod cgroups of a sandboxed two-node cluster.
 //! TCP connections, and UDP: datagrams of the sandbox's own responder, and
-//! DNS between dig, dnsmasq and a ClusterIP.
+//! DNS between dig, dnsmasq and a ClusterIP; sockets whose endpoint leaves.
 //! Privileged; run for real, never skipped (`cargo xtask test`).
 
 use std::{
@@ -1379,6 +1379,8 @@ fn the_agent_serves_health_and_prometheus_metrics() -> Result<()> {
     world.service(family, "local", 10, &["server"], &[], "")?;
     world.start_agents()?;
     world.echo("client", frontend(family, 10), 64 * 1024)?;
+    // An open translated connection: one reverse entry at least.
+    let _open = testpod().hold(world.pod("client"), frontend(family, 10))?;
     let agent = &world.agents[0];
 
     assert_eq!(agent.http_get("/healthz")?.0, 200);
@@ -1387,7 +1389,8 @@ fn the_agent_serves_health_and_prometheus_metrics() -> Result<()> {
     let (code, metrics) = agent.http_get("/metrics")?;
     assert_eq!(code, 200);
     for sample in [
-        "zerohop_connects_total{outcome=\"translated_local\"} 1\n",
+        // The echo's connect and the open one's.
+        "zerohop_connects_total{outcome=\"translated_local\"} 2\n",
         "zerohop_ready 1\n",
         "zerohop_objects{kind=\"service\"} 1\n",
         "zerohop_map_entries{map=\"zh_svc_v2\"} 1\n",
@@ -1402,6 +1405,12 @@ fn the_agent_serves_health_and_prometheus_metrics() -> Result<()> {
         .context("no redirected bytes metric")?
         .parse()?;
     assert!(redirected >= 2.0 * 64.0 * 1024.0);
+    let reverse: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("zerohop_reverse_entries "))
+        .context("no reverse entries metric")?
+        .parse()?;
+    assert!(reverse >= 1.0, "zerohop_reverse_entries {reverse}");
 
     let mut promtool = std::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -23,7 +23,7 @@ use tokio::{
 use tracing::{debug, info};
 use zerohop_abi::Counter;
 
-use crate::datapath;
+use crate::{datapath, inspect};
 
 /// What the agent reports about itself, updated by every sync.
 #[derive(Debug, Default)]
@@ -108,7 +108,10 @@ async fn answer(
         }
         ("GET", "/readyz") => (503, "text/plain", "first sync not done\n".to_owned()),
         ("GET", "/metrics") => {
-            let kernel = datapath::read_counters(pin_dir).unwrap_or_default();
+            let kernel = Kernel {
+                counters: datapath::read_counters(pin_dir).unwrap_or_default(),
+                reverse_entries: inspect::reverse_entries(pin_dir).ok(),
+            };
             (
                 200,
                 "text/plain; version=0.0.4",
@@ -219,10 +222,19 @@ fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'sta
     }
 }
 
+/// What /metrics reads from the kernel's maps at each scrape.
+#[derive(Debug, Default)]
+pub struct Kernel {
+    /// The counters, summed over CPUs.
+    pub counters: Vec<(Counter, u64)>,
+    /// Entries of the reverse map, when it could be read.
+    pub reverse_entries: Option<usize>,
+}
+
 /// The exposition text: HELP and TYPE once per metric, then its samples.
-pub fn metrics(status: &AgentStatus, kernel: &[(Counter, u64)]) -> String {
+pub fn metrics(status: &AgentStatus, kernel: &Kernel) -> String {
     let mut out = Metrics::default();
-    for &(counter, value) in kernel {
+    for &(counter, value) in &kernel.counters {
         let (name, outcome, help) = kernel_metric(counter);
         out.sample(
             name,
@@ -230,6 +242,16 @@ pub fn metrics(status: &AgentStatus, kernel: &[(Counter, u64)]) -> String {
             help,
             outcome.map(|outcome| ("outcome", outcome)),
             value as f64,
+        );
+    }
+    if let Some(entries) = kernel.reverse_entries {
+        out.sample(
+            "zerohop_reverse_entries",
+            "gauge",
+            "Reverse translations in the kernel: translated sockets and the \
+             ClusterIP:port each dialled (the map holds 65,536, LRU).",
+            None,
+            entries as f64,
         );
     }
     out.sample(
@@ -366,8 +388,10 @@ mod tests {
             features: vec![("connect", true), ("bypass", false)],
             ..AgentStatus::default()
         };
-        let kernel: Vec<(Counter, u64)> =
-            Counter::ALL.iter().map(|&counter| (counter, 7)).collect();
+        let kernel = Kernel {
+            counters: Counter::ALL.iter().map(|&counter| (counter, 7)).collect(),
+            reverse_entries: Some(5),
+        };
         let text = metrics(&status, &kernel);
         assert_eq!(
             text.matches("# TYPE zerohop_connects_total counter")
@@ -376,6 +400,8 @@ mod tests {
         );
         assert!(text.contains("zerohop_connects_total{outcome=\"translated_local\"} 7\n"));
         assert!(text.contains("zerohop_redirected_bytes_total 7\n"));
+        assert!(text.contains("zerohop_stale_sockets_total{outcome=\"left\"} 7\n"));
+        assert!(text.contains("zerohop_reverse_entries 5\n"));
         assert!(text.contains("zerohop_objects{kind=\"endpointslice\"} 3\n"));
         assert!(text.contains("zerohop_ready 1\n"));
         assert!(text.contains("zerohop_feature{name=\"connect\"} 1\n"));

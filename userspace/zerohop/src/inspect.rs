@@ -226,6 +226,22 @@ pub fn reverse(pin_dir: &Path) -> Result<Vec<ReverseRow>> {
     Ok(rows)
 }
 
+/// How many reverse translations the kernel holds (keys only: cheaper than
+/// [`reverse`]).
+pub fn reverse_entries(pin_dir: &Path) -> Result<usize> {
+    let entries: HashMap<MapData, ReverseKey, Dialled> =
+        HashMap::try_from(open_pinned(pin_dir, map_name::REVERSE)?)?;
+    let mut count = 0;
+    for key in entries.keys() {
+        // An entry that left between two steps of the walk ends it early.
+        if key.is_err() {
+            break;
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
 /// The counters, with rates against `previous` (taken `elapsed` earlier).
 pub fn counters(
     pin_dir: &Path,

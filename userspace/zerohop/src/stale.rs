@@ -154,29 +154,38 @@ fn walk(datapath: &mut Datapath, programs: &[&str], namespaces: &[File]) -> Resu
         links.push((namespace, of_namespace));
     }
     // An iterator walks the namespace of the thread that opens it; a thread
-    // of our own enters each one and ends with the walk.
+    // of our own enters each one and ends with the walk. A namespace that
+    // fails does not stop the others; the first failure is returned.
     std::thread::scope(|scope| {
         scope
-            .spawn(move || -> Result<()> {
+            .spawn(move || {
+                let mut first_error = None;
                 for (namespace, links) in links {
-                    // SAFETY: a valid namespace file; only this thread moves.
-                    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error())
-                            .context("entering a pod's network namespace");
-                    }
-                    for link in links {
-                        let mut iterator = link.into_file().context("opening a socket iterator")?;
-                        // The programs print nothing: one read walks every socket.
-                        iterator
-                            .read_to_end(&mut Vec::new())
-                            .context("reading a socket iterator")?;
+                    if let Err(error) = walk_one(namespace, links) {
+                        first_error.get_or_insert(error);
                     }
                 }
-                Ok(())
+                first_error.map_or(Ok(()), Err)
             })
             .join()
             .unwrap_or_else(|_| bail!("the socket walk panicked"))
     })
+}
+
+/// Enters `namespace` (this thread only) and reads each iterator there.
+fn walk_one(namespace: &File, links: Vec<IterLink>) -> Result<()> {
+    // SAFETY: a valid namespace file; setns moves the calling thread only.
+    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error()).context("entering a pod's network namespace");
+    }
+    for link in links {
+        let mut iterator = link.into_file().context("opening a socket iterator")?;
+        // The programs print nothing: one read walks every socket.
+        iterator
+            .read_to_end(&mut Vec::new())
+            .context("reading a socket iterator")?;
+    }
+    Ok(())
 }
 
 /// The network namespaces of the processes in `cgroup` and below, each once.
