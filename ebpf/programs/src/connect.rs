@@ -185,12 +185,12 @@ pub(crate) fn pick(
     } else {
         0
     };
-    let owner = AffinityKey {
+    let key = AffinityKey {
         frontend,
         scope,
         owner,
     };
-    let kept = unsafe { AFFINITY.get(owner) }.and_then(|kept| {
+    let kept = unsafe { AFFINITY.get(key) }.and_then(|kept| {
         let fresh =
             seconds == 0 || now.wrapping_sub(kept.last_ns) < u64::from(seconds) * 1_000_000_000;
         let still_there = kept.slot < endpoints
@@ -211,7 +211,7 @@ pub(crate) fn pick(
     };
     if AFFINITY
         .insert(
-            owner,
+            key,
             Affinity {
                 backend,
                 slot,
@@ -251,8 +251,8 @@ pub(crate) fn frontend_of<F: Family>(sa: &bpf_sock_addr) -> Option<FrontendKey> 
     })
 }
 
-/// Sends the socket of `sa` to `backend` instead of what it addressed, and
-/// files what it addressed for reverse.rs.
+/// Sends the socket of `sa` to `addr`:`port` (host byte order) instead of
+/// what it addressed, and files what it addressed for reverse.rs.
 #[inline(always)]
 pub(crate) fn send_to<F: Family>(
     ctx: &SockAddrContext,

@@ -23,7 +23,9 @@ pub mod waypoint;
 
 pub use diff::{diff, Change, Changes};
 pub use manifest::{build_view, parse_manifests, Built, Manifest, Problem};
-pub use plan::{gone, plan, plan_with, Desired, Plan, PlanProblem, Waypoints};
+pub use plan::{
+    gone, plan, plan_with, plan_within, Capacity, Desired, Plan, PlanProblem, Waypoints,
+};
 pub use view::ClusterView;
 pub use waypoint::{l7_ports, waypoint_config};
 

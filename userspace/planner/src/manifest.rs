@@ -274,6 +274,10 @@ impl Parser<'_> {
                 self.not_an_object(document, "no kind");
                 None
             }
+            ("", _) => {
+                self.not_an_object(document, "no apiVersion");
+                None
+            }
             (_, list_kind) if list_kind.ends_with("List") => {
                 // Items of a typed list (ServiceList) may leave out their kind.
                 let item_kind = list_kind.strip_suffix("List").unwrap_or_default();
@@ -497,7 +501,7 @@ endpoints: [{addresses: [10.244.1.2]}]
 
     #[test]
     fn documents_that_are_not_objects_are_problems() {
-        let text = "just a string\n---\nreplicas: 3\n";
+        let text = "just a string\n---\nreplicas: 3\n---\nkind: Service\nmetadata: {name: web}\n";
         let (manifests, problems) = parse_manifests("values.yaml", text);
         assert!(manifests.is_empty());
         assert_eq!(
@@ -505,6 +509,7 @@ endpoints: [{addresses: [10.244.1.2]}]
             vec![
                 "values.yaml: not a Kubernetes object (line 1): expected a mapping with apiVersion and kind",
                 "values.yaml: not a Kubernetes object (line 2): no kind",
+                "values.yaml: not a Kubernetes object (line 4): no apiVersion",
             ]
         );
     }

@@ -74,6 +74,18 @@ pub enum PlanProblem {
         /// The ClusterIP's family.
         family: Family,
     },
+    /// The node has more frontends or endpoints than the maps hold: from
+    /// `service` on, `frontends` frontends are left to the cluster's normal
+    /// path.
+    #[error("the maps hold {} frontends and {} endpoint slots: {frontends} frontends, from Service {service} on, do not fit and are left to the cluster's normal path", capacity.frontends, capacity.endpoint_slots)]
+    OverCapacity {
+        /// The first Service left out (in Service order).
+        service: ServiceId,
+        /// Frontends left out.
+        frontends: usize,
+        /// What the maps hold.
+        capacity: Capacity,
+    },
     /// Two Services claim the same ClusterIP and port; the first by id keeps it.
     #[error("Service {service}: frontend {frontend} already belongs to Service {owner}; ignored")]
     FrontendTaken {
@@ -92,7 +104,8 @@ impl PlanProblem {
         match self {
             PlanProblem::PortNotInSlices { service, .. }
             | PlanProblem::NoWaypoint { service, .. }
-            | PlanProblem::FrontendTaken { service, .. } => service,
+            | PlanProblem::FrontendTaken { service, .. }
+            | PlanProblem::OverCapacity { service, .. } => service,
         }
     }
 }
@@ -142,7 +155,39 @@ pub fn plan_with(
     waypoints: Waypoints,
     short_conns: &BTreeSet<FrontendKey>,
 ) -> Plan {
+    plan_within(view, node, waypoints, short_conns, Capacity::KERNEL)
+}
+
+/// How much the kernel maps hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Frontends ([`abi::capacity::SERVICES`]).
+    pub frontends: usize,
+    /// Endpoint slots over all frontends ([`abi::capacity::BACKENDS`]).
+    pub endpoint_slots: usize,
+}
+
+impl Capacity {
+    /// The maps' sizes.
+    pub const KERNEL: Capacity = Capacity {
+        frontends: abi::capacity::SERVICES as usize,
+        endpoint_slots: abi::capacity::BACKENDS as usize,
+    };
+}
+
+/// [`plan_with`] for maps of `capacity`. Frontends are planned in Service
+/// order; those that would not fit are left out whole (their connections
+/// take the cluster's normal path, as without zerohop), reported in one
+/// [`PlanProblem::OverCapacity`], so the maps never refuse a write.
+pub fn plan_within(
+    view: &ClusterView,
+    node: &str,
+    waypoints: Waypoints,
+    short_conns: &BTreeSet<FrontendKey>,
+    capacity: Capacity,
+) -> Plan {
     let slices_by_service = view.slices_by_service();
+    let mut left_out: Option<(ServiceId, usize)> = None;
 
     let l7 = l7_ports(view);
     let mut plan = Plan::default();
@@ -184,14 +229,14 @@ pub fn plan_with(
                     continue;
                 }
 
+                let mut ready: Vec<FrontendEndpoint> = Vec::new();
                 let targets = match ready_targets(&family_slices, port, node, view.node_zone(node))
                 {
                     Some(targets) => {
-                        plan.ready.extend(
-                            targets
-                                .iter()
-                                .map(|target| endpoint_of(frontend, target.address, target.port)),
-                        );
+                        ready = targets
+                            .iter()
+                            .map(|target| endpoint_of(frontend, target.address, target.port))
+                            .collect();
                         eligible(targets, service.traffic)
                     }
                     None => {
@@ -203,11 +248,28 @@ pub fn plan_with(
                         Vec::new()
                     }
                 };
+                // Once one is left out, all after it are: what fits does
+                // not depend on the sizes of the Services that follow.
+                let fits = left_out.is_none()
+                    && plan.desired.services.len() < capacity.frontends
+                    && plan.desired.backends.len() + targets.len() <= capacity.endpoint_slots;
+                if !fits {
+                    left_out.get_or_insert_with(|| (service.id.clone(), 0)).1 += 1;
+                    continue;
+                }
                 let short = short_conns.contains(&frontend);
                 plan.desired
                     .insert(frontend, service, is_l7, short, &targets);
+                plan.ready.extend(ready);
             }
         }
+    }
+    if let Some((service, frontends)) = left_out {
+        plan.problems.push(PlanProblem::OverCapacity {
+            service,
+            frontends,
+            capacity,
+        });
     }
     plan
 }
@@ -524,6 +586,72 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn frontends_beyond_the_maps_capacity_are_left_out_in_service_order() {
+        let services = ["a", "b", "c", "d"];
+        let view = view(
+            services
+                .iter()
+                .enumerate()
+                .map(|(n, name)| {
+                    service(name, &[&format!("10.96.0.{}", n + 1)], &[tcp("http", 80)])
+                })
+                .collect(),
+            services
+                .iter()
+                .enumerate()
+                .map(|(n, name)| {
+                    let endpoints = (0..=n)
+                        .map(|e| ready_on(&format!("10.244.{n}.{}", e + 1), "node2"))
+                        .collect();
+                    slice(&format!("{name}-1"), name, &[tcp("http", 8080)], endpoints)
+                })
+                .collect(),
+        );
+        let within = |frontends, endpoint_slots| {
+            let capacity = Capacity {
+                frontends,
+                endpoint_slots,
+            };
+            plan_within(
+                &view,
+                NODE,
+                Waypoints::default(),
+                &BTreeSet::new(),
+                capacity,
+            )
+        };
+        let everything = within(4, 10);
+        assert_eq!(everything.problems, vec![]);
+        assert_eq!(everything.desired.services.len(), 4);
+
+        // Frontends a and b fit; c and d (in Service order) do not.
+        let two = within(2, 100);
+        assert_eq!(two.desired.services.len(), 2);
+        assert_eq!(backends(&two.desired, "10.96.0.2", 80).len(), 2);
+        assert_eq!(two.ready.len(), 3, "ready endpoints of a and b only");
+        assert_eq!(
+            two.problems,
+            vec![PlanProblem::OverCapacity {
+                service: ServiceId::new("default", "c"),
+                frontends: 2,
+                capacity: Capacity {
+                    frontends: 2,
+                    endpoint_slots: 100
+                },
+            }]
+        );
+        assert!(two.problems[0]
+            .to_string()
+            .contains("2 frontends, from Service default/c on, do not fit"));
+
+        // 1 + 2 + 3 slots fit in 7, d's 4 more do not; so nothing after c.
+        let slots = within(100, 7);
+        assert_eq!(slots.desired.backends.len(), 6);
+        assert_eq!(slots.desired.services.len(), 3);
+        assert_eq!(slots.problems[0].service(), &ServiceId::new("default", "d"));
     }
 
     #[test]

@@ -307,9 +307,13 @@ impl ServiceMaps {
             };
             match result {
                 Ok(()) => applied.written += 1,
+                // The first refusal names its entry; the count of all goes
+                // in the sync's line.
                 Err(error) => {
+                    if applied.failed == 0 {
+                        tracing::error!(?change, %error, "map write failed");
+                    }
                     applied.failed += 1;
-                    tracing::error!(?change, %error, "map write failed");
                 }
             }
         }

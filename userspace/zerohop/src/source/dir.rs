@@ -5,11 +5,12 @@
 //! entries of a mounted ConfigMap) and editor leftovers (`*~`, `*.swp`) are
 //! skipped. Symbolic links are followed, so a mounted ConfigMap works. A
 //! file that cannot be read is a [`Problem`] like a malformed one: the other
-//! files still load.
+//! files still load. So is a file larger than [`MAX_FILE_BYTES`], which is
+//! not read at all.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
 
 use zerohop_planner::{build_view, ClusterView, Problem};
@@ -24,6 +25,10 @@ pub struct Loaded {
     /// The file each object comes from, by object label (`"Service ns/name"`).
     pub origins: BTreeMap<String, String>,
 }
+
+/// The largest manifest file read: 16 MiB, some 50,000 Services or
+/// EndpointSlices.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// Loads the manifests of directory `path`. Fails only when the directory
 /// itself cannot be listed (for instance when it does not exist).
@@ -43,8 +48,13 @@ pub fn load_dir(path: &Path) -> io::Result<Loaded> {
     let mut problems = Vec::new();
     let mut files = Vec::new();
     for name in names {
-        match fs::read_to_string(path.join(&name)) {
-            Ok(text) => files.push((name, text)),
+        match read_limited(&path.join(&name)) {
+            Ok(Some(text)) => files.push((name, text)),
+            Ok(None) => problems.push(Problem {
+                file: name,
+                object: None,
+                message: format!("larger than {} MiB; not read", MAX_FILE_BYTES >> 20),
+            }),
             Err(error) => problems.push(Problem {
                 file: name,
                 object: None,
@@ -59,6 +69,21 @@ pub fn load_dir(path: &Path) -> io::Result<Loaded> {
         problems,
         origins: built.origins,
     })
+}
+
+/// The file's text, or `None` when it is larger than [`MAX_FILE_BYTES`]
+/// (never read past that).
+fn read_limited(path: &Path) -> io::Result<Option<String>> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Ok(None);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
 /// Whether a directory entry name is one of the manifest files we read.
@@ -200,6 +225,25 @@ mod tests {
             .problems
             .iter()
             .all(|problem| problem.message.starts_with("cannot read: ")));
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_a_problem_and_not_read() {
+        let dir = TempDir::new();
+        let mut huge = service("huge", "10.96.0.2");
+        huge.push_str(&"#".repeat(MAX_FILE_BYTES as usize));
+        dir.write("huge.yaml", huge);
+        dir.write("good.yaml", service("good", "10.96.0.1"));
+        let loaded = load_dir(&dir.0).unwrap();
+        assert_eq!(service_names(&loaded), vec!["good"]);
+        assert_eq!(
+            loaded.problems,
+            vec![Problem {
+                file: "huge.yaml".into(),
+                object: None,
+                message: "larger than 16 MiB; not read".into(),
+            }]
+        );
     }
 
     #[test]
