@@ -33,10 +33,11 @@ use zerohop_abi::{capacity, map_name, Counter, FrontendEndpoint, PROTO_TCP, PROT
 
 use crate::datapath::{self, Datapath};
 
-/// The iterator program of each protocol.
-pub const ITERATORS: [(u8, &str, &str); 2] = [
-    (PROTO_TCP, "zh_terminate_tcp", "tcp"),
-    (PROTO_UDP, "zh_terminate_udp", "udp"),
+/// The iterator program of each protocol (named after what it walks, see
+/// features.rs).
+pub const ITERATORS: [(u8, &str); 2] = [
+    (PROTO_TCP, "zh_terminate_tcp"),
+    (PROTO_UDP, "zh_terminate_udp"),
 ];
 
 /// Which protocols' stale sockets the agent terminates.
@@ -108,11 +109,11 @@ pub fn terminate(
         .collect();
     let programs: Vec<&str> = ITERATORS
         .iter()
-        .filter(|&&(proto, program, _)| {
+        .filter(|&&(proto, program)| {
             gone.iter().any(|endpoint| endpoint.frontend.proto == proto)
                 && datapath.program_loaded(program)
         })
-        .map(|&(_, program, _)| program)
+        .map(|&(_, program)| program)
         .collect();
     if programs.is_empty() {
         return Ok(Pass::default());
