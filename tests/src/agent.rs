@@ -207,6 +207,21 @@ impl Agent {
         &self.pin_dir
     }
 
+    /// The agent's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` to the agent (SIGSTOP, SIGCONT, ...).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let pid = self.pid().context("the agent was stopped")?;
+        // SAFETY: signalling our own child, not yet reaped, by its pid.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
     /// The kernel counters, by name (`zerohop inspect stats -o json`).
     pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
         counters(&self.pin_dir)

@@ -1353,6 +1353,151 @@ fn an_agent_refuses_hooks_that_run_other_programs() -> Result<()> {
     outcome
 }
 
+/// A second agent on the pin directory of a running one refuses, naming
+/// the first's PID, even where the hooks would let it start
+/// (`--allow-other-programs`); the first keeps serving.
+#[test]
+fn a_second_agent_on_one_pin_dir_is_refused() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.start_agents()?;
+    let first = &world.agents[0];
+    let mut command = std::process::Command::new(zerohop_binary());
+    command
+        .arg("agent")
+        .arg(format!("--source=dir:{}", world.manifests.dir().display()))
+        .args(["--node", "node1", "--health-addr", "off", "--cgroup"])
+        .arg(world.cluster.node(1).cgroup_path())
+        .arg("--pin-dir")
+        .arg(first.pin_dir())
+        .arg("--allow-other-programs")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    dies_with_this_process(&mut command);
+    let refused = wait_with_deadline(command.spawn()?, Duration::from_secs(60))?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        refused.status.code() == Some(1),
+        "the second agent did not refuse ({:?}): {stderr}",
+        refused.status
+    );
+    let pid = first.pid().context("the first agent runs")?;
+    ensure!(
+        stderr.contains(&format!(
+            "another zerohop agent (PID {pid}) uses the pin directory"
+        )),
+        "{stderr}"
+    );
+    world.echo("client", frontend(family, 10), MIB)?;
+    ensure!(
+        world.counter("bytes_redirected")? >= 2 * MIB,
+        "the first agent's bypass still works"
+    );
+    Ok(())
+}
+
+/// When the agent no longer vouches for its maps (its source's read hangs,
+/// or the agent is stopped), connects to Services take the cluster's normal
+/// path within the lease, `/readyz` fails, and both come back once the maps
+/// are current again; SIGTERM ends an agent whose read hangs.
+#[test]
+fn connects_fall_back_when_the_agents_lease_runs_out() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    let server = world.pod("server").ip(family);
+    world.cluster.add_dnat_everywhere(
+        cluster_ip(family, 10),
+        SERVICE_PORT,
+        &[(server, TARGET_PORT)],
+    )?;
+    world.start_agents_with(&["--lease-ms", "1000", "--poll-ms", "100"])?;
+    let target = frontend(family, 10);
+    world.echo("client", target, 1024)?;
+    ensure!(world.counter("translated_local")? == 1);
+    ensure!(world.agents[0].http_get("/readyz")?.0 == 200);
+
+    // A manifest that never ends: a FIFO nobody writes, as a hung mount
+    // would behave. The source's next read blocks on it.
+    let stuck = world.manifests.dir().join("zz-stuck.yaml");
+    let fifo = std::ffi::CString::new(stuck.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a valid NUL-terminated path.
+    ensure!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) } == 0);
+    let outcome = (|| {
+        let agent = &mut world.agents[0];
+        agent.wait_for_log("lease on the maps ran out", Duration::from_secs(10))?;
+        let (code, body) = agent.http_get("/readyz")?;
+        ensure!(code == 503 && body.contains("lease"), "{code} {body}");
+        let metrics = agent.http_get("/metrics")?.1;
+        ensure!(
+            metrics.contains("zerohop_lease_remaining_seconds 0\n"),
+            "{metrics}"
+        );
+        world.echo("client", target, 1024)?;
+        ensure!(
+            world.counter("translated_local")? == 1 && world.counter("passed_lease_lapsed")? == 1,
+            "the connect went the normal path: {:?}",
+            world.agents[0].counters()?
+        );
+
+        // The read gets its end of file; the next poll finds no such file.
+        let writer = std::fs::OpenOptions::new().write(true).open(&stuck)?;
+        std::fs::remove_file(&stuck)?;
+        drop(writer);
+        wait_for_readyz(&world.agents[0], 200)?;
+        world.echo("client", target, 1024)?;
+        ensure!(world.counter("translated_local")? == 2);
+
+        // A stopped agent renews nothing.
+        world.agents[0].signal(libc::SIGSTOP)?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let passed = world.echo("client", target, 1024).and_then(|_| {
+            Ok((
+                world.counter("translated_local")?,
+                world.counter("passed_lease_lapsed")?,
+            ))
+        });
+        world.agents[0].signal(libc::SIGCONT)?;
+        ensure!(passed? == (2, 2), "while the agent was stopped");
+        wait_for_readyz(&world.agents[0], 200)?;
+        world.echo("client", target, 1024)?;
+        ensure!(world.counter("translated_local")? == 3);
+
+        // SIGTERM while a read hangs: the agent ends, in bounded time.
+        // SAFETY: a valid NUL-terminated path.
+        ensure!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) } == 0);
+        wait_for_readyz(&world.agents[0], 503)?;
+        let started = Instant::now();
+        world.agents[0].stop()?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGTERM took {:?}",
+            started.elapsed()
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&stuck);
+    outcome
+}
+
+/// Waits until the agent's /readyz answers `code`.
+fn wait_for_readyz(agent: &Agent, code: u16) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (answer, body) = agent.http_get("/readyz")?;
+        if answer == code {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "/readyz still answers {answer} ({body:?}) after {WAIT:?}:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits for `child` to end, killing it (by its PID) at `deadline`.
 fn wait_with_deadline(
     mut child: std::process::Child,

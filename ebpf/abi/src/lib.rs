@@ -17,7 +17,7 @@ pub mod map_name {
     /// Run-time switches and the waypoint: index 0 → [`Config`](super::Config).
     pub const CONFIG: &str = "zh_config_v2";
     /// Per-CPU counters, indexed by [`Counter`](super::Counter).
-    pub const STATS: &str = "zh_stats_v6";
+    pub const STATS: &str = "zh_stats_v7";
     /// Sockets connected to a local endpoint, by socket cookie (u64) → the
     /// [`FrontendKey`](super::FrontendKey) they dialled (all zero for the
     /// waypoint's connects to pod IPs).
@@ -58,6 +58,11 @@ pub mod map_name {
     /// u8 (1): the agent fills it, runs the socket iterators that terminate
     /// the sockets still connected to them, and empties it again.
     pub const GONE: &str = "zh_gone_v1";
+    /// The agent's lease on the maps: index 0 → u64, the `CLOCK_MONOTONIC`
+    /// time in ns (`bpf_ktime_get_ns`) until which the agent vouches that
+    /// the maps hold what the cluster holds. The hooks translate only
+    /// before it; 0 (never written) vouches for nothing.
+    pub const LEASE: &str = "zh_lease_v1";
 }
 
 /// Read-only globals of the programs that the agent sets at load time.
@@ -97,7 +102,7 @@ pub mod kfunc {
 }
 
 /// Every map name, for pinning, inspection and cleanup.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     map_name::SERVICES,
     map_name::BACKENDS,
     map_name::CONFIG,
@@ -113,6 +118,7 @@ pub const ALL_MAPS: [&str; 15] = [
     map_name::TRAFFIC,
     map_name::REVERSE,
     map_name::GONE,
+    map_name::LEASE,
 ];
 
 /// Map capacities.
@@ -521,11 +527,15 @@ pub enum Counter {
     /// Stale sockets this kernel could not terminate (it has no
     /// `bpf_sock_destroy`, 6.5+): they keep talking to the old endpoint.
     SocketsLeftStale = 17,
+    /// Connects (and UDP datagrams) to a Service frontend left untouched
+    /// because the agent's lease on the maps ran out: it no longer vouches
+    /// that they are current (stopped, wedged, or its source stuck).
+    PassedLeaseLapsed = 18,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::TranslatedLocal,
         Counter::TranslatedRemote,
         Counter::PassedNotService,
@@ -544,6 +554,7 @@ impl Counter {
         Counter::RepliesRestored,
         Counter::SocketsTerminated,
         Counter::SocketsLeftStale,
+        Counter::PassedLeaseLapsed,
     ];
 
     /// Stable name, used by the CLI and metrics.
@@ -567,6 +578,7 @@ impl Counter {
             Counter::RepliesRestored => "replies_restored",
             Counter::SocketsTerminated => "sockets_terminated",
             Counter::SocketsLeftStale => "sockets_left_stale",
+            Counter::PassedLeaseLapsed => "passed_lease_lapsed",
         }
     }
 }

@@ -35,8 +35,8 @@ use zerohop_abi::{
 use crate::{
     conn::{v4_mapped, V4_MAPPED_WORD},
     maps::{
-        bypass_disabled, config, count, count_traffic, udp_enabled, AFFINITY, BACKENDS, DIALED,
-        SERVICES, TAGGED,
+        bypass_disabled, config, count, count_traffic, leased, udp_enabled, AFFINITY, BACKENDS,
+        DIALED, SERVICES, TAGGED,
     },
     reverse,
 };
@@ -297,6 +297,10 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
         count(Counter::PassedNotService, 1);
         return;
     };
+    if !leased() {
+        count(Counter::PassedLeaseLapsed, 1);
+        return;
+    }
     let (endpoints, flags) = (service.endpoints, service.flags);
     // Before the endpoint check: an L7 Service without endpoints of its own
     // is fine, its routes may send every request to other Services.

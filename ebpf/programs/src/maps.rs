@@ -3,7 +3,7 @@
 //! these names, so a mismatch fails at load time, never silently.
 
 use aya_ebpf::{
-    helpers::generated::bpf_map_delete_elem,
+    helpers::generated::{bpf_ktime_get_ns, bpf_map_delete_elem},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
@@ -22,7 +22,7 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(capacity::BA
 #[map(name = "zh_config_v2")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "zh_stats_v6")]
+#[map(name = "zh_stats_v7")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
 
 // LRU: an entry whose connection never establishes must not leak a slot forever.
@@ -70,6 +70,10 @@ pub static REVERSE: LruHashMap<ReverseKey, Dialled> = LruHashMap::pinned(capacit
 // The agent's: filled before a pass of the socket iterators, emptied after.
 #[map(name = "zh_gone_v1")]
 pub static GONE: HashMap<FrontendEndpoint, u8> = HashMap::pinned(capacity::GONE, 0);
+
+// The agent renews it every fraction of a second (see `leased`).
+#[map(name = "zh_lease_v1")]
+pub static LEASE: Array<u64> = Array::pinned(1, 0);
 
 // Entries are the agent's (one per frontend); programs only add to them.
 #[map(name = "zh_traffic_v1")]
@@ -130,4 +134,18 @@ pub fn udp_enabled() -> bool {
 #[inline(always)]
 pub fn bypass_disabled() -> bool {
     config().is_some_and(|config| config.flags & zerohop_abi::CONFIG_NO_BYPASS != 0)
+}
+
+/// Whether the agent still vouches for the maps. It renews the lease while
+/// its source keeps confirming the cluster's state and its syncs keep up;
+/// an agent that is stopped, wedged or reading a stuck source lets it run
+/// out, and the hooks then leave connects to the cluster's normal path
+/// rather than act on maps nobody keeps true (fail open). Read only on a
+/// Service hit: other traffic never pays for the clock.
+#[inline(always)]
+pub fn leased() -> bool {
+    // SAFETY: plain helper call; the value is a u64 the agent writes whole.
+    LEASE
+        .get(0)
+        .is_some_and(|until| unsafe { bpf_ktime_get_ns() } < *until)
 }

@@ -20,7 +20,7 @@ use zerohop_abi::{Counter, PROTO_UDP};
 
 use crate::{
     connect::{frontend_of, pick, send_to, Family, Keep, PROCEED, V4, V6},
-    maps::{count, SERVICES},
+    maps::{count, leased, SERVICES},
     reverse,
 };
 
@@ -69,6 +69,10 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
     let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() else {
         return;
     };
+    if !leased() {
+        count(Counter::PassedLeaseLapsed, 1);
+        return;
+    }
     if service.endpoints == 0 {
         return;
     }

@@ -2,9 +2,10 @@
 //! derives from the cluster, until SIGTERM or SIGINT.
 //!
 //! Order of events: load programs and maps, sync the maps once from a full
-//! read of the source, then attach the hooks (so no connect ever sees a
-//! half-built map), then re-sync on every change, writing only the entries
-//! that differ.
+//! read of the source, take the lease on them, then attach the hooks (so no
+//! connect ever sees a half-built map), then re-sync on every change,
+//! writing only the entries that differ, and keep the lease running while
+//! the source keeps confirming what the maps hold (see `lease`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -37,9 +38,10 @@ use crate::{
     datapath::{self, Datapath, ServiceMaps},
     features::{self, FEATURES},
     health::{self, SharedStatus},
+    lease::{Lease, SharedFreshness},
     node_idle::IdleBehaviour,
     others, route_status,
-    source::{self, Snapshot},
+    source::{self, Published, Publisher, Snapshot},
     stale::{self, Terminate},
 };
 
@@ -87,12 +89,23 @@ pub struct Settings {
     pub allow_other_programs: bool,
     /// Whose sockets are terminated when their endpoint leaves its Service.
     pub terminate: Terminate,
+    /// How long the hooks keep translating past the last moment the maps
+    /// were known current.
+    pub lease: Duration,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
 pub async fn run(mut settings: Settings) -> Result<()> {
     if settings.node.is_empty() {
         bail!("the node name is empty: pass --node or set NODE_NAME");
+    }
+    if matches!(settings.source, Source::Dir(_)) && settings.lease < 2 * settings.poll_interval {
+        bail!(
+            "a lease of {} ms is shorter than two polls of the source directory ({} ms each): \
+             the lease would run out between them; raise --lease-ms or lower --poll-ms",
+            settings.lease.as_millis(),
+            settings.poll_interval.as_millis()
+        );
     }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -171,11 +184,12 @@ pub async fn run(mut settings: Settings) -> Result<()> {
     )?;
     let mut sync = Sync::new(&settings, Arc::clone(&status))?;
 
-    let (publish, mut snapshots) = watch::channel(None);
+    let freshness = SharedFreshness::default();
+    let (publisher, mut snapshots) = Publisher::new(Arc::clone(&freshness));
     let source = match settings.source.clone() {
         Source::Dir(dir) => {
             let span = info_span!("source", dir = %dir.display());
-            tokio::spawn(source::watch_dir(dir, settings.poll_interval, publish).instrument(span))
+            tokio::spawn(source::watch_dir(dir, settings.poll_interval, publisher).instrument(span))
         }
         Source::Kube => {
             let client = kube::Client::try_default()
@@ -187,7 +201,7 @@ pub async fn run(mut settings: Settings) -> Result<()> {
                 route_status::run(client.clone(), desired).instrument(info_span!("route_status")),
             );
             tokio::spawn(
-                source::kube::run(client, settings.node.clone(), publish)
+                source::kube::run(client, settings.node.clone(), publisher)
                     .instrument(info_span!("source", kind = "kube")),
             )
         }
@@ -200,7 +214,17 @@ pub async fn run(mut settings: Settings) -> Result<()> {
         _ = interrupt.recv() => return Ok(()),
     };
     sync.maps.count_traffic_of_every_frontend()?;
-    sync.apply(&first).context("first sync of the maps")?;
+    sync.apply(&first.snapshot)
+        .context("first sync of the maps")?;
+    freshness.lock().unwrap().applied(first.generation);
+    let mut lease = Lease::open(
+        &settings.pin_dir,
+        settings.lease,
+        Arc::clone(&freshness),
+        Arc::clone(&status),
+    )?;
+    lease.renew().context("taking the lease on the maps")?;
+    let _renewing = lease.keep_renewing();
     datapath.attach(&settings.cgroup)?;
     status.lock().unwrap().ready = true;
     info!(cgroup = %settings.cgroup.display(), pin_dir = %settings.pin_dir.display(), "attached");
@@ -218,7 +242,7 @@ pub async fn run(mut settings: Settings) -> Result<()> {
                     last = snapshot;
                 }
                 _ = learning.tick() => {
-                    match sync.learn(&frontend_names(&last)) {
+                    match sync.learn(&frontend_names(&last.snapshot)) {
                         Ok(true) => {}
                         Ok(false) => continue,
                         Err(error) => {
@@ -228,8 +252,11 @@ pub async fn run(mut settings: Settings) -> Result<()> {
                     }
                 }
             }
-            match sync.apply(&last) {
-                Ok(gone) => terminate_stale(&mut datapath, &settings, &gone),
+            match sync.apply(&last.snapshot) {
+                Ok(gone) => {
+                    freshness.lock().unwrap().applied(last.generation);
+                    terminate_stale(&mut datapath, &settings, &gone);
+                }
                 Err(error) => warn!(%error, "sync failed; retrying on the next change"),
             }
         }
@@ -319,7 +346,7 @@ fn frontend_names(snapshot: &Snapshot) -> BTreeMap<FrontendKey, String> {
 }
 
 /// Waits for the next snapshot the source publishes.
-async fn next_snapshot(snapshots: &mut watch::Receiver<Option<Snapshot>>) -> Result<Snapshot> {
+async fn next_snapshot(snapshots: &mut watch::Receiver<Option<Published>>) -> Result<Published> {
     loop {
         snapshots.changed().await.context("the source stopped")?;
         if let Some(snapshot) = snapshots.borrow_and_update().clone() {

@@ -15,7 +15,10 @@ use std::{
     collections::BTreeMap,
     fs::File,
     net::{IpAddr, SocketAddr},
-    os::unix::ffi::OsStrExt,
+    os::{
+        fd::AsRawFd,
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -54,6 +57,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     programs: Vec<ProgramState>,
     features: Vec<FeatureState>,
+    /// The pin directory's lock, held while the programs are loaded.
+    _lock: File,
 }
 
 impl Datapath {
@@ -73,6 +78,7 @@ impl Datapath {
         }
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        let lock = lock_pin_dir(pin_dir)?;
         let kernel = KernelBtf::open(Path::new(VMLINUX_BTF))?;
         let (object, bindings) = kfunc::bind(EBPF_OBJECT, |name| kernel.function(name))?;
         let missing_kfuncs: Vec<&str> = bindings
@@ -117,6 +123,7 @@ impl Datapath {
             pin_dir: pin_dir.to_owned(),
             programs,
             features,
+            _lock: lock,
         })
     }
 
@@ -473,6 +480,50 @@ pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {
     Ok(Map::from_map_data(data)?)
 }
 
+/// Takes the pin directory for this process alone: two agents writing one
+/// set of maps would overwrite each other's view, and the one that exits
+/// first would take the sk_msg program off the sockhash they share. The
+/// lock is the kernel's (flock on the directory), so it goes with the
+/// process however that ends.
+fn lock_pin_dir(pin_dir: &Path) -> Result<File> {
+    let dir = File::open(pin_dir).with_context(|| format!("opening {}", pin_dir.display()))?;
+    // SAFETY: plain syscall on a descriptor we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(dir);
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(error).with_context(|| format!("locking {}", pin_dir.display()));
+    }
+    let metadata = dir.metadata()?;
+    let holder = std::fs::read_to_string("/proc/locks")
+        .ok()
+        .and_then(|locks| lock_holder(&locks, metadata.dev(), metadata.ino()));
+    let who = match holder {
+        Some(pid) => format!("another zerohop agent (PID {pid})"),
+        None => "another zerohop agent (its PID is not visible from here)".to_owned(),
+    };
+    bail!(
+        "{who} uses the pin directory {}: one agent per set of maps; stop that one first, \
+         or give this one another --pin-dir",
+        pin_dir.display()
+    )
+}
+
+/// The PID holding a flock on the inode `ino` of device `dev`, from the
+/// text of /proc/locks (`1: FLOCK  ADVISORY  WRITE 1234 00:27:5678 0 EOF`;
+/// waiting locks carry a `->` and are skipped).
+fn lock_holder(proc_locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    let inode = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    proc_locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, _, pid, id, ..] if *id == inode => pid.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
 fn filesystem_magic(path: &Path) -> Result<i64> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
@@ -495,5 +546,27 @@ fn raise_memlock_limit() {
     // SAFETY: plain syscall with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not lift RLIMIT_MEMLOCK");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_holder_is_found_by_device_and_inode() {
+        let locks = "\
+1: POSIX  ADVISORY  WRITE 77 00:27:29036797 0 EOF
+2: FLOCK  ADVISORY  WRITE 18328 00:27:29036797 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 18400 00:27:29036797 0 EOF
+3: FLOCK  ADVISORY  WRITE 99 fd:01:29036797 0 EOF
+";
+        let dev = libc::makedev(0, 0x27);
+        assert_eq!(lock_holder(locks, dev, 29036797), Some(18328));
+        assert_eq!(
+            lock_holder(locks, libc::makedev(0xfd, 1), 29036797),
+            Some(99)
+        );
+        assert_eq!(lock_holder(locks, dev, 1), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The agent's HTTP endpoints: `/healthz` (the process serves), `/readyz`
-//! (the first full sync is in the maps and the hooks are attached) and
+//! (the hooks are attached and the agent's lease on the maps runs: the
+//! first full sync is in them and they are current) and
 //! `/metrics` (Prometheus text exposition: the kernel counters, read from the
 //! maps at scrape time, and the agent's own).
 //!
@@ -12,7 +13,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -50,6 +51,31 @@ pub struct AgentStatus {
     pub idle_halts: bool,
     /// Frontends the bypass policy judged to have too short connections.
     pub short_conn_frontends: usize,
+    /// Until when the hooks translate (see `lease`); `None`: no lease yet.
+    pub lease_until: Option<Instant>,
+}
+
+impl AgentStatus {
+    /// Why the agent is not ready, if it is not.
+    fn not_ready(&self) -> Option<&'static str> {
+        if !self.ready {
+            Some("first sync not done")
+        } else if self.lease_remaining().is_zero() {
+            Some(
+                "lease on the maps ran out: the source has not confirmed the cluster's state \
+                 within the lease, or the maps have not caught up with it",
+            )
+        } else {
+            None
+        }
+    }
+
+    /// How long the lease on the maps still runs.
+    fn lease_remaining(&self) -> Duration {
+        self.lease_until.map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(Instant::now())
+        })
+    }
 }
 
 /// Shared between the sync loop and the HTTP server.
@@ -103,10 +129,10 @@ async fn answer(
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let (code, content_type, body) = match (method, path) {
         ("GET", "/healthz") => (200, "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") if status.lock().unwrap().ready => {
-            (200, "text/plain", "ready\n".to_owned())
-        }
-        ("GET", "/readyz") => (503, "text/plain", "first sync not done\n".to_owned()),
+        ("GET", "/readyz") => match status.lock().unwrap().not_ready() {
+            None => (200, "text/plain", "ready\n".to_owned()),
+            Some(reason) => (503, "text/plain", format!("{reason}\n")),
+        },
         ("GET", "/metrics") => {
             let kernel = Kernel {
                 counters: datapath::read_counters(pin_dir).unwrap_or_default(),
@@ -219,6 +245,11 @@ fn kernel_metric(counter: Counter) -> (&'static str, Option<&'static str>, &'sta
         ),
         Counter::SocketsTerminated => ("zerohop_stale_sockets_total", Some("terminated"), STALE),
         Counter::SocketsLeftStale => ("zerohop_stale_sockets_total", Some("left"), STALE),
+        Counter::PassedLeaseLapsed => (
+            "zerohop_connects_total",
+            Some("passed_lease_lapsed"),
+            CONNECTS,
+        ),
     }
 }
 
@@ -234,8 +265,15 @@ pub struct Kernel {
 /// The exposition text: HELP and TYPE once per metric, then its samples.
 pub fn metrics(status: &AgentStatus, kernel: &Kernel) -> String {
     let mut out = Metrics::default();
-    for &(counter, value) in &kernel.counters {
-        let (name, outcome, help) = kernel_metric(counter);
+    // A metric's samples must be adjacent: group the counters by metric,
+    // keeping their order within each.
+    let mut counters: Vec<_> = kernel
+        .counters
+        .iter()
+        .map(|&(counter, value)| (kernel_metric(counter), value))
+        .collect();
+    counters.sort_by_key(|((name, _, _), _)| *name);
+    for ((name, outcome, help), value) in counters {
         out.sample(
             name,
             "counter",
@@ -257,9 +295,18 @@ pub fn metrics(status: &AgentStatus, kernel: &Kernel) -> String {
     out.sample(
         "zerohop_ready",
         "gauge",
-        "1 once the first full sync is in the maps and the hooks are attached.",
+        "1 while /readyz answers 200: the hooks are attached and the lease on the \
+         maps runs.",
         None,
-        f64::from(u8::from(status.ready)),
+        f64::from(u8::from(status.not_ready().is_none())),
+    );
+    out.sample(
+        "zerohop_lease_remaining_seconds",
+        "gauge",
+        "How long the hooks keep translating unless the agent renews its lease on \
+         the maps; 0: connects take the cluster's normal path.",
+        None,
+        status.lease_remaining().as_secs_f64(),
     );
     out.sample(
         "zerohop_syncs_total",
@@ -386,6 +433,7 @@ mod tests {
             syncs: 3,
             objects: BTreeMap::from([("service", 2), ("endpointslice", 3)]),
             features: vec![("connect", true), ("bypass", false)],
+            lease_until: Some(Instant::now() + Duration::from_secs(60)),
             ..AgentStatus::default()
         };
         let kernel = Kernel {
@@ -408,5 +456,46 @@ mod tests {
         assert!(text.contains("zerohop_feature{name=\"bypass\"} 0\n"));
         let type_line = text.find("# TYPE zerohop_objects").unwrap();
         assert!(type_line < text.find("zerohop_objects{").unwrap());
+        // The exposition format wants each metric's samples together.
+        let mut finished = std::collections::BTreeSet::new();
+        let mut current = "";
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            if name != current {
+                assert!(finished.insert(current), "{current} split: {text}");
+                current = name;
+            }
+        }
+        assert!(!finished.contains(current), "{current} split: {text}");
+    }
+
+    #[test]
+    fn ready_only_while_the_lease_runs() {
+        let mut status = AgentStatus::default();
+        assert_eq!(status.not_ready(), Some("first sync not done"));
+        status.ready = true;
+        assert!(status
+            .not_ready()
+            .unwrap()
+            .starts_with("lease on the maps ran out"));
+        status.lease_until = Some(Instant::now() + Duration::from_secs(60));
+        assert_eq!(status.not_ready(), None);
+        let text = metrics(&status, &Kernel::default());
+        assert!(text.contains("zerohop_ready 1\n"), "{text}");
+        let remaining: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("zerohop_lease_remaining_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((59.0..=60.0).contains(&remaining), "{remaining}");
+        status.lease_until = Some(Instant::now() - Duration::from_millis(1));
+        assert!(status.not_ready().is_some());
+        let text = metrics(&status, &Kernel::default());
+        assert!(text.contains("zerohop_ready 0\n"), "{text}");
+        assert!(
+            text.contains("zerohop_lease_remaining_seconds 0\n"),
+            "{text}"
+        );
     }
 }

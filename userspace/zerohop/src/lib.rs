@@ -12,6 +12,7 @@ pub mod health;
 pub mod inspect;
 pub mod kernel_btf;
 pub mod kfunc;
+pub mod lease;
 pub mod node_idle;
 pub mod others;
 pub mod route_status;

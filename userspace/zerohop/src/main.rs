@@ -153,6 +153,15 @@ struct AgentArgs {
     /// such sockets in zerohop_stale_sockets_total{outcome="left"}.
     #[arg(long, value_name = "PROTOCOLS", default_value = "udp")]
     terminate_stale: Terminate,
+    /// How long, in milliseconds, the hooks keep translating past the last
+    /// moment the agent knew its maps current: when its source stops
+    /// confirming the cluster's state (a read that hangs, a wedged task) or
+    /// the maps stop catching up with it, or the agent is stopped, connects
+    /// take the cluster's normal path from then on, and /readyz fails, until
+    /// the maps are current again. With a source directory, at least two
+    /// --poll-ms.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
+    lease_ms: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -208,8 +217,14 @@ fn run(cli: Cli) -> Result<()> {
                 waypoint_config: args.waypoint_config,
                 allow_other_programs: args.allow_other_programs,
                 terminate: args.terminate_stale,
+                lease: Duration::from_millis(args.lease_ms),
             };
-            tokio::runtime::Runtime::new()?.block_on(agent::run(settings))
+            let runtime = tokio::runtime::Runtime::new()?;
+            let outcome = runtime.block_on(agent::run(settings));
+            // A read of the source that hangs (a stuck mount) must not hold
+            // up the exit: the programs are detached by now.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            outcome
         }
         Command::Bypass { state, pin_dir } => {
             datapath::set_bypass(&pin_dir, matches!(state, OnOff::On))

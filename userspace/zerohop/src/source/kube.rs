@@ -13,7 +13,10 @@
 //! through an empty or partial state. Nothing is published before every kind
 //! completed its first list.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
 
 use futures::{stream, StreamExt};
 use k8s_openapi::{
@@ -25,14 +28,16 @@ use kube::{
     runtime::{watcher, WatchStreamExt},
     Api, Client,
 };
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use zerohop_planner::{
     convert::{object_label, ConvertError},
     model, ClusterView,
 };
 
-use super::Snapshot;
+use super::{Publisher, Snapshot};
+
+/// How often the source confirms its last snapshot while it runs.
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 use zerohop_routes::model::{self as routes, GROUP as GATEWAY_GROUP};
 
 /// The kinds zerohop reads.
@@ -271,8 +276,13 @@ impl Store {
 }
 
 /// Watches the cluster and publishes a new snapshot after every change, from
-/// the end of the first complete list on. Runs until the process ends.
-pub async fn run(client: Client, node: String, snapshots: watch::Sender<Option<Snapshot>>) {
+/// the end of the first complete list on, and confirms the last one every
+/// [`CONFIRM_EVERY`] while it runs. Runs until the process ends.
+///
+/// A watch that fails (an API server out of reach) does not stop the
+/// confirmations: like kube-proxy's rules, the maps keep the last state the
+/// node saw. What stops them is this task no longer running.
+pub async fn run(client: Client, node: String, publisher: Publisher) {
     let events = Kind::ALL.map(|kind| {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource());
         watcher(api, kind.watcher_config(&node))
@@ -284,14 +294,25 @@ pub async fn run(client: Client, node: String, snapshots: watch::Sender<Option<S
     let mut store = Store::default();
     // Optional kinds whose lists fail, counted as listed and empty.
     let mut missing = BTreeSet::new();
-    while let Some((kind, event)) = events.next().await {
+    let mut confirm = tokio::time::interval(CONFIRM_EVERY);
+    loop {
+        let (kind, event) = tokio::select! {
+            next = events.next() => match next {
+                Some(next) => next,
+                None => break,
+            },
+            _ = confirm.tick() => {
+                publisher.confirm(Instant::now());
+                continue;
+            }
+        };
         match event {
             Ok(event) => {
                 if matches!(event, watcher::Event::InitDone) && missing.remove(&kind) {
                     info!(kind = kind.name(), "now served");
                 }
                 if store.apply(kind, event) && store.complete() {
-                    snapshots.send_replace(Some(store.snapshot()));
+                    publisher.publish(store.snapshot(), Instant::now());
                 }
             }
             // A cluster without the Gateway API CRDs has no routes: that
@@ -300,7 +321,7 @@ pub async fn run(client: Client, node: String, snapshots: watch::Sender<Option<S
                 info!(kind = kind.name(), %error, "not served (CRD not installed?); treated as empty until it is");
                 missing.insert(kind);
                 if store.apply(kind, watcher::Event::InitDone) && store.complete() {
-                    snapshots.send_replace(Some(store.snapshot()));
+                    publisher.publish(store.snapshot(), Instant::now());
                 }
             }
             Err(error) if missing.contains(&kind) => {

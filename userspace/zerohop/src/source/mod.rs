@@ -1,16 +1,25 @@
 //! Where the agent learns the cluster from. Each source publishes
-//! [`Snapshot`]s of the whole cluster on a watch channel; the agent plans and
-//! syncs the maps from the latest one.
+//! [`Snapshot`]s of the whole cluster through a [`Publisher`]; the agent
+//! plans and syncs the maps from the latest one. A source also confirms,
+//! each time it reads the cluster, that its last snapshot is still current:
+//! that keeps the agent's lease on the maps running (see `lease`).
 
 pub mod dir;
 pub mod kube;
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 pub use dir::{load_dir, Loaded};
 use tokio::sync::watch;
 use tracing::warn;
 use zerohop_planner::ClusterView;
+
+use crate::lease::SharedFreshness;
 
 /// The cluster as a source last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,31 +42,79 @@ impl From<Loaded> for Snapshot {
     }
 }
 
-/// Reads `dir` every `interval` and publishes a snapshot whenever what it
-/// holds changed. A directory that cannot be read keeps the last snapshot:
-/// it must not empty the maps.
-pub async fn watch_dir(
-    dir: PathBuf,
-    interval: Duration,
-    snapshots: watch::Sender<Option<Snapshot>>,
-) {
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tick.tick().await;
-        match load_dir(&dir) {
-            Ok(loaded) => {
-                let snapshot = Some(Snapshot::from(loaded));
-                snapshots.send_if_modified(|current| {
-                    let changed = *current != snapshot;
-                    if changed {
-                        current.clone_from(&snapshot);
-                    }
-                    changed
+/// A snapshot as published, numbered.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// 1 for a source's first snapshot, then one more for each that differs.
+    pub generation: u64,
+    pub snapshot: Arc<Snapshot>,
+}
+
+/// What a source hands the agent: each new snapshot, and how current the
+/// last one is.
+#[derive(Clone)]
+pub struct Publisher {
+    snapshots: watch::Sender<Option<Published>>,
+    freshness: SharedFreshness,
+}
+
+impl Publisher {
+    /// A publisher, and the receiving end for the agent.
+    pub fn new(freshness: SharedFreshness) -> (Publisher, watch::Receiver<Option<Published>>) {
+        let (snapshots, receiver) = watch::channel(None);
+        (
+            Publisher {
+                snapshots,
+                freshness,
+            },
+            receiver,
+        )
+    }
+
+    /// The source read `snapshot` from the cluster at `read_at`: published
+    /// when it differs from the last one, else a confirmation that the last
+    /// one is still current.
+    pub fn publish(&self, snapshot: Snapshot, read_at: Instant) {
+        let mut freshness = self.freshness.lock().unwrap();
+        self.snapshots.send_if_modified(|current| {
+            let changed = current
+                .as_ref()
+                .is_none_or(|published| *published.snapshot != snapshot);
+            let generation = freshness.read(read_at, changed);
+            if changed {
+                *current = Some(Published {
+                    generation,
+                    snapshot: Arc::new(snapshot),
                 });
             }
-            Err(error) => {
+            changed
+        });
+    }
+
+    /// The source's last snapshot is still current as of `at`.
+    pub fn confirm(&self, at: Instant) {
+        self.freshness.lock().unwrap().read(at, false);
+    }
+}
+
+/// Reads `dir` every `interval` and publishes a snapshot whenever what it
+/// holds changed. A directory that cannot be read keeps the last snapshot:
+/// it must not empty the maps, but it confirms nothing either. Each read
+/// runs on a blocking thread: a read that hangs (a stuck mount, a file
+/// that never ends) holds up this source only, and the lease runs out.
+pub async fn watch_dir(dir: PathBuf, interval: Duration, publisher: Publisher) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let read_at = Instant::now();
+        let path = dir.clone();
+        match tokio::task::spawn_blocking(move || load_dir(&path)).await {
+            Ok(Ok(loaded)) => publisher.publish(Snapshot::from(loaded), read_at),
+            Ok(Err(error)) => {
                 warn!(dir = %dir.display(), %error, "cannot read the source; keeping the current maps")
             }
+            Err(error) => warn!(dir = %dir.display(), %error, "reading the source failed"),
         }
     }
 }
