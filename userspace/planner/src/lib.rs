@@ -22,7 +22,7 @@ pub mod view;
 pub mod waypoint;
 
 pub use diff::{diff, Change, Changes};
-pub use manifest::{build_view, parse_manifests, Built, Manifest, Problem};
+pub use manifest::{assemble, build_view, parse_manifests, Built, Manifest, Parsed, Problem};
 pub use plan::{
     gone, plan, plan_with, plan_within, Capacity, Desired, Plan, PlanProblem, Waypoints,
 };

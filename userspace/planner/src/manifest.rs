@@ -91,8 +91,17 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Reads every Service and EndpointSlice of one file's text.
-pub fn parse_manifests(file: &str, text: &str) -> (Vec<Manifest>, Vec<Problem>) {
+/// What one file holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parsed {
+    /// The objects read, in file order.
+    pub manifests: Vec<Manifest>,
+    /// What could not be read.
+    pub problems: Vec<Problem>,
+}
+
+/// Reads every object of one file's text.
+pub fn parse_manifests(file: &str, text: &str) -> Parsed {
     let mut parser = Parser {
         file,
         manifests: Vec::new(),
@@ -101,23 +110,38 @@ pub fn parse_manifests(file: &str, text: &str) -> (Vec<Manifest>, Vec<Problem>) 
     for document in split_documents(text) {
         parser.document(&document);
     }
-    (parser.manifests, parser.problems)
+    Parsed {
+        manifests: parser.manifests,
+        problems: parser.problems,
+    }
 }
 
 /// Builds a view from files given as (file name, text). An object defined
 /// twice (same kind, namespace and name, in one file or two) is a problem;
 /// the first definition wins.
 pub fn build_view(files: impl IntoIterator<Item = (String, String)>) -> Built {
+    let parsed: Vec<(String, Parsed)> = files
+        .into_iter()
+        .map(|(file, text)| {
+            let parsed = parse_manifests(&file, &text);
+            (file, parsed)
+        })
+        .collect();
+    assemble(parsed.iter().map(|(file, parsed)| (file.as_str(), parsed)))
+}
+
+/// Builds a view from files already parsed, in the order given, as
+/// [`build_view`] does.
+pub fn assemble<'a>(files: impl IntoIterator<Item = (&'a str, &'a Parsed)>) -> Built {
     let mut view = ClusterView::new();
     let mut problems = Vec::new();
     let mut defined_in: BTreeMap<String, String> = BTreeMap::new();
-    for (file, text) in files {
-        let (manifests, file_problems) = parse_manifests(&file, &text);
-        problems.extend(file_problems);
-        for manifest in manifests {
+    for (file, parsed) in files {
+        problems.extend(parsed.problems.iter().cloned());
+        for manifest in &parsed.manifests {
             match defined_in.entry(manifest.object()) {
                 Entry::Occupied(first) => problems.push(Problem {
-                    file: file.clone(),
+                    file: file.to_owned(),
                     object: Some(first.key().clone()),
                     message: format!(
                         "defined again; the first definition, in {}, is used",
@@ -125,8 +149,8 @@ pub fn build_view(files: impl IntoIterator<Item = (String, String)>) -> Built {
                     ),
                 }),
                 Entry::Vacant(slot) => {
-                    slot.insert(file.clone());
-                    match manifest {
+                    slot.insert(file.to_owned());
+                    match manifest.clone() {
                         Manifest::Service(service) => view.apply_service(service),
                         Manifest::EndpointSlice(slice) => view.apply_slice(slice),
                         Manifest::Namespace(namespace) => view.apply_namespace(namespace),
@@ -225,6 +249,21 @@ impl Parser<'_> {
     }
 
     fn document(&mut self, document: &Document<'_>) {
+        // The YAML scanner's time grows with the square of the nesting of
+        // flow collections (200,000 nested `{a: ` take minutes), and the
+        // parser refuses more than MAX_NESTING levels anyway: say so
+        // before it starts.
+        if let Some(line) = nested_deeper_than(document.text, MAX_NESTING) {
+            let line = document.first_line + line - 1;
+            self.problem(
+                None,
+                format!(
+                    "malformed YAML: nested deeper than {MAX_NESTING} levels at line {line}; \
+                     not parsed"
+                ),
+            );
+            return;
+        }
         match serde_yaml_ng::from_str::<Value>(document.text) {
             Ok(Value::Null) => {}
             Ok(value) => self.object(value, Some(document)),
@@ -329,6 +368,53 @@ impl Parser<'_> {
     }
 }
 
+/// The deepest nesting of `[` and `{` a document may have: the YAML
+/// parser's own recursion limit.
+const MAX_NESTING: usize = 128;
+
+/// The line (from 1) where `text` opens more than `limit` nested flow
+/// collections, if it does. Quoted scalars and comments do not count;
+/// brackets inside plain or block scalars do, which only makes a document
+/// with more than `limit` of them unclosed look deeper than it is.
+fn nested_deeper_than(text: &str, limit: usize) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1);
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut previous = '\n';
+    let mut characters = text.chars();
+    while let Some(character) = characters.next() {
+        if character == '\n' {
+            line += 1;
+            comment = false;
+        } else if comment {
+        } else if let Some(open) = quote {
+            if character == open {
+                quote = None;
+            } else if character == '\\' && open == '"' {
+                characters.next();
+            }
+        } else {
+            match character {
+                // A quote opens a scalar only where one starts (not `it's`).
+                '\'' | '"' if previous.is_whitespace() || "[{,:-".contains(previous) => {
+                    quote = Some(character)
+                }
+                '#' if previous.is_whitespace() => comment = true,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > limit {
+                        return Some(line);
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        previous = character;
+    }
+    None
+}
+
 fn text_field(fields: &Mapping, key: &str) -> String {
     fields
         .get(key)
@@ -397,7 +483,10 @@ endpoints: [{addresses: [10.244.1.2]}]
         let text = format!(
             "---\n# just a comment\n---\n{SERVICE_A}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: demo}}\n---\n---\n{SLICE_A}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\n---\napiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: knative}}\n"
         );
-        let (manifests, problems) = parse_manifests("all.yaml", &text);
+        let Parsed {
+            manifests,
+            problems,
+        } = parse_manifests("all.yaml", &text);
         assert_eq!(problems, vec![]);
         assert_eq!(
             names(&manifests),
@@ -421,7 +510,10 @@ endpoints: [{addresses: [10.244.1.2]}]
                 .unwrap()
                 .replace('\n', "\n  "),
         );
-        let (manifests, problems) = parse_manifests("list.yaml", &text);
+        let Parsed {
+            manifests,
+            problems,
+        } = parse_manifests("list.yaml", &text);
         assert_eq!(problems, vec![]);
         assert_eq!(
             names(&manifests),
@@ -436,7 +528,10 @@ endpoints: [{addresses: [10.244.1.2]}]
     #[test]
     fn reads_json() {
         let text = "{\n\t\"apiVersion\": \"v1\",\n\t\"kind\": \"Service\",\n\t\"metadata\": {\"name\": \"j\"},\n\t\"spec\": {\"clusterIP\": \"10.96.0.3\"}\n}\n";
-        let (manifests, problems) = parse_manifests("svc.json", text);
+        let Parsed {
+            manifests,
+            problems,
+        } = parse_manifests("svc.json", text);
         assert_eq!(problems, vec![]);
         assert_eq!(names(&manifests), vec!["Service default/j"]);
     }
@@ -446,7 +541,10 @@ endpoints: [{addresses: [10.244.1.2]}]
         let text = format!(
             "{SERVICE_A}---\napiVersion: v1\nkind: Service\nmetadata: [oops\n---\n{SLICE_A}"
         );
-        let (manifests, problems) = parse_manifests("broken.yaml", &text);
+        let Parsed {
+            manifests,
+            problems,
+        } = parse_manifests("broken.yaml", &text);
         assert_eq!(
             names(&manifests),
             vec!["Service demo/a", "EndpointSlice demo/a-1"]
@@ -468,7 +566,10 @@ endpoints: [{addresses: [10.244.1.2]}]
         let text = format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{ports: [{{port: 80}}]}}\n---\n{SERVICE_A}"
         );
-        let (manifests, problems) = parse_manifests("services.yaml", &text);
+        let Parsed {
+            manifests,
+            problems,
+        } = parse_manifests("services.yaml", &text);
         assert_eq!(names(&manifests), vec!["Service demo/a"]);
         assert_eq!(
             messages(&problems),
@@ -482,7 +583,10 @@ endpoints: [{addresses: [10.244.1.2]}]
         let text = format!(
             "{SERVICE_A}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  clusterIP: 10.96.0.9\n  ports:\n  - port: eighty\n"
         );
-        let (manifests, problems) = parse_manifests("services.yaml", &text);
+        let Parsed {
+            manifests,
+            problems,
+        } = parse_manifests("services.yaml", &text);
         assert_eq!(names(&manifests), vec!["Service demo/a"]);
         let message = messages(&problems).join("\n");
         assert!(
@@ -496,13 +600,16 @@ endpoints: [{addresses: [10.244.1.2]}]
     #[test]
     fn headless_and_external_name_services_are_skipped_silently() {
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec: {clusterIP: None}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec: {type: ExternalName, externalName: example.com}\n";
-        assert_eq!(parse_manifests("s.yaml", text), (vec![], vec![]));
+        assert_eq!(parse_manifests("s.yaml", text), Parsed::default());
     }
 
     #[test]
     fn documents_that_are_not_objects_are_problems() {
         let text = "just a string\n---\nreplicas: 3\n---\nkind: Service\nmetadata: {name: web}\n";
-        let (manifests, problems) = parse_manifests("values.yaml", text);
+        let Parsed {
+            manifests,
+            problems,
+        } = parse_manifests("values.yaml", text);
         assert!(manifests.is_empty());
         assert_eq!(
             messages(&problems),
@@ -573,5 +680,52 @@ endpoints: [{addresses: [10.244.1.2]}]
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].file, "bad.yaml");
         assert_eq!(view.services().len(), 1);
+    }
+
+    #[test]
+    fn deeply_nested_documents_are_refused_at_once_and_the_rest_loads() {
+        let depth = 200_000;
+        let deep = format!(
+            "kind: Service\nspec: {}{}\n",
+            "{a: ".repeat(depth),
+            "}".repeat(depth)
+        );
+        let text = format!("{SERVICE_A}---\n{deep}---\n# [[[ in a comment\nx: '{{{{'\n");
+        let started = std::time::Instant::now();
+        let Parsed {
+            manifests,
+            problems,
+        } = parse_manifests("deep.yaml", &text);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(names(&manifests).len(), 1);
+        // After SERVICE_A: the `---` line, `kind: Service`, then `spec:`.
+        let spec_line = SERVICE_A.lines().count() + 3;
+        assert_eq!(
+            messages(&problems),
+            vec![
+                format!(
+                    "deep.yaml: malformed YAML: nested deeper than 128 levels at line \
+                     {spec_line}; not parsed"
+                ),
+                // Brackets in comments and quotes are not nesting: the last
+                // document is parsed, and has no kind.
+                format!(
+                    "deep.yaml: not a Kubernetes object (line {}): no kind",
+                    spec_line + 1
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn nesting_counts_flow_collections_outside_quotes_and_comments() {
+        assert_eq!(nested_deeper_than("a: [[[]]]", 3), None);
+        assert_eq!(nested_deeper_than("a: [[[[]]]]", 3), Some(1));
+        assert_eq!(nested_deeper_than("a: 1\nb: {c: {d: {e: 1}}}", 2), Some(2));
+        assert_eq!(
+            nested_deeper_than("a: '[[[[[' # {{{{\nb: \"{\\\"{{{\"", 1),
+            None
+        );
+        assert_eq!(nested_deeper_than("a: it's [[", 1), Some(1));
     }
 }

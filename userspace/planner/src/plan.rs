@@ -55,12 +55,16 @@ pub enum PlanProblem {
     /// The Service has endpoints of that family, but no slice lists the
     /// port's name and protocol, so there is no target port: the frontend
     /// gets no endpoint (connections take the cluster's normal path).
-    #[error("Service {service} port {port:?}: no {family} EndpointSlice defines it")]
+    #[error(
+        "Service {service} {}: no {family} EndpointSlice defines {}",
+        listing("port", "ports", ports.iter().map(|port| format!("{port:?}"))),
+        if ports.len() == 1 { "it" } else { "them" }
+    )]
     PortNotInSlices {
         /// The Service.
         service: ServiceId,
-        /// The Service port's name (`""` for an unnamed port).
-        port: String,
+        /// The Service ports' names (`""` for an unnamed port).
+        ports: Vec<String>,
         /// The ClusterIP's family.
         family: Family,
     },
@@ -87,15 +91,36 @@ pub enum PlanProblem {
         capacity: Capacity,
     },
     /// Two Services claim the same ClusterIP and port; the first by id keeps it.
-    #[error("Service {service}: frontend {frontend} already belongs to Service {owner}; ignored")]
+    #[error(
+        "Service {service}: {} already {} to Service {owner}; ignored",
+        listing("frontend", "frontends", frontends.iter()),
+        if frontends.len() == 1 { "belongs" } else { "belong" }
+    )]
     FrontendTaken {
-        /// The Service that loses the frontend.
+        /// The Service that loses the frontends.
         service: ServiceId,
-        /// The ClusterIP and port.
-        frontend: SocketAddr,
-        /// The Service that keeps it.
+        /// The ClusterIPs and ports.
+        frontends: Vec<SocketAddr>,
+        /// The Service that keeps them.
         owner: ServiceId,
     },
+}
+
+/// `port "http"`, or `ports "a", "b", "c" and 7 more`: a problem about
+/// many ports of one Service is one line, not one per port.
+fn listing<T: std::fmt::Display>(
+    one: &str,
+    many: &str,
+    items: impl ExactSizeIterator<Item = T>,
+) -> String {
+    const SHOWN: usize = 3;
+    let count = items.len();
+    let shown: Vec<String> = items.take(SHOWN).map(|item| item.to_string()).collect();
+    match count {
+        1 => format!("{one} {}", shown[0]),
+        _ if count <= SHOWN => format!("{many} {}", shown.join(", ")),
+        _ => format!("{many} {} and {} more", shown.join(", "), count - SHOWN),
+    }
 }
 
 impl PlanProblem {
@@ -205,16 +230,19 @@ pub fn plan_within(
                 .copied()
                 .filter(|slice| slice.family == family)
                 .collect();
+            // The ports' problems, one line each for all ports.
+            let mut taken: BTreeMap<&ServiceId, Vec<SocketAddr>> = BTreeMap::new();
+            let mut not_in_slices = Vec::new();
+            let mut no_waypoint = false;
             for port in &service.ports {
                 let Some(frontend) = port_frontend_key(cluster_ip, port) else {
                     continue;
                 };
                 if let Some(owner) = owners.get(&frontend) {
-                    plan.problems.push(PlanProblem::FrontendTaken {
-                        service: service.id.clone(),
-                        frontend: SocketAddr::new(cluster_ip, port.port),
-                        owner: (*owner).clone(),
-                    });
+                    taken
+                        .entry(*owner)
+                        .or_default()
+                        .push(SocketAddr::new(cluster_ip, port.port));
                     continue;
                 }
                 owners.insert(frontend, &service.id);
@@ -222,10 +250,7 @@ pub fn plan_within(
                 let is_l7 =
                     port.protocol == Protocol::Tcp && l7.contains(&(service.id.clone(), port.port));
                 if is_l7 && !waypoints.serve(family) {
-                    plan.problems.push(PlanProblem::NoWaypoint {
-                        service: service.id.clone(),
-                        family,
-                    });
+                    no_waypoint = true;
                     continue;
                 }
 
@@ -240,11 +265,7 @@ pub fn plan_within(
                         eligible(targets, service.traffic)
                     }
                     None => {
-                        plan.problems.push(PlanProblem::PortNotInSlices {
-                            service: service.id.clone(),
-                            port: port.name.clone(),
-                            family,
-                        });
+                        not_in_slices.push(port.name.clone());
                         Vec::new()
                     }
                 };
@@ -261,6 +282,26 @@ pub fn plan_within(
                 plan.desired
                     .insert(frontend, service, is_l7, short, &targets);
                 plan.ready.extend(ready);
+            }
+            for (owner, frontends) in taken {
+                plan.problems.push(PlanProblem::FrontendTaken {
+                    service: service.id.clone(),
+                    frontends,
+                    owner: owner.clone(),
+                });
+            }
+            if no_waypoint {
+                plan.problems.push(PlanProblem::NoWaypoint {
+                    service: service.id.clone(),
+                    family,
+                });
+            }
+            if !not_in_slices.is_empty() {
+                plan.problems.push(PlanProblem::PortNotInSlices {
+                    service: service.id.clone(),
+                    ports: not_in_slices,
+                    family,
+                });
             }
         }
     }
@@ -1214,6 +1255,39 @@ mod tests {
             );
             assert_eq!(plan.desired.services[&web].flags, expected, "{bypass:?}");
         }
+    }
+
+    #[test]
+    fn the_problems_of_many_ports_are_one_line_per_service() {
+        let ports: Vec<(String, u16, Protocol)> = (0..10_000)
+            .map(|n| tcp(&format!("p{n}"), 1000 + n))
+            .collect();
+        let view = view(
+            vec![
+                service("alpha", &["10.96.0.10"], &ports[..4]),
+                service("many", &["10.96.0.10"], &ports),
+            ],
+            ["alpha", "many"]
+                .iter()
+                .map(|name| {
+                    let endpoints = vec![ready_on("10.244.1.2", NODE)];
+                    slice(&format!("{name}-1"), name, &[tcp("other", 9)], endpoints)
+                })
+                .collect(),
+        );
+        let plan = plan(&view, NODE);
+        assert_eq!(
+            plan.problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec![
+                r#"Service default/alpha ports "p0", "p1", "p2" and 1 more: no IPv4 EndpointSlice defines them"#,
+                "Service default/many: frontends 10.96.0.10:1000, 10.96.0.10:1001, 10.96.0.10:1002 \
+                 and 1 more already belong to Service default/alpha; ignored",
+                r#"Service default/many ports "p4", "p5", "p6" and 9993 more: no IPv4 EndpointSlice defines them"#,
+            ]
+        );
     }
 
     #[test]

@@ -6,19 +6,27 @@
 //! skipped. Symbolic links are followed, so a mounted ConfigMap works. A
 //! file that cannot be read is a [`Problem`] like a malformed one: the other
 //! files still load. So is a file larger than [`MAX_FILE_BYTES`], which is
-//! not read at all.
+//! not read at all, and one that takes longer than [`MAX_PARSE_TIME`] to
+//! parse. Such a file that loaded before keeps its last good content.
+//!
+//! [`DirReader`] reads a file again only when its identity, size or times
+//! changed, so watching a directory costs one `stat` per file and poll
+//! while nothing changes.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
-use zerohop_planner::{build_view, ClusterView, Problem};
+use zerohop_planner::{assemble, parse_manifests, ClusterView, Parsed, Problem};
 
 /// The view built from a directory, and what was wrong in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Loaded {
-    /// Every Service and EndpointSlice that loaded.
+    /// Every object that loaded.
     pub view: ClusterView,
     /// Unreadable files, malformed documents, invalid or duplicate objects.
     pub problems: Vec<Problem>,
@@ -30,44 +38,186 @@ pub struct Loaded {
 /// EndpointSlices.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
+/// The longest a file may take to parse (16 MiB of Services take about
+/// 2 s here); one that takes longer is reported and its parse left to
+/// finish in the background.
+pub const MAX_PARSE_TIME: Duration = Duration::from_secs(20);
+
 /// Loads the manifests of directory `path`. Fails only when the directory
 /// itself cannot be listed (for instance when it does not exist).
 pub fn load_dir(path: &Path) -> io::Result<Loaded> {
-    let mut names: Vec<String> = Vec::new();
-    for entry in fs::read_dir(path)? {
-        let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue; // Not UTF-8, so not named *.yaml either.
-        };
-        if is_manifest_name(&name) && !entry.path().is_dir() {
-            names.push(name);
-        }
-    }
-    names.sort();
+    Ok(DirReader::new(path.to_owned()).read()?.unwrap_or_default())
+}
 
-    let mut problems = Vec::new();
-    let mut files = Vec::new();
-    for name in names {
-        match read_limited(&path.join(&name)) {
-            Ok(Some(text)) => files.push((name, text)),
-            Ok(None) => problems.push(Problem {
-                file: name,
-                object: None,
-                message: format!("larger than {} MiB; not read", MAX_FILE_BYTES >> 20),
-            }),
-            Err(error) => problems.push(Problem {
-                file: name,
-                object: None,
-                message: format!("cannot read: {error}"),
-            }),
+/// Reads a directory again and again, parsing only the files that changed.
+pub struct DirReader {
+    dir: PathBuf,
+    /// Every manifest file of the last read, by name.
+    files: BTreeMap<String, File>,
+    /// Whether a read happened yet.
+    read_once: bool,
+}
+
+/// A file as last read.
+struct File {
+    stamp: Stamp,
+    /// What it held when it was last read well, if it ever was.
+    good: Option<Arc<Parsed>>,
+    /// Why the last read failed, if it did.
+    failed: Option<String>,
+}
+
+/// What tells that a file changed: which file it is, its size, and its
+/// modification and status change times (in ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    fn of(metadata: &fs::Metadata) -> Stamp {
+        Stamp {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            len: metadata.len(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
         }
     }
-    let built = build_view(files);
-    problems.extend(built.problems);
-    Ok(Loaded {
-        view: built.view,
-        problems,
-        origins: built.origins,
+}
+
+impl DirReader {
+    pub fn new(dir: PathBuf) -> DirReader {
+        DirReader {
+            dir,
+            files: BTreeMap::new(),
+            read_once: false,
+        }
+    }
+
+    /// Reads the files that changed since the last call: the directory's
+    /// view when anything did (a file added, changed or removed), `None`
+    /// when nothing did. Fails only when the directory cannot be listed.
+    pub fn read(&mut self) -> io::Result<Option<Loaded>> {
+        // Each manifest file's stamp, and whether it can be followed to a
+        // file (else the stamp is the dangling link's own, and reading it
+        // fails with the reason).
+        let mut current: BTreeMap<String, (Stamp, bool)> = BTreeMap::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue; // Not UTF-8, so not named *.yaml either.
+            };
+            if !is_manifest_name(&name) {
+                continue;
+            }
+            let found = match fs::metadata(entry.path()) {
+                Ok(metadata) if metadata.is_dir() => continue,
+                Ok(metadata) => (Stamp::of(&metadata), true),
+                Err(_) => match fs::symlink_metadata(entry.path()) {
+                    Ok(metadata) => (Stamp::of(&metadata), false),
+                    Err(_) => continue, // Gone since the listing.
+                },
+            };
+            current.insert(name, found);
+        }
+        let mut changed = !self.read_once || self.files.len() != current.len();
+        self.read_once = true;
+        self.files.retain(|name, _| current.contains_key(name));
+        for (name, (stamp, readable)) in current {
+            let known = self.files.get(&name);
+            if known.is_some_and(|file| file.stamp == stamp) {
+                continue;
+            }
+            changed = true;
+            let good = known.and_then(|file| file.good.clone());
+            let path = self.dir.join(&name);
+            let read = if readable {
+                read_and_parse(&path, &name)
+            } else {
+                let error = fs::metadata(&path).err();
+                Err(format!(
+                    "cannot read: {}",
+                    error.map_or_else(|| "changed while read".to_owned(), |e| e.to_string())
+                ))
+            };
+            let file = match read {
+                Ok(parsed) => File {
+                    stamp,
+                    good: Some(Arc::new(parsed)),
+                    failed: None,
+                },
+                Err(why) => File {
+                    stamp,
+                    good,
+                    failed: Some(why),
+                },
+            };
+            self.files.insert(name, file);
+        }
+        Ok(changed.then(|| self.loaded()))
+    }
+
+    /// The view of the files as last read.
+    fn loaded(&self) -> Loaded {
+        let built = assemble(
+            self.files
+                .iter()
+                .filter_map(|(name, file)| Some((name.as_str(), file.good.as_deref()?))),
+        );
+        let mut problems: Vec<Problem> = self
+            .files
+            .iter()
+            .filter_map(|(name, file)| {
+                let why = file.failed.as_ref()?;
+                let kept = if file.good.is_some() {
+                    "; its last good content is kept"
+                } else {
+                    ""
+                };
+                Some(Problem {
+                    file: name.clone(),
+                    object: None,
+                    message: format!("{why}{kept}"),
+                })
+            })
+            .collect();
+        problems.extend(built.problems);
+        Loaded {
+            view: built.view,
+            problems,
+            origins: built.origins,
+        }
+    }
+}
+
+/// Reads and parses one file, within [`MAX_PARSE_TIME`].
+fn read_and_parse(path: &Path, name: &str) -> Result<Parsed, String> {
+    let text = match read_limited(path) {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            return Err(format!(
+                "larger than {} MiB; not read",
+                MAX_FILE_BYTES >> 20
+            ))
+        }
+        Err(error) => return Err(format!("cannot read: {error}")),
+    };
+    let (send, receive) = mpsc::channel();
+    let name = name.to_owned();
+    std::thread::Builder::new()
+        .name("zerohop-parse".into())
+        .spawn(move || send.send(parse_manifests(&name, &text)))
+        .map_err(|error| format!("cannot parse: {error}"))?;
+    receive.recv_timeout(MAX_PARSE_TIME).map_err(|_| {
+        format!(
+            "took longer than {} s to parse; not used",
+            MAX_PARSE_TIME.as_secs()
+        )
     })
 }
 
@@ -275,5 +425,70 @@ mod tests {
         let dir = TempDir::new();
         let error = load_dir(&dir.0.join("absent")).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_reader_reads_again_only_when_a_file_changed() {
+        let dir = TempDir::new();
+        dir.write("a.yaml", service("a", "10.96.0.1"));
+        dir.write("b.yaml", service("b", "10.96.0.2"));
+        let mut reader = DirReader::new(dir.0.clone());
+        let first = reader.read().unwrap().expect("the first read gives a view");
+        assert_eq!(service_names(&first), vec!["a", "b"]);
+        assert_eq!(reader.read().unwrap(), None, "nothing changed");
+
+        dir.write("b.yaml", service("c", "10.96.0.3"));
+        let changed = reader.read().unwrap().expect("b.yaml changed");
+        assert_eq!(service_names(&changed), vec!["a", "c"]);
+        assert_eq!(reader.read().unwrap(), None);
+
+        fs::remove_file(dir.0.join("a.yaml")).unwrap();
+        let removed = reader.read().unwrap().expect("a.yaml went");
+        assert_eq!(service_names(&removed), vec!["c"]);
+
+        dir.write("d.yaml", service("d", "10.96.0.4"));
+        let added = reader.read().unwrap().expect("d.yaml came");
+        assert_eq!(service_names(&added), vec!["c", "d"]);
+    }
+
+    #[test]
+    fn a_file_that_stops_loading_keeps_its_last_good_content() {
+        let dir = TempDir::new();
+        dir.write("web.yaml", service("web", "10.96.0.1"));
+        let mut reader = DirReader::new(dir.0.clone());
+        reader.read().unwrap();
+        let mut huge = service("other", "10.96.0.2");
+        huge.push_str(&"#".repeat(MAX_FILE_BYTES as usize));
+        dir.write("web.yaml", huge);
+        let loaded = reader.read().unwrap().expect("web.yaml changed");
+        assert_eq!(service_names(&loaded), vec!["web"]);
+        assert_eq!(
+            loaded
+                .problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec!["web.yaml: larger than 16 MiB; not read; its last good content is kept"]
+        );
+        assert_eq!(reader.read().unwrap(), None, "reported, not read again");
+        dir.write("web.yaml", service("fixed", "10.96.0.3"));
+        let fixed = reader.read().unwrap().expect("web.yaml changed");
+        assert_eq!(service_names(&fixed), vec!["fixed"]);
+        assert_eq!(fixed.problems, vec![]);
+    }
+
+    #[test]
+    fn a_dangling_link_is_reported_once_not_read_at_every_poll() {
+        let dir = TempDir::new();
+        std::os::unix::fs::symlink(dir.0.join("missing-target"), dir.0.join("dangling.yaml"))
+            .unwrap();
+        let mut reader = DirReader::new(dir.0.clone());
+        let loaded = reader.read().unwrap().unwrap();
+        assert_eq!(loaded.problems.len(), 1);
+        assert!(loaded.problems[0].message.starts_with("cannot read: "));
+        assert_eq!(reader.read().unwrap(), None);
+        dir.write("missing-target", service("late", "10.96.0.5"));
+        let loaded = reader.read().unwrap().expect("the link resolves now");
+        assert_eq!(service_names(&loaded), vec!["late"]);
     }
 }

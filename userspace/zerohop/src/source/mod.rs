@@ -9,12 +9,13 @@ pub mod kube;
 
 use std::{
     collections::BTreeMap,
+    io,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-pub use dir::{load_dir, Loaded};
+pub use dir::{load_dir, DirReader, Loaded};
 use tokio::sync::watch;
 use tracing::warn;
 use zerohop_planner::ClusterView;
@@ -98,23 +99,36 @@ impl Publisher {
 }
 
 /// Reads `dir` every `interval` and publishes a snapshot whenever what it
-/// holds changed. A directory that cannot be read keeps the last snapshot:
-/// it must not empty the maps, but it confirms nothing either. Each read
-/// runs on a blocking thread: a read that hangs (a stuck mount, a file
-/// that never ends) holds up this source only, and the lease runs out.
+/// holds changed, or confirms the last one. A directory that cannot be read
+/// keeps the last snapshot: it must not empty the maps, but it confirms
+/// nothing either. Each read runs on a blocking thread: a read that hangs
+/// (a stuck mount, a file that never ends) holds up this source only, and
+/// the lease runs out.
 pub async fn watch_dir(dir: PathBuf, interval: Duration, publisher: Publisher) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reader = DirReader::new(dir.clone());
     loop {
         tick.tick().await;
         let read_at = Instant::now();
-        let path = dir.clone();
-        match tokio::task::spawn_blocking(move || load_dir(&path)).await {
-            Ok(Ok(loaded)) => publisher.publish(Snapshot::from(loaded), read_at),
-            Ok(Err(error)) => {
+        let read = tokio::task::spawn_blocking(move || {
+            let loaded = reader.read();
+            (reader, loaded)
+        })
+        .await;
+        let loaded;
+        (reader, loaded) = match read {
+            Ok(read) => read,
+            // A read that panicked: start over with a reader that knows
+            // no file.
+            Err(error) => (DirReader::new(dir.clone()), Err(io::Error::other(error))),
+        };
+        match loaded {
+            Ok(Some(loaded)) => publisher.publish(Snapshot::from(loaded), read_at),
+            Ok(None) => publisher.confirm(read_at),
+            Err(error) => {
                 warn!(dir = %dir.display(), %error, "cannot read the source; keeping the current maps")
             }
-            Err(error) => warn!(dir = %dir.display(), %error, "reading the source failed"),
         }
     }
 }
