@@ -242,7 +242,7 @@ pub async fn run(mut settings: Settings) -> Result<()> {
                     last = snapshot;
                 }
                 _ = learning.tick() => {
-                    match sync.learn(&frontend_names(&last.snapshot)) {
+                    match sync.learn(&last.snapshot) {
                         Ok(true) => {}
                         Ok(false) => continue,
                         Err(error) => {
@@ -375,6 +375,8 @@ struct Sync {
     learner: Learner,
     /// Every ready endpoint of each frontend at the last sync.
     ready: BTreeSet<FrontendEndpoint>,
+    /// [`ServiceMaps::traffic_activity`] when the traffic was last read.
+    traffic_activity: Option<u64>,
 }
 
 impl Sync {
@@ -395,15 +397,27 @@ impl Sync {
             status,
             learner: Learner::default(),
             ready: BTreeSet::new(),
+            traffic_activity: None,
         })
     }
 
     /// Reads what the frontends' bypassed connections did since the last
     /// look and tells whether the bypass policy changed its mind about any
     /// of them (then the maps need planning again).
-    fn learn(&mut self, names: &BTreeMap<FrontendKey, String>) -> Result<bool> {
+    fn learn(&mut self, snapshot: &Snapshot) -> Result<bool> {
+        // Nothing was counted since the last look: nothing to learn, and
+        // no reason to read a counter per frontend.
+        let activity = self.maps.traffic_activity()?;
+        if self.traffic_activity == Some(activity) {
+            return Ok(false);
+        }
         let traffic = self.maps.read_traffic()?;
+        self.traffic_activity = Some(activity);
         let changes = self.learner.observe(&traffic);
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        let names = frontend_names(snapshot);
         for change in &changes {
             let service = names.get(&change.frontend).map_or("?", String::as_str);
             let frontend =
@@ -425,7 +439,7 @@ impl Sync {
                 ),
             }
         }
-        Ok(!changes.is_empty())
+        Ok(true)
     }
 
     /// Writes the maps for `snapshot`; returns the endpoints that left
@@ -442,8 +456,7 @@ impl Sync {
             in_its_file(&snapshot.origins, &label, problem.to_string())
         });
         report(&mut self.plan_problems, described);
-        let current = self.maps.read()?;
-        let changes = zerohop_planner::diff(&current, &plan.desired);
+        let changes = zerohop_planner::diff(self.maps.held()?, &plan.desired);
         let applied = self.maps.apply(&changes);
         let config = waypoint_config(view, &self.node);
         let evaluations: Vec<(&HttpRoute, RouteEvaluation)> = config

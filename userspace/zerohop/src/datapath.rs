@@ -227,6 +227,13 @@ pub struct ServiceMaps {
     backends: HashMap<MapData, BackendKey, Backend>,
     names: HashMap<MapData, FrontendKey, ServiceName>,
     traffic: HashMap<MapData, FrontendKey, Traffic>,
+    stats: PerCpuArray<MapData, u64>,
+    /// What the three maps hold, as last read or written through this
+    /// handle: the agent is their only writer (one agent per pin directory),
+    /// so a sync costs writes in proportion to the change, not reads in
+    /// proportion to the cluster. `None` until read, and again after a
+    /// refused write.
+    held: Option<Desired>,
 }
 
 /// What [`ServiceMaps::apply`] did.
@@ -247,7 +254,29 @@ impl ServiceMaps {
             backends: HashMap::try_from(open_pinned(pin_dir, map_name::BACKENDS)?)?,
             names: HashMap::try_from(open_pinned(pin_dir, map_name::NAMES)?)?,
             traffic: HashMap::try_from(open_pinned(pin_dir, map_name::TRAFFIC)?)?,
+            stats: PerCpuArray::try_from(open_pinned(pin_dir, map_name::STATS)?)?,
+            held: None,
         })
+    }
+
+    /// A sum that moves whenever the programs add to a frontend's traffic
+    /// counters: a connect tagged for the bypass also counts
+    /// `translated_local`, and every message of a registered socket
+    /// `msg_redirected` or `redirect_miss`. Reading it takes three
+    /// syscalls, reading the traffic map two per frontend.
+    pub fn traffic_activity(&self) -> Result<u64> {
+        let mut sum = 0u64;
+        for counter in [
+            Counter::TranslatedLocal,
+            Counter::MsgRedirected,
+            Counter::RedirectMiss,
+        ] {
+            let per_cpu = self.stats.get(&(counter as u32), 0)?;
+            sum = per_cpu
+                .iter()
+                .fold(sum, |sum, value| sum.wrapping_add(*value));
+        }
+        Ok(sum)
     }
 
     /// Every frontend's traffic counters, as the programs left them.
@@ -273,7 +302,16 @@ impl ServiceMaps {
             .insert(frontend, Traffic::default(), BPF_NOEXIST);
     }
 
-    /// The current contents of both maps.
+    /// What the maps hold: read from the kernel the first time, then as
+    /// this handle wrote them.
+    pub fn held(&mut self) -> Result<&Desired> {
+        if self.held.is_none() {
+            self.held = Some(self.read()?);
+        }
+        Ok(self.held.as_ref().expect("just read"))
+    }
+
+    /// The current contents of the three maps, read from the kernel.
     pub fn read(&self) -> Result<Desired> {
         let mut current = Desired::default();
         for entry in self.services.iter() {
@@ -313,7 +351,12 @@ impl ServiceMaps {
                 Change::DeleteName(key) => self.names.remove(&key),
             };
             match result {
-                Ok(()) => applied.written += 1,
+                Ok(()) => {
+                    applied.written += 1;
+                    if let Some(held) = &mut self.held {
+                        change.apply_to(held);
+                    }
+                }
                 // The first refusal names its entry; the count of all goes
                 // in the sync's line.
                 Err(error) => {
@@ -323,6 +366,10 @@ impl ServiceMaps {
                     applied.failed += 1;
                 }
             }
+        }
+        // What a refused write left in the kernel is read again next time.
+        if applied.failed > 0 {
+            self.held = None;
         }
         applied
     }
