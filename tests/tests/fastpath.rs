@@ -1498,6 +1498,69 @@ fn wait_for_readyz(agent: &Agent, code: u16) -> Result<()> {
     }
 }
 
+/// `--max-frontends` sizes the maps the agent creates: Services past it are
+/// left whole to the cluster's normal path, in Service order, with one
+/// problem logged, and the metrics say what the maps hold; maps already
+/// pinned keep their size, and the agent says so.
+#[test]
+fn the_maps_hold_what_max_frontends_says() -> Result<()> {
+    let family = Family::V4;
+    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+    for (name, n) in [("a", 10), ("b", 11), ("c", 12)] {
+        world.service(family, name, n, &["server"], &[], "")?;
+    }
+    let server = world.pod("server").ip(family);
+    world.cluster.add_dnat_everywhere(
+        cluster_ip(family, 12),
+        SERVICE_PORT,
+        &[(server, TARGET_PORT)],
+    )?;
+    world.start_agents_with(&["--max-frontends", "2"])?;
+    let agent = &mut world.agents[0];
+    agent.wait_for_log(
+        "the maps hold 2 frontends and 262144 endpoint slots: 1 frontends, from Service \
+         default/c on, do not fit",
+        WAIT,
+    )?;
+    let services: serde_json::Value = serde_json::from_str(&inspect("services", agent.pin_dir())?)?;
+    let frontends: Vec<&str> = services
+        .as_array()
+        .context("rows")?
+        .iter()
+        .filter_map(|row| row["frontend"].as_str())
+        .collect();
+    ensure!(
+        frontends == ["10.96.0.10:80/TCP", "10.96.0.11:80/TCP"],
+        "{frontends:?}"
+    );
+    let metrics = agent.http_get("/metrics")?.1;
+    for line in [
+        "zerohop_map_capacity{map=\"zh_svc_v2\"} 2\n",
+        "zerohop_map_entries{map=\"zh_svc_v2\"} 2\n",
+        "zerohop_problems{kind=\"plan\"} 1\n",
+    ] {
+        ensure!(metrics.contains(line), "no {line:?} in:\n{metrics}");
+    }
+    for n in [10, 11, 12] {
+        world.echo("client", frontend(family, n), 1024)?;
+    }
+    ensure!(
+        world.counter("translated_local")? == 2 && world.counter("passed_not_service")? >= 1,
+        "c went the normal path: {:?}",
+        world.agents[0].counters()?
+    );
+
+    // The next agent finds the maps pinned, with their size.
+    world.start_agents_with(&["--max-frontends", "3"])?;
+    let log = world.agents[0].log_text();
+    ensure!(
+        log.contains("the pinned maps were made by an earlier agent with other sizes")
+            && log.contains("from Service default/c on, do not fit"),
+        "{log}"
+    );
+    Ok(())
+}
+
 /// Waits for `child` to end, killing it (by its PID) at `deadline`.
 fn wait_with_deadline(
     mut child: std::process::Child,

@@ -26,7 +26,7 @@ use zerohop_abi::{map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_SAMPLE};
 use zerohop_planner::{
     convert::object_label,
     policy::{Learner, Verdict},
-    waypoint_config, Waypoints,
+    waypoint_config, Capacity, Waypoints,
 };
 use zerohop_routes::{
     model::HttpRoute,
@@ -92,6 +92,8 @@ pub struct Settings {
     /// How long the hooks keep translating past the last moment the maps
     /// were known current.
     pub lease: Duration,
+    /// What the Service maps hold, when this agent creates them.
+    pub capacity: Capacity,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
@@ -158,7 +160,19 @@ pub async fn run(mut settings: Settings) -> Result<()> {
              cgroups' sock_ops programs or from processes that add their own"
         );
     }
-    let mut datapath = Datapath::load(&settings.pin_dir)?;
+    let mut datapath = Datapath::load(&settings.pin_dir, settings.capacity)?;
+    let capacity = datapath::pinned_capacity(&settings.pin_dir)?;
+    if capacity != settings.capacity {
+        warn!(
+            frontends = capacity.frontends,
+            endpoint_slots = capacity.endpoint_slots,
+            "the pinned maps were made by an earlier agent with other sizes and keep them; \
+             --max-frontends and --max-endpoint-slots take effect once they are removed \
+             (`zerohop cleanup` while no agent runs; bypassed connections then continue \
+             through the stack)"
+        );
+    }
+    status.lock().unwrap().capacity = Some(capacity);
     report_features(&datapath);
     status.lock().unwrap().features = datapath
         .features()
@@ -182,7 +196,7 @@ pub async fn run(mut settings: Settings) -> Result<()> {
         &settings.waypoints,
         settings.waypoint_mark,
     )?;
-    let mut sync = Sync::new(&settings, Arc::clone(&status))?;
+    let mut sync = Sync::new(&settings, capacity, Arc::clone(&status))?;
 
     let freshness = SharedFreshness::default();
     let (publisher, mut snapshots) = Publisher::new(Arc::clone(&freshness));
@@ -377,10 +391,12 @@ struct Sync {
     ready: BTreeSet<FrontendEndpoint>,
     /// [`ServiceMaps::traffic_activity`] when the traffic was last read.
     traffic_activity: Option<u64>,
+    /// What the Service maps hold.
+    capacity: Capacity,
 }
 
 impl Sync {
-    fn new(settings: &Settings, status: SharedStatus) -> Result<Self> {
+    fn new(settings: &Settings, capacity: Capacity, status: SharedStatus) -> Result<Self> {
         Ok(Self {
             maps: ServiceMaps::open(&settings.pin_dir)?,
             node: settings.node.clone(),
@@ -398,6 +414,7 @@ impl Sync {
             learner: Learner::default(),
             ready: BTreeSet::new(),
             traffic_activity: None,
+            capacity,
         })
     }
 
@@ -449,7 +466,13 @@ impl Sync {
         report(&mut self.source_problems, snapshot.problems.iter().cloned());
         let view = &snapshot.view;
         let short_conns = self.learner.short_conns();
-        let mut plan = zerohop_planner::plan_with(view, &self.node, self.waypoints, &short_conns);
+        let mut plan = zerohop_planner::plan_within(
+            view,
+            &self.node,
+            self.waypoints,
+            &short_conns,
+            self.capacity,
+        );
         let described = plan.problems.iter().map(|problem| {
             let service = problem.service();
             let label = object_label("Service", &service.namespace, Some(&service.name));

@@ -32,7 +32,7 @@ use zerohop_abi::{
     map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName, SockKey,
     Traffic, CONFIG_NO_BYPASS, CONFIG_UDP,
 };
-use zerohop_planner::{Change, Changes, Desired};
+use zerohop_planner::{Capacity, Change, Changes, Desired};
 
 use crate::features::{self, FeatureState, ProgramState, FEATURES};
 use crate::kernel_btf::{KernelBtf, VMLINUX_BTF};
@@ -66,7 +66,9 @@ impl Datapath {
     /// program into the kernel, which verifies it. Fails only when the
     /// kernel refuses the core; other refused programs switch their
     /// features off ([`Datapath::features`]). Nothing is attached yet.
-    pub fn load(pin_dir: &Path) -> Result<Self> {
+    /// Maps created now hold `capacity`; maps already pinned keep the size
+    /// they were made with (see [`pinned_capacity`]).
+    pub fn load(pin_dir: &Path, capacity: Capacity) -> Result<Self> {
         raise_memlock_limit();
         let parent = pin_dir.parent().unwrap_or(Path::new("/"));
         if filesystem_magic(parent)? != BPF_FS_MAGIC {
@@ -91,6 +93,11 @@ impl Datapath {
         let offsets = kernel.field_offsets()?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
+        let frontends = u32::try_from(capacity.frontends)?;
+        for map in [map_name::SERVICES, map_name::NAMES, map_name::TRAFFIC] {
+            loader.map_max_entries(map, frontends);
+        }
+        loader.map_max_entries(map_name::BACKENDS, u32::try_from(capacity.endpoint_slots)?);
         for (global, offset) in &offsets {
             loader.override_global(global, offset, true);
         }
@@ -502,6 +509,19 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error).with_context(|| format!("removing {}", pin_dir.display())),
     }
+}
+
+/// What the pinned Service maps hold, whatever size they were made with.
+pub fn pinned_capacity(pin_dir: &Path) -> Result<Capacity> {
+    let max_entries = |name: &str| -> Result<usize> {
+        let data = MapData::from_pin(pin_dir.join(name))
+            .with_context(|| format!("opening pinned map {name}"))?;
+        Ok(data.info()?.max_entries() as usize)
+    };
+    Ok(Capacity {
+        frontends: max_entries(map_name::SERVICES)?,
+        endpoint_slots: max_entries(map_name::BACKENDS)?,
+    })
 }
 
 pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {

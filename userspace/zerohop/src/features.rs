@@ -187,14 +187,15 @@ pub struct KernelReport {
 /// pinned under `pin_dir`, which is removed afterwards; fails when the
 /// kernel refuses the core.
 pub fn probe(pin_dir: &Path) -> Result<KernelReport> {
-    let loaded = Datapath::load(pin_dir).map(|datapath| KernelReport {
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-        features: datapath.features().to_vec(),
-        programs: datapath.programs().to_vec(),
-    });
+    let loaded =
+        Datapath::load(pin_dir, zerohop_planner::Capacity::KERNEL).map(|datapath| KernelReport {
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            features: datapath.features().to_vec(),
+            programs: datapath.programs().to_vec(),
+        });
     // After the programs are gone (`loaded` holds no Datapath), whether or
     // not they loaded.
     datapath::remove_pins(pin_dir)?;

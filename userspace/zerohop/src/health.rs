@@ -22,7 +22,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tracing::{debug, info};
-use zerohop_abi::Counter;
+use zerohop_abi::{map_name, Counter};
+use zerohop_planner::Capacity;
 
 use crate::{datapath, inspect};
 
@@ -53,6 +54,8 @@ pub struct AgentStatus {
     pub short_conn_frontends: usize,
     /// Until when the hooks translate (see `lease`); `None`: no lease yet.
     pub lease_until: Option<Instant>,
+    /// What the Service maps hold.
+    pub capacity: Option<Capacity>,
 }
 
 impl AgentStatus {
@@ -339,6 +342,21 @@ pub fn metrics(status: &AgentStatus, kernel: &Kernel) -> String {
             Some(("map", map)),
             *count as f64,
         );
+    }
+    if let Some(capacity) = status.capacity {
+        for (map, size) in [
+            (map_name::SERVICES, capacity.frontends),
+            (map_name::BACKENDS, capacity.endpoint_slots),
+        ] {
+            out.sample(
+                "zerohop_map_capacity",
+                "gauge",
+                "Entries each Service map holds at most (--max-frontends, \
+                 --max-endpoint-slots).",
+                Some(("map", map)),
+                size as f64,
+            );
+        }
     }
     for (protocol, count) in &status.frontends {
         out.sample(

@@ -162,6 +162,18 @@ struct AgentArgs {
     /// --poll-ms.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
     lease_ms: u64,
+    /// Service frontends (ClusterIP, port, protocol) the maps hold; past
+    /// that, whole Services are left to the cluster's normal path, in
+    /// Service order. Takes effect when the maps are created: maps already
+    /// pinned keep their size until `zerohop cleanup`.
+    #[arg(long, default_value_t = zerohop_abi::capacity::SERVICES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_frontends: u32,
+    /// Endpoint slots the maps hold over all frontends (a frontend takes
+    /// one per eligible endpoint). Takes effect as --max-frontends does.
+    #[arg(long, default_value_t = zerohop_abi::capacity::BACKENDS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_endpoint_slots: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -218,6 +230,10 @@ fn run(cli: Cli) -> Result<()> {
                 allow_other_programs: args.allow_other_programs,
                 terminate: args.terminate_stale,
                 lease: Duration::from_millis(args.lease_ms),
+                capacity: zerohop_planner::Capacity {
+                    frontends: args.max_frontends as usize,
+                    endpoint_slots: args.max_endpoint_slots as usize,
+                },
             };
             let runtime = tokio::runtime::Runtime::new()?;
             let outcome = runtime.block_on(agent::run(settings));
