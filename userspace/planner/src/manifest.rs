@@ -1,12 +1,14 @@
-//! Services and EndpointSlices from manifest files (YAML or JSON).
+//! The cluster's objects from manifest files (YAML or JSON).
 //!
 //! A file may hold several documents separated by `---` lines, and lists
 //! (`kind: List` with `items`, as `kubectl get -o yaml` prints). Kinds other
 //! than `v1` Service, Namespace, Node and Pod, `discovery.k8s.io/v1`
 //! EndpointSlice, and Gateway API HTTPRoute and ReferenceGrant are skipped
-//! without a word, as are headless and ExternalName Services, FQDN slices,
-//! host-network Pods and routes without a Service parent. Everything wrong is a [`Problem`] naming the file and the object;
-//! the rest of the file, and the other files, still load.
+//! without a word (but for those kinds under another version of their API
+//! group, and kinds a letter or two away from them), as are headless and
+//! ExternalName Services, FQDN slices, host-network Pods and routes without
+//! a Service parent. Everything wrong is a [`Problem`] naming the file and
+//! the object; the rest of the file, and the other files, still load.
 
 use std::collections::btree_map::{BTreeMap, Entry};
 use std::fmt;
@@ -327,7 +329,12 @@ impl Parser<'_> {
                 }
                 None
             }
-            _ => None,
+            (api_version, kind) => {
+                if let Some(why) = not_read_because(api_version, kind) {
+                    self.not_an_object(document, &why);
+                }
+                None
+            }
         };
         self.manifests.extend(manifest);
     }
@@ -413,6 +420,74 @@ fn nested_deeper_than(text: &str, limit: usize) -> Option<usize> {
         previous = character;
     }
     None
+}
+
+/// The kinds read, each with the apiVersions read.
+const READ: [(&str, &[&str]); 7] = [
+    ("Service", &["v1"]),
+    ("EndpointSlice", &["discovery.k8s.io/v1"]),
+    ("Namespace", &["v1"]),
+    ("Node", &["v1"]),
+    ("Pod", &["v1"]),
+    ("HTTPRoute", &[GATEWAY_V1, GATEWAY_V1BETA1]),
+    ("ReferenceGrant", &[GATEWAY_V1, GATEWAY_V1BETA1]),
+];
+
+/// Why a document of a kind that is not read deserves a word: a kind read
+/// under another version of its API group (an old
+/// `discovery.k8s.io/v1beta1` slice), or a kind one or two letters away
+/// from one read (`Servce`). Every other kind (Deployments, ConfigMaps,
+/// Knative's Services, ...) is skipped without one.
+fn not_read_because(api_version: &str, kind: &str) -> Option<String> {
+    let same_group = |versions: &[&str]| {
+        versions
+            .iter()
+            .any(|read| api_group(read) == api_group(api_version))
+    };
+    if let Some((read, versions)) = READ.iter().find(|(read, _)| *read == kind) {
+        if !same_group(versions) {
+            return None;
+        }
+        return Some(format!(
+            "{read} of apiVersion {api_version} is not read (only {}); skipped",
+            versions.join(", ")
+        ));
+    }
+    // Within the group only (batch's Job is no Pod, RBAC's Role no Node),
+    // and one letter for the short names.
+    let near = READ
+        .iter()
+        .filter(|(_, versions)| same_group(versions))
+        .map(|(read, _)| *read)
+        .find(|read| {
+            let allowed = if read.len() <= 4 { 1 } else { 2 };
+            edit_distance(&read.to_lowercase(), &kind.to_lowercase()) <= allowed
+        })?;
+    Some(format!(
+        "kind {kind} is not one zerohop reads (did you mean {near}?); skipped"
+    ))
+}
+
+/// The group of an apiVersion: `discovery.k8s.io` of
+/// `discovery.k8s.io/v1`, `""` (the core group) of `v1`.
+fn api_group(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
+/// Levenshtein distance between two short words.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 fn text_field(fields: &Mapping, key: &str) -> String {
@@ -727,5 +802,33 @@ endpoints: [{addresses: [10.244.1.2]}]
             None
         );
         assert_eq!(nested_deeper_than("a: it's [[", 1), Some(1));
+    }
+
+    #[test]
+    fn kinds_read_under_another_version_and_near_misses_are_reported() {
+        let text =
+            "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: old}\n\
+                    ---\napiVersion: v1\nkind: Servce\nmetadata: {name: typo}\n\
+                    ---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: other}\n\
+                    ---\napiVersion: batch/v1\nkind: Job\nmetadata: {name: other}\n\
+                    ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: x}\n\
+                    ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\n";
+        let Parsed {
+            manifests,
+            problems,
+        } = parse_manifests("mixed.yaml", text);
+        assert_eq!(manifests, vec![]);
+        assert_eq!(
+            messages(&problems),
+            vec![
+                "mixed.yaml: not a Kubernetes object (line 1): EndpointSlice of apiVersion \
+                 discovery.k8s.io/v1beta1 is not read (only discovery.k8s.io/v1); skipped",
+                "mixed.yaml: not a Kubernetes object (line 4): kind Servce is not one zerohop \
+                 reads (did you mean Service?); skipped",
+            ]
+        );
+        assert_eq!(edit_distance("service", "servce"), 1);
+        assert_eq!(edit_distance("node", "pod"), 2);
+        assert!(edit_distance("deployment", "endpointslice") > 2);
     }
 }
