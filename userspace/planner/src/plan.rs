@@ -468,6 +468,10 @@ fn eligible(targets: Vec<Target>, traffic: TrafficPolicy) -> Vec<Target> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn messages(problems: &[impl ToString]) -> Vec<String> {
+        problems.iter().map(ToString::to_string).collect()
+    }
     use crate::model::{Endpoint, SliceId, SlicePort};
 
     const NODE: &str = "node1";
@@ -1194,10 +1198,7 @@ mod tests {
         );
         let plan = plan(&view, NODE);
         assert_eq!(
-            plan.problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
+            messages(&plan.problems),
             vec![r#"Service default/web port "admin": no IPv4 EndpointSlice defines it"#]
         );
         let (admin, admin_backends) = frontend(&plan.desired, "10.96.0.10", 81);
@@ -1277,10 +1278,7 @@ mod tests {
         );
         let plan = plan(&view, NODE);
         assert_eq!(
-            plan.problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
+            messages(&plan.problems),
             vec![
                 r#"Service default/alpha ports "p0", "p1", "p2" and 1 more: no IPv4 EndpointSlice defines them"#,
                 "Service default/many: frontends 10.96.0.10:1000, 10.96.0.10:1001, 10.96.0.10:1002 \

@@ -13,6 +13,7 @@
 //! the kernel counters; nothing is measured again or left out. The method is
 //! described in the README, section "Benchmark".
 
+mod control_plane;
 mod idle;
 mod report;
 mod stats;
@@ -66,6 +67,11 @@ pub struct BenchArgs {
     /// other. The original setting is always restored.
     #[arg(long, value_enum, default_value = "as-is")]
     pub idle: IdleArg,
+    /// Measure the agent's control plane instead of the datapath: first
+    /// sync, one change to the maps, memory and idle CPU with 1k, 10k and
+    /// 50k Services (--quick: 1k and 10k).
+    #[arg(long)]
+    pub control_plane: bool,
 }
 
 /// Trial counts and lengths.
@@ -127,6 +133,9 @@ pub fn run(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     // Read by zerohop_tests::Agent; set before any thread starts.
     std::env::set_var("ZEROHOP_BIN", &binaries.zerohop);
+    if args.control_plane {
+        return control_plane::run(args);
+    }
     let zh_bench = binaries.testpod.with_file_name("zh-bench");
     ensure!(zh_bench.is_file(), "{} is not built", zh_bench.display());
     idle::install_signal_handler()?;

@@ -249,6 +249,10 @@ fn is_manifest_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn messages(problems: &[impl ToString]) -> Vec<String> {
+        problems.iter().map(ToString::to_string).collect()
+    }
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -405,11 +409,7 @@ mod tests {
         );
         let loaded = load_dir(&dir.0).unwrap();
         assert_eq!(
-            loaded
-                .problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
+            messages(&loaded.problems),
             vec!["services.yaml: Service default/web: no ClusterIP"]
         );
     }
@@ -463,11 +463,7 @@ mod tests {
         let loaded = reader.read().unwrap().expect("web.yaml changed");
         assert_eq!(service_names(&loaded), vec!["web"]);
         assert_eq!(
-            loaded
-                .problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
+            messages(&loaded.problems),
             vec!["web.yaml: larger than 16 MiB; not read; its last good content is kept"]
         );
         assert_eq!(reader.read().unwrap(), None, "reported, not read again");
