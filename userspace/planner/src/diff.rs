@@ -16,7 +16,7 @@
 //! connect may see old and new endpoints side by side; every one of them is
 //! an endpoint the Service had a moment ago or has now.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use zerohop_abi::{self as abi, BackendKey, FrontendKey};
 
@@ -69,6 +69,61 @@ pub fn diff(current: &Desired, desired: &Desired) -> Changes {
         upsert_names,
         delete_names,
     }
+}
+
+/// [`diff`] restricted to the entries of `frontends`: what to write when
+/// only those can differ (a [`crate::NodePlan`] update says which), at a
+/// cost that follows their number, not the maps' size.
+pub fn diff_frontends(
+    current: &Desired,
+    desired: &Desired,
+    frontends: &BTreeSet<FrontendKey>,
+) -> Changes {
+    let mut changes = Changes::default();
+    for frontend in frontends {
+        let (upserts, deletes) = map_diff(
+            &slots_of(&current.backends, frontend),
+            &slots_of(&desired.backends, frontend),
+        );
+        changes.upsert_backends.extend(upserts);
+        changes.delete_backends.extend(deletes);
+        let (upserts, deletes) = map_diff(
+            &entry_of(&current.services, frontend),
+            &entry_of(&desired.services, frontend),
+        );
+        changes.upsert_services.extend(upserts);
+        changes.delete_services.extend(deletes);
+        let (upserts, deletes) = map_diff(
+            &entry_of(&current.names, frontend),
+            &entry_of(&desired.names, frontend),
+        );
+        changes.upsert_names.extend(upserts);
+        changes.delete_names.extend(deletes);
+    }
+    changes
+}
+
+/// The endpoint slots of `frontend`.
+fn slots_of(
+    backends: &BTreeMap<BackendKey, abi::Backend>,
+    frontend: &FrontendKey,
+) -> BTreeMap<BackendKey, abi::Backend> {
+    let slot = |slot| BackendKey {
+        frontend: *frontend,
+        slot,
+    };
+    backends
+        .range(slot(0)..=slot(u32::MAX))
+        .map(|(key, backend)| (*key, *backend))
+        .collect()
+}
+
+/// The entry of `key` in `map`, alone.
+fn entry_of<K: Ord + Copy, V: Copy>(map: &BTreeMap<K, V>, key: &K) -> BTreeMap<K, V> {
+    map.get_key_value(key)
+        .map(|(key, value)| (*key, *value))
+        .into_iter()
+        .collect()
 }
 
 /// Entries of `desired` missing or different in `current`, and keys of

@@ -11,7 +11,9 @@
 //! the object; the rest of the file, and the other files, still load.
 
 use std::collections::btree_map::{BTreeMap, Entry};
+use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -30,10 +32,10 @@ const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
 /// An object read from a manifest, converted to the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Manifest {
-    /// A Service with a ClusterIP.
-    Service(model::Service),
-    /// An EndpointSlice of IPv4 or IPv6 addresses.
-    EndpointSlice(model::EndpointSlice),
+    /// A Service with a ClusterIP (shared with the views built from it).
+    Service(Arc<model::Service>),
+    /// An EndpointSlice of IPv4 or IPv6 addresses (shared likewise).
+    EndpointSlice(Arc<model::EndpointSlice>),
     /// A Namespace (only its opt-out label matters).
     Namespace(model::Namespace),
     /// A Node (only its zone matters).
@@ -68,6 +70,40 @@ impl Manifest {
             }
             Manifest::Pod(pod) => object_label("Pod", &pod.namespace, Some(&pod.name)),
         }
+    }
+}
+
+impl Manifest {
+    /// Adds it to `view`, or replaces the object of its kind and name.
+    fn apply_to(self, view: &mut ClusterView) {
+        match self {
+            Manifest::Service(service) => view.apply_service(service),
+            Manifest::EndpointSlice(slice) => view.apply_slice(slice),
+            Manifest::Namespace(namespace) => view.apply_namespace(namespace),
+            Manifest::Node(node) => view.apply_node(node),
+            Manifest::Route(route) => view.apply_route(route),
+            Manifest::Grant(grant) => view.apply_grant(grant),
+            Manifest::Pod(pod) => view.apply_pod(pod),
+        };
+    }
+
+    /// Removes the object of its kind and name from `view`.
+    fn delete_from(&self, view: &mut ClusterView) {
+        match self {
+            Manifest::Service(service) => view.delete_service(&service.id),
+            Manifest::EndpointSlice(slice) => view.delete_slice(&slice.id),
+            Manifest::Namespace(namespace) => view.delete_namespace(&namespace.name),
+            Manifest::Node(node) => view.delete_node(&node.name),
+            Manifest::Route(route) => view.delete_route(&(
+                route.0.metadata.namespace.clone(),
+                route.0.metadata.name.clone(),
+            )),
+            Manifest::Grant(grant) => view.delete_grant(&(
+                grant.0.metadata.namespace.clone(),
+                grant.0.metadata.name.clone(),
+            )),
+            Manifest::Pod(pod) => view.delete_pod(&(pod.namespace.clone(), pod.name.clone())),
+        };
     }
 }
 
@@ -152,15 +188,7 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = (&'a str, &'a Parsed)>) -> B
                 }),
                 Entry::Vacant(slot) => {
                     slot.insert(file.to_owned());
-                    match manifest.clone() {
-                        Manifest::Service(service) => view.apply_service(service),
-                        Manifest::EndpointSlice(slice) => view.apply_slice(slice),
-                        Manifest::Namespace(namespace) => view.apply_namespace(namespace),
-                        Manifest::Node(node) => view.apply_node(node),
-                        Manifest::Route(route) => view.apply_route(route),
-                        Manifest::Grant(grant) => view.apply_grant(grant),
-                        Manifest::Pod(pod) => view.apply_pod(pod),
-                    };
+                    manifest.clone().apply_to(&mut view);
                 }
             }
         }
@@ -169,6 +197,126 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = (&'a str, &'a Parsed)>) -> B
         view,
         problems,
         origins: defined_in,
+    }
+}
+
+/// Files assembled into one view and kept up to date file by file: what
+/// [`assemble`] makes of the same files (the problems in another order),
+/// at a cost that follows the objects of the file that changed.
+#[derive(Debug, Default)]
+pub struct Assembly {
+    files: BTreeMap<String, FileObjects>,
+    /// The files defining each object, by label; the first is used.
+    definers: BTreeMap<String, BTreeSet<String>>,
+    view: ClusterView,
+    origins: BTreeMap<String, String>,
+}
+
+/// One file's objects.
+#[derive(Debug)]
+struct FileObjects {
+    /// Each object's first definition in the file, by label.
+    objects: BTreeMap<String, Manifest>,
+    /// What could not be read.
+    problems: Vec<Problem>,
+    /// The label of each definition after an object's first in the file.
+    again: Vec<String>,
+}
+
+impl Assembly {
+    /// An assembly of no file.
+    pub fn new() -> Assembly {
+        Assembly::default()
+    }
+
+    /// Sets what file `file` holds; `None` removes it.
+    pub fn set(&mut self, file: &str, parsed: Option<&Parsed>) {
+        let old = self.files.remove(file);
+        let mut affected = BTreeSet::new();
+        for label in old.iter().flat_map(|old| old.objects.keys()) {
+            if let Some(files) = self.definers.get_mut(label) {
+                files.remove(file);
+                if files.is_empty() {
+                    self.definers.remove(label);
+                }
+            }
+            affected.insert(label.clone());
+        }
+        if let Some(parsed) = parsed {
+            let mut objects = BTreeMap::new();
+            let mut again = Vec::new();
+            for manifest in &parsed.manifests {
+                match objects.entry(manifest.object()) {
+                    Entry::Occupied(first) => again.push(first.key().clone()),
+                    Entry::Vacant(slot) => {
+                        self.definers
+                            .entry(slot.key().clone())
+                            .or_default()
+                            .insert(file.to_owned());
+                        affected.insert(slot.key().clone());
+                        slot.insert(manifest.clone());
+                    }
+                }
+            }
+            let problems = parsed.problems.clone();
+            let objects = FileObjects {
+                objects,
+                problems,
+                again,
+            };
+            self.files.insert(file.to_owned(), objects);
+        }
+        for label in affected {
+            let winner = self
+                .definers
+                .get(&label)
+                .and_then(|files| files.first())
+                .map(|winner| (winner, &self.files[winner].objects[&label]));
+            match winner {
+                Some((winner, manifest)) => {
+                    manifest.clone().apply_to(&mut self.view);
+                    self.origins.insert(label, winner.clone());
+                }
+                None => {
+                    let gone = &old.as_ref().expect("a label comes from a file").objects[&label];
+                    gone.delete_from(&mut self.view);
+                    self.origins.remove(&label);
+                }
+            }
+        }
+    }
+
+    /// The view of every file.
+    pub fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
+    /// The file each object of the view comes from, by label.
+    pub fn origins(&self) -> &BTreeMap<String, String> {
+        &self.origins
+    }
+
+    /// What could not be used: each file's problems, in file order, then
+    /// the objects defined in more than one file.
+    pub fn problems(&self) -> Vec<Problem> {
+        let again = |file: &str, label: &str| {
+            let first = self.definers[label].first().expect("defined");
+            Problem {
+                file: file.to_owned(),
+                object: Some(label.to_owned()),
+                message: format!("defined again; the first definition, in {first}, is used"),
+            }
+        };
+        let own = self.files.iter().flat_map(|(name, file)| {
+            let again_in_file = file.again.iter().map(move |label| again(name, label));
+            file.problems.iter().cloned().chain(again_in_file)
+        });
+        let in_other_files = self
+            .definers
+            .iter()
+            .filter(|(_, files)| files.len() > 1)
+            .flat_map(|(label, files)| files.iter().skip(1).map(move |file| again(file, label)));
+        own.chain(in_other_files).collect()
     }
 }
 
@@ -292,10 +440,10 @@ impl Parser<'_> {
         let manifest = match (api_version.as_str(), kind.as_str()) {
             ("v1", "Service") => self
                 .convert::<core::Service, _>(Value::Mapping(fields), document, label)
-                .map(Manifest::Service),
+                .map(|service| Manifest::Service(Arc::new(service))),
             ("discovery.k8s.io/v1", "EndpointSlice") => self
                 .convert::<discovery::EndpointSlice, _>(Value::Mapping(fields), document, label)
-                .map(Manifest::EndpointSlice),
+                .map(|slice| Manifest::EndpointSlice(Arc::new(slice))),
             ("v1", "Namespace") => self
                 .convert::<core::Namespace, _>(Value::Mapping(fields), document, label)
                 .map(Manifest::Namespace),
@@ -830,5 +978,52 @@ endpoints: [{addresses: [10.244.1.2]}]
         assert_eq!(edit_distance("service", "servce"), 1);
         assert_eq!(edit_distance("node", "pod"), 2);
         assert!(edit_distance("deployment", "endpointslice") > 2);
+    }
+
+    /// Over random edits of three files (objects moving between them,
+    /// defined twice in one file or in two, files removed), an assembly
+    /// kept up to date file by file is what [`assemble`] makes of the
+    /// files as they are.
+    #[test]
+    fn an_assembly_kept_up_to_date_is_the_assembly_of_the_files() {
+        let object = |n: u64| {
+            match n % 6 {
+            0 => "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n",
+            1 => "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}\n",
+            2 => "apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}\n",
+            3 => "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a-1, labels: {kubernetes.io/service-name: a}}\naddressType: IPv4\nendpoints: []\n",
+            4 => "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {zerohop.io/fast-path: \"off\"}}\n",
+            _ => "apiVersion: v1\nkind: Service\nmetadata: {name: broken}\nspec: {clusterIP: nonsense}\n",
+        }
+        };
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut files: BTreeMap<String, Parsed> = BTreeMap::new();
+        let mut assembly = Assembly::new();
+        for step in 0..400 {
+            let file = format!("{}.yaml", random() % 3);
+            if random() % 5 == 0 {
+                files.remove(&file);
+                assembly.set(&file, None);
+            } else {
+                let text: Vec<&str> = (0..random() % 4).map(|_| object(random())).collect();
+                let parsed = parse_manifests(&file, &text.join("---\n"));
+                assembly.set(&file, Some(&parsed));
+                files.insert(file, parsed);
+            }
+            let built = assemble(files.iter().map(|(file, parsed)| (file.as_str(), parsed)));
+            assert_eq!(assembly.view(), &built.view, "step {step}");
+            assert_eq!(assembly.origins(), &built.origins, "step {step}");
+            let mut expected = messages(&built.problems);
+            let mut problems = messages(&assembly.problems());
+            expected.sort();
+            problems.sort();
+            assert_eq!(problems, expected, "step {step}");
+        }
     }
 }

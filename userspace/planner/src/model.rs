@@ -1,6 +1,7 @@
 //! zerohop's own view of the Kubernetes objects it routes by: only the fields
 //! a routing decision reads, already validated (see [`crate::convert`]).
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -238,6 +239,50 @@ pub type ObjectKey = (String, String);
 /// of Gateways only are not zerohop's. Namespace defaulted, name present.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route(pub zerohop_routes::model::HttpRoute);
+
+impl Route {
+    /// The Services it names as parents.
+    pub fn parent_services(&self) -> impl Iterator<Item = ServiceId> + '_ {
+        self.0
+            .spec
+            .parent_refs
+            .iter()
+            .filter(|parent| parent.is_service())
+            .map(|parent| self.service_id(parent.namespace.as_ref(), &parent.name))
+    }
+
+    /// Every Service it names: its parents, backends and mirror targets.
+    pub fn referenced_services(&self) -> BTreeSet<ServiceId> {
+        let rules = &self.0.spec.rules;
+        let filters = rules.iter().flat_map(|rule| {
+            rule.filters.iter().chain(
+                rule.backend_refs
+                    .iter()
+                    .flat_map(|backend| backend.filters.iter()),
+            )
+        });
+        let targets = rules
+            .iter()
+            .flat_map(|rule| rule.backend_refs.iter().map(|backend| &backend.target))
+            .chain(filters.filter_map(|filter| {
+                filter
+                    .request_mirror
+                    .as_ref()
+                    .map(|mirror| &mirror.backend_ref)
+            }))
+            .filter(|target| target.is_service())
+            .map(|target| self.service_id(target.namespace.as_ref(), &target.name));
+        self.parent_services().chain(targets).collect()
+    }
+
+    /// A Service named from this route: its namespace defaults to the route's.
+    fn service_id(&self, namespace: Option<&String>, name: &str) -> ServiceId {
+        ServiceId::new(
+            namespace.unwrap_or(&self.0.metadata.namespace).as_str(),
+            name,
+        )
+    }
+}
 
 /// A ReferenceGrant (namespace defaulted, name present).
 #[derive(Debug, Clone, PartialEq, Eq)]

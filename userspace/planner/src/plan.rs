@@ -1,5 +1,6 @@
-//! The routing decisions: from a [`ClusterView`] and this node's name to the
-//! exact contents the two BPF maps of frontends and backends should have.
+//! The routing decisions: what the BPF maps of frontends and backends hold
+//! for one Service port, and the types of a node's plan
+//! ([`crate::node_plan`] puts a node's Services together).
 //!
 //! For every Service, ClusterIP and TCP or UDP port (the kernel hooks
 //! translate those two; SCTP is left to the cluster), one frontend. Its endpoints are the ready endpoints of the
@@ -21,8 +22,6 @@ use crate::addr;
 use crate::model::{
     Bypass, EndpointSlice, Family, Protocol, Service, ServiceId, ServicePort, TrafficPolicy,
 };
-use crate::view::ClusterView;
-use crate::waypoint::l7_ports;
 
 /// What the maps should hold, and what could not be planned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,32 +154,12 @@ pub struct Waypoints {
 }
 
 impl Waypoints {
-    fn serve(self, family: Family) -> bool {
+    pub(crate) fn serve(self, family: Family) -> bool {
         match family {
             Family::V4 => self.v4,
             Family::V6 => self.v6,
         }
     }
-}
-
-/// Plans the map contents for node `node`, which has no waypoint.
-pub fn plan(view: &ClusterView, node: &str) -> Plan {
-    plan_with(view, node, Waypoints::default(), &BTreeSet::new())
-}
-
-/// Plans the map contents for node `node`. Frontends of L7 Services (ports
-/// of Services with an accepted HTTPRoute) are marked for the waypoint when the node has
-/// one of their family; their endpoints are still planned, for the
-/// waypoint's own connections. Frontends in `short_conns` (learned by the
-/// node's agent, see [`crate::policy`]) are marked as such unless their
-/// Service says `zerohop.io/bypass` itself.
-pub fn plan_with(
-    view: &ClusterView,
-    node: &str,
-    waypoints: Waypoints,
-    short_conns: &BTreeSet<FrontendKey>,
-) -> Plan {
-    plan_within(view, node, waypoints, short_conns, Capacity::KERNEL)
 }
 
 /// How much the kernel maps hold.
@@ -200,124 +179,22 @@ impl Capacity {
     };
 }
 
-/// [`plan_with`] for maps of `capacity`. Frontends are planned in Service
-/// order; those that would not fit are left out whole (their connections
-/// take the cluster's normal path, as without zerohop), reported in one
-/// [`PlanProblem::OverCapacity`], so the maps never refuse a write.
-pub fn plan_within(
-    view: &ClusterView,
-    node: &str,
-    waypoints: Waypoints,
-    short_conns: &BTreeSet<FrontendKey>,
-    capacity: Capacity,
-) -> Plan {
-    let slices_by_service = view.slices_by_service();
-    let mut left_out: Option<(ServiceId, usize)> = None;
-
-    let l7 = l7_ports(view);
-    let mut plan = Plan::default();
-    let mut owners: BTreeMap<FrontendKey, &ServiceId> = BTreeMap::new();
-    let handled =
-        |service: &&Service| service.fast_path && view.namespace_fast_path(&service.id.namespace);
-    for service in view.services().values().filter(handled) {
-        let slices = slices_by_service
-            .get(&service.id)
-            .map_or(&[][..], Vec::as_slice);
-        for &cluster_ip in &service.cluster_ips {
-            let family = Family::of(&cluster_ip);
-            let family_slices: Vec<&EndpointSlice> = slices
-                .iter()
-                .copied()
-                .filter(|slice| slice.family == family)
-                .collect();
-            // The ports' problems, one line each for all ports.
-            let mut taken: BTreeMap<&ServiceId, Vec<SocketAddr>> = BTreeMap::new();
-            let mut not_in_slices = Vec::new();
-            let mut no_waypoint = false;
-            for port in &service.ports {
-                let Some(frontend) = port_frontend_key(cluster_ip, port) else {
-                    continue;
-                };
-                if let Some(owner) = owners.get(&frontend) {
-                    taken
-                        .entry(*owner)
-                        .or_default()
-                        .push(SocketAddr::new(cluster_ip, port.port));
-                    continue;
-                }
-                owners.insert(frontend, &service.id);
-                // Routes are HTTP: they apply to TCP ports only.
-                let is_l7 =
-                    port.protocol == Protocol::Tcp && l7.contains(&(service.id.clone(), port.port));
-                if is_l7 && !waypoints.serve(family) {
-                    no_waypoint = true;
-                    continue;
-                }
-
-                let mut ready: Vec<FrontendEndpoint> = Vec::new();
-                let targets = match ready_targets(&family_slices, port, node, view.node_zone(node))
-                {
-                    Some(targets) => {
-                        ready = targets
-                            .iter()
-                            .map(|target| endpoint_of(frontend, target.address, target.port))
-                            .collect();
-                        eligible(targets, service.traffic)
-                    }
-                    None => {
-                        not_in_slices.push(port.name.clone());
-                        Vec::new()
-                    }
-                };
-                // Once one is left out, all after it are: what fits does
-                // not depend on the sizes of the Services that follow.
-                let fits = left_out.is_none()
-                    && plan.desired.services.len() < capacity.frontends
-                    && plan.desired.backends.len() + targets.len() <= capacity.endpoint_slots;
-                if !fits {
-                    left_out.get_or_insert_with(|| (service.id.clone(), 0)).1 += 1;
-                    continue;
-                }
-                let short = short_conns.contains(&frontend);
-                plan.desired
-                    .insert(frontend, service, is_l7, short, &targets);
-                plan.ready.extend(ready);
-            }
-            for (owner, frontends) in taken {
-                plan.problems.push(PlanProblem::FrontendTaken {
-                    service: service.id.clone(),
-                    frontends,
-                    owner: owner.clone(),
-                });
-            }
-            if no_waypoint {
-                plan.problems.push(PlanProblem::NoWaypoint {
-                    service: service.id.clone(),
-                    family,
-                });
-            }
-            if !not_in_slices.is_empty() {
-                plan.problems.push(PlanProblem::PortNotInSlices {
-                    service: service.id.clone(),
-                    ports: not_in_slices,
-                    family,
+impl Desired {
+    /// Removes one frontend, its endpoint slots and its name.
+    pub(crate) fn remove(&mut self, frontend: &FrontendKey) {
+        if let Some(service) = self.services.remove(frontend) {
+            for slot in 0..service.endpoints {
+                self.backends.remove(&BackendKey {
+                    frontend: *frontend,
+                    slot,
                 });
             }
         }
+        self.names.remove(frontend);
     }
-    if let Some((service, frontends)) = left_out {
-        plan.problems.push(PlanProblem::OverCapacity {
-            service,
-            frontends,
-            capacity,
-        });
-    }
-    plan
-}
 
-impl Desired {
     /// Writes one frontend and its eligible endpoints, in slot order.
-    fn insert(
+    pub(crate) fn insert(
         &mut self,
         frontend: FrontendKey,
         service: &Service,
@@ -367,7 +244,7 @@ pub fn gone(before: &BTreeSet<FrontendEndpoint>, after: &Plan) -> Vec<FrontendEn
         .collect()
 }
 
-fn endpoint_of(frontend: FrontendKey, address: IpAddr, port: u16) -> FrontendEndpoint {
+pub(crate) fn endpoint_of(frontend: FrontendKey, address: IpAddr, port: u16) -> FrontendEndpoint {
     FrontendEndpoint {
         frontend,
         addr: addr::to_kernel(address).0,
@@ -451,7 +328,7 @@ pub(crate) fn ready_targets(
 }
 
 /// The endpoints a connection may go to under `traffic`.
-fn eligible(targets: Vec<Target>, traffic: TrafficPolicy) -> Vec<Target> {
+pub(crate) fn eligible(targets: Vec<Target>, traffic: TrafficPolicy) -> Vec<Target> {
     let any_local = targets.iter().any(|target| target.local);
     let any_close = targets.iter().any(|target| target.close);
     match traffic {
@@ -468,6 +345,8 @@ fn eligible(targets: Vec<Target>, traffic: TrafficPolicy) -> Vec<Target> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node_plan::{plan, plan_with, plan_within};
+    use crate::view::ClusterView;
 
     fn messages(problems: &[impl ToString]) -> Vec<String> {
         problems.iter().map(ToString::to_string).collect()

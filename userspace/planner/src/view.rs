@@ -2,10 +2,17 @@
 //!
 //! Sources (the Kubernetes watcher, manifest files) feed it one object at a
 //! time with an `apply_*` (add or replace) or `delete_*` per kind, and the
-//! planner reads it whole. Two views compare equal when they hold the same
+//! planner reads it. Two views compare equal when they hold the same
 //! objects, so a source can tell whether a reload changed anything.
+//!
+//! Services and EndpointSlices, the bulk of a cluster, are held behind
+//! [`Arc`]s: a source that builds a new view from the objects it already
+//! holds shares them with the last view, so building it copies no object,
+//! and comparing the two ([`ClusterView::touched_services`]) looks at a
+//! pointer per unchanged object.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::model::{
     EndpointSlice, Grant, Namespace, Node, ObjectKey, Pod, Route, Service, ServiceId, SliceId,
@@ -14,8 +21,10 @@ use crate::model::{
 /// Every Service and EndpointSlice known, by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
-    services: BTreeMap<ServiceId, Service>,
-    slices: BTreeMap<SliceId, EndpointSlice>,
+    services: BTreeMap<ServiceId, Arc<Service>>,
+    slices: BTreeMap<SliceId, Arc<EndpointSlice>>,
+    /// The slices of each Service that has any (derived from `slices`).
+    slices_of: BTreeMap<ServiceId, BTreeSet<SliceId>>,
     /// Namespaces labelled `zerohop.io/fast-path: "off"`.
     opted_out: BTreeSet<String>,
     /// Zone of each known node.
@@ -35,7 +44,8 @@ impl ClusterView {
     }
 
     /// Adds or replaces a Service. Returns whether the view changed.
-    pub fn apply_service(&mut self, service: Service) -> bool {
+    pub fn apply_service(&mut self, service: impl Into<Arc<Service>>) -> bool {
+        let service = service.into();
         upsert(&mut self.services, service.id.clone(), service)
     }
 
@@ -46,13 +56,38 @@ impl ClusterView {
     }
 
     /// Adds or replaces an EndpointSlice. Returns whether the view changed.
-    pub fn apply_slice(&mut self, slice: EndpointSlice) -> bool {
-        upsert(&mut self.slices, slice.id.clone(), slice)
+    pub fn apply_slice(&mut self, slice: impl Into<Arc<EndpointSlice>>) -> bool {
+        let slice = slice.into();
+        let id = slice.id.clone();
+        let service = slice.service.clone();
+        let Some(before) = upsert_returning(&mut self.slices, id.clone(), slice) else {
+            return false;
+        };
+        if let Some(before) = before {
+            self.unindex_slice(&before);
+        }
+        self.slices_of.entry(service).or_default().insert(id);
+        true
     }
 
     /// Removes an EndpointSlice. Returns whether the view changed.
     pub fn delete_slice(&mut self, id: &SliceId) -> bool {
-        self.slices.remove(id).is_some()
+        match self.slices.remove(id) {
+            Some(slice) => {
+                self.unindex_slice(&slice);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn unindex_slice(&mut self, slice: &EndpointSlice) {
+        if let Some(ids) = self.slices_of.get_mut(&slice.service) {
+            ids.remove(&slice.id);
+            if ids.is_empty() {
+                self.slices_of.remove(&slice.service);
+            }
+        }
     }
 
     /// Records a Namespace's opt-out label. Returns whether the view changed.
@@ -144,32 +179,116 @@ impl ClusterView {
     }
 
     /// Every Service, ordered by id.
-    pub fn services(&self) -> &BTreeMap<ServiceId, Service> {
+    pub fn services(&self) -> &BTreeMap<ServiceId, Arc<Service>> {
         &self.services
     }
 
-    /// The EndpointSlices of each Service that has any.
-    pub fn slices_by_service(&self) -> BTreeMap<&ServiceId, Vec<&EndpointSlice>> {
-        let mut by_service: BTreeMap<&ServiceId, Vec<&EndpointSlice>> = BTreeMap::new();
-        for slice in self.slices.values() {
-            by_service.entry(&slice.service).or_default().push(slice);
-        }
-        by_service
+    /// The EndpointSlices of Service `id`, ordered by slice id.
+    pub fn slices_of(&self, id: &ServiceId) -> Vec<&EndpointSlice> {
+        self.slices_of
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|slice| self.slices.get(slice).map(|slice| &**slice))
+            .collect()
     }
 
     /// Every EndpointSlice, ordered by id.
-    pub fn slices(&self) -> &BTreeMap<SliceId, EndpointSlice> {
+    pub fn slices(&self) -> &BTreeMap<SliceId, Arc<EndpointSlice>> {
         &self.slices
+    }
+
+    /// The Services whose plan may differ between `before` and this view:
+    /// those added, removed or changed, those whose slices changed, those
+    /// of a namespace whose opt-out changed, and those a changed HTTPRoute
+    /// names as its parent, before or after. [`Touched::All`] when what
+    /// changed concerns every Service (a node's zone, a ReferenceGrant).
+    /// Pods concern no plan. Objects shared with `before` (the same
+    /// [`Arc`]) cost a pointer comparison.
+    pub fn touched_services(&self, before: &ClusterView) -> Touched {
+        if self.zones != before.zones || self.grants != before.grants {
+            return Touched::All;
+        }
+        let mut touched = BTreeSet::new();
+        for (id, _) in changed(&before.services, &self.services) {
+            touched.insert(id.clone());
+        }
+        for (_, slice) in changed(&before.slices, &self.slices) {
+            touched.insert(slice.service.clone());
+        }
+        for namespace in self.opted_out.symmetric_difference(&before.opted_out) {
+            let ids = |view: &ClusterView| -> Vec<ServiceId> {
+                view.services
+                    .range(ServiceId::new(namespace.as_str(), "")..)
+                    .take_while(|(id, _)| id.namespace == *namespace)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            };
+            touched.extend(ids(self));
+            touched.extend(ids(before));
+        }
+        for (_, route) in changed(&before.routes, &self.routes) {
+            touched.extend(route.parent_services());
+        }
+        Touched::Services(touched)
+    }
+}
+
+/// What [`ClusterView::touched_services`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// Every Service may plan differently.
+    All,
+    /// These Services may plan differently; no other does.
+    Services(BTreeSet<ServiceId>),
+}
+
+/// The entries of `before` and `after` that differ, each as (key, value)
+/// from whichever side holds it (both sides when it changed), in key order.
+fn changed<'a, K: Ord, V: PartialEq>(
+    before: &'a BTreeMap<K, V>,
+    after: &'a BTreeMap<K, V>,
+) -> Vec<(&'a K, &'a V)> {
+    use std::cmp::Ordering;
+    let mut found = Vec::new();
+    let mut old = before.iter().peekable();
+    let mut new = after.iter().peekable();
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => return found,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((old_key, _)), Some((new_key, _))) => old_key.cmp(new_key),
+        };
+        match order {
+            Ordering::Less => found.extend(old.next()),
+            Ordering::Greater => found.extend(new.next()),
+            Ordering::Equal => {
+                let (old, new) = (old.next().unwrap(), new.next().unwrap());
+                if old.1 != new.1 {
+                    found.extend([old, new]);
+                }
+            }
+        }
     }
 }
 
 /// Inserts or replaces `value`; returns whether the map changed.
 fn upsert<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
+    upsert_returning(map, key, value).is_some()
+}
+
+/// Inserts or replaces `value`: `None` when the map already held it, else
+/// `Some` of the value replaced, if any.
+fn upsert_returning<K: Ord, V: PartialEq>(
+    map: &mut BTreeMap<K, V>,
+    key: K,
+    value: V,
+) -> Option<Option<V>> {
     if map.get(&key) == Some(&value) {
-        return false;
+        return None;
     }
-    map.insert(key, value);
-    true
+    Some(map.insert(key, value))
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 //! A Service with at least one accepted HTTPRoute (parentRef kind Service,
 //! the GAMMA pattern) is an L7 Service: its connections go to the waypoint,
 //! which applies the routes. The waypoint gets a [`WaypointConfig`]: every
-//! Service, route and grant (it resolves routes itself), the ready endpoints
-//! of every Service port (marked when on this node), and the namespace of
-//! each pod of this node by IP (consumer routes apply per client namespace).
+//! route and grant (it resolves routes itself), the Services the routes
+//! name with the ready endpoints of each of their ports (marked when on
+//! this node), and the namespace of each pod of this node by IP (consumer
+//! routes apply per client namespace). Services no route names are not in
+//! it: they cannot change what a route does.
 
 use std::collections::BTreeSet;
 
@@ -14,34 +16,48 @@ use zerohop_routes::{
     router::{Endpoint, ServiceEndpoints, ServiceInfo, WaypointConfig},
 };
 
-use crate::model::{Protocol, ServiceId};
+use crate::model::{Protocol, Route, ServiceId};
 use crate::plan::ready_targets;
 use crate::view::ClusterView;
 
 /// The ports of the view's Services with at least one accepted HTTPRoute
 /// (a route whose parentRef names a port attaches to that port only).
 pub fn l7_ports(view: &ClusterView) -> BTreeSet<(ServiceId, u16)> {
-    let (services, routes, grants) = route_inputs(view);
+    let (services, routes, grants) = route_inputs(view, view.routes().values());
     zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
         .into_iter()
         .map(|(namespace, name, port)| (ServiceId::new(namespace, name), port))
         .collect()
 }
 
-/// The waypoint's input for node `node`.
+/// [`l7_ports`] of Service `id` alone: only the routes naming it as a
+/// parent are evaluated.
+pub(crate) fn l7_ports_of(view: &ClusterView, id: &ServiceId) -> BTreeSet<u16> {
+    let parent_of = view
+        .routes()
+        .values()
+        .filter(|route| route.parent_services().any(|parent| parent == *id));
+    let (services, routes, grants) = route_inputs(view, parent_of);
+    zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
+        .into_iter()
+        .filter(|(namespace, name, _)| *namespace == id.namespace && *name == id.name)
+        .map(|(_, _, port)| port)
+        .collect()
+}
+
+/// The waypoint's input for node `node`: the routes and grants, and the
+/// Services they name, with the ready endpoints of each of their ports.
 pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
-    let slices_by_service = view.slices_by_service();
+    let referenced = referenced_services(view.routes().values());
     let mut endpoints = Vec::new();
-    for service in view.services().values() {
-        let slices = slices_by_service
-            .get(&service.id)
-            .map_or(&[][..], Vec::as_slice);
+    for service in referenced.iter().filter_map(|id| view.services().get(id)) {
+        let slices = view.slices_of(&service.id);
         for port in service
             .ports
             .iter()
             .filter(|port| port.protocol == Protocol::Tcp)
         {
-            let targets = ready_targets(slices, port, node, None).unwrap_or_default();
+            let targets = ready_targets(&slices, port, node, None).unwrap_or_default();
             endpoints.push(ServiceEndpoints {
                 namespace: service.id.namespace.clone(),
                 name: service.id.name.clone(),
@@ -62,7 +78,7 @@ pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
         .filter(|pod| pod.node.as_deref() == Some(node))
         .flat_map(|pod| pod.ips.iter().map(|ip| (*ip, pod.namespace.clone())))
         .collect();
-    let (services, routes, grants) = route_inputs(view);
+    let (services, routes, grants) = route_inputs(view, view.routes().values());
     WaypointConfig {
         services,
         routes,
@@ -72,24 +88,15 @@ pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
     }
 }
 
-/// What routes are resolved against: every Service, route and grant.
-fn route_inputs(view: &ClusterView) -> (Vec<ServiceInfo>, Vec<HttpRoute>, Vec<ReferenceGrant>) {
-    let routes = view
-        .routes()
-        .values()
-        .map(|route| route.0.clone())
-        .collect();
-    let grants = view
-        .grants()
-        .values()
-        .map(|grant| grant.0.clone())
-        .collect();
-    (service_infos(view), routes, grants)
-}
-
-fn service_infos(view: &ClusterView) -> Vec<ServiceInfo> {
-    view.services()
-        .values()
+/// What `routes` are resolved against: the Services they name (no other
+/// Service can change what they do), themselves, and every grant.
+fn route_inputs<'a>(
+    view: &ClusterView,
+    routes: impl Iterator<Item = &'a Route> + Clone,
+) -> (Vec<ServiceInfo>, Vec<HttpRoute>, Vec<ReferenceGrant>) {
+    let services = referenced_services(routes.clone())
+        .iter()
+        .filter_map(|id| view.services().get(id))
         .map(|service| ServiceInfo {
             namespace: service.id.namespace.clone(),
             name: service.id.name.clone(),
@@ -101,7 +108,19 @@ fn service_infos(view: &ClusterView) -> Vec<ServiceInfo> {
                 .map(|port| port.port)
                 .collect(),
         })
-        .collect()
+        .collect();
+    let routes = routes.map(|route| route.0.clone()).collect();
+    let grants = view
+        .grants()
+        .values()
+        .map(|grant| grant.0.clone())
+        .collect();
+    (services, routes, grants)
+}
+
+/// Every Service some of `routes` name.
+fn referenced_services<'a>(routes: impl Iterator<Item = &'a Route>) -> BTreeSet<ServiceId> {
+    routes.flat_map(Route::referenced_services).collect()
 }
 
 #[cfg(test)]
@@ -111,7 +130,8 @@ mod tests {
     use zerohop_abi::{SERVICE_L7, SERVICE_NO_BYPASS};
 
     use super::*;
-    use crate::plan::{frontend_key, plan_with, PlanProblem, Waypoints};
+    use crate::node_plan::plan_with;
+    use crate::plan::{frontend_key, PlanProblem, Waypoints};
     use crate::{build_view, model::Family};
 
     const SERVICES: &str = r#"
@@ -332,6 +352,8 @@ spec:
             .iter()
             .map(|service| (service.name.as_str(), service.ports.as_slice()))
             .collect();
-        assert_eq!(services, [("plain", &[80][..]), ("web", &[80, 9000][..])]);
+        // Only the Services a route names: "plain" cannot change a route.
+        assert_eq!(services, [("web", &[80, 9000][..])]);
+        assert!(config.endpoints.iter().all(|service| service.name == "web"));
     }
 }

@@ -26,7 +26,7 @@ use zerohop_abi::{map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_SAMPLE};
 use zerohop_planner::{
     convert::object_label,
     policy::{Learner, Verdict},
-    waypoint_config, Capacity, Waypoints,
+    waypoint_config, Capacity, NodePlan, Touched, Waypoints,
 };
 use zerohop_routes::{
     model::HttpRoute,
@@ -375,6 +375,13 @@ struct Sync {
     maps: ServiceMaps,
     node: String,
     waypoints: Waypoints,
+    /// The node's plan, kept up to date Service by Service.
+    plan: NodePlan,
+    /// The snapshot `plan` was made from.
+    planned: Option<Arc<Snapshot>>,
+    /// Whether the maps may miss writes outside the next change (a write
+    /// was refused): then the next sync compares every entry.
+    check_all: bool,
     waypoint_config: PathBuf,
     /// The waypoint input last written.
     written_config: Option<String>,
@@ -387,23 +394,23 @@ struct Sync {
     status: SharedStatus,
     /// The bypass policy's view of each frontend's connections.
     learner: Learner,
-    /// Every ready endpoint of each frontend at the last sync.
-    ready: BTreeSet<FrontendEndpoint>,
     /// [`ServiceMaps::traffic_activity`] when the traffic was last read.
     traffic_activity: Option<u64>,
-    /// What the Service maps hold.
-    capacity: Capacity,
 }
 
 impl Sync {
     fn new(settings: &Settings, capacity: Capacity, status: SharedStatus) -> Result<Self> {
+        let waypoints = Waypoints {
+            v4: settings.waypoints.iter().any(SocketAddr::is_ipv4),
+            v6: settings.waypoints.iter().any(SocketAddr::is_ipv6),
+        };
         Ok(Self {
             maps: ServiceMaps::open(&settings.pin_dir)?,
             node: settings.node.clone(),
-            waypoints: Waypoints {
-                v4: settings.waypoints.iter().any(SocketAddr::is_ipv4),
-                v6: settings.waypoints.iter().any(SocketAddr::is_ipv6),
-            },
+            waypoints,
+            plan: NodePlan::new(&settings.node, waypoints, capacity),
+            planned: None,
+            check_all: true,
             waypoint_config: settings.waypoint_config.clone(),
             written_config: None,
             route_problems: BTreeSet::new(),
@@ -412,9 +419,7 @@ impl Sync {
             plan_problems: BTreeSet::new(),
             status,
             learner: Learner::default(),
-            ready: BTreeSet::new(),
             traffic_activity: None,
-            capacity,
         })
     }
 
@@ -460,27 +465,37 @@ impl Sync {
     }
 
     /// Writes the maps for `snapshot`; returns the endpoints that left
-    /// their frontends since the last sync.
-    fn apply(&mut self, snapshot: &Snapshot) -> Result<Vec<FrontendEndpoint>> {
+    /// their frontends since the last sync. Plans again only the Services
+    /// that differ from the last snapshot's (or whose bypass verdict
+    /// changed), and compares only their entries with the maps.
+    fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Result<Vec<FrontendEndpoint>> {
         let started = Instant::now();
         report(&mut self.source_problems, snapshot.problems.iter().cloned());
         let view = &snapshot.view;
         let short_conns = self.learner.short_conns();
-        let mut plan = zerohop_planner::plan_within(
-            view,
-            &self.node,
-            self.waypoints,
-            &short_conns,
-            self.capacity,
-        );
-        let described = plan.problems.iter().map(|problem| {
+        let touched = match &self.planned {
+            Some(planned) if Arc::ptr_eq(planned, snapshot) => Touched::Services(BTreeSet::new()),
+            Some(planned) => view.touched_services(&planned.view),
+            None => Touched::All,
+        };
+        let update = self.plan.update(view, &touched, &short_conns);
+        self.planned = Some(Arc::clone(snapshot));
+        let problems = self.plan.problems();
+        let described = problems.iter().map(|problem| {
             let service = problem.service();
             let label = object_label("Service", &service.namespace, Some(&service.name));
             in_its_file(&snapshot.origins, &label, problem.to_string())
         });
         report(&mut self.plan_problems, described);
-        let changes = zerohop_planner::diff(self.maps.held()?, &plan.desired);
+        let desired = self.plan.desired();
+        let changes = match &update.frontends {
+            Some(frontends) if !self.check_all => {
+                zerohop_planner::diff_frontends(self.maps.held()?, desired, frontends)
+            }
+            _ => zerohop_planner::diff(self.maps.held()?, desired),
+        };
         let applied = self.maps.apply(&changes);
+        self.check_all = applied.failed > 0;
         let config = waypoint_config(view, &self.node);
         let evaluations: Vec<(&HttpRoute, RouteEvaluation)> = config
             .routes
@@ -502,6 +517,7 @@ impl Sync {
         if self.waypoints != Waypoints::default() {
             self.write_waypoint_config(&config)?;
         }
+        let desired = self.plan.desired();
         {
             let mut status = self.status.lock().unwrap();
             status.syncs += 1;
@@ -511,18 +527,17 @@ impl Sync {
                 ("endpointslice", view.slices().len()),
             ]);
             status.map_entries = BTreeMap::from([
-                (map_name::SERVICES, plan.desired.services.len()),
-                (map_name::BACKENDS, plan.desired.backends.len()),
-                (map_name::NAMES, plan.desired.names.len()),
+                (map_name::SERVICES, desired.services.len()),
+                (map_name::BACKENDS, desired.backends.len()),
+                (map_name::NAMES, desired.names.len()),
             ]);
-            let udp = plan
-                .desired
+            let udp = desired
                 .services
                 .keys()
                 .filter(|key| key.proto == zerohop_abi::PROTO_UDP)
                 .count();
             status.frontends =
-                BTreeMap::from([("tcp", plan.desired.services.len() - udp), ("udp", udp)]);
+                BTreeMap::from([("tcp", desired.services.len() - udp), ("udp", udp)]);
             status.problems = BTreeMap::from([
                 ("source", self.source_problems.len()),
                 ("plan", self.plan_problems.len()),
@@ -531,16 +546,15 @@ impl Sync {
             status.short_conn_frontends = short_conns.len();
         }
         info!(
-            frontends = plan.desired.services.len(),
-            endpoints = plan.desired.backends.len(),
+            frontends = desired.services.len(),
+            endpoints = desired.backends.len(),
+            replanned = update.services,
             written = applied.written,
             failed = applied.failed,
             micros = started.elapsed().as_micros() as u64,
             "maps synced"
         );
-        let gone = zerohop_planner::gone(&self.ready, &plan);
-        self.ready = std::mem::take(&mut plan.ready);
-        Ok(gone)
+        Ok(update.gone)
     }
 }
 

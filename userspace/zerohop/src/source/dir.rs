@@ -11,17 +11,18 @@
 //!
 //! [`DirReader`] reads a file again only when its identity, size or times
 //! changed, so watching a directory costs one `stat` per file and poll
-//! while nothing changes.
+//! while nothing changes, and it keeps the view up to date file by file
+//! ([`Assembly`]), so a change costs the objects of the files that changed.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use zerohop_planner::{assemble, parse_manifests, ClusterView, Parsed, Problem};
+use zerohop_planner::{manifest::Assembly, parse_manifests, ClusterView, Parsed, Problem};
 
 /// The view built from a directory, and what was wrong in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct DirReader {
     dir: PathBuf,
     /// Every manifest file of the last read, by name.
     files: BTreeMap<String, File>,
+    /// The objects of the files' good contents, kept up to date file by file.
+    assembly: Assembly,
     /// Whether a read happened yet.
     read_once: bool,
 }
@@ -61,8 +64,9 @@ pub struct DirReader {
 /// A file as last read.
 struct File {
     stamp: Stamp,
-    /// What it held when it was last read well, if it ever was.
-    good: Option<Arc<Parsed>>,
+    /// Whether it was ever read well (its last good content is in the
+    /// reader's assembly).
+    good: bool,
     /// Why the last read failed, if it did.
     failed: Option<String>,
 }
@@ -95,6 +99,7 @@ impl DirReader {
         DirReader {
             dir,
             files: BTreeMap::new(),
+            assembly: Assembly::new(),
             read_once: false,
         }
     }
@@ -127,14 +132,23 @@ impl DirReader {
         }
         let mut changed = !self.read_once || self.files.len() != current.len();
         self.read_once = true;
-        self.files.retain(|name, _| current.contains_key(name));
+        let removed: Vec<String> = self
+            .files
+            .keys()
+            .filter(|name| !current.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            self.files.remove(&name);
+            self.assembly.set(&name, None);
+        }
         for (name, (stamp, readable)) in current {
             let known = self.files.get(&name);
             if known.is_some_and(|file| file.stamp == stamp) {
                 continue;
             }
             changed = true;
-            let good = known.and_then(|file| file.good.clone());
+            let good = known.is_some_and(|file| file.good);
             let path = self.dir.join(&name);
             let read = if readable {
                 read_and_parse(&path, &name)
@@ -146,11 +160,14 @@ impl DirReader {
                 ))
             };
             let file = match read {
-                Ok(parsed) => File {
-                    stamp,
-                    good: Some(Arc::new(parsed)),
-                    failed: None,
-                },
+                Ok(parsed) => {
+                    self.assembly.set(&name, Some(&parsed));
+                    File {
+                        stamp,
+                        good: true,
+                        failed: None,
+                    }
+                }
                 Err(why) => File {
                     stamp,
                     good,
@@ -164,17 +181,12 @@ impl DirReader {
 
     /// The view of the files as last read.
     fn loaded(&self) -> Loaded {
-        let built = assemble(
-            self.files
-                .iter()
-                .filter_map(|(name, file)| Some((name.as_str(), file.good.as_deref()?))),
-        );
         let mut problems: Vec<Problem> = self
             .files
             .iter()
             .filter_map(|(name, file)| {
                 let why = file.failed.as_ref()?;
-                let kept = if file.good.is_some() {
+                let kept = if file.good {
                     "; its last good content is kept"
                 } else {
                     ""
@@ -186,11 +198,11 @@ impl DirReader {
                 })
             })
             .collect();
-        problems.extend(built.problems);
+        problems.extend(self.assembly.problems());
         Loaded {
-            view: built.view,
+            view: self.assembly.view().clone(),
             problems,
-            origins: built.origins,
+            origins: self.assembly.origins().clone(),
         }
     }
 }

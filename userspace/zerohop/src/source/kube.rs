@@ -15,6 +15,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -113,14 +114,14 @@ impl Kind {
     /// Converts one object of this kind to the model.
     fn convert(self, object: &DynamicObject) -> Converted {
         match self {
-            Kind::Service => {
-                convert::<core::Service, model::Service>(self, object, Converted::Service)
+            Kind::Service => convert::<core::Service, model::Service>(self, object, |service| {
+                Converted::Service(Arc::new(service))
+            }),
+            Kind::EndpointSlice => {
+                convert::<discovery::EndpointSlice, model::EndpointSlice>(self, object, |slice| {
+                    Converted::Slice(Arc::new(slice))
+                })
             }
-            Kind::EndpointSlice => convert::<discovery::EndpointSlice, model::EndpointSlice>(
-                self,
-                object,
-                Converted::Slice,
-            ),
             Kind::Namespace => {
                 convert::<core::Namespace, model::Namespace>(self, object, Converted::Namespace)
             }
@@ -151,8 +152,9 @@ pub fn watched_resources() -> Vec<(String, String)> {
 /// One object as the planner sees it.
 #[derive(Debug, Clone)]
 enum Converted {
-    Service(model::Service),
-    Slice(model::EndpointSlice),
+    /// Shared with every snapshot built since it was converted.
+    Service(Arc<model::Service>),
+    Slice(Arc<model::EndpointSlice>),
     Namespace(model::Namespace),
     Node(model::Node),
     Pod(model::Pod),

@@ -1,0 +1,776 @@
+//! The plan of one node, kept up to date change by change.
+//!
+//! [`NodePlan`] plans each Service on its own (its candidate: the
+//! frontends of its ClusterIPs and ports, their endpoints and problems),
+//! then decides across Services who owns a frontend two of them claim (the
+//! first by id) and what fits in the maps (Services in id order, the first
+//! that does not fit and all after it left out). A change to a few Services
+//! plans those again, and the Services that claim a frontend with them, and
+//! touches only their entries: its cost follows the change, not the
+//! cluster. Near the maps' capacity, where one Service growing can push
+//! others out, every change plans the whole node again.
+//!
+//! [`plan_within`] is a [`NodePlan`] used once: both give the same plan for
+//! the same view, which the tests check over random sequences of changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use zerohop_abi::{FrontendEndpoint, FrontendKey};
+
+use crate::model::{Family, Protocol, Service, ServiceId};
+use crate::plan::{
+    eligible, endpoint_of, port_frontend_key, ready_targets, Capacity, Desired, Plan, PlanProblem,
+    Target, Waypoints,
+};
+use crate::view::{ClusterView, Touched};
+use crate::waypoint::{l7_ports, l7_ports_of};
+
+/// Plans the map contents for node `node`, which has no waypoint.
+pub fn plan(view: &ClusterView, node: &str) -> Plan {
+    plan_with(view, node, Waypoints::default(), &BTreeSet::new())
+}
+
+/// Plans the map contents for node `node`. Frontends of L7 Services (ports
+/// of Services with an accepted HTTPRoute) are marked for the waypoint when the node has
+/// one of their family; their endpoints are still planned, for the
+/// waypoint's own connections. Frontends in `short_conns` (learned by the
+/// node's agent, see [`crate::policy`]) are marked as such unless their
+/// Service says `zerohop.io/bypass` itself.
+pub fn plan_with(
+    view: &ClusterView,
+    node: &str,
+    waypoints: Waypoints,
+    short_conns: &BTreeSet<FrontendKey>,
+) -> Plan {
+    plan_within(view, node, waypoints, short_conns, Capacity::KERNEL)
+}
+
+/// [`plan_with`] for maps of `capacity`. Frontends are planned in Service
+/// order; those that would not fit are left out whole (their connections
+/// take the cluster's normal path, as without zerohop), reported in one
+/// [`PlanProblem::OverCapacity`], so the maps never refuse a write.
+pub fn plan_within(
+    view: &ClusterView,
+    node: &str,
+    waypoints: Waypoints,
+    short_conns: &BTreeSet<FrontendKey>,
+    capacity: Capacity,
+) -> Plan {
+    let mut node_plan = NodePlan::new(node, waypoints, capacity);
+    node_plan.update(view, &Touched::All, short_conns);
+    node_plan.plan()
+}
+
+/// The plan of one node, and what it was made of.
+#[derive(Debug)]
+pub struct NodePlan {
+    node: String,
+    waypoints: Waypoints,
+    capacity: Capacity,
+    short_conns: BTreeSet<FrontendKey>,
+    /// Each handled Service's own plan.
+    candidates: BTreeMap<ServiceId, Candidate>,
+    /// The handled Services that claim each frontend; the first owns it.
+    claimants: BTreeMap<FrontendKey, BTreeSet<ServiceId>>,
+    /// What each Service put in the plan.
+    contributions: BTreeMap<ServiceId, Contribution>,
+    desired: Desired,
+    ready: BTreeSet<FrontendEndpoint>,
+    /// Set when the last full planning left frontends out.
+    over_capacity: Option<PlanProblem>,
+}
+
+/// What an [`NodePlan::update`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Update {
+    /// The frontends whose entries may differ from before; `None` when the
+    /// whole node was planned again (any may).
+    pub frontends: Option<BTreeSet<FrontendKey>>,
+    /// The ready endpoints that left a frontend that stays (see
+    /// [`crate::plan::gone`]).
+    pub gone: Vec<FrontendEndpoint>,
+    /// How many Services were planned again.
+    pub services: usize,
+}
+
+/// One Service planned on its own.
+#[derive(Debug, Clone)]
+struct Candidate {
+    service: Arc<Service>,
+    /// Each ClusterIP with its family and the frontends of its ports, in
+    /// the Service's order.
+    ips: Vec<(IpAddr, Family, Vec<PortPlan>)>,
+}
+
+/// The frontend of one ClusterIP and port.
+#[derive(Debug, Clone)]
+struct PortPlan {
+    key: FrontendKey,
+    port: u16,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// An L7 port on a node without a waypoint of its family: claimed, but
+    /// left to the cluster's normal path.
+    NoWaypoint,
+    /// Planned; without endpoints when no slice defines the port (then
+    /// `not_in_slices` names it).
+    Planned {
+        l7: bool,
+        not_in_slices: Option<String>,
+        targets: Vec<Target>,
+        ready: Vec<FrontendEndpoint>,
+    },
+}
+
+/// What one Service put in the plan.
+#[derive(Debug, Clone, Default)]
+struct Contribution {
+    frontends: Vec<FrontendKey>,
+    ready: Vec<FrontendEndpoint>,
+    problems: Vec<PlanProblem>,
+}
+
+/// Room left in the maps while Services are added in order.
+struct Room {
+    capacity: Capacity,
+    /// The first Service left out, and how many frontends were.
+    left_out: Option<(ServiceId, usize)>,
+}
+
+impl NodePlan {
+    /// An empty plan for node `node`.
+    pub fn new(node: &str, waypoints: Waypoints, capacity: Capacity) -> NodePlan {
+        NodePlan {
+            node: node.to_owned(),
+            waypoints,
+            capacity,
+            short_conns: BTreeSet::new(),
+            candidates: BTreeMap::new(),
+            claimants: BTreeMap::new(),
+            contributions: BTreeMap::new(),
+            desired: Desired::default(),
+            ready: BTreeSet::new(),
+            over_capacity: None,
+        }
+    }
+
+    /// What the maps should hold.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// Every ready endpoint of each planned frontend.
+    pub fn ready(&self) -> &BTreeSet<FrontendEndpoint> {
+        &self.ready
+    }
+
+    /// What could not be planned, Service by Service in id order.
+    pub fn problems(&self) -> Vec<PlanProblem> {
+        self.contributions
+            .values()
+            .flat_map(|contribution| contribution.problems.iter().cloned())
+            .chain(self.over_capacity.clone())
+            .collect()
+    }
+
+    /// The whole plan, copied.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            desired: self.desired.clone(),
+            problems: self.problems(),
+            ready: self.ready.clone(),
+        }
+    }
+
+    /// Plans `view`, where only the Services `touched` (see
+    /// [`ClusterView::touched_services`]) may differ from the view of the
+    /// last update, with the frontends `short_conns` judged short.
+    pub fn update(
+        &mut self,
+        view: &ClusterView,
+        touched: &Touched,
+        short_conns: &BTreeSet<FrontendKey>,
+    ) -> Update {
+        // A frontend judged otherwise concerns the Services claiming it.
+        let mut services = match touched {
+            Touched::All => None,
+            Touched::Services(services) => Some(services.clone()),
+        };
+        if let Some(services) = &mut services {
+            for key in self.short_conns.symmetric_difference(short_conns) {
+                services.extend(self.claimants.get(key).into_iter().flatten().cloned());
+            }
+        }
+        self.short_conns = short_conns.clone();
+        match services {
+            Some(services) if self.over_capacity.is_none() => {
+                let update = self.replan(view, &services);
+                if self.fits() {
+                    return update;
+                }
+                // One Service's growth may push out others: plan all.
+                let mut gone = self.replan_all(view);
+                gone.extend(update.gone.into_iter().filter(|endpoint| {
+                    !self.ready.contains(endpoint)
+                        && self.desired.services.contains_key(&endpoint.frontend)
+                }));
+                gone.sort();
+                gone.dedup();
+                Update {
+                    frontends: None,
+                    gone,
+                    services: self.candidates.len(),
+                }
+            }
+            _ => Update {
+                gone: self.replan_all(view),
+                frontends: None,
+                services: self.candidates.len(),
+            },
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.desired.services.len() <= self.capacity.frontends
+            && self.desired.backends.len() <= self.capacity.endpoint_slots
+    }
+
+    /// Plans every Service of `view` again.
+    fn replan_all(&mut self, view: &ClusterView) -> Vec<FrontendEndpoint> {
+        let before = std::mem::take(&mut self.ready);
+        let l7 = l7_ports(view);
+        self.candidates.clear();
+        self.claimants.clear();
+        for service in view.services().values() {
+            let ports: BTreeSet<u16> = l7
+                .range((service.id.clone(), 0)..=(service.id.clone(), u16::MAX))
+                .map(|(_, port)| *port)
+                .collect();
+            self.add_candidate(view, service, &ports);
+        }
+        self.contributions.clear();
+        self.desired = Desired::default();
+        let mut room = Room {
+            capacity: self.capacity,
+            left_out: None,
+        };
+        let ids: Vec<ServiceId> = self.candidates.keys().cloned().collect();
+        for id in ids {
+            self.contribute(&id, &mut room);
+        }
+        self.over_capacity = room
+            .left_out
+            .map(|(service, frontends)| PlanProblem::OverCapacity {
+                service,
+                frontends,
+                capacity: self.capacity,
+            });
+        before
+            .difference(&self.ready)
+            .filter(|endpoint| self.desired.services.contains_key(&endpoint.frontend))
+            .copied()
+            .collect()
+    }
+
+    /// Plans the Services `touched` again, and those that share a frontend
+    /// with them.
+    fn replan(&mut self, view: &ClusterView, touched: &BTreeSet<ServiceId>) -> Update {
+        let mut affected = touched.clone();
+        for id in touched {
+            if let Some(old) = self.candidates.remove(id) {
+                for key in old.keys() {
+                    let claimants = self.claimants.get_mut(&key).expect("claimed");
+                    claimants.remove(id);
+                    affected.extend(claimants.iter().cloned());
+                    if claimants.is_empty() {
+                        self.claimants.remove(&key);
+                    }
+                }
+            }
+            if let Some(service) = view.services().get(id) {
+                let added = self.add_candidate(view, service, &l7_ports_of(view, id));
+                for key in added {
+                    affected.extend(self.claimants[&key].iter().cloned());
+                }
+            }
+        }
+        let mut frontends = BTreeSet::new();
+        let mut left = Vec::new();
+        for id in &affected {
+            let Some(old) = self.contributions.remove(id) else {
+                continue;
+            };
+            for key in &old.frontends {
+                self.desired.remove(key);
+            }
+            for endpoint in &old.ready {
+                self.ready.remove(endpoint);
+            }
+            frontends.extend(old.frontends);
+            left.extend(old.ready);
+        }
+        let mut room = Room {
+            capacity: Capacity {
+                frontends: usize::MAX,
+                endpoint_slots: usize::MAX,
+            },
+            left_out: None,
+        };
+        for id in &affected {
+            if let Some(contribution) = self.contribute(id, &mut room) {
+                frontends.extend(contribution.frontends.iter().copied());
+            }
+        }
+        let gone = left
+            .into_iter()
+            .filter(|endpoint| {
+                !self.ready.contains(endpoint)
+                    && self.desired.services.contains_key(&endpoint.frontend)
+            })
+            .collect();
+        Update {
+            frontends: Some(frontends),
+            gone,
+            services: affected.len(),
+        }
+    }
+
+    /// Plans `service` on its own, if the node handles it, and records its
+    /// claims; returns the frontends it claims.
+    fn add_candidate(
+        &mut self,
+        view: &ClusterView,
+        service: &Arc<Service>,
+        l7: &BTreeSet<u16>,
+    ) -> Vec<FrontendKey> {
+        if !(service.fast_path && view.namespace_fast_path(&service.id.namespace)) {
+            return Vec::new();
+        }
+        let candidate = Candidate::of(view, service, &self.node, self.waypoints, l7);
+        let keys = candidate.keys();
+        for key in &keys {
+            self.claimants
+                .entry(*key)
+                .or_default()
+                .insert(service.id.clone());
+        }
+        self.candidates.insert(service.id.clone(), candidate);
+        keys
+    }
+
+    /// Puts Service `id`'s frontends that it owns, and that fit, in the
+    /// plan, and its problems; `None` when it has no candidate.
+    fn contribute(&mut self, id: &ServiceId, room: &mut Room) -> Option<&Contribution> {
+        let candidate = self.candidates.get(id)?;
+        let service = &candidate.service;
+        let mut contribution = Contribution::default();
+        let mut own = BTreeSet::new();
+        for (ip, family, ports) in &candidate.ips {
+            let mut taken: BTreeMap<&ServiceId, Vec<SocketAddr>> = BTreeMap::new();
+            let mut not_in_slices = Vec::new();
+            let mut no_waypoint = false;
+            for port in ports {
+                // The first claimant by id owns the frontend; a frontend
+                // claimed twice by one Service stays with its first port.
+                let owner = self.claimants[&port.key].first().expect("claimed");
+                if owner != id || !own.insert(port.key) {
+                    taken
+                        .entry(owner)
+                        .or_default()
+                        .push(SocketAddr::new(*ip, port.port));
+                    continue;
+                }
+                let Outcome::Planned {
+                    l7,
+                    not_in_slices: missing,
+                    targets,
+                    ready,
+                } = &port.outcome
+                else {
+                    no_waypoint = true;
+                    continue;
+                };
+                not_in_slices.extend(missing.clone());
+                // Once one is left out, all after it are: what fits does
+                // not depend on the sizes of the Services that follow.
+                let fits = room.left_out.is_none()
+                    && self.desired.services.len() < room.capacity.frontends
+                    && self.desired.backends.len() + targets.len() <= room.capacity.endpoint_slots;
+                if !fits {
+                    room.left_out.get_or_insert_with(|| (id.clone(), 0)).1 += 1;
+                    continue;
+                }
+                let short = self.short_conns.contains(&port.key);
+                self.desired.insert(port.key, service, *l7, short, targets);
+                contribution.frontends.push(port.key);
+                contribution.ready.extend(ready.iter().copied());
+                self.ready.extend(ready.iter().copied());
+            }
+            for (owner, frontends) in taken {
+                contribution.problems.push(PlanProblem::FrontendTaken {
+                    service: id.clone(),
+                    frontends,
+                    owner: owner.clone(),
+                });
+            }
+            if no_waypoint {
+                contribution.problems.push(PlanProblem::NoWaypoint {
+                    service: id.clone(),
+                    family: *family,
+                });
+            }
+            if !not_in_slices.is_empty() {
+                contribution.problems.push(PlanProblem::PortNotInSlices {
+                    service: id.clone(),
+                    ports: not_in_slices,
+                    family: *family,
+                });
+            }
+        }
+        self.contributions.insert(id.clone(), contribution);
+        self.contributions.get(id)
+    }
+}
+
+impl Candidate {
+    /// `service` planned on its own for node `node`; `l7` holds its ports
+    /// with an accepted HTTPRoute.
+    fn of(
+        view: &ClusterView,
+        service: &Arc<Service>,
+        node: &str,
+        waypoints: Waypoints,
+        l7: &BTreeSet<u16>,
+    ) -> Candidate {
+        let slices = view.slices_of(&service.id);
+        let zone = view.node_zone(node);
+        let ips = service
+            .cluster_ips
+            .iter()
+            .map(|&ip| {
+                let family = Family::of(&ip);
+                let family_slices: Vec<_> = slices
+                    .iter()
+                    .copied()
+                    .filter(|slice| slice.family == family)
+                    .collect();
+                let ports = service
+                    .ports
+                    .iter()
+                    .filter_map(|port| {
+                        let key = port_frontend_key(ip, port)?;
+                        // Routes are HTTP: they apply to TCP ports only.
+                        let l7 = port.protocol == Protocol::Tcp && l7.contains(&port.port);
+                        let outcome = if l7 && !waypoints.serve(family) {
+                            Outcome::NoWaypoint
+                        } else {
+                            match ready_targets(&family_slices, port, node, zone) {
+                                Some(targets) => Outcome::Planned {
+                                    l7,
+                                    not_in_slices: None,
+                                    ready: targets
+                                        .iter()
+                                        .map(|target| endpoint_of(key, target.address, target.port))
+                                        .collect(),
+                                    targets: eligible(targets, service.traffic),
+                                },
+                                None => Outcome::Planned {
+                                    l7,
+                                    not_in_slices: Some(port.name.clone()),
+                                    targets: Vec::new(),
+                                    ready: Vec::new(),
+                                },
+                            }
+                        };
+                        Some(PortPlan {
+                            key,
+                            port: port.port,
+                            outcome,
+                        })
+                    })
+                    .collect();
+                (ip, family, ports)
+            })
+            .collect();
+        Candidate {
+            service: service.clone(),
+            ips,
+        }
+    }
+
+    /// Every frontend it claims, each once.
+    fn keys(&self) -> Vec<FrontendKey> {
+        let keys: BTreeSet<FrontendKey> = self
+            .ips
+            .iter()
+            .flat_map(|(_, _, ports)| ports.iter().map(|port| port.key))
+            .collect();
+        keys.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::{diff, diff_frontends};
+    use crate::manifest::{parse_manifests, Manifest};
+    use crate::model::SliceId;
+
+    /// xorshift64*: a small deterministic generator, so a failure repeats.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+    }
+
+    const NAMESPACES: [&str; 2] = ["shop", "team"];
+    const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+
+    /// A random Service: ClusterIPs from a small pool (so two Services
+    /// may claim one frontend), one or two ports, sometimes a policy.
+    fn service(rng: &mut Rng, namespace: &str, name: &str) -> String {
+        let v4 = *rng.pick(&["10.96.0.1", "10.96.0.2", "10.96.0.3"]);
+        let ips = match rng.below(3) {
+            0 => format!("[{v4}]"),
+            1 => format!("[{v4}, \"fd00::{}\"]", 1 + rng.below(2)),
+            _ => format!("[\"fd00::{}\"]", 1 + rng.below(2)),
+        };
+        let protocol = *rng.pick(&["TCP", "UDP"]);
+        let mut ports = format!(
+            "[{{name: http, port: {}, protocol: {protocol}}}",
+            80 + rng.below(2)
+        );
+        if rng.below(2) == 0 {
+            ports.push_str(", {name: admin, port: 9000}");
+        }
+        ports.push(']');
+        let annotations = match rng.below(5) {
+            0 => "annotations: {zerohop.io/bypass: \"off\"}",
+            1 => "annotations: {zerohop.io/fast-path: \"off\"}",
+            _ => "annotations: {}",
+        };
+        let traffic = *rng.pick(&["Cluster", "Cluster", "PreferClose", "Local"]);
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}, {annotations}}}\n\
+             spec: {{clusterIPs: {ips}, ports: {ports}, internalTrafficPolicy: {traffic}}}\n"
+        )
+    }
+
+    /// A random slice of Service `name`: a few endpoints on this node or
+    /// another, ready or not, zone-hinted or not.
+    fn slice(rng: &mut Rng, namespace: &str, name: &str, slice: &str) -> String {
+        let v6 = rng.below(3) == 0;
+        let mut endpoints = Vec::new();
+        for _ in 0..rng.below(4) {
+            let address = if v6 {
+                format!("\"fd00:244::{}\"", 1 + rng.below(6))
+            } else {
+                format!("10.244.0.{}", 1 + rng.below(6))
+            };
+            let node = *rng.pick(&["node1", "node2"]);
+            let ready = *rng.pick(&["true", "true", "false"]);
+            let zone = *rng.pick(&["zone-a", "zone-b"]);
+            endpoints.push(format!(
+                "{{addresses: [{address}], nodeName: {node}, conditions: {{ready: {ready}}}, \
+                 hints: {{forZones: [{{name: {zone}}}]}}}}"
+            ));
+        }
+        let port_name = *rng.pick(&["http", "http", "other"]);
+        let protocol = *rng.pick(&["TCP", "UDP"]);
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {slice}, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: {}\nports: [{{name: {port_name}, port: 8080, protocol: {protocol}}}, {{name: admin, port: 9090}}]\n\
+             endpoints: [{}]\n",
+            if v6 { "IPv6" } else { "IPv4" },
+            endpoints.join(", ")
+        )
+    }
+
+    fn route(rng: &mut Rng, namespace: &str, name: &str) -> String {
+        let parent = *rng.pick(&NAMES);
+        let parent_namespace = *rng.pick(&NAMESPACES);
+        let backend = *rng.pick(&NAMES);
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec: {{parentRefs: [{{group: \"\", kind: Service, name: {parent}, namespace: {parent_namespace}}}], \
+             rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]}}\n"
+        )
+    }
+
+    fn object(text: &str) -> Manifest {
+        let parsed = parse_manifests("random.yaml", text);
+        assert_eq!(parsed.problems, vec![], "{text}");
+        parsed.manifests.into_iter().next().expect(text)
+    }
+
+    /// One random change to `view`.
+    fn change(rng: &mut Rng, view: &mut ClusterView) {
+        let namespace = *rng.pick(&NAMESPACES);
+        let name = *rng.pick(&NAMES);
+        let slice_name = format!("{name}-{}", rng.below(2));
+        match rng.below(12) {
+            0..=2 => {
+                _ = view.apply_service(match object(&service(rng, namespace, name)) {
+                    Manifest::Service(service) => service,
+                    _ => unreachable!(),
+                })
+            }
+            3 => _ = view.delete_service(&ServiceId::new(namespace, name)),
+            4..=6 => {
+                _ = view.apply_slice(match object(&slice(rng, namespace, name, &slice_name)) {
+                    Manifest::EndpointSlice(slice) => slice,
+                    _ => unreachable!(),
+                })
+            }
+            7 => _ = view.delete_slice(&SliceId::new(namespace, slice_name)),
+            8 => {
+                let opted_out = rng.below(2) == 0;
+                let text = format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}, \
+                     labels: {{zerohop.io/fast-path: \"{}\"}}}}\n",
+                    if opted_out { "off" } else { "on" }
+                );
+                let Manifest::Namespace(namespace) = object(&text) else {
+                    unreachable!()
+                };
+                view.apply_namespace(namespace);
+            }
+            9 => {
+                let zone = *rng.pick(&["zone-a", "zone-b"]);
+                let text = format!(
+                    "apiVersion: v1\nkind: Node\nmetadata: {{name: node1, \
+                     labels: {{topology.kubernetes.io/zone: {zone}}}}}\n"
+                );
+                let Manifest::Node(node) = object(&text) else {
+                    unreachable!()
+                };
+                view.apply_node(node);
+            }
+            10 => {
+                let Manifest::Route(route) = object(&route(rng, namespace, name)) else {
+                    unreachable!()
+                };
+                view.apply_route(route);
+            }
+            _ => _ = view.delete_route(&(namespace.to_owned(), name.to_owned())),
+        }
+    }
+
+    /// Over random changes, a plan kept up to date change by change is the
+    /// plan made from scratch, the frontends it reports as changed hold
+    /// every map write, and the endpoints it reports gone are those
+    /// [`crate::plan::gone`] finds.
+    #[test]
+    fn an_updated_plan_is_the_plan_made_from_scratch() {
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            // Some runs on small maps, to go over capacity and back.
+            let capacity = if seed % 4 == 0 {
+                Capacity {
+                    frontends: 4,
+                    endpoint_slots: 8,
+                }
+            } else {
+                Capacity::KERNEL
+            };
+            let waypoints = Waypoints {
+                v4: seed % 2 == 0,
+                v6: seed % 3 == 0,
+            };
+            let mut view = ClusterView::new();
+            let mut node_plan = NodePlan::new("node1", waypoints, capacity);
+            let mut short = BTreeSet::new();
+            node_plan.update(&view, &Touched::All, &short);
+            let mut before = node_plan.plan();
+            let mut before_view = view.clone();
+            for step in 0..150 {
+                for _ in 0..1 + rng.below(3) {
+                    change(&mut rng, &mut view);
+                }
+                if rng.below(6) == 0 {
+                    // The bypass policy judges a frontend short, or no more.
+                    if let Some(key) = before.desired.services.keys().nth(rng.below(4)) {
+                        if !short.remove(key) {
+                            short.insert(*key);
+                        }
+                    }
+                }
+                let touched = view.touched_services(&before_view);
+                let update = node_plan.update(&view, &touched, &short);
+                let fresh = plan_within(&view, "node1", waypoints, &short, capacity);
+                let context = format!("seed {seed} step {step}");
+                assert_eq!(node_plan.desired(), &fresh.desired, "{context}");
+                assert_eq!(node_plan.ready(), &fresh.ready, "{context}");
+                assert_eq!(node_plan.problems(), fresh.problems, "{context}");
+                if let Some(frontends) = &update.frontends {
+                    // Writing the frontends said to have changed is
+                    // writing every change.
+                    assert_eq!(
+                        diff_frontends(&before.desired, &fresh.desired, frontends),
+                        diff(&before.desired, &fresh.desired),
+                        "{context}"
+                    );
+                }
+                let mut gone = update.gone.clone();
+                gone.sort();
+                assert_eq!(gone, crate::plan::gone(&before.ready, &fresh), "{context}");
+                before = fresh;
+                before_view = view.clone();
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_to_one_service_plans_only_it_and_those_sharing_a_frontend() {
+        let mut rng = Rng(7);
+        let mut view = ClusterView::new();
+        for name in NAMES {
+            view.apply_service(match object(&service(&mut rng, "shop", name)) {
+                Manifest::Service(service) => service,
+                _ => unreachable!(),
+            });
+        }
+        let mut node_plan = NodePlan::new("node1", Waypoints::default(), Capacity::KERNEL);
+        let all = node_plan.update(&view, &Touched::All, &BTreeSet::new());
+        assert_eq!(all.frontends, None);
+        let before = view.clone();
+        view.apply_slice(match object(&slice(&mut rng, "shop", "a", "a-0")) {
+            Manifest::EndpointSlice(slice) => slice,
+            _ => unreachable!(),
+        });
+        let touched = view.touched_services(&before);
+        assert_eq!(
+            touched,
+            Touched::Services(BTreeSet::from([ServiceId::new("shop", "a")]))
+        );
+        let update = node_plan.update(&view, &touched, &BTreeSet::new());
+        let sharing: BTreeSet<&ServiceId> = node_plan
+            .claimants
+            .values()
+            .filter(|claimants| claimants.contains(&ServiceId::new("shop", "a")))
+            .flatten()
+            .collect();
+        assert_eq!(update.services, sharing.len().max(1));
+        assert!(update.services < NAMES.len() || sharing.len() == NAMES.len());
+    }
+}
