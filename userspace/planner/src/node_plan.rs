@@ -7,8 +7,9 @@
 //! that does not fit and all after it left out). A change to a few Services
 //! plans those again, and the Services that claim a frontend with them, and
 //! touches only their entries: its cost follows the change, not the
-//! cluster. Near the maps' capacity, where one Service growing can push
-//! others out, every change plans the whole node again.
+//! cluster. On a node with more than the maps hold, where one Service
+//! growing can push others out, every change fits all Services again
+//! (from the plans kept for the Services it did not touch).
 //!
 //! [`plan_within`] is a [`NodePlan`] used once: both give the same plan for
 //! the same view, which the tests check over random sequences of changes.
@@ -207,31 +208,39 @@ impl NodePlan {
             }
         }
         self.short_conns = short_conns.clone();
-        match services {
-            Some(services) if self.over_capacity.is_none() => {
-                let update = self.replan(view, &services);
-                if self.fits() {
-                    return update;
-                }
-                // One Service's growth may push out others: plan all.
-                let mut gone = self.replan_all(view);
-                gone.extend(update.gone.into_iter().filter(|endpoint| {
-                    !self.ready.contains(endpoint)
-                        && self.desired.services.contains_key(&endpoint.frontend)
-                }));
-                gone.sort();
-                gone.dedup();
-                Update {
-                    frontends: None,
-                    gone,
-                    services: self.candidates.len(),
-                }
-            }
-            _ => Update {
-                gone: self.replan_all(view),
+        let Some(touched) = services else {
+            self.replan_candidates(view);
+            return Update {
+                gone: self.assemble_all(),
                 frontends: None,
                 services: self.candidates.len(),
-            },
+            };
+        };
+        let affected = self.refresh_candidates(view, &touched);
+        if self.over_capacity.is_some() {
+            // What fits depends on every Service before: fit them all
+            // again (from the plans kept for the untouched ones).
+            return Update {
+                gone: self.assemble_all(),
+                frontends: None,
+                services: affected.len(),
+            };
+        }
+        let update = self.assemble(&affected);
+        if self.fits() {
+            return update;
+        }
+        // One Service's growth pushed others out: fit them all again.
+        let mut gone = self.assemble_all();
+        gone.extend(update.gone.into_iter().filter(|endpoint| {
+            !self.ready.contains(endpoint) && self.desired.services.contains_key(&endpoint.frontend)
+        }));
+        gone.sort();
+        gone.dedup();
+        Update {
+            frontends: None,
+            gone,
+            services: affected.len(),
         }
     }
 
@@ -240,9 +249,8 @@ impl NodePlan {
             && self.desired.backends.len() <= self.capacity.endpoint_slots
     }
 
-    /// Plans every Service of `view` again.
-    fn replan_all(&mut self, view: &ClusterView) -> Vec<FrontendEndpoint> {
-        let before = std::mem::take(&mut self.ready);
+    /// Plans every Service of `view` on its own again.
+    fn replan_candidates(&mut self, view: &ClusterView) {
         let l7 = l7_ports(view);
         self.candidates.clear();
         self.claimants.clear();
@@ -253,6 +261,41 @@ impl NodePlan {
                 .collect();
             self.add_candidate(view, service, &ports);
         }
+    }
+
+    /// Plans the Services `touched` on its own again; returns them and the
+    /// Services that share a frontend with them, before or after.
+    fn refresh_candidates(
+        &mut self,
+        view: &ClusterView,
+        touched: &BTreeSet<ServiceId>,
+    ) -> BTreeSet<ServiceId> {
+        let mut affected = touched.clone();
+        for id in touched {
+            if let Some(old) = self.candidates.remove(id) {
+                for key in old.keys() {
+                    let claimants = self.claimants.get_mut(&key).expect("claimed");
+                    claimants.remove(id);
+                    affected.extend(claimants.iter().cloned());
+                    if claimants.is_empty() {
+                        self.claimants.remove(&key);
+                    }
+                }
+            }
+            if let Some(service) = view.services().get(id) {
+                let added = self.add_candidate(view, service, &l7_ports_of(view, id));
+                for key in added {
+                    affected.extend(self.claimants[&key].iter().cloned());
+                }
+            }
+        }
+        affected
+    }
+
+    /// Puts every Service's frontends in the plan again, in order, as many
+    /// as fit; returns the ready endpoints that left a frontend that stays.
+    fn assemble_all(&mut self) -> Vec<FrontendEndpoint> {
+        let before = std::mem::take(&mut self.ready);
         self.contributions.clear();
         self.desired = Desired::default();
         let mut room = Room {
@@ -277,31 +320,12 @@ impl NodePlan {
             .collect()
     }
 
-    /// Plans the Services `touched` again, and those that share a frontend
-    /// with them.
-    fn replan(&mut self, view: &ClusterView, touched: &BTreeSet<ServiceId>) -> Update {
-        let mut affected = touched.clone();
-        for id in touched {
-            if let Some(old) = self.candidates.remove(id) {
-                for key in old.keys() {
-                    let claimants = self.claimants.get_mut(&key).expect("claimed");
-                    claimants.remove(id);
-                    affected.extend(claimants.iter().cloned());
-                    if claimants.is_empty() {
-                        self.claimants.remove(&key);
-                    }
-                }
-            }
-            if let Some(service) = view.services().get(id) {
-                let added = self.add_candidate(view, service, &l7_ports_of(view, id));
-                for key in added {
-                    affected.extend(self.claimants[&key].iter().cloned());
-                }
-            }
-        }
+    /// Puts the frontends of the Services `affected` in the plan again,
+    /// leaving the others' as they are (while everything fits).
+    fn assemble(&mut self, affected: &BTreeSet<ServiceId>) -> Update {
         let mut frontends = BTreeSet::new();
         let mut left = Vec::new();
-        for id in &affected {
+        for id in affected {
             let Some(old) = self.contributions.remove(id) else {
                 continue;
             };
@@ -321,7 +345,7 @@ impl NodePlan {
             },
             left_out: None,
         };
-        for id in &affected {
+        for id in affected {
             if let Some(contribution) = self.contribute(id, &mut room) {
                 frontends.extend(contribution.frontends.iter().copied());
             }

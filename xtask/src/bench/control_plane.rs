@@ -13,6 +13,8 @@
 //!   `maps synced` line for it: p50 and p99 over the changes;
 //! - the agent's resident memory after the changes, and its peak.
 //!
+//! The maps are sized to hold the whole cluster (`--max-frontends`,
+//! `--max-endpoint-slots`: 524,288 slots at 50k Services of 10 endpoints).
 //! The kube source is not measured here.
 
 use std::{
@@ -54,7 +56,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     println!(
         "== control plane: the directory source, {ENDPOINTS} endpoints per Service, \
-         {PER_FILE} Services per file, --poll-ms {POLL_MS}, {changes} changes per size"
+         {PER_FILE} Services per file, --poll-ms {POLL_MS}, maps sized to hold them all, \
+         {changes} changes per size"
     );
     let mut rows = Vec::new();
     for services in sizes {
@@ -90,7 +93,25 @@ fn measure(services: usize, changes: usize) -> Result<Row> {
     }
     let started = Instant::now();
     let poll = POLL_MS.to_string();
-    let mut agent = Agent::start(&cluster, 1, manifests.dir(), &["--poll-ms", &poll])?;
+    // Maps that hold the whole cluster, as its operator would size them.
+    let frontends = services.next_power_of_two().max(65_536).to_string();
+    let slots = (services * ENDPOINTS)
+        .next_power_of_two()
+        .max(262_144)
+        .to_string();
+    let mut agent = Agent::start(
+        &cluster,
+        1,
+        manifests.dir(),
+        &[
+            "--poll-ms",
+            &poll,
+            "--max-frontends",
+            &frontends,
+            "--max-endpoint-slots",
+            &slots,
+        ],
+    )?;
     let attached = started.elapsed();
     let first_sync = sync_micros(&agent.log_text())
         .first()
