@@ -26,7 +26,7 @@ use zerohop_abi::{map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_SAMPLE};
 use zerohop_planner::{
     convert::object_label,
     policy::{Learner, Verdict},
-    waypoint_config, Capacity, NodePlan, Touched, Waypoints,
+    waypoint_config, Capacity, Waypoints,
 };
 use zerohop_routes::{
     model::HttpRoute,
@@ -39,6 +39,7 @@ use crate::{
     features::{self, FEATURES},
     health::{self, SharedStatus},
     lease::{Lease, SharedFreshness},
+    map_sync::MapSync,
     node_idle::IdleBehaviour,
     others, route_status,
     source::{self, Published, Publisher, Snapshot},
@@ -385,13 +386,8 @@ struct Sync {
     maps: ServiceMaps,
     node: String,
     waypoints: Waypoints,
-    /// The node's plan, kept up to date Service by Service.
-    plan: NodePlan,
-    /// The snapshot `plan` was made from.
-    planned: Option<Arc<Snapshot>>,
-    /// Whether the maps may miss writes outside the next change (a write
-    /// was refused): then the next sync compares every entry.
-    check_all: bool,
+    /// The node's plan and what the maps hold.
+    map_sync: MapSync,
     waypoint_config: PathBuf,
     /// The waypoint input last written.
     written_config: Option<String>,
@@ -418,9 +414,7 @@ impl Sync {
             maps: ServiceMaps::open(&settings.pin_dir)?,
             node: settings.node.clone(),
             waypoints,
-            plan: NodePlan::new(&settings.node, waypoints, capacity),
-            planned: None,
-            check_all: true,
+            map_sync: MapSync::new(&settings.node, waypoints, capacity),
             waypoint_config: settings.waypoint_config.clone(),
             written_config: None,
             route_problems: BTreeSet::new(),
@@ -483,29 +477,14 @@ impl Sync {
         report(&mut self.source_problems, snapshot.problems.iter().cloned());
         let view = &snapshot.view;
         let short_conns = self.learner.short_conns();
-        let touched = match &self.planned {
-            Some(planned) if Arc::ptr_eq(planned, snapshot) => Touched::Services(BTreeSet::new()),
-            Some(planned) => view.touched_services(&planned.view),
-            None => Touched::All,
-        };
-        let update = self.plan.update(view, &touched, &short_conns);
-        self.planned = Some(Arc::clone(snapshot));
-        let problems = self.plan.problems();
+        let synced = self.map_sync.sync(snapshot, &short_conns, &mut self.maps)?;
+        let problems = self.map_sync.plan().problems();
         let described = problems.iter().map(|problem| {
             let service = problem.service();
             let label = object_label("Service", &service.namespace, Some(&service.name));
             in_its_file(&snapshot.origins, &label, problem.to_string())
         });
         report(&mut self.plan_problems, described);
-        let desired = self.plan.desired();
-        let changes = match &update.frontends {
-            Some(frontends) if !self.check_all => {
-                zerohop_planner::diff_frontends(self.maps.held()?, desired, frontends)
-            }
-            _ => zerohop_planner::diff(self.maps.held()?, desired),
-        };
-        let applied = self.maps.apply(&changes);
-        self.check_all = applied.failed > 0;
         let config = waypoint_config(view, &self.node);
         let evaluations: Vec<(&HttpRoute, RouteEvaluation)> = config
             .routes
@@ -527,7 +506,7 @@ impl Sync {
         if self.waypoints != Waypoints::default() {
             self.write_waypoint_config(&config)?;
         }
-        let desired = self.plan.desired();
+        let desired = self.map_sync.plan().desired();
         {
             let mut status = self.status.lock().unwrap();
             status.syncs += 1;
@@ -552,19 +531,19 @@ impl Sync {
                 ("source", self.source_problems.len()),
                 ("plan", self.plan_problems.len()),
             ]);
-            status.map_write_errors += applied.failed as u64;
+            status.map_write_errors += synced.failed as u64;
             status.short_conn_frontends = short_conns.len();
         }
         info!(
             frontends = desired.services.len(),
             endpoints = desired.backends.len(),
-            replanned = update.services,
-            written = applied.written,
-            failed = applied.failed,
+            replanned = synced.replanned,
+            written = synced.written,
+            failed = synced.failed,
             micros = started.elapsed().as_micros() as u64,
             "maps synced"
         );
-        Ok(update.gone)
+        Ok(synced.gone)
     }
 }
 

@@ -32,11 +32,12 @@ use zerohop_abi::{
     map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName, SockKey,
     Traffic, CONFIG_NO_BYPASS, CONFIG_UDP,
 };
-use zerohop_planner::{Capacity, Change, Changes, Desired};
+use zerohop_planner::{Capacity, Change, Desired};
 
 use crate::features::{self, FeatureState, ProgramState, FEATURES};
 use crate::kernel_btf::{KernelBtf, VMLINUX_BTF};
 use crate::kfunc;
+use crate::map_sync::MapWriter;
 
 /// The compiled kernel programs (see build.rs).
 pub(crate) static EBPF_OBJECT: &[u8] =
@@ -235,22 +236,6 @@ pub struct ServiceMaps {
     names: HashMap<MapData, FrontendKey, ServiceName>,
     traffic: HashMap<MapData, FrontendKey, Traffic>,
     stats: PerCpuArray<MapData, u64>,
-    /// What the three maps hold, as last read or written through this
-    /// handle: the agent is their only writer (one agent per pin directory),
-    /// so a sync costs writes in proportion to the change, not reads in
-    /// proportion to the cluster. `None` until read, and again after a
-    /// refused write.
-    held: Option<Desired>,
-}
-
-/// What [`ServiceMaps::apply`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Applied {
-    /// Entries written or deleted.
-    pub written: usize,
-    /// Writes the kernel refused (a full map); the frontends concerned keep
-    /// their previous state or fall back to the cluster's normal path.
-    pub failed: usize,
 }
 
 impl ServiceMaps {
@@ -262,7 +247,6 @@ impl ServiceMaps {
             names: HashMap::try_from(open_pinned(pin_dir, map_name::NAMES)?)?,
             traffic: HashMap::try_from(open_pinned(pin_dir, map_name::TRAFFIC)?)?,
             stats: PerCpuArray::try_from(open_pinned(pin_dir, map_name::STATS)?)?,
-            held: None,
         })
     }
 
@@ -309,15 +293,6 @@ impl ServiceMaps {
             .insert(frontend, Traffic::default(), BPF_NOEXIST);
     }
 
-    /// What the maps hold: read from the kernel the first time, then as
-    /// this handle wrote them.
-    pub fn held(&mut self) -> Result<&Desired> {
-        if self.held.is_none() {
-            self.held = Some(self.read()?);
-        }
-        Ok(self.held.as_ref().expect("just read"))
-    }
-
     /// The current contents of the three maps, read from the kernel.
     pub fn read(&self) -> Result<Desired> {
         let mut current = Desired::default();
@@ -335,50 +310,31 @@ impl ServiceMaps {
         }
         Ok(current)
     }
+}
 
-    /// Writes `changes` in the order the planner gives them, so that the
-    /// hook never finds a Service whose slots point at a missing endpoint for
-    /// longer than one slot write. A refused write is counted and skipped:
-    /// the rest of the node keeps being served.
-    pub fn apply(&mut self, changes: &Changes) -> Applied {
-        let mut applied = Applied::default();
-        for change in changes.in_order() {
-            let result = match change {
-                Change::UpsertBackend(key, value) => self.backends.insert(key, value, 0),
-                Change::UpsertName(key, value) => self.names.insert(key, value, 0),
-                Change::UpsertService(key, value) => {
-                    self.start_counting(key);
-                    self.services.insert(key, value, 0)
-                }
-                Change::DeleteService(key) => {
-                    let _ = self.traffic.remove(&key);
-                    self.services.remove(&key)
-                }
-                Change::DeleteBackend(key) => self.backends.remove(&key),
-                Change::DeleteName(key) => self.names.remove(&key),
-            };
-            match result {
-                Ok(()) => {
-                    applied.written += 1;
-                    if let Some(held) = &mut self.held {
-                        change.apply_to(held);
-                    }
-                }
-                // The first refusal names its entry; the count of all goes
-                // in the sync's line.
-                Err(error) => {
-                    if applied.failed == 0 {
-                        tracing::error!(?change, %error, "map write failed");
-                    }
-                    applied.failed += 1;
-                }
+/// The kernel's maps, as the agent's sync writes them. A frontend written
+/// gets a traffic entry for the bypass policy; one deleted loses it.
+impl MapWriter for ServiceMaps {
+    fn write(&mut self, change: Change) -> Result<()> {
+        match change {
+            Change::UpsertBackend(key, value) => self.backends.insert(key, value, 0)?,
+            Change::UpsertName(key, value) => self.names.insert(key, value, 0)?,
+            Change::UpsertService(key, value) => {
+                self.start_counting(key);
+                self.services.insert(key, value, 0)?
             }
+            Change::DeleteService(key) => {
+                let _ = self.traffic.remove(&key);
+                self.services.remove(&key)?
+            }
+            Change::DeleteBackend(key) => self.backends.remove(&key)?,
+            Change::DeleteName(key) => self.names.remove(&key)?,
         }
-        // What a refused write left in the kernel is read again next time.
-        if applied.failed > 0 {
-            self.held = None;
-        }
-        applied
+        Ok(())
+    }
+
+    fn read(&self) -> Result<Desired> {
+        ServiceMaps::read(self)
     }
 }
 

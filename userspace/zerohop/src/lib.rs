@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod kernel_btf;
 pub mod kfunc;
 pub mod lease;
+pub mod map_sync;
 pub mod node_idle;
 pub mod others;
 pub mod route_status;

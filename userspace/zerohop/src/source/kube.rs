@@ -201,13 +201,17 @@ fn key_of(object: &DynamicObject) -> Key {
     )
 }
 
-/// Every object of every kind, as last listed and watched.
+/// Every object of every kind, as last listed and watched, and the view
+/// they make, kept up to date event by event.
 #[derive(Default)]
 struct Store {
     objects: BTreeMap<Kind, BTreeMap<Key, Converted>>,
     /// Re-lists under way: filled by InitApply, swapped in at InitDone.
     relisting: BTreeMap<Kind, BTreeMap<Key, Converted>>,
     listed: BTreeSet<Kind>,
+    view: ClusterView,
+    /// The malformed objects' problems.
+    invalid: BTreeMap<(Kind, Key), String>,
 }
 
 impl Store {
@@ -228,24 +232,64 @@ impl Store {
             watcher::Event::InitDone => {
                 let listed = self.relisting.remove(&kind).unwrap_or_default();
                 info!(kind = kind.name(), objects = listed.len(), "listed");
+                let before = self.objects.remove(&kind).unwrap_or_default();
+                for key in before.keys().filter(|key| !listed.contains_key(*key)) {
+                    self.forget(kind, key);
+                }
+                for (key, converted) in &listed {
+                    self.record(kind, key, converted);
+                }
                 self.objects.insert(kind, listed);
                 self.listed.insert(kind);
                 true
             }
             watcher::Event::Apply(object) => {
-                self.objects
-                    .entry(kind)
-                    .or_default()
-                    .insert(key_of(&object), kind.convert(&object));
+                let key = key_of(&object);
+                let converted = kind.convert(&object);
+                self.record(kind, &key, &converted);
+                self.objects.entry(kind).or_default().insert(key, converted);
                 true
             }
             watcher::Event::Delete(object) => {
-                self.objects
-                    .entry(kind)
-                    .or_default()
-                    .remove(&key_of(&object));
+                let key = key_of(&object);
+                self.forget(kind, &key);
+                self.objects.entry(kind).or_default().remove(&key);
                 true
             }
+        }
+    }
+
+    /// Puts object `key` of `kind`, as converted, in the view (or its
+    /// problem in `invalid`), in place of what it was.
+    fn record(&mut self, kind: Kind, key: &Key, converted: &Converted) {
+        self.forget(kind, key);
+        let view = &mut self.view;
+        match converted.clone() {
+            Converted::Service(service) => _ = view.apply_service(service),
+            Converted::Slice(slice) => _ = view.apply_slice(slice),
+            Converted::Namespace(namespace) => _ = view.apply_namespace(namespace),
+            Converted::Node(node) => _ = view.apply_node(node),
+            Converted::Pod(pod) => _ = view.apply_pod(pod),
+            Converted::Route(route) => _ = view.apply_route(route),
+            Converted::Grant(grant) => _ = view.apply_grant(grant),
+            Converted::Ignored => {}
+            Converted::Invalid(problem) => _ = self.invalid.insert((kind, key.clone()), problem),
+        }
+    }
+
+    /// Takes object `key` of `kind` out of the view and `invalid`.
+    fn forget(&mut self, kind: Kind, key: &Key) {
+        self.invalid.remove(&(kind, key.clone()));
+        let (namespace, name) = key;
+        let view = &mut self.view;
+        match kind {
+            Kind::Service => _ = view.delete_service(&model::ServiceId::new(namespace, name)),
+            Kind::EndpointSlice => _ = view.delete_slice(&model::SliceId::new(namespace, name)),
+            Kind::Namespace => _ = view.delete_namespace(name),
+            Kind::Node => _ = view.delete_node(name),
+            Kind::Pod => _ = view.delete_pod(key),
+            Kind::HttpRoute => _ = view.delete_route(key),
+            Kind::ReferenceGrant => _ = view.delete_grant(key),
         }
     }
 
@@ -254,24 +298,9 @@ impl Store {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut view = ClusterView::new();
-        let mut problems = Vec::new();
-        for converted in self.objects.values().flat_map(BTreeMap::values) {
-            match converted.clone() {
-                Converted::Service(service) => _ = view.apply_service(service),
-                Converted::Slice(slice) => _ = view.apply_slice(slice),
-                Converted::Namespace(namespace) => _ = view.apply_namespace(namespace),
-                Converted::Node(node) => _ = view.apply_node(node),
-                Converted::Pod(pod) => _ = view.apply_pod(pod),
-                Converted::Route(route) => _ = view.apply_route(route),
-                Converted::Grant(grant) => _ = view.apply_grant(grant),
-                Converted::Ignored => {}
-                Converted::Invalid(problem) => problems.push(problem),
-            }
-        }
         Snapshot {
-            view,
-            problems,
+            view: self.view.clone(),
+            problems: self.invalid.values().cloned().collect(),
             origins: BTreeMap::new(),
         }
     }
@@ -445,5 +474,39 @@ mod tests {
             store.snapshot().view.services().is_empty(),
             "a deleted Service leaves nothing behind"
         );
+    }
+
+    #[test]
+    fn an_object_replaced_by_one_zerohop_cannot_use_leaves_the_view() {
+        let mut store = Store::default();
+        for kind in Kind::ALL {
+            store.apply(kind, watcher::Event::InitDone);
+        }
+        store.apply(
+            Kind::Service,
+            watcher::Event::Apply(service("web", "10.96.0.1")),
+        );
+        assert_eq!(store.snapshot().view.services().len(), 1);
+        // Made headless: not zerohop's any more.
+        store.apply(
+            Kind::Service,
+            watcher::Event::Apply(service("web", "None")),
+        );
+        assert!(store.snapshot().view.services().is_empty());
+        // Broken, then mended: the problem goes with the mend.
+        let broken = object(
+            Kind::Service,
+            serde_json::json!({"metadata": {"name": "web", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.1", "ports": "eighty"}}),
+        );
+        store.apply(Kind::Service, watcher::Event::Apply(broken));
+        assert_eq!(store.snapshot().problems.len(), 1);
+        store.apply(
+            Kind::Service,
+            watcher::Event::Apply(service("web", "10.96.0.1")),
+        );
+        let snapshot = store.snapshot();
+        assert_eq!(snapshot.problems, Vec::<String>::new());
+        assert_eq!(snapshot.view.services().len(), 1);
     }
 }
