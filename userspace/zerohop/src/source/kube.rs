@@ -488,10 +488,7 @@ mod tests {
         );
         assert_eq!(store.snapshot().view.services().len(), 1);
         // Made headless: not zerohop's any more.
-        store.apply(
-            Kind::Service,
-            watcher::Event::Apply(service("web", "None")),
-        );
+        store.apply(Kind::Service, watcher::Event::Apply(service("web", "None")));
         assert!(store.snapshot().view.services().is_empty());
         // Broken, then mended: the problem goes with the mend.
         let broken = object(

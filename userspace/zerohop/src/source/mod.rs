@@ -10,13 +10,14 @@ pub mod kube;
 use std::{
     collections::BTreeMap,
     io,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 pub use dir::{load_dir, DirReader, Loaded};
-use tokio::sync::watch;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{mpsc::Sender, watch};
 use tracing::warn;
 use zerohop_planner::ClusterView;
 
@@ -98,7 +99,13 @@ impl Publisher {
     }
 }
 
-/// Reads `dir` every `interval` and publishes a snapshot whenever what it
+/// How long a change notification waits for the ones that follow it (an
+/// editor's write is several), so that a file is read once it is whole.
+const SETTLE: Duration = Duration::from_millis(10);
+
+/// Reads `dir` whenever the kernel says something in it changed, and every
+/// `interval` (for the lease's confirmations, and for file systems that
+/// send no notifications), and publishes a snapshot whenever what it
 /// holds changed, or confirms the last one. A directory that cannot be read
 /// keeps the last snapshot: it must not empty the maps, but it confirms
 /// nothing either. Each read runs on a blocking thread: a read that hangs
@@ -107,9 +114,17 @@ impl Publisher {
 pub async fn watch_dir(dir: PathBuf, interval: Duration, publisher: Publisher) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (changed, mut changes) = tokio::sync::mpsc::channel(1);
+    let _watcher = notify_changes(&dir, changed);
     let mut reader = DirReader::new(dir.clone());
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(()) = changes.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                while changes.try_recv().is_ok() {}
+            }
+        }
         let read_at = Instant::now();
         let read = tokio::task::spawn_blocking(move || {
             let loaded = reader.read();
@@ -130,5 +145,85 @@ pub async fn watch_dir(dir: PathBuf, interval: Duration, publisher: Publisher) {
                 warn!(dir = %dir.display(), %error, "cannot read the source; keeping the current maps")
             }
         }
+    }
+}
+
+/// Sends on `changed` whenever something in `dir` changes (inotify); `None`,
+/// and a warning, when the kernel will not watch it: then only the polls
+/// read it.
+fn notify_changes(dir: &Path, changed: Sender<()>) -> Option<RecommendedWatcher> {
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Opening and reading (the source's own reads among them) change
+        // nothing.
+        if event.is_ok_and(|event| !event.kind.is_access()) {
+            // Full means a read is due already.
+            let _ = changed.try_send(());
+        }
+    });
+    let watched = watcher.and_then(|mut watcher| {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        Ok(watcher)
+    });
+    match watched {
+        Ok(watcher) => Some(watcher),
+        Err(error) => {
+            warn!(dir = %dir.display(), %error, "no change notifications; the directory is read at each poll only");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file added to the directory is published at once, not at the
+    /// next poll.
+    #[tokio::test]
+    async fn a_change_is_read_when_notified_not_at_the_next_poll() {
+        /// Removes the directory, also when the test fails.
+        struct Removed(PathBuf);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("zh-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _removed = Removed(dir.clone());
+        let service = |name: &str, ip: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+                 spec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+            )
+        };
+        std::fs::write(dir.join("a.yaml"), service("a", "10.96.0.1")).unwrap();
+        let (publisher, mut snapshots) = Publisher::new(SharedFreshness::default());
+        let poll = Duration::from_secs(60);
+        let source = tokio::spawn(watch_dir(dir.clone(), poll, publisher));
+        let services = |snapshots: &watch::Receiver<Option<Published>>| {
+            snapshots
+                .borrow()
+                .as_ref()
+                .map_or(0, |published| published.snapshot.view.services().len())
+        };
+        let deadline = Duration::from_secs(5);
+        tokio::time::timeout(deadline, snapshots.changed())
+            .await
+            .expect("the first read is published")
+            .unwrap();
+        assert_eq!(services(&snapshots), 1);
+
+        // Written aside and renamed in, as tools that replace files do.
+        std::fs::write(dir.join(".b.yaml.tmp"), service("b", "10.96.0.2")).unwrap();
+        std::fs::rename(dir.join(".b.yaml.tmp"), dir.join("b.yaml")).unwrap();
+        let started = Instant::now();
+        tokio::time::timeout(deadline, snapshots.changed())
+            .await
+            .expect("the change is published long before the next poll")
+            .unwrap();
+        assert_eq!(services(&snapshots), 2);
+        assert!(started.elapsed() < deadline);
+        source.abort();
     }
 }
