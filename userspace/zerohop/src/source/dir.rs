@@ -20,7 +20,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use zerohop_planner::{manifest::Assembly, parse_manifests, ClusterView, Parsed, Problem};
 
@@ -142,23 +142,17 @@ impl DirReader {
             self.files.remove(&name);
             self.assembly.set(&name, None);
         }
-        for (name, (stamp, readable)) in current {
-            let known = self.files.get(&name);
-            if known.is_some_and(|file| file.stamp == stamp) {
-                continue;
-            }
-            changed = true;
-            let good = known.is_some_and(|file| file.good);
-            let path = self.dir.join(&name);
-            let read = if readable {
-                read_and_parse(&path, &name)
-            } else {
-                let error = fs::metadata(&path).err();
-                Err(format!(
-                    "cannot read: {}",
-                    error.map_or_else(|| "changed while read".to_owned(), |e| e.to_string())
-                ))
-            };
+        let to_read: Vec<(String, Stamp, bool)> = current
+            .into_iter()
+            .filter(|(name, (stamp, _))| {
+                self.files.get(name).is_none_or(|file| file.stamp != *stamp)
+            })
+            .map(|(name, (stamp, readable))| (name, stamp, readable))
+            .collect();
+        changed |= !to_read.is_empty();
+        let reads = read_and_parse_all(&self.dir, &to_read);
+        for ((name, stamp, _), read) in to_read.into_iter().zip(reads) {
+            let good = self.files.get(&name).is_some_and(|file| file.good);
             let file = match read {
                 Ok(parsed) => {
                     self.assembly.set(&name, Some(&parsed));
@@ -207,30 +201,61 @@ impl DirReader {
     }
 }
 
-/// Reads and parses one file, within [`MAX_PARSE_TIME`].
-fn read_and_parse(path: &Path, name: &str) -> Result<Parsed, String> {
-    let text = match read_limited(path) {
-        Ok(Some(text)) => text,
-        Ok(None) => {
-            return Err(format!(
-                "larger than {} MiB; not read",
-                MAX_FILE_BYTES >> 20
-            ))
-        }
-        Err(error) => return Err(format!("cannot read: {error}")),
-    };
-    let (send, receive) = mpsc::channel();
-    let name = name.to_owned();
-    std::thread::Builder::new()
-        .name("zerohop-parse".into())
-        .spawn(move || send.send(parse_manifests(&name, &text)))
-        .map_err(|error| format!("cannot parse: {error}"))?;
-    receive.recv_timeout(MAX_PARSE_TIME).map_err(|_| {
-        format!(
-            "took longer than {} s to parse; not used",
-            MAX_PARSE_TIME.as_secs()
-        )
-    })
+/// Reads and parses the files `(name, stamp, readable)` of `dir`, as many
+/// at a time as there are CPUs (the first read of a large directory is
+/// mostly parsing), each within [`MAX_PARSE_TIME`]; the results are in the
+/// order given.
+fn read_and_parse_all(dir: &Path, files: &[(String, Stamp, bool)]) -> Vec<Result<Parsed, String>> {
+    let at_once = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut results = Vec::with_capacity(files.len());
+    for batch in files.chunks(at_once) {
+        let parses: Vec<Result<mpsc::Receiver<Parsed>, String>> = batch
+            .iter()
+            .map(|(name, _, readable)| {
+                let path = dir.join(name);
+                let text = if *readable {
+                    read_text(&path)?
+                } else {
+                    let error = fs::metadata(&path).err();
+                    return Err(format!(
+                        "cannot read: {}",
+                        error.map_or_else(|| "changed while read".to_owned(), |e| e.to_string())
+                    ));
+                };
+                let (send, receive) = mpsc::channel();
+                let name = name.clone();
+                std::thread::Builder::new()
+                    .name("zerohop-parse".into())
+                    .spawn(move || send.send(parse_manifests(&name, &text)))
+                    .map_err(|error| format!("cannot parse: {error}"))?;
+                Ok(receive)
+            })
+            .collect();
+        let deadline = Instant::now() + MAX_PARSE_TIME;
+        results.extend(parses.into_iter().map(|parse| {
+            parse?
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .map_err(|_| {
+                    format!(
+                        "took longer than {} s to parse; not used",
+                        MAX_PARSE_TIME.as_secs()
+                    )
+                })
+        }));
+    }
+    results
+}
+
+/// A file's text, within [`MAX_FILE_BYTES`].
+fn read_text(path: &Path) -> Result<String, String> {
+    match read_limited(path) {
+        Ok(Some(text)) => Ok(text),
+        Ok(None) => Err(format!(
+            "larger than {} MiB; not read",
+            MAX_FILE_BYTES >> 20
+        )),
+        Err(error) => Err(format!("cannot read: {error}")),
+    }
 }
 
 /// The file's text, or `None` when it is larger than [`MAX_FILE_BYTES`]
