@@ -23,7 +23,9 @@ use crate::view::ClusterView;
 /// The ports of the view's Services with at least one accepted HTTPRoute
 /// (a route whose parentRef names a port attaches to that port only).
 pub fn l7_ports(view: &ClusterView) -> BTreeSet<(ServiceId, u16)> {
-    let (services, routes, grants) = route_inputs(view, view.routes().values());
+    let routes = view.routes().values();
+    let (services, routes, grants) =
+        route_inputs(view, routes.clone(), &referenced_services(routes));
     zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
         .into_iter()
         .map(|(namespace, name, port)| (ServiceId::new(namespace, name), port))
@@ -37,7 +39,8 @@ pub(crate) fn l7_ports_of(view: &ClusterView, id: &ServiceId) -> BTreeSet<u16> {
         .routes()
         .values()
         .filter(|route| route.parent_services().any(|parent| parent == *id));
-    let (services, routes, grants) = route_inputs(view, parent_of);
+    let (services, routes, grants) =
+        route_inputs(view, parent_of.clone(), &referenced_services(parent_of));
     zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
         .into_iter()
         .filter(|(namespace, name, _)| *namespace == id.namespace && *name == id.name)
@@ -78,7 +81,7 @@ pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
         .filter(|pod| pod.node.as_deref() == Some(node))
         .flat_map(|pod| pod.ips.iter().map(|ip| (*ip, pod.namespace.clone())))
         .collect();
-    let (services, routes, grants) = route_inputs(view, view.routes().values());
+    let (services, routes, grants) = route_inputs(view, view.routes().values(), &referenced);
     WaypointConfig {
         services,
         routes,
@@ -88,13 +91,15 @@ pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
     }
 }
 
-/// What `routes` are resolved against: the Services they name (no other
-/// Service can change what they do), themselves, and every grant.
+/// What `routes` are resolved against: the Services they name,
+/// `referenced` (no other Service can change what they do), themselves,
+/// and every grant.
 fn route_inputs<'a>(
     view: &ClusterView,
-    routes: impl Iterator<Item = &'a Route> + Clone,
+    routes: impl Iterator<Item = &'a Route>,
+    referenced: &BTreeSet<ServiceId>,
 ) -> (Vec<ServiceInfo>, Vec<HttpRoute>, Vec<ReferenceGrant>) {
-    let services = referenced_services(routes.clone())
+    let services = referenced
         .iter()
         .filter_map(|id| view.services().get(id))
         .map(|service| ServiceInfo {
