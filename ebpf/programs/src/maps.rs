@@ -80,16 +80,11 @@ pub static LEASE: Array<u64> = Array::pinned(1, 0);
 pub static TRAFFIC: HashMap<FrontendKey, Traffic> = HashMap::pinned(capacity::SERVICES, 0);
 
 /// Adds one to a frontend's traffic counter, if the agent keeps an entry for it.
-///
-/// A plain add, not an atomic one: Rust's BPF target offers no atomic
-/// read-modify-write. Two CPUs counting the same frontend at the same instant
-/// may lose one count; the counters only feed the bypass policy's ratio,
-/// whose thresholds sit far apart (see planner's policy.rs).
 #[inline(always)]
 pub fn count_traffic(frontend: &FrontendKey, field: impl Fn(&mut Traffic) -> &mut u64) {
     if let Some(traffic) = TRAFFIC.get_ptr_mut(frontend) {
         // SAFETY: a map value, valid while the program runs.
-        *field(unsafe { &mut *traffic }) += 1;
+        add(field(unsafe { &mut *traffic }), 1);
     }
 }
 
@@ -111,8 +106,31 @@ pub fn unregister(key: &SockKey) {
 #[inline(always)]
 pub fn count(counter: Counter, n: u64) {
     if let Some(slot) = STATS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, and the program runs with preemption disabled on it.
-        unsafe { *slot += n };
+        // SAFETY: a map value, valid while the program runs.
+        add(unsafe { &mut *slot }, n);
+    }
+}
+
+/// `*value += n` as one atomic instruction (BPF_ATOMIC | BPF_ADD, "XADD").
+///
+/// Atomic even on a per-CPU slot: sk_msg and the cgroup hooks run with
+/// migration disabled but preemption enabled (`bpf_prog_run_pin_on_cpu`),
+/// so on a preemptible kernel two programs on one CPU can interleave a
+/// plain load-add-store and lose counts. Shared counters (`TRAFFIC`) are
+/// added to from several CPUs at once. Rust's BPF target has no atomic
+/// read-modify-write, hence the instruction by hand; every kernel zerohop
+/// supports has it.
+#[inline(always)]
+fn add(value: &mut u64, n: u64) {
+    // SAFETY: `value` is a valid, aligned u64 for the instruction's length;
+    // the instruction writes nothing else and clobbers no register.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({value} + 0) += {n}",
+            value = in(reg) core::ptr::from_mut(value),
+            n = in(reg) n,
+            options(nostack),
+        );
     }
 }
 
