@@ -32,11 +32,13 @@
 //!   `status` changed) and is seen by watches as MODIFIED; a patch that changes
 //!   nothing is not written, as with the real API server. Other patch types are
 //!   415, an unknown object 404;
+//! - POST of a new object to its collection (201; 409 AlreadyExists when one
+//!   of that name is there), seen by watches as ADDED;
 //! - `/version`, `/api`, `/apis`, `/api/v1` and `/apis/{group}/{version}`
 //!   discovery documents; anything else is 404 with a `Status` body, and methods
-//!   other than GET and PATCH are 405: the state changes otherwise only through
-//!   [`ApiServer::apply`] and [`ApiServer::delete`]. [`ApiServer::get`] reads an
-//!   object back.
+//!   other than GET, PATCH and POST are 405: the state changes otherwise only
+//!   through [`ApiServer::apply`] and [`ApiServer::delete`]. [`ApiServer::get`]
+//!   reads an object back.
 //!
 //! Threads: one accept thread and one thread per connection (keep-alive is
 //! supported). Every socket has read/write timeouts, a watch notices a closed
@@ -111,6 +113,12 @@ pub const RESOURCES: &[Resource] = &[
         api_version: "gateway.networking.k8s.io/v1beta1",
         plural: "referencegrants",
         kind: "ReferenceGrant",
+        namespaced: true,
+    },
+    Resource {
+        api_version: "coordination.k8s.io/v1",
+        plural: "leases",
+        kind: "Lease",
         namespaced: true,
     },
 ];
@@ -819,12 +827,14 @@ fn read_request(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Requ
 fn reason_phrase(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
         410 => "Gone",
         415 => "Unsupported Media Type",
+        422 => "Unprocessable Entity",
         _ => "Error",
     }
 }
@@ -883,7 +893,7 @@ fn serve_connection(shared: &Shared, stream: &TcpStream) {
 /// Answers one request; `Ok(true)` if the connection may serve another.
 fn handle(shared: &Shared, stream: &TcpStream, req: &Request) -> io::Result<bool> {
     let reply = |code: u16, body: Value| write_json(stream, code, &body, req.close).map(|()| true);
-    if req.method != "GET" && req.method != "PATCH" {
+    if !matches!(req.method.as_str(), "GET" | "PATCH" | "POST") {
         let msg = format!(
             "method {} is not supported by the test API server",
             req.method
@@ -915,6 +925,10 @@ fn handle(shared: &Shared, stream: &TcpStream, req: &Request) -> io::Result<bool
     };
     if req.method == "PATCH" {
         let (code, body) = patch(shared, &target, req);
+        return reply(code, body);
+    }
+    if req.method == "POST" {
+        let (code, body) = create(shared, &target, req);
         return reply(code, body);
     }
     let labels = match LabelSelector::parse(req.param("labelSelector").unwrap_or("")) {
@@ -1149,6 +1163,76 @@ fn patch(shared: &Shared, target: &Target, req: &Request) -> (u16, Value) {
     drop(store);
     shared.changed.notify_all();
     (200, new)
+}
+
+/// POST to a collection: stores a new object, 409 AlreadyExists if one of
+/// that name is there. The kind, apiVersion and namespace come from the path;
+/// `metadata.name` is required (no `generateName`).
+fn create(shared: &Shared, target: &Target, req: &Request) -> (u16, Value) {
+    let resource = target.resource;
+    if target.name.is_some() || target.status {
+        let msg = format!("POST to an object ({}) is not supported", req.path);
+        return (405, status_object(405, "MethodNotAllowed", &msg));
+    }
+    let mut object: Value = match serde_json::from_slice(&req.body) {
+        Ok(o @ Value::Object(_)) => o,
+        Ok(other) => {
+            let msg = format!("an object must be a JSON object, not {other}");
+            return (400, status_object(400, "BadRequest", &msg));
+        }
+        Err(e) => {
+            let msg = format!("invalid JSON in the body: {e}");
+            return (400, status_object(400, "BadRequest", &msg));
+        }
+    };
+    let Some(name) = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+    else {
+        let msg = "metadata.name: Required value: name is required";
+        return (422, status_object(422, "Invalid", msg));
+    };
+    object["kind"] = json!(resource.kind);
+    object["apiVersion"] = json!(resource.api_version);
+    match &target.namespace {
+        Some(namespace) => object["metadata"]["namespace"] = json!(namespace),
+        None => {
+            if let Some(meta) = object["metadata"].as_object_mut() {
+                meta.remove("namespace");
+            }
+        }
+    }
+    let key = key_of(resource.kind, target.namespace.as_deref(), &name);
+    let mut store = lock(&shared.store);
+    if store.objects.contains_key(&key) {
+        let msg = format!("{} \"{name}\" already exists", qualified_plural(resource));
+        let mut status = status_object(409, "AlreadyExists", &msg);
+        status["details"] = json!({"name": name, "kind": resource.plural});
+        return (409, status);
+    }
+    store.rv += 1;
+    store.next_uid += 1;
+    let rv = store.rv;
+    let meta = &mut object["metadata"];
+    meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", store.next_uid));
+    meta["resourceVersion"] = json!(rv.to_string());
+    store.objects.insert(key.clone(), object.clone());
+    push_change(
+        &mut store,
+        Change {
+            rv,
+            kind: key.0,
+            namespace: key.1,
+            old: None,
+            new: object.clone(),
+            deleted: false,
+        },
+    );
+    drop(store);
+    shared.changed.notify_all();
+    (201, object)
 }
 
 /// Discovery documents (enough for `kubectl`-like clients and kube's discovery).

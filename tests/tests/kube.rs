@@ -303,20 +303,102 @@ fn routes_get_their_parent_status_and_bad_ones_are_reported() -> Result<()> {
             .wait_for_log(&format!("HTTPRoute default/{name}"), SETTLE)?;
     }
     // Written once: the same view again writes nothing.
-    let patches = |api: &ApiServer| {
-        api.requests()
-            .iter()
-            .filter(|line| line.starts_with("PATCH"))
-            .count()
-    };
-    let written = patches(&world.api);
+    let written = status_writes(&world.api);
     world.api.apply(slice("web", &world.b));
     sleep(SETTLE * 2);
     assert_eq!(
-        patches(&world.api),
+        status_writes(&world.api),
         written,
         "no write when nothing changed"
     );
+    Ok(())
+}
+
+/// The route status writes the API server received.
+fn status_writes(api: &ApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|line| line.starts_with("PATCH /apis/gateway.networking.k8s.io/"))
+        .count()
+}
+
+/// The holder of the status Lease.
+fn status_writer(api: &ApiServer) -> Option<String> {
+    let lease = api.get("Lease", Some("zerohop-system"), "zerohop-route-status")?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+}
+
+#[test]
+fn one_agent_of_the_cluster_writes_route_status() -> Result<()> {
+    const LEASE: Duration = Duration::from_secs(3);
+    let world = World::new()?;
+    world.api.apply(namespace(json!({})));
+    world.api.apply(service("web", json!({})));
+    world.api.apply(slice("web", &world.a));
+    let backend = json!({"name": "web", "port": 80});
+    world
+        .api
+        .apply(route("r", json!({"backendRefs": [backend]})));
+    let kubeconfig = world.files.dir().join("kubeconfig");
+    world.api.write_kubeconfig(&kubeconfig)?;
+    let lease = ["--status-lease-seconds", "3"];
+    let mut agents = BTreeMap::new();
+    for node in [1, 2] {
+        let agent =
+            Agent::start_with(&world.cluster, node, AgentSource::Kube(&kubeconfig), &lease)?;
+        agents.insert(zerohop_tests::node_name(node), agent);
+    }
+    let accepted = |api: &ApiServer| our_conditions(api, "r").get("Accepted").cloned();
+    let deadline = std::time::Instant::now() + SETTLE * 10;
+    wait_until(deadline, || accepted(&world.api).is_some());
+    assert_eq!(
+        accepted(&world.api),
+        Some(("True".into(), "Accepted".into()))
+    );
+    let holder = status_writer(&world.api).expect("the Lease has a holder");
+    let (writer, other) = {
+        let node = holder.split('_').next().unwrap_or_default().to_owned();
+        let other = agents.keys().find(|name| **name != node).cloned().unwrap();
+        (node, other)
+    };
+    assert!(agents.contains_key(&writer), "holder {holder}");
+    assert_eq!(status_writes(&world.api), 1, "one write");
+
+    // The writer stopped (SIGSTOP): the other agent does not write the
+    // route's new status until the Lease ran out, then it does.
+    agents[&writer].signal(libc::SIGSTOP)?;
+    let stopped = std::time::Instant::now();
+    world.api.apply(route(
+        "r",
+        json!({"filters": [{"type": "Teleport"}], "backendRefs": [backend]}),
+    ));
+    let rejected =
+        |api: &ApiServer| accepted(api) == Some(("False".into(), "UnsupportedValue".into()));
+    sleep(LEASE / 2);
+    assert!(
+        !rejected(&world.api),
+        "written by an agent that does not hold the Lease"
+    );
+    wait_until(stopped + LEASE + SETTLE * 5, || rejected(&world.api));
+    assert!(rejected(&world.api), "written once the Lease ran out");
+    assert!(stopped.elapsed() >= LEASE - LEASE * 2 / 15);
+    let holder = status_writer(&world.api).unwrap_or_default();
+    assert!(holder.starts_with(&format!("{other}_")), "holder {holder}");
+    assert_eq!(status_writes(&world.api), 2);
+
+    // The first writer comes back and follows; the new one stops (SIGTERM)
+    // and releases the Lease: the first takes it back at once, not a
+    // Lease later.
+    agents[&writer].signal(libc::SIGCONT)?;
+    let released = std::time::Instant::now();
+    agents.get_mut(&other).unwrap().stop()?;
+    wait_until(released + LEASE, || {
+        status_writer(&world.api).is_some_and(|h| h.starts_with(&format!("{writer}_")))
+    });
+    let holder = status_writer(&world.api).unwrap_or_default();
+    assert!(holder.starts_with(&format!("{writer}_")), "holder {holder}");
+    assert!(released.elapsed() < LEASE, "took {:?}", released.elapsed());
+    assert_eq!(status_writes(&world.api), 2, "nothing new to write");
     Ok(())
 }
 

@@ -1,10 +1,12 @@
-//! The agent's HTTPRoute status writer (`zerohop::route_status`) against the
+//! The agent's HTTPRoute status writer (`zerohop::route_status`) and the
+//! election of the one agent that writes (`zerohop::election`), against the
 //! in-process API server. No root needed: everything is on 127.0.0.1.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use zerohop::election::{self, Election};
 use zerohop::route_status::{self, Desired, RouteStatus, CONTROLLER_NAME};
 use zerohop_tests::apiserver::ApiServer;
 
@@ -71,6 +73,14 @@ fn desired(entries: &[(&str, RouteStatus)]) -> Desired {
         .collect()
 }
 
+/// The writer's go-ahead, for tests of the writing alone.
+fn always_writes() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(true);
+    // Kept open for the test's length.
+    std::mem::forget(tx);
+    rx
+}
+
 fn parents(server: &ApiServer, name: &str) -> Vec<Value> {
     let route = server.get("HTTPRoute", Some("prod"), name).expect("route");
     route["status"]["parents"]
@@ -93,7 +103,7 @@ async fn writes_our_parents_once_and_keeps_the_others() {
     let server = ApiServer::start().unwrap();
     server.apply(route("r", vec![foreign_entry()]));
     let (tx, rx) = watch::channel(Desired::new());
-    let writer = tokio::spawn(route_status::run(client(&server), rx));
+    let writer = tokio::spawn(route_status::run(client(&server), rx, always_writes()));
 
     const T1: &str = "2025-01-01T00:00:00Z";
     tx.send(desired(&[("r", ours(("True", "ResolvedRefs"), T1))]))
@@ -120,7 +130,7 @@ async fn writes_our_parents_once_and_keeps_the_others() {
         ours(("True", "ResolvedRefs"), "2025-03-03T00:00:00Z"),
     )]));
     let gets_before = requests(&server, "GET", "r");
-    let other_agent = tokio::spawn(route_status::run(client(&server), rx2));
+    let other_agent = tokio::spawn(route_status::run(client(&server), rx2, always_writes()));
     eventually("the other agent's read", || {
         requests(&server, "GET", "r") > gets_before
     })
@@ -168,7 +178,7 @@ async fn retries_until_the_route_can_be_written() {
     let server = ApiServer::start().unwrap();
     server.apply(route("ready", vec![]));
     let (tx, rx) = watch::channel(Desired::new());
-    let writer = tokio::spawn(route_status::run(client(&server), rx));
+    let writer = tokio::spawn(route_status::run(client(&server), rx, always_writes()));
     // "late" does not exist yet: failing, it does not hold up "ready".
     let want = ours(("True", "ResolvedRefs"), "2025-01-01T00:00:00Z");
     tx.send(desired(&[("late", want.clone()), ("ready", want.clone())]))
@@ -213,4 +223,162 @@ async fn retries_until_the_route_can_be_written() {
     .await;
     drop(tx);
     within("the writer to stop", writer).await.unwrap();
+}
+
+/// A short Lease, so that takeovers happen within a test step.
+const LEASE: Duration = Duration::from_secs(3);
+
+/// One agent's status writing: its election and its writer, wanting the
+/// route's ResolvedRefs reason to be `reason` (so that the route tells who
+/// wrote it).
+struct Contender {
+    identity: String,
+    reason: &'static str,
+    stop: watch::Sender<bool>,
+    election: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
+    _desired: watch::Sender<Desired>,
+}
+
+impl Contender {
+    fn start(server: &ApiServer, identity: &str, reason: &'static str) -> Contender {
+        let election = Election {
+            namespace: "zerohop-system".into(),
+            name: "zerohop-route-status".into(),
+            identity: identity.into(),
+            duration: LEASE,
+        };
+        let (writes, writer) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
+        let (desired_tx, desired_rx) = watch::channel(desired(&[(
+            "r",
+            ours(("False", reason), "2025-01-01T00:00:00Z"),
+        )]));
+        Contender {
+            identity: identity.into(),
+            reason,
+            stop,
+            election: tokio::spawn(election::run(client(server), election, writes, stopped)),
+            writer: tokio::spawn(route_status::run(client(server), desired_rx, writer)),
+            _desired: desired_tx,
+        }
+    }
+
+    /// Stops as the agent does on SIGTERM: the Lease is released.
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        within("the election to end", self.election).await.unwrap();
+        self.writer.abort();
+    }
+
+    /// Ends as a crashed agent does: nothing released.
+    fn crash(self) {
+        self.election.abort();
+        self.writer.abort();
+    }
+}
+
+fn lease(server: &ApiServer) -> Value {
+    server
+        .get("Lease", Some("zerohop-system"), "zerohop-route-status")
+        .unwrap_or(Value::Null)
+}
+
+fn holder(server: &ApiServer) -> Option<String> {
+    lease(server)["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The reason of our ResolvedRefs condition on route `r`: who wrote it.
+fn written_reason(server: &ApiServer) -> Option<String> {
+    let parents = parents(server, "r");
+    let ours = parents
+        .iter()
+        .find(|p| p["controllerName"] == CONTROLLER_NAME)?;
+    ours["conditions"][1]["reason"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_agent_of_several_writes_the_status_and_another_takes_over() {
+    let server = ApiServer::start().unwrap();
+    server.apply(route("r", vec![foreign_entry()]));
+    let mut contenders: Vec<Contender> = [("a", "ByA"), ("b", "ByB"), ("c", "ByC")]
+        .iter()
+        .map(|(identity, reason)| Contender::start(&server, identity, reason))
+        .collect();
+
+    // One holds the Lease, and only it writes: once, and for good.
+    eventually("the route's status written", || {
+        written_reason(&server).is_some()
+    })
+    .await;
+    let first = holder(&server).expect("a holder");
+    let position = contenders.iter().position(|c| c.identity == first).unwrap();
+    assert_eq!(
+        written_reason(&server).as_deref(),
+        Some(contenders[position].reason)
+    );
+    let renewed = lease(&server)["spec"]["renewTime"].clone();
+    tokio::time::sleep(LEASE).await;
+    assert_eq!(holder(&server).as_deref(), Some(first.as_str()), "kept");
+    assert_ne!(lease(&server)["spec"]["renewTime"], renewed, "renewed");
+    assert_eq!(lease(&server)["spec"]["leaseDurationSeconds"], 3);
+    assert_eq!(
+        requests(&server, "PATCH", "r/status"),
+        1,
+        "the others never write"
+    );
+    assert_eq!(
+        written_reason(&server).as_deref(),
+        Some(contenders[position].reason)
+    );
+
+    // The holder stops (SIGTERM): it releases the Lease, and another agent
+    // takes over well before the Lease would have run out.
+    let stopped = contenders.remove(position);
+    let released_at = std::time::Instant::now();
+    stopped.stop().await;
+    eventually("another agent writing", || {
+        written_reason(&server).is_some_and(|reason| contenders.iter().any(|c| c.reason == reason))
+    })
+    .await;
+    assert!(
+        released_at.elapsed() < LEASE,
+        "took {:?}",
+        released_at.elapsed()
+    );
+    let second = holder(&server).expect("a holder");
+    assert_ne!(second, first);
+    let position = contenders
+        .iter()
+        .position(|c| c.identity == second)
+        .unwrap();
+    assert_eq!(
+        written_reason(&server).as_deref(),
+        Some(contenders[position].reason)
+    );
+    assert_eq!(requests(&server, "PATCH", "r/status"), 2);
+    assert_eq!(lease(&server)["spec"]["leaseTransitions"], 1);
+
+    // The new holder crashes: nobody writes until its Lease ran out, then
+    // the last agent does.
+    let crashed = contenders.remove(position);
+    let crashed_at = std::time::Instant::now();
+    crashed.crash();
+    let last = &contenders[0];
+    eventually("the last agent writing", || {
+        written_reason(&server).as_deref() == Some(last.reason)
+    })
+    .await;
+    let waited = crashed_at.elapsed();
+    // Its last renewal was at most one retry (2/15 of the Lease) before.
+    assert!(
+        waited >= LEASE - LEASE * 2 / 15,
+        "took the Lease after {waited:?}, before it ran out"
+    );
+    assert_eq!(holder(&server).as_deref(), Some(last.identity.as_str()));
+    assert_eq!(requests(&server, "PATCH", "r/status"), 3);
+    contenders.pop().unwrap().stop().await;
+    assert_eq!(holder(&server), None, "released");
 }

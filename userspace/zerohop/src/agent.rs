@@ -36,6 +36,7 @@ use zerohop_routes::{
 
 use crate::{
     datapath::{self, Datapath, ServiceMaps},
+    election::{self, Election},
     features::{self, FEATURES},
     health::{self, SharedStatus},
     lease::{Lease, SharedFreshness},
@@ -95,6 +96,8 @@ pub struct Settings {
     pub lease: Duration,
     /// What the Service maps hold, when this agent creates them.
     pub capacity: Capacity,
+    /// The Lease whose holder writes the routes' status (kube source).
+    pub status_lease: Election,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then detaches its programs.
@@ -201,6 +204,7 @@ pub async fn run(mut settings: Settings) -> Result<()> {
 
     let freshness = SharedFreshness::default();
     let (publisher, mut snapshots) = Publisher::new(Arc::clone(&freshness));
+    let mut status_lease = None;
     let source = match settings.source.clone() {
         Source::Dir(dir) => {
             let span = info_span!("source", dir = %dir.display());
@@ -212,8 +216,21 @@ pub async fn run(mut settings: Settings) -> Result<()> {
                 .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
             let (statuses, desired) = watch::channel(route_status::Desired::new());
             sync.route_statuses = Some(statuses);
+            let (writes, writer) = watch::channel(false);
+            let (stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(
+                election::run(
+                    client.clone(),
+                    settings.status_lease.clone(),
+                    writes,
+                    stopped,
+                )
+                .instrument(info_span!("status_lease")),
+            );
+            status_lease = Some((stop, task));
             tokio::spawn(
-                route_status::run(client.clone(), desired).instrument(info_span!("route_status")),
+                route_status::run(client.clone(), desired, writer)
+                    .instrument(info_span!("route_status")),
             );
             tokio::spawn(
                 source::kube::run(client, settings.node.clone(), publisher)
@@ -288,6 +305,14 @@ pub async fn run(mut settings: Settings) -> Result<()> {
     source.abort();
     drop(datapath);
     info!("programs detached; maps stay pinned for established connections and the next agent");
+    // The next agent need not wait for the status Lease to run out.
+    if let Some((stop, task)) = status_lease {
+        stop.send_replace(true);
+        let bound = settings.status_lease.retry() + Duration::from_secs(1);
+        if tokio::time::timeout(bound, task).await.is_err() {
+            warn!("the status lease was not released in time; it runs out by itself");
+        }
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod election;
 pub mod features;
 pub mod health;
 pub mod inspect;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use zerohop::{
     agent::{self, Settings, Source},
     datapath::{self, DEFAULT_PIN_DIR},
+    election::Election,
     features,
     inspect::{self, Output},
     stale::Terminate,
@@ -25,7 +26,7 @@ struct Cli {
 enum Command {
     /// Load the kernel programs, attach them to a cgroup and keep their maps
     /// in sync with the cluster until SIGTERM/SIGINT.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Switch the socket-to-socket bypass on or off for the whole node, at run
     /// time (connections are still translated when it is off).
     Bypass {
@@ -174,6 +175,28 @@ struct AgentArgs {
     #[arg(long, default_value_t = zerohop_abi::capacity::BACKENDS,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_endpoint_slots: u32,
+    /// The Lease (NAMESPACE/NAME, coordination.k8s.io) whose holder writes
+    /// the status of the routes zerohop serves: one agent in the cluster
+    /// writes, the others only read the Lease. Kube source only.
+    #[arg(long, value_name = "NAMESPACE/NAME", default_value = "zerohop-system/zerohop-route-status",
+          value_parser = parse_lease_name)]
+    status_lease: (String, String),
+    /// How long, in seconds, the status Lease stays held when its holder
+    /// stops renewing it (it renews every 2/15 of that and stops writing
+    /// after 2/3 without a renewal).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    status_lease_seconds: u64,
+}
+
+fn parse_lease_name(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok((namespace.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{text:?}: expected NAMESPACE/NAME")),
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -216,6 +239,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => {
+            let identity = Election::identity_of(&args.node);
             let settings = Settings {
                 node: args.node,
                 cgroup: args.cgroup,
@@ -233,6 +257,12 @@ fn run(cli: Cli) -> Result<()> {
                 capacity: zerohop_planner::Capacity {
                     frontends: args.max_frontends as usize,
                     endpoint_slots: args.max_endpoint_slots as usize,
+                },
+                status_lease: Election {
+                    namespace: args.status_lease.0,
+                    name: args.status_lease.1,
+                    identity,
+                    duration: Duration::from_secs(args.status_lease_seconds),
                 },
             };
             let runtime = tokio::runtime::Runtime::new()?;

@@ -8,21 +8,24 @@
 //! last wrote, reads the route, merges ours into `status.parents` and patches
 //! the `/status` subresource.
 //!
-//! Every agent of every node evaluates the same routes and writes the same
-//! status, so writes must be idempotent:
+//! Every agent of every node evaluates the same routes, but only one writes
+//! their status at a time: the holder of the status Lease (see
+//! [`crate::election`]); the others only read that Lease. Writes are
+//! idempotent all the same, since a new writer takes over from an old one
+//! and other controllers write the same routes:
 //! - nothing is written when the merged parents equal what the route already
-//!   carries (ignoring `lastTransitionTime`), so N agents make one write per
-//!   real change, not N, and none ping-pong;
+//!   carries (ignoring `lastTransitionTime`), so a new writer writes only
+//!   what changed;
 //! - `lastTransitionTime` of a condition whose status did not change is kept
 //!   from the route (as `meta.SetStatusCondition` does), so timestamps do not
-//!   churn between agents or evaluations;
+//!   churn between writers or evaluations;
 //! - the entries of other controllers are kept, in place, and ours keep their
 //!   position: nobody's write is undone by reordering;
 //! - JSON merge patch replaces `status.parents` as a whole, so the patch
 //!   carries the resourceVersion of the read: a concurrent writer (another
-//!   agent, another controller) makes it fail with 409 Conflict instead of
-//!   being overwritten, and the route is retried on a later tick (read again,
-//!   usually found equal by then).
+//!   controller, or an old writer's last write) makes it fail with 409
+//!   Conflict instead of being overwritten, and the route is retried on a
+//!   later tick (read again, usually found equal by then).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -74,16 +77,32 @@ fn httproute_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&gvk, "httproutes")
 }
 
-/// Keeps the routes' status in line with `desired` until its sender is
-/// dropped. Never fails: errors are logged and the route retried every
-/// [`RETRY`] while other routes go on.
-pub async fn run(client: kube::Client, mut desired: watch::Receiver<Desired>) {
+/// Keeps the routes' status in line with `desired` while `writer` says this
+/// agent is the writer, until `desired`'s sender is dropped. Never fails:
+/// errors are logged and the route retried every [`RETRY`] while other
+/// routes go on.
+pub async fn run(
+    client: kube::Client,
+    mut desired: watch::Receiver<Desired>,
+    mut writer: watch::Receiver<bool>,
+) {
     let resource = httproute_resource();
     // The desired status last settled per route: written, found already
-    // there, or found outdated by a newer generation of the route.
+    // there, or found outdated by a newer generation of the route. Only
+    // while this agent writes: another writer may have changed any route.
     let mut settled: BTreeMap<RouteKey, RouteStatus> = BTreeMap::new();
     let mut current = desired.borrow_and_update().clone();
     loop {
+        if !*writer.borrow_and_update() {
+            settled.clear();
+            tokio::select! {
+                // A closed `writer` never makes this agent the writer again.
+                Ok(_) = writer.wait_for(|writes| *writes) => {}
+                changed = desired.changed() => if changed.is_err() { return },
+            }
+            current = desired.borrow_and_update().clone();
+            continue;
+        }
         settled.retain(|key, _| current.contains_key(key));
         let mut pending: BTreeSet<RouteKey> = current
             .iter()
@@ -108,10 +127,14 @@ pub async fn run(client: kube::Client, mut desired: watch::Receiver<Desired>) {
                     }
                 })
                 .collect();
-            let results: Vec<_> = futures::stream::iter(jobs)
+            let batch = futures::stream::iter(jobs)
                 .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
+                .collect::<Vec<_>>();
+            // Writes in flight are dropped as soon as another agent may write.
+            let results = tokio::select! {
+                results = batch => results,
+                Ok(_) = writer.wait_for(|writes| !*writes) => continue,
+            };
             for (key, status, result) in results {
                 let (namespace, name) = (&key.0, &key.1);
                 match result {
@@ -140,13 +163,17 @@ pub async fn run(client: kube::Client, mut desired: watch::Receiver<Desired>) {
             }
         }
 
-        let changed = if pending.is_empty() {
-            desired.changed().await.is_ok()
-        } else {
-            tokio::select! {
-                changed = desired.changed() => changed.is_ok(),
-                () = tokio::time::sleep(RETRY) => true,
+        let retry = async {
+            if pending.is_empty() {
+                std::future::pending().await
+            } else {
+                tokio::time::sleep(RETRY).await;
             }
+        };
+        let changed = tokio::select! {
+            changed = desired.changed() => changed.is_ok(),
+            () = retry => true,
+            Ok(_) = writer.wait_for(|writes| !*writes) => true,
         };
         if !changed {
             debug!("desired route status closed; route status writer stops");

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::{apps::v1::DaemonSet, rbac::v1::ClusterRole};
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    rbac::v1::{ClusterRole, Role, RoleBinding},
+};
 use serde::de::DeserializeOwned;
 
 fn documents(file: &str) -> Vec<serde_yaml_ng::Value> {
@@ -32,6 +35,8 @@ fn every_manifest_parses_as_its_kind() {
     let _: ServiceAccount = the("rbac.yaml", "ServiceAccount");
     let _: ClusterRole = the("rbac.yaml", "ClusterRole");
     let _: ClusterRoleBinding = the("rbac.yaml", "ClusterRoleBinding");
+    let _: Role = the("rbac.yaml", "Role");
+    let _: RoleBinding = the("rbac.yaml", "RoleBinding");
     let _: DaemonSet = the("daemonset.yaml", "DaemonSet");
     let kustomization = &documents("kustomization.yaml")[0];
     let listed: BTreeSet<&str> = kustomization["resources"]
@@ -78,6 +83,66 @@ fn the_cluster_role_grants_exactly_what_the_agent_watches() {
         )]),
         "the agent writes route status only"
     );
+}
+
+#[test]
+fn the_agents_may_hold_the_status_lease_their_daemon_set_names() {
+    let daemon_set: DaemonSet = the("daemonset.yaml", "DaemonSet");
+    let pod = daemon_set.spec.template.spec.unwrap();
+    let agent = &pod.containers[0];
+    let lease = agent
+        .args
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find_map(|arg| arg.strip_prefix("--status-lease="))
+        .expect("--status-lease");
+    assert_eq!(lease, "$(POD_NAMESPACE)/zerohop-route-status");
+    let namespace = agent
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|env| env.name == "POD_NAMESPACE")
+        .and_then(|env| env.value_from.as_ref()?.field_ref.as_ref())
+        .map(|field| field.field_path.as_str());
+    assert_eq!(namespace, Some("metadata.namespace"));
+
+    // The Role, in the pod's namespace, grants what the election does to
+    // that Lease, and nothing else.
+    let role: Role = the("rbac.yaml", "Role");
+    assert_eq!(
+        role.metadata.namespace, daemon_set.metadata.namespace,
+        "the Lease lives in the agents' namespace"
+    );
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.unwrap_or_default() {
+        assert_eq!(
+            rule.api_groups.as_deref(),
+            Some(&["coordination.k8s.io".to_string()][..])
+        );
+        assert_eq!(rule.resources.as_deref(), Some(&["leases".to_string()][..]));
+        let names = rule.resource_names.clone().unwrap_or_default();
+        for verb in &rule.verbs {
+            if verb == "create" {
+                assert!(names.is_empty(), "create cannot be limited by name");
+            } else {
+                assert_eq!(names, ["zerohop-route-status"], "{verb} of that Lease only");
+            }
+            granted.insert(verb.clone());
+        }
+    }
+    let used: BTreeSet<String> = zerohop::election::LEASE_VERBS
+        .iter()
+        .map(|verb| verb.to_string())
+        .collect();
+    assert_eq!(granted, used);
+    let binding: RoleBinding = the("rbac.yaml", "RoleBinding");
+    assert_eq!(binding.role_ref.name, "zerohop-agent");
+    assert_eq!(binding.role_ref.kind, "Role");
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, pod.service_account_name.unwrap());
 }
 
 #[test]
