@@ -23,7 +23,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     model::{HttpRoute, ParentRef, ReferenceGrant},
@@ -76,17 +76,47 @@ impl Condition {
         }
     }
 
-    /// A `metav1.Condition`.
-    pub fn to_json(&self, observed_generation: i64, last_transition_time: &str) -> Value {
-        json!({
-            "type": self.kind,
-            "status": if self.status { "True" } else { "False" },
-            "reason": self.reason,
-            "message": self.message,
-            "observedGeneration": observed_generation,
-            "lastTransitionTime": last_transition_time,
-        })
+    /// As written in a status.
+    pub fn written(&self, observed_generation: i64, last_transition_time: &str) -> StatusCondition {
+        StatusCondition {
+            type_: self.kind.to_string(),
+            status: if self.status { "True" } else { "False" }.to_string(),
+            reason: self.reason.to_string(),
+            message: self.message.clone(),
+            observed_generation,
+            last_transition_time: last_transition_time.to_string(),
+        }
     }
+}
+
+/// A Gateway API `RouteParentStatus`: one entry of a route's
+/// `status.parents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentStatus {
+    pub parent_ref: ParentRef,
+    pub controller_name: String,
+    #[serde(default)]
+    pub conditions: Vec<StatusCondition>,
+}
+
+/// A `metav1.Condition`, as written in a status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub observed_generation: i64,
+    /// RFC 3339; empty when not set yet.
+    #[serde(default)]
+    pub last_transition_time: String,
 }
 
 /// The route's status for one Service parentRef.
@@ -282,35 +312,25 @@ fn problems(
     rejected.chain(dropped).chain(refs).collect()
 }
 
-/// Our `status.parents` entries (Gateway API RouteParentStatus). The caller
-/// gives the route's `metadata.generation` and the transition time.
+/// Our `status.parents` entries. The caller gives the route's
+/// `metadata.generation` and the transition time.
 pub fn status_parents(
     evaluation: &RouteEvaluation,
     observed_generation: i64,
     last_transition_time: &str,
-) -> Vec<Value> {
+) -> Vec<RouteParentStatus> {
     evaluation
         .parents
         .iter()
-        .map(|p| parent_status_json(p, observed_generation, last_transition_time))
+        .map(|parent| RouteParentStatus {
+            parent_ref: parent.parent_ref.clone(),
+            controller_name: CONTROLLER_NAME.to_string(),
+            conditions: parent
+                .conditions()
+                .map(|c| c.written(observed_generation, last_transition_time))
+                .collect(),
+        })
         .collect()
-}
-
-/// One RouteParentStatus.
-pub fn parent_status_json(
-    parent: &ParentStatus,
-    observed_generation: i64,
-    last_transition_time: &str,
-) -> Value {
-    let conditions: Vec<Value> = parent
-        .conditions()
-        .map(|c| c.to_json(observed_generation, last_transition_time))
-        .collect();
-    json!({
-        "parentRef": parent.parent_ref,
-        "controllerName": CONTROLLER_NAME,
-        "conditions": conditions,
-    })
 }
 
 /// The Service ports a parentRef covers: its `port`, else every port.
@@ -696,8 +716,8 @@ mod tests {
         let evaluation = evaluate(&route, &services(), &[]);
         let parents = status_parents(&evaluation, 7, "2024-05-06T07:08:09Z");
         assert_eq!(
-            parents,
-            vec![json!({
+            serde_json::to_value(parents).unwrap(),
+            json!([{
                 "parentRef": {"group": "", "kind": "Service", "name": "web", "port": 8080},
                 "controllerName": "zerohop.io/waypoint",
                 "conditions": [
@@ -707,7 +727,7 @@ mod tests {
                      "message": "backend Service shop/nope does not exist",
                      "observedGeneration": 7, "lastTransitionTime": "2024-05-06T07:08:09Z"},
                 ]
-            })]
+            }])
         );
     }
 

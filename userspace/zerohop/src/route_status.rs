@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 
 /// The `controllerName` of our entries in a route's `status.parents`.
 pub use zerohop_routes::status::CONTROLLER_NAME;
+pub use zerohop_routes::status::{RouteParentStatus, StatusCondition};
 
 /// The field manager of our status writes.
 const FIELD_MANAGER: &str = "zerohop";
@@ -57,12 +58,9 @@ pub struct RouteStatus {
     /// route found at a newer generation is not written (its new evaluation
     /// is on the way); 0 turns that check off.
     pub generation: i64,
-    /// Our `RouteParentStatus` entries in Gateway API shape:
-    /// `{"parentRef": {...}, "controllerName": CONTROLLER_NAME, "conditions":
-    /// [{"type", "status", "reason", "message", "observedGeneration",
-    /// "lastTransitionTime"}]}`. A missing `controllerName` is set to ours; a
-    /// missing `lastTransitionTime` to the time of the write.
-    pub parents: Vec<Value>,
+    /// Our entries. A condition without `lastTransitionTime` gets the time
+    /// of the write.
+    pub parents: Vec<RouteParentStatus>,
 }
 
 /// The status wanted for each route, by (namespace, name). Routes absent here
@@ -244,11 +242,12 @@ async fn sync_route(
         .pointer("/status/parents")
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice);
-    let mut parents = merged_parents(existing, &status.parents);
+    let mut ours = status.parents.clone();
+    fill_transition_times(&mut ours, &now());
+    let parents = merged_parents(existing, &ours);
     if same_ignoring_transition_time(existing, &parents) {
         return Ok(Outcome::Unchanged);
     }
-    fill_transition_times(&mut parents, &now());
     let patch = json!({
         "metadata": {"resourceVersion": resource_version},
         "status": {"parents": parents},
@@ -263,7 +262,14 @@ async fn sync_route(
 
 /// Whether two desired states of a route need no write from one to the other.
 fn same_status(a: &RouteStatus, b: &RouteStatus) -> bool {
-    a.generation == b.generation && same_ignoring_transition_time(&a.parents, &b.parents)
+    let times_cleared = |parents: &[RouteParentStatus]| {
+        let mut parents = parents.to_vec();
+        for condition in parents.iter_mut().flat_map(|p| &mut p.conditions) {
+            condition.last_transition_time.clear();
+        }
+        parents
+    };
+    a.generation == b.generation && times_cleared(&a.parents) == times_cleared(&b.parents)
 }
 
 /// Now, as a Kubernetes `metav1.Time` (RFC 3339, seconds).
@@ -275,6 +281,16 @@ fn now() -> String {
     }
 }
 
+/// An entry of ours, read back from a route (`None`: another controller's,
+/// or not one zerohop could have written).
+fn ours_in(entry: &Value) -> Option<RouteParentStatus> {
+    let controller = entry.get("controllerName").and_then(Value::as_str);
+    if controller != Some(CONTROLLER_NAME) {
+        return None;
+    }
+    serde_json::from_value(entry.clone()).ok()
+}
+
 fn is_ours(entry: &Value) -> bool {
     entry.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
 }
@@ -284,75 +300,62 @@ fn is_ours(entry: &Value) -> bool {
 /// existing entry for the same `parentRef` (new ones are appended in the
 /// order given, ours for parents no longer in `ours` are dropped). A
 /// condition keeps its existing `lastTransitionTime` when its status did not
-/// change (whatever its reason, message or observedGeneration).
-pub fn merged_parents(existing: &[Value], ours: &[Value]) -> Vec<Value> {
-    let mut ours: Vec<Option<Value>> = ours
+/// change (whatever its reason, message or observedGeneration). Our entries
+/// always carry our `controllerName`.
+pub fn merged_parents(existing: &[Value], ours: &[RouteParentStatus]) -> Vec<Value> {
+    let mut ours: Vec<Option<RouteParentStatus>> = ours
         .iter()
         .map(|entry| {
-            let mut entry = entry.clone();
-            if let Some(map) = entry.as_object_mut() {
-                map.insert("controllerName".into(), json!(CONTROLLER_NAME));
-            }
-            Some(entry)
+            Some(RouteParentStatus {
+                controller_name: CONTROLLER_NAME.to_string(),
+                ..entry.clone()
+            })
         })
         .collect();
+    let written = |entry: RouteParentStatus| {
+        serde_json::to_value(entry).expect("a RouteParentStatus is JSON")
+    };
     let mut merged = Vec::with_capacity(existing.len() + ours.len());
     for old in existing {
         if !is_ours(old) {
             merged.push(old.clone());
             continue;
         }
-        let slot = ours.iter_mut().find(|o| {
-            o.as_ref()
-                .is_some_and(|o| o.get("parentRef") == old.get("parentRef"))
+        // Ours, but not readable as ours: replaced or dropped.
+        let Some(old) = ours_in(old) else { continue };
+        let slot = ours.iter_mut().find(|new| {
+            new.as_ref()
+                .is_some_and(|new| new.parent_ref == old.parent_ref)
         });
         if let Some(new) = slot.and_then(Option::take) {
-            merged.push(keep_transition_times(old, new));
+            merged.push(written(keep_transition_times(&old, new)));
         }
     }
-    merged.extend(ours.into_iter().flatten());
+    merged.extend(ours.into_iter().flatten().map(written));
     merged
 }
 
 /// `new` with the `lastTransitionTime` of `old`'s condition of the same type
 /// wherever the condition's status is unchanged.
-fn keep_transition_times(old: &Value, mut new: Value) -> Value {
-    let old_conditions = old
-        .get("conditions")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    if let Some(conditions) = new.get_mut("conditions").and_then(Value::as_array_mut) {
-        for condition in conditions {
-            let before = old_conditions
-                .iter()
-                .find(|c| c.get("type").is_some() && c.get("type") == condition.get("type"));
-            let Some(before) = before else { continue };
-            if before.get("status") != condition.get("status") {
-                continue;
-            }
-            if let (Some(time), Some(map)) =
-                (before.get("lastTransitionTime"), condition.as_object_mut())
-            {
-                map.insert("lastTransitionTime".into(), time.clone());
+fn keep_transition_times(old: &RouteParentStatus, mut new: RouteParentStatus) -> RouteParentStatus {
+    for condition in &mut new.conditions {
+        let before = old.conditions.iter().find(|c| c.type_ == condition.type_);
+        if let Some(before) = before.filter(|before| before.status == condition.status) {
+            if !before.last_transition_time.is_empty() {
+                condition
+                    .last_transition_time
+                    .clone_from(&before.last_transition_time);
             }
         }
     }
     new
 }
 
-/// Sets `lastTransitionTime` to `now` on our conditions without one.
-fn fill_transition_times(parents: &mut [Value], now: &str) {
-    for entry in parents.iter_mut().filter(|e| is_ours(e)) {
-        let Some(conditions) = entry.get_mut("conditions").and_then(Value::as_array_mut) else {
-            continue;
-        };
-        for condition in conditions.iter_mut().filter_map(Value::as_object_mut) {
-            let missing = condition
-                .get("lastTransitionTime")
-                .is_none_or(|t| t.is_null() || t.as_str() == Some(""));
-            if missing {
-                condition.insert("lastTransitionTime".into(), json!(now));
-            }
+/// Sets `lastTransitionTime` to `now` on the conditions without one.
+fn fill_transition_times(parents: &mut [RouteParentStatus], now: &str) {
+    for condition in parents.iter_mut().flat_map(|p| &mut p.conditions) {
+        if condition.last_transition_time.is_empty() {
+            condition.last_transition_time = now.to_string();
         }
     }
 }
@@ -403,6 +406,13 @@ mod tests {
         })
     }
 
+    fn typed(entries: &[Value]) -> Vec<RouteParentStatus> {
+        entries
+            .iter()
+            .map(|entry| serde_json::from_value(entry.clone()).unwrap())
+            .collect()
+    }
+
     const T0: &str = "2025-01-01T00:00:00Z";
     const T1: &str = "2025-06-01T00:00:00Z";
 
@@ -436,7 +446,7 @@ mod tests {
             "api",
             vec![condition("Accepted", "True", "Accepted", 2, T1)],
         );
-        let merged = merged_parents(&existing, &[new_api.clone(), new_web.clone()]);
+        let merged = merged_parents(&existing, &typed(&[new_api.clone(), new_web.clone()]));
         // Ours for web stays first, the foreign ones stay where they were, the
         // dropped parent is gone and the new one is appended.
         assert_eq!(merged, vec![new_web, foreign, foreign2, new_api]);
@@ -462,7 +472,7 @@ mod tests {
                 condition("ResolvedRefs", "False", "BackendNotFound", 2, T1),
             ],
         )];
-        let merged = merged_parents(&existing, &ours);
+        let merged = merged_parents(&existing, &typed(&ours));
         let conditions = merged[0]["conditions"].as_array().unwrap();
         assert_eq!(conditions[0]["lastTransitionTime"], T0);
         assert_eq!(conditions[0]["observedGeneration"], 2);
@@ -486,7 +496,7 @@ mod tests {
             "web",
             vec![condition("Accepted", "True", "Accepted", 1, T1)],
         )];
-        let merged = merged_parents(&existing, &ours);
+        let merged = merged_parents(&existing, &typed(&ours));
         assert!(same_ignoring_transition_time(&existing, &merged));
         assert_eq!(merged, existing, "the time is kept too");
 
@@ -497,7 +507,7 @@ mod tests {
         )];
         assert!(!same_ignoring_transition_time(
             &existing,
-            &merged_parents(&existing, &changed)
+            &merged_parents(&existing, &typed(&changed))
         ));
         // Dropping our last entry is a change; other controllers' are not ours to drop.
         let only_foreign = merged_parents(&existing, &[]);
@@ -507,24 +517,43 @@ mod tests {
 
     #[test]
     fn controller_name_and_missing_times_are_filled_in() {
-        let ours = vec![json!({
-            "parentRef": parent_ref("web"),
-            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "observedGeneration": 1}],
-        })];
-        let mut merged = merged_parents(&[], &ours);
-        assert_eq!(merged[0]["controllerName"], CONTROLLER_NAME);
-        fill_transition_times(&mut merged, T1);
+        let mut ours = typed(&[entry(
+            "example.com/not-us",
+            "web",
+            vec![json!({"type": "Accepted", "status": "True", "reason": "Accepted"})],
+        )]);
+        fill_transition_times(&mut ours, T1);
+        assert_eq!(ours[0].conditions[0].last_transition_time, T1);
+        let merged = merged_parents(&[], &ours);
+        assert_eq!(
+            merged[0]["controllerName"], CONTROLLER_NAME,
+            "ours, whatever it said"
+        );
         assert_eq!(merged[0]["conditions"][0]["lastTransitionTime"], T1);
-        // Only ours: a foreign entry is never touched.
-        let mut foreign = vec![json!({
-            "parentRef": parent_ref("web"),
-            "controllerName": "example.com/mesh",
-            "conditions": [{"type": "Accepted", "status": "True"}],
-        })];
-        fill_transition_times(&mut foreign, T1);
-        assert!(foreign[0]["conditions"][0]
-            .get("lastTransitionTime")
-            .is_none());
+        // A time already there stays.
+        let mut timed = typed(&[entry(
+            CONTROLLER_NAME,
+            "web",
+            vec![condition("Accepted", "True", "Accepted", 1, T0)],
+        )]);
+        fill_transition_times(&mut timed, T1);
+        assert_eq!(timed[0].conditions[0].last_transition_time, T0);
         assert!(now().ends_with('Z'), "{}", now());
+    }
+
+    #[test]
+    fn an_entry_of_ours_that_does_not_read_as_one_is_replaced() {
+        let broken = json!({"parentRef": "web", "controllerName": CONTROLLER_NAME});
+        let foreign = entry("example.com/mesh", "web", vec![]);
+        let ours = typed(&[entry(
+            CONTROLLER_NAME,
+            "web",
+            vec![condition("Accepted", "True", "Accepted", 1, T0)],
+        )]);
+        let merged = merged_parents(&[broken, foreign.clone()], &ours);
+        assert_eq!(
+            merged,
+            vec![foreign, serde_json::to_value(&ours[0]).unwrap()]
+        );
     }
 }
