@@ -1055,16 +1055,9 @@ fn patch(shared: &Shared, target: &Target, req: &Request) -> (u16, Value) {
         );
         return (415, status_object(415, "UnsupportedMediaType", &msg));
     }
-    let patch: Value = match serde_json::from_slice(&req.body) {
-        Ok(p @ Value::Object(_)) => p,
-        Ok(other) => {
-            let msg = format!("a merge patch must be a JSON object, not {other}");
-            return (400, status_object(400, "BadRequest", &msg));
-        }
-        Err(e) => {
-            let msg = format!("invalid JSON in the patch: {e}");
-            return (400, status_object(400, "BadRequest", &msg));
-        }
+    let patch = match body_object(req, "a merge patch") {
+        Ok(patch) => patch,
+        Err(refusal) => return refusal,
     };
     // Through /status only the status changes; through the object everything
     // but the status. resourceVersion is a precondition, not a change.
@@ -1086,7 +1079,7 @@ fn patch(shared: &Shared, target: &Target, req: &Request) -> (u16, Value) {
         .filter(|rv| !rv.is_empty());
 
     let key = key_of(resource.kind, target.namespace.as_deref(), name);
-    let mut store = lock(&shared.store);
+    let store = lock(&shared.store);
     let Some(old) = store.objects.get(&key).cloned() else {
         return (404, not_found(resource, name));
     };
@@ -1145,6 +1138,17 @@ fn patch(shared: &Shared, target: &Target, req: &Request) -> (u16, Value) {
             new["metadata"]["generation"] = json!(generation + 1);
         }
     }
+    (200, store_object(shared, store, key, Some(old), new))
+}
+
+/// Stores `new` at a new resourceVersion, for watches to see, and returns it.
+fn store_object(
+    shared: &Shared,
+    mut store: MutexGuard<'_, Store>,
+    key: Key,
+    old: Option<Value>,
+    mut new: Value,
+) -> Value {
     store.rv += 1;
     let rv = store.rv;
     new["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -1155,14 +1159,29 @@ fn patch(shared: &Shared, target: &Target, req: &Request) -> (u16, Value) {
             rv,
             kind: key.0,
             namespace: key.1,
-            old: Some(old),
+            old,
             new: new.clone(),
             deleted: false,
         },
     );
     drop(store);
     shared.changed.notify_all();
-    (200, new)
+    new
+}
+
+/// The request's body, a JSON object (`what` it should be, for the 400).
+fn body_object(req: &Request, what: &str) -> Result<Value, (u16, Value)> {
+    match serde_json::from_slice(&req.body) {
+        Ok(object @ Value::Object(_)) => Ok(object),
+        Ok(other) => {
+            let msg = format!("{what} must be a JSON object, not {other}");
+            Err((400, status_object(400, "BadRequest", &msg)))
+        }
+        Err(e) => {
+            let msg = format!("invalid JSON in {what}: {e}");
+            Err((400, status_object(400, "BadRequest", &msg)))
+        }
+    }
 }
 
 /// POST to a collection: stores a new object, 409 AlreadyExists if one of
@@ -1174,16 +1193,9 @@ fn create(shared: &Shared, target: &Target, req: &Request) -> (u16, Value) {
         let msg = format!("POST to an object ({}) is not supported", req.path);
         return (405, status_object(405, "MethodNotAllowed", &msg));
     }
-    let mut object: Value = match serde_json::from_slice(&req.body) {
-        Ok(o @ Value::Object(_)) => o,
-        Ok(other) => {
-            let msg = format!("an object must be a JSON object, not {other}");
-            return (400, status_object(400, "BadRequest", &msg));
-        }
-        Err(e) => {
-            let msg = format!("invalid JSON in the body: {e}");
-            return (400, status_object(400, "BadRequest", &msg));
-        }
+    let mut object = match body_object(req, "an object") {
+        Ok(object) => object,
+        Err(refusal) => return refusal,
     };
     let Some(name) = object
         .pointer("/metadata/name")
@@ -1212,27 +1224,9 @@ fn create(shared: &Shared, target: &Target, req: &Request) -> (u16, Value) {
         status["details"] = json!({"name": name, "kind": resource.plural});
         return (409, status);
     }
-    store.rv += 1;
     store.next_uid += 1;
-    let rv = store.rv;
-    let meta = &mut object["metadata"];
-    meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", store.next_uid));
-    meta["resourceVersion"] = json!(rv.to_string());
-    store.objects.insert(key.clone(), object.clone());
-    push_change(
-        &mut store,
-        Change {
-            rv,
-            kind: key.0,
-            namespace: key.1,
-            old: None,
-            new: object.clone(),
-            deleted: false,
-        },
-    );
-    drop(store);
-    shared.changed.notify_all();
-    (201, object)
+    object["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", store.next_uid));
+    (201, store_object(shared, store, key, None, object))
 }
 
 /// Discovery documents (enough for `kubectl`-like clients and kube's discovery).

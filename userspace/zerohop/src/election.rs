@@ -238,7 +238,10 @@ pub async fn run(
         publish(&holding);
         let until = holding.as_ref().map(|(until, _)| *until);
         let next = started + election.retry();
-        let wake = until.filter(|until| *until < next).unwrap_or(next);
+        // Wake at the renew deadline, if it comes first, to stop writing then.
+        let wake = until
+            .filter(|until| *until > Instant::now() && *until < next)
+            .unwrap_or(next);
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             _ = stop.wait_for(|stop| *stop) => break,
