@@ -22,10 +22,8 @@
 //! returned).
 
 use std::{
-    io::{self, BufRead, BufReader, Write},
-    mem::size_of,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream},
     process::ExitCode,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -36,12 +34,10 @@ use std::{
 };
 
 use serde_json::json;
+use socket2::SockRef;
 use zerohop_tests::cli::{say, Context, Flags, Res};
 use zerohop_tests::socket::{connect_marked, listen};
 
-/// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h), the same number as
-/// `IP6T_SO_ORIGINAL_DST` (linux/netfilter_ipv6/ip6_tables.h).
-const SO_ORIGINAL_DST: i32 = 80;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
@@ -132,55 +128,14 @@ fn answer(mut stream: TcpStream) {
 /// getsockopt(SO_ORIGINAL_DST) at the level of the socket's family, as
 /// Envoy's `getOriginalDst` asks it; the errno when it fails.
 fn original_dst(stream: &TcpStream) -> Result<SocketAddr, i32> {
-    let level = match stream.local_addr() {
-        Ok(SocketAddr::V4(_)) => libc::SOL_IP,
-        Ok(SocketAddr::V6(_)) => libc::SOL_IPV6,
-        Err(e) => return Err(e.raw_os_error().unwrap_or(0)),
+    let socket = SockRef::from(stream);
+    let original = match stream.local_addr() {
+        Ok(SocketAddr::V4(_)) => socket.original_dst_v4(),
+        Ok(SocketAddr::V6(_)) => socket.original_dst_v6(),
+        Err(e) => Err(e),
     };
-    // SAFETY: all-zero is a valid sockaddr_storage; the kernel writes at most
-    // `len` bytes into it and the new length into `len`.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            level,
-            SO_ORIGINAL_DST,
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    socket_addr(&storage, len).ok_or(libc::EAFNOSUPPORT)
-}
-
-/// A `sockaddr_in`/`sockaddr_in6` of `len` bytes as a `SocketAddr`.
-fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    // SAFETY: sockaddr_in and sockaddr_in6 fit in a sockaddr_storage and are
-    // plain integers; the family and length say which one it holds.
-    unsafe {
-        match i32::from(storage.ss_family) {
-            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-                let sin = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
-                Some(SocketAddr::new(
-                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
-                    u16::from_be(sin.sin_port),
-                ))
-            }
-            libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-                let sin6 =
-                    &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
-                Some(SocketAddr::new(
-                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)),
-                    u16::from_be(sin6.sin6_port),
-                ))
-            }
-            _ => None,
-        }
-    }
+    let original = original.map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    original.as_socket().ok_or(libc::EAFNOSUPPORT)
 }
 
 // ---------------------------------------------------------------- client
@@ -212,19 +167,4 @@ fn connect(flags: &Flags) -> Res<bool> {
     };
     say(json!({ "line": line, "local": local, "peer": peer, "ok": ok, "error": result.err() }));
     Ok(ok)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use zerohop_tests::socket::sockaddr;
-
-    #[test]
-    fn sockaddrs_round_trip() {
-        for addr in ["10.96.0.10:80", "[fd00:96::a]:8080"] {
-            let addr: SocketAddr = addr.parse().unwrap();
-            let (storage, len) = sockaddr(addr);
-            assert_eq!(socket_addr(&storage, len), Some(addr));
-        }
-    }
 }

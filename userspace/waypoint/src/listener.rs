@@ -4,9 +4,7 @@
 
 use std::{
     io,
-    mem::size_of,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    os::fd::AsRawFd,
+    net::{Ipv4Addr, SocketAddr},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -18,15 +16,11 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::{conn::auto, graceful::GracefulShutdown},
 };
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::proxy::{Conn, Proxy};
-
-/// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
-/// (linux/netfilter_ipv6/ip6_tables.h): both 80, at `SOL_IP` / `SOL_IPV6`.
-const SO_ORIGINAL_DST: libc::c_int = 80;
 
 /// A listening socket for `addr`; an IPv6 one takes IPv6 connections only
 /// (a dual-stack one would see IPv4 clients as `::ffff:a.b.c.d`).
@@ -101,10 +95,7 @@ pub async fn accept_loop(
 fn destination(stream: &TcpStream) -> SocketAddr {
     static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
     let local = stream.local_addr();
-    let original = match local {
-        Ok(SocketAddr::V6(_)) => original_dst_v6(stream),
-        _ => original_dst_v4(stream),
-    };
+    let original = original_dst(stream, matches!(local, Ok(SocketAddr::V6(_))));
     match (original, local) {
         (Ok(original), _) => canonical(original),
         (Err(e), Ok(local)) => {
@@ -127,57 +118,19 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-fn original_dst_v4(stream: &TcpStream) -> io::Result<SocketAddr> {
-    // SAFETY: all-zero is a valid sockaddr_in.
-    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    getsockopt(stream, libc::SOL_IP, &mut sin)?;
-    if sin.sin_family != libc::AF_INET as libc::sa_family_t {
-        return Err(io::Error::other("SO_ORIGINAL_DST: not an IPv4 address"));
-    }
-    Ok(SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-        u16::from_be(sin.sin_port),
-    )
-    .into())
-}
-
-fn original_dst_v6(stream: &TcpStream) -> io::Result<SocketAddr> {
-    // SAFETY: all-zero is a valid sockaddr_in6.
-    let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    getsockopt(stream, libc::SOL_IPV6, &mut sin6)?;
-    if sin6.sin6_family != libc::AF_INET6 as libc::sa_family_t {
-        return Err(io::Error::other(
-            "IP6T_SO_ORIGINAL_DST: not an IPv6 address",
-        ));
-    }
-    Ok(SocketAddrV6::new(
-        Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-        u16::from_be(sin6.sin6_port),
-        0,
-        0,
-    )
-    .into())
-}
-
-/// `getsockopt(level, SO_ORIGINAL_DST)` into a socket address structure.
-fn getsockopt<T>(stream: &TcpStream, level: libc::c_int, out: &mut T) -> io::Result<()> {
-    let mut len = size_of::<T>() as libc::socklen_t;
-    // SAFETY: `out` is a plain C structure of `len` bytes that outlives the
-    // call; the kernel writes at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            level,
-            SO_ORIGINAL_DST,
-            (out as *mut T).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(())
+/// The original destination the kernel keeps for the connection (zerohop's
+/// getsockopt hook answers it): `SO_ORIGINAL_DST` at `SOL_IP`, or
+/// `IP6T_SO_ORIGINAL_DST` at `SOL_IPV6`.
+fn original_dst(stream: &TcpStream, v6: bool) -> io::Result<SocketAddr> {
+    let socket = SockRef::from(stream);
+    let original = if v6 {
+        socket.original_dst_v6()?
     } else {
-        Err(io::Error::last_os_error())
-    }
+        socket.original_dst_v4()?
+    };
+    original
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the original destination is not an IP address"))
 }
 
 #[cfg(test)]
