@@ -27,6 +27,16 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 hostname zh-vm
+# The kernel makes its socket hash secrets on first use (DO_ONCE), then
+# patches that code out of its own text (a static key, an int3 at the site
+# while it writes). A 7.2 guest under emulation once oopsed on that int3
+# ("Oops: int3", RIP udp_ehashfn) when a test's UDP connect ran into the
+# patching. Take the first TCP and UDP hashes of both families here, while
+# nothing else runs; the ports are closed, nothing is sent anywhere else.
+bash -c 'for ip in 127.0.0.1 ::1; do
+    exec 3<>"/dev/udp/$ip/9"; exec 3>&-
+    (exec 4<>"/dev/tcp/$ip/9") 2>/dev/null
+done' || true
 stty -F /dev/ttyS1 115200 raw -echo
 
 report() {
