@@ -365,6 +365,18 @@ impl Testpod {
         Ok((watched, process))
     }
 
+    /// A client in `pod` connecting to `target` every millisecond until
+    /// `name` greets it, started: its first attempt is done. Its
+    /// `REACHED attempts=N …` line says when (see [`PodProcess::wait_for_line`]).
+    pub fn reach(&self, pod: &Pod, target: SocketAddr, name: &str) -> Result<PodProcess> {
+        let target = target.to_string();
+        let mut process = pod.spawn(&self.path, ["reach", "--target", &target, "--name", name])?;
+        process
+            .wait_for_line("STARTED", Duration::from_secs(15))
+            .with_context(|| format!("reach client: {}", process.stderr()))?;
+        Ok(process)
+    }
+
     /// The next finished connection a server reports.
     pub fn next_conn(server: &mut PodProcess, timeout: Duration) -> Result<ServerConn> {
         let line = server.wait_for_line("CONN ", timeout)?;

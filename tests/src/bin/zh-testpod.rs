@@ -15,6 +15,10 @@
 //! zh-testpod watch      --target IP:PORT [--udp]
 //!                       (prints its server, then `ENDED <why>` when the
 //!                       socket fails)
+//! zh-testpod reach      --target IP:PORT --name NAME
+//!                       (connects every millisecond until NAME greets;
+//!                       prints `STARTED` after the first attempt, then
+//!                       `REACHED attempts=N others=O failed=F …`)
 //! ```
 //!
 //! The UDP responder answers each datagram with `<name> <peer-ip> <peer-port>`;
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
             "rr" => rr(&flags),
             "datagrams" => datagrams(&flags),
             "watch" => watch(&flags),
+            "reach" => reach(&flags),
             other => Err(format!("unknown command {other:?}")),
         }
     };
@@ -357,6 +362,59 @@ fn spread(flags: &Flags) -> Res<bool> {
         json!({ "counts": counts, "failed": count - counts.values().sum::<u32>(), "errors": errors }),
     );
     Ok(errors.is_empty())
+}
+
+/// Connects to `target` every millisecond until a connection is greeted by
+/// `--name`: how long a change takes to reach the connects of a pod. A
+/// connect that fails or takes over 50 ms (an endpoint that does not
+/// exist) counts as one more attempt.
+fn reach(flags: &Flags) -> Res<bool> {
+    let target: SocketAddr = flags.get("target")?;
+    let name: String = flags.get("name")?;
+    let attempt = || -> Result<String, String> {
+        let stream = TcpStream::connect_timeout(&target, Duration::from_millis(50))
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut hello = String::new();
+        BufReader::new(Patient(stream))
+            .read_line(&mut hello)
+            .map_err(|e| format!("read: {e}"))?;
+        parse_hello(&hello)
+            .map(|(server, _)| server)
+            .ok_or_else(|| format!("bad greeting {hello:?}"))
+    };
+    // What the attempts after the first met: how many were greeted by
+    // another server, how many failed (and the last error), the slowest.
+    let (mut others, mut failed, mut error) = (0u64, 0u64, String::new());
+    let mut slowest = Duration::ZERO;
+    for attempts in 1u64.. {
+        let started = std::time::Instant::now();
+        let outcome = attempt();
+        slowest = slowest.max(started.elapsed());
+        match outcome {
+            Ok(server) if server == name => {
+                say(format!(
+                    "REACHED attempts={attempts} others={others} failed={failed} \
+                     slowest_ms={} error={error:?}",
+                    slowest.as_millis()
+                ));
+                return Ok(true);
+            }
+            Ok(_) => others += 1,
+            Err(e) => {
+                failed += 1;
+                error = e;
+            }
+        }
+        if attempts == 1 {
+            say("STARTED");
+            (others, failed, slowest) = (0, 0, Duration::ZERO);
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    Ok(false)
 }
 
 /// Sends `count` datagrams from one socket, each awaiting its answer (one
