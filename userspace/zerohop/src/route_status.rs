@@ -284,11 +284,9 @@ fn now() -> String {
 /// An entry of ours, read back from a route (`None`: another controller's,
 /// or not one zerohop could have written).
 fn ours_in(entry: &Value) -> Option<RouteParentStatus> {
-    let controller = entry.get("controllerName").and_then(Value::as_str);
-    if controller != Some(CONTROLLER_NAME) {
-        return None;
-    }
-    serde_json::from_value(entry.clone()).ok()
+    is_ours(entry)
+        .then(|| serde_json::from_value(entry.clone()).ok())
+        .flatten()
 }
 
 fn is_ours(entry: &Value) -> bool {
