@@ -24,7 +24,9 @@ pub mod view;
 pub mod waypoint;
 
 pub use diff::{diff, diff_frontends, Change, Changes};
-pub use manifest::{assemble, build_view, parse_manifests, Built, Manifest, Parsed, Problem};
+pub use manifest::{
+    assemble, build_view, parse_manifests, Built, Manifest, Origins, Parsed, Problem,
+};
 pub use node_plan::{plan, plan_with, plan_within, NodePlan, Update};
 pub use plan::{gone, Capacity, Desired, Plan, PlanProblem, Waypoints};
 pub use view::{ClusterView, Touched};

@@ -196,9 +196,15 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = (&'a str, &'a Parsed)>) -> B
     Built {
         view,
         problems,
-        origins: defined_in,
+        origins: defined_in.into_iter().collect(),
     }
 }
+
+/// The file each object of a view comes from, by object label
+/// (`"Service ns/name"`), so that later problems with an object can name
+/// its file. A persistent map, as the view is: a source hands a copy to
+/// every snapshot, and copies share what did not change.
+pub type Origins = imbl::OrdMap<String, String>;
 
 /// Files assembled into one view and kept up to date file by file: what
 /// [`assemble`] makes of the same files (the problems in another order),
@@ -209,7 +215,7 @@ pub struct Assembly {
     /// The files defining each object, by label; the first is used.
     definers: BTreeMap<String, BTreeSet<String>>,
     view: ClusterView,
-    origins: BTreeMap<String, String>,
+    origins: Origins,
 }
 
 /// One file's objects.
@@ -292,7 +298,7 @@ impl Assembly {
     }
 
     /// The file each object of the view comes from, by label.
-    pub fn origins(&self) -> &BTreeMap<String, String> {
+    pub fn origins(&self) -> &Origins {
         &self.origins
     }
 
@@ -327,9 +333,8 @@ pub struct Built {
     pub view: ClusterView,
     /// Malformed documents, invalid or duplicate objects.
     pub problems: Vec<Problem>,
-    /// The file each object comes from, by object label (`"Service ns/name"`),
-    /// so that later problems with an object can name its file.
-    pub origins: BTreeMap<String, String>,
+    /// The file each object comes from.
+    pub origins: Origins,
 }
 
 /// One YAML document of a file.

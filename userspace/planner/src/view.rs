@@ -5,14 +5,19 @@
 //! planner reads it. Two views compare equal when they hold the same
 //! objects, so a source can tell whether a reload changed anything.
 //!
-//! Services and EndpointSlices, the bulk of a cluster, are held behind
-//! [`Arc`]s: a source that builds a new view from the objects it already
-//! holds shares them with the last view, so building it copies no object,
-//! and comparing the two ([`ClusterView::touched_services`]) looks at a
-//! pointer per unchanged object.
+//! The view is held in persistent maps ([`imbl`]'s B-trees): a source
+//! publishes a copy of its view after every change, and a copy shares every
+//! node with the view it was made from, so it costs nothing in time or
+//! memory until one of them changes, and then only the path to the changed
+//! entry is copied. Comparing two views ([`ClusterView::touched_services`],
+//! `==`) skips the nodes they share, so its cost follows what changed, not
+//! the size of the cluster. Services and EndpointSlices are behind
+//! [`Arc`]s as well, so a changed node copies pointers, not objects.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use imbl::{ordmap::DiffItem, ordset::DiffItem as SetDiff, OrdMap, OrdSet};
 
 use crate::model::{
     EndpointSlice, Grant, Namespace, Node, ObjectKey, Pod, Route, Service, ServiceId, SliceId,
@@ -21,20 +26,20 @@ use crate::model::{
 /// Every Service and EndpointSlice known, by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
-    services: BTreeMap<ServiceId, Arc<Service>>,
-    slices: BTreeMap<SliceId, Arc<EndpointSlice>>,
+    services: OrdMap<ServiceId, Arc<Service>>,
+    slices: OrdMap<SliceId, Arc<EndpointSlice>>,
     /// The slices of each Service that has any (derived from `slices`).
-    slices_of: BTreeMap<ServiceId, BTreeSet<SliceId>>,
+    slices_of: OrdMap<ServiceId, OrdSet<SliceId>>,
     /// Namespaces labelled `zerohop.io/fast-path: "off"`.
-    opted_out: BTreeSet<String>,
+    opted_out: OrdSet<String>,
     /// Zone of each known node.
-    zones: BTreeMap<String, Option<String>>,
+    zones: OrdMap<String, Option<String>>,
     /// HTTPRoutes with a Service parent.
-    routes: BTreeMap<ObjectKey, Route>,
+    routes: OrdMap<ObjectKey, Route>,
     /// ReferenceGrants.
-    grants: BTreeMap<ObjectKey, Grant>,
+    grants: OrdMap<ObjectKey, Grant>,
     /// Pods (the sources read those of this node only).
-    pods: BTreeMap<ObjectKey, Pod>,
+    pods: OrdMap<ObjectKey, Pod>,
 }
 
 impl ClusterView {
@@ -93,15 +98,15 @@ impl ClusterView {
     /// Records a Namespace's opt-out label. Returns whether the view changed.
     pub fn apply_namespace(&mut self, namespace: Namespace) -> bool {
         if namespace.fast_path {
-            self.opted_out.remove(&namespace.name)
+            self.opted_out.remove(&namespace.name).is_some()
         } else {
-            self.opted_out.insert(namespace.name)
+            self.opted_out.insert(namespace.name).is_none()
         }
     }
 
     /// Forgets a Namespace. Returns whether the view changed.
     pub fn delete_namespace(&mut self, name: &str) -> bool {
-        self.opted_out.remove(name)
+        self.opted_out.remove(name).is_some()
     }
 
     /// Whether zerohop handles the Services of namespace `name`.
@@ -164,22 +169,22 @@ impl ClusterView {
     }
 
     /// Every HTTPRoute with a Service parent, by namespace and name.
-    pub fn routes(&self) -> &BTreeMap<ObjectKey, Route> {
+    pub fn routes(&self) -> &OrdMap<ObjectKey, Route> {
         &self.routes
     }
 
     /// Every ReferenceGrant, by namespace and name.
-    pub fn grants(&self) -> &BTreeMap<ObjectKey, Grant> {
+    pub fn grants(&self) -> &OrdMap<ObjectKey, Grant> {
         &self.grants
     }
 
     /// Every Pod, by namespace and name.
-    pub fn pods(&self) -> &BTreeMap<ObjectKey, Pod> {
+    pub fn pods(&self) -> &OrdMap<ObjectKey, Pod> {
         &self.pods
     }
 
     /// Every Service, ordered by id.
-    pub fn services(&self) -> &BTreeMap<ServiceId, Arc<Service>> {
+    pub fn services(&self) -> &OrdMap<ServiceId, Arc<Service>> {
         &self.services
     }
 
@@ -194,7 +199,7 @@ impl ClusterView {
     }
 
     /// Every EndpointSlice, ordered by id.
-    pub fn slices(&self) -> &BTreeMap<SliceId, Arc<EndpointSlice>> {
+    pub fn slices(&self) -> &OrdMap<SliceId, Arc<EndpointSlice>> {
         &self.slices
     }
 
@@ -216,7 +221,8 @@ impl ClusterView {
         for (_, slice) in changed(&before.slices, &self.slices) {
             touched.insert(slice.service.clone());
         }
-        for namespace in self.opted_out.symmetric_difference(&before.opted_out) {
+        for namespace in before.opted_out.diff(&self.opted_out) {
+            let (SetDiff::Add(namespace) | SetDiff::Remove(namespace)) = namespace;
             let ids = |view: &ClusterView| -> Vec<ServiceId> {
                 view.services
                     .range(ServiceId::new(namespace.as_str(), "")..)
@@ -245,43 +251,30 @@ pub enum Touched {
 
 /// The entries of `before` and `after` that differ, each as (key, value)
 /// from whichever side holds it (both sides when it changed), in key order.
-fn changed<'a, K: Ord, V: PartialEq>(
-    before: &'a BTreeMap<K, V>,
-    after: &'a BTreeMap<K, V>,
+/// Nodes the two maps share are skipped unvisited.
+fn changed<'a, K: Ord + Clone, V: Clone + PartialEq>(
+    before: &'a OrdMap<K, V>,
+    after: &'a OrdMap<K, V>,
 ) -> Vec<(&'a K, &'a V)> {
-    use std::cmp::Ordering;
     let mut found = Vec::new();
-    let mut old = before.iter().peekable();
-    let mut new = after.iter().peekable();
-    loop {
-        let order = match (old.peek(), new.peek()) {
-            (None, None) => return found,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((old_key, _)), Some((new_key, _))) => old_key.cmp(new_key),
-        };
-        match order {
-            Ordering::Less => found.extend(old.next()),
-            Ordering::Greater => found.extend(new.next()),
-            Ordering::Equal => {
-                let (old, new) = (old.next().unwrap(), new.next().unwrap());
-                if old.1 != new.1 {
-                    found.extend([old, new]);
-                }
-            }
+    for item in before.diff(after) {
+        match item {
+            DiffItem::Add(key, value) | DiffItem::Remove(key, value) => found.push((key, value)),
+            DiffItem::Update { old, new } => found.extend([old, new]),
         }
     }
+    found
 }
 
 /// Inserts or replaces `value`; returns whether the map changed.
-fn upsert<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
+fn upsert<K: Ord + Clone, V: Clone + PartialEq>(map: &mut OrdMap<K, V>, key: K, value: V) -> bool {
     upsert_returning(map, key, value).is_some()
 }
 
 /// Inserts or replaces `value`: `None` when the map already held it, else
 /// `Some` of the value replaced, if any.
-fn upsert_returning<K: Ord, V: PartialEq>(
-    map: &mut BTreeMap<K, V>,
+fn upsert_returning<K: Ord + Clone, V: Clone + PartialEq>(
+    map: &mut OrdMap<K, V>,
     key: K,
     value: V,
 ) -> Option<Option<V>> {

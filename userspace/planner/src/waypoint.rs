@@ -23,9 +23,9 @@ use crate::view::ClusterView;
 /// The ports of the view's Services with at least one accepted HTTPRoute
 /// (a route whose parentRef names a port attaches to that port only).
 pub fn l7_ports(view: &ClusterView) -> BTreeSet<(ServiceId, u16)> {
-    let routes = view.routes().values();
-    let (services, routes, grants) =
-        route_inputs(view, routes.clone(), &referenced_services(routes));
+    let routes: Vec<&Route> = view.routes().values().collect();
+    let referenced = referenced_services(routes.iter().copied());
+    let (services, routes, grants) = route_inputs(view, routes.into_iter(), &referenced);
     zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
         .into_iter()
         .map(|(namespace, name, port)| (ServiceId::new(namespace, name), port))
@@ -35,12 +35,13 @@ pub fn l7_ports(view: &ClusterView) -> BTreeSet<(ServiceId, u16)> {
 /// [`l7_ports`] of Service `id` alone: only the routes naming it as a
 /// parent are evaluated.
 pub(crate) fn l7_ports_of(view: &ClusterView, id: &ServiceId) -> BTreeSet<u16> {
-    let parent_of = view
+    let parent_of: Vec<&Route> = view
         .routes()
         .values()
-        .filter(|route| route.parent_services().any(|parent| parent == *id));
-    let (services, routes, grants) =
-        route_inputs(view, parent_of.clone(), &referenced_services(parent_of));
+        .filter(|route| route.parent_services().any(|parent| parent == *id))
+        .collect();
+    let referenced = referenced_services(parent_of.iter().copied());
+    let (services, routes, grants) = route_inputs(view, parent_of.into_iter(), &referenced);
     zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
         .into_iter()
         .filter(|(namespace, name, _)| *namespace == id.namespace && *name == id.name)

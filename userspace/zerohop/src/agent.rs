@@ -26,7 +26,7 @@ use zerohop_abi::{map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_SAMPLE};
 use zerohop_planner::{
     convert::object_label,
     policy::{Learner, Verdict},
-    waypoint_config, Capacity, Waypoints,
+    waypoint_config, Capacity, Origins, Waypoints,
 };
 use zerohop_routes::{
     model::HttpRoute,
@@ -597,7 +597,7 @@ impl Sync {
 /// What is wrong with the routes, each naming its route (and file).
 fn route_problems(
     evaluations: &[(&HttpRoute, RouteEvaluation)],
-    origins: &BTreeMap<String, String>,
+    origins: &Origins,
 ) -> impl Iterator<Item = String> {
     let mut problems = Vec::new();
     for (route, evaluation) in evaluations {
@@ -612,7 +612,7 @@ fn route_problems(
 
 /// `message` about the object `label`, preceded by the file that object
 /// comes from when the source is a directory.
-fn in_its_file(origins: &BTreeMap<String, String>, label: &str, message: String) -> String {
+fn in_its_file(origins: &Origins, label: &str, message: String) -> String {
     match origins.get(label) {
         Some(file) => format!("{file}: {message}"),
         None => message,

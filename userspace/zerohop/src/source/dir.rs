@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use zerohop_planner::{manifest::Assembly, parse_manifests, ClusterView, Parsed, Problem};
+use zerohop_planner::{manifest::Assembly, parse_manifests, ClusterView, Origins, Parsed, Problem};
 
 /// The view built from a directory, and what was wrong in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct Loaded {
     /// Unreadable files, malformed documents, invalid or duplicate objects.
     pub problems: Vec<Problem>,
     /// The file each object comes from, by object label (`"Service ns/name"`).
-    pub origins: BTreeMap<String, String>,
+    pub origins: Origins,
 }
 
 /// The largest manifest file read: 16 MiB, some 50,000 Services or

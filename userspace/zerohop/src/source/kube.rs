@@ -32,7 +32,7 @@ use kube::{
 use tracing::{debug, info, warn};
 use zerohop_planner::{
     convert::{object_label, ConvertError},
-    model, ClusterView,
+    model, ClusterView, Origins,
 };
 
 use super::{Publisher, Snapshot};
@@ -301,7 +301,7 @@ impl Store {
         Snapshot {
             view: self.view.clone(),
             problems: self.invalid.values().cloned().collect(),
-            origins: BTreeMap::new(),
+            origins: Origins::new(),
         }
     }
 }

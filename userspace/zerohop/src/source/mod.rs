@@ -8,7 +8,6 @@ pub mod dir;
 pub mod kube;
 
 use std::{
-    collections::BTreeMap,
     io,
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,7 +18,7 @@ pub use dir::{load_dir, DirReader, Loaded};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc::Sender, watch};
 use tracing::warn;
-use zerohop_planner::ClusterView;
+use zerohop_planner::{ClusterView, Origins};
 
 use crate::lease::SharedFreshness;
 
@@ -31,7 +30,7 @@ pub struct Snapshot {
     /// What could not be used, each naming its object (and file).
     pub problems: Vec<String>,
     /// The file each object comes from (dir source), by object label.
-    pub origins: BTreeMap<String, String>,
+    pub origins: Origins,
 }
 
 impl From<Loaded> for Snapshot {
