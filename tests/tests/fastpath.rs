@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use zerohop::features::{feature, kernel_release, TERMINATE};
+use zerohop_planner::policy;
 use zerohop_tests::{
     dies_with_this_process, inspect, node_name, require_root, service_yaml, slice_yaml,
     zerohop_binary, Agent, Cluster, EchoReport, Endpoint, Family, Manifests, Pod, PodProcess,
@@ -954,6 +955,41 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
         world.agents[0]
             .log_text()
             .contains("connections are too short to gain from the bypass"),
+        "the agent says what it decided"
+    );
+
+    // A client of a few long connections follows the short ones, opening
+    // one every 150 ms: at that rate every connect is bypassed, and their
+    // counts send the frontend back to the bypass.
+    let before = bypassed(&world)?;
+    let mut long = Vec::new();
+    for n in 0..policy::MIN_SAMPLED {
+        std::thread::sleep(Duration::from_millis(150));
+        let mut held = testpod().hold(world.pod("client"), frontend(family, 10))?;
+        for _ in 0..zerohop_abi::LONG_MSGS {
+            ensure!(held.echo("long")? == "long", "connection {n} echoes");
+        }
+        long.push(held);
+    }
+    ensure!(
+        bypassed(&world)? - before == policy::MIN_SAMPLED,
+        "{} of {} connects at a low rate bypassed",
+        bypassed(&world)? - before,
+        policy::MIN_SAMPLED
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while short_conns("10.96.0.10:80/TCP")? {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "long connections did not end the short verdict within 10 s; agent log:\n{}",
+            world.agents[0].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        world.agents[0]
+            .log_text()
+            .contains("connections got longer: bypassed again"),
         "the agent says what it decided"
     );
     Ok(())

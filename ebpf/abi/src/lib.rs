@@ -34,7 +34,7 @@ pub mod map_name {
     /// bypass policy: [`FrontendKey`](super::FrontendKey) →
     /// [`Traffic`](super::Traffic). The agent creates and removes the
     /// entries; the programs only add to them.
-    pub const TRAFFIC: &str = "zh_traffic_v1";
+    pub const TRAFFIC: &str = "zh_traffic_v2";
     /// Session affinity and the endpoint of each unconnected UDP socket:
     /// [`AffinityKey`](super::AffinityKey) → [`Affinity`](super::Affinity).
     pub const AFFINITY: &str = "zh_affinity_v1";
@@ -168,6 +168,15 @@ pub const BYTES_PER_MSG_COUNT: u32 = 8192;
 /// many still takes the bypass, so that its [`Traffic`] keeps telling.
 pub const SHORT_CONNS_SAMPLE: u32 = 16;
 
+/// While a frontend is marked [`SERVICE_SHORT_CONNS`], a connect that comes
+/// this long (ns) after the frontend's last bypassed one takes the bypass
+/// too. The short verdict saves a cost paid per connect, which matters
+/// only at a high connect rate; at a low one, this lets the connections
+/// take the bypass, and lets their counts tell the agent soon when a
+/// client of long connections (a pool of a few) follows the short ones,
+/// where one connect in [`SHORT_CONNS_SAMPLE`] would sample it rarely.
+pub const SHORT_CONNS_QUIET_NS: u64 = 100_000_000;
+
 /// `AF_INET`, as the kernel reports it in `family` fields.
 pub const FAMILY_V4: u8 = 2;
 /// `AF_INET6`.
@@ -247,7 +256,8 @@ pub const SERVICE_NO_BYPASS: u32 = 1;
 /// [`Service::flags`]: the agent learned that this frontend's connections
 /// are too short to gain from the bypass (each carries a request or two, and
 /// registering a connection costs more than that saves): its connects are
-/// translated, and only one in [`SHORT_CONNS_SAMPLE`] is bypassed.
+/// translated, and only one in [`SHORT_CONNS_SAMPLE`] is bypassed, or one
+/// after [`SHORT_CONNS_QUIET_NS`] without any.
 pub const SERVICE_SHORT_CONNS: u32 = 4;
 
 /// [`Service::flags`]: the Service has L7 policy (HTTPRoutes): connects from
@@ -434,6 +444,9 @@ pub struct Traffic {
     /// Ends of those connections that sent [`LONG_MSGS`] messages or more
     /// (large messages counting more).
     pub long_ends: u64,
+    /// `bpf_ktime_get_ns` of the last connect tagged while the frontend was
+    /// marked [`SERVICE_SHORT_CONNS`] (see [`SHORT_CONNS_QUIET_NS`]).
+    pub sampled_at: u64,
 }
 
 /// One end of a registered connection: what its peer needs to know before
@@ -597,7 +610,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockKey>() == 44);
     assert!(core::mem::size_of::<End>() == 40);
     assert!(core::mem::size_of::<Pending>() == 32);
-    assert!(core::mem::size_of::<Traffic>() == 16);
+    assert!(core::mem::size_of::<Traffic>() == 24);
     assert!(core::mem::size_of::<ServiceName>() == 128);
     assert!(core::mem::size_of::<ReverseKey>() == 32);
     assert!(core::mem::size_of::<Dialled>() == 20);

@@ -29,14 +29,14 @@ use aya_ebpf::{
 use zerohop_abi::{
     Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, AFFINITY_CLIENT,
     AFFINITY_SOCKET, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, SERVICE_L7, SERVICE_NO_BYPASS,
-    SERVICE_SHORT_CONNS, SHORT_CONNS_SAMPLE,
+    SERVICE_SHORT_CONNS, SHORT_CONNS_QUIET_NS, SHORT_CONNS_SAMPLE,
 };
 
 use crate::{
     conn::{v4_mapped, V4_MAPPED_WORD},
     maps::{
         bypass_disabled, config, count, count_traffic, leased, udp_enabled, AFFINITY, BACKENDS,
-        DIALED, SERVICES, TAGGED,
+        DIALED, SERVICES, TAGGED, TRAFFIC,
     },
     reverse,
 };
@@ -334,7 +334,7 @@ fn translate<F: Family>(ctx: &SockAddrContext) {
     } else {
         // Tag the socket so that sockops registers it once established.
         // Untagged, the connection is still translated, just not bypassed.
-        if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() && sampled(flags) {
+        if flags & SERVICE_NO_BYPASS == 0 && !bypass_disabled() && sampled(flags, &frontend) {
             tag(ctx, &frontend);
             count_traffic(&frontend, |traffic| &mut traffic.conns);
         } else {
@@ -373,13 +373,31 @@ fn to_waypoint<F: Family>(
     count(Counter::ToWaypoint, 1);
 }
 
-/// Whether a connect to a frontend with these flags takes the bypass: all
-/// of them, but only one in SHORT_CONNS_SAMPLE where the agent learned that
-/// the frontend's connections are too short to gain from it (the sample
-/// keeps its traffic counters telling, so the agent sees a change).
+/// Whether a connect to `frontend`, with these flags, takes the bypass: all
+/// of them, but where the agent learned that the frontend's connections are
+/// too short to gain from it, only one in SHORT_CONNS_SAMPLE and any that
+/// comes SHORT_CONNS_QUIET_NS after the last one sampled (the samples keep
+/// its traffic counters telling, so the agent sees a change; at a low
+/// connect rate the verdict saves nothing, and the counters need samples
+/// sooner than one in 16 would give them).
 #[inline(always)]
-fn sampled(flags: u32) -> bool {
-    flags & SERVICE_SHORT_CONNS == 0 || unsafe { bpf_get_prandom_u32() } % SHORT_CONNS_SAMPLE == 0
+fn sampled(flags: u32, frontend: &FrontendKey) -> bool {
+    if flags & SERVICE_SHORT_CONNS == 0 {
+        return true;
+    }
+    let lucky = unsafe { bpf_get_prandom_u32() } % SHORT_CONNS_SAMPLE == 0;
+    let Some(traffic) = TRAFFIC.get_ptr_mut(frontend) else {
+        return lucky;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value, valid while the program runs. Two connects at
+    // once may both read the old time and both be sampled: harmless.
+    let last = unsafe { &mut (*traffic).sampled_at };
+    if !lucky && now.wrapping_sub(*last) < SHORT_CONNS_QUIET_NS {
+        return false;
+    }
+    *last = now;
+    true
 }
 
 /// Tags the socket so that sockops registers it in the sockhash once

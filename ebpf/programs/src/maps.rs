@@ -76,7 +76,7 @@ pub static GONE: HashMap<FrontendEndpoint, u8> = HashMap::pinned(capacity::GONE,
 pub static LEASE: Array<u64> = Array::pinned(1, 0);
 
 // Entries are the agent's (one per frontend); programs only add to them.
-#[map(name = "zh_traffic_v1")]
+#[map(name = "zh_traffic_v2")]
 pub static TRAFFIC: HashMap<FrontendKey, Traffic> = HashMap::pinned(capacity::SERVICES, 0);
 
 /// Adds one to a frontend's traffic counter, if the agent keeps an entry for it.

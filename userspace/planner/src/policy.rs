@@ -25,8 +25,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use zerohop_abi::{FrontendKey, Traffic};
 
 /// Connects a frontend must have had bypassed since its last verdict before
-/// it gets a new one.
+/// it is judged short.
 pub const MIN_CONNS: u64 = 64;
+
+/// Sampled connects a short frontend must have had since its verdict before
+/// it may go back to the bypass. Fewer than [`MIN_CONNS`]: only one connect
+/// in [`SHORT_CONNS_SAMPLE`](zerohop_abi::SHORT_CONNS_SAMPLE) is sampled,
+/// and the errors do not cost the same. A frontend of long connections
+/// judged short loses the bypass's gain for as long as the verdict stands,
+/// while a frontend of short ones sent back to the bypass by a chance
+/// sample costs a few percent until its next [`MIN_CONNS`] connects, which
+/// such a frontend makes quickly.
+pub const MIN_SAMPLED: u64 = 8;
+
+/// How often the agent reads the counters and judges: the least time a
+/// connection has to get long before it is judged.
+pub const LEARN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a frontend's bypassed connections did over a stretch of time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,12 +59,22 @@ pub enum Verdict {
     ShortConns,
 }
 
+impl Verdict {
+    /// Connects counted since this verdict before the next may be given.
+    fn min_conns(self) -> u64 {
+        match self {
+            Verdict::Bypass => MIN_CONNS,
+            Verdict::ShortConns => MIN_SAMPLED,
+        }
+    }
+}
+
 /// The verdict after `window`, given the one before. Short when fewer than
 /// one connection in ten had an end that got long; back to the bypass when
 /// more than one in four did (in between, the verdict stays, so a frontend
 /// near the line does not flip back and forth).
 pub fn judge(previous: Verdict, window: Window) -> Verdict {
-    if window.conns < MIN_CONNS {
+    if window.conns < previous.min_conns() {
         return previous;
     }
     if window.long_ends * 10 < window.conns {
@@ -76,6 +100,8 @@ struct Learning {
     last: Traffic,
     /// Counted since the last verdict.
     window: Window,
+    /// Connects counted at the last read, judged from the next one on.
+    recent: u64,
 }
 
 /// A frontend whose verdict changed.
@@ -92,6 +118,13 @@ impl Learner {
     /// kernel map holds them) and returns the frontends whose verdict
     /// changed. Frontends no longer in `totals` are forgotten; new ones
     /// start from their current totals, as bypassed.
+    ///
+    /// A connect is judged one read after the read that counted it: a
+    /// connection counts at connect, but its ends count as long only once
+    /// they have sent [`LONG_MSGS`](zerohop_abi::LONG_MSGS) messages, so a
+    /// read that fell between 64 connects and their first messages (a
+    /// client opening its whole pool at once) would see long connections
+    /// as short. Calls are meant to be [`LEARN_EVERY`] apart.
     pub fn observe(&mut self, totals: &BTreeMap<FrontendKey, Traffic>) -> Vec<Change> {
         self.frontends
             .retain(|frontend, _| totals.contains_key(frontend));
@@ -101,10 +134,11 @@ impl Learner {
                 last: now,
                 ..Learning::default()
             });
-            learning.window.conns += now.conns.wrapping_sub(learning.last.conns);
+            learning.window.conns += learning.recent;
+            learning.recent = now.conns.wrapping_sub(learning.last.conns);
             learning.window.long_ends += now.long_ends.wrapping_sub(learning.last.long_ends);
             learning.last = now;
-            if learning.window.conns < MIN_CONNS {
+            if learning.window.conns < learning.verdict.min_conns() {
                 continue;
             }
             let verdict = judge(learning.verdict, learning.window);
@@ -119,6 +153,12 @@ impl Learner {
             learning.window = Window::default();
         }
         changes
+    }
+
+    /// Whether connects counted at the last look are still to be judged at
+    /// the next, whether or not anything is counted until then.
+    pub fn judging(&self) -> bool {
+        self.frontends.values().any(|learning| learning.recent > 0)
     }
 
     /// The frontends judged short.
@@ -142,7 +182,16 @@ mod tests {
     fn totals(entries: &[(u8, u64, u64)]) -> BTreeMap<FrontendKey, Traffic> {
         entries
             .iter()
-            .map(|&(n, conns, long_ends)| (frontend(n), Traffic { conns, long_ends }))
+            .map(|&(n, conns, long_ends)| {
+                (
+                    frontend(n),
+                    Traffic {
+                        conns,
+                        long_ends,
+                        ..Traffic::default()
+                    },
+                )
+            })
             .collect()
     }
 
@@ -153,6 +202,26 @@ mod tests {
             long_ends: 0,
         };
         assert_eq!(judge(Verdict::Bypass, window), Verdict::Bypass);
+        let window = Window {
+            conns: MIN_SAMPLED - 1,
+            long_ends: 2 * (MIN_SAMPLED - 1),
+        };
+        assert_eq!(judge(Verdict::ShortConns, window), Verdict::ShortConns);
+    }
+
+    #[test]
+    fn a_short_frontend_goes_back_on_fewer_connections() {
+        // Eight sampled connections, long at both ends.
+        let window = Window {
+            conns: MIN_SAMPLED,
+            long_ends: 2 * MIN_SAMPLED,
+        };
+        assert_eq!(judge(Verdict::ShortConns, window), Verdict::Bypass);
+        // Eight short ones keep it short.
+        let window = Window {
+            conns: MIN_SAMPLED,
+            long_ends: 0,
+        };
         assert_eq!(judge(Verdict::ShortConns, window), Verdict::ShortConns);
     }
 
@@ -198,6 +267,7 @@ mod tests {
         // Counts from before the agent started (a restart) are not judged.
         assert!(learner.observe(&totals(&[(1, 5000, 0)])).is_empty());
         assert!(learner.observe(&totals(&[(1, 5030, 0)])).is_empty());
+        assert!(learner.observe(&totals(&[(1, 5100, 1)])).is_empty());
         let changes = learner.observe(&totals(&[(1, 5100, 1)]));
         assert_eq!(
             changes,
@@ -212,15 +282,35 @@ mod tests {
         );
         assert_eq!(learner.short_conns(), BTreeSet::from([frontend(1)]));
         // The sampled connections get long: back to the bypass.
+        assert!(learner.observe(&totals(&[(1, 5200, 1)])).is_empty());
         let changes = learner.observe(&totals(&[(1, 5200, 81)]));
         assert_eq!(changes[0].verdict, Verdict::Bypass);
         assert!(learner.short_conns().is_empty());
     }
 
     #[test]
+    fn a_pool_opened_at_once_has_until_the_next_read_to_get_long() {
+        let mut learner = Learner::default();
+        learner.observe(&totals(&[(1, 0, 0)]));
+        // A client opened 64 connections just before this read; none has
+        // sent much yet.
+        assert!(learner.observe(&totals(&[(1, 64, 2)])).is_empty());
+        assert!(learner.judging());
+        // By the next read they all have, at both ends.
+        assert!(learner.observe(&totals(&[(1, 64, 128)])).is_empty());
+        assert!(!learner.judging());
+        assert!(learner.short_conns().is_empty());
+        // Connections that stay short are judged so a read later.
+        assert!(learner.observe(&totals(&[(1, 164, 128)])).is_empty());
+        let changes = learner.observe(&totals(&[(1, 164, 129)]));
+        assert_eq!(changes[0].verdict, Verdict::ShortConns);
+    }
+
+    #[test]
     fn frontends_that_go_are_forgotten_and_counters_may_wrap() {
         let mut learner = Learner::default();
         learner.observe(&totals(&[(1, u64::MAX - 10, 0), (2, 0, 0)]));
+        learner.observe(&totals(&[(1, 100, 0), (2, 0, 0)]));
         let changes = learner.observe(&totals(&[(1, 100, 0), (2, 0, 0)]));
         assert_eq!(
             changes.len(),

@@ -25,7 +25,7 @@ use tracing::{info, info_span, warn, Instrument};
 use zerohop_abi::{map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_SAMPLE};
 use zerohop_planner::{
     convert::object_label,
-    policy::{Learner, Verdict},
+    policy::{Learner, Verdict, LEARN_EVERY},
     waypoint_config, Capacity, Origins, Waypoints,
 };
 use zerohop_routes::{
@@ -374,9 +374,6 @@ fn report_features(datapath: &Datapath) {
     }
 }
 
-/// How often the bypass policy looks at the frontends' traffic counters.
-const LEARN_EVERY: Duration = Duration::from_secs(2);
-
 /// `namespace/name` of the Service of each frontend of a snapshot, for log
 /// lines.
 fn frontend_names(snapshot: &Snapshot) -> BTreeMap<FrontendKey, String> {
@@ -457,9 +454,10 @@ impl Sync {
     /// of them (then the maps need planning again).
     fn learn(&mut self, snapshot: &Snapshot) -> Result<bool> {
         // Nothing was counted since the last look: nothing to learn, and
-        // no reason to read a counter per frontend.
+        // no reason to read a counter per frontend, unless connects counted
+        // at the last look are still to be judged.
         let activity = self.maps.traffic_activity()?;
-        if self.traffic_activity == Some(activity) {
+        if self.traffic_activity == Some(activity) && !self.learner.judging() {
             return Ok(false);
         }
         let traffic = self.maps.read_traffic()?;
