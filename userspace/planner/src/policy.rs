@@ -16,8 +16,10 @@
 //! of a frontend gets that long, the frontend is marked
 //! [`SERVICE_SHORT_CONNS`](zerohop_abi::SERVICE_SHORT_CONNS): its connects
 //! are translated only, but for one in
-//! [`SHORT_CONNS_SAMPLE`](zerohop_abi::SHORT_CONNS_SAMPLE), whose counts
-//! tell the agent when the connections get longer again. A Service
+//! [`SHORT_CONNS_SAMPLE`](zerohop_abi::SHORT_CONNS_SAMPLE) and any that
+//! comes [`SHORT_CONNS_QUIET_NS`](zerohop_abi::SHORT_CONNS_QUIET_NS) after
+//! the last of those, whose counts tell the agent when the connections get
+//! longer again. A Service
 //! annotated `zerohop.io/bypass: "on"` or `"off"` is never learned about.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,9 +31,10 @@ use zerohop_abi::{FrontendKey, Traffic};
 pub const MIN_CONNS: u64 = 64;
 
 /// Sampled connects a short frontend must have had since its verdict before
-/// it may go back to the bypass. Fewer than [`MIN_CONNS`]: only one connect
-/// in [`SHORT_CONNS_SAMPLE`](zerohop_abi::SHORT_CONNS_SAMPLE) is sampled,
-/// and the errors do not cost the same. A frontend of long connections
+/// it may go back to the bypass. Fewer than [`MIN_CONNS`]: at a high
+/// connect rate only one connect in
+/// [`SHORT_CONNS_SAMPLE`](zerohop_abi::SHORT_CONNS_SAMPLE) is sampled, and
+/// the errors do not cost the same. A frontend of long connections
 /// judged short loses the bypass's gain for as long as the verdict stands,
 /// while a frontend of short ones sent back to the bypass by a chance
 /// sample costs a few percent until its next [`MIN_CONNS`] connects, which
@@ -150,7 +153,17 @@ impl Learner {
                 });
             }
             learning.verdict = verdict;
-            learning.window = Window::default();
+            // Long ends beyond two per connection judged belong to the
+            // recent connects (a connection has two ends): they count
+            // towards those.
+            let carried = learning
+                .window
+                .long_ends
+                .saturating_sub(2 * learning.window.conns);
+            learning.window = Window {
+                conns: 0,
+                long_ends: carried,
+            };
         }
         changes
     }
@@ -300,9 +313,16 @@ mod tests {
         assert!(learner.observe(&totals(&[(1, 64, 128)])).is_empty());
         assert!(!learner.judging());
         assert!(learner.short_conns().is_empty());
+        // A pool opened at every read: the long ends of the connects still
+        // to be judged count towards them, not towards the verdict just
+        // made.
+        assert!(learner.observe(&totals(&[(1, 128, 256)])).is_empty());
+        assert!(learner.observe(&totals(&[(1, 192, 384)])).is_empty());
+        assert!(learner.observe(&totals(&[(1, 192, 384)])).is_empty());
+        assert!(learner.short_conns().is_empty());
         // Connections that stay short are judged so a read later.
-        assert!(learner.observe(&totals(&[(1, 164, 128)])).is_empty());
-        let changes = learner.observe(&totals(&[(1, 164, 129)]));
+        assert!(learner.observe(&totals(&[(1, 292, 384)])).is_empty());
+        let changes = learner.observe(&totals(&[(1, 292, 385)]));
         assert_eq!(changes[0].verdict, Verdict::ShortConns);
     }
 
