@@ -168,14 +168,22 @@ pub const BYTES_PER_MSG_COUNT: u32 = 8192;
 /// many still takes the bypass, so that its [`Traffic`] keeps telling.
 pub const SHORT_CONNS_SAMPLE: u32 = 16;
 
-/// While a frontend is marked [`SERVICE_SHORT_CONNS`], a connect that comes
-/// this long (ns) after the frontend's last bypassed one takes the bypass
-/// too. The short verdict saves a cost paid per connect, which matters
-/// only at a high connect rate; at a low one, this lets the connections
-/// take the bypass, and lets their counts tell the agent soon when a
-/// client of long connections (a pool of a few) follows the short ones,
-/// where one connect in [`SHORT_CONNS_SAMPLE`] would sample it rarely.
-pub const SHORT_CONNS_QUIET_NS: u64 = 100_000_000;
+/// While a frontend is marked [`SERVICE_SHORT_CONNS`], connects take the
+/// bypass at up to one per this many ns on average, besides one in
+/// [`SHORT_CONNS_SAMPLE`], in bursts of up to [`SHORT_CONNS_BURST`] (a
+/// token bucket, kept as the next conforming time in
+/// [`Traffic::sampled_at`]). The short verdict saves a cost paid per
+/// connect, which matters only at a high connect rate; at a low one, this
+/// lets the connections take the bypass, and lets their counts tell the
+/// agent soon when a client of long connections (a pool opened at once)
+/// follows the short ones, where one connect in [`SHORT_CONNS_SAMPLE`]
+/// would sample it rarely. 100 a second: at the rates where the verdict
+/// matters (thousands a second) that bypasses a few percent more.
+pub const SHORT_CONNS_INTERVAL_NS: u64 = 10_000_000;
+
+/// See [`SHORT_CONNS_INTERVAL_NS`]: a pool of this many connections opened
+/// at once, after a quiet second, takes the bypass whole.
+pub const SHORT_CONNS_BURST: u64 = 64;
 
 /// `AF_INET`, as the kernel reports it in `family` fields.
 pub const FAMILY_V4: u8 = 2;
@@ -256,8 +264,8 @@ pub const SERVICE_NO_BYPASS: u32 = 1;
 /// [`Service::flags`]: the agent learned that this frontend's connections
 /// are too short to gain from the bypass (each carries a request or two, and
 /// registering a connection costs more than that saves): its connects are
-/// translated, and only one in [`SHORT_CONNS_SAMPLE`] is bypassed, or one
-/// after [`SHORT_CONNS_QUIET_NS`] without any.
+/// translated, and only one in [`SHORT_CONNS_SAMPLE`] is bypassed, and up
+/// to one per [`SHORT_CONNS_INTERVAL_NS`] besides.
 pub const SERVICE_SHORT_CONNS: u32 = 4;
 
 /// [`Service::flags`]: the Service has L7 policy (HTTPRoutes): connects from
@@ -444,8 +452,9 @@ pub struct Traffic {
     /// Ends of those connections that sent [`LONG_MSGS`] messages or more
     /// (large messages counting more).
     pub long_ends: u64,
-    /// `bpf_ktime_get_ns` of the last connect tagged while the frontend was
-    /// marked [`SERVICE_SHORT_CONNS`] (see [`SHORT_CONNS_QUIET_NS`]).
+    /// While the frontend is marked [`SERVICE_SHORT_CONNS`]: the
+    /// `bpf_ktime_get_ns` time from which the next connect conforms to
+    /// [`SHORT_CONNS_INTERVAL_NS`] (the token bucket's state).
     pub sampled_at: u64,
 }
 

@@ -29,7 +29,7 @@ use aya_ebpf::{
 use zerohop_abi::{
     Affinity, AffinityKey, Backend, BackendKey, Config, Counter, FrontendKey, AFFINITY_CLIENT,
     AFFINITY_SOCKET, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, SERVICE_L7, SERVICE_NO_BYPASS,
-    SERVICE_SHORT_CONNS, SHORT_CONNS_QUIET_NS, SHORT_CONNS_SAMPLE,
+    SERVICE_SHORT_CONNS, SHORT_CONNS_BURST, SHORT_CONNS_INTERVAL_NS, SHORT_CONNS_SAMPLE,
 };
 
 use crate::{
@@ -375,11 +375,11 @@ fn to_waypoint<F: Family>(
 
 /// Whether a connect to `frontend`, with these flags, takes the bypass: all
 /// of them, but where the agent learned that the frontend's connections are
-/// too short to gain from it, only one in SHORT_CONNS_SAMPLE and any that
-/// comes SHORT_CONNS_QUIET_NS after the last one sampled (the samples keep
-/// its traffic counters telling, so the agent sees a change; at a low
-/// connect rate the verdict saves nothing, and the counters need samples
-/// sooner than one in 16 would give them).
+/// too short to gain from it, only one in SHORT_CONNS_SAMPLE and up to one
+/// per SHORT_CONNS_INTERVAL_NS besides, in bursts of SHORT_CONNS_BURST (the
+/// samples keep its traffic counters telling, so the agent sees a change;
+/// at a low connect rate the verdict saves nothing, and the counters need
+/// samples sooner than one in 16 would give them).
 #[inline(always)]
 fn sampled(flags: u32, frontend: &FrontendKey) -> bool {
     if flags & SERVICE_SHORT_CONNS == 0 {
@@ -389,14 +389,22 @@ fn sampled(flags: u32, frontend: &FrontendKey) -> bool {
     let Some(traffic) = TRAFFIC.get_ptr_mut(frontend) else {
         return lucky;
     };
+    if lucky {
+        return true;
+    }
+    // A token bucket kept as one time (GCRA): the next conforming time
+    // never lags `now` by more than a burst; a connect conforms when that
+    // time has come, and moves it one interval on.
     let now = unsafe { bpf_ktime_get_ns() };
+    let burst = SHORT_CONNS_BURST * SHORT_CONNS_INTERVAL_NS;
     // SAFETY: a map value, valid while the program runs. Two connects at
-    // once may both read the old time and both be sampled: harmless.
-    let last = unsafe { &mut (*traffic).sampled_at };
-    if !lucky && now.wrapping_sub(*last) < SHORT_CONNS_QUIET_NS {
+    // once may both take the same token: harmless.
+    let next = unsafe { &mut (*traffic).sampled_at };
+    let at = (*next).max(now.saturating_sub(burst));
+    if at > now {
         return false;
     }
-    *last = now;
+    *next = at + SHORT_CONNS_INTERVAL_NS;
     true
 }
 

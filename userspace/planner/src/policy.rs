@@ -16,10 +16,10 @@
 //! of a frontend gets that long, the frontend is marked
 //! [`SERVICE_SHORT_CONNS`](zerohop_abi::SERVICE_SHORT_CONNS): its connects
 //! are translated only, but for one in
-//! [`SHORT_CONNS_SAMPLE`](zerohop_abi::SHORT_CONNS_SAMPLE) and any that
-//! comes [`SHORT_CONNS_QUIET_NS`](zerohop_abi::SHORT_CONNS_QUIET_NS) after
-//! the last of those, whose counts tell the agent when the connections get
-//! longer again. A Service
+//! [`SHORT_CONNS_SAMPLE`](zerohop_abi::SHORT_CONNS_SAMPLE) and up to one
+//! per [`SHORT_CONNS_INTERVAL_NS`](zerohop_abi::SHORT_CONNS_INTERVAL_NS)
+//! besides, whose counts tell the agent when the connections get longer
+//! again. A Service
 //! annotated `zerohop.io/bypass: "on"` or `"off"` is never learned about.
 
 use std::collections::{BTreeMap, BTreeSet};
