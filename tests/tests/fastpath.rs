@@ -902,6 +902,19 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
             .with_context(|| format!("no frontend {frontend} in {services}"))?;
         Ok(row["short_conns"] == true)
     };
+    // Waits up to 10 s for frontend 10's verdict to become `short`.
+    let await_verdict = |short: bool, what: &str| -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while short_conns("10.96.0.10:80/TCP")? != short {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{what} within 10 s; agent log:\n{}",
+                world.agents[0].log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    };
 
     for n in [10, 11] {
         world.spread("client", frontend(family, n), 200)?;
@@ -909,15 +922,7 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
     // Few but large writes: a connection per 64 KiB echo is not short.
     let report = testpod().concurrent(world.pod("client"), frontend(family, 12), 100, 64 * 1024)?;
     ensure!(report.failed == 0, "{:?}", report.errors);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !short_conns("10.96.0.10:80/TCP")? {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "frontend 10 not judged short within 10 s; agent log:\n{}",
-            world.agents[0].log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    await_verdict(true, "frontend 10 not judged short")?;
     ensure!(
         !short_conns("10.96.0.11:80/TCP")?,
         "an annotated Service was judged"
@@ -988,15 +993,7 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
         bypassed(&world)? - before,
         policy::MIN_SAMPLED
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while short_conns("10.96.0.10:80/TCP")? {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "long connections did not end the short verdict within 10 s; agent log:\n{}",
-            world.agents[0].log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    await_verdict(false, "long connections did not end the short verdict")?;
     ensure!(
         world.agents[0]
             .log_text()

@@ -385,13 +385,12 @@ fn sampled(flags: u32, frontend: &FrontendKey) -> bool {
     if flags & SERVICE_SHORT_CONNS == 0 {
         return true;
     }
-    let lucky = unsafe { bpf_get_prandom_u32() } % SHORT_CONNS_SAMPLE == 0;
-    let Some(traffic) = TRAFFIC.get_ptr_mut(frontend) else {
-        return lucky;
-    };
-    if lucky {
+    if unsafe { bpf_get_prandom_u32() } % SHORT_CONNS_SAMPLE == 0 {
         return true;
     }
+    let Some(traffic) = TRAFFIC.get_ptr_mut(frontend) else {
+        return false;
+    };
     // A token bucket kept as one time (GCRA): the next conforming time
     // never lags `now` by more than a burst; a connect conforms when that
     // time has come, and moves it one interval on.

@@ -22,7 +22,9 @@ use tokio::{
     sync::watch,
 };
 use tracing::{info, info_span, warn, Instrument};
-use zerohop_abi::{map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_SAMPLE};
+use zerohop_abi::{
+    map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_INTERVAL_NS, SHORT_CONNS_SAMPLE,
+};
 use zerohop_planner::{
     convert::object_label,
     policy::{Learner, Verdict, LEARN_EVERY},
@@ -480,7 +482,9 @@ impl Sync {
                 Verdict::ShortConns => info!(
                     %service, %frontend, conns, long_ends,
                     "connections are too short to gain from the bypass: translated only, \
-                     one in {SHORT_CONNS_SAMPLE} still bypassed to keep watching"
+                     one in {SHORT_CONNS_SAMPLE} and up to {} a second still bypassed to keep \
+                     watching",
+                    1_000_000_000 / SHORT_CONNS_INTERVAL_NS
                 ),
                 Verdict::Bypass => info!(
                     %service, %frontend, conns, long_ends,
