@@ -52,6 +52,9 @@ pub struct KernelRun {
     pub suites: Vec<SuiteRun>,
     /// What went wrong besides the suites (fetch, boot, VM).
     pub problem: Option<String>,
+    /// The first VM ended during a suite; the rest ran in a second one.
+    #[serde(default)]
+    pub crashed: Option<String>,
     /// `zerohop probe -o json` on this kernel: features and verifier numbers.
     pub probe: Option<serde_json::Value>,
     pub seconds: u64,
@@ -150,10 +153,34 @@ pub fn run(binaries: &Binaries, only: Option<&str>, filter: &[String]) -> Result
         .filter(|kernel| !kernel.passed())
         .map(|kernel| format!("{} ({})", kernel.name, kernel.failures().join(", ")))
         .collect();
+    // A CI log keeps only its end; a console's end says why a VM stopped
+    // early (an oops, a hung task, the OOM killer).
+    for kernel in &run.kernels {
+        let dir = out_dir().join(&kernel.name);
+        if kernel.crashed.is_some() {
+            print_console_tail(&dir.join("console.crashed.log"));
+        }
+        if !kernel.passed() {
+            print_console_tail(&dir.join("console.log"));
+        }
+    }
     if !failed.is_empty() {
         bail!("the kernel matrix failed on {}", failed.join("; "));
     }
     Ok(())
+}
+
+/// The last lines of a console log, for a kernel that failed.
+fn print_console_tail(log: &Path) {
+    const LINES: usize = 60;
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    println!("\n== the last {LINES} lines of {}", log.display());
+    for line in &lines[lines.len().saturating_sub(LINES)..] {
+        println!("{line}");
+    }
 }
 
 /// Fetches and boots one kernel and runs its suites. Returns the
@@ -176,6 +203,7 @@ fn run_kernel(
         accel: None,
         suites: Vec::new(),
         problem: None,
+        crashed: None,
         probe: None,
         seconds: 0,
     };
@@ -190,63 +218,122 @@ fn run_kernel(
     run.version = Some(kernel.version.clone());
     run.release = Some(kernel.release.clone());
     let chosen = chosen_suites(entry, suites);
-    let plan = plan(&kernel.modules, binaries, suites, &chosen, filter);
     let work = out_dir().join(&entry.name);
     let log = work.join("console.log");
-    // A kernel that never reaches its init under TCG (seen once: the newest
-    // kernel oopsed in the scheduler while patching its own text, before
-    // any of our code ran) is booted once more; its first console is kept.
-    let mut booted_again = false;
-    let outcome = loop {
-        println!(
-            "== kernel {}: booting {} under {accel:?}: {}",
-            entry.name,
-            kernel.release,
-            chosen.join(" ")
-        );
-        let result = std::fs::create_dir_all(&work)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| vm::run(&kernel, &entry.name, &plan, accel, &work, &log));
-        match result {
-            Ok(outcome) if outcome.kvm_hung => {
-                println!(
-                    "== kernel {}: {}; TCG from now on",
-                    entry.name,
-                    outcome.stopped.as_deref().unwrap_or_default()
-                );
-                accel = Accel::Tcg;
-            }
-            Ok(outcome) if outcome.booted.is_none() && !booted_again => {
-                booted_again = true;
-                let first = work.join("console.first-boot.log");
-                let _ = std::fs::rename(&log, &first);
-                println!(
-                    "== kernel {}: the guest did not reach its init (console: {}); booting once more",
-                    entry.name,
-                    first.display()
-                );
-            }
-            Ok(outcome) => break outcome,
-            Err(error) => {
-                run.problem = Some(format!("cannot run the VM: {error:#}"));
-                run.seconds = started.elapsed().as_secs();
-                return (run, accel);
-            }
+    let boot = |chosen: &[String], accel: &mut Accel| {
+        let plan = plan(&kernel.modules, binaries, suites, chosen, filter);
+        boot(&kernel, &entry.name, chosen, &plan, accel, &work, &log)
+    };
+    let mut outcome = match boot(&chosen, &mut accel) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            run.problem = Some(format!("cannot run the VM: {error:#}"));
+            run.seconds = started.elapsed().as_secs();
+            return (run, accel);
         }
     };
+    // A guest kernel that panicked or reset in the middle of the plan (under
+    // emulation, seen as oopses while the kernel patched its own text) gets
+    // one more VM for the suites it did not finish. The summary says so and
+    // prints the end of the first console.
+    if ended_early(&outcome) {
+        let crashed = work.join("console.crashed.log");
+        let _ = std::fs::rename(&log, &crashed);
+        let rest = unfinished(&chosen, &outcome);
+        let note = format!(
+            "the VM ended during {} (console: {}); {} ran again in a new VM",
+            rest.first().map_or("-", String::as_str),
+            crashed.display(),
+            rest.join(" ")
+        );
+        println!("== kernel {}: {note}", entry.name);
+        run.crashed = Some(note);
+        match boot(&rest, &mut accel) {
+            Ok(mut again) => {
+                let mut suites = std::mem::take(&mut outcome.suites);
+                suites.append(&mut again.suites);
+                again.suites = suites;
+                again.report = again.report.or(outcome.report);
+                outcome = again;
+            }
+            Err(error) => run.problem = Some(format!("cannot run the VM again: {error:#}")),
+        }
+    }
     run.accel = Some(format!("{accel:?}"));
     run.probe = outcome
         .report
         .as_deref()
         .and_then(|json| serde_json::from_str(json).ok());
-    run.problem = vm_problem(&outcome, &kernel.release, &log).or_else(|| {
-        run.probe
-            .is_none()
-            .then(|| "no probe report from the guest".to_owned())
-    });
+    run.problem = run
+        .problem
+        .take()
+        .or_else(|| vm_problem(&outcome, &kernel.release, &log))
+        .or_else(|| {
+            run.probe
+                .is_none()
+                .then(|| "no probe report from the guest".to_owned())
+        });
     run.suites = suite_runs(&outcome, suites, &chosen, &log);
     run.seconds = started.elapsed().as_secs();
     (run, accel)
+}
+
+/// Boots the kernel for `plan`, the suites `chosen`: under KVM until a
+/// kernel hangs under it (as stock kernels do behind some software
+/// hypervisors), then TCG for this and every later kernel.
+fn boot(
+    kernel: &kernels::Kernel,
+    name: &str,
+    chosen: &[String],
+    plan: &str,
+    accel: &mut Accel,
+    work: &Path,
+    log: &Path,
+) -> Result<vm::Outcome> {
+    // A kernel that never reaches its init under TCG (seen once: the newest
+    // kernel oopsed in the scheduler while patching its own text, before
+    // any of our code ran) is booted once more; its first console is kept.
+    let mut booted_again = false;
+    loop {
+        println!(
+            "== kernel {name}: booting {} under {accel:?}: {}",
+            kernel.release,
+            chosen.join(" ")
+        );
+        std::fs::create_dir_all(work)?;
+        let outcome = vm::run(kernel, name, plan, *accel, work, log)?;
+        if outcome.kvm_hung {
+            println!(
+                "== kernel {name}: {}; TCG from now on",
+                outcome.stopped.as_deref().unwrap_or_default()
+            );
+            *accel = Accel::Tcg;
+        } else if outcome.booted.is_none() && !booted_again {
+            booted_again = true;
+            let first = work.join("console.first-boot.log");
+            let _ = std::fs::rename(log, &first);
+            println!(
+                "== kernel {name}: the guest did not reach its init (console: {}); booting once more",
+                first.display()
+            );
+        } else {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// The suites of `chosen` that did not end in `outcome`, in plan order.
+fn unfinished(chosen: &[String], outcome: &vm::Outcome) -> Vec<String> {
+    chosen
+        .iter()
+        .filter(|name| !outcome.suites.iter().any(|(ended, _, _)| ended == *name))
+        .cloned()
+        .collect()
+}
+
+/// The guest ran part of its plan, then its VM ended without being stopped.
+fn ended_early(outcome: &vm::Outcome) -> bool {
+    outcome.booted.is_some() && !outcome.done && outcome.stopped.is_none()
 }
 
 /// What went wrong with the VM itself, if anything.
@@ -438,8 +525,8 @@ fn print_summary(run: &Run, suites: &BTreeMap<String, PathBuf>) {
         HOST_ONLY.join(", ")
     );
     for kernel in &run.kernels {
-        if let Some(problem) = &kernel.problem {
-            println!("{}: {problem}", kernel.name);
+        for note in kernel.crashed.iter().chain(&kernel.problem) {
+            println!("{}: {note}", kernel.name);
         }
     }
     println!("\nFEATURES (zerohop probe)");
@@ -665,6 +752,31 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_that_ended_early_runs_again_what_did_not_end() {
+        let chosen: Vec<String> = ["kernel", "fastpath", "waypoint_kernel"]
+            .map(str::to_owned)
+            .to_vec();
+        let mut outcome = vm::Outcome {
+            booted: Some("6.12.118+deb13-cloud-amd64".to_owned()),
+            suites: vec![("kernel".to_owned(), 0, 6)],
+            ..vm::Outcome::default()
+        };
+        assert!(ended_early(&outcome));
+        assert_eq!(
+            unfinished(&chosen, &outcome),
+            ["fastpath", "waypoint_kernel"]
+        );
+        outcome.done = true;
+        assert!(!ended_early(&outcome), "a plan that ran to its end");
+        outcome.done = false;
+        outcome.stopped = Some("hung for 20 minutes".to_owned());
+        assert!(
+            !ended_early(&outcome),
+            "a VM xtask stopped is not run again"
+        );
+    }
+
+    #[test]
     fn the_readme_table_says_what_works_and_what_is_off() {
         let probe = serde_json::json!({"features": [
             {"name": "connect", "on": true, "off_because": null},
@@ -684,6 +796,7 @@ mod tests {
                 seconds: 6,
             }],
             problem: None,
+            crashed: None,
             probe: Some(probe),
             seconds: 300,
         };
