@@ -380,14 +380,15 @@ impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|reason| identity.invalid(reason))?;
 
-        let endpoints = slice
-            .endpoints
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(index, endpoint)| convert_endpoint(index, endpoint, family))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| identity.invalid(reason))?;
+        let listed = slice.endpoints.as_deref().unwrap_or_default();
+        let endpoints = collect_exact(
+            listed.len(),
+            listed
+                .iter()
+                .enumerate()
+                .map(|(index, endpoint)| convert_endpoint(index, endpoint, family)),
+        )
+        .map_err(|reason| identity.invalid(reason))?;
 
         Ok(EndpointSlice {
             service: ServiceId::new(identity.namespace.clone(), service_name.clone()),
@@ -404,23 +405,28 @@ fn convert_endpoint(
     endpoint: &discovery::Endpoint,
     family: Family,
 ) -> Result<Endpoint, InvalidReason> {
-    let addresses = endpoint
-        .addresses
-        .iter()
-        .enumerate()
-        .map(|(address_index, text)| {
-            let field = format!("endpoints[{index}].addresses[{address_index}]");
-            let address = parse_address(field.clone(), text)?;
-            if Family::of(&address) != family {
-                return Err(InvalidReason::WrongFamily {
-                    field,
-                    address,
-                    family,
-                });
-            }
-            Ok(address)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let field = |address_index| format!("endpoints[{index}].addresses[{address_index}]");
+    let addresses = collect_exact(
+        endpoint.addresses.len(),
+        endpoint
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(address_index, text)| {
+                let address = text.parse().map_err(|_| InvalidReason::BadAddress {
+                    field: field(address_index),
+                    value: text.clone(),
+                })?;
+                if Family::of(&address) != family {
+                    return Err(InvalidReason::WrongFamily {
+                        field: field(address_index),
+                        address,
+                        family,
+                    });
+                }
+                Ok(address)
+            }),
+    )?;
     Ok(Endpoint {
         addresses,
         // Kubernetes: "nil should be interpreted as ready".
@@ -469,6 +475,18 @@ impl TryFrom<&core::Node> for Node {
         let zone = zone.cloned();
         Ok(Node { name, zone })
     }
+}
+
+/// `items`, all `len` of them, or the first error: in a vector of exactly
+/// `len` (a view of a large cluster holds a hundred thousand endpoints;
+/// collecting into a `Result` cannot know the count, and would keep up to
+/// twice the room).
+fn collect_exact<T, E>(len: usize, items: impl Iterator<Item = Result<T, E>>) -> Result<Vec<T>, E> {
+    let mut collected = Vec::with_capacity(len);
+    for item in items {
+        collected.push(item?);
+    }
+    Ok(collected)
 }
 
 fn parse_address(field: String, text: &str) -> Result<IpAddr, InvalidReason> {

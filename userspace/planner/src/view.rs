@@ -28,8 +28,10 @@ use crate::model::{
 pub struct ClusterView {
     services: OrdMap<ServiceId, Arc<Service>>,
     slices: OrdMap<SliceId, Arc<EndpointSlice>>,
-    /// The slices of each Service that has any (derived from `slices`).
-    slices_of: OrdMap<ServiceId, OrdSet<SliceId>>,
+    /// The slices of each Service that has any, sorted (derived from
+    /// `slices`). A Service has one or a few: a shared slice is far smaller
+    /// than a persistent set, and as cheap to clone.
+    slices_of: OrdMap<ServiceId, Arc<[SliceId]>>,
     /// Namespaces labelled `zerohop.io/fast-path: "off"`.
     opted_out: OrdSet<String>,
     /// Zone of each known node.
@@ -71,7 +73,12 @@ impl ClusterView {
         if let Some(before) = before {
             self.unindex_slice(&before);
         }
-        self.slices_of.entry(service).or_default().insert(id);
+        let ids = self.slices_of.get(&service).map_or(&[][..], |ids| &ids[..]);
+        if let Err(at) = ids.binary_search(&id) {
+            let mut ids = ids.to_vec();
+            ids.insert(at, id);
+            self.slices_of.insert(service, ids.into());
+        }
         true
     }
 
@@ -87,10 +94,12 @@ impl ClusterView {
     }
 
     fn unindex_slice(&mut self, slice: &EndpointSlice) {
-        if let Some(ids) = self.slices_of.get_mut(&slice.service) {
-            ids.remove(&slice.id);
-            if ids.is_empty() {
+        if let Some(ids) = self.slices_of.get(&slice.service) {
+            let rest: Vec<SliceId> = ids.iter().filter(|id| **id != slice.id).cloned().collect();
+            if rest.is_empty() {
                 self.slices_of.remove(&slice.service);
+            } else {
+                self.slices_of.insert(slice.service.clone(), rest.into());
             }
         }
     }
@@ -193,7 +202,7 @@ impl ClusterView {
         self.slices_of
             .get(id)
             .into_iter()
-            .flatten()
+            .flat_map(|ids| ids.iter())
             .filter_map(|slice| self.slices.get(slice).map(|slice| &**slice))
             .collect()
     }
