@@ -1,9 +1,7 @@
 //! The edits HTTPRoute filters make: header modifiers, path rewrites and
 //! redirect `Location`s. Pure string work, shared by the router and the
-//! waypoint (which applies [`Forward::response_headers`] with
-//! [`apply_header_modifier`]).
-//!
-//! [`Forward::response_headers`]: crate::router::Forward::response_headers
+//! waypoint (which applies the response header modifier of a forwarded
+//! request with [`apply_header_modifier`]).
 
 use crate::model::{HeaderModifier, PathModifier};
 

@@ -129,7 +129,7 @@ pub struct Forward {
     /// Host after URLRewrite, when rewritten (`request_headers` then
     /// carries it as `host` too).
     pub host: Option<String>,
-    /// To apply to the upstream's response.
+    /// To apply to the upstream's response, with [`apply_header_modifier`].
     pub response_headers: HeaderModifier,
     /// Endpoints that get a copy; their answers are ignored.
     pub mirrors: Vec<SocketAddr>,
