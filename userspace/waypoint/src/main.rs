@@ -6,11 +6,13 @@
 //! program), and for each request asks `zerohop_routes::router::Router` what
 //! to do: answer directly, or forward to an endpoint with edits.
 //!
+//! - [`body`]: the body type requests and responses share on both sides;
 //! - [`config`]: the router, reloaded when the agent rewrites its JSON file;
 //! - [`listener`]: listening sockets, accept loop, original destination;
 //! - [`proxy`]: one request: decision, forwarding, mirrors, timeouts;
 //! - [`upstream`]: the pooled upstream client and its marked sockets.
 
+mod body;
 mod config;
 mod listener;
 mod proxy;

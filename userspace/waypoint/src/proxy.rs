@@ -15,7 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::{
     body::Incoming,
     header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST},
@@ -28,11 +28,11 @@ use zerohop_routes::{
     router::{self, Decision, Forward, RequestHead},
 };
 
-use crate::{config::Routes, upstream::UpstreamClient};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Request and response bodies, streamed or in memory.
-pub type Body = BoxBody<Bytes, BoxError>;
+use crate::{
+    body::{Body, BoxError},
+    config::Routes,
+    upstream::UpstreamClient,
+};
 
 /// A mirror's exchange is abandoned after this long.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);

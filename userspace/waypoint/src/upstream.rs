@@ -20,7 +20,7 @@ use hyper_util::{
 use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::proxy::Body;
+use crate::body::Body;
 
 /// A connect that takes longer fails the request with 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
