@@ -33,6 +33,7 @@ use anyhow::{ensure, Context, Result};
 use crate::{
     addressing::{cidr, Family},
     cmd,
+    dnat::{self, Services},
     mounts::{bpffs_mount, cgroup2_mount},
     process::Children,
 };
@@ -68,9 +69,8 @@ pub struct Node {
     netns: String,
     cgroup: PathBuf,
     pods: AtomicUsize,
-    /// Per-service iptables chains, see `dnat.rs`.
-    pub(crate) services: Mutex<Vec<crate::dnat::Service>>,
-    pub(crate) next_chain: AtomicUsize,
+    /// The kube-proxy style Services of [`Node::add_dnat`].
+    services: Services,
 }
 
 /// A pod: a network namespace with `eth0` routed through its node.
@@ -188,8 +188,7 @@ impl Cluster {
             netns,
             cgroup,
             pods: AtomicUsize::new(0),
-            services: Mutex::default(),
-            next_chain: AtomicUsize::new(1),
+            services: Services::default(),
         })
     }
 
@@ -388,6 +387,37 @@ impl Node {
     /// stdout (e.g. `iptables -t nat -L -v -n` to look at rule counters).
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
         cmd::netns_exec(&self.netns, program, args, None)
+    }
+
+    /// Makes `cluster_ip:port` (TCP) a Service in this node, load-balanced over
+    /// `endpoints` like kube-proxy's iptables mode: a chain per service whose
+    /// rule `i` of `n` matches with probability `1/(n-i)`, so that each endpoint
+    /// gets an even share; the last rule takes what is left.
+    pub fn add_dnat(
+        &self,
+        cluster_ip: IpAddr,
+        port: u16,
+        endpoints: &[(IpAddr, u16)],
+    ) -> Result<()> {
+        self.services
+            .add(&self.netns, self.index, cluster_ip, port, endpoints)
+    }
+
+    /// Removes the Service `cluster_ip:port` added by [`Node::add_dnat`].
+    pub fn remove_dnat(&self, cluster_ip: IpAddr, port: u16) -> Result<()> {
+        self.services
+            .remove(&self.netns, self.index, cluster_ip, port)
+    }
+
+    /// Drops, with `probability`, the ACK that completes the handshake of
+    /// IPv4 connections to pod port `port` on their way through this node.
+    /// The accepting end then establishes only when the client's first data
+    /// segment arrives, always after the client wrote it: the race of a
+    /// client that writes right after connect() with its server's end,
+    /// decided the same way every time. (conntrack counts the SYN as the
+    /// first packet of the original direction, the ACK as the second.)
+    pub fn drop_handshake_acks(&self, port: u16, probability: f64) -> Result<()> {
+        dnat::drop_handshake_acks(&self.netns, self.index, port, probability)
     }
 }
 

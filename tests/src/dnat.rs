@@ -3,18 +3,41 @@
 //! This is the cluster's "normal path": whatever zerohop leaves alone (an unknown
 //! address, a map miss, zerohop not running at all) must still reach a backend
 //! through these rules, and the benchmark compares zerohop against them.
+//!
+//! Each node keeps its [`Services`]. `Node::add_dnat`, `Node::remove_dnat` and
+//! `Node::drop_handshake_acks` call in here with the node's namespace and its
+//! index (for messages).
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::atomic::Ordering,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
 };
 
 use anyhow::{ensure, Context, Result};
 
-use crate::{addressing::Family, cluster::Node, cmd};
+use crate::{addressing::Family, cmd};
 
-/// A service installed by [`Node::add_dnat`]: its address and its own chain.
-pub(crate) struct Service {
+/// The Services installed in one node's namespace, each with its own chain.
+pub(crate) struct Services {
+    installed: Mutex<Vec<Service>>,
+    /// Numbers the chains, so that their names are unique per node.
+    next_chain: AtomicUsize,
+}
+
+impl Default for Services {
+    fn default() -> Services {
+        Services {
+            installed: Mutex::default(),
+            next_chain: AtomicUsize::new(1),
+        }
+    }
+}
+
+/// A service installed by [`Services::add`]: its address and its own chain.
+struct Service {
     cluster_ip: IpAddr,
     port: u16,
     chain: String,
@@ -50,13 +73,16 @@ fn restore(netns: &str, family: Family, rules: &str) -> Result<()> {
     .map(drop)
 }
 
-impl Node {
-    /// Makes `cluster_ip:port` (TCP) a Service in this node, load-balanced over
-    /// `endpoints` like kube-proxy's iptables mode: a chain per service whose
-    /// rule `i` of `n` matches with probability `1/(n-i)`, so that each endpoint
-    /// gets an even share; the last rule takes what is left.
-    pub fn add_dnat(
+impl Services {
+    /// Makes `cluster_ip:port` (TCP) a Service in `netns`, the namespace of node
+    /// `node`, load-balanced over `endpoints` like kube-proxy's iptables mode: a
+    /// chain per service whose rule `i` of `n` matches with probability
+    /// `1/(n-i)`, so that each endpoint gets an even share; the last rule takes
+    /// what is left.
+    pub(crate) fn add(
         &self,
+        netns: &str,
+        node: usize,
         cluster_ip: IpAddr,
         port: u16,
         endpoints: &[(IpAddr, u16)],
@@ -70,13 +96,12 @@ impl Node {
             endpoints.iter().all(|(ip, _)| Family::of(*ip) == family),
             "service {cluster_ip}:{port}: endpoints {endpoints:?} must all be of the ClusterIP's family"
         );
-        let mut services = self.services.lock().unwrap();
+        let mut services = self.installed.lock().unwrap();
         ensure!(
             !services
                 .iter()
                 .any(|s| s.cluster_ip == cluster_ip && s.port == port),
-            "service {cluster_ip}:{port} already exists on node {}",
-            self.index()
+            "service {cluster_ip}:{port} already exists on node {node}"
         );
         // Chain names are short (28 characters at most) and unique per node.
         let service = Service {
@@ -101,77 +126,76 @@ impl Node {
             let to = SocketAddr::from(endpoint);
             rules += &format!("-A {chain} -p tcp {pick}-j DNAT --to-destination {to}\n");
         }
-        restore(self.netns(), family, &rules).with_context(|| {
-            format!(
-                "cannot add service {cluster_ip}:{port} on node {}",
-                self.index()
-            )
-        })?;
+        restore(netns, family, &rules)
+            .with_context(|| format!("cannot add service {cluster_ip}:{port} on node {node}"))?;
         services.push(service);
         Ok(())
     }
 
-    /// Removes the Service `cluster_ip:port` added by [`Node::add_dnat`].
-    pub fn remove_dnat(&self, cluster_ip: IpAddr, port: u16) -> Result<()> {
-        let mut services = self.services.lock().unwrap();
+    /// Removes the Service `cluster_ip:port` added by [`Services::add`] from
+    /// `netns`, the namespace of node `node`.
+    pub(crate) fn remove(
+        &self,
+        netns: &str,
+        node: usize,
+        cluster_ip: IpAddr,
+        port: u16,
+    ) -> Result<()> {
+        let mut services = self.installed.lock().unwrap();
         let at = services
             .iter()
             .position(|s| s.cluster_ip == cluster_ip && s.port == port)
-            .with_context(|| format!("no service {cluster_ip}:{port} on node {}", self.index()))?;
+            .with_context(|| format!("no service {cluster_ip}:{port} on node {node}"))?;
         let service = &services[at];
         let rules = format!(
             "{}-F {chain}\n-X {chain}\n",
             jump_rules("-D", service),
             chain = service.chain
         );
-        restore(self.netns(), Family::of(cluster_ip), &rules).with_context(|| {
-            format!(
-                "cannot remove service {cluster_ip}:{port} on node {}",
-                self.index()
-            )
-        })?;
+        restore(netns, Family::of(cluster_ip), &rules)
+            .with_context(|| format!("cannot remove service {cluster_ip}:{port} on node {node}"))?;
         services.remove(at);
         Ok(())
     }
 }
 
-impl Node {
-    /// Drops, with `probability`, the ACK that completes the handshake of
-    /// IPv4 connections to pod port `port` on their way through this node.
-    /// The accepting end then establishes only when the client's first data
-    /// segment arrives, always after the client wrote it: the race of a
-    /// client that writes right after connect() with its server's end,
-    /// decided the same way every time. (conntrack counts the SYN as the
-    /// first packet of the original direction, the ACK as the second.)
-    pub fn drop_handshake_acks(&self, port: u16, probability: f64) -> Result<()> {
-        // The connbytes match turns the namespace's conntrack accounting on
-        // when its rule is added.
-        let (port, probability) = (port.to_string(), format!("{probability:.4}"));
-        let mut rule = vec!["-I", "FORWARD", "-p", "tcp", "--dport", &port];
-        if probability != "1.0000" {
-            rule.extend([
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &probability,
-            ]);
-        }
+/// Drops, with `probability`, the ACK that completes the handshake of IPv4
+/// connections to pod port `port` on their way through `netns`, the namespace
+/// of node `node`. (conntrack counts the SYN as the first packet of the
+/// original direction, the ACK as the second.)
+pub(crate) fn drop_handshake_acks(
+    netns: &str,
+    node: usize,
+    port: u16,
+    probability: f64,
+) -> Result<()> {
+    // The connbytes match turns the namespace's conntrack accounting on
+    // when its rule is added.
+    let (port, probability) = (port.to_string(), format!("{probability:.4}"));
+    let mut rule = vec!["-I", "FORWARD", "-p", "tcp", "--dport", &port];
+    if probability != "1.0000" {
         rule.extend([
             "-m",
-            "connbytes",
-            "--connbytes",
-            "2:2",
-            "--connbytes-dir",
-            "original",
-            "--connbytes-mode",
-            "packets",
-            "-j",
-            "DROP",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &probability,
         ]);
-        self.exec("iptables", &rule)
-            .map(drop)
-            .with_context(|| format!("cannot drop handshake ACKs on node {}", self.index()))
     }
+    rule.extend([
+        "-m",
+        "connbytes",
+        "--connbytes",
+        "2:2",
+        "--connbytes-dir",
+        "original",
+        "--connbytes-mode",
+        "packets",
+        "-j",
+        "DROP",
+    ]);
+    cmd::netns_exec(netns, "iptables", &rule, None)
+        .map(drop)
+        .with_context(|| format!("cannot drop handshake ACKs on node {node}"))
 }
