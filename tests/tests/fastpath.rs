@@ -927,6 +927,12 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
         !short_conns("10.96.0.11:80/TCP")?,
         "an annotated Service was judged"
     );
+    let log = world.agents[0].log_text();
+    ensure!(
+        !log.lines().any(|line| line.contains("default/forced")
+            && (line.contains("too short") || line.contains("got longer"))),
+        "the agent judged the annotated Service's connections; agent log:\n{log}"
+    );
     // The agent judges every 2 s: by now it has seen the large writes too.
     std::thread::sleep(Duration::from_millis(2500));
     ensure!(

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use zerohop_abi::{FrontendEndpoint, FrontendKey};
 
-use crate::model::{Family, Protocol, Service, ServiceId};
+use crate::model::{Bypass, Family, Protocol, Service, ServiceId};
 use crate::plan::{
     eligible, endpoint_of, port_frontend_key, ready_targets, Capacity, Desired, Plan, PlanProblem,
     Target, Waypoints,
@@ -168,6 +168,18 @@ impl NodePlan {
     /// Every ready endpoint of each planned frontend.
     pub fn ready(&self) -> &BTreeSet<FrontendEndpoint> {
         &self.ready
+    }
+
+    /// Whether the bypass policy ([`crate::policy`]) decides for
+    /// `frontend`: the Service that owns it leaves that to the policy
+    /// (`zerohop.io/bypass` absent or `auto`). A frontend of a Service
+    /// annotated `on` or `off` is not learned: no verdict would apply.
+    pub fn learns(&self, frontend: &FrontendKey) -> bool {
+        self.claimants
+            .get(frontend)
+            .and_then(|ids| ids.first())
+            .and_then(|id| self.candidates.get(id))
+            .is_some_and(|candidate| candidate.service.bypass == Bypass::Auto)
     }
 
     /// What could not be planned, Service by Service in id order.

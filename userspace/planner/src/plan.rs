@@ -1138,6 +1138,30 @@ mod tests {
     }
 
     #[test]
+    fn the_bypass_policy_learns_auto_frontends_only() {
+        use crate::{node_plan::NodePlan, view::Touched};
+        let web = frontend_key(IpAddr::from([10, 96, 0, 10]), 80);
+        for (bypass, learned) in [
+            (Bypass::Auto, true),
+            (Bypass::On, false),
+            (Bypass::Off, false),
+        ] {
+            let mut service = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+            service.bypass = bypass;
+            let mut node_plan = NodePlan::new(NODE, Waypoints::default(), Capacity::KERNEL);
+            node_plan.update(
+                &view(vec![service], vec![]),
+                &Touched::All,
+                &BTreeSet::new(),
+            );
+            assert_eq!(node_plan.learns(&web), learned, "{bypass:?}");
+        }
+        let elsewhere = frontend_key(IpAddr::from([10, 96, 0, 11]), 80);
+        let node_plan = NodePlan::new(NODE, Waypoints::default(), Capacity::KERNEL);
+        assert!(!node_plan.learns(&elsewhere), "a frontend no Service owns");
+    }
+
+    #[test]
     fn the_problems_of_many_ports_are_one_line_per_service() {
         let ports: Vec<(String, u16, Protocol)> = (0..10_000)
             .map(|n| tcp(&format!("p{n}"), 1000 + n))

@@ -462,7 +462,8 @@ impl Sync {
         if self.traffic_activity == Some(activity) && !self.learner.judging() {
             return Ok(false);
         }
-        let traffic = self.maps.read_traffic()?;
+        let mut traffic = self.maps.read_traffic()?;
+        traffic.retain(|frontend, _| self.map_sync.plan().learns(frontend));
         self.traffic_activity = Some(activity);
         let changes = self.learner.observe(&traffic);
         if changes.is_empty() {
