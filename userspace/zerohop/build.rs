@@ -1,8 +1,15 @@
-//! Compiles the kernel programs (ebpf/programs) for bpfel-unknown-none with
-//! the nightly toolchain and bpf-linker, and hands the object to the crate
-//! through OUT_DIR. `cargo xtask setup` installs what this needs.
+//! Embeds the kernel programs (ebpf/programs) in the crate, through OUT_DIR.
 //!
-//! ZEROHOP_EBPF_OBJECT=<file> skips the build and embeds that object instead.
+//! Which object is embedded is the builder's choice, so that a plain
+//! `cargo build`, `cargo test` or `cargo clippy` at the workspace root needs
+//! neither the nightly toolchain nor bpf-linker:
+//! - `ZEROHOP_EBPF=build`: compile the programs for bpfel-unknown-none with
+//!   the nightly toolchain and bpf-linker (`cargo xtask setup` installs
+//!   them). Every `cargo xtask` task that runs zerohop sets this.
+//! - `ZEROHOP_EBPF_OBJECT=<file>`: embed that object instead.
+//! - neither: embed an empty object. Such a binary says so when it is asked
+//!   to load the programs, and the unit tests that read the object are not
+//!   compiled (they need `--cfg zerohop_ebpf`, set here with a real object).
 
 use std::{env, fs, path::PathBuf, process::Command};
 
@@ -10,11 +17,25 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.join("../..").canonicalize().unwrap();
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("zerohop.bpf.o");
-    println!("cargo:rerun-if-env-changed=ZEROHOP_EBPF_OBJECT");
+    println!("cargo::rerun-if-env-changed=ZEROHOP_EBPF");
+    println!("cargo::rerun-if-env-changed=ZEROHOP_EBPF_OBJECT");
+    println!("cargo::rustc-check-cfg=cfg(zerohop_ebpf)");
 
     if let Ok(prebuilt) = env::var("ZEROHOP_EBPF_OBJECT") {
+        println!("cargo::rerun-if-changed={prebuilt}");
         fs::copy(&prebuilt, &out).unwrap_or_else(|e| panic!("copy {prebuilt}: {e}"));
+        println!("cargo::rustc-cfg=zerohop_ebpf");
         return;
+    }
+    match env::var("ZEROHOP_EBPF").as_deref() {
+        Ok("build") => {}
+        Err(_) | Ok("") => {
+            fs::write(&out, []).unwrap_or_else(|e| panic!("write {}: {e}", out.display()));
+            return;
+        }
+        Ok(other) => {
+            panic!("ZEROHOP_EBPF={other}: the only value is `build` (unset embeds no programs)")
+        }
     }
 
     let programs = root.join("ebpf/programs");
@@ -24,7 +45,7 @@ fn main() {
         "ebpf/programs/Cargo.lock",
         "ebpf/abi/src",
     ] {
-        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+        println!("cargo::rerun-if-changed={}", root.join(watched).display());
     }
     // A target directory of its own: the host build's flags and profile must
     // not leak into the BPF build, and it survives `cargo clean -p zerohop`.
@@ -59,4 +80,5 @@ fn main() {
     }
     let object = target_dir.join("bpfel-unknown-none/release/zerohop");
     fs::copy(&object, &out).unwrap_or_else(|e| panic!("copy {}: {e}", object.display()));
+    println!("cargo::rustc-cfg=zerohop_ebpf");
 }

@@ -299,9 +299,8 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 
 /// Runs cargo (the one running xtask) in the workspace root.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let status = Command::new(cargo_path())
+    let status = cargo_command()
         .args(args)
-        .current_dir(workspace_root())
         .status()
         .with_context(|| format!("cargo {}", args.join(" ")))?;
     if !status.success() {
@@ -310,7 +309,13 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The cargo that runs xtask, so the same toolchain builds everything.
-pub fn cargo_path() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+/// The cargo that runs xtask, so the same toolchain builds everything, in
+/// the workspace root, asking for the real kernel programs (a plain cargo
+/// build embeds none; see userspace/zerohop/build.rs).
+pub fn cargo_command() -> Command {
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cargo
+        .current_dir(workspace_root())
+        .env("ZEROHOP_EBPF", "build");
+    cargo
 }

@@ -8,7 +8,6 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
     time::Instant,
 };
 
@@ -16,7 +15,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cargo_path,
+    cargo_command,
     kernels::{self, Entry},
     vm::{self, Accel},
     workspace_root, Binaries,
@@ -430,10 +429,9 @@ fn plan(
 /// The test executables of zerohop-tests by suite name (its `tests/*.rs`),
 /// as cargo built them for the host tier, but for the [`HOST_ONLY`] ones.
 fn suite_binaries() -> Result<BTreeMap<String, PathBuf>> {
-    let output = Command::new(cargo_path())
+    let output = cargo_command()
         .args(["test", "--release", "-p", "zerohop-tests", "--no-run"])
         .args(["--message-format=json-render-diagnostics"])
-        .current_dir(workspace_root())
         .output()
         .context("cargo test --no-run")?;
     ensure!(

@@ -39,7 +39,8 @@ use crate::kernel_btf::{KernelBtf, VMLINUX_BTF};
 use crate::kfunc;
 use crate::map_sync::MapWriter;
 
-/// The compiled kernel programs (see build.rs).
+/// The compiled kernel programs, or nothing in a build that did not ask for
+/// them (see build.rs).
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zerohop.bpf.o"));
 
@@ -70,6 +71,13 @@ impl Datapath {
     /// Maps created now hold `capacity`; maps already pinned keep the size
     /// they were made with (see [`pinned_capacity`]).
     pub fn load(pin_dir: &Path, capacity: Capacity) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this zerohop was built without its kernel programs: build it with \
+                 `cargo xtask build`, or `ZEROHOP_EBPF=build cargo build --release -p zerohop` \
+                 after `cargo xtask setup`"
+            );
+        }
         raise_memlock_limit();
         let parent = pin_dir.parent().unwrap_or(Path::new("/"));
         if filesystem_magic(parent)? != BPF_FS_MAGIC {

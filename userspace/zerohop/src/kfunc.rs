@@ -83,7 +83,9 @@ pub fn bind(object: &[u8], id_of: impl Fn(&str) -> Option<u32>) -> Result<(Vec<u
     Ok((bound, bindings))
 }
 
-#[cfg(test)]
+/// These read the embedded programs, so they are built only with them
+/// (`cargo xtask test` builds them; see build.rs).
+#[cfg(all(test, zerohop_ebpf))]
 mod tests {
     use super::*;
     use crate::datapath::EBPF_OBJECT;
