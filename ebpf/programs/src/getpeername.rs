@@ -7,7 +7,8 @@
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
 use crate::{
-    connect::{PROCEED, V4, V6},
+    connect::PROCEED,
+    family::{V4, V6},
     reverse,
 };
 

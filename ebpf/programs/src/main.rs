@@ -26,6 +26,7 @@
 
 mod conn;
 mod connect;
+mod family;
 mod getpeername;
 mod getsockopt;
 mod maps;

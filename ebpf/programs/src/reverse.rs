@@ -22,7 +22,7 @@ use zerohop_abi::{Counter, Dialled, ReverseKey, FAMILY_V4, FAMILY_V6};
 
 use crate::{
     conn::{ConnFields, V4_MAPPED_WORD},
-    connect::Family,
+    family::Family,
     maps::{count, REVERSE},
 };
 

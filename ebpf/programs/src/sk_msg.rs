@@ -53,7 +53,7 @@ fn try_redirect(ctx: &SkMsgContext) -> bool {
     };
     // Every socket in the sockhash got its entry when it was registered; an
     // entry the LRU evicted leaves the connection on the stack.
-    let Some(end) = ENDS.get_ptr_mut(&key) else {
+    let Some(end) = ENDS.get_ptr_mut(key) else {
         return false;
     };
     // SAFETY: map value of this socket's entry; only this socket's programs
@@ -104,7 +104,7 @@ fn try_redirect(ctx: &SkMsgContext) -> bool {
 /// CPUs may both count; rare, and only a counter).
 #[inline(always)]
 fn count_once_per_connection(end: &End, key: &SockKey, flag: u32, counter: Counter) {
-    let peer_has_it = unsafe { ENDS.get(&key.peer()) }
+    let peer_has_it = unsafe { ENDS.get(key.peer()) }
         .is_some_and(|peer| peer.conn == end.conn && peer.flags & flag != 0);
     if !peer_has_it {
         count(counter, 1);
@@ -128,7 +128,7 @@ fn may_redirect(end: &mut End, key: &SockKey, write_seq: u32) -> bool {
     }
     // SAFETY: plain integers; the peer updates `read_upto` with single
     // 4-byte stores, so a read sees an old or a new value, both valid.
-    let Some(peer) = (unsafe { ENDS.get(&key.peer()) }).filter(|peer| peer.conn == end.conn) else {
+    let Some(peer) = (unsafe { ENDS.get(key.peer()) }).filter(|peer| peer.conn == end.conn) else {
         if end.flags & END_REDIRECTED == 0 {
             end.flags |= END_STACKED;
         }

@@ -49,7 +49,7 @@ pub fn zh_sockops(ctx: SockOpsContext) -> u32 {
             // The remote end is still the one connected to: the kernel
             // clears it only after this callback.
             if let Some(key) = reverse::key_of_connection(unsafe { &*ctx.ops }, cookie) {
-                let _ = REVERSE.remove(&key);
+                let _ = REVERSE.remove(key);
             }
         }
         _ => {}
@@ -66,7 +66,7 @@ const TCP_CLOSE: u32 = 7;
 fn on_connecting_end_established(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let translated = reverse::key_of_connection(unsafe { &*ctx.ops }, cookie)
-        .is_some_and(|key| REVERSE.get_ptr(&key).is_some());
+        .is_some_and(|key| REVERSE.get_ptr(key).is_some());
     if translated {
         // Its REVERSE entry goes when it closes (see zh_sockops).
         // Only the state callbacks: no other callback flag is ever set.

@@ -71,7 +71,7 @@ fn terminate(ctx: *mut core::ffi::c_void, proto: u8) {
         return;
     };
     // SAFETY: a value of 1 only marks presence.
-    if unsafe { GONE.get(&gone) }.is_none() {
+    if unsafe { GONE.get(gone) }.is_none() {
         return;
     }
     // SAFETY: `sk` is the iterator's socket, trusted and locked for this call.
@@ -119,7 +119,7 @@ fn gone_key(sk: *const u8, proto: u8) -> Option<FrontendEndpoint> {
         family: u32::from(family),
     };
     // SAFETY: values are plain integers.
-    let dialled: Dialled = *unsafe { REVERSE.get(&key) }?;
+    let dialled: Dialled = *unsafe { REVERSE.get(key) }?;
     let (family, addr, dialled_addr) = match (v4_mapped(&addr), v4_mapped(&dialled.addr)) {
         (Some(addr), Some(dialled)) => (FAMILY_V4, [addr, 0, 0, 0], [dialled, 0, 0, 0]),
         _ => (family as u8, addr, dialled.addr),

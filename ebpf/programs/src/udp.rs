@@ -19,7 +19,8 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use zerohop_abi::{Counter, PROTO_UDP};
 
 use crate::{
-    connect::{frontend_of, pick, send_to, Family, Keep, PROCEED, V4, V6},
+    connect::{frontend_of, pick, send_to, Keep, PROCEED},
+    family::{Family, V4, V6},
     maps::{count, leased, SERVICES},
     reverse,
 };
