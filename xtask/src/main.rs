@@ -1,7 +1,8 @@
 //! `cargo xtask`: zerohop's developer tasks.
 //!
 //! - `setup`: installs what a fresh machine needs (idempotent, quick when done);
-//! - `test`: setup, then every test tier, the privileged ones included, on
+//! - `lint`: formatting and clippy, the kernel programs included;
+//! - `test`: setup, then the lints and every test tier, the privileged ones included, on
 //!   this kernel and on each kernel of the matrix (`xtask/kernels.txt`);
 //! - `demo`: a sandboxed two-node cluster showing the fast path at work.
 
@@ -9,6 +10,7 @@ mod bench;
 mod demo;
 mod kernels;
 mod matrix;
+mod modgraph;
 mod setup;
 mod vm;
 
@@ -18,7 +20,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -34,7 +36,11 @@ enum Task {
     Setup,
     /// Build the agent (and its eBPF object) and the test programs.
     Build,
-    /// Run setup, then the unit tests and the privileged tests on this
+    /// Check that no crate has a module cycle, check formatting and run
+    /// clippy (warnings are errors) on every crate, the kernel programs
+    /// included.
+    Lint,
+    /// Run setup and the lints, then the unit tests and the privileged tests on this
     /// kernel and on every kernel of the matrix (xtask/kernels.txt).
     Test {
         /// Only the privileged tests, on this kernel of the matrix (its
@@ -58,6 +64,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Build => build().map(drop),
+        Task::Lint => lint(),
         Task::Test { kernel, filter } => test(kernel.as_deref(), &filter),
         Task::SupportedKernels => matrix::write_readme_table(),
         Task::Demo => {
@@ -121,6 +128,7 @@ fn test(kernel: Option<&str>, filter: &[String]) -> Result<()> {
     std::env::set_var("ZEROHOP_BIN", &binaries.zerohop);
     std::env::set_var("ZEROHOP_WAYPOINT_BIN", &binaries.waypoint);
     if kernel.is_none() {
+        lint()?;
         println!("== unit tests (no privileges needed)");
         cargo(&["test", "--workspace", "--exclude", "zerohop-tests"])?;
         println!("== privileged tests on this kernel, in sandboxed clusters");
@@ -144,6 +152,56 @@ fn test(kernel: Option<&str>, filter: &[String]) -> Result<()> {
         elapsed % 60
     );
     Ok(())
+}
+
+/// Formatting and clippy, warnings denied, for the workspace and for the
+/// kernel programs (a crate of their own, built by the nightly toolchain
+/// for bpfel-unknown-none), and no module cycle in any crate (modgraph.rs;
+/// a unit test checks that too, for a plain `cargo test`).
+fn lint() -> Result<()> {
+    println!("== lints: module cycles, rustfmt and clippy, the kernel programs included");
+    let cycles = modgraph::workspace_cycles(&workspace_root())?;
+    ensure!(cycles.is_empty(), "module cycles:\n{}", cycles.join("\n"));
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let programs = workspace_root().join("ebpf/programs");
+    let nightly = |args: &[&str]| -> Result<()> {
+        let status = Command::new("rustup")
+            .args(["run", "nightly", "cargo"])
+            .args(args)
+            .current_dir(&programs)
+            .env("CARGO_TARGET_DIR", workspace_root().join("target/ebpf"))
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .status()
+            .with_context(|| format!("rustup run nightly cargo {}", args.join(" ")))?;
+        ensure!(
+            status.success(),
+            "cargo {} failed in ebpf/programs",
+            args.join(" ")
+        );
+        Ok(())
+    };
+    nightly(&["fmt", "--check"])?;
+    nightly(&[
+        "clippy",
+        "--release",
+        "--locked",
+        "-Z",
+        "build-std=core",
+        "--target",
+        "bpfel-unknown-none",
+        "--",
+        "-D",
+        "warnings",
+    ])
 }
 
 /// Fails when a run left any of our network namespaces, cgroups, pins,
