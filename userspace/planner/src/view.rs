@@ -70,8 +70,11 @@ impl ClusterView {
         let Some(before) = upsert_returning(&mut self.slices, id.clone(), slice) else {
             return false;
         };
-        if let Some(before) = before {
-            self.unindex_slice(&before);
+        match before {
+            // The usual update: same Service, so the index already holds it.
+            Some(before) if before.service == service => return true,
+            Some(before) => self.unindex_slice(&before),
+            None => {}
         }
         let ids = self.slices_of.get(&service).map_or(&[][..], |ids| &ids[..]);
         if let Err(at) = ids.binary_search(&id) {
@@ -335,6 +338,40 @@ mod tests {
         assert!(!view.apply_slice(slice("web-1", "web")));
         assert!(view.apply_slice(slice("web-1", "other")));
         assert_eq!(view.slices().len(), 1);
+    }
+
+    #[test]
+    fn each_service_finds_exactly_its_slices_as_they_change_and_move() {
+        let mut view = ClusterView::new();
+        let names = |view: &ClusterView, service: &str| -> Vec<String> {
+            view.slices_of(&ServiceId::new("default", service))
+                .iter()
+                .map(|slice| slice.id.name.clone())
+                .collect()
+        };
+        view.apply_slice(slice("web-b", "web"));
+        view.apply_slice(slice("web-a", "web"));
+        assert_eq!(names(&view, "web"), ["web-a", "web-b"]);
+        // An update that keeps its Service changes the slice, not the index.
+        let mut updated = slice("web-a", "web");
+        updated.family = Family::V6;
+        assert!(view.apply_slice(updated));
+        assert_eq!(names(&view, "web"), ["web-a", "web-b"]);
+        assert_eq!(
+            view.slices_of(&ServiceId::new("default", "web"))[0].family,
+            Family::V6
+        );
+        // A slice relabelled to another Service leaves the first one's.
+        assert!(view.apply_slice(slice("web-a", "api")));
+        assert_eq!(names(&view, "web"), ["web-b"]);
+        assert_eq!(names(&view, "api"), ["web-a"]);
+        assert!(view.delete_slice(&SliceId::new("default", "web-b")));
+        assert!(names(&view, "web").is_empty());
+        assert_eq!(view, {
+            let mut fresh = ClusterView::new();
+            fresh.apply_slice(slice("web-a", "api"));
+            fresh
+        });
     }
 
     #[test]
