@@ -78,7 +78,7 @@ fn main() {
     if !status.success() {
         panic!("building the eBPF programs failed; `cargo xtask setup` installs the nightly rust-src and bpf-linker they need");
     }
-    let object = target_dir.join("bpfel-unknown-none/release/zerohop");
+    let object = target_dir.join("bpfel-unknown-none/release/zerohop-ebpf");
     fs::copy(&object, &out).unwrap_or_else(|e| panic!("copy {}: {e}", object.display()));
     println!("cargo::rustc-cfg=zerohop_ebpf");
 }
