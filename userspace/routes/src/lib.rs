@@ -2,6 +2,8 @@
 //!
 //! - [`model`]: the HTTPRoute and ReferenceGrant fields zerohop reads, as
 //!   they arrive from the API server or a manifest file;
+//! - [`contract`]: what the agent writes and the waypoint reads (the
+//!   waypoint config, its default path, the waypoint's socket mark);
 //! - [`status`]: a route checked against the cluster, as the per-parent
 //!   status zerohop writes (Accepted, ResolvedRefs, PartiallyInvalid), and
 //!   which Services are L7 Services;
@@ -16,6 +18,7 @@
 //! every routing decision is unit-tested.
 #![forbid(unsafe_code)]
 
+pub mod contract;
 pub mod duration;
 pub mod filters;
 pub mod model;

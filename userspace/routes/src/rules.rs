@@ -8,6 +8,7 @@ use std::{fmt, time::Duration};
 use regex::Regex;
 
 use crate::{
+    contract::ServiceInfo,
     duration::parse_duration,
     filters::{has_path_prefix, REPLACE_FULL_PATH, REPLACE_PREFIX_MATCH},
     model::{
@@ -15,7 +16,7 @@ use crate::{
         ObjectRef, PathModifier, ReferenceGrant, RequestRedirect, Rule, UrlRewrite, GROUP,
         SERVICE_KIND,
     },
-    router::{RequestHead, ServiceInfo},
+    router::RequestHead,
     status::reason,
 };
 

@@ -26,8 +26,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    contract::ServiceInfo,
     model::{HttpRoute, ParentRef, ReferenceGrant},
-    router::ServiceInfo,
     rules::{compile_rules, Cluster, CompiledRule, Problem},
 };
 
