@@ -7,6 +7,7 @@
 //! - [`status`]: a route checked against the cluster, as the per-parent
 //!   status zerohop writes (Accepted, ResolvedRefs, PartiallyInvalid), and
 //!   which Services are L7 Services;
+//! - [`request`]: the parts of a request that routing reads;
 //! - [`router`]: the waypoint's decision for one request;
 //! - [`filters`]: the edits filters make (header modifiers, path rewrites,
 //!   redirect locations), also for the waypoint's responses;
@@ -22,6 +23,7 @@ pub mod contract;
 pub mod duration;
 pub mod filters;
 pub mod model;
+pub mod request;
 pub mod router;
 mod rules;
 pub mod status;

@@ -19,22 +19,10 @@ use crate::{
         apply_header_modifier, host_without_port, merge_header_modifiers, rewrite_path, Location,
     },
     model::{HeaderModifier, HttpRoute, RequestRedirect},
+    request::RequestHead,
     rules::{Action, Cluster, CompiledMatch, CompiledRule, ServicePort, Specificity},
     status::{assess, parent_ports},
 };
-
-/// The parts of a request routing reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestHead {
-    /// Upper case, as sent.
-    pub method: String,
-    /// The path, without the query.
-    pub path: String,
-    /// The raw query string, without `?`.
-    pub query: Option<String>,
-    /// Names lower case; repeated names appear once per value.
-    pub headers: Vec<(String, String)>,
-}
 
 /// What to do with one request.
 #[derive(Debug, Clone, PartialEq)]

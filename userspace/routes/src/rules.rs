@@ -16,7 +16,7 @@ use crate::{
         ObjectRef, PathModifier, ReferenceGrant, RequestRedirect, Rule, UrlRewrite, GROUP,
         SERVICE_KIND,
     },
-    router::RequestHead,
+    request::RequestHead,
     status::reason,
 };
 

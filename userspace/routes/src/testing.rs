@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::{
     contract::{Endpoint, ServiceEndpoints, ServiceInfo},
     model::{HttpRoute, ReferenceGrant},
-    router::RequestHead,
+    request::RequestHead,
 };
 
 pub fn ip(text: &str) -> IpAddr {
