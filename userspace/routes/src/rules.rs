@@ -8,6 +8,7 @@ use std::{fmt, time::Duration};
 use regex::Regex;
 
 use crate::{
+    conditions::reason,
     contract::ServiceInfo,
     duration::parse_duration,
     filters::{has_path_prefix, REPLACE_FULL_PATH, REPLACE_PREFIX_MATCH},
@@ -17,7 +18,6 @@ use crate::{
         SERVICE_KIND,
     },
     request::RequestHead,
-    status::reason,
 };
 
 /// Why a rule is invalid or a reference does not resolve: a Gateway API
