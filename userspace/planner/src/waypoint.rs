@@ -12,8 +12,8 @@
 use std::collections::BTreeSet;
 
 use zerohop_routes::{
+    contract::{Endpoint, ServiceEndpoints, ServiceInfo, WaypointConfig},
     model::{HttpRoute, ReferenceGrant},
-    router::{Endpoint, ServiceEndpoints, ServiceInfo, WaypointConfig},
 };
 
 use crate::model::{Protocol, Route, ServiceId};

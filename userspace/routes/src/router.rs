@@ -3,7 +3,8 @@
 //! forward to which endpoint, with which edits).
 //!
 //! Input is [`WaypointConfig`], the JSON file the agent writes for the
-//! waypoint; [`Router::new`] compiles it once per change.
+//! waypoint (see [`crate::contract`]); [`Router::new`] compiles it once per
+//! change.
 
 use std::{
     cmp::Reverse,
@@ -12,88 +13,16 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-
 use crate::{
+    contract::{Endpoint, WaypointConfig},
     filters::{
         apply_header_modifier, host_without_port, merge_header_modifiers, rewrite_path, Location,
     },
-    model::{HeaderModifier, HttpRoute, ReferenceGrant, RequestRedirect},
+    model::{HeaderModifier, HttpRoute, RequestRedirect},
+    request::RequestHead,
     rules::{Action, Cluster, CompiledMatch, CompiledRule, ServicePort, Specificity},
     status::{assess, parent_ports},
 };
-
-/// Where the agent writes, and the waypoint reads, [`WaypointConfig`] unless
-/// told otherwise (`zerohop agent --waypoint-config`, `zerohop-waypoint --config`).
-pub const DEFAULT_CONFIG_PATH: &str = "/run/zerohop/waypoint.json";
-
-/// The SO_MARK of the waypoint's own sockets unless told otherwise
-/// (`zerohop agent --waypoint-mark`, `zerohop-waypoint --mark`): the connect
-/// hook never sends sockets with it back to the waypoint.
-pub const DEFAULT_MARK: &str = "0x7a68";
-
-/// A socket mark as both commands take it: decimal, or hexadecimal after `0x`.
-pub fn parse_mark(text: &str) -> Result<u32, String> {
-    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|e| format!("{text:?}: {e}"))
-}
-
-/// Everything the waypoint needs, written by the agent (JSON).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub struct WaypointConfig {
-    /// Every Service (not only L7 ones): parents and backends resolve against it.
-    pub services: Vec<ServiceInfo>,
-    /// Every HTTPRoute with a Service parent, as read (invalid ones included:
-    /// the router applies the spec's rules for them).
-    pub routes: Vec<HttpRoute>,
-    pub grants: Vec<ReferenceGrant>,
-    /// Ready endpoints of each Service port.
-    pub endpoints: Vec<ServiceEndpoints>,
-    /// Namespace of each pod IP on this node (the waypoint's possible clients).
-    pub clients: BTreeMap<IpAddr, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct ServiceInfo {
-    pub namespace: String,
-    pub name: String,
-    pub cluster_ips: Vec<IpAddr>,
-    /// TCP Service ports.
-    pub ports: Vec<u16>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct ServiceEndpoints {
-    pub namespace: String,
-    pub name: String,
-    /// The Service port.
-    pub port: u16,
-    pub endpoints: Vec<Endpoint>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Endpoint {
-    /// Endpoint address and target port.
-    pub addr: SocketAddr,
-    /// Runs on this node.
-    pub local: bool,
-}
-
-/// The parts of a request routing reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestHead {
-    /// Upper case, as sent.
-    pub method: String,
-    /// The path, without the query.
-    pub path: String,
-    /// The raw query string, without `?`.
-    pub query: Option<String>,
-    /// Names lower case; repeated names appear once per value.
-    pub headers: Vec<(String, String)>,
-}
 
 /// What to do with one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -641,7 +570,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::testing::*;
+    use crate::{model::ReferenceGrant, testing::*};
 
     const WEB: &str = "10.0.0.10:80";
     const V1_POD: &str = "10.2.0.1:8080";

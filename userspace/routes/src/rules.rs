@@ -8,6 +8,8 @@ use std::{fmt, time::Duration};
 use regex::Regex;
 
 use crate::{
+    conditions::reason,
+    contract::ServiceInfo,
     duration::parse_duration,
     filters::{has_path_prefix, REPLACE_FULL_PATH, REPLACE_PREFIX_MATCH},
     model::{
@@ -15,8 +17,7 @@ use crate::{
         ObjectRef, PathModifier, ReferenceGrant, RequestRedirect, Rule, UrlRewrite, GROUP,
         SERVICE_KIND,
     },
-    router::{RequestHead, ServiceInfo},
-    status::reason,
+    request::RequestHead,
 };
 
 /// Why a rule is invalid or a reference does not resolve: a Gateway API

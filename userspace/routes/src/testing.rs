@@ -5,8 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use serde_json::Value;
 
 use crate::{
+    contract::{Endpoint, ServiceEndpoints, ServiceInfo},
     model::{HttpRoute, ReferenceGrant},
-    router::{Endpoint, RequestHead, ServiceEndpoints, ServiceInfo},
+    request::RequestHead,
 };
 
 pub fn ip(text: &str) -> IpAddr {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use tracing::{error, info, warn};
-use zerohop_routes::router::{Router, WaypointConfig};
+use zerohop_routes::{contract::WaypointConfig, router::Router};
 
 /// The current router, shared by every connection.
 #[derive(Clone, Default)]
@@ -171,7 +171,7 @@ mod tests {
         assert!(Arc::ptr_eq(&good, &routes.current()), "removed file");
 
         let config = WaypointConfig {
-            services: vec![zerohop_routes::router::ServiceInfo {
+            services: vec![zerohop_routes::contract::ServiceInfo {
                 namespace: "default".into(),
                 name: "web".into(),
                 cluster_ips: vec!["10.96.0.10".parse().unwrap()],

@@ -25,7 +25,7 @@ use clap::Parser;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
-use zerohop_routes::router::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
+use zerohop_routes::contract::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
 
 /// How long open connections get to finish their requests on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

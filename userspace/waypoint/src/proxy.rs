@@ -25,7 +25,8 @@ use hyper::{
 use tracing::{debug, warn};
 use zerohop_routes::{
     model::HeaderModifier,
-    router::{self, Decision, Forward, RequestHead},
+    request::RequestHead,
+    router::{self, Decision, Forward},
 };
 
 use crate::{

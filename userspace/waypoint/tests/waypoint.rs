@@ -18,7 +18,7 @@ use hyper::{body::Incoming, service::service_fn, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
-use zerohop_routes::router::{Router, WaypointConfig};
+use zerohop_routes::{contract::WaypointConfig, router::Router};
 
 /// Requests a backend received, as the JSON it answered.
 type Log = Arc<Mutex<Vec<Value>>>;

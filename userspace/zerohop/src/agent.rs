@@ -31,8 +31,8 @@ use zerohop_planner::{
     waypoint_config, Capacity, Origins, Waypoints,
 };
 use zerohop_routes::{
+    contract::WaypointConfig,
     model::HttpRoute,
-    router::WaypointConfig,
     status::{self, RouteEvaluation},
 };
 

@@ -12,7 +12,7 @@ use zerohop::{
     inspect::{self, Output},
     stale::Terminate,
 };
-use zerohop_routes::router::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
+use zerohop_routes::contract::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
 
 /// zerohop: same-node fast path for Kubernetes Services.
 #[derive(Parser)]

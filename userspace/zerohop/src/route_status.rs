@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 /// The `controllerName` of our entries in a route's `status.parents`.
 pub use zerohop_routes::status::CONTROLLER_NAME;
-pub use zerohop_routes::status::{RouteParentStatus, StatusCondition};
+pub use zerohop_routes::{conditions::StatusCondition, status::RouteParentStatus};
 
 /// The field manager of our status writes.
 const FIELD_MANAGER: &str = "zerohop";

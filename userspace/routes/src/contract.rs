@@ -1,0 +1,75 @@
+//! What the agent and the waypoint agree on: the [`WaypointConfig`] the
+//! agent writes and the waypoint reads, where that file lives, and the mark
+//! of the waypoint's own sockets. Both binaries import this module, not the
+//! router, so the agent does not depend on how the waypoint decides.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{HttpRoute, ReferenceGrant};
+
+/// Where the agent writes, and the waypoint reads, [`WaypointConfig`] unless
+/// told otherwise (`zerohop agent --waypoint-config`, `zerohop-waypoint --config`).
+pub const DEFAULT_CONFIG_PATH: &str = "/run/zerohop/waypoint.json";
+
+/// The SO_MARK of the waypoint's own sockets unless told otherwise
+/// (`zerohop agent --waypoint-mark`, `zerohop-waypoint --mark`): the connect
+/// hook never sends sockets with it back to the waypoint.
+pub const DEFAULT_MARK: &str = "0x7a68";
+
+/// A socket mark as both commands take it: decimal, or hexadecimal after `0x`.
+pub fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Everything the waypoint needs, written by the agent (JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct WaypointConfig {
+    /// Every Service (not only L7 ones): parents and backends resolve against it.
+    pub services: Vec<ServiceInfo>,
+    /// Every HTTPRoute with a Service parent, as read (invalid ones included:
+    /// the router applies the spec's rules for them).
+    pub routes: Vec<HttpRoute>,
+    pub grants: Vec<ReferenceGrant>,
+    /// Ready endpoints of each Service port.
+    pub endpoints: Vec<ServiceEndpoints>,
+    /// Namespace of each pod IP on this node (the waypoint's possible clients).
+    pub clients: BTreeMap<IpAddr, String>,
+}
+
+/// A Service, as routes and backends resolve against it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ServiceInfo {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ips: Vec<IpAddr>,
+    /// TCP Service ports.
+    pub ports: Vec<u16>,
+}
+
+/// The ready endpoints of one Service port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ServiceEndpoints {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port.
+    pub port: u16,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One ready endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Endpoint {
+    /// Endpoint address and target port.
+    pub addr: SocketAddr,
+    /// Runs on this node.
+    pub local: bool,
+}
