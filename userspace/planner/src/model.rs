@@ -1,5 +1,6 @@
-//! zerohop's own view of the Kubernetes objects it routes by: only the fields
-//! a routing decision reads, already validated (see [`crate::convert`]).
+//! zerohop's own view of the Kubernetes objects it routes by: plain data,
+//! only the fields a routing decision reads. Routing code takes these values
+//! as valid; whoever builds them from Kubernetes objects checks them first.
 
 use std::collections::BTreeSet;
 use std::fmt;

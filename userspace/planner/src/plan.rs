@@ -1,6 +1,6 @@
 //! The routing decisions: what the BPF maps of frontends and backends hold
-//! for one Service port, and the types of a node's plan
-//! ([`crate::node_plan`] puts a node's Services together).
+//! for one Service port, and the types a node's plan is made of (its desired
+//! map contents, problems, waypoints and map capacity).
 //!
 //! For every Service, ClusterIP and TCP or UDP port (the kernel hooks
 //! translate those two; SCTP is left to the cluster), one frontend. Its endpoints are the ready endpoints of the
