@@ -17,6 +17,7 @@ pub mod lease;
 pub mod map_sync;
 pub mod node_idle;
 pub mod others;
+pub mod probe;
 pub mod route_status;
 pub mod source;
 pub mod stale;
