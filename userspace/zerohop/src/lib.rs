@@ -9,6 +9,7 @@ pub mod agent;
 pub mod datapath;
 pub mod election;
 pub mod features;
+pub mod freshness;
 pub mod health;
 pub mod inspect;
 pub mod kernel_btf;
