@@ -37,11 +37,12 @@ use zerohop_routes::{
 };
 
 use crate::{
+    agent_status::SharedStatus,
     datapath::{self, Datapath, ServiceMaps},
     election::{self, Election},
     features::{self, FEATURES},
     freshness::SharedFreshness,
-    health::{self, SharedStatus},
+    health,
     lease::Lease,
     map_sync::MapSync,
     node_idle::IdleBehaviour,

@@ -25,7 +25,7 @@ use aya::maps::{Array, MapData};
 use tracing::{info, warn};
 use zerohop_abi::map_name;
 
-use crate::{datapath::open_pinned, freshness::SharedFreshness, health::SharedStatus};
+use crate::{agent_status::SharedStatus, datapath::open_pinned, freshness::SharedFreshness};
 
 /// The lease map and what goes in it.
 pub struct Lease {

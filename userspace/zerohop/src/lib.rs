@@ -6,6 +6,7 @@
 //! with what this kernel supports (`features`).
 
 pub mod agent;
+pub mod agent_status;
 pub mod datapath;
 pub mod election;
 pub mod features;
