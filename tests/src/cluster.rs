@@ -19,6 +19,7 @@
 //! per node, to which zerohop's programs attach.
 
 use std::{
+    ffi::OsStr,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::{
@@ -35,7 +36,7 @@ use crate::{
     cmd,
     dnat::{self, Services},
     mounts::{bpffs_mount, cgroup2_mount},
-    process::Children,
+    process::{Children, Finished, PodProcess},
 };
 
 /// Tells runs of this process apart (the pid tells processes apart).
@@ -450,6 +451,31 @@ impl Pod {
     /// and returns its stdout; for looking around (`ip`, `ss`), not for workloads.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
         cmd::netns_exec(&self.netns, program, args, None)
+    }
+
+    /// Starts `program args…` in this pod: in its network namespace and in its
+    /// node's cgroup from its very first instruction, so the cgroup's BPF
+    /// programs see all of its sockets. stdin and stdout are pipes, stderr is
+    /// collected; it gets SIGKILL when this process dies.
+    pub fn spawn<I, S>(&self, program: &Path, args: I) -> Result<PodProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.children
+            .spawn(&self.name, &self.netns, &self.cgroup, program, args)
+    }
+
+    /// Runs `program args…` in this pod to its end (stdin closed at once) and
+    /// returns what it printed; fails if it is not done within `timeout`.
+    pub fn run<I, S>(&self, program: &Path, args: I, timeout: Duration) -> Result<Finished>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut process = self.spawn(program, args)?;
+        process.close_stdin();
+        process.finish(timeout)
     }
 }
 

@@ -17,8 +17,6 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::cluster::Pod;
-
 /// A child process; `None` once it was killed and reaped. Whoever takes it out
 /// kills and reaps it, so its pid is never signalled after it could be reused.
 type Slot = Mutex<Option<Child>>;
@@ -57,36 +55,11 @@ impl Children {
             .filter_map(Weak::upgrade)
             .for_each(|slot| kill_and_reap(&slot));
     }
-}
 
-/// A process running in a pod. Its stdout is read line by line (each read with a
-/// timeout), its stderr collected for error messages. Dropping it kills it.
-pub struct PodProcess {
-    /// `<program> in pod <name>`, for messages.
-    what: String,
-    pid: u32,
-    child: Arc<Slot>,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    /// Disconnects when stderr has ended (its reader thread drops the sender).
-    stderr_done: Receiver<()>,
-}
-
-/// What a finished [`PodProcess`] left.
-#[derive(Debug)]
-pub struct Finished {
-    pub status: ExitStatus,
-    /// The stdout lines not read before (without their newlines).
-    pub stdout: Vec<String>,
-    pub stderr: String,
-}
-
-impl Pod {
-    /// Starts `program args…` in this pod: in its network namespace and in its
-    /// node's cgroup from its very first instruction, so the cgroup's BPF
-    /// programs see all of its sockets. stdin and stdout are pipes, stderr is
-    /// collected.
+    /// Starts `program args…` in pod `pod`: in the network namespace `netns`
+    /// and in the cgroup `cgroup` (its node's) from its very first instruction,
+    /// so the cgroup's BPF programs see all of its sockets, and registers it
+    /// among these children. stdin and stdout are pipes, stderr is collected.
     ///
     /// Both files are opened here in the parent; between fork and exec the child
     /// only makes system calls (async-signal-safe, no allocation), and the files
@@ -97,15 +70,22 @@ impl Pod {
     /// cgroup busy and its namespace alive (the sweep removes names, it never
     /// kills). As that signal follows the death of the forking *thread*, the
     /// fork happens on one thread that lives as long as the process.
-    pub fn spawn<I, S>(&self, program: &Path, args: I) -> Result<PodProcess>
+    pub(crate) fn spawn<I, S>(
+        &self,
+        pod: &str,
+        netns: &str,
+        cgroup: &Path,
+        program: &Path,
+        args: I,
+    ) -> Result<PodProcess>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let what = format!("{} in pod {}", program.display(), self.name);
-        let netns_path = format!("/run/netns/{}", self.netns);
+        let what = format!("{} in pod {}", program.display(), pod);
+        let netns_path = format!("/run/netns/{netns}");
         let netns = File::open(&netns_path).with_context(|| format!("cannot open {netns_path}"))?;
-        let procs_path = self.cgroup.join("cgroup.procs");
+        let procs_path = cgroup.join("cgroup.procs");
         let procs = OpenOptions::new()
             .write(true)
             .open(&procs_path)
@@ -163,7 +143,7 @@ impl Pod {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let child = self.children.register(child);
+        let child = self.register(child);
         Ok(PodProcess {
             what,
             pid,
@@ -174,18 +154,29 @@ impl Pod {
             stderr_done,
         })
     }
+}
 
-    /// Runs `program args…` in this pod to its end (stdin closed at once) and
-    /// returns what it printed; fails if it is not done within `timeout`.
-    pub fn run<I, S>(&self, program: &Path, args: I, timeout: Duration) -> Result<Finished>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let mut process = self.spawn(program, args)?;
-        process.close_stdin();
-        process.finish(timeout)
-    }
+/// A process running in a pod. Its stdout is read line by line (each read with a
+/// timeout), its stderr collected for error messages. Dropping it kills it.
+pub struct PodProcess {
+    /// `<program> in pod <name>`, for messages.
+    what: String,
+    pid: u32,
+    child: Arc<Slot>,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    /// Disconnects when stderr has ended (its reader thread drops the sender).
+    stderr_done: Receiver<()>,
+}
+
+/// What a finished [`PodProcess`] left.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    /// The stdout lines not read before (without their newlines).
+    pub stdout: Vec<String>,
+    pub stderr: String,
 }
 
 /// Makes the process `command` starts get SIGKILL when this process dies

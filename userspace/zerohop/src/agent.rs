@@ -37,11 +37,13 @@ use zerohop_routes::{
 };
 
 use crate::{
+    agent_status::SharedStatus,
     datapath::{self, Datapath, ServiceMaps},
     election::{self, Election},
     features::{self, FEATURES},
-    health::{self, SharedStatus},
-    lease::{Lease, SharedFreshness},
+    freshness::SharedFreshness,
+    health,
+    lease::Lease,
     map_sync::MapSync,
     node_idle::IdleBehaviour,
     others, route_status,

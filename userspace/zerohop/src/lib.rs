@@ -6,9 +6,11 @@
 //! with what this kernel supports (`features`).
 
 pub mod agent;
+pub mod agent_status;
 pub mod datapath;
 pub mod election;
 pub mod features;
+pub mod freshness;
 pub mod health;
 pub mod inspect;
 pub mod kernel_btf;
@@ -17,6 +19,7 @@ pub mod lease;
 pub mod map_sync;
 pub mod node_idle;
 pub mod others;
+pub mod probe;
 pub mod route_status;
 pub mod source;
 pub mod stale;

@@ -8,8 +8,8 @@ use zerohop::{
     agent::{self, Settings, Source},
     datapath::{self, DEFAULT_PIN_DIR},
     election::Election,
-    features,
     inspect::{self, Output},
+    probe,
     stale::Terminate,
 };
 use zerohop_routes::contract::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
@@ -293,7 +293,7 @@ fn run(cli: Cli) -> Result<()> {
             let pin_dir = pin_dir.unwrap_or_else(|| {
                 PathBuf::from(format!("/sys/fs/bpf/zerohop-probe-{}", std::process::id()))
             });
-            features::print_report(&features::probe(&pin_dir)?, output)
+            probe::print_report(&probe::probe(&pin_dir)?, output)
         }
         Command::Cleanup { pin_dir } => datapath::remove_pins(&pin_dir),
     }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc::Sender, watch};
 use tracing::warn;
 use zerohop_planner::{ClusterView, Origins};
 
-use crate::lease::SharedFreshness;
+use crate::freshness::SharedFreshness;
 
 /// The cluster as a source last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
