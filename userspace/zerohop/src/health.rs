@@ -4,11 +4,11 @@
 //! `/metrics` (Prometheus text exposition: the kernel counters, read from the
 //! maps at scrape time, and the agent's own).
 //!
-//! Three GET endpoints with fixed answers need no HTTP framework: each
-//! connection gets one response and is closed.
+//! hyper serves them over HTTP/1.1, one request a connection.
 
 use std::{
     collections::BTreeMap,
+    convert::Infallible,
     fmt::Write as _,
     net::SocketAddr,
     path::PathBuf,
@@ -17,10 +17,16 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+use http_body_util::Full;
+use hyper::{
+    body::Bytes,
+    header::{HeaderValue, ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tracing::{debug, info};
 use zerohop_abi::{map_name, Counter};
 use zerohop_planner::Capacity;
@@ -96,73 +102,84 @@ pub async fn serve(
         .with_context(|| format!("binding the health address {addr}"))?;
     let bound = listener.local_addr()?;
     info!(addr = %bound, "serving /healthz, /readyz and /metrics");
-    let server = async move {
+    Ok(serving(listener, Arc::new(Endpoints { status, pin_dir })))
+}
+
+/// Answers the connections `listener` accepts until dropped.
+fn serving(
+    listener: TcpListener,
+    endpoints: Arc<Endpoints>,
+) -> impl std::future::Future<Output = ()> {
+    let mut http = http1::Builder::new();
+    // One request a connection, whose headers come within 5 s: probes and
+    // scrapes open a connection each.
+    http.keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5));
+    async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (status, pin_dir) = (Arc::clone(&status), pin_dir.clone());
+            let endpoints = Arc::clone(&endpoints);
+            let connection = http.serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |request| {
+                    let response = endpoints.answer(&request);
+                    async move { Ok::<_, Infallible>(response) }
+                }),
+            );
             tokio::spawn(async move {
-                if let Err(error) = answer(stream, &status, &pin_dir).await {
+                if let Err(error) = connection.await {
                     debug!(%error, "health connection");
                 }
             });
         }
-    };
-    Ok(server)
+    }
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    status: &SharedStatus,
-    pin_dir: &std::path::Path,
-) -> Result<()> {
-    let mut request = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    // Only the request line matters; stop at the end of the headers.
-    while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < 8192 {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
-        if n == 0 {
-            break;
+/// What the endpoints read.
+struct Endpoints {
+    status: SharedStatus,
+    pin_dir: PathBuf,
+}
+
+impl Endpoints {
+    fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        const TEXT: &str = "text/plain";
+        let (code, content_type, body) = match (request.method(), request.uri().path()) {
+            (&Method::GET, "/healthz") => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+            (&Method::GET, "/readyz") => match self.status.lock().unwrap().not_ready() {
+                None => (StatusCode::OK, TEXT, "ready\n".to_owned()),
+                Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{reason}\n")),
+            },
+            (&Method::GET, "/metrics") => {
+                let kernel = Kernel {
+                    counters: datapath::read_counters(&self.pin_dir).unwrap_or_default(),
+                    reverse_entries: inspect::reverse_entries(&self.pin_dir).ok(),
+                };
+                (
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    metrics(&self.status.lock().unwrap(), &kernel),
+                )
+            }
+            (&Method::GET, _) => (StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
+            _ => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                TEXT,
+                "only GET\n".to_owned(),
+            ),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = code;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if code == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(ALLOW, HeaderValue::from_static("GET"));
         }
-        request.extend_from_slice(&buf[..n]);
+        response
     }
-    let request = String::from_utf8_lossy(&request);
-    let mut words = request.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (code, content_type, body) = match (method, path) {
-        ("GET", "/healthz") => (200, "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") => match status.lock().unwrap().not_ready() {
-            None => (200, "text/plain", "ready\n".to_owned()),
-            Some(reason) => (503, "text/plain", format!("{reason}\n")),
-        },
-        ("GET", "/metrics") => {
-            let kernel = Kernel {
-                counters: datapath::read_counters(pin_dir).unwrap_or_default(),
-                reverse_entries: inspect::reverse_entries(pin_dir).ok(),
-            };
-            (
-                200,
-                "text/plain; version=0.0.4",
-                metrics(&status.lock().unwrap(), &kernel),
-            )
-        }
-        ("GET", _) => (404, "text/plain", "not found\n".to_owned()),
-        _ => (405, "text/plain", "only GET\n".to_owned()),
-    };
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let response = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await?;
-    Ok(())
 }
 
 /// The kernel counter as a Prometheus metric: (name, label, help).
@@ -515,5 +532,69 @@ mod tests {
             text.contains("zerohop_lease_remaining_seconds 0\n"),
             "{text}"
         );
+    }
+
+    /// Sends `request` on a new connection and reads the response until the
+    /// server closes it: (status code, headers, body).
+    async fn exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .expect("the server closes the connection after its response")
+            .unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_the_endpoints_over_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = SharedStatus::default();
+        let endpoints = Endpoints {
+            status: Arc::clone(&status),
+            pin_dir: PathBuf::from("/nonexistent/zerohop"),
+        };
+        let server = tokio::spawn(serving(listener, Arc::new(endpoints)));
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n");
+
+        let (code, head, body) = exchange(addr, &get("/healthz")).await;
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+        assert!(head.contains("\r\ncontent-type: text/plain\r\n"), "{head}");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+
+        let (code, _, body) = exchange(addr, &get("/readyz")).await;
+        assert_eq!((code, body.as_str()), (503, "first sync not done\n"));
+        {
+            let mut status = status.lock().unwrap();
+            status.ready = true;
+            status.lease_until = Some(Instant::now() + Duration::from_secs(60));
+        }
+        let (code, _, body) = exchange(addr, &get("/readyz")).await;
+        assert_eq!((code, body.as_str()), (200, "ready\n"));
+
+        let (code, head, body) = exchange(addr, &get("/metrics")).await;
+        assert_eq!(code, 200);
+        assert!(
+            head.contains("\r\ncontent-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert!(body.contains("\nzerohop_ready 1\n"), "{body}");
+
+        let (code, _, body) = exchange(addr, &get("/metricz")).await;
+        assert_eq!((code, body.as_str()), (404, "not found\n"));
+        let post = "POST /healthz HTTP/1.1\r\nHost: agent\r\nContent-Length: 2\r\n\r\nhi";
+        let (code, head, body) = exchange(addr, post).await;
+        assert_eq!((code, body.as_str()), (405, "only GET\n"));
+        assert!(head.contains("\r\nallow: get\r\n"), "{head}");
+
+        // Dropping the server closes the listener.
+        server.abort();
+        let _ = server.await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }
