@@ -596,6 +596,77 @@ impl Collector for Scrape {
 mod tests {
     use super::*;
 
+    /// A status and kernel reading with every metric in them.
+    fn full_sample() -> (AgentStatus, Kernel) {
+        let status = AgentStatus {
+            ready: true,
+            syncs: 12,
+            last_sync_seconds: 0.0125,
+            objects: BTreeMap::from([("service", 3), ("endpointslice", 4)]),
+            map_entries: BTreeMap::from([(map_name::SERVICES, 3), (map_name::BACKENDS, 5)]),
+            frontends: BTreeMap::from([("tcp", 2), ("udp", 1)]),
+            problems: BTreeMap::from([("plan", 1)]),
+            map_write_errors: 2,
+            features: vec![("connect", true), ("bypass", false)],
+            idle_halts: true,
+            short_conn_frontends: 1,
+            lease_until: None,
+            capacity: Some(Capacity::KERNEL),
+        };
+        let kernel = Kernel {
+            counters: Counter::ALL
+                .iter()
+                .enumerate()
+                .map(|(index, &counter)| (counter, 100 + index as u64))
+                .collect(),
+            reverse_entries: Some(5),
+        };
+        (status, kernel)
+    }
+
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        use std::{io::Write as _, process::Stdio};
+        let (status, kernel) = full_sample();
+        let text = metrics(&status, &kernel);
+        // HELP and TYPE name each family as its samples do.
+        let mut described = "";
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                described = rest.split(' ').next().unwrap();
+            } else if !line.starts_with('#') {
+                assert_eq!(line.split(['{', ' ']).next(), Some(described), "{text}");
+            }
+        }
+        let promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut promtool = match promtool {
+            Ok(promtool) => promtool,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("no promtool (Debian package prometheus): exposition not linted");
+                return;
+            }
+            Err(error) => panic!("promtool: {error}"),
+        };
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let checked = promtool.wait_with_output().unwrap();
+        assert!(
+            checked.status.success(),
+            "promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr),
+        );
+    }
+
     #[test]
     fn each_metric_is_described_once_before_its_samples() {
         let status = AgentStatus {
