@@ -624,12 +624,13 @@ mod tests {
         (status, kernel)
     }
 
+    /// The encoder appends `_total` to counters: the TYPE line and the
+    /// samples must still name each family alike (`promtool check metrics`
+    /// checks the whole exposition in the fastpath suite).
     #[test]
-    fn promtool_accepts_the_exposition() {
-        use std::{io::Write as _, process::Stdio};
+    fn each_family_is_named_alike_in_its_type_and_its_samples() {
         let (status, kernel) = full_sample();
         let text = metrics(&status, &kernel);
-        // HELP and TYPE name each family as its samples do.
         let mut described = "";
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -638,32 +639,9 @@ mod tests {
                 assert_eq!(line.split(['{', ' ']).next(), Some(described), "{text}");
             }
         }
-        let promtool = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut promtool = match promtool {
-            Ok(promtool) => promtool,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!("no promtool (Debian package prometheus): exposition not linted");
-                return;
-            }
-            Err(error) => panic!("promtool: {error}"),
-        };
-        promtool
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let checked = promtool.wait_with_output().unwrap();
         assert!(
-            checked.status.success(),
-            "promtool check metrics: {}{}\n{text}",
-            String::from_utf8_lossy(&checked.stdout),
-            String::from_utf8_lossy(&checked.stderr),
+            text.contains("# TYPE zerohop_connects_total counter\n"),
+            "{text}"
         );
     }
 
