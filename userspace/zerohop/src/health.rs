@@ -4,16 +4,36 @@
 //! `/metrics` (Prometheus text exposition: the kernel counters, read from the
 //! maps at scrape time, and the agent's own).
 //!
-//! Three GET endpoints with fixed answers need no HTTP framework: each
-//! connection gets one response and is closed.
+//! hyper serves them over HTTP/1.1, one request a connection;
+//! prometheus-client encodes the metrics, which a collector reads at each
+//! scrape.
 
-use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+use http_body_util::Full;
+use hyper::{
+    body::Bytes,
+    header::{HeaderValue, ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{prometheus_text, DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
 use tracing::{debug, info};
 use zerohop_abi::{map_name, Counter};
 
@@ -34,73 +54,91 @@ pub async fn serve(
         .with_context(|| format!("binding the health address {addr}"))?;
     let bound = listener.local_addr()?;
     info!(addr = %bound, "serving /healthz, /readyz and /metrics");
-    let server = async move {
+    Ok(serving(listener, Arc::new(Endpoints::new(status, pin_dir))))
+}
+
+/// Answers the connections `listener` accepts until dropped.
+fn serving(
+    listener: TcpListener,
+    endpoints: Arc<Endpoints>,
+) -> impl std::future::Future<Output = ()> {
+    let mut http = http1::Builder::new();
+    // One request a connection, whose headers come within 5 s: probes and
+    // scrapes open a connection each.
+    http.keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5));
+    async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (status, pin_dir) = (Arc::clone(&status), pin_dir.clone());
+            let endpoints = Arc::clone(&endpoints);
+            let connection = http.serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |request| {
+                    let response = endpoints.answer(&request);
+                    async move { Ok::<_, Infallible>(response) }
+                }),
+            );
             tokio::spawn(async move {
-                if let Err(error) = answer(stream, &status, &pin_dir).await {
+                if let Err(error) = connection.await {
                     debug!(%error, "health connection");
                 }
             });
         }
-    };
-    Ok(server)
+    }
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    status: &SharedStatus,
-    pin_dir: &std::path::Path,
-) -> Result<()> {
-    let mut request = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    // Only the request line matters; stop at the end of the headers.
-    while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < 8192 {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
+/// What the endpoints read.
+struct Endpoints {
+    status: SharedStatus,
+    /// The metrics, collected at each scrape.
+    registry: Registry,
+}
+
+impl Endpoints {
+    fn new(status: SharedStatus, pin_dir: PathBuf) -> Endpoints {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape {
+            status: Arc::clone(&status),
+            pin_dir,
+        }));
+        Endpoints { status, registry }
     }
-    let request = String::from_utf8_lossy(&request);
-    let mut words = request.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (code, content_type, body) = match (method, path) {
-        ("GET", "/healthz") => (200, "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") => match status.lock().unwrap().not_ready() {
-            None => (200, "text/plain", "ready\n".to_owned()),
-            Some(reason) => (503, "text/plain", format!("{reason}\n")),
-        },
-        ("GET", "/metrics") => {
-            let kernel = Kernel {
-                counters: datapath::read_counters(pin_dir).unwrap_or_default(),
-                reverse_entries: inspect::reverse_entries(pin_dir).ok(),
-            };
-            (
-                200,
-                "text/plain; version=0.0.4",
-                metrics(&status.lock().unwrap(), &kernel),
-            )
+
+    fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        const TEXT: &str = "text/plain";
+        let (code, content_type, body) = match (request.method(), request.uri().path()) {
+            (&Method::GET, "/healthz") => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+            (&Method::GET, "/readyz") => match self.status.lock().unwrap().not_ready() {
+                None => (StatusCode::OK, TEXT, "ready\n".to_owned()),
+                Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{reason}\n")),
+            },
+            (&Method::GET, "/metrics") => match exposition(&self.registry) {
+                Ok(text) => (StatusCode::OK, prometheus_text::CONTENT_TYPE, text),
+                Err(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "the metrics could not be encoded\n".to_owned(),
+                ),
+            },
+            (&Method::GET, _) => (StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
+            _ => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                TEXT,
+                "only GET\n".to_owned(),
+            ),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = code;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if code == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(ALLOW, HeaderValue::from_static("GET"));
         }
-        ("GET", _) => (404, "text/plain", "not found\n".to_owned()),
-        _ => (405, "text/plain", "only GET\n".to_owned()),
-    };
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let response = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await?;
-    Ok(())
+        response
+    }
 }
 
 /// The kernel counter as a Prometheus metric: (name, label, help).
@@ -203,11 +241,37 @@ pub struct Kernel {
     pub reverse_entries: Option<usize>,
 }
 
-/// The exposition text: HELP and TYPE once per metric, then its samples.
+impl Kernel {
+    /// Reads the maps pinned under `pin_dir`, leaving out what cannot be
+    /// read.
+    fn read(pin_dir: &Path) -> Kernel {
+        Kernel {
+            counters: datapath::read_counters(pin_dir).unwrap_or_default(),
+            reverse_entries: inspect::reverse_entries(pin_dir).ok(),
+        }
+    }
+}
+
+/// The exposition text (Prometheus text format 0.0.4) of `status` and
+/// `kernel`: HELP and TYPE once per metric, then its samples.
 pub fn metrics(status: &AgentStatus, kernel: &Kernel) -> String {
-    let mut out = Metrics::default();
-    // A metric's samples must be adjacent: group the counters by metric,
-    // keeping their order within each.
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(families(status, kernel)));
+    exposition(&registry).expect("the metrics encode into a String")
+}
+
+/// The text of `registry`'s metrics.
+fn exposition(registry: &Registry) -> Result<String, fmt::Error> {
+    let mut text = String::new();
+    prometheus_text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+/// The metrics of `status` and `kernel`, in the order exposed.
+fn families(status: &AgentStatus, kernel: &Kernel) -> Families {
+    let mut out = Families::default();
+    // Families in the kernel's counters come in name order, each with its
+    // samples in the counters' order.
     let mut counters: Vec<_> = kernel
         .counters
         .iter()
@@ -217,33 +281,33 @@ pub fn metrics(status: &AgentStatus, kernel: &Kernel) -> String {
     for ((name, outcome, help), value) in counters {
         out.sample(
             name,
-            "counter",
+            MetricType::Counter,
             help,
             outcome.map(|outcome| ("outcome", outcome)),
-            value as f64,
+            value,
         );
     }
     if let Some(entries) = kernel.reverse_entries {
         out.sample(
             "zerohop_reverse_entries",
-            "gauge",
+            MetricType::Gauge,
             "Reverse translations in the kernel: translated sockets and the \
              ClusterIP:port each dialled (the map holds 65,536, LRU).",
             None,
-            entries as f64,
+            entries,
         );
     }
     out.sample(
         "zerohop_ready",
-        "gauge",
+        MetricType::Gauge,
         "1 while /readyz answers 200: the hooks are attached and the lease on the \
          maps runs.",
         None,
-        f64::from(u8::from(status.not_ready().is_none())),
+        u64::from(status.not_ready().is_none()),
     );
     out.sample(
         "zerohop_lease_remaining_seconds",
-        "gauge",
+        MetricType::Gauge,
         "How long the hooks keep translating unless the agent renews its lease on \
          the maps; 0: connects take the cluster's normal path.",
         None,
@@ -251,14 +315,14 @@ pub fn metrics(status: &AgentStatus, kernel: &Kernel) -> String {
     );
     out.sample(
         "zerohop_syncs_total",
-        "counter",
+        MetricType::Counter,
         "Map syncs since the agent started.",
         None,
-        status.syncs as f64,
+        status.syncs,
     );
     out.sample(
         "zerohop_sync_duration_seconds",
-        "gauge",
+        MetricType::Gauge,
         "Duration of the last map sync.",
         None,
         status.last_sync_seconds,
@@ -266,19 +330,19 @@ pub fn metrics(status: &AgentStatus, kernel: &Kernel) -> String {
     for (kind, count) in &status.objects {
         out.sample(
             "zerohop_objects",
-            "gauge",
+            MetricType::Gauge,
             "Objects in the agent's view of the cluster, by kind.",
             Some(("kind", kind)),
-            *count as f64,
+            *count,
         );
     }
     for (map, count) in &status.map_entries {
         out.sample(
             "zerohop_map_entries",
-            "gauge",
+            MetricType::Gauge,
             "Entries the agent keeps in each BPF map.",
             Some(("map", map)),
-            *count as f64,
+            *count,
         );
     }
     if let Some(capacity) = status.capacity {
@@ -288,93 +352,187 @@ pub fn metrics(status: &AgentStatus, kernel: &Kernel) -> String {
         ] {
             out.sample(
                 "zerohop_map_capacity",
-                "gauge",
+                MetricType::Gauge,
                 "Entries each Service map holds at most (--max-frontends, \
                  --max-endpoint-slots).",
                 Some(("map", map)),
-                size as f64,
+                size,
             );
         }
     }
     for (protocol, count) in &status.frontends {
         out.sample(
             "zerohop_frontends",
-            "gauge",
+            MetricType::Gauge,
             "Service frontends (ClusterIP, port) the kernel translates, by protocol.",
             Some(("protocol", protocol)),
-            *count as f64,
+            *count,
         );
     }
     for (kind, count) in &status.problems {
         out.sample(
             "zerohop_problems",
-            "gauge",
+            MetricType::Gauge,
             "Problems with the cluster data currently reported, by kind.",
             Some(("kind", kind)),
-            *count as f64,
+            *count,
         );
     }
     for (name, on) in &status.features {
         out.sample(
             "zerohop_feature",
-            "gauge",
+            MetricType::Gauge,
             "1 when this kernel supports the datapath feature, 0 when it is off.",
             Some(("name", name)),
-            f64::from(u8::from(*on)),
+            u64::from(*on),
         );
     }
     out.sample(
         "zerohop_short_connection_frontends",
-        "gauge",
+        MetricType::Gauge,
         "Frontends whose connections the bypass policy judged too short to gain \
          from the bypass (translated only, one in 16 still bypassed).",
         None,
-        status.short_conn_frontends as f64,
+        status.short_conn_frontends,
     );
     out.sample(
         "zerohop_node_idle_halts",
-        "gauge",
+        MetricType::Gauge,
         "1 when this node is a VM whose idle vCPUs halt at once, so that every \
          wake-up of a reader on another vCPU is an interrupt (see the README).",
         None,
-        f64::from(u8::from(status.idle_halts)),
+        u64::from(status.idle_halts),
     );
     out.sample(
         "zerohop_map_write_errors_total",
-        "counter",
+        MetricType::Counter,
         "Map writes the kernel refused.",
         None,
-        status.map_write_errors as f64,
+        status.map_write_errors,
     );
-    out.text
+    out
 }
 
-#[derive(Default)]
-struct Metrics {
-    text: String,
-    described: std::collections::BTreeSet<&'static str>,
+/// The metric families of one scrape, in the order exposed.
+#[derive(Debug, Default)]
+struct Families(Vec<Family>);
+
+/// One metric and its samples.
+#[derive(Debug)]
+struct Family {
+    /// The name as exposed (a counter's ends in `_total`).
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    /// Each sample's label (name, value), if it has one, and value.
+    samples: Vec<(Option<(&'static str, &'static str)>, Value)>,
 }
 
-impl Metrics {
+/// A sample's value.
+#[derive(Clone, Copy, Debug)]
+enum Value {
+    Whole(u64),
+    Real(f64),
+}
+
+impl From<u64> for Value {
+    fn from(value: u64) -> Value {
+        Value::Whole(value)
+    }
+}
+
+impl From<usize> for Value {
+    fn from(value: usize) -> Value {
+        Value::Whole(value as u64)
+    }
+}
+
+impl From<f64> for Value {
+    /// Whole numbers stay without a fraction in the text (`0`, not `0.0`).
+    fn from(value: f64) -> Value {
+        // Below 2^53, where every whole number is exact.
+        if value.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&value) {
+            Value::Whole(value as u64)
+        } else {
+            Value::Real(value)
+        }
+    }
+}
+
+impl Families {
+    /// Adds a sample to the family `name`, described by the first sample
+    /// of that name.
     fn sample(
         &mut self,
         name: &'static str,
-        kind: &str,
-        help: &str,
-        label: Option<(&str, &str)>,
-        value: f64,
+        kind: MetricType,
+        help: &'static str,
+        label: Option<(&'static str, &'static str)>,
+        value: impl Into<Value>,
     ) {
-        if self.described.insert(name) {
-            let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        }
-        match label {
-            Some((key, label_value)) => {
-                let _ = writeln!(self.text, "{name}{{{key}=\"{label_value}\"}} {value}");
-            }
+        let family = match self.0.iter().position(|family| family.name == name) {
+            Some(index) => &mut self.0[index],
             None => {
-                let _ = writeln!(self.text, "{name} {value}");
+                self.0.push(Family {
+                    name,
+                    help,
+                    kind,
+                    samples: Vec::new(),
+                });
+                self.0.last_mut().unwrap()
+            }
+        };
+        family.samples.push((label, value.into()));
+    }
+}
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.0
+            .iter()
+            .try_for_each(|family| family.encode(&mut encoder))
+    }
+}
+
+impl Family {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        // The encoder appends `_total` to a counter's name.
+        let name = match self.kind {
+            MetricType::Counter => self.name.strip_suffix("_total").unwrap_or(self.name),
+            _ => self.name,
+        };
+        let mut metric = encoder.encode_descriptor(name, self.help, None, self.kind)?;
+        for (label, value) in &self.samples {
+            let labels = label.as_slice();
+            let sample = metric.encode_family(&labels)?;
+            match (self.kind, *value) {
+                (MetricType::Counter, Value::Whole(value)) => {
+                    ConstCounter::new(value).encode(sample)?
+                }
+                (MetricType::Counter, Value::Real(value)) => {
+                    ConstCounter::new(value).encode(sample)?
+                }
+                (_, Value::Whole(value)) => ConstGauge::new(value).encode(sample)?,
+                (_, Value::Real(value)) => ConstGauge::new(value).encode(sample)?,
             }
         }
+        Ok(())
+    }
+}
+
+/// The collector behind /metrics: at each scrape it reads the kernel's
+/// counters from the pinned maps and takes the agent's status.
+#[derive(Debug)]
+struct Scrape {
+    status: SharedStatus,
+    pin_dir: PathBuf,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        let kernel = Kernel::read(&self.pin_dir);
+        let families = families(&self.status.lock().unwrap(), &kernel);
+        families.encode(encoder)
     }
 }
 
@@ -382,7 +540,58 @@ impl Metrics {
 mod tests {
     use std::{collections::BTreeMap, time::Instant};
 
+    use zerohop_planner::Capacity;
+
     use super::*;
+
+    /// A status and kernel reading with every metric in them.
+    fn full_sample() -> (AgentStatus, Kernel) {
+        let status = AgentStatus {
+            ready: true,
+            syncs: 12,
+            last_sync_seconds: 0.0125,
+            objects: BTreeMap::from([("service", 3), ("endpointslice", 4)]),
+            map_entries: BTreeMap::from([(map_name::SERVICES, 3), (map_name::BACKENDS, 5)]),
+            frontends: BTreeMap::from([("tcp", 2), ("udp", 1)]),
+            problems: BTreeMap::from([("plan", 1)]),
+            map_write_errors: 2,
+            features: vec![("connect", true), ("bypass", false)],
+            idle_halts: true,
+            short_conn_frontends: 1,
+            lease_until: None,
+            capacity: Some(Capacity::KERNEL),
+        };
+        let kernel = Kernel {
+            counters: Counter::ALL
+                .iter()
+                .enumerate()
+                .map(|(index, &counter)| (counter, 100 + index as u64))
+                .collect(),
+            reverse_entries: Some(5),
+        };
+        (status, kernel)
+    }
+
+    /// The encoder appends `_total` to counters: the TYPE line and the
+    /// samples must still name each family alike (`promtool check metrics`
+    /// checks the whole exposition in the fastpath suite).
+    #[test]
+    fn each_family_is_named_alike_in_its_type_and_its_samples() {
+        let (status, kernel) = full_sample();
+        let text = metrics(&status, &kernel);
+        let mut described = "";
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                described = rest.split(' ').next().unwrap();
+            } else if !line.starts_with('#') {
+                assert_eq!(line.split(['{', ' ']).next(), Some(described), "{text}");
+            }
+        }
+        assert!(
+            text.contains("# TYPE zerohop_connects_total counter\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn each_metric_is_described_once_before_its_samples() {
@@ -455,5 +664,66 @@ mod tests {
             text.contains("zerohop_lease_remaining_seconds 0\n"),
             "{text}"
         );
+    }
+
+    /// Sends `request` on a new connection and reads the response until the
+    /// server closes it: (status code, headers, body).
+    async fn exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .expect("the server closes the connection after its response")
+            .unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_the_endpoints_over_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = SharedStatus::default();
+        let endpoints = Endpoints::new(Arc::clone(&status), PathBuf::from("/nonexistent/zerohop"));
+        let server = tokio::spawn(serving(listener, Arc::new(endpoints)));
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n");
+
+        let (code, head, body) = exchange(addr, &get("/healthz")).await;
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+        assert!(head.contains("\r\ncontent-type: text/plain\r\n"), "{head}");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+
+        let (code, _, body) = exchange(addr, &get("/readyz")).await;
+        assert_eq!((code, body.as_str()), (503, "first sync not done\n"));
+        {
+            let mut status = status.lock().unwrap();
+            status.ready = true;
+            status.lease_until = Some(Instant::now() + Duration::from_secs(60));
+        }
+        let (code, _, body) = exchange(addr, &get("/readyz")).await;
+        assert_eq!((code, body.as_str()), (200, "ready\n"));
+
+        let (code, head, body) = exchange(addr, &get("/metrics")).await;
+        assert_eq!(code, 200);
+        assert!(
+            head.contains("\r\ncontent-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert!(body.contains("\nzerohop_ready 1\n"), "{body}");
+
+        let (code, _, body) = exchange(addr, &get("/metricz")).await;
+        assert_eq!((code, body.as_str()), (404, "not found\n"));
+        let post = "POST /healthz HTTP/1.1\r\nHost: agent\r\nContent-Length: 2\r\n\r\nhi";
+        let (code, head, body) = exchange(addr, post).await;
+        assert_eq!((code, body.as_str()), (405, "only GET\n"));
+        assert!(head.contains("\r\nallow: get\r\n"), "{head}");
+
+        // Dropping the server closes the listener.
+        server.abort();
+        let _ = server.await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }
