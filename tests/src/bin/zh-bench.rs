@@ -59,8 +59,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use zerohop_tests::cli::{say, Context, Flags, Res};
+use zerohop_tests::cli::{say, Context, Res};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE: Duration = Duration::from_secs(120);
@@ -75,21 +76,82 @@ const MODE_CPU: u8 = 4;
 /// What a greeting listener sends first on each connection.
 const GREETING: u8 = b'G';
 
+/// The client and server of `cargo xtask bench`.
+#[derive(Parser)]
+#[command(name = "zh-bench")]
+struct Cli {
+    /// Pin the process (all its threads) to this CPU.
+    #[arg(long, global = true, value_name = "C")]
+    cpu: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer every mode, over TCP and over Unix sockets.
+    Server(ServerArgs),
+    /// Measure one mode against a server and print one JSON line.
+    Client(ClientFlags),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Listen on this TCP port (all IPv4 addresses); the client writes first.
+    #[arg(long, value_name = "P")]
+    tcp_port: Option<u16>,
+    /// Listen on this Unix socket path; the client writes first.
+    #[arg(long, value_name = "PATH")]
+    uds: Option<PathBuf>,
+    /// Listen on this TCP port and greet each connection with one byte.
+    #[arg(long, value_name = "Q")]
+    greet_tcp_port: Option<u16>,
+    /// Listen on this Unix socket path and greet each connection with one byte.
+    #[arg(long, value_name = "PATH")]
+    greet_uds: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ClientFlags {
+    /// Where to connect: tcp:IP:PORT or uds:PATH.
+    #[arg(long, value_name = "tcp:IP:PORT|uds:PATH")]
+    target: Address,
+    /// Wait for the server's one-byte greeting before writing.
+    #[arg(long)]
+    greet: bool,
+    /// What to measure.
+    #[arg(long, value_parser = ["rr", "stream", "conn"])]
+    mode: String,
+    /// Message size in bytes (1 to 2^32-1).
+    #[arg(long, value_name = "N")]
+    size: usize,
+    /// Set TCP_NODELAY on both ends.
+    #[arg(long)]
+    nodelay: bool,
+    /// Round trips to measure (rr).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    iterations: u64,
+    /// How long to measure, in seconds (stream, conn).
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    seconds: f64,
+    /// Round trips, bytes or connections before the measured phase.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    warmup: u64,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        eprintln!("usage: zh-bench server|client --flags… (see the source)");
-        return ExitCode::from(2);
+    let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Server(_) => "server",
+        Command::Client(_) => "client",
     };
     let run = || -> Res<()> {
-        let flags = Flags::parse(rest)?;
-        if flags.has("cpu") {
-            pin(flags.get("cpu")?)?;
+        if let Some(cpu) = cli.cpu {
+            pin(cpu)?;
         }
-        match command.as_str() {
-            "server" => server(&flags),
-            "client" => client(&flags),
-            other => Err(format!("unknown command {other:?}")),
+        match &cli.command {
+            Command::Server(flags) => server(flags),
+            Command::Client(flags) => client(flags),
         }
     };
     match run() {
@@ -237,16 +299,21 @@ fn retry(e: &io::Error) -> bool {
 
 // ---------------------------------------------------------------- server
 
-fn server(flags: &Flags) -> Res<()> {
+fn server(flags: &ServerArgs) -> Res<()> {
     let pool = Pool::new();
     let mut acceptors = Vec::new();
     let mut listening = Vec::new();
-    for (port_flag, uds_flag, greet) in [
-        ("tcp-port", "uds", false),
-        ("greet-tcp-port", "greet-uds", true),
+    for (port_flag, port, uds_flag, uds, greet) in [
+        ("tcp-port", flags.tcp_port, "uds", &flags.uds, false),
+        (
+            "greet-tcp-port",
+            flags.greet_tcp_port,
+            "greet-uds",
+            &flags.greet_uds,
+            true,
+        ),
     ] {
-        if flags.has(port_flag) {
-            let port: u16 = flags.get(port_flag)?;
+        if let Some(port) = port {
             let tcp =
                 TcpListener::bind(("0.0.0.0", port)).ctx(&format!("listen on TCP port {port}"))?;
             let pool = pool.clone();
@@ -260,10 +327,9 @@ fn server(flags: &Flags) -> Res<()> {
             }));
             listening.push(format!("{port_flag}={port}"));
         }
-        if flags.has(uds_flag) {
-            let path: PathBuf = flags.get(uds_flag)?;
-            let _ = std::fs::remove_file(&path);
-            let unix = UnixListener::bind(&path).ctx(&format!("listen on {}", path.display()))?;
+        if let Some(path) = uds {
+            let _ = std::fs::remove_file(path);
+            let unix = UnixListener::bind(path).ctx(&format!("listen on {}", path.display()))?;
             let pool = pool.clone();
             acceptors.push(thread::spawn(move || {
                 for stream in unix.incoming() {
@@ -503,18 +569,18 @@ struct Measured {
     server_cpu_us: u64,
 }
 
-fn client(flags: &Flags) -> Res<()> {
-    let mode: String = flags.get("mode")?;
+fn client(flags: &ClientFlags) -> Res<()> {
+    let mode = &flags.mode;
     let args = ClientArgs {
         target: Target {
-            address: flags.get("target")?,
-            greet: flags.has("greet"),
+            address: flags.target.clone(),
+            greet: flags.greet,
         },
-        size: flags.get("size")?,
-        nodelay: flags.has("nodelay"),
-        iterations: flags.get_or("iterations", 10_000)?,
-        seconds: flags.get_or("seconds", 2.0)?,
-        warmup: flags.get_or("warmup", 1_000)?,
+        size: flags.size,
+        nodelay: flags.nodelay,
+        iterations: flags.iterations,
+        seconds: flags.seconds,
+        warmup: flags.warmup,
     };
     if args.size == 0 || args.size > u32::MAX as usize {
         return Err(format!("--size {} out of range", args.size));

@@ -33,8 +33,9 @@ use std::{
     time::Duration,
 };
 
+use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
-use zerohop_tests::cli::{say, Context, Flags, Res};
+use zerohop_tests::cli::{say, Context, Res};
 use zerohop_tests::socket::listen;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,23 +43,78 @@ const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Larger request or response heads are refused.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// The HTTP workload of the sandbox's L7 tests.
+#[derive(Parser)]
+#[command(name = "zh-http")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer every request 200 with who answered and what it received.
+    Server(ServerArgs),
+    /// Send requests over one keep-alive connection and count the answers.
+    Get(GetArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Backend name, sent as x-backend and in the body.
+    #[arg(long)]
+    name: String,
+    /// Port to listen on (0.0.0.0 and [::]).
+    #[arg(long, value_name = "P")]
+    port: u16,
+    /// Wait this long before each answer, in milliseconds.
+    #[arg(long, value_name = "D", default_value_t = 0)]
+    delay_ms: u64,
+}
+
+#[derive(Args)]
+struct GetArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// Requests to send.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    count: u64,
+    /// Request method.
+    #[arg(long, value_name = "M", default_value = "GET")]
+    method: String,
+    /// Request path (and query).
+    #[arg(long, value_name = "P", default_value = "/")]
+    path: String,
+    /// Extra request header (repeatable).
+    #[arg(long, value_name = "NAME:VALUE", value_parser = parse_header)]
+    header: Vec<(String, String)>,
+    /// Host header (default: the target address).
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// Request body.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    body: String,
+    /// Pause between requests, in milliseconds.
+    #[arg(long, value_name = "D", default_value_t = 0)]
+    pause_ms: u64,
+}
+
+/// `NAME:VALUE`, both trimmed.
+fn parse_header(header: &str) -> Res<(String, String)> {
+    let (name, value) = header
+        .split_once(':')
+        .ok_or_else(|| format!("{header:?}: expected NAME:VALUE"))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        eprintln!("usage: zh-http server|get --flags… (see the source)");
-        return ExitCode::from(2);
+    let cli = Cli::parse();
+    let (command, run) = match &cli.command {
+        Command::Server(flags) => ("server", server(flags)),
+        Command::Get(flags) => ("get", get(flags)),
     };
-    let run = || -> Res<bool> {
-        // `--header` repeats; `Flags` keeps one value per name.
-        let (headers, rest) = take_repeated(rest, "--header");
-        let flags = Flags::parse(&rest)?;
-        match command.as_str() {
-            "server" => server(&flags),
-            "get" => get(&flags, &headers),
-            other => Err(format!("unknown command {other:?}")),
-        }
-    };
-    match run() {
+    match run {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -66,21 +122,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// The values of every `flag VALUE` in `args`, and the other arguments.
-fn take_repeated(args: &[String], flag: &str) -> (Vec<String>, Vec<String>) {
-    let mut values = Vec::new();
-    let mut rest = Vec::new();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        if arg == flag {
-            values.extend(args.next().cloned());
-        } else {
-            rest.push(arg.clone());
-        }
-    }
-    (values, rest)
 }
 
 // ---------------------------------------------------------------- messages
@@ -218,10 +259,10 @@ fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
 // ---------------------------------------------------------------- server
 
 /// Serves on `0.0.0.0:P` and `[::]:P` until killed.
-fn server(flags: &Flags) -> Res<bool> {
-    let name: Arc<str> = flags.get::<String>("name")?.into();
-    let port: u16 = flags.get("port")?;
-    let delay = Duration::from_millis(flags.get_or("delay-ms", 0u64)?);
+fn server(flags: &ServerArgs) -> Res<bool> {
+    let name: Arc<str> = flags.name.as_str().into();
+    let port = flags.port;
+    let delay = Duration::from_millis(flags.delay_ms);
     let listeners = [
         IpAddr::from(Ipv4Addr::UNSPECIFIED),
         IpAddr::from(Ipv6Addr::UNSPECIFIED),
@@ -305,20 +346,14 @@ fn serve(stream: TcpStream, name: &str, delay: Duration) -> io::Result<()> {
 // ---------------------------------------------------------------- client
 
 /// Sends `--count` requests over one keep-alive connection and reports.
-fn get(flags: &Flags, extra_headers: &[String]) -> Res<bool> {
-    let target: SocketAddr = flags.get("target")?;
-    let count: u64 = flags.get_or("count", 1)?;
-    let method: String = flags.get_or("method", "GET".to_owned())?;
-    let path: String = flags.get_or("path", "/".to_owned())?;
-    let host: String = flags.get_or("host", target.to_string())?;
-    let body: String = flags.get_or("body", String::new())?;
-    let pause = Duration::from_millis(flags.get_or("pause-ms", 0u64)?);
+fn get(flags: &GetArgs) -> Res<bool> {
+    let (target, count) = (flags.target, flags.count);
+    let (method, path, body) = (&flags.method, &flags.path, &flags.body);
+    let host = flags.host.clone().unwrap_or_else(|| target.to_string());
+    let pause = Duration::from_millis(flags.pause_ms);
     let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
-    for header in extra_headers {
-        let (name, value) = header
-            .split_once(':')
-            .ok_or_else(|| format!("--header {header:?}: expected NAME:VALUE"))?;
-        request.push_str(&format!("{}: {}\r\n", name.trim(), value.trim()));
+    for (name, value) in &flags.header {
+        request.push_str(&format!("{name}: {value}\r\n"));
     }
     if !body.is_empty() || matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
         request.push_str(&format!("content-length: {}\r\n", body.len()));

@@ -33,23 +33,40 @@ use std::{
     time::Duration,
 };
 
+use clap::Parser;
 use serde_json::json;
 use socket2::SockRef;
-use zerohop_tests::cli::{say, Context, Flags, Res};
+use zerohop_tests::cli::{say, Context, Res};
 use zerohop_tests::socket::{connect_marked, listen};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A stand-in for an Envoy-style waypoint that reports SO_ORIGINAL_DST, and
+/// its client.
+#[derive(Parser)]
+#[command(name = "zh-origdst")]
+#[command(group = clap::ArgGroup::new("role").required(true).args(["listen", "connect"]))]
+struct Cli {
+    /// Serve on these addresses (comma-separated ADDR:PORT list).
+    #[arg(long, value_name = "ADDR:PORT[,ADDR:PORT...]", value_delimiter = ',')]
+    listen: Vec<SocketAddr>,
+    /// Exit after this many connections (0: never).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    count: u64,
+    /// Connect to this address and print the first line it sends.
+    #[arg(long, value_name = "ADDR:PORT")]
+    connect: Option<SocketAddr>,
+    /// SO_MARK of the client's socket (0: none).
+    #[arg(long, value_name = "M", default_value_t = 0)]
+    mark: u32,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = Cli::parse();
     let run = || -> Res<bool> {
-        let flags = Flags::parse(&args)?;
-        if flags.has("listen") {
-            serve(&flags)
-        } else if flags.has("connect") {
-            connect(&flags)
-        } else {
-            Err("usage: zh-origdst --listen ADDR:PORT[,…] [--count N] | --connect ADDR:PORT [--mark M]".into())
+        match cli.connect {
+            Some(target) => connect(target, cli.mark),
+            None => serve(&cli.listen, cli.count),
         }
     };
     match run() {
@@ -64,14 +81,8 @@ fn main() -> ExitCode {
 
 // ---------------------------------------------------------------- waypoint
 
-fn serve(flags: &Flags) -> Res<bool> {
-    let addrs = flags
-        .get::<String>("listen")?
-        .split(',')
-        .map(|addr| addr.parse::<SocketAddr>().ctx(&format!("--listen {addr}")))
-        .collect::<Res<Vec<_>>>()?;
-    // 0 = serve until killed.
-    let count: u64 = flags.get_or("count", 0)?;
+fn serve(addrs: &[SocketAddr], count: u64) -> Res<bool> {
+    // count 0 = serve until killed.
     let listeners = addrs
         .iter()
         .map(|&addr| listen(addr).ctx(&format!("listen on {addr}")))
@@ -140,9 +151,7 @@ fn original_dst(stream: &TcpStream) -> Result<SocketAddr, i32> {
 
 // ---------------------------------------------------------------- client
 
-fn connect(flags: &Flags) -> Res<bool> {
-    let target: SocketAddr = flags.get("connect")?;
-    let mark: u32 = flags.get_or("mark", 0)?;
+fn connect(target: SocketAddr, mark: u32) -> Res<bool> {
     let result = (|| -> Res<(String, SocketAddr, SocketAddr)> {
         let stream = connect_marked(target, mark, TIMEOUT).ctx(&format!("connect to {target}"))?;
         stream

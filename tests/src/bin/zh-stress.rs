@@ -36,7 +36,7 @@ use std::{
 
 use serde_json::json;
 use zerohop_tests::{
-    cli::{say, Context, Flags, Res},
+    cli::{say, Context, Res},
     pattern::{check_pattern, fill_pattern, Patient, Rng},
     socket::linger_zero,
 };
@@ -100,9 +100,31 @@ impl Plan {
     }
 }
 
+/// Many connections to zh-testpod servers, each checking every byte of its
+/// echo, in plans drawn from a seed.
+#[derive(clap::Parser)]
+#[command(name = "zh-stress")]
+struct Cli {
+    /// Servers to spread the connections over (comma-separated hello:IP:PORT or quiet:IP:PORT).
+    #[arg(long, value_name = "hello:IP:PORT|quiet:IP:PORT[,...]", value_delimiter = ',', value_parser = parse_target, required = true)]
+    target: Vec<Target>,
+    /// Connections to make.
+    #[arg(long, value_name = "N")]
+    conns: u64,
+    /// Connections at once.
+    #[arg(long, value_name = "P", default_value_t = 16)]
+    parallel: u64,
+    /// Seed of the connection plans.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+    /// Most bytes one connection sends.
+    #[arg(long, value_name = "B", default_value_t = 256 * 1024)]
+    max_bytes: u64,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match Flags::parse(&args).and_then(|flags| run(&flags)) {
+    let cli = <Cli as clap::Parser>::parse();
+    match run(&cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -112,16 +134,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(flags: &Flags) -> Res<bool> {
-    let targets = flags
-        .get::<String>("target")?
-        .split(',')
-        .map(parse_target)
-        .collect::<Res<Vec<_>>>()?;
-    let conns: u64 = flags.get("conns")?;
-    let parallel: u64 = flags.get_or("parallel", 16)?;
-    let seed: u64 = flags.get_or("seed", 1)?;
-    let max_bytes: u64 = flags.get_or("max-bytes", 256 * 1024)?;
+fn run(flags: &Cli) -> Res<bool> {
+    let targets = flags.target.clone();
+    let (conns, parallel, seed, max_bytes) =
+        (flags.conns, flags.parallel, flags.seed, flags.max_bytes);
     if targets.is_empty() || max_bytes == 0 {
         return Err("--target and --max-bytes must not be empty".into());
     }

@@ -44,8 +44,9 @@ use std::{
     time::Duration,
 };
 
+use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use zerohop_tests::cli::{say, Context, Flags, Res};
+use zerohop_tests::cli::{say, Context, Res};
 use zerohop_tests::pattern::{check_pattern, fill_pattern, Patient};
 use zerohop_tests::socket::{linger_zero, listen, listen_dual_stack, udp_bind};
 
@@ -53,28 +54,176 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_CHUNK: usize = 64 * 1024;
 
+/// The sandbox pods' TCP echo server and UDP responder, and the clients that
+/// check it.
+#[derive(Parser)]
+#[command(name = "zh-testpod")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve TCP (greeting each connection) and UDP on a port until killed.
+    Server(ServerArgs),
+    /// Send N bytes over one connection and check they come back.
+    Echo(EchoArgs),
+    /// Open N connections and count which backend greeted each.
+    Spread(SpreadArgs),
+    /// Echo N bytes over K connections at once.
+    Concurrent(ConcurrentArgs),
+    /// Echo a probe, then end the connection with a reset instead of a FIN.
+    Reset(TargetArgs),
+    /// Hold a connection open, echoing lines from stdin.
+    Hold(TargetArgs),
+    /// Time request-response round trips (to a --quiet server).
+    Rr(RrArgs),
+    /// Send N datagrams from one socket and check every answer.
+    Datagrams(DatagramsArgs),
+    /// Print the server, then `ENDED <why>` when the socket fails.
+    Watch(WatchArgs),
+    /// Connect every millisecond until NAME greets.
+    Reach(ReachArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Name the server greets with and the UDP responder answers with.
+    #[arg(long)]
+    name: String,
+    /// TCP and UDP port.
+    #[arg(long, value_name = "P")]
+    port: u16,
+    /// Listen on one dual-stack [::]:P socket instead of 0.0.0.0:P and [::]:P.
+    #[arg(long)]
+    dual_stack: bool,
+    /// Do not greet: the client speaks first.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// Bytes to send.
+    #[arg(long, value_name = "N")]
+    bytes: u64,
+    /// Bytes per write.
+    #[arg(long, value_name = "C", default_value_t = DEFAULT_CHUNK)]
+    chunk: usize,
+    /// Set TCP_NODELAY.
+    #[arg(long)]
+    nodelay: bool,
+}
+
+#[derive(Args)]
+struct SpreadArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// Connections to open.
+    #[arg(long, value_name = "N")]
+    count: u32,
+}
+
+#[derive(Args)]
+struct ConcurrentArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// Connections at once.
+    #[arg(long, value_name = "K")]
+    conns: u64,
+    /// Bytes to echo on each connection.
+    #[arg(long, value_name = "N")]
+    bytes: u64,
+}
+
+#[derive(Args)]
+struct RrArgs {
+    /// Server address (a --quiet server).
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// Round trips.
+    #[arg(long, value_name = "N")]
+    count: u64,
+    /// Message size in bytes.
+    #[arg(long, value_name = "S")]
+    size: usize,
+    /// Pause between round trips, in milliseconds.
+    #[arg(long, value_name = "M", default_value_t = 0)]
+    interval_ms: u64,
+}
+
+#[derive(Args)]
+struct DatagramsArgs {
+    /// Responder address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// Datagrams to send.
+    #[arg(long, value_name = "N")]
+    count: u32,
+    /// connect() the socket and send() instead of sendto().
+    #[arg(long)]
+    connected: bool,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// Watch a connected UDP socket instead of a TCP connection.
+    #[arg(long)]
+    udp: bool,
+}
+
+#[derive(Args)]
+struct ReachArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// The backend to wait for.
+    #[arg(long)]
+    name: String,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        eprintln!(
-            "usage: zh-testpod server|echo|spread|concurrent|reset|hold --flags… (see the source)"
-        );
-        return ExitCode::from(2);
+    let cli = Cli::parse();
+    let command = match &cli.command {
+        Command::Server(_) => "server",
+        Command::Echo(_) => "echo",
+        Command::Spread(_) => "spread",
+        Command::Concurrent(_) => "concurrent",
+        Command::Reset(_) => "reset",
+        Command::Hold(_) => "hold",
+        Command::Rr(_) => "rr",
+        Command::Datagrams(_) => "datagrams",
+        Command::Watch(_) => "watch",
+        Command::Reach(_) => "reach",
     };
     let run = || -> Res<bool> {
-        let flags = Flags::parse(rest)?;
-        match command.as_str() {
-            "server" => server(&flags),
-            "echo" => echo(&flags),
-            "spread" => spread(&flags),
-            "concurrent" => concurrent(&flags),
-            "reset" => reset(&flags),
-            "hold" => hold(&flags),
-            "rr" => rr(&flags),
-            "datagrams" => datagrams(&flags),
-            "watch" => watch(&flags),
-            "reach" => reach(&flags),
-            other => Err(format!("unknown command {other:?}")),
+        match &cli.command {
+            Command::Server(flags) => server(flags),
+            Command::Echo(flags) => echo(flags),
+            Command::Spread(flags) => spread(flags),
+            Command::Concurrent(flags) => concurrent(flags),
+            Command::Reset(flags) => reset(flags),
+            Command::Hold(flags) => hold(flags),
+            Command::Rr(flags) => rr(flags),
+            Command::Datagrams(flags) => datagrams(flags),
+            Command::Watch(flags) => watch(flags),
+            Command::Reach(flags) => reach(flags),
         }
     };
     match run() {
@@ -92,11 +241,11 @@ fn main() -> ExitCode {
 /// Serves on `0.0.0.0:P` and `[::]:P` (IPv6 only) until killed; with
 /// `--dual-stack`, on one dual-stack `[::]:P` socket instead. With
 /// `--quiet` it does not greet: the client speaks first.
-fn server(flags: &Flags) -> Res<bool> {
-    let name: Arc<str> = flags.get::<String>("name")?.into();
-    let greet = !flags.has("quiet");
-    let port: u16 = flags.get("port")?;
-    let listeners = if flags.has("dual-stack") {
+fn server(flags: &ServerArgs) -> Res<bool> {
+    let name: Arc<str> = flags.name.as_str().into();
+    let greet = !flags.quiet;
+    let port = flags.port;
+    let listeners = if flags.dual_stack {
         vec![listen_dual_stack(port).ctx(&format!("listen dual-stack on port {port}"))]
     } else {
         [
@@ -329,11 +478,8 @@ fn echo_once(
     }
 }
 
-fn echo(flags: &Flags) -> Res<bool> {
-    let target: SocketAddr = flags.get("target")?;
-    let total: u64 = flags.get("bytes")?;
-    let chunk = flags.get_or("chunk", DEFAULT_CHUNK)?;
-    let nodelay = flags.get_or("nodelay", false)?;
+fn echo(flags: &EchoArgs) -> Res<bool> {
+    let (target, total, chunk, nodelay) = (flags.target, flags.bytes, flags.chunk, flags.nodelay);
     let echoed = echo_once(target, total, chunk, nodelay, None);
     let mut report = echoed.conn.unwrap_or_else(
         || json!({ "server": null, "seen_peer": null, "local": null, "peer": null }),
@@ -345,9 +491,9 @@ fn echo(flags: &Flags) -> Res<bool> {
     Ok(echoed.error.is_none())
 }
 
-fn spread(flags: &Flags) -> Res<bool> {
-    let target: SocketAddr = flags.get("target")?;
-    let count: u32 = flags.get("count")?;
+fn spread(flags: &SpreadArgs) -> Res<bool> {
+    let target = flags.target;
+    let count = flags.count;
     let mut counts = BTreeMap::<String, u32>::new();
     let mut errors = Vec::new();
     for _ in 0..count {
@@ -368,9 +514,9 @@ fn spread(flags: &Flags) -> Res<bool> {
 /// `--name`: how long a change takes to reach the connects of a pod. A
 /// connect that fails or takes over 50 ms (an endpoint that does not
 /// exist) counts as one more attempt.
-fn reach(flags: &Flags) -> Res<bool> {
-    let target: SocketAddr = flags.get("target")?;
-    let name: String = flags.get("name")?;
+fn reach(flags: &ReachArgs) -> Res<bool> {
+    let target = flags.target;
+    let name = flags.name.clone();
     let attempt = || -> Result<String, String> {
         let stream = TcpStream::connect_timeout(&target, Duration::from_millis(50))
             .map_err(|e| format!("connect: {e}"))?;
@@ -428,10 +574,10 @@ fn unspecified_of(target: SocketAddr) -> IpAddr {
     }
 }
 
-fn datagrams(flags: &Flags) -> Res<bool> {
-    let target: SocketAddr = flags.get("target")?;
-    let count: u32 = flags.get("count")?;
-    let connected = flags.has("connected");
+fn datagrams(flags: &DatagramsArgs) -> Res<bool> {
+    let target = flags.target;
+    let count = flags.count;
+    let connected = flags.connected;
     let socket = UdpSocket::bind((unspecified_of(target), 0)).ctx("UDP bind")?;
     socket
         .set_read_timeout(Some(Duration::from_secs(1)))
@@ -482,10 +628,10 @@ fn datagrams(flags: &Flags) -> Res<bool> {
 /// Connects to `--target` (TCP, or UDP with `--udp`), prints which server
 /// answered, then waits, reading, until the socket fails or the server
 /// ends the connection, and prints `ENDED <why>`.
-fn watch(flags: &Flags) -> Res<bool> {
-    let target: SocketAddr = flags.get("target")?;
+fn watch(flags: &WatchArgs) -> Res<bool> {
+    let target = flags.target;
     let mut buf = [0u8; 2048];
-    let ended = if flags.has("udp") {
+    let ended = if flags.udp {
         let socket = UdpSocket::bind((unspecified_of(target), 0)).ctx("UDP bind")?;
         socket
             .set_read_timeout(Some(CLIENT_TIMEOUT))
@@ -529,10 +675,10 @@ fn wait_for_failure(mut read: impl FnMut() -> io::Result<usize>) -> String {
     }
 }
 
-fn concurrent(flags: &Flags) -> Res<bool> {
-    let target: SocketAddr = flags.get("target")?;
-    let conns: u64 = flags.get("conns")?;
-    let total: u64 = flags.get("bytes")?;
+fn concurrent(flags: &ConcurrentArgs) -> Res<bool> {
+    let target = flags.target;
+    let conns = flags.conns;
+    let total = flags.bytes;
     // Each connection's own seed, so that crossed streams would be noticed.
     let workers: Vec<_> = (0..conns)
         .map(|index| {
@@ -557,8 +703,8 @@ fn concurrent(flags: &Flags) -> Res<bool> {
 
 /// Ends a connection with a reset (RST) instead of a FIN: SO_LINGER on with a
 /// zero timeout makes close() abort it.
-fn reset(flags: &Flags) -> Res<bool> {
-    let target: SocketAddr = flags.get("target")?;
+fn reset(flags: &TargetArgs) -> Res<bool> {
+    let target = flags.target;
     let result = (|| -> Res<serde_json::Value> {
         let mut conn = Conn::open(target, true)?;
         let probe = b"zerohop\n";
@@ -585,11 +731,11 @@ fn reset(flags: &Flags) -> Res<bool> {
 /// or redis clients do) to a `--quiet` server: `count` times, write `size`
 /// pattern bytes right away and read their echo back, checking every byte,
 /// then wait `interval-ms`.
-fn rr(flags: &Flags) -> Res<bool> {
-    let target: SocketAddr = flags.get("target")?;
-    let count: u64 = flags.get("count")?;
-    let size: usize = flags.get("size")?;
-    let interval = Duration::from_millis(flags.get_or("interval-ms", 0)?);
+fn rr(flags: &RrArgs) -> Res<bool> {
+    let target = flags.target;
+    let count = flags.count;
+    let size = flags.size;
+    let interval = Duration::from_millis(flags.interval_ms);
     let result = (|| -> Res<SocketAddr> {
         let mut stream = TcpStream::connect_timeout(&target, CLIENT_TIMEOUT)
             .ctx(&format!("connect to {target}"))?;
@@ -627,8 +773,8 @@ fn rr(flags: &Flags) -> Res<bool> {
 
 /// One connection kept open while stdin has lines: each is sent and its echo
 /// printed as `ECHO <line>` (or `ERROR <message>`).
-fn hold(flags: &Flags) -> Res<bool> {
-    let target: SocketAddr = flags.get("target")?;
+fn hold(flags: &TargetArgs) -> Res<bool> {
+    let target = flags.target;
     let mut conn = Conn::open(target, true)?;
     say(conn.describe());
     let mut ok = true;
