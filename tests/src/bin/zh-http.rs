@@ -455,13 +455,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn repeated_flags() {
-        let args: Vec<String> = ["--header", "a:1", "--count", "2", "--header", "b: 2"]
-            .map(String::from)
-            .into();
-        let (headers, rest) = take_repeated(&args, "--header");
-        assert_eq!(headers, ["a:1", "b: 2"]);
-        assert_eq!(rest, ["--count", "2"]);
+    fn repeated_headers_are_kept_in_order_and_trimmed() {
+        let cli = Cli::try_parse_from([
+            "zh-http",
+            "get",
+            "--target",
+            "127.0.0.1:80",
+            "--header",
+            "a:1",
+            "--count",
+            "2",
+            "--header",
+            "b: 2",
+        ])
+        .unwrap();
+        let Command::Get(flags) = cli.command else {
+            panic!("not get");
+        };
+        assert_eq!(
+            flags.header,
+            [("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        assert_eq!(flags.count, 2);
+        assert!(Cli::try_parse_from([
+            "zh-http",
+            "get",
+            "--target",
+            "127.0.0.1:80",
+            "--header",
+            "a"
+        ])
+        .is_err());
     }
 
     #[test]
