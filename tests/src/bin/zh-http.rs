@@ -359,7 +359,7 @@ fn get(flags: &GetArgs) -> Res<bool> {
         request.push_str(&format!("content-length: {}\r\n", body.len()));
     }
     request.push_str("\r\n");
-    request.push_str(&body);
+    request.push_str(body);
 
     let mut statuses = BTreeMap::<String, u64>::new();
     let mut backends = BTreeMap::<String, u64>::new();
