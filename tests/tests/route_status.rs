@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use zerohop::election::{self, Election};
-use zerohop::route_status::{self, Desired, RouteStatus, CONTROLLER_NAME};
+use zerohop::route_status::{self, RouteStatus, RouteStatuses, CONTROLLER_NAME};
 use zerohop_tests::apiserver::ApiServer;
 
 mod kube_client;
@@ -72,7 +72,7 @@ fn as_written(status: &RouteStatus) -> Value {
     serde_json::to_value(&status.parents[0]).unwrap()
 }
 
-fn desired(entries: &[(&str, RouteStatus)]) -> Desired {
+fn desired(entries: &[(&str, RouteStatus)]) -> RouteStatuses {
     entries
         .iter()
         .map(|(name, status)| (("prod".to_string(), name.to_string()), status.clone()))
@@ -108,7 +108,7 @@ fn requests(server: &ApiServer, method: &str, name: &str) -> usize {
 async fn writes_our_parents_once_and_keeps_the_others() {
     let server = ApiServer::start().unwrap();
     server.apply(route("r", vec![foreign_entry()]));
-    let (tx, rx) = watch::channel(Desired::new());
+    let (tx, rx) = watch::channel(RouteStatuses::new());
     let writer = tokio::spawn(route_status::run(client(&server), rx, always_writes()));
 
     const T1: &str = "2025-01-01T00:00:00Z";
@@ -169,7 +169,7 @@ async fn writes_our_parents_once_and_keeps_the_others() {
         .unwrap();
 
     // A route gone from the desired state is forgotten, not written.
-    tx.send(Desired::new()).unwrap();
+    tx.send(RouteStatuses::new()).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(parents(&server, "r"), changed);
     assert_eq!(requests(&server, "PATCH", "r/status"), 2);
@@ -183,7 +183,7 @@ async fn writes_our_parents_once_and_keeps_the_others() {
 async fn retries_until_the_route_can_be_written() {
     let server = ApiServer::start().unwrap();
     server.apply(route("ready", vec![]));
-    let (tx, rx) = watch::channel(Desired::new());
+    let (tx, rx) = watch::channel(RouteStatuses::new());
     let writer = tokio::spawn(route_status::run(client(&server), rx, always_writes()));
     // "late" does not exist yet: failing, it does not hold up "ready".
     let want = ours(("True", "ResolvedRefs"), "2025-01-01T00:00:00Z");
@@ -243,7 +243,7 @@ struct Contender {
     stop: watch::Sender<bool>,
     election: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<()>,
-    _desired: watch::Sender<Desired>,
+    _desired: watch::Sender<RouteStatuses>,
 }
 
 impl Contender {

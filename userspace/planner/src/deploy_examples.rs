@@ -31,11 +31,11 @@ fn example_files() -> Vec<(String, String)> {
 }
 
 /// Backends of a frontend in slot order, as (`address:port`, local).
-fn backends(desired: &crate::Desired, cluster_ip: &str, port: u16) -> Vec<(String, bool)> {
+fn backends(desired: &crate::MapEntries, cluster_ip: &str, port: u16) -> Vec<(String, bool)> {
     slots(desired, frontend_key(cluster_ip.parse().unwrap(), port))
 }
 
-fn slots(desired: &crate::Desired, key: zerohop_abi::FrontendKey) -> Vec<(String, bool)> {
+fn slots(desired: &crate::MapEntries, key: zerohop_abi::FrontendKey) -> Vec<(String, bool)> {
     let service = desired.services[&key];
     (0..service.endpoints)
         .map(|slot| {

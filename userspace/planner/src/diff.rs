@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use zerohop_abi::{self as abi, BackendKey, FrontendKey};
 
-use crate::plan::Desired;
+use crate::plan::MapEntries;
 
 /// The writes from one map state to another, grouped by kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub enum Change {
 }
 
 /// What to write so that maps holding `current` hold `desired`.
-pub fn diff(current: &Desired, desired: &Desired) -> Changes {
+pub fn diff(current: &MapEntries, desired: &MapEntries) -> Changes {
     let (upsert_backends, delete_backends) = map_diff(&current.backends, &desired.backends);
     let (upsert_services, delete_services) = map_diff(&current.services, &desired.services);
     let (upsert_names, delete_names) = map_diff(&current.names, &desired.names);
@@ -75,8 +75,8 @@ pub fn diff(current: &Desired, desired: &Desired) -> Changes {
 /// only those can differ (a [`crate::NodePlan`] update says which), at a
 /// cost that follows their number, not the maps' size.
 pub fn diff_frontends(
-    current: &Desired,
-    desired: &Desired,
+    current: &MapEntries,
+    desired: &MapEntries,
     frontends: &BTreeSet<FrontendKey>,
 ) -> Changes {
     let mut changes = Changes::default();
@@ -196,7 +196,7 @@ impl Changes {
 impl Change {
     /// Applies the write to an in-memory copy of the maps (for callers that
     /// track what they wrote, and for tests).
-    pub fn apply_to(self, maps: &mut Desired) {
+    pub fn apply_to(self, maps: &mut MapEntries) {
         match self {
             Change::UpsertBackend(key, value) => {
                 maps.backends.insert(key, value);
@@ -241,8 +241,8 @@ mod tests {
     }
 
     /// Maps where each frontend has backends with the given last octets.
-    fn maps(frontends: &[(u8, &[u8])]) -> Desired {
-        let mut maps = Desired::default();
+    fn maps(frontends: &[(u8, &[u8])]) -> MapEntries {
+        let mut maps = MapEntries::default();
         for &(front, backends) in frontends {
             let key = frontend(front);
             for (slot, &octet) in (0u32..).zip(backends) {
@@ -275,7 +275,7 @@ mod tests {
     }
 
     /// Every Service counts only slots that exist.
-    fn assert_consistent(maps: &Desired, step: &str) {
+    fn assert_consistent(maps: &MapEntries, step: &str) {
         for (key, service) in &maps.services {
             for slot in 0..service.endpoints {
                 assert!(
@@ -291,7 +291,7 @@ mod tests {
 
     /// Applies the changes one write at a time, checking consistency after
     /// each, and returns the final maps.
-    fn apply_checked(current: &Desired, changes: &Changes) -> Desired {
+    fn apply_checked(current: &MapEntries, changes: &Changes) -> MapEntries {
         let mut maps = current.clone();
         for change in changes.in_order() {
             change.apply_to(&mut maps);
@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn from_empty_everything_is_upserted_backends_first() {
         let desired = maps(&[(10, &[1, 2])]);
-        let changes = diff(&Desired::default(), &desired);
+        let changes = diff(&MapEntries::default(), &desired);
         assert_eq!(changes.len(), 3);
         assert_eq!(
             changes.in_order().collect::<Vec<_>>(),
@@ -328,7 +328,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(apply_checked(&Desired::default(), &changes), desired);
+        assert_eq!(apply_checked(&MapEntries::default(), &changes), desired);
     }
 
     #[test]

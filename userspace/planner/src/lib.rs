@@ -25,10 +25,10 @@ pub mod waypoint;
 
 pub use diff::{diff, diff_frontends, Change, Changes};
 pub use manifest::{
-    assemble, build_view, parse_manifests, Built, Manifest, Origins, Parsed, Problem,
+    assemble, build_view, parse_manifests, Built, Manifest, ManifestProblem, Origins, Parsed,
 };
 pub use node_plan::{plan, plan_with, plan_within, NodePlan, Update};
-pub use plan::{gone, Capacity, Desired, Plan, PlanProblem, Waypoints};
+pub use plan::{gone, Capacity, MapEntries, Plan, PlanProblem, Waypoints};
 pub use view::{ClusterView, Touched};
 pub use waypoint::{l7_ports, waypoint_config};
 

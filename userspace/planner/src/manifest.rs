@@ -7,7 +7,7 @@
 //! without a word (but for those kinds under another version of their API
 //! group, and kinds a letter or two away from them), as are headless and
 //! ExternalName Services, FQDN slices, host-network Pods and routes without
-//! a Service parent. Everything wrong is a [`Problem`] naming the file and
+//! a Service parent. Everything wrong is a [`ManifestProblem`] naming the file and
 //! the object; the rest of the file, and the other files, still load.
 
 use std::collections::btree_map::{BTreeMap, Entry};
@@ -109,7 +109,7 @@ impl Manifest {
 
 /// Something in a manifest file that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub struct ManifestProblem {
     /// The file, as given to [`parse_manifests`].
     pub file: String,
     /// The object, e.g. `Service default/web`, when it is known.
@@ -119,7 +119,7 @@ pub struct Problem {
 }
 
 /// `file: object: message`, or `file: message` without an object.
-impl fmt::Display for Problem {
+impl fmt::Display for ManifestProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.file)?;
         if let Some(object) = &self.object {
@@ -135,7 +135,7 @@ pub struct Parsed {
     /// The objects read, in file order.
     pub manifests: Vec<Manifest>,
     /// What could not be read.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<ManifestProblem>,
 }
 
 /// Reads every object of one file's text.
@@ -178,7 +178,7 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = (&'a str, &'a Parsed)>) -> B
         problems.extend(parsed.problems.iter().cloned());
         for manifest in &parsed.manifests {
             match defined_in.entry(manifest.object()) {
-                Entry::Occupied(first) => problems.push(Problem {
+                Entry::Occupied(first) => problems.push(ManifestProblem {
                     file: file.to_owned(),
                     object: Some(first.key().clone()),
                     message: format!(
@@ -224,7 +224,7 @@ struct FileObjects {
     /// Each object's first definition in the file, by label.
     objects: BTreeMap<String, Manifest>,
     /// What could not be read.
-    problems: Vec<Problem>,
+    problems: Vec<ManifestProblem>,
     /// The label of each definition after an object's first in the file.
     again: Vec<String>,
 }
@@ -304,10 +304,10 @@ impl Assembly {
 
     /// What could not be used: each file's problems, in file order, then
     /// the objects defined in more than one file.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub fn problems(&self) -> Vec<ManifestProblem> {
         let again = |file: &str, label: &str| {
             let first = self.definers[label].first().expect("defined");
-            Problem {
+            ManifestProblem {
                 file: file.to_owned(),
                 object: Some(label.to_owned()),
                 message: format!("defined again; the first definition, in {first}, is used"),
@@ -332,7 +332,7 @@ pub struct Built {
     /// Every object that loaded.
     pub view: ClusterView,
     /// Malformed documents, invalid or duplicate objects.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<ManifestProblem>,
     /// The file each object comes from.
     pub origins: Origins,
 }
@@ -383,12 +383,12 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
 struct Parser<'a> {
     file: &'a str,
     manifests: Vec<Manifest>,
-    problems: Vec<Problem>,
+    problems: Vec<ManifestProblem>,
 }
 
 impl Parser<'_> {
     fn problem(&mut self, object: Option<String>, message: String) {
-        self.problems.push(Problem {
+        self.problems.push(ManifestProblem {
             file: self.file.to_string(),
             object,
             message,
@@ -689,8 +689,8 @@ mod tests {
         manifests.iter().map(Manifest::object).collect()
     }
 
-    fn messages(problems: &[Problem]) -> Vec<String> {
-        problems.iter().map(Problem::to_string).collect()
+    fn messages(problems: &[ManifestProblem]) -> Vec<String> {
+        problems.iter().map(ManifestProblem::to_string).collect()
     }
 
     const SERVICE_A: &str = "apiVersion: v1

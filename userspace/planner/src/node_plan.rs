@@ -22,8 +22,8 @@ use zerohop_abi::{FrontendEndpoint, FrontendKey};
 
 use crate::model::{Bypass, Family, Protocol, Service, ServiceId};
 use crate::plan::{
-    eligible, endpoint_of, port_frontend_key, ready_targets, Capacity, Desired, Plan, PlanProblem,
-    Target, Waypoints,
+    eligible, endpoint_of, port_frontend_key, ready_targets, Capacity, MapEntries, Plan,
+    PlanProblem, Target, Waypoints,
 };
 use crate::view::{ClusterView, Touched};
 use crate::waypoint::{l7_ports, l7_ports_of};
@@ -77,7 +77,7 @@ pub struct NodePlan {
     claimants: BTreeMap<FrontendKey, BTreeSet<ServiceId>>,
     /// What each Service put in the plan.
     contributions: BTreeMap<ServiceId, Contribution>,
-    desired: Desired,
+    desired: MapEntries,
     ready: BTreeSet<FrontendEndpoint>,
     /// Set when the last full planning left frontends out.
     over_capacity: Option<PlanProblem>,
@@ -154,14 +154,14 @@ impl NodePlan {
             candidates: BTreeMap::new(),
             claimants: BTreeMap::new(),
             contributions: BTreeMap::new(),
-            desired: Desired::default(),
+            desired: MapEntries::default(),
             ready: BTreeSet::new(),
             over_capacity: None,
         }
     }
 
     /// What the maps should hold.
-    pub fn desired(&self) -> &Desired {
+    pub fn desired(&self) -> &MapEntries {
         &self.desired
     }
 
@@ -309,7 +309,7 @@ impl NodePlan {
     fn assemble_all(&mut self) -> Vec<FrontendEndpoint> {
         let before = std::mem::take(&mut self.ready);
         self.contributions.clear();
-        self.desired = Desired::default();
+        self.desired = MapEntries::default();
         let mut room = Room {
             capacity: self.capacity,
             left_out: None,

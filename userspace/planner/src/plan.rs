@@ -27,7 +27,7 @@ use crate::model::{
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     /// The desired map contents.
-    pub desired: Desired,
+    pub desired: MapEntries,
     /// Services (or ports of them) planned with fewer endpoints than they
     /// seem to want, or not at all.
     pub problems: Vec<PlanProblem>,
@@ -39,7 +39,7 @@ pub struct Plan {
 
 /// The exact contents of the frontend and backend maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Desired {
+pub struct MapEntries {
     /// Frontend map ([`abi::map_name::SERVICES`]).
     pub services: BTreeMap<FrontendKey, abi::Service>,
     /// Backend map ([`abi::map_name::BACKENDS`]): slots `0..endpoints` of each frontend.
@@ -179,7 +179,7 @@ impl Capacity {
     };
 }
 
-impl Desired {
+impl MapEntries {
     /// Removes one frontend, its endpoint slots and its name.
     pub(crate) fn remove(&mut self, frontend: &FrontendKey) {
         if let Some(service) = self.services.remove(frontend) {
@@ -431,7 +431,7 @@ mod tests {
     /// A frontend as written: its Service value and its backends in slot
     /// order as (`address:port`, local).
     fn frontend(
-        desired: &Desired,
+        desired: &MapEntries,
         cluster_ip: &str,
         port: u16,
     ) -> (abi::Service, Vec<(String, bool)>) {
@@ -458,7 +458,7 @@ mod tests {
     }
 
     /// Backends of a frontend, in slot order.
-    fn backends(desired: &Desired, cluster_ip: &str, port: u16) -> Vec<(String, bool)> {
+    fn backends(desired: &MapEntries, cluster_ip: &str, port: u16) -> Vec<(String, bool)> {
         frontend(desired, cluster_ip, port).1
     }
 

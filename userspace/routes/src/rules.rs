@@ -23,14 +23,14 @@ use crate::{
 /// Why a rule is invalid or a reference does not resolve: a Gateway API
 /// condition reason and a message for humans.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Problem {
+pub(crate) struct RuleProblem {
     pub reason: &'static str,
     pub message: String,
 }
 
-impl Problem {
-    fn new(reason: &'static str, message: impl Into<String>) -> Problem {
-        Problem {
+impl RuleProblem {
+    fn new(reason: &'static str, message: impl Into<String>) -> RuleProblem {
+        RuleProblem {
             reason,
             message: message.into(),
         }
@@ -75,9 +75,9 @@ impl Cluster<'_> {
         &self,
         route_namespace: &str,
         target: &ObjectRef,
-    ) -> Result<ServicePort, Problem> {
+    ) -> Result<ServicePort, RuleProblem> {
         if !target.is_service() {
-            return Err(Problem::new(
+            return Err(RuleProblem::new(
                 reason::INVALID_KIND,
                 format!(
                     "backend {} {}: only core Services are supported",
@@ -89,20 +89,20 @@ impl Cluster<'_> {
         let namespace = target.namespace.as_deref().unwrap_or(route_namespace);
         let name = &target.name;
         if namespace != route_namespace && !self.grant_allows(route_namespace, namespace, name) {
-            return Err(Problem::new(
+            return Err(RuleProblem::new(
                 reason::REF_NOT_PERMITTED,
                 format!("backend Service {namespace}/{name}: no ReferenceGrant in {namespace} allows HTTPRoutes from {route_namespace}"),
             ));
         }
         let Some(service) = self.service(namespace, name) else {
-            return Err(Problem::new(
+            return Err(RuleProblem::new(
                 reason::BACKEND_NOT_FOUND,
                 format!("backend Service {namespace}/{name} does not exist"),
             ));
         };
         let port = match target.port {
             None => {
-                return Err(Problem::new(
+                return Err(RuleProblem::new(
                     reason::BACKEND_NOT_FOUND,
                     format!(
                         "backend Service {namespace}/{name}: a Service backendRef needs a port"
@@ -110,7 +110,7 @@ impl Cluster<'_> {
                 ))
             }
             Some(port) if !service.ports.contains(&port) => {
-                return Err(Problem::new(
+                return Err(RuleProblem::new(
                     reason::BACKEND_NOT_FOUND,
                     format!("backend Service {namespace}/{name} has no port {port}"),
                 ))
@@ -285,10 +285,10 @@ pub(crate) enum Action {
     Rewrite(UrlRewrite),
     /// An invalid mirror is dropped (spec: "not configure this backend"),
     /// the request itself still goes through.
-    Mirror(Result<ServicePort, Problem>),
+    Mirror(Result<ServicePort, RuleProblem>),
     /// A filter that must not be skipped but cannot run: its requests get
     /// an error response.
-    Unresolvable(Problem),
+    Unresolvable(RuleProblem),
 }
 
 impl Action {
@@ -300,7 +300,7 @@ impl Action {
         }
     }
 
-    fn problem(&self) -> Option<&Problem> {
+    fn problem(&self) -> Option<&RuleProblem> {
         match self {
             Action::Mirror(Err(problem)) | Action::Unresolvable(problem) => Some(problem),
             _ => None,
@@ -312,7 +312,7 @@ impl Action {
 pub(crate) struct CompiledBackend {
     pub weight: u32,
     /// An invalid backend keeps its weight: its share of requests gets 500.
-    pub target: Result<ServicePort, Problem>,
+    pub target: Result<ServicePort, RuleProblem>,
     pub filters: Vec<Action>,
 }
 
@@ -329,7 +329,7 @@ pub(crate) struct CompiledRule {
 
 impl CompiledRule {
     /// References of this (valid) rule that do not resolve.
-    pub fn ref_problems(&self) -> impl Iterator<Item = &Problem> {
+    pub fn ref_problems(&self) -> impl Iterator<Item = &RuleProblem> {
         let backend_problems = self.backends.iter().flat_map(|b| {
             b.target
                 .as_ref()
@@ -350,7 +350,7 @@ impl CompiledRule {
 pub(crate) fn compile_rules(
     route: &HttpRoute,
     cluster: &Cluster,
-) -> (Vec<CompiledRule>, Vec<(usize, Problem)>) {
+) -> (Vec<CompiledRule>, Vec<(usize, RuleProblem)>) {
     let mut valid = Vec::new();
     let mut dropped = Vec::new();
     for (index, rule) in route.spec.rules.iter().enumerate() {
@@ -367,7 +367,7 @@ fn compile_rule(
     index: usize,
     rule: &Rule,
     cluster: &Cluster,
-) -> Result<CompiledRule, Problem> {
+) -> Result<CompiledRule, RuleProblem> {
     let matches = if rule.matches.is_empty() {
         vec![compile_match(&Match::default())?]
     } else {
@@ -405,7 +405,7 @@ fn compile_backend(
     route_namespace: &str,
     backend: &BackendRef,
     cluster: &Cluster,
-) -> Result<CompiledBackend, Problem> {
+) -> Result<CompiledBackend, RuleProblem> {
     Ok(CompiledBackend {
         weight: backend.weight.unwrap_or(1),
         target: cluster.resolve_backend(route_namespace, &backend.target),
@@ -417,7 +417,7 @@ fn compile_filters(
     route_namespace: &str,
     filters: &[Filter],
     cluster: &Cluster,
-) -> Result<Vec<Action>, Problem> {
+) -> Result<Vec<Action>, RuleProblem> {
     filters
         .iter()
         .map(|f| compile_filter(route_namespace, f, cluster))
@@ -425,10 +425,10 @@ fn compile_filters(
 }
 
 /// A timeout; `0s` disables it (spec, HTTPRouteTimeouts).
-fn timeout(text: Option<&str>) -> Result<Option<Duration>, Problem> {
+fn timeout(text: Option<&str>) -> Result<Option<Duration>, RuleProblem> {
     let Some(text) = text else { return Ok(None) };
     let duration = parse_duration(text).ok_or_else(|| {
-        Problem::new(
+        RuleProblem::new(
             reason::UNSUPPORTED_VALUE,
             format!("timeout {text:?} is no Gateway API duration"),
         )
@@ -444,14 +444,14 @@ const METHODS: [&str; 9] = [
 /// `UnsupportedValue`; regular expressions use the `regex` crate syntax and
 /// must match the whole value, so one that does not compile is unsupported
 /// too.
-fn compile_match(m: &Match) -> Result<CompiledMatch, Problem> {
+fn compile_match(m: &Match) -> Result<CompiledMatch, RuleProblem> {
     let path = m.path.as_ref();
     let kind = path.and_then(|p| p.kind.as_deref()).unwrap_or("PathPrefix");
     let value = path
         .and_then(|p| p.value.clone())
         .unwrap_or_else(|| "/".into());
     if kind != "RegularExpression" && !value.starts_with('/') {
-        return Err(Problem::new(
+        return Err(RuleProblem::new(
             reason::UNSUPPORTED_VALUE,
             format!("path {value:?} does not start with /"),
         ));
@@ -462,14 +462,14 @@ fn compile_match(m: &Match) -> Result<CompiledMatch, Problem> {
         "PathPrefix" => PathMatcher::Prefix(value),
         "RegularExpression" => PathMatcher::Regex(full_match_regex("path", &value)?),
         other => {
-            return Err(Problem::new(
+            return Err(RuleProblem::new(
                 reason::UNSUPPORTED_VALUE,
                 format!("path match type {other:?} is not supported"),
             ))
         }
     };
     if let Some(method) = m.method.as_deref().filter(|m| !METHODS.contains(m)) {
-        return Err(Problem::new(
+        return Err(RuleProblem::new(
             reason::UNSUPPORTED_VALUE,
             format!("method {method:?} is not supported"),
         ));
@@ -490,7 +490,7 @@ fn compile_named_matches(
     what: &str,
     matches: &[HeaderMatch],
     normalize: fn(&str) -> String,
-) -> Result<Vec<NamedMatcher>, Problem> {
+) -> Result<Vec<NamedMatcher>, RuleProblem> {
     let mut compiled: Vec<NamedMatcher> = Vec::new();
     for m in matches {
         let name = normalize(&m.name);
@@ -501,7 +501,7 @@ fn compile_named_matches(
             "Exact" => ValueMatcher::Exact(m.value.clone()),
             "RegularExpression" => ValueMatcher::Regex(full_match_regex(what, &m.value)?),
             other => {
-                return Err(Problem::new(
+                return Err(RuleProblem::new(
                     reason::UNSUPPORTED_VALUE,
                     format!("{what} match type {other:?} is not supported"),
                 ))
@@ -512,10 +512,10 @@ fn compile_named_matches(
     Ok(compiled)
 }
 
-fn full_match_regex(what: &str, pattern: &str) -> Result<Regex, Problem> {
+fn full_match_regex(what: &str, pattern: &str) -> Result<Regex, RuleProblem> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|error| {
         let error = error.to_string().replace('\n', " ");
-        Problem::new(
+        RuleProblem::new(
             reason::UNSUPPORTED_VALUE,
             format!("{what} regular expression {pattern:?} does not compile: {error}"),
         )
@@ -532,9 +532,9 @@ fn compile_filter(
     route_namespace: &str,
     filter: &Filter,
     cluster: &Cluster,
-) -> Result<Action, Problem> {
+) -> Result<Action, RuleProblem> {
     let missing = || {
-        Problem::new(
+        RuleProblem::new(
             reason::UNSUPPORTED_VALUE,
             format!("filter {} has no configuration", filter.kind),
         )
@@ -552,22 +552,22 @@ fn compile_filter(
             let mirror = filter.request_mirror.as_ref().ok_or_else(missing)?;
             Action::Mirror(cluster.resolve_backend(route_namespace, &mirror.backend_ref))
         }
-        "ExtensionRef" => Action::Unresolvable(Problem::new(
+        "ExtensionRef" => Action::Unresolvable(RuleProblem::new(
             reason::INVALID_KIND,
             "ExtensionRef filter: zerohop implements no extension filters, so requests this filter would process get 500",
         )),
-        other => return Err(Problem::new(reason::UNSUPPORTED_VALUE, format!("filter type {other:?} is not supported by zerohop"))),
+        other => return Err(RuleProblem::new(reason::UNSUPPORTED_VALUE, format!("filter type {other:?} is not supported by zerohop"))),
     };
     Ok(action)
 }
 
-fn checked_redirect(redirect: &RequestRedirect) -> Result<RequestRedirect, Problem> {
+fn checked_redirect(redirect: &RequestRedirect) -> Result<RequestRedirect, RuleProblem> {
     if let Some(scheme) = redirect
         .scheme
         .as_deref()
         .filter(|s| !["http", "https"].contains(s))
     {
-        return Err(Problem::new(
+        return Err(RuleProblem::new(
             reason::UNSUPPORTED_VALUE,
             format!("redirect scheme {scheme:?} is not supported"),
         ));
@@ -576,7 +576,7 @@ fn checked_redirect(redirect: &RequestRedirect) -> Result<RequestRedirect, Probl
         .status_code
         .filter(|s| ![301, 302, 303, 307, 308].contains(s))
     {
-        return Err(Problem::new(
+        return Err(RuleProblem::new(
             reason::UNSUPPORTED_VALUE,
             format!("redirect status code {status} is not supported"),
         ));
@@ -589,7 +589,7 @@ fn checked_redirect(redirect: &RequestRedirect) -> Result<RequestRedirect, Probl
     Ok(redirect.clone())
 }
 
-fn check_path_modifier(modifier: &PathModifier) -> Result<(), Problem> {
+fn check_path_modifier(modifier: &PathModifier) -> Result<(), RuleProblem> {
     let valid = match modifier.kind.as_str() {
         REPLACE_FULL_PATH => modifier.replace_full_path.is_some(),
         REPLACE_PREFIX_MATCH => modifier.replace_prefix_match.is_some(),
@@ -598,7 +598,7 @@ fn check_path_modifier(modifier: &PathModifier) -> Result<(), Problem> {
     if valid {
         Ok(())
     } else {
-        Err(Problem::new(
+        Err(RuleProblem::new(
             reason::UNSUPPORTED_VALUE,
             format!("path modifier {:?} is incomplete or unknown", modifier.kind),
         ))
@@ -608,17 +608,17 @@ fn check_path_modifier(modifier: &PathModifier) -> Result<(), Problem> {
 /// Spec (HTTPRouteRule filters and its validations): RequestRedirect and
 /// URLRewrite may not be combined, and a RequestRedirect rule has no
 /// backendRefs; `IncompatibleFilters` is the spec's reason.
-fn check_filter_combination(filters: &[Action], has_backends: bool) -> Result<(), Problem> {
+fn check_filter_combination(filters: &[Action], has_backends: bool) -> Result<(), RuleProblem> {
     let redirect = filters.iter().any(|a| matches!(a, Action::Redirect(_)));
     let rewrite = filters.iter().any(|a| matches!(a, Action::Rewrite(_)));
     if redirect && rewrite {
-        return Err(Problem::new(
+        return Err(RuleProblem::new(
             reason::INCOMPATIBLE_FILTERS,
             "RequestRedirect and URLRewrite filters cannot be combined",
         ));
     }
     if redirect && has_backends {
-        return Err(Problem::new(
+        return Err(RuleProblem::new(
             reason::INCOMPATIBLE_FILTERS,
             "a RequestRedirect rule cannot have backendRefs",
         ));
@@ -632,7 +632,7 @@ fn check_filter_combination(filters: &[Action], has_backends: bool) -> Result<()
 fn check_prefix_replacement<'a>(
     rule: &Rule,
     mut filters: impl Iterator<Item = &'a Action>,
-) -> Result<(), Problem> {
+) -> Result<(), RuleProblem> {
     let replaces_prefix = filters.any(|a| {
         a.path_modifier()
             .is_some_and(|m| m.kind == REPLACE_PREFIX_MATCH)
@@ -646,7 +646,7 @@ fn check_prefix_replacement<'a>(
         _ => false,
     };
     if replaces_prefix && !one_prefix_match {
-        return Err(Problem::new(
+        return Err(RuleProblem::new(
             reason::UNSUPPORTED_VALUE,
             "ReplacePrefixMatch needs exactly one PathPrefix match",
         ));
@@ -680,7 +680,7 @@ mod tests {
         request("GET", path, None, &[])
     }
 
-    fn compiled(json: serde_json::Value) -> Result<CompiledMatch, Problem> {
+    fn compiled(json: serde_json::Value) -> Result<CompiledMatch, RuleProblem> {
         compile_match(&serde_json::from_value(json).unwrap())
     }
 

@@ -29,7 +29,7 @@ use crate::{
     conditions::{reason, Condition, StatusCondition, ACCEPTED, PARTIALLY_INVALID, RESOLVED_REFS},
     contract::ServiceInfo,
     model::{HttpRoute, ParentRef, ReferenceGrant},
-    rules::{compile_rules, Cluster, CompiledRule, Problem},
+    rules::{compile_rules, Cluster, CompiledRule, RuleProblem},
 };
 
 /// The `controllerName` of zerohop's status entries.
@@ -102,7 +102,8 @@ pub fn evaluate(
 /// [`evaluate`], plus the compiled valid rules for the router.
 pub(crate) fn assess(route: &HttpRoute, cluster: &Cluster) -> (RouteEvaluation, Vec<CompiledRule>) {
     let (rules, dropped) = compile_rules(route, cluster);
-    let ref_problems: Vec<&Problem> = rules.iter().flat_map(CompiledRule::ref_problems).collect();
+    let ref_problems: Vec<&RuleProblem> =
+        rules.iter().flat_map(CompiledRule::ref_problems).collect();
     let all_dropped = !dropped.is_empty() && rules.is_empty();
     let parents: Vec<ParentStatus> = route
         .spec
@@ -164,9 +165,13 @@ pub(crate) fn assess(route: &HttpRoute, cluster: &Cluster) -> (RouteEvaluation, 
 }
 
 /// Why the parent Service cannot take the route, if it cannot.
-fn parent_problem(parent_ref: &ParentRef, namespace: &str, cluster: &Cluster) -> Option<Problem> {
+fn parent_problem(
+    parent_ref: &ParentRef,
+    namespace: &str,
+    cluster: &Cluster,
+) -> Option<RuleProblem> {
     let name = &parent_ref.name;
-    let problem = |reason, message: String| Some(Problem { reason, message });
+    let problem = |reason, message: String| Some(RuleProblem { reason, message });
     let Some(service) = cluster.service(namespace, name) else {
         return problem(
             reason::NO_MATCHING_PARENT,
@@ -197,7 +202,7 @@ fn parent_problem(parent_ref: &ParentRef, namespace: &str, cluster: &Cluster) ->
     }
 }
 
-fn dropped_message(lead: &str, dropped: &[(usize, Problem)]) -> String {
+fn dropped_message(lead: &str, dropped: &[(usize, RuleProblem)]) -> String {
     let rules: Vec<String> = dropped
         .iter()
         .map(|(index, p)| format!("rule {index}: {}", p.message))
@@ -205,7 +210,7 @@ fn dropped_message(lead: &str, dropped: &[(usize, Problem)]) -> String {
     format!("{lead}: {}", rules.join("; "))
 }
 
-fn resolved_refs(problems: &[&Problem]) -> Condition {
+fn resolved_refs(problems: &[&RuleProblem]) -> Condition {
     match problems.first() {
         None => Condition::new(
             RESOLVED_REFS,
@@ -223,8 +228,8 @@ fn resolved_refs(problems: &[&Problem]) -> Condition {
 /// One sentence per problem; the caller names the route.
 fn problems(
     parents: &[ParentStatus],
-    dropped: &[(usize, Problem)],
-    refs: &[&Problem],
+    dropped: &[(usize, RuleProblem)],
+    refs: &[&RuleProblem],
 ) -> Vec<String> {
     let rejected = parents.iter().filter(|p| !p.is_accepted()).map(|p| {
         format!(

@@ -204,7 +204,7 @@ pub async fn run(mut settings: Settings) -> Result<()> {
         &settings.waypoints,
         settings.waypoint_mark,
     )?;
-    let mut sync = Sync::new(&settings, capacity, Arc::clone(&status))?;
+    let mut sync = Syncer::new(&settings, capacity, Arc::clone(&status))?;
 
     let freshness = SharedFreshness::default();
     let (publisher, mut snapshots) = Publisher::new(Arc::clone(&freshness));
@@ -218,7 +218,7 @@ pub async fn run(mut settings: Settings) -> Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-            let (statuses, desired) = watch::channel(route_status::Desired::new());
+            let (statuses, desired) = watch::channel(route_status::RouteStatuses::new());
             sync.route_statuses = Some(statuses);
             let (writes, writer) = watch::channel(false);
             let (stop, stopped) = watch::channel(false);
@@ -408,7 +408,7 @@ async fn next_snapshot(snapshots: &mut watch::Receiver<Option<Published>>) -> Re
 
 /// Plans and writes the maps and the waypoint's input; remembers which
 /// problems are already logged.
-struct Sync {
+struct Syncer {
     maps: ServiceMaps,
     node: String,
     waypoints: Waypoints,
@@ -419,7 +419,7 @@ struct Sync {
     written_config: Option<String>,
     route_problems: BTreeSet<String>,
     /// Where the routes' parent status goes (kube source only).
-    route_statuses: Option<watch::Sender<route_status::Desired>>,
+    route_statuses: Option<watch::Sender<route_status::RouteStatuses>>,
     source_problems: BTreeSet<String>,
     plan_problems: BTreeSet<String>,
     /// What /metrics and /readyz report.
@@ -430,7 +430,7 @@ struct Sync {
     traffic_activity: Option<u64>,
 }
 
-impl Sync {
+impl Syncer {
     fn new(settings: &Settings, capacity: Capacity, status: SharedStatus) -> Result<Self> {
         let waypoints = Waypoints {
             v4: settings.waypoints.iter().any(SocketAddr::is_ipv4),
@@ -577,7 +577,7 @@ impl Sync {
     }
 }
 
-impl Sync {
+impl Syncer {
     /// Writes the waypoint's input when it changed, atomically (the waypoint
     /// polls the file and must never read half of it).
     fn write_waypoint_config(&mut self, config: &WaypointConfig) -> Result<()> {
@@ -625,7 +625,9 @@ fn in_its_file(origins: &Origins, label: &str, message: String) -> String {
 }
 
 /// The parent status zerohop writes on each route.
-fn desired_route_statuses(evaluations: &[(&HttpRoute, RouteEvaluation)]) -> route_status::Desired {
+fn desired_route_statuses(
+    evaluations: &[(&HttpRoute, RouteEvaluation)],
+) -> route_status::RouteStatuses {
     let now = k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();

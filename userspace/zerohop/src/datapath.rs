@@ -32,7 +32,7 @@ use zerohop_abi::{
     map_name, Backend, BackendKey, Config, Counter, FrontendKey, Service, ServiceName, SockKey,
     Traffic, CONFIG_NO_BYPASS, CONFIG_UDP,
 };
-use zerohop_planner::{Capacity, Change, Desired};
+use zerohop_planner::{Capacity, Change, MapEntries};
 
 use crate::features::{self, FeatureState, ProgramState, FEATURES};
 use crate::kernel_btf::{KernelBtf, VMLINUX_BTF};
@@ -302,8 +302,8 @@ impl ServiceMaps {
     }
 
     /// The current contents of the three maps, read from the kernel.
-    pub fn read(&self) -> Result<Desired> {
-        let mut current = Desired::default();
+    pub fn read(&self) -> Result<MapEntries> {
+        let mut current = MapEntries::default();
         for entry in self.services.iter() {
             let (key, value) = entry?;
             current.services.insert(key, value);
@@ -341,7 +341,7 @@ impl MapWriter for ServiceMaps {
         Ok(())
     }
 
-    fn read(&self) -> Result<Desired> {
+    fn read(&self) -> Result<MapEntries> {
         ServiceMaps::read(self)
     }
 }

@@ -12,7 +12,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use anyhow::Result;
 use zerohop_abi::{FrontendEndpoint, FrontendKey};
 use zerohop_planner::{
-    diff, diff_frontends, Capacity, Change, Desired, NodePlan, Touched, Waypoints,
+    diff, diff_frontends, Capacity, Change, MapEntries, NodePlan, Touched, Waypoints,
 };
 
 use crate::source::Snapshot;
@@ -22,7 +22,7 @@ pub trait MapWriter {
     /// Makes one write; an error is a refusal (a full map, say).
     fn write(&mut self, change: Change) -> Result<()>;
     /// What the maps hold now.
-    fn read(&self) -> Result<Desired>;
+    fn read(&self) -> Result<MapEntries>;
 }
 
 /// The node's plan and what the maps hold.
@@ -32,7 +32,7 @@ pub struct MapSync {
     planned: Option<Arc<Snapshot>>,
     /// What the maps hold, as last read or written here; `None` until first
     /// read, and again after a refused write (then read again).
-    held: Option<Desired>,
+    held: Option<MapEntries>,
 }
 
 /// What one [`MapSync::sync`] did.
@@ -133,7 +133,7 @@ mod tests {
     /// Maps in memory that hold at most `room` frontends, and count writes.
     #[derive(Default)]
     struct MemoryMaps {
-        maps: Desired,
+        maps: MapEntries,
         room: Option<usize>,
         writes: usize,
     }
@@ -150,7 +150,7 @@ mod tests {
             Ok(())
         }
 
-        fn read(&self) -> Result<Desired> {
+        fn read(&self) -> Result<MapEntries> {
             Ok(self.maps.clone())
         }
     }
@@ -186,7 +186,7 @@ mod tests {
         })
     }
 
-    fn planned(snapshot: &Snapshot) -> Desired {
+    fn planned(snapshot: &Snapshot) -> MapEntries {
         let none = BTreeSet::new();
         plan_within(
             &snapshot.view,

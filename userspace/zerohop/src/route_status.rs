@@ -4,7 +4,7 @@
 //!
 //! Which entries and conditions a route should carry is decided elsewhere
 //! (pure, in `zerohop-routes`); this module only does the I/O: [`run`] watches
-//! the [`Desired`] state and, for each route whose entries differ from what it
+//! the [`RouteStatuses`] state and, for each route whose entries differ from what it
 //! last wrote, reads the route, merges ours into `status.parents` and patches
 //! the `/status` subresource.
 //!
@@ -65,7 +65,7 @@ pub struct RouteStatus {
 
 /// The status wanted for each route, by (namespace, name). Routes absent here
 /// are not written (their status is left as it is).
-pub type Desired = BTreeMap<(String, String), RouteStatus>;
+pub type RouteStatuses = BTreeMap<(String, String), RouteStatus>;
 
 type RouteKey = (String, String);
 
@@ -81,7 +81,7 @@ fn httproute_resource() -> ApiResource {
 /// routes go on.
 pub async fn run(
     client: kube::Client,
-    mut desired: watch::Receiver<Desired>,
+    mut desired: watch::Receiver<RouteStatuses>,
     mut writer: watch::Receiver<bool>,
 ) {
     let resource = httproute_resource();

@@ -4,7 +4,7 @@
 //! Hidden files (names starting with `.`, which also covers the `..data`
 //! entries of a mounted ConfigMap) and editor leftovers (`*~`, `*.swp`) are
 //! skipped. Symbolic links are followed, so a mounted ConfigMap works. A
-//! file that cannot be read is a [`Problem`] like a malformed one: the other
+//! file that cannot be read is a [`ManifestProblem`] like a malformed one: the other
 //! files still load. So is a file larger than [`MAX_FILE_BYTES`], which is
 //! not read at all, and one that takes longer than [`MAX_PARSE_TIME`] to
 //! parse. Such a file that loaded before keeps its last good content.
@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use zerohop_planner::{manifest::Assembly, parse_manifests, ClusterView, Origins, Parsed, Problem};
+use zerohop_planner::{
+    manifest::Assembly, parse_manifests, ClusterView, ManifestProblem, Origins, Parsed,
+};
 
 /// The view built from a directory, and what was wrong in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,7 +32,7 @@ pub struct Loaded {
     /// Every object that loaded.
     pub view: ClusterView,
     /// Unreadable files, malformed documents, invalid or duplicate objects.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<ManifestProblem>,
     /// The file each object comes from, by object label (`"Service ns/name"`).
     pub origins: Origins,
 }
@@ -175,7 +177,7 @@ impl DirReader {
 
     /// The view of the files as last read.
     fn loaded(&self) -> Loaded {
-        let mut problems: Vec<Problem> = self
+        let mut problems: Vec<ManifestProblem> = self
             .files
             .iter()
             .filter_map(|(name, file)| {
@@ -185,7 +187,7 @@ impl DirReader {
                 } else {
                     ""
                 };
-                Some(Problem {
+                Some(ManifestProblem {
                     file: name.clone(),
                     object: None,
                     message: format!("{why}{kept}"),
@@ -429,7 +431,7 @@ mod tests {
         assert_eq!(service_names(&loaded), vec!["good"]);
         assert_eq!(
             loaded.problems,
-            vec![Problem {
+            vec![ManifestProblem {
                 file: "huge.yaml".into(),
                 object: None,
                 message: "larger than 16 MiB; not read".into(),
