@@ -27,6 +27,7 @@ pub mod pattern;
 mod process;
 pub mod socket;
 mod testpod;
+pub mod world;
 
 pub use addressing::Family;
 pub use agent::{
@@ -43,3 +44,4 @@ pub use testpod::{
     ConcurrentReport, EchoReport, Greeting, Hold, ResetReport, RrReport, ServerConn, SpreadReport,
     Testpod,
 };
+pub use world::World;

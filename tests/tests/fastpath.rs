@@ -12,238 +12,67 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
+use rstest::rstest;
 use zerohop::features::{feature, kernel_release, TERMINATE};
 use zerohop_planner::policy;
 use zerohop_tests::{
-    dies_with_this_process, inspect, node_name, require_root, service_yaml, slice_yaml,
-    zerohop_binary, Agent, Cluster, EchoReport, Endpoint, Family, Manifests, Pod, PodProcess,
-    Testpod,
+    dies_with_this_process, inspect, service_yaml, slice_yaml,
+    world::{cluster_ip, frontend, Port, SERVICE_PORT, TARGET_PORT, WAIT},
+    zerohop_binary, Agent, EchoReport, Endpoint, Family, Pod, PodProcess, Testpod, World,
 };
-
-/// Port every test server listens on (the Services' targetPort).
-const TARGET_PORT: u16 = 8080;
-/// Port of every Service.
-const SERVICE_PORT: u16 = 80;
-const MIB: u64 = 1 << 20;
-const WAIT: Duration = Duration::from_secs(15);
-
-fn testpod() -> Testpod {
-    Testpod::at(env!("CARGO_BIN_EXE_zh-testpod"))
-}
-
-/// ClusterIP number `n` of a family: 10.96.0.n or fd00:96::n.
-fn cluster_ip(family: Family, n: u8) -> IpAddr {
-    match family {
-        Family::V4 => IpAddr::from([10, 96, 0, n]),
-        Family::V6 => IpAddr::from([0xfd00, 0x96, 0, 0, 0, 0, 0, u16::from(n)]),
-    }
-}
-
-fn frontend(family: Family, n: u8) -> SocketAddr {
-    SocketAddr::new(cluster_ip(family, n), SERVICE_PORT)
-}
-
-/// A Service's port: protocol, port and targetPort.
-#[derive(Clone, Copy)]
-struct Port {
-    protocol: &'static str,
-    service: u16,
-    target: u16,
-}
-
-impl Port {
-    const TCP: Port = Port {
-        protocol: "TCP",
-        service: SERVICE_PORT,
-        target: TARGET_PORT,
-    };
-    /// zh-testpod's UDP responder.
-    const UDP: Port = Port {
-        protocol: "UDP",
-        ..Port::TCP
-    };
-    /// DNS, served by dnsmasq on [`DNS_TARGET_PORT`].
-    const DNS: Port = Port {
-        protocol: "UDP",
-        service: 53,
-        target: DNS_TARGET_PORT,
-    };
-}
 
 /// Port the tests' dnsmasq servers listen on.
 const DNS_TARGET_PORT: u16 = 5353;
+const MIB: u64 = 1 << 20;
 
-/// A cluster, pods serving on [`TARGET_PORT`] under their own name, a
-/// manifest directory, and (once started) one agent per node. Fields drop in
-/// order: servers and agents stop before the cluster goes.
-struct World {
-    servers: Vec<PodProcess>,
-    agents: Vec<Agent>,
-    manifests: Manifests,
-    pods: BTreeMap<String, Pod>,
-    cluster: Cluster,
-}
+/// zh-testpod's UDP responder.
+const UDP: Port = Port {
+    protocol: "UDP",
+    ..Port::TCP
+};
+/// DNS, served by dnsmasq on [`DNS_TARGET_PORT`].
+const DNS: Port = Port {
+    protocol: "UDP",
+    service: 53,
+    target: DNS_TARGET_PORT,
+};
 
-impl World {
-    /// `pods`: (name, node); `servers`: the pods that run a server.
-    fn new(pods: &[(&str, usize)], servers: &[&str]) -> Result<World> {
-        require_root();
-        let cluster = Cluster::new(2)?;
-        let mut world = World {
-            servers: Vec::new(),
-            agents: Vec::new(),
-            manifests: Manifests::new()?,
-            pods: BTreeMap::new(),
-            cluster,
-        };
-        for &(name, node) in pods {
-            let pod = world.cluster.add_pod(node, name)?;
-            world.pods.insert(name.to_owned(), pod);
-        }
-        for &name in servers {
-            let server = testpod().server(world.pod(name), name, TARGET_PORT)?;
-            world.servers.push(server);
-        }
-        Ok(world)
-    }
-
-    fn pod(&self, name: &str) -> &Pod {
-        &self.pods[name]
-    }
-
-    /// Writes a Service `name` at ClusterIP number `n` whose endpoints are
-    /// the named pods (ready unless listed in `not_ready`).
-    fn service(
-        &self,
-        family: Family,
-        name: &str,
-        n: u8,
-        backends: &[&str],
-        not_ready: &[&str],
-        spec_extra: &str,
-    ) -> Result<()> {
-        self.service_of(Port::TCP, family, name, n, backends, not_ready, spec_extra)
-    }
-
-    /// [`World::service`] with a port of another protocol or numbers.
-    #[allow(clippy::too_many_arguments)]
-    fn service_of(
-        &self,
-        port: Port,
-        family: Family,
-        name: &str,
-        n: u8,
-        backends: &[&str],
-        not_ready: &[&str],
-        spec_extra: &str,
-    ) -> Result<()> {
-        let endpoints: Vec<Endpoint> = backends
-            .iter()
-            .map(|&pod| Endpoint {
-                ip: self.pod(pod).ip(family),
-                node: self.node_of(pod),
-                ready: !not_ready.contains(&pod),
-            })
-            .collect();
-        // The manifest helpers write TCP ports.
-        let protocol =
-            |yaml: String| yaml.replace("protocol: TCP", &format!("protocol: {}", port.protocol));
-        self.manifests.write(
-            &format!("{name}-svc.yaml"),
-            &protocol(service_yaml(
-                name,
-                cluster_ip(family, n),
-                port.service,
-                port.target,
-                spec_extra,
-            )),
-        )?;
-        self.manifests.write(
-            &format!("{name}-slice.yaml"),
-            &protocol(slice_yaml(
-                name,
-                &format!("{name}-1"),
-                port.target,
-                &endpoints,
-            )),
-        )
-    }
-
-    fn node_of(&self, pod: &str) -> &'static str {
-        match self.pod(pod).node {
-            1 => "node1",
-            _ => "node2",
-        }
-    }
-
-    fn start_agents(&mut self) -> Result<()> {
-        self.start_agents_with(&[])
-    }
-
-    /// Starts one agent per node with `extra` arguments, in place of any
-    /// earlier ones.
-    fn start_agents_with(&mut self, extra: &[&str]) -> Result<()> {
-        self.stop_agents()?;
-        self.agents.clear();
-        for node in 1..=2 {
-            let agent = Agent::start(&self.cluster, node, self.manifests.dir(), extra)
-                .with_context(|| format!("agent of {}", node_name(node)))?;
-            self.agents.push(agent);
-        }
-        Ok(())
-    }
-
-    fn stop_agents(&mut self) -> Result<()> {
-        for agent in &mut self.agents {
-            agent.stop()?;
-        }
-        Ok(())
-    }
-
-    /// A kernel counter of node 1, where every client runs.
-    fn counter(&self, name: &str) -> Result<u64> {
-        let counters = self.agents[0].counters()?;
-        counters
-            .get(name)
-            .copied()
-            .with_context(|| format!("no counter {name} in {counters:?}"))
-    }
-
-    /// Bytes received plus sent on a pod's eth0.
-    fn veth_bytes(&self, pod: &str) -> Result<u64> {
-        let (rx, tx) = self.pod(pod).veth_bytes()?;
-        Ok(rx + tx)
-    }
-
-    fn echo(&self, client: &str, target: SocketAddr, bytes: u64) -> Result<EchoReport> {
-        let report = testpod().echo(self.pod(client), target, bytes)?;
-        ensure!(
-            report.ok && report.bytes == bytes,
-            "echo {client} -> {target} failed: {report:?}; node1 counters {:?}",
-            self.agents.first().map(Agent::counters)
-        );
-        Ok(report)
-    }
-
-    fn spread(
-        &self,
-        client: &str,
-        target: SocketAddr,
-        count: u32,
-    ) -> Result<BTreeMap<String, u64>> {
-        let report = testpod().spread(self.pod(client), target, count)?;
-        ensure!(
-            report.failed == 0,
-            "{} of {count} connections to {target} failed",
-            report.failed
-        );
-        Ok(report.counts)
-    }
-}
-
-fn same_node_connection_goes_straight_to_the_backend(family: Family) -> Result<()> {
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
+/// Pods `client` and `server` on node 1; `server` serves behind Service
+/// `local`, number 10.
+fn local_service(family: Family) -> Result<World> {
+    let world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
     world.service(family, "local", 10, &["server"], &[], "")?;
+    Ok(world)
+}
+
+/// The cluster's normal path to Service `local`: a DNAT rule on every node,
+/// as kube-proxy writes it, for connections the agent leaves alone.
+fn kube_proxy_for_local(world: &World, family: Family) -> Result<()> {
+    let server = world.pod("server").ip(family);
+    world.cluster.add_dnat_everywhere(
+        cluster_ip(family, 10),
+        SERVICE_PORT,
+        &[(server, TARGET_PORT)],
+    )
+}
+
+/// Pods `client` and `server` on node 1; `server` runs a server that does
+/// not greet (its clients speak first), behind IPv4 Service `rr`, number 10.
+fn quiet_service() -> Result<World> {
+    let mut world = World::new(&[("client", 1), ("server", 1)], &[])?;
+    let server = world
+        .testpod()
+        .server_quiet(world.pod("server"), "server", TARGET_PORT)?;
+    world.servers.push(server);
+    world.service(Family::V4, "rr", 10, &["server"], &[], "")?;
+    Ok(world)
+}
+
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn same_node_connection_goes_straight_to_the_backend(#[case] family: Family) -> Result<()> {
+    let mut world = local_service(family)?;
     world.start_agents()?;
 
     let report = world.echo("client", frontend(family, 10), 256 * 1024)?;
@@ -264,22 +93,14 @@ fn same_node_connection_goes_straight_to_the_backend(family: Family) -> Result<(
     Ok(())
 }
 
-#[test]
-fn same_node_connection_goes_straight_to_the_backend_v4() -> Result<()> {
-    same_node_connection_goes_straight_to_the_backend(Family::V4)
-}
-
-#[test]
-fn same_node_connection_goes_straight_to_the_backend_v6() -> Result<()> {
-    same_node_connection_goes_straight_to_the_backend(Family::V6)
-}
-
 /// 8 MiB echoed over one connection leave the veths (almost) untouched and
 /// are all counted as redirected; with the bypass off they cross the veths.
-fn bypass_skips_the_veths(family: Family) -> Result<()> {
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn bypass_skips_the_veths(#[case] family: Family) -> Result<()> {
     const PAYLOAD: u64 = 8 * MIB;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
+    let mut world = local_service(family)?;
     world.start_agents()?;
 
     let veths_before = [world.veth_bytes("client")?, world.veth_bytes("server")?];
@@ -326,16 +147,6 @@ fn bypass_skips_the_veths(family: Family) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn bypass_skips_the_veths_v4() -> Result<()> {
-    bypass_skips_the_veths(Family::V4)
-}
-
-#[test]
-fn bypass_skips_the_veths_v6() -> Result<()> {
-    bypass_skips_the_veths(Family::V6)
-}
-
 /// A server on one dual-stack `[::]` socket (iperf3, Go and Java servers
 /// listen so) sees its IPv4 clients as `::ffff:a.b.c.d` on an IPv6 socket;
 /// its end of the connection must still find the client's end, or every
@@ -344,7 +155,9 @@ fn bypass_skips_the_veths_v6() -> Result<()> {
 fn a_dual_stack_listener_takes_the_bypass() -> Result<()> {
     const PAYLOAD: u64 = 8 * MIB;
     let mut world = World::new(&[("client", 1), ("server", 1)], &[])?;
-    let server = testpod().server_dual_stack(world.pod("server"), "server", TARGET_PORT)?;
+    let server = world
+        .testpod()
+        .server_dual_stack(world.pod("server"), "server", TARGET_PORT)?;
     world.servers.push(server);
     world.service(Family::V4, "dual", 10, &["server"], &[], "")?;
     world.start_agents()?;
@@ -374,7 +187,10 @@ fn a_dual_stack_listener_takes_the_bypass() -> Result<()> {
 
 /// A Service whose endpoints are all on node 2: translated (no DNAT rule
 /// exists for it, so only translation can reach them), bytes on the wire.
-fn remote_endpoints_are_reached_without_nat(family: Family) -> Result<()> {
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn remote_endpoints_are_reached_without_nat(#[case] family: Family) -> Result<()> {
     let mut world = World::new(
         &[("client", 1), ("far1", 2), ("far2", 2)],
         &["far1", "far2"],
@@ -402,20 +218,12 @@ fn remote_endpoints_are_reached_without_nat(family: Family) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn remote_endpoints_are_reached_without_nat_v4() -> Result<()> {
-    remote_endpoints_are_reached_without_nat(Family::V4)
-}
-
-#[test]
-fn remote_endpoints_are_reached_without_nat_v6() -> Result<()> {
-    remote_endpoints_are_reached_without_nat(Family::V6)
-}
-
 /// Addresses zerohop does not know are left to the cluster's normal path.
-fn unknown_addresses_are_left_alone(family: Family) -> Result<()> {
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn unknown_addresses_are_left_alone(#[case] family: Family) -> Result<()> {
+    let mut world = local_service(family)?;
     // A Service only kube-proxy knows about.
     let server = SocketAddr::new(world.pod("server").ip(family), TARGET_PORT);
     world.cluster.add_dnat_everywhere(
@@ -445,16 +253,6 @@ fn unknown_addresses_are_left_alone(family: Family) -> Result<()> {
     );
     assert_eq!(world.counter("bytes_redirected")?, 0);
     Ok(())
-}
-
-#[test]
-fn unknown_addresses_are_left_alone_v4() -> Result<()> {
-    unknown_addresses_are_left_alone(Family::V4)
-}
-
-#[test]
-fn unknown_addresses_are_left_alone_v6() -> Result<()> {
-    unknown_addresses_are_left_alone(Family::V6)
 }
 
 /// One local and three remote endpoints: zerohop keeps the Service's even
@@ -538,11 +336,13 @@ fn endpoints_are_picked_the_way_the_service_asks() -> Result<()> {
 #[test]
 fn two_hundred_concurrent_connections_each_get_their_own_bytes() -> Result<()> {
     let family = Family::V4;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
+    let mut world = local_service(family)?;
     world.start_agents()?;
 
-    let report = testpod().concurrent(world.pod("client"), frontend(family, 10), 200, 64 * 1024)?;
+    let report =
+        world
+            .testpod()
+            .concurrent(world.pod("client"), frontend(family, 10), 200, 64 * 1024)?;
     assert_eq!((report.ok, report.failed), (200, 0), "{:?}", report.errors);
     assert_eq!(world.counter("translated_local")?, 200);
     // Each connection took the bypass, or, where its client wrote before its
@@ -567,14 +367,13 @@ fn two_hundred_concurrent_connections_each_get_their_own_bytes() -> Result<()> {
 #[test]
 fn large_writes_half_close_and_reset_reach_the_peer() -> Result<()> {
     let family = Family::V4;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
+    let mut world = local_service(family)?;
     world.start_agents()?;
     let target = frontend(family, 10).to_string();
 
     // The client writes 1 MiB at a time, half-closes, and checks it reads all
     // 4 MiB back before EOF; the server saw EOF after all of them.
-    let report: EchoReport = testpod().run_json(
+    let report: EchoReport = world.testpod().run_json(
         world.pod("client"),
         &[
             "echo",
@@ -591,7 +390,9 @@ fn large_writes_half_close_and_reset_reach_the_peer() -> Result<()> {
     assert_eq!((conn.bytes, conn.end.as_str()), (4 * MIB, "eof"));
     assert!(world.counter("bytes_redirected")? >= 8 * MIB);
 
-    let report = testpod().reset(world.pod("client"), frontend(family, 10))?;
+    let report = world
+        .testpod()
+        .reset(world.pod("client"), frontend(family, 10))?;
     assert!(report.ok, "{report:?}");
     let conn = Testpod::next_conn(&mut world.servers[0], WAIT)?;
     assert_eq!(conn.end, "reset", "the server sees the reset: {conn:?}");
@@ -649,14 +450,13 @@ fn an_ipv6_socket_dialling_an_ipv4_service_takes_the_bypass() -> Result<()> {
 fn a_client_first_connection_takes_the_bypass_from_its_first_message() -> Result<()> {
     const ROUNDS: u32 = 200;
     const SIZE: usize = 1000;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &[])?;
-    let server = testpod().server_quiet(world.pod("server"), "server", TARGET_PORT)?;
-    world.servers.push(server);
-    world.service(Family::V4, "rr", 10, &["server"], &[], "")?;
+    let mut world = quiet_service()?;
     world.start_agents()?;
 
     let veth_before = world.veth_bytes("client")?;
-    let report = testpod().rr(world.pod("client"), frontend(Family::V4, 10), ROUNDS, SIZE)?;
+    let report = world
+        .testpod()
+        .rr(world.pod("client"), frontend(Family::V4, 10), ROUNDS, SIZE)?;
     ensure!(report.ok, "request/response failed: {report:?}");
     let counters = world.agents[0].counters()?;
     let veth = world.veth_bytes("client")? - veth_before;
@@ -679,17 +479,14 @@ fn a_client_first_connection_takes_the_bypass_from_its_first_message() -> Result
 fn a_client_that_beats_its_server_is_handed_to_the_stack() -> Result<()> {
     const ROUNDS: u32 = 300;
     const SIZE: usize = 1000;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &[])?;
-    let server = testpod().server_quiet(world.pod("server"), "server", TARGET_PORT)?;
-    world.servers.push(server);
-    world.service(Family::V4, "rr", 10, &["server"], &[], "")?;
+    let mut world = quiet_service()?;
     world
         .cluster
         .node(1)
         .drop_handshake_acks(TARGET_PORT, 1.0)?;
     world.start_agents()?;
 
-    let client = testpod().rr_spawn(
+    let client = world.testpod().rr_spawn(
         world.pod("client"),
         frontend(Family::V4, 10),
         ROUNDS,
@@ -721,10 +518,11 @@ fn a_client_that_beats_its_server_is_handed_to_the_stack() -> Result<()> {
 /// connection moves socket-to-socket again, every line echoed in order.
 #[test]
 fn a_live_connection_returns_to_the_bypass_after_it_was_off() -> Result<()> {
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(Family::V4, "local", 10, &["server"], &[], "")?;
+    let mut world = local_service(Family::V4)?;
     world.start_agents()?;
-    let mut hold = testpod().hold(world.pod("client"), frontend(Family::V4, 10))?;
+    let mut hold = world
+        .testpod()
+        .hold(world.pod("client"), frontend(Family::V4, 10))?;
     let mut echo_lines = |phase: &str| -> Result<()> {
         for round in 0..20 {
             let line = format!("{phase} {round} {}", "x".repeat(round * 37));
@@ -771,12 +569,16 @@ fn every_byte_arrives_once_and_in_order_through_joins_and_faults() -> Result<()>
     let mut world = World::new(&[("client", 1), ("server", 1)], &[])?;
     let server = world.pod("server").ip(family);
     let quiet_port = TARGET_PORT + 1;
-    world
-        .servers
-        .push(testpod().server(world.pod("server"), "hello", TARGET_PORT)?);
-    world
-        .servers
-        .push(testpod().server_quiet(world.pod("server"), "quiet", quiet_port)?);
+    world.servers.push(
+        world
+            .testpod()
+            .server(world.pod("server"), "hello", TARGET_PORT)?,
+    );
+    world.servers.push(
+        world
+            .testpod()
+            .server_quiet(world.pod("server"), "quiet", quiet_port)?,
+    );
     world.service(family, "hello", 10, &["server"], &[], "")?;
     world.manifests.write(
         "quiet-svc.yaml",
@@ -920,7 +722,10 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
         world.spread("client", frontend(family, n), 200)?;
     }
     // Few but large writes: a connection per 64 KiB echo is not short.
-    let report = testpod().concurrent(world.pod("client"), frontend(family, 12), 100, 64 * 1024)?;
+    let report =
+        world
+            .testpod()
+            .concurrent(world.pod("client"), frontend(family, 12), 100, 64 * 1024)?;
     ensure!(report.failed == 0, "{:?}", report.errors);
     await_verdict(true, "frontend 10 not judged short")?;
     ensure!(
@@ -987,7 +792,9 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
     let before = bypassed(&world)?;
     let mut long = Vec::new();
     for n in 0..policy::MIN_SAMPLED {
-        let mut held = testpod().hold(world.pod("client"), frontend(family, 10))?;
+        let mut held = world
+            .testpod()
+            .hold(world.pod("client"), frontend(family, 10))?;
         for _ in 0..zerohop_abi::LONG_MSGS {
             ensure!(held.echo("long")? == "long", "connection {n} echoes");
         }
@@ -1014,21 +821,19 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
 #[test]
 fn connections_survive_agent_start_and_stop() -> Result<()> {
     let family = Family::V4;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
-    let server = world.pod("server").ip(family);
-    world.cluster.add_dnat_everywhere(
-        cluster_ip(family, 10),
-        SERVICE_PORT,
-        &[(server, TARGET_PORT)],
-    )?;
+    let mut world = local_service(family)?;
+    kube_proxy_for_local(&world, family)?;
 
-    let mut before = testpod().hold(world.pod("client"), frontend(family, 10))?;
+    let mut before = world
+        .testpod()
+        .hold(world.pod("client"), frontend(family, 10))?;
     assert_eq!(before.echo("before the agent")?, "before the agent");
     world.start_agents()?;
     assert_eq!(before.echo("agent running")?, "agent running");
 
-    let mut during = testpod().hold(world.pod("client"), frontend(family, 10))?;
+    let mut during = world
+        .testpod()
+        .hold(world.pod("client"), frontend(family, 10))?;
     assert_eq!(during.echo("bypassed")?, "bypassed");
     assert_eq!(
         world.counter("translated_local")?,
@@ -1083,8 +888,7 @@ fn a_removed_backend_gets_no_new_connections_within_a_second() -> Result<()> {
 #[test]
 fn bad_manifests_are_reported_and_the_rest_keeps_working() -> Result<()> {
     let family = Family::V4;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
+    let mut world = local_service(family)?;
     let server = world.pod("server").ip(family);
     let v6_server = world.pod("server").ip(Family::V6);
     world
@@ -1205,7 +1009,9 @@ fn inspect_shows_what_the_kernel_does() -> Result<()> {
     assert_eq!(world.counter("translated_local")?, 1);
     assert_eq!(world.counter("bytes_redirected")?, 0);
 
-    let mut held = testpod().hold(world.pod("client"), frontend(family, 10))?;
+    let mut held = world
+        .testpod()
+        .hold(world.pod("client"), frontend(family, 10))?;
     assert_eq!(held.echo("registered")?, "registered");
     let sockets: Vec<serde_json::Value> = serde_json::from_str(&inspect("sockets", &pin_dir)?)?;
     let client = held.greeting.local.to_string();
@@ -1256,7 +1062,9 @@ fn a_translated_sockets_peer_name_lives_as_long_as_its_connection() -> Result<()
         Ok(serde_json::from_str(&inspect("reverse", &pin_dir)?)?)
     };
 
-    let mut held = testpod().hold(world.pod("client"), frontend(family, 10))?;
+    let mut held = world
+        .testpod()
+        .hold(world.pod("client"), frontend(family, 10))?;
     assert_eq!(held.echo("x")?, "x");
     assert_eq!(held.greeting.peer, frontend(family, 10));
     let server = SocketAddr::new(world.pod("server").ip(family), TARGET_PORT);
@@ -1300,8 +1108,7 @@ fn a_translated_sockets_peer_name_lives_as_long_as_its_connection() -> Result<()
 #[test]
 fn an_agent_refuses_hooks_that_run_other_programs() -> Result<()> {
     let family = Family::V4;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
+    let mut world = local_service(family)?;
     world.start_agents()?;
 
     let second_pins = world.cluster.bpffs_dir(1).join("second");
@@ -1409,8 +1216,7 @@ fn an_agent_refuses_hooks_that_run_other_programs() -> Result<()> {
 #[test]
 fn a_second_agent_on_one_pin_dir_is_refused() -> Result<()> {
     let family = Family::V4;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
+    let mut world = local_service(family)?;
     world.start_agents()?;
     let first = &world.agents[0];
     let mut command = std::process::Command::new(zerohop_binary());
@@ -1454,14 +1260,8 @@ fn a_second_agent_on_one_pin_dir_is_refused() -> Result<()> {
 #[test]
 fn connects_fall_back_when_the_agents_lease_runs_out() -> Result<()> {
     let family = Family::V4;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
-    let server = world.pod("server").ip(family);
-    world.cluster.add_dnat_everywhere(
-        cluster_ip(family, 10),
-        SERVICE_PORT,
-        &[(server, TARGET_PORT)],
-    )?;
+    let mut world = local_service(family)?;
+    kube_proxy_for_local(&world, family)?;
     world.start_agents_with(&["--lease-ms", "1000", "--poll-ms", "100"])?;
     let target = frontend(family, 10);
     world.echo("client", target, 1024)?;
@@ -1633,12 +1433,13 @@ fn wait_with_deadline(
 #[test]
 fn the_agent_serves_health_and_prometheus_metrics() -> Result<()> {
     let family = Family::V4;
-    let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
+    let mut world = local_service(family)?;
     world.start_agents()?;
     world.echo("client", frontend(family, 10), 64 * 1024)?;
     // An open translated connection: one reverse entry at least.
-    let _open = testpod().hold(world.pod("client"), frontend(family, 10))?;
+    let _open = world
+        .testpod()
+        .hold(world.pod("client"), frontend(family, 10))?;
     let agent = &world.agents[0];
 
     assert_eq!(agent.http_get("/healthz")?.0, 200);
@@ -1739,9 +1540,14 @@ fn session_affinity_keeps_a_client_on_its_endpoint() -> Result<()> {
 /// connected one is translated at connect and its getpeername() returns the
 /// ClusterIP:port. Both also through an IPv6 socket to `::ffff:` + the IPv4
 /// ClusterIP.
-fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(family: Family) -> Result<()> {
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(
+    #[case] family: Family,
+) -> Result<()> {
     let mut world = World::new(&[("client", 1), ("near", 1), ("far", 2)], &["near", "far"])?;
-    world.service_of(Port::UDP, family, "pair", 40, &["near", "far"], &[], "")?;
+    world.service_of(UDP, family, "pair", 40, &["near", "far"], &[], "")?;
     world.start_agents()?;
     let target = frontend(family, 40);
     // The sandbox's first IPv6 datagram to another node is sometimes lost
@@ -1749,12 +1555,16 @@ fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(family: Family
     // connect would retransmit its SYN): warm both paths first.
     for pod in ["near", "far"] {
         let direct = SocketAddr::new(world.pod(pod).ip(family), TARGET_PORT);
-        testpod().datagrams(world.pod("client"), direct, 3, false)?;
+        world
+            .testpod()
+            .datagrams(world.pod("client"), direct, 3, false)?;
     }
 
     let mut answered_by = std::collections::BTreeSet::new();
     for _socket in 0..12 {
-        let report = testpod().datagrams(world.pod("client"), target, 25, false)?;
+        let report = world
+            .testpod()
+            .datagrams(world.pod("client"), target, 25, false)?;
         ensure!(
             report.ok,
             "25 datagrams to {target}: {report:?}; counters {:?}",
@@ -1785,7 +1595,9 @@ fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(family: Family
 
     let translated_before =
         world.counter("translated_local")? + world.counter("translated_remote")?;
-    let report = testpod().datagrams(world.pod("client"), target, 25, true)?;
+    let report = world
+        .testpod()
+        .datagrams(world.pod("client"), target, 25, true)?;
     ensure!(report.ok, "connected: {report:?}");
     assert_eq!(
         report.peer,
@@ -1800,7 +1612,9 @@ fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(family: Family
     if let IpAddr::V4(ip) = target.ip() {
         let mapped = SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), target.port());
         for connected in [false, true] {
-            let report = testpod().datagrams(world.pod("client"), mapped, 25, connected)?;
+            let report = world
+                .testpod()
+                .datagrams(world.pod("client"), mapped, 25, connected)?;
             ensure!(
                 report.ok && report.servers.len() == 1,
                 "{mapped}, connected: {connected}: {report:?}"
@@ -1811,16 +1625,6 @@ fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(family: Family
         }
     }
     Ok(())
-}
-
-#[test]
-fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip_v4() -> Result<()> {
-    udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(Family::V4)
-}
-
-#[test]
-fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip_v6() -> Result<()> {
-    udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(Family::V6)
 }
 
 /// A dnsmasq DNS server in `pod` on [`DNS_TARGET_PORT`], or a forwarder
@@ -1898,7 +1702,10 @@ fn wait_for_dns(client: &Pod, server: &Pod, family: Family, who: &str) -> Result
 /// replies that do not come from the server it asked, as every resolver
 /// does), 250 queries each way to each server, none lost. A Service that
 /// opted out is left to the cluster's path.
-fn dns_through_a_clusterip_reaches_local_and_remote_servers(family: Family) -> Result<()> {
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn dns_through_a_clusterip_reaches_local_and_remote_servers(#[case] family: Family) -> Result<()> {
     const QUERIES: usize = 250;
     let mut world = World::new(&[("client", 1), ("dns-near", 1), ("dns-far", 2)], &[])?;
     let _near = dnsmasq(
@@ -1916,9 +1723,9 @@ fn dns_through_a_clusterip_reaches_local_and_remote_servers(family: Family) -> R
     let client = world.pod("client");
     wait_for_dns(client, world.pod("dns-near"), family, "near.zerohop.test")?;
     wait_for_dns(client, world.pod("dns-far"), family, "far.zerohop.test")?;
-    world.service_of(Port::DNS, family, "dns-near", 53, &["dns-near"], &[], "")?;
-    world.service_of(Port::DNS, family, "dns-far", 54, &["dns-far"], &[], "")?;
-    world.service_of(Port::DNS, family, "dns-off", 55, &["dns-near"], &[], "")?;
+    world.service_of(DNS, family, "dns-near", 53, &["dns-near"], &[], "")?;
+    world.service_of(DNS, family, "dns-far", 54, &["dns-far"], &[], "")?;
+    world.service_of(DNS, family, "dns-off", 55, &["dns-near"], &[], "")?;
     // Opted out: the annotation goes in the metadata the helper writes.
     let opted_out = std::fs::read_to_string(world.manifests.dir().join("dns-off-svc.yaml"))?
         .replace(
@@ -1993,22 +1800,15 @@ fn dns_through_a_clusterip_reaches_local_and_remote_servers(family: Family) -> R
     Ok(())
 }
 
-#[test]
-fn dns_through_a_clusterip_reaches_local_and_remote_servers_v4() -> Result<()> {
-    dns_through_a_clusterip_reaches_local_and_remote_servers(Family::V4)
-}
-
-#[test]
-fn dns_through_a_clusterip_reaches_local_and_remote_servers_v6() -> Result<()> {
-    dns_through_a_clusterip_reaches_local_and_remote_servers(Family::V6)
-}
-
 /// A connected UDP socket and a TCP connection whose endpoint leaves its
 /// Service: where the kernel can (6.5+), the agent terminates the UDP
 /// socket within a second, and the TCP connection too when asked
 /// (`--terminate-stale tcp,udp`), never by default; where it cannot, it
 /// counts them. New sockets reach the endpoint that stays.
-fn stale_sockets_are_terminated_when_their_endpoint_leaves(family: Family) -> Result<()> {
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn stale_sockets_are_terminated_when_their_endpoint_leaves(#[case] family: Family) -> Result<()> {
     let mut world = World::new(
         &[("client", 1), ("leaves", 1), ("stays", 2)],
         &["leaves", "stays"],
@@ -2018,15 +1818,17 @@ fn stale_sockets_are_terminated_when_their_endpoint_leaves(family: Family) -> Re
     // The sandbox's first IPv6 datagram to another node may be lost (see
     // udp_sockets_keep_one_endpoint…): warm the path to "stays".
     let stays = SocketAddr::new(world.pod("stays").ip(family), TARGET_PORT);
-    testpod().datagrams(world.pod("client"), stays, 3, false)?;
+    world
+        .testpod()
+        .datagrams(world.pod("client"), stays, 3, false)?;
 
     for terminate in ["udp", "tcp,udp"] {
-        world.service_of(Port::UDP, family, "dns", 41, &["leaves"], &[], "")?;
+        world.service_of(UDP, family, "dns", 41, &["leaves"], &[], "")?;
         world.service(family, "web", 42, &["leaves"], &[], "")?;
         world.start_agents_with(&["--terminate-stale", terminate])?;
         let client = world.pod("client");
-        let (on_udp, mut udp_socket) = testpod().watch(client, udp, true)?;
-        let (on_tcp, mut tcp_socket) = testpod().watch(client, tcp, false)?;
+        let (on_udp, mut udp_socket) = world.testpod().watch(client, udp, true)?;
+        let (on_tcp, mut tcp_socket) = world.testpod().watch(client, tcp, false)?;
         assert_eq!((on_udp.server.as_str(), on_udp.peer), ("leaves", udp));
         assert_eq!((on_tcp.server.as_str(), on_tcp.peer), ("leaves", tcp));
         let (terminated, left) = (
@@ -2034,7 +1836,7 @@ fn stale_sockets_are_terminated_when_their_endpoint_leaves(family: Family) -> Re
             world.counter("sockets_left_stale")?,
         );
 
-        world.service_of(Port::UDP, family, "dns", 41, &["stays"], &[], "")?;
+        world.service_of(UDP, family, "dns", 41, &["stays"], &[], "")?;
         world.service(family, "web", 42, &["stays"], &[], "")?;
         let moved = Instant::now();
         let tcp_too = terminate.contains("tcp");
@@ -2075,7 +1877,7 @@ fn stale_sockets_are_terminated_when_their_endpoint_leaves(family: Family) -> Re
             assert!(still_open(&mut tcp_socket), "TCP connection ended");
         }
 
-        let report = testpod().datagrams(client, udp, 5, true)?;
+        let report = world.testpod().datagrams(client, udp, 5, true)?;
         assert!(report.ok, "a new UDP socket: {report:?}");
         assert_eq!(report.servers.into_keys().collect::<Vec<_>>(), ["stays"]);
         assert_eq!(
@@ -2084,14 +1886,4 @@ fn stale_sockets_are_terminated_when_their_endpoint_leaves(family: Family) -> Re
         );
     }
     Ok(())
-}
-
-#[test]
-fn stale_sockets_are_terminated_when_their_endpoint_leaves_v4() -> Result<()> {
-    stale_sockets_are_terminated_when_their_endpoint_leaves(Family::V4)
-}
-
-#[test]
-fn stale_sockets_are_terminated_when_their_endpoint_leaves_v6() -> Result<()> {
-    stale_sockets_are_terminated_when_their_endpoint_leaves(Family::V6)
 }

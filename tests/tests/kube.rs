@@ -5,25 +5,21 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    ops::Deref,
+    path::PathBuf,
     thread::sleep,
     time::Duration,
 };
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 use zerohop_tests::{
-    apiserver::ApiServer, inspect, require_root, Agent, AgentSource, Cluster, Manifests, Pod,
-    PodProcess, Testpod,
+    apiserver::ApiServer, inspect, world::TARGET_PORT, Agent, AgentSource, Pod, World,
 };
 
-const TARGET_PORT: u16 = 8080;
 const CLUSTER_IP: &str = "10.96.0.10";
 /// Time for a change to reach the maps: a watch event, a plan, the writes.
 const SETTLE: Duration = Duration::from_secs(1);
-
-fn testpod() -> Testpod {
-    Testpod::at(env!("CARGO_BIN_EXE_zh-testpod"))
-}
 
 fn service(name: &str, annotations: Value) -> Value {
     json!({
@@ -50,63 +46,48 @@ fn namespace(labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "labels": labels}})
 }
 
-struct World {
-    // Kept running for the test's length; declared first so they stop first.
-    _servers: Vec<PodProcess>,
-    agent: Option<Agent>,
+/// Pods `client`, `a` and `b` on node 1 (`a` and `b` serve), an API server,
+/// and an agent of node 1 reading it once started.
+struct KubeWorld {
+    world: World,
     api: ApiServer,
-    files: Manifests,
-    client: Pod,
-    a: Pod,
-    b: Pod,
-    cluster: Cluster,
 }
 
-impl World {
-    fn new() -> Result<World> {
-        require_root();
-        let cluster = Cluster::new(2)?;
-        let client = cluster.add_pod(1, "client")?;
-        let a = cluster.add_pod(1, "a")?;
-        let b = cluster.add_pod(1, "b")?;
-        let servers = vec![
-            testpod().server(&a, "a", TARGET_PORT)?,
-            testpod().server(&b, "b", TARGET_PORT)?,
-        ];
-        Ok(World {
-            _servers: servers,
-            agent: None,
+impl Deref for KubeWorld {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl KubeWorld {
+    fn new() -> Result<KubeWorld> {
+        Ok(KubeWorld {
+            world: World::new(&[("client", 1), ("a", 1), ("b", 1)], &["a", "b"])?,
             api: ApiServer::start()?,
-            files: Manifests::new()?,
-            client,
-            a,
-            b,
-            cluster,
         })
     }
 
-    fn start_agent(&mut self) -> Result<()> {
-        let kubeconfig = self.files.dir().join("kubeconfig");
+    fn kubeconfig(&self) -> Result<PathBuf> {
+        let kubeconfig = self.scratch.dir().join("kubeconfig");
         self.api.write_kubeconfig(&kubeconfig)?;
-        self.agent = Some(Agent::start_with(
-            &self.cluster,
-            1,
-            AgentSource::Kube(&kubeconfig),
-            &[],
-        )?);
-        Ok(())
+        Ok(kubeconfig)
+    }
+
+    fn start_agent(&mut self) -> Result<()> {
+        let kubeconfig = self.kubeconfig()?;
+        self.world
+            .start_agent_with(1, AgentSource::Kube(&kubeconfig), &[])
     }
 
     fn agent(&mut self) -> &mut Agent {
-        self.agent.as_mut().expect("agent started")
+        self.world.agents.first_mut().expect("agent started")
     }
 
     /// Which servers answer 40 connections to the ClusterIP.
     fn answered_by(&self) -> Result<BTreeMap<String, u64>> {
         let target = SocketAddr::new(CLUSTER_IP.parse::<IpAddr>()?, 80);
-        let report = testpod().spread(&self.client, target, 40)?;
-        ensure!(report.failed == 0, "{} connections failed", report.failed);
-        Ok(report.counts)
+        self.spread("client", target, 40)
     }
 
     fn frontends(&mut self) -> Result<usize> {
@@ -126,10 +107,10 @@ fn only(name: &str) -> BTreeMap<String, u64> {
 
 #[test]
 fn the_kube_source_keeps_the_maps_exact() -> Result<()> {
-    let mut world = World::new()?;
+    let mut world = KubeWorld::new()?;
     world.api.apply(namespace(json!({})));
     world.api.apply(service("web", json!({})));
-    world.api.apply(slice("web", &world.a));
+    world.api.apply(slice("web", world.pod("a")));
     world.start_agent()?;
     world.agent().wait_for_log("attached", SETTLE)?;
     assert_eq!(world.answered_by()?, only("a"), "created Service and slice");
@@ -139,20 +120,20 @@ fn the_kube_source_keeps_the_maps_exact() -> Result<()> {
         "translated, with no DNAT rule to fall back on"
     );
 
-    world.api.apply(slice("web", &world.b));
+    world.api.apply(slice("web", world.pod("b")));
     sleep(SETTLE);
     assert_eq!(world.answered_by()?, only("b"), "updated slice");
 
     // A lost watch: the agent re-lists, and the maps stay in place meanwhile.
     world.api.expire_watches();
     assert_eq!(world.frontends()?, 1);
-    world.api.apply(slice("web", &world.a));
+    world.api.apply(slice("web", world.pod("a")));
     sleep(SETTLE * 2);
     assert_eq!(world.answered_by()?, only("a"), "converged after 410 Gone");
 
     // An API server restart.
     world.api.restart();
-    world.api.apply(slice("web", &world.b));
+    world.api.apply(slice("web", world.pod("b")));
     sleep(SETTLE * 3);
     assert_eq!(world.answered_by()?, only("b"), "converged after a restart");
     assert_eq!(world.frontends()?, 1);
@@ -232,10 +213,10 @@ fn our_conditions(api: &ApiServer, name: &str) -> BTreeMap<String, (String, Stri
 
 #[test]
 fn routes_get_their_parent_status_and_bad_ones_are_reported() -> Result<()> {
-    let mut world = World::new()?;
+    let mut world = KubeWorld::new()?;
     world.api.apply(namespace(json!({})));
     world.api.apply(service("web", json!({})));
-    world.api.apply(slice("web", &world.a));
+    world.api.apply(slice("web", world.pod("a")));
     let backend = |namespace: &str| json!({"name": "web", "namespace": namespace, "port": 80});
     world
         .api
@@ -304,7 +285,7 @@ fn routes_get_their_parent_status_and_bad_ones_are_reported() -> Result<()> {
     }
     // Written once: the same view again writes nothing.
     let written = status_writes(&world.api);
-    world.api.apply(slice("web", &world.b));
+    world.api.apply(slice("web", world.pod("b")));
     sleep(SETTLE * 2);
     assert_eq!(
         status_writes(&world.api),
@@ -331,16 +312,15 @@ fn status_writer(api: &ApiServer) -> Option<String> {
 #[test]
 fn one_agent_of_the_cluster_writes_route_status() -> Result<()> {
     const LEASE: Duration = Duration::from_secs(3);
-    let world = World::new()?;
+    let world = KubeWorld::new()?;
     world.api.apply(namespace(json!({})));
     world.api.apply(service("web", json!({})));
-    world.api.apply(slice("web", &world.a));
+    world.api.apply(slice("web", world.pod("a")));
     let backend = json!({"name": "web", "port": 80});
     world
         .api
         .apply(route("r", json!({"backendRefs": [backend]})));
-    let kubeconfig = world.files.dir().join("kubeconfig");
-    world.api.write_kubeconfig(&kubeconfig)?;
+    let kubeconfig = world.kubeconfig()?;
     let lease = ["--status-lease-seconds", "3"];
     let mut agents = BTreeMap::new();
     for node in [1, 2] {
@@ -404,12 +384,12 @@ fn one_agent_of_the_cluster_writes_route_status() -> Result<()> {
 
 #[test]
 fn a_cluster_without_the_gateway_api_crds_is_served_all_the_same() -> Result<()> {
-    let mut world = World::new()?;
+    let mut world = KubeWorld::new()?;
     world.api.set_served("httproutes", false);
     world.api.set_served("referencegrants", false);
     world.api.apply(namespace(json!({})));
     world.api.apply(service("web", json!({})));
-    world.api.apply(slice("web", &world.a));
+    world.api.apply(slice("web", world.pod("a")));
     world.start_agent()?;
     assert_eq!(world.answered_by()?, only("a"), "synced without routes");
     world

@@ -5,34 +5,31 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
+    ops::Deref,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use zerohop_tests::{
-    inspect, node_name, pod_yaml, require_root, service_yaml, slice_yaml, waypoint_binary, Agent,
-    Cluster, Endpoint, Family, Manifests, Pod, PodProcess,
+    inspect, node_name, pod_yaml, waypoint_binary,
+    world::{self, TARGET_PORT},
+    Family, PodProcess, World,
 };
 
-/// Port of every Service, and port every backend listens on.
-const SERVICE_PORT: u16 = 80;
-const TARGET_PORT: u16 = 8080;
 const WAYPOINT_PORT: u16 = 15001;
+/// Longer than other suites wait: requests cross the waypoint.
 const WAIT: Duration = Duration::from_secs(20);
 
 fn zh_http() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_zh-http"))
 }
 
-fn cluster_ip(n: u8) -> IpAddr {
-    IpAddr::from([10, 96, 0, n])
-}
-
+/// Service number `n` (IPv4: the suite's pods are IPv4 clients).
 fn frontend(n: u8) -> SocketAddr {
-    SocketAddr::new(cluster_ip(n), SERVICE_PORT)
+    world::frontend(Family::V4, n)
 }
 
 /// ClusterIP numbers of the Services.
@@ -162,15 +159,18 @@ impl GetReport {
 
 /// Pods on node 1: clients in three namespaces, the waypoint, and the
 /// backends of the Services; the agent of node 1 with its waypoint.
-struct World {
-    agent: Option<Agent>,
+struct L7World {
     waypoint: Option<PodProcess>,
+    /// The backends' `zh-http` servers, by pod name.
     servers: BTreeMap<String, PodProcess>,
-    manifests: Manifests,
-    /// Holds the waypoint's input, out of the agent's manifest directory.
-    scratch: Manifests,
-    pods: BTreeMap<String, Pod>,
-    cluster: Cluster,
+    world: World,
+}
+
+impl Deref for L7World {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
 }
 
 const BACKENDS: [&str; 6] = ["webpod", "v1", "v2", "mirror", "slow", "plain"];
@@ -180,27 +180,19 @@ const CLIENTS: [(&str, &str); 3] = [
     ("client-b", "team-b"),
 ];
 
-impl World {
-    fn new() -> Result<World> {
-        require_root();
-        let cluster = Cluster::new(2)?;
-        let mut world = World {
-            agent: None,
-            waypoint: None,
-            servers: BTreeMap::new(),
-            manifests: Manifests::new()?,
-            scratch: Manifests::new()?,
-            pods: BTreeMap::new(),
-            cluster,
-        };
-        let names = BACKENDS
+impl L7World {
+    fn new() -> Result<L7World> {
+        let pods: Vec<(&str, usize)> = BACKENDS
             .iter()
             .chain(CLIENTS.iter().map(|(name, _)| name))
-            .chain(&["waypoint"]);
-        for name in names {
-            let pod = world.cluster.add_pod(1, name)?;
-            world.pods.insert(name.to_string(), pod);
-        }
+            .chain(&["waypoint"])
+            .map(|&name| (name, 1))
+            .collect();
+        let mut world = L7World {
+            waypoint: None,
+            servers: BTreeMap::new(),
+            world: World::new(&pods, &[])?,
+        };
         for name in BACKENDS {
             let delay = if name == "slow" { "2000" } else { "0" };
             let args = [
@@ -212,7 +204,7 @@ impl World {
                 "--delay-ms",
                 delay,
             ];
-            let mut server = world.pods[name].spawn(&zh_http(), args)?;
+            let mut server = world.pod(name).spawn(&zh_http(), args)?;
             server.wait_for_line("READY", WAIT)?;
             world.servers.insert(name.to_string(), server);
         }
@@ -226,10 +218,10 @@ impl World {
             ("guarded", GUARDED, "plain"),
             ("unrouted", UNROUTED, "plain"),
         ] {
-            world.service(service, n, backend)?;
+            world.service(Family::V4, service, n, &[backend], &[], "")?;
         }
         for (name, namespace) in CLIENTS.iter().chain(&[("waypoint", "zerohop-system")]) {
-            let ip = world.pods[*name].ip(Family::V4);
+            let ip = world.pod(name).ip(Family::V4);
             world.manifests.write(
                 &format!("{name}-pod.yaml"),
                 &pod_yaml(name, namespace, &node_name(1), &[ip]),
@@ -241,24 +233,8 @@ impl World {
         Ok(world)
     }
 
-    fn service(&self, name: &str, n: u8, backend: &str) -> Result<()> {
-        let endpoint = Endpoint {
-            ip: self.pods[backend].ip(Family::V4),
-            node: "node1",
-            ready: true,
-        };
-        self.manifests.write(
-            &format!("{name}-svc.yaml"),
-            &service_yaml(name, cluster_ip(n), SERVICE_PORT, TARGET_PORT, ""),
-        )?;
-        self.manifests.write(
-            &format!("{name}-slice.yaml"),
-            &slice_yaml(name, &format!("{name}-1"), TARGET_PORT, &[endpoint]),
-        )
-    }
-
     fn waypoint_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.pods["waypoint"].ip(Family::V4), WAYPOINT_PORT)
+        SocketAddr::new(self.pod("waypoint").ip(Family::V4), WAYPOINT_PORT)
     }
 
     fn waypoint_config(&self) -> PathBuf {
@@ -268,21 +244,14 @@ impl World {
     fn start_agent(&mut self) -> Result<()> {
         let waypoint = format!("--waypoint={}", self.waypoint_addr());
         let config = format!("--waypoint-config={}", self.waypoint_config().display());
-        let agent = Agent::start(
-            &self.cluster,
-            1,
-            self.manifests.dir(),
-            &[&waypoint, &config],
-        )?;
-        self.agent = Some(agent);
-        Ok(())
+        self.world.start_agent(1, &[&waypoint, &config])
     }
 
     fn start_waypoint(&mut self) -> Result<()> {
         let listen = self.waypoint_addr().to_string();
         let config = self.waypoint_config().display().to_string();
         let args = ["--listen", &listen, "--config", &config, "--poll-ms", "100"];
-        let waypoint = self.pods["waypoint"].spawn(&waypoint_binary(), args)?;
+        let waypoint = self.pod("waypoint").spawn(&waypoint_binary(), args)?;
         self.waypoint = Some(waypoint);
         // Ready once a request through it is routed by the route of `web`.
         self.eventually("the waypoint routes /pick to v1", || {
@@ -298,38 +267,18 @@ impl World {
         let target = frontend(n).to_string();
         let mut all = vec!["get", "--target", &target];
         all.extend_from_slice(args);
-        let finished = self.pods[client].run(&zh_http(), &all, WAIT)?;
+        let finished = self.pod(client).run(&zh_http(), &all, WAIT)?;
         let line = finished.stdout.last().cloned().unwrap_or_default();
         serde_json::from_str(&line)
             .with_context(|| format!("zh-http get {all:?}: {line:?}; stderr {}", finished.stderr))
     }
 
-    fn eventually(&self, what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-        let deadline = Instant::now() + WAIT;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            match check() {
-                Ok(true) => return Ok(()),
-                Ok(false) => last = "not yet".into(),
-                Err(error) => last = format!("{error:#}"),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let log = self.agent.as_ref().map(Agent::log_text).unwrap_or_default();
-        let waypoint = self
-            .waypoint
-            .as_ref()
-            .map(PodProcess::stderr)
-            .unwrap_or_default();
-        bail!("{what}: never held ({last}); agent log:\n{log}\nwaypoint log:\n{waypoint}")
-    }
-
-    fn counter(&self, name: &str) -> Result<u64> {
-        let counters = self.agent.as_ref().context("no agent")?.counters()?;
-        counters
-            .get(name)
-            .copied()
-            .with_context(|| format!("no counter {name} in {counters:?}"))
+    /// [`World::eventually`], with the waypoint's log when it fails.
+    fn eventually(&self, what: &str, check: impl FnMut() -> Result<bool>) -> Result<()> {
+        self.world.eventually(what, WAIT, check).with_context(|| {
+            let waypoint = self.waypoint.as_ref().map(PodProcess::stderr);
+            format!("waypoint log:\n{}", waypoint.unwrap_or_default())
+        })
     }
 
     /// The requests the backend of pod `name` printed since the last call:
@@ -354,7 +303,7 @@ impl World {
 
 #[test]
 fn an_80_20_split_holds_within_5_points_over_1000_requests() -> Result<()> {
-    let world = World::new()?;
+    let world = L7World::new()?;
     let report = world.get("client", WEB, &["--path", "/split", "--count", "1000"])?;
     ensure!(report.statuses.get("200") == Some(&1000), "{report:?}");
     let v1 = report.backends.get("v1").copied().unwrap_or(0);
@@ -369,7 +318,7 @@ fn an_80_20_split_holds_within_5_points_over_1000_requests() -> Result<()> {
 
 #[test]
 fn path_header_query_and_method_rules_pick_their_backend() -> Result<()> {
-    let world = World::new()?;
+    let world = L7World::new()?;
     let cases: [(&[&str], &str); 5] = [
         (&["--path", "/exact"], "v2"),
         (&["--path", "/pick/x", "--header", "x-version:v2"], "v2"),
@@ -394,7 +343,7 @@ fn path_header_query_and_method_rules_pick_their_backend() -> Result<()> {
 
 #[test]
 fn header_modifiers_are_seen_by_the_backend_and_the_client() -> Result<()> {
-    let world = World::new()?;
+    let world = L7World::new()?;
     let report = world.get(
         "client",
         WEB,
@@ -422,7 +371,7 @@ fn header_modifiers_are_seen_by_the_backend_and_the_client() -> Result<()> {
 
 #[test]
 fn a_redirect_answers_with_its_status_and_location() -> Result<()> {
-    let world = World::new()?;
+    let world = L7World::new()?;
     let report = world.get(
         "client",
         WEB,
@@ -438,7 +387,7 @@ fn a_redirect_answers_with_its_status_and_location() -> Result<()> {
 
 #[test]
 fn a_rewrite_changes_the_path_the_backend_sees() -> Result<()> {
-    let world = World::new()?;
+    let world = L7World::new()?;
     let report = world.get("client", WEB, &["--path", "/api/users?id=7"])?;
     ensure!(report.only_status() == Some(200), "{report:?}");
     ensure!(
@@ -450,7 +399,7 @@ fn a_rewrite_changes_the_path_the_backend_sees() -> Result<()> {
 
 #[test]
 fn a_mirror_gets_a_copy_and_its_answer_is_ignored() -> Result<()> {
-    let mut world = World::new()?;
+    let mut world = L7World::new()?;
     let report = world.get("client", WEB, &["--path", "/mirror/x", "--count", "3"])?;
     ensure!(report.backends.get("v1") == Some(&3), "{report:?}");
     ensure!(!report.backends.contains_key("mirror"), "{report:?}");
@@ -465,7 +414,7 @@ fn a_mirror_gets_a_copy_and_its_answer_is_ignored() -> Result<()> {
 
 #[test]
 fn a_backend_request_timeout_answers_504() -> Result<()> {
-    let world = World::new()?;
+    let world = L7World::new()?;
     let started = Instant::now();
     let report = world.get("client", WEB, &["--path", "/slow"])?;
     ensure!(report.only_status() == Some(504), "{report:?}");
@@ -478,7 +427,7 @@ fn a_backend_request_timeout_answers_504() -> Result<()> {
 
 #[test]
 fn an_l7_service_is_reached_only_through_the_waypoint_and_others_stay_l4() -> Result<()> {
-    let mut world = World::new()?;
+    let mut world = L7World::new()?;
     let to_waypoint = world.counter("to_waypoint")?;
 
     // A Service without routes: straight to its backend, from the client's address.
@@ -487,7 +436,7 @@ fn an_l7_service_is_reached_only_through_the_waypoint_and_others_stay_l4() -> Re
         plain.backends.keys().collect::<Vec<_>>() == ["plain"],
         "{plain:?}"
     );
-    let client_ip = world.pods["client"].ip(Family::V4).to_string();
+    let client_ip = world.pod("client").ip(Family::V4).to_string();
     let peer = plain.seen()["peer"]
         .as_str()
         .unwrap_or_default()
@@ -502,7 +451,7 @@ fn an_l7_service_is_reached_only_through_the_waypoint_and_others_stay_l4() -> Re
     );
 
     // `zerohop inspect services` tells the two apart.
-    let pin_dir = world.agent.as_ref().context("agent")?.pin_dir().to_owned();
+    let pin_dir = world.agents.first().context("agent")?.pin_dir().to_owned();
     let rows: Vec<Value> = serde_json::from_str(&inspect("services", &pin_dir)?)?;
     let row = |n: u8| {
         rows.iter()
@@ -533,7 +482,7 @@ fn an_l7_service_is_reached_only_through_the_waypoint_and_others_stay_l4() -> Re
     if let Some(mut waypoint) = world.waypoint.take() {
         waypoint.kill();
     }
-    let finished = world.pods["client"].run(
+    let finished = world.pod("client").run(
         &zh_http(),
         [
             "get",
@@ -554,7 +503,7 @@ fn an_l7_service_is_reached_only_through_the_waypoint_and_others_stay_l4() -> Re
 
 #[test]
 fn a_consumer_route_applies_to_its_namespace_only() -> Result<()> {
-    let world = World::new()?;
+    let world = L7World::new()?;
     world.manifests.write("team-a-route.yaml", TEAM_A_ROUTE)?;
     world.eventually("team-a gets the consumer route", || {
         let report = world.get("client-a", WEB, &["--path", "/pick"])?;
@@ -572,9 +521,9 @@ fn a_consumer_route_applies_to_its_namespace_only() -> Result<()> {
 
 #[test]
 fn h2c_and_keep_alive_connections_are_served_and_survive_route_changes() -> Result<()> {
-    let world = World::new()?;
+    let world = L7World::new()?;
     let url = format!("http://{}/pick", frontend(WEB));
-    let finished = world.pods["client"].run(
+    let finished = world.pod("client").run(
         &PathBuf::from("curl"),
         [
             "-sS",
@@ -597,7 +546,7 @@ fn h2c_and_keep_alive_connections_are_served_and_survive_route_changes() -> Resu
     // One keep-alive connection across a route change: its later requests
     // follow the new route, and the connection stays open.
     let target = frontend(WEB).to_string();
-    let slow_client = world.pods["client"].spawn(
+    let slow_client = world.pod("client").spawn(
         &zh_http(),
         [
             "get",
@@ -633,9 +582,9 @@ fn h2c_and_keep_alive_connections_are_served_and_survive_route_changes() -> Resu
 
 #[test]
 fn bad_routes_are_logged_and_traffic_follows_the_spec() -> Result<()> {
-    let world = World::new()?;
+    let world = L7World::new()?;
     world.manifests.write("bad-routes.yaml", BAD_ROUTES)?;
-    let agent = world.agent.as_ref().context("agent")?;
+    let agent = world.agents.first().context("agent")?;
     for route in ["no-grant", "teleport"] {
         let label = format!("HTTPRoute default/{route}");
         world.eventually(&format!("{label} is reported"), || {
@@ -666,7 +615,7 @@ fn bad_routes_are_logged_and_traffic_follows_the_spec() -> Result<()> {
         report.backends.keys().collect::<Vec<_>>() == ["plain"],
         "{report:?}"
     );
-    let client_ip = world.pods["client"].ip(Family::V4).to_string();
+    let client_ip = world.pod("client").ip(Family::V4).to_string();
     let peer = report.seen()["peer"].as_str().unwrap_or_default();
     ensure!(peer.starts_with(&client_ip), "plain saw {peer}: not direct");
     Ok(())

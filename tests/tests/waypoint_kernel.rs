@@ -6,23 +6,20 @@
 //! Privileged; run for real, never skipped (`cargo xtask test`).
 
 use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
+    ops::{Deref, DerefMut},
     path::Path,
     time::Duration,
 };
 
 use anyhow::{ensure, Context, Result};
+use rstest::rstest;
 use serde::Deserialize;
 use zerohop_tests::{
-    require_root, service_yaml, slice_yaml, Agent, Cluster, Endpoint, Family, Manifests, Pod,
-    PodProcess, Testpod,
+    world::{frontend, SERVICE_PORT, TARGET_PORT, WAIT},
+    Family, PodProcess, World,
 };
 
-/// Port of every Service.
-const SERVICE_PORT: u16 = 80;
-/// Port the backends listen on (the Services' targetPort).
-const TARGET_PORT: u16 = 8080;
 /// Port the waypoint listens on.
 const WAYPOINT_PORT: u16 = 15001;
 /// The SO_MARK the waypoint puts on its own sockets.
@@ -31,23 +28,8 @@ const WAYPOINT_MARK: u32 = 0x5a17;
 const ROUTED: u8 = 30;
 /// ClusterIP number of the Service without routes.
 const PLAIN: u8 = 31;
-const WAIT: Duration = Duration::from_secs(15);
-
-fn testpod() -> Testpod {
-    Testpod::at(env!("CARGO_BIN_EXE_zh-testpod"))
-}
-
 fn origdst_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_zh-origdst"))
-}
-
-/// ClusterIP number `n` of a family: 10.96.0.n or fd00:96::n.
-fn frontend(family: Family, n: u8) -> SocketAddr {
-    let ip = match family {
-        Family::V4 => IpAddr::from([10, 96, 0, n]),
-        Family::V6 => IpAddr::from([0xfd00, 0x96, 0, 0, 0, 0, 0, u16::from(n)]),
-    };
-    SocketAddr::new(ip, SERVICE_PORT)
 }
 
 /// An HTTPRoute attached to Service `service` (the GAMMA pattern), sending
@@ -84,32 +66,32 @@ struct Accepted {
 /// Node 1 runs a client, the waypoint and a backend; node 2 a second
 /// backend. Service `routed` (with an HTTPRoute) and `plain` (without) both
 /// have both backends, in both families. Only node 1 runs an agent: every
-/// client is there. Fields drop in order: processes and the agent stop
-/// before the cluster goes.
-struct World {
+/// client is there. The waypoint stops before the rest of the world.
+struct WithWaypoint {
     waypoint: PodProcess,
-    servers: Vec<PodProcess>,
-    agent: Agent,
-    _manifests: Manifests,
-    /// Holds the waypoint input the agent writes (never the shared default path).
-    _scratch: Manifests,
-    pods: BTreeMap<&'static str, Pod>,
-    _cluster: Cluster,
+    world: World,
 }
 
-impl World {
-    fn new() -> Result<World> {
-        require_root();
-        let cluster = Cluster::new(2)?;
-        let mut pods = BTreeMap::new();
-        for (name, node) in [("client", 1), ("waypoint", 1), ("near", 1), ("far", 2)] {
-            pods.insert(name, cluster.add_pod(node, name)?);
-        }
-        let mut servers = Vec::new();
-        for name in ["near", "far"] {
-            servers.push(testpod().server(&pods[name], name, TARGET_PORT)?);
-        }
-        let mut waypoint = pods["waypoint"].spawn(
+impl Deref for WithWaypoint {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl DerefMut for WithWaypoint {
+    fn deref_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
+}
+
+impl WithWaypoint {
+    fn new() -> Result<WithWaypoint> {
+        let mut world = World::new(
+            &[("client", 1), ("waypoint", 1), ("near", 1), ("far", 2)],
+            &["near", "far"],
+        )?;
+        let mut waypoint = world.pod("waypoint").spawn(
             origdst_bin(),
             [
                 "--listen",
@@ -118,43 +100,28 @@ impl World {
         )?;
         waypoint.wait_for_line("READY", WAIT)?;
 
-        let manifests = Manifests::new()?;
         for family in Family::ALL {
             let suffix = match family {
                 Family::V4 => "v4",
                 Family::V6 => "v6",
             };
-            let endpoints = [("near", "node1"), ("far", "node2")].map(|(pod, node)| Endpoint {
-                ip: pods[pod].ip(family),
-                node,
-                ready: true,
-            });
             for (service, n) in [("routed", ROUTED), ("plain", PLAIN)] {
                 let name = format!("{service}-{suffix}");
-                let cluster_ip = frontend(family, n).ip();
-                manifests.write(
-                    &format!("{name}-svc.yaml"),
-                    &service_yaml(&name, cluster_ip, SERVICE_PORT, TARGET_PORT, ""),
-                )?;
-                manifests.write(
-                    &format!("{name}-slice.yaml"),
-                    &slice_yaml(&name, &format!("{name}-1"), TARGET_PORT, &endpoints),
-                )?;
+                world.service(family, &name, n, &["near", "far"], &[], "")?;
             }
             let routed = format!("routed-{suffix}");
-            manifests.write(&format!("{routed}-route.yaml"), &route_yaml(&routed))?;
+            world
+                .manifests
+                .write(&format!("{routed}-route.yaml"), &route_yaml(&routed))?;
         }
 
-        let waypoint_pod = &pods["waypoint"];
+        let waypoint_pod = world.pod("waypoint");
         let waypoints = Family::ALL
             .map(|family| SocketAddr::new(waypoint_pod.ip(family), WAYPOINT_PORT).to_string());
         let mark = WAYPOINT_MARK.to_string();
-        let scratch = Manifests::new()?;
-        let waypoint_config = scratch.dir().join("waypoint.json");
-        let agent = Agent::start(
-            &cluster,
+        let waypoint_config = world.scratch.dir().join("waypoint.json");
+        world.start_agent(
             1,
-            manifests.dir(),
             &[
                 "--waypoint",
                 &waypoints[0],
@@ -165,21 +132,8 @@ impl World {
                 "--waypoint-config",
                 &waypoint_config.display().to_string(),
             ],
-        )
-        .context("agent of node1")?;
-        Ok(World {
-            waypoint,
-            servers,
-            agent,
-            _manifests: manifests,
-            _scratch: scratch,
-            pods,
-            _cluster: cluster,
-        })
-    }
-
-    fn pod(&self, name: &str) -> &Pod {
-        &self.pods[name]
+        )?;
+        Ok(WithWaypoint { waypoint, world })
     }
 
     /// `zh-origdst --connect target [--mark mark]` from pod `client`.
@@ -188,7 +142,10 @@ impl World {
         if let Some(mark) = mark {
             args.extend(["--mark".to_owned(), mark.to_string()]);
         }
-        let finished = self.pod("client").run(origdst_bin(), &args, WAIT * 2)?;
+        let finished = self
+            .world
+            .pod("client")
+            .run(origdst_bin(), &args, WAIT * 2)?;
         let last = finished.stdout.last().context("no report")?;
         let dialled: Dialled = serde_json::from_str(last)
             .with_context(|| format!("zh-origdst --connect {target}: {finished:?}"))?;
@@ -226,19 +183,11 @@ impl World {
         }
         Ok(())
     }
-
-    fn counter(&self, name: &str) -> Result<u64> {
-        let counters = self.agent.counters()?;
-        counters
-            .get(name)
-            .copied()
-            .with_context(|| format!("no counter {name} in {counters:?}"))
-    }
 }
 
 /// The waypoint answers `ORIGDST <frontend>` to the client and saw the
 /// client's own address on the connection.
-fn check_reaches_waypoint(world: &mut World, family: Family) -> Result<()> {
+fn check_reaches_waypoint(world: &mut WithWaypoint, family: Family) -> Result<()> {
     let target = frontend(family, ROUTED);
     let dialled = world.dial(target, None)?;
     assert_eq!(
@@ -272,8 +221,11 @@ fn check_reaches_waypoint(world: &mut World, family: Family) -> Result<()> {
 /// (a) A client dialling an L7 Service reaches the waypoint, whose
 /// SO_ORIGINAL_DST is exactly the ClusterIP:port dialled, with the bypass on
 /// (the one line back moves socket-to-socket) and off.
-fn l7_connection_reaches_the_waypoint(family: Family) -> Result<()> {
-    let mut world = World::new()?;
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn l7_connection_reaches_the_waypoint(#[case] family: Family) -> Result<()> {
+    let mut world = WithWaypoint::new()?;
     let redirected = world.counter("msg_redirected")?;
     check_reaches_waypoint(&mut world, family)?;
     assert_eq!(world.counter("to_waypoint")?, 1);
@@ -282,27 +234,20 @@ fn l7_connection_reaches_the_waypoint(family: Family) -> Result<()> {
         "client <-> waypoint is bypassed like any same-node connection"
     );
 
-    world.agent.set_bypass(false)?;
+    world.agents[0].set_bypass(false)?;
     check_reaches_waypoint(&mut world, family)?;
     assert_eq!(world.counter("to_waypoint")?, 2);
     world.backends_saw_nothing()?;
     Ok(())
 }
 
-#[test]
-fn l7_connection_reaches_the_waypoint_v4() -> Result<()> {
-    l7_connection_reaches_the_waypoint(Family::V4)
-}
-
-#[test]
-fn l7_connection_reaches_the_waypoint_v6() -> Result<()> {
-    l7_connection_reaches_the_waypoint(Family::V6)
-}
-
 /// (b) A Service without routes goes straight to a backend, without the
 /// waypoint.
-fn service_without_routes_skips_the_waypoint(family: Family) -> Result<()> {
-    let mut world = World::new()?;
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn service_without_routes_skips_the_waypoint(#[case] family: Family) -> Result<()> {
+    let mut world = WithWaypoint::new()?;
     for _ in 0..4 {
         let dialled = world.dial(frontend(family, PLAIN), None)?;
         let line = dialled.line.unwrap_or_default();
@@ -320,21 +265,14 @@ fn service_without_routes_skips_the_waypoint(family: Family) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn service_without_routes_skips_the_waypoint_v4() -> Result<()> {
-    service_without_routes_skips_the_waypoint(Family::V4)
-}
-
-#[test]
-fn service_without_routes_skips_the_waypoint_v6() -> Result<()> {
-    service_without_routes_skips_the_waypoint(Family::V6)
-}
-
 /// (c) The backends of an L7 Service, local or remote, are never reached
 /// straight from a client: every connection lands on the waypoint.
-fn l7_backends_are_never_reached_directly(family: Family) -> Result<()> {
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn l7_backends_are_never_reached_directly(#[case] family: Family) -> Result<()> {
     const CONNECTIONS: u64 = 12;
-    let mut world = World::new()?;
+    let mut world = WithWaypoint::new()?;
     let target = frontend(family, ROUTED);
     for _ in 0..CONNECTIONS {
         let dialled = world.dial(target, None)?;
@@ -351,21 +289,14 @@ fn l7_backends_are_never_reached_directly(family: Family) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn l7_backends_are_never_reached_directly_v4() -> Result<()> {
-    l7_backends_are_never_reached_directly(Family::V4)
-}
-
-#[test]
-fn l7_backends_are_never_reached_directly_v6() -> Result<()> {
-    l7_backends_are_never_reached_directly(Family::V6)
-}
-
 /// (d) The waypoint's own sockets (its SO_MARK) get the plain translation to
 /// a backend of the L7 Service, and their connections to endpoints on this
 /// node dialled by pod IP move socket-to-socket.
-fn waypoint_sockets_are_not_sent_to_the_waypoint(family: Family) -> Result<()> {
-    let mut world = World::new()?;
+#[rstest]
+#[case::v4(Family::V4)]
+#[case::v6(Family::V6)]
+fn waypoint_sockets_are_not_sent_to_the_waypoint(#[case] family: Family) -> Result<()> {
+    let mut world = WithWaypoint::new()?;
     for _ in 0..4 {
         let dialled = world.dial(frontend(family, ROUTED), Some(WAYPOINT_MARK))?;
         let line = dialled.line.unwrap_or_default();
@@ -404,14 +335,4 @@ fn waypoint_sockets_are_not_sent_to_the_waypoint(family: Family) -> Result<()> {
     let dialled = world.dial(far, Some(WAYPOINT_MARK))?;
     assert!(dialled.line.unwrap_or_default().starts_with("HELLO far "));
     Ok(())
-}
-
-#[test]
-fn waypoint_sockets_are_not_sent_to_the_waypoint_v4() -> Result<()> {
-    waypoint_sockets_are_not_sent_to_the_waypoint(Family::V4)
-}
-
-#[test]
-fn waypoint_sockets_are_not_sent_to_the_waypoint_v6() -> Result<()> {
-    waypoint_sockets_are_not_sent_to_the_waypoint(Family::V6)
 }
