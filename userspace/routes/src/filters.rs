@@ -1,49 +1,43 @@
 //! The edits HTTPRoute filters make: header modifiers, path rewrites and
-//! redirect `Location`s. Pure string work, shared by the router and the
-//! waypoint (which applies the response header modifier of a forwarded
-//! request with [`apply_header_modifier`]).
+//! redirect `Location`s. Pure work on strings and header maps, shared by
+//! the router (request headers) and the waypoint (which applies the
+//! response header modifier of a forwarded request with
+//! [`apply_header_modifier`]).
 
-use crate::model::{HeaderModifier, PathModifier};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::model::{Header, HeaderModifier, PathModifier};
 
 /// `ReplaceFullPath`.
 pub const REPLACE_FULL_PATH: &str = "ReplaceFullPath";
 /// `ReplacePrefixMatch`.
 pub const REPLACE_PREFIX_MATCH: &str = "ReplacePrefixMatch";
 
-/// Applies a RequestHeaderModifier/ResponseHeaderModifier to `headers`
-/// (names lower case; a name may repeat, once per value).
+/// Applies a RequestHeaderModifier/ResponseHeaderModifier to `headers`.
 ///
 /// Spec (HTTPHeaderFilter): `set` overwrites the header, `add` appends to
-/// its existing value (`foo` + add `bar,baz` → `foo,bar,baz`), `remove`
-/// drops it; names are case-insensitive. Only one action per name is
-/// valid, so the order set, add, remove does not matter.
-pub fn apply_header_modifier(headers: &mut Vec<(String, String)>, modifier: &HeaderModifier) {
-    for header in &modifier.set {
-        let name = header.name.to_ascii_lowercase();
-        match headers.iter().position(|(n, _)| *n == name) {
-            Some(first) => {
-                headers[first].1 = header.value.clone();
-                let mut index = 0;
-                headers.retain(|(n, _)| {
-                    index += 1;
-                    index - 1 == first || *n != name
-                });
-            }
-            None => headers.push((name, header.value.clone())),
-        }
+/// it (`foo` + add `bar,baz` → the values `foo` and `bar,baz`, which
+/// RFC 9110 combines as `foo,bar,baz`), `remove` drops it; names are
+/// case-insensitive. Only one action per name is valid, so the order set,
+/// add, remove does not matter. A name or value that is not valid HTTP is
+/// skipped.
+pub fn apply_header_modifier(headers: &mut HeaderMap, modifier: &HeaderModifier) {
+    let valid = |header: &Header| {
+        Some((
+            HeaderName::from_bytes(header.name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(header.value.as_bytes()).ok()?,
+        ))
+    };
+    for (name, value) in modifier.set.iter().filter_map(valid) {
+        headers.insert(name, value);
     }
-    for header in &modifier.add {
-        let name = header.name.to_ascii_lowercase();
-        match headers.iter_mut().rev().find(|(n, _)| *n == name) {
-            Some((_, value)) => {
-                value.push(',');
-                value.push_str(&header.value);
-            }
-            None => headers.push((name, header.value.clone())),
-        }
+    for (name, value) in modifier.add.iter().filter_map(valid) {
+        headers.append(name, value);
     }
     for name in &modifier.remove {
-        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(name);
+        }
     }
 }
 
@@ -135,14 +129,7 @@ impl Location<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Header;
-
-    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::testing::{header_map, header_pairs};
 
     fn header(name: &str, value: &str) -> Header {
         Header {
@@ -151,9 +138,19 @@ mod tests {
         }
     }
 
+    /// A header's values combined as RFC 9110 says.
+    fn combined(headers: &HeaderMap, name: &str) -> String {
+        let values: Vec<_> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        values.join(",")
+    }
+
     #[test]
     fn header_modifier_follows_the_spec_examples() {
-        let mut request = headers(&[
+        let mut request = header_map(&[
             ("my-header", "foo"),
             ("my-header2", "bar"),
             ("x-dup", "1"),
@@ -169,14 +166,51 @@ mod tests {
             remove: vec!["X-NEW".into()],
         };
         apply_header_modifier(&mut request, &modifier);
+        assert_eq!(combined(&request, "my-header2"), "bar,baz,qux");
         assert_eq!(
-            request,
-            headers(&[
+            header_pairs(&request),
+            header_pairs(&header_map(&[
                 ("my-header", "bar"),
-                ("my-header2", "bar,baz,qux"),
+                ("my-header2", "bar"),
+                ("my-header2", "baz,qux"),
                 ("x-dup", "3"),
                 ("x-added", "a")
-            ])
+            ]))
+        );
+    }
+
+    #[test]
+    fn header_modifier_sets_adds_and_removes_response_headers() {
+        let mut headers = header_map(&[("x-set", "old"), ("x-add", "one"), ("x-gone", "bye")]);
+        apply_header_modifier(
+            &mut headers,
+            &HeaderModifier {
+                set: vec![header("X-Set", "new"), header("x-new", "n")],
+                add: vec![header("x-add", "two")],
+                remove: vec!["X-Gone".into()],
+            },
+        );
+        assert_eq!(headers["x-set"], "new");
+        assert_eq!(headers["x-new"], "n");
+        let added: Vec<_> = headers.get_all("x-add").iter().collect();
+        assert_eq!(added, ["one", "two"]);
+        assert!(!headers.contains_key("x-gone"));
+    }
+
+    #[test]
+    fn header_modifier_skips_invalid_names_and_values() {
+        let mut headers = header_map(&[("x-a", "1"), ("x-b", "2")]);
+        apply_header_modifier(
+            &mut headers,
+            &HeaderModifier {
+                set: vec![header("bad name", "v"), header("x-a", "bad\nvalue")],
+                add: vec![header("x-b", "bad\rvalue"), header("(bad)", "v")],
+                remove: vec!["bad name".into()],
+            },
+        );
+        assert_eq!(
+            header_pairs(&headers),
+            header_pairs(&header_map(&[("x-a", "1"), ("x-b", "2")]))
         );
     }
 
@@ -191,9 +225,9 @@ mod tests {
             remove: vec!["x-b".into()],
             ..Default::default()
         };
-        let mut response = headers(&[("x-b", "1")]);
+        let mut response = header_map(&[("x-b", "1")]);
         apply_header_modifier(&mut response, &merge_header_modifiers(&rule, &backend));
-        assert_eq!(response, headers(&[("x-a", "backend")]));
+        assert_eq!(header_pairs(&response), [("x-a".into(), "backend".into())]);
     }
 
     #[test]

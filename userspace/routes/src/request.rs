@@ -2,6 +2,8 @@
 //! route matches test and that the router starts its edits from. The
 //! waypoint fills it in from the request it received.
 
+use http::HeaderMap;
+
 /// The parts of a request routing reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
@@ -11,6 +13,6 @@ pub struct RequestHead {
     pub path: String,
     /// The raw query string, without `?`.
     pub query: Option<String>,
-    /// Names lower case; repeated names appear once per value.
-    pub headers: Vec<(String, String)>,
+    /// As received; an HTTP/2 request's `:authority` as `host`.
+    pub headers: HeaderMap,
 }

@@ -13,6 +13,8 @@ use std::{
     time::Duration,
 };
 
+use http::{header::HOST, HeaderMap, HeaderValue};
+
 use crate::{
     contract::{Endpoint, WaypointConfig},
     filters::{
@@ -32,8 +34,8 @@ pub enum Decision {
     /// Answer without forwarding: 404 (no rule matches), 500 (the rule's
     /// backends are invalid), 503 (no ready endpoint), a redirect, ...
     Respond(Response),
-    /// Forward upstream.
-    Forward(Forward),
+    /// Forward upstream (boxed: its header map makes it much the largest).
+    Forward(Box<Forward>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +53,8 @@ pub struct Forward {
     pub route: String,
     /// The chosen endpoint.
     pub upstream: SocketAddr,
-    /// Request headers after the filters (names lower case, in order).
-    pub request_headers: Vec<(String, String)>,
+    /// Request headers after the filters.
+    pub request_headers: HeaderMap,
     /// Path and query after URLRewrite.
     pub path_and_query: String,
     /// Host after URLRewrite, when rewritten (`request_headers` then
@@ -127,7 +129,7 @@ struct TableEntry {
 
 /// What the rule's and backend's filters have made of the request so far.
 struct Outgoing {
-    headers: Vec<(String, String)>,
+    headers: HeaderMap,
     path: String,
     query: Option<String>,
     host: Option<String>,
@@ -425,7 +427,7 @@ impl Router {
             );
         };
         let path_and_query = outgoing.path_and_query();
-        Decision::Forward(Forward {
+        Decision::Forward(Box::new(Forward {
             route,
             upstream: endpoint.addr,
             request_headers: outgoing.headers,
@@ -435,7 +437,7 @@ impl Router {
             mirrors: outgoing.mirrors,
             request_timeout: timeouts.request,
             backend_timeout: timeouts.backend,
-        })
+        }))
     }
 }
 
@@ -453,16 +455,16 @@ impl Outgoing {
 
     /// URLRewrite hostname: both `Forward::host` and the `host` header.
     fn set_host(&mut self, host: &str) {
-        self.headers.retain(|(name, _)| name != "host");
-        self.headers.push(("host".into(), host.into()));
+        self.headers.remove(HOST);
+        if let Ok(value) = HeaderValue::from_str(host) {
+            self.headers.insert(HOST, value);
+        }
         self.host = Some(host.into());
     }
 
     fn host_header(&self) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(name, _)| name == "host")
-            .map(|(_, value)| value.as_str())
+        let value = self.headers.get(HOST)?;
+        std::str::from_utf8(value.as_bytes()).ok()
     }
 
     fn path_and_query(&self) -> String {
@@ -645,7 +647,7 @@ mod tests {
     #[track_caller]
     fn forward(decision: Decision) -> Forward {
         match decision {
-            Decision::Forward(forward) => forward,
+            Decision::Forward(forward) => *forward,
             other => panic!("expected a forward, got {other:?}"),
         }
     }
@@ -964,17 +966,17 @@ mod tests {
             ],
         );
         let forward = forward(decide(&router, SHOP_CLIENT, &request));
-        let expected = [
+        let expected = header_map(&[
             ("host", "web"),
             ("x-env", "prod"),
-            ("x-trace", "client,waypoint"),
+            ("x-trace", "client"),
+            ("x-trace", "waypoint"),
             ("x-backend", "v1"),
-        ];
-        let expected: Vec<(String, String)> = expected
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
-        assert_eq!(forward.request_headers, expected);
+        ]);
+        assert_eq!(
+            header_pairs(&forward.request_headers),
+            header_pairs(&expected)
+        );
     }
 
     #[test]
@@ -1064,9 +1066,7 @@ mod tests {
         let rewritten = forward_of("/api/v1/users?page=2");
         assert_eq!(rewritten.path_and_query, "/users?page=2");
         assert_eq!(rewritten.host.as_deref(), Some("v1.internal"));
-        assert!(rewritten
-            .request_headers
-            .contains(&("host".into(), "v1.internal".into())));
+        assert_eq!(rewritten.request_headers["host"], "v1.internal");
         assert_eq!(forward_of("/api/v1").path_and_query, "/");
         let full = forward_of("/legacy/a/b?x");
         assert_eq!(

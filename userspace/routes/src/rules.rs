@@ -235,11 +235,11 @@ impl CompiledMatch {
 
 /// A header's values joined with `,` (RFC 9110 field combination).
 fn header_value(request: &RequestHead, name: &str) -> Option<String> {
-    let values: Vec<&str> = request
+    let values: Vec<_> = request
         .headers
+        .get_all(name)
         .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
         .collect();
     (!values.is_empty()).then(|| values.join(","))
 }
@@ -669,10 +669,7 @@ mod tests {
             method: method.into(),
             path: path.into(),
             query: query.map(Into::into),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
+            headers: crate::testing::header_map(headers),
         }
     }
 

@@ -7,31 +7,29 @@
 use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
+use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
 use zerohop_routes::{contract::WaypointConfig, router::Router};
 
-/// The current router, shared by every connection.
+/// The current router, shared by every connection. Readers take a snapshot
+/// without locking; a reload swaps in a new one.
 #[derive(Clone, Default)]
-pub struct Routes(Arc<RwLock<Arc<Router>>>);
+pub struct Routes(Arc<ArcSwap<Router>>);
 
 impl Routes {
     /// The router for one request.
     pub fn current(&self) -> Arc<Router> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn swap(&self, router: Router) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(router);
+        self.0.load_full()
     }
 
     /// Parses and compiles `content`, and swaps it in.
     fn apply(&self, path: &Path, content: &[u8]) -> Result<(), serde_json::Error> {
         let config: WaypointConfig = serde_json::from_slice(content)?;
-        self.swap(Router::new(&config));
+        self.0.store(Arc::new(Router::new(&config)));
         info!(
             path = %path.display(),
             services = config.services.len(),

@@ -24,6 +24,7 @@ use hyper::{
 };
 use tracing::{debug, warn};
 use zerohop_routes::{
+    filters::apply_header_modifier,
     model::HeaderModifier,
     request::RequestHead,
     router::{self, Decision, Forward},
@@ -90,7 +91,7 @@ impl Proxy {
             Decision::Forward(forward) => {
                 let request_timeout = forward.request_timeout;
                 let route = forward.route.clone();
-                let exchange = self.forward(request, forward);
+                let exchange = self.forward(request, *forward);
                 with_timeout(request_timeout, exchange, || {
                     warn!(%route, client = %conn.client, destination = %conn.destination, timeout = ?request_timeout, "request timeout");
                     text(StatusCode::GATEWAY_TIMEOUT, "request timeout".into())
@@ -206,19 +207,11 @@ async fn with_timeout(
 /// The parts of the request the router reads. An HTTP/2 request carries its
 /// host in `:authority`, which becomes the `host` header here.
 fn request_head<B>(request: &Request<B>) -> RequestHead {
-    let mut headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    if !request.headers().contains_key(HOST) {
-        if let Some(authority) = request.uri().authority() {
-            headers.push(("host".into(), authority.as_str().into()));
+    let mut headers = request.headers().clone();
+    if !headers.contains_key(HOST) {
+        let authority = request.uri().authority();
+        if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            headers.insert(HOST, host);
         }
     }
     RequestHead {
@@ -282,18 +275,10 @@ fn upstream_request(
         headers.insert(HOST, HeaderValue::from_str(host)?);
     }
     for (name, value) in &forward.request_headers {
-        if is_hop_by_hop(name) || name.eq_ignore_ascii_case("host") {
+        if is_hop_by_hop(name.as_str()) || name == HOST {
             continue;
         }
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            (Ok(name), Ok(value)) => {
-                headers.append(name, value);
-            }
-            _ => debug!(%name, "dropping a header that is not valid HTTP"),
-        }
+        headers.append(name.clone(), value.clone());
     }
     Ok(request)
 }
@@ -308,36 +293,10 @@ fn response_from_upstream(
     for hop in HOP_BY_HOP {
         parts.headers.remove(hop);
     }
-    modify_headers(&mut parts.headers, modifier);
+    apply_header_modifier(&mut parts.headers, modifier);
     // The client's connection decides its own version.
     parts.version = Version::default();
     Response::from_parts(parts, body.map_err(BoxError::from).boxed())
-}
-
-/// Gateway API HTTPHeaderFilter: `set` replaces, `add` appends, `remove`
-/// removes. Names are case-insensitive; invalid names or values are skipped.
-fn modify_headers(headers: &mut HeaderMap, modifier: &HeaderModifier) {
-    let valid = |name: &str, value: &str| {
-        Some((
-            HeaderName::from_bytes(name.as_bytes()).ok()?,
-            HeaderValue::from_bytes(value.as_bytes()).ok()?,
-        ))
-    };
-    for header in &modifier.set {
-        if let Some((name, value)) = valid(&header.name, &header.value) {
-            headers.insert(name, value);
-        }
-    }
-    for header in &modifier.add {
-        if let Some((name, value)) = valid(&header.name, &header.value) {
-            headers.append(name, value);
-        }
-    }
-    for name in &modifier.remove {
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-            headers.remove(name);
-        }
-    }
 }
 
 /// The router's direct answer: its status and headers, its reason as body.
@@ -379,18 +338,20 @@ fn full(bytes: Bytes) -> Body {
 
 #[cfg(test)]
 mod tests {
-    use zerohop_routes::model::Header;
-
     use super::*;
 
     fn forward(headers: &[(&str, &str)]) -> Forward {
+        let mut request_headers = HeaderMap::new();
+        for (name, value) in headers {
+            request_headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
         Forward {
             route: "default/r/0".into(),
             upstream: "10.0.0.1:8080".parse().unwrap(),
-            request_headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
+            request_headers,
             path_and_query: "/v2/x?a=1".into(),
             host: None,
             response_headers: HeaderModifier::default(),
@@ -398,6 +359,13 @@ mod tests {
             request_timeout: None,
             backend_timeout: None,
         }
+    }
+
+    fn pairs(headers: &HeaderMap) -> Vec<(&str, &str)> {
+        headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect()
     }
 
     #[test]
@@ -414,12 +382,8 @@ mod tests {
         assert_eq!(head.path, "/a/b");
         assert_eq!(head.query.as_deref(), Some("x=1&y"));
         assert_eq!(
-            head.headers,
-            [
-                ("host".to_string(), "web.default".to_string()),
-                ("x-two".into(), "a".into()),
-                ("x-two".into(), "b".into())
-            ]
+            pairs(&head.headers),
+            [("host", "web.default"), ("x-two", "a"), ("x-two", "b")]
         );
         let h2 = Request::builder()
             .method("POST")
@@ -430,7 +394,7 @@ mod tests {
         let head = request_head(&h2);
         assert_eq!(head.method, "POST");
         assert_eq!(head.query, None);
-        assert_eq!(head.headers, [("host".into(), "web.default:8080".into())]);
+        assert_eq!(pairs(&head.headers), [("host", "web.default:8080")]);
     }
 
     #[test]
@@ -457,13 +421,8 @@ mod tests {
         assert_eq!(request.uri(), "http://10.0.0.1:8080/v2/x?a=1");
         assert_eq!(request.method(), Method::PUT);
         assert_eq!(request.version(), Version::HTTP_11);
-        let headers: Vec<_> = request
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
-            .collect();
         assert_eq!(
-            headers,
+            pairs(request.headers()),
             [
                 ("host", "web.default"),
                 ("x-a", "1"),
@@ -471,31 +430,6 @@ mod tests {
                 ("content-length", "0")
             ]
         );
-    }
-
-    #[test]
-    fn header_filter() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-set", HeaderValue::from_static("old"));
-        headers.insert("x-add", HeaderValue::from_static("one"));
-        headers.insert("x-gone", HeaderValue::from_static("bye"));
-        let header = |name: &str, value: &str| Header {
-            name: name.into(),
-            value: value.into(),
-        };
-        modify_headers(
-            &mut headers,
-            &HeaderModifier {
-                set: vec![header("X-Set", "new"), header("x-new", "n")],
-                add: vec![header("x-add", "two")],
-                remove: vec!["X-Gone".into()],
-            },
-        );
-        assert_eq!(headers["x-set"], "new");
-        assert_eq!(headers["x-new"], "n");
-        let added: Vec<_> = headers.get_all("x-add").iter().collect();
-        assert_eq!(added, ["one", "two"]);
-        assert!(!headers.contains_key("x-gone"));
     }
 
     #[test]
