@@ -554,8 +554,10 @@ impl Candidate {
 mod tests {
     use super::*;
     use crate::diff::{diff, diff_frontends};
-    use crate::manifest::{parse_manifests, Manifest};
-    use crate::model::SliceId;
+    use crate::model::{
+        Endpoint, EndpointSlice, Namespace, Node, Route, ServicePort, SliceId, SlicePort,
+        TrafficPolicy,
+    };
 
     /// xorshift64*: a small deterministic generator, so a failure repeats.
     struct Rng(u64);
@@ -582,81 +584,108 @@ mod tests {
 
     /// A random Service: ClusterIPs from a small pool (so two Services
     /// may claim one frontend), one or two ports, sometimes a policy.
-    fn service(rng: &mut Rng, namespace: &str, name: &str) -> String {
+    fn service(rng: &mut Rng, namespace: &str, name: &str) -> Service {
         let v4 = *rng.pick(&["10.96.0.1", "10.96.0.2", "10.96.0.3"]);
         let ips = match rng.below(3) {
-            0 => format!("[{v4}]"),
-            1 => format!("[{v4}, \"fd00::{}\"]", 1 + rng.below(2)),
-            _ => format!("[\"fd00::{}\"]", 1 + rng.below(2)),
+            0 => vec![v4.to_owned()],
+            1 => vec![v4.to_owned(), format!("fd00::{}", 1 + rng.below(2))],
+            _ => vec![format!("fd00::{}", 1 + rng.below(2))],
         };
-        let protocol = *rng.pick(&["TCP", "UDP"]);
-        let mut ports = format!(
-            "[{{name: http, port: {}, protocol: {protocol}}}",
-            80 + rng.below(2)
-        );
+        let protocol = *rng.pick(&[Protocol::Tcp, Protocol::Udp]);
+        let mut ports = vec![ServicePort {
+            name: "http".into(),
+            port: 80 + rng.below(2) as u16,
+            protocol,
+        }];
         if rng.below(2) == 0 {
-            ports.push_str(", {name: admin, port: 9000}");
+            ports.push(ServicePort {
+                name: "admin".into(),
+                port: 9000,
+                protocol: Protocol::Tcp,
+            });
         }
-        ports.push(']');
-        let annotations = match rng.below(5) {
-            0 => "annotations: {zerohop.io/bypass: \"off\"}",
-            1 => "annotations: {zerohop.io/fast-path: \"off\"}",
-            _ => "annotations: {}",
+        // Annotation zerohop.io/bypass "off", or zerohop.io/fast-path "off".
+        let (bypass, fast_path) = match rng.below(5) {
+            0 => (Bypass::Off, true),
+            1 => (Bypass::Auto, false),
+            _ => (Bypass::Auto, true),
         };
-        let traffic = *rng.pick(&["Cluster", "Cluster", "PreferClose", "Local"]);
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}, {annotations}}}\n\
-             spec: {{clusterIPs: {ips}, ports: {ports}, internalTrafficPolicy: {traffic}}}\n"
-        )
+        // internalTrafficPolicy Cluster, Cluster, PreferClose (not an
+        // internal policy: Cluster) or Local.
+        let traffic = *rng.pick(&[
+            TrafficPolicy::Cluster,
+            TrafficPolicy::Cluster,
+            TrafficPolicy::Cluster,
+            TrafficPolicy::NodeLocal,
+        ]);
+        Service {
+            id: ServiceId::new(namespace, name),
+            cluster_ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            ports,
+            traffic,
+            bypass,
+            affinity_seconds: None,
+            fast_path,
+        }
     }
 
     /// A random slice of Service `name`: a few endpoints on this node or
     /// another, ready or not, zone-hinted or not.
-    fn slice(rng: &mut Rng, namespace: &str, name: &str, slice: &str) -> String {
+    fn slice(rng: &mut Rng, namespace: &str, name: &str, slice: &str) -> EndpointSlice {
         let v6 = rng.below(3) == 0;
         let mut endpoints = Vec::new();
         for _ in 0..rng.below(4) {
             let address = if v6 {
-                format!("\"fd00:244::{}\"", 1 + rng.below(6))
+                format!("fd00:244::{}", 1 + rng.below(6))
             } else {
                 format!("10.244.0.{}", 1 + rng.below(6))
             };
             let node = *rng.pick(&["node1", "node2"]);
-            let ready = *rng.pick(&["true", "true", "false"]);
+            let ready = *rng.pick(&[true, true, false]);
             let zone = *rng.pick(&["zone-a", "zone-b"]);
-            endpoints.push(format!(
-                "{{addresses: [{address}], nodeName: {node}, conditions: {{ready: {ready}}}, \
-                 hints: {{forZones: [{{name: {zone}}}]}}}}"
-            ));
+            endpoints.push(Endpoint {
+                addresses: vec![address.parse().unwrap()],
+                ready,
+                node_name: Some(node.to_owned()),
+                zones: vec![zone.to_owned()],
+            });
         }
         let port_name = *rng.pick(&["http", "http", "other"]);
-        let protocol = *rng.pick(&["TCP", "UDP"]);
-        format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: {slice}, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-             addressType: {}\nports: [{{name: {port_name}, port: 8080, protocol: {protocol}}}, {{name: admin, port: 9090}}]\n\
-             endpoints: [{}]\n",
-            if v6 { "IPv6" } else { "IPv4" },
-            endpoints.join(", ")
-        )
+        let protocol = *rng.pick(&[Protocol::Tcp, Protocol::Udp]);
+        EndpointSlice {
+            id: SliceId::new(namespace, slice),
+            service: ServiceId::new(namespace, name),
+            family: if v6 { Family::V6 } else { Family::V4 },
+            ports: vec![
+                SlicePort {
+                    name: port_name.into(),
+                    port: 8080,
+                    protocol,
+                },
+                SlicePort {
+                    name: "admin".into(),
+                    port: 9090,
+                    protocol: Protocol::Tcp,
+                },
+            ],
+            endpoints,
+        }
     }
 
-    fn route(rng: &mut Rng, namespace: &str, name: &str) -> String {
+    fn route(rng: &mut Rng, namespace: &str, name: &str) -> Route {
         let parent = *rng.pick(&NAMES);
         let parent_namespace = *rng.pick(&NAMESPACES);
         let backend = *rng.pick(&NAMES);
-        format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
-             metadata: {{name: {name}, namespace: {namespace}}}\n\
-             spec: {{parentRefs: [{{group: \"\", kind: Service, name: {parent}, namespace: {parent_namespace}}}], \
-             rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]}}\n"
-        )
-    }
-
-    fn object(text: &str) -> Manifest {
-        let parsed = parse_manifests("random.yaml", text);
-        assert_eq!(parsed.problems, vec![], "{text}");
-        parsed.manifests.into_iter().next().expect(text)
+        let route = serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "parentRefs": [
+                    {"group": "", "kind": "Service", "name": parent, "namespace": parent_namespace}
+                ],
+                "rules": [{"backendRefs": [{"name": backend, "port": 80}]}],
+            },
+        });
+        Route(serde_json::from_value(route).unwrap())
     }
 
     /// One random change to `view`.
@@ -665,49 +694,25 @@ mod tests {
         let name = *rng.pick(&NAMES);
         let slice_name = format!("{name}-{}", rng.below(2));
         match rng.below(12) {
-            0..=2 => {
-                _ = view.apply_service(match object(&service(rng, namespace, name)) {
-                    Manifest::Service(service) => service,
-                    _ => unreachable!(),
-                })
-            }
+            0..=2 => _ = view.apply_service(service(rng, namespace, name)),
             3 => _ = view.delete_service(&ServiceId::new(namespace, name)),
-            4..=6 => {
-                _ = view.apply_slice(match object(&slice(rng, namespace, name, &slice_name)) {
-                    Manifest::EndpointSlice(slice) => slice,
-                    _ => unreachable!(),
-                })
-            }
+            4..=6 => _ = view.apply_slice(slice(rng, namespace, name, &slice_name)),
             7 => _ = view.delete_slice(&SliceId::new(namespace, slice_name)),
             8 => {
                 let opted_out = rng.below(2) == 0;
-                let text = format!(
-                    "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}, \
-                     labels: {{zerohop.io/fast-path: \"{}\"}}}}\n",
-                    if opted_out { "off" } else { "on" }
-                );
-                let Manifest::Namespace(namespace) = object(&text) else {
-                    unreachable!()
-                };
-                view.apply_namespace(namespace);
+                view.apply_namespace(Namespace {
+                    name: namespace.to_owned(),
+                    fast_path: !opted_out,
+                });
             }
             9 => {
                 let zone = *rng.pick(&["zone-a", "zone-b"]);
-                let text = format!(
-                    "apiVersion: v1\nkind: Node\nmetadata: {{name: node1, \
-                     labels: {{topology.kubernetes.io/zone: {zone}}}}}\n"
-                );
-                let Manifest::Node(node) = object(&text) else {
-                    unreachable!()
-                };
-                view.apply_node(node);
+                view.apply_node(Node {
+                    name: "node1".to_owned(),
+                    zone: Some(zone.to_owned()),
+                });
             }
-            10 => {
-                let Manifest::Route(route) = object(&route(rng, namespace, name)) else {
-                    unreachable!()
-                };
-                view.apply_route(route);
-            }
+            10 => _ = view.apply_route(route(rng, namespace, name)),
             _ => _ = view.delete_route(&(namespace.to_owned(), name.to_owned())),
         }
     }
@@ -781,19 +786,13 @@ mod tests {
         let mut rng = Rng(7);
         let mut view = ClusterView::new();
         for name in NAMES {
-            view.apply_service(match object(&service(&mut rng, "shop", name)) {
-                Manifest::Service(service) => service,
-                _ => unreachable!(),
-            });
+            view.apply_service(service(&mut rng, "shop", name));
         }
         let mut node_plan = NodePlan::new("node1", Waypoints::default(), Capacity::KERNEL);
         let all = node_plan.update(&view, &Touched::All, &BTreeSet::new());
         assert_eq!(all.frontends, None);
         let before = view.clone();
-        view.apply_slice(match object(&slice(&mut rng, "shop", "a", "a-0")) {
-            Manifest::EndpointSlice(slice) => slice,
-            _ => unreachable!(),
-        });
+        view.apply_slice(slice(&mut rng, "shop", "a", "a-0"));
         let touched = view.touched_services(&before);
         assert_eq!(
             touched,

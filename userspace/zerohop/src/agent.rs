@@ -25,10 +25,10 @@ use tracing::{info, info_span, warn, Instrument};
 use zerohop_abi::{
     map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_INTERVAL_NS, SHORT_CONNS_SAMPLE,
 };
+use zerohop_k8s::{object_label, Origins};
 use zerohop_planner::{
-    convert::object_label,
     policy::{Learner, Verdict, LEARN_EVERY},
-    waypoint_config, Capacity, Origins, Waypoints,
+    waypoint_config, Capacity, Waypoints,
 };
 use zerohop_routes::{
     contract::WaypointConfig,

@@ -126,7 +126,8 @@ mod tests {
 
     use anyhow::bail;
     use zerohop_abi::BackendKey;
-    use zerohop_planner::{build_view, plan_within};
+    use zerohop_k8s::build_view;
+    use zerohop_planner::plan_within;
 
     use super::*;
 

@@ -22,9 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use zerohop_planner::{
-    manifest::Assembly, parse_manifests, ClusterView, ManifestProblem, Origins, Parsed,
-};
+use zerohop_k8s::{manifest::Assembly, parse_manifests, ManifestProblem, Origins, Parsed};
+use zerohop_planner::ClusterView;
 
 /// The view built from a directory, and what was wrong in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

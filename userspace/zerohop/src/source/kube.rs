@@ -30,10 +30,8 @@ use kube::{
     Api, Client,
 };
 use tracing::{debug, info, warn};
-use zerohop_planner::{
-    convert::{object_label, ConvertError},
-    model, ClusterView, Origins,
-};
+use zerohop_k8s::{object_label, FromObject, Origins};
+use zerohop_planner::{model, ClusterView};
 
 use super::{Publisher, Snapshot};
 
@@ -173,7 +171,7 @@ fn convert<Wire, Domain>(
 ) -> Converted
 where
     Wire: DeserializeOwned,
-    for<'w> Domain: TryFrom<&'w Wire, Error = ConvertError>,
+    Domain: FromObject<Wire>,
 {
     let label = object_label(
         kind.name(),
@@ -184,7 +182,7 @@ where
         Ok(wire) => wire,
         Err(error) => return Converted::Invalid(format!("{label}: {error}")),
     };
-    match Domain::try_from(&wire) {
+    match Domain::from_object(&wire) {
         Ok(domain) => wrap(domain),
         Err(error) if error.is_ignored() => Converted::Ignored,
         Err(error) => Converted::Invalid(error.to_string()),

@@ -1,4 +1,8 @@
-//! Where the agent learns the cluster from. Each source publishes
+//! Where the agent learns the cluster from: the Kubernetes API ([`kube`])
+//! or a directory of manifest files ([`dir`]). Both read the same seven
+//! kinds: Services, EndpointSlices, Namespaces, Nodes, Pods, HTTPRoutes and
+//! ReferenceGrants (the API source only this node's Node and Pods), which
+//! `zerohop-k8s` converts to the planner's model. Each source publishes
 //! [`Snapshot`]s of the whole cluster through a [`Publisher`]; the agent
 //! plans and syncs the maps from the latest one. A source also confirms,
 //! each time it reads the cluster, that its last snapshot is still current:
@@ -18,14 +22,16 @@ pub use dir::{load_dir, DirReader, Loaded};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc::Sender, watch};
 use tracing::warn;
-use zerohop_planner::{ClusterView, Origins};
+use zerohop_k8s::Origins;
+use zerohop_planner::ClusterView;
 
 use crate::freshness::SharedFreshness;
 
 /// The cluster as a source last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Every Service, EndpointSlice and Namespace that could be used.
+    /// Every object that could be used: Services, EndpointSlices,
+    /// Namespaces, Nodes, Pods, HTTPRoutes and ReferenceGrants.
     pub view: ClusterView,
     /// What could not be used, each naming its object (and file).
     pub problems: Vec<String>,

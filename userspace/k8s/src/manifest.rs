@@ -19,11 +19,10 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
-
-use crate::convert::{object_label, ConvertError, DEFAULT_NAMESPACE};
-use crate::model;
-use crate::view::ClusterView;
+use zerohop_planner::{model, ClusterView};
 use zerohop_routes::model as routes;
+
+use crate::convert::{object_label, FromObject, DEFAULT_NAMESPACE};
 
 /// API versions of the Gateway API kinds read (HTTPRoute, ReferenceGrant).
 const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
@@ -502,7 +501,7 @@ impl Parser<'_> {
     ) -> Option<Domain>
     where
         Wire: DeserializeOwned,
-        for<'w> Domain: TryFrom<&'w Wire, Error = ConvertError>,
+        Domain: FromObject<Wire>,
     {
         let wire = match serde_yaml_ng::from_value::<Wire>(value) {
             Ok(wire) => wire,
@@ -517,7 +516,7 @@ impl Parser<'_> {
                 return None;
             }
         };
-        match Domain::try_from(&wire) {
+        match Domain::from_object(&wire) {
             Ok(domain) => Some(domain),
             Err(error) if error.is_ignored() => None,
             Err(error) => {
@@ -683,7 +682,7 @@ fn with_kind(item: Value, kind: &str, api_version: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ServiceId, SliceId};
+    use zerohop_planner::model::{ServiceId, SliceId};
 
     fn names(manifests: &[Manifest]) -> Vec<String> {
         manifests.iter().map(Manifest::object).collect()

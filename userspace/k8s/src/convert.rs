@@ -1,4 +1,5 @@
-//! Conversion of Kubernetes API objects into the [`model`](crate::model).
+//! Conversion of Kubernetes API objects into the planner's
+//! [`model`](zerohop_planner::model) ([`FromObject`]).
 //!
 //! Each conversion either gives a model object, or a [`ConvertError`] that
 //! names the object. Two kinds of error:
@@ -13,12 +14,11 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use zerohop_routes::model as routes;
-
-use crate::model::{
+use zerohop_planner::model::{
     Bypass, Endpoint, EndpointSlice, Family, Grant, Namespace, Node, Pod, Protocol, Route, Service,
     ServiceId, ServicePort, SliceId, SlicePort, TrafficPolicy,
 };
+use zerohop_routes::model as routes;
 
 /// Service annotation: `off` keeps connections of the Service on the
 /// network stack (they are still translated at connect time), `on` bypasses
@@ -33,6 +33,14 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Namespace of an object whose manifest does not say.
 pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A model object made from a Kubernetes object of type `Wire`: the
+/// conversions of this module. (A trait of this crate's own, as the
+/// Kubernetes types and the model are both other crates'.)
+pub trait FromObject<Wire>: Sized {
+    /// Converts `wire`, or says why it cannot be.
+    fn from_object(wire: &Wire) -> Result<Self, ConvertError>;
+}
 
 /// Why an object could not be converted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -211,10 +219,8 @@ pub fn object_label(kind: &str, namespace: &str, name: Option<&str>) -> String {
     format!("{kind} {namespace}/{}", name.unwrap_or("<no name>"))
 }
 
-impl TryFrom<&core::Service> for Service {
-    type Error = ConvertError;
-
-    fn try_from(service: &core::Service) -> Result<Self, Self::Error> {
+impl FromObject<core::Service> for Service {
+    fn from_object(service: &core::Service) -> Result<Self, ConvertError> {
         let identity = Identity::of("Service", &service.metadata);
         let name = identity.name()?;
         let default_spec = core::ServiceSpec::default();
@@ -270,10 +276,8 @@ impl TryFrom<&core::Service> for Service {
     }
 }
 
-impl TryFrom<&core::Namespace> for Namespace {
-    type Error = ConvertError;
-
-    fn try_from(namespace: &core::Namespace) -> Result<Self, Self::Error> {
+impl FromObject<core::Namespace> for Namespace {
+    fn from_object(namespace: &core::Namespace) -> Result<Self, ConvertError> {
         let (name, opt_out) = name_and_label("Namespace", &namespace.metadata, FAST_PATH_KEY)?;
         let fast_path = opt_out.is_none_or(|value| value != "off");
         Ok(Namespace { name, fast_path })
@@ -342,10 +346,8 @@ fn traffic_policy(spec: &core::ServiceSpec) -> TrafficPolicy {
     }
 }
 
-impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
-    type Error = ConvertError;
-
-    fn try_from(slice: &discovery::EndpointSlice) -> Result<Self, Self::Error> {
+impl FromObject<discovery::EndpointSlice> for EndpointSlice {
+    fn from_object(slice: &discovery::EndpointSlice) -> Result<Self, ConvertError> {
         let identity = Identity::of("EndpointSlice", &slice.metadata);
         let name = identity.name()?;
         let service_name = slice
@@ -467,10 +469,8 @@ fn name_and_label<'m>(
 /// Node label holding its zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-impl TryFrom<&core::Node> for Node {
-    type Error = ConvertError;
-
-    fn try_from(node: &core::Node) -> Result<Self, Self::Error> {
+impl FromObject<core::Node> for Node {
+    fn from_object(node: &core::Node) -> Result<Self, ConvertError> {
         let (name, zone) = name_and_label("Node", &node.metadata, ZONE_LABEL)?;
         let zone = zone.cloned();
         Ok(Node { name, zone })
@@ -521,10 +521,8 @@ fn protocol(field: &str, value: Option<&str>) -> Result<Protocol, InvalidReason>
     }
 }
 
-impl TryFrom<&routes::HttpRoute> for Route {
-    type Error = ConvertError;
-
-    fn try_from(route: &routes::HttpRoute) -> Result<Self, Self::Error> {
+impl FromObject<routes::HttpRoute> for Route {
+    fn from_object(route: &routes::HttpRoute) -> Result<Self, ConvertError> {
         let mut route = route.clone();
         let identity = with_identity("HTTPRoute", &mut route.metadata)?;
         if !route
@@ -539,10 +537,8 @@ impl TryFrom<&routes::HttpRoute> for Route {
     }
 }
 
-impl TryFrom<&routes::ReferenceGrant> for Grant {
-    type Error = ConvertError;
-
-    fn try_from(grant: &routes::ReferenceGrant) -> Result<Self, Self::Error> {
+impl FromObject<routes::ReferenceGrant> for Grant {
+    fn from_object(grant: &routes::ReferenceGrant) -> Result<Self, ConvertError> {
         let mut grant = grant.clone();
         with_identity("ReferenceGrant", &mut grant.metadata)?;
         Ok(Grant(grant))
@@ -557,10 +553,8 @@ fn with_identity(kind: &str, metadata: &mut routes::Metadata) -> Result<Identity
     Ok(identity)
 }
 
-impl TryFrom<&core::Pod> for Pod {
-    type Error = ConvertError;
-
-    fn try_from(pod: &core::Pod) -> Result<Self, Self::Error> {
+impl FromObject<core::Pod> for Pod {
+    fn from_object(pod: &core::Pod) -> Result<Self, ConvertError> {
         let identity = Identity::of("Pod", &pod.metadata);
         let name = identity.name()?;
         let spec = pod.spec.as_ref();
@@ -597,13 +591,13 @@ mod tests {
 
     fn service(yaml: &str) -> Result<Service, ConvertError> {
         let wire: core::Service = serde_yaml_ng::from_str(yaml).expect("test YAML is a Service");
-        Service::try_from(&wire)
+        Service::from_object(&wire)
     }
 
     fn slice(yaml: &str) -> Result<EndpointSlice, ConvertError> {
         let wire: discovery::EndpointSlice =
             serde_yaml_ng::from_str(yaml).expect("test YAML is an EndpointSlice");
-        EndpointSlice::try_from(&wire)
+        EndpointSlice::from_object(&wire)
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -724,7 +718,7 @@ spec:
                 "{{kind: Service, apiVersion: v1, metadata: {{name: web}}, spec: {{clusterIP: 10.96.0.1{spec}}}}}"
             ))
             .unwrap();
-            Service::try_from(&service).unwrap().affinity_seconds
+            Service::from_object(&service).unwrap().affinity_seconds
         };
         assert_eq!(affinity(""), None);
         assert_eq!(affinity(", sessionAffinity: None"), None);
@@ -742,7 +736,7 @@ spec:
         )
         .unwrap();
         assert_eq!(
-            Service::try_from(&service).unwrap().traffic,
+            Service::from_object(&service).unwrap().traffic,
             TrafficPolicy::PreferClose
         );
         let slice: discovery::EndpointSlice = serde_yaml_ng::from_str(
@@ -750,7 +744,7 @@ spec:
         )
         .unwrap();
         assert_eq!(
-            EndpointSlice::try_from(&slice).unwrap().endpoints[0].zones,
+            EndpointSlice::from_object(&slice).unwrap().endpoints[0].zones,
             ["z1", "z2"]
         );
         let node: core::Node = serde_yaml_ng::from_str(
@@ -758,7 +752,7 @@ spec:
         )
         .unwrap();
         assert_eq!(
-            Node::try_from(&node).unwrap(),
+            Node::from_object(&node).unwrap(),
             Node {
                 name: "node1".into(),
                 zone: Some("z1".into())
@@ -772,14 +766,14 @@ spec:
             "{kind: Service, apiVersion: v1, metadata: {name: web, annotations: {zerohop.io/fast-path: 'off'}}, spec: {clusterIP: 10.96.0.1}}",
         )
         .unwrap();
-        let service = Service::try_from(&service).unwrap();
+        let service = Service::from_object(&service).unwrap();
         assert!(!service.fast_path && service.bypass == Bypass::Auto);
         let namespace = |labels: &str| -> Namespace {
             let wire: core::Namespace = serde_yaml_ng::from_str(&format!(
                 "{{kind: Namespace, apiVersion: v1, metadata: {{name: team, labels: {{{labels}}}}}}}"
             ))
             .unwrap();
-            Namespace::try_from(&wire).unwrap()
+            Namespace::from_object(&wire).unwrap()
         };
         assert!(!namespace("zerohop.io/fast-path: 'off'").fast_path);
         assert!(namespace("zerohop.io/fast-path: 'on'").fast_path);

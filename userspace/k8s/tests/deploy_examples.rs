@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 
 use zerohop_abi::BackendKey;
 
-use crate::{
-    addr, build_view,
+use zerohop_k8s::{build_view, Built};
+use zerohop_planner::{
+    addr,
     model::{Protocol, ServicePort},
     plan::{frontend_key, port_frontend_key},
-    plan_with, Built, Waypoints,
+    plan_with, MapEntries, Waypoints,
 };
 
 fn example_files() -> Vec<(String, String)> {
@@ -31,11 +32,11 @@ fn example_files() -> Vec<(String, String)> {
 }
 
 /// Backends of a frontend in slot order, as (`address:port`, local).
-fn backends(desired: &crate::MapEntries, cluster_ip: &str, port: u16) -> Vec<(String, bool)> {
+fn backends(desired: &MapEntries, cluster_ip: &str, port: u16) -> Vec<(String, bool)> {
     slots(desired, frontend_key(cluster_ip.parse().unwrap(), port))
 }
 
-fn slots(desired: &crate::MapEntries, key: zerohop_abi::FrontendKey) -> Vec<(String, bool)> {
+fn slots(desired: &MapEntries, key: zerohop_abi::FrontendKey) -> Vec<(String, bool)> {
     let service = desired.services[&key];
     (0..service.endpoints)
         .map(|slot| {
