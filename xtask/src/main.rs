@@ -155,8 +155,8 @@ fn test(kernel: Option<&str>, filter: &[String]) -> Result<()> {
 }
 
 /// Formatting and clippy, warnings denied, for the workspace and for the
-/// kernel programs (a crate of their own, built by the nightly toolchain
-/// for bpfel-unknown-none), and no module cycle in any crate (modgraph.rs;
+/// kernel programs (a crate of their own, built by the pinned nightly
+/// toolchain for bpfel-unknown-none), and no module cycle in any crate (modgraph.rs;
 /// a unit test checks that too, for a plain `cargo test`).
 fn lint() -> Result<()> {
     println!("== lints: module cycles, rustfmt and clippy, the kernel programs included");
@@ -171,21 +171,18 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    let programs = workspace_root().join("ebpf/programs");
+    let root = workspace_root();
     let nightly = |args: &[&str]| -> Result<()> {
-        let status = Command::new("rustup")
-            .args(["run", "nightly", "cargo"])
+        let status = zerohop_ebpf_toolchain::cargo(&root)?
             .args(args)
-            .current_dir(&programs)
-            .env("CARGO_TARGET_DIR", workspace_root().join("target/ebpf"))
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("CARGO")
             .status()
-            .with_context(|| format!("rustup run nightly cargo {}", args.join(" ")))?;
+            .with_context(|| format!("running rustup for cargo {}", args.join(" ")))?;
         ensure!(
             status.success(),
-            "cargo {} failed in ebpf/programs",
-            args.join(" ")
+            "cargo {} failed in ebpf/programs (with the toolchain pinned in {}; \
+             `cargo xtask setup` installs it)",
+            args.join(" "),
+            zerohop_ebpf_toolchain::TOOLCHAIN_FILE
         );
         Ok(())
     };

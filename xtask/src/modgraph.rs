@@ -23,6 +23,7 @@ use quote::ToTokens;
 pub const CRATES: &[&str] = &[
     "ebpf/abi",
     "ebpf/programs",
+    "ebpf/toolchain",
     "userspace/k8s",
     "userspace/planner",
     "userspace/routes",

@@ -1,10 +1,11 @@
 //! `cargo xtask setup`: everything a fresh machine needs, checked first so a
 //! second run takes a second or two.
 //!
-//! - the nightly toolchain with rust-src (the eBPF programs build `core` for
-//!   bpfel-unknown-none);
-//! - bpf-linker, built against the nightly toolchain's own LLVM (no system
-//!   LLVM needed);
+//! - the nightly toolchain pinned in ebpf/programs/rust-toolchain.toml, with
+//!   rust-src (the eBPF programs build `core` for bpfel-unknown-none), rustfmt
+//!   and clippy;
+//! - bpf-linker at the version pinned in ebpf/toolchain, built against that
+//!   toolchain's own LLVM (no system LLVM needed);
 //! - iproute2 and iptables for the sandboxed cluster, bpftool for inspection,
 //!   promtool (package prometheus) to check the agent's metrics, curl for
 //!   the waypoint's HTTP/2 (h2c) test, dnsmasq (dnsmasq-base) and dig
@@ -19,97 +20,124 @@
 use std::{path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
+use zerohop_ebpf_toolchain::{Toolchain, BPF_LINKER_VERSION, LLVM_MAJOR, TOOLCHAIN_FILE};
 
 use crate::command_output as output;
 
-const BPF_LINKER_VERSION: &str = "0.13";
-
 pub fn run() -> Result<()> {
-    nightly_with_rust_src()?;
-    bpf_linker()?;
+    let pinned = zerohop_ebpf_toolchain::toolchain(&crate::workspace_root())?;
+    pinned_toolchain(&pinned)?;
+    let llvm = pinned_llvm(&pinned.channel)?;
+    bpf_linker(&pinned.channel, &llvm)?;
     system_packages()?;
     bpffs()?;
     Ok(())
 }
 
-fn nightly_with_rust_src() -> Result<()> {
+/// The dated nightly of ebpf/programs/rust-toolchain.toml with its
+/// components (rust-src, and rustfmt and clippy for `cargo xtask lint`).
+fn pinned_toolchain(pinned: &Toolchain) -> Result<()> {
+    let channel = pinned.channel.as_str();
+    // Fails when the toolchain is not installed (nothing auto-installs it).
     let installed = output(
         "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
+        &["component", "list", "--toolchain", channel, "--installed"],
     )
     .unwrap_or_default();
-    if installed.lines().any(|line| line.starts_with("rust-src")) {
+    let missing: Vec<&str> = pinned
+        .components
+        .iter()
+        .map(String::as_str)
+        .filter(|component| {
+            !installed
+                .lines()
+                .any(|line| line == *component || line.starts_with(&format!("{component}-")))
+        })
+        .collect();
+    if !installed.is_empty() && missing.is_empty() {
         return Ok(());
     }
-    if !output("rustup", &["toolchain", "list"])?
-        .lines()
-        .any(|line| line.starts_with("nightly"))
-    {
-        run_cmd(
-            "rustup",
-            &["toolchain", "install", "nightly", "--profile", "minimal"],
-        )?;
+    println!("== installing {channel} (pinned in {TOOLCHAIN_FILE})");
+    let mut args = vec!["toolchain", "install", channel, "--profile", "minimal"];
+    for component in &pinned.components {
+        args.extend(["--component", component.as_str()]);
     }
-    run_cmd(
-        "rustup",
-        &["component", "add", "rust-src", "--toolchain", "nightly"],
-    )
+    run_cmd("rustup", &args).with_context(|| {
+        format!(
+            "installing {channel} failed: check the network access to static.rust-lang.org, \
+             or move the pin ({TOOLCHAIN_FILE}, see the README)"
+        )
+    })
 }
 
-fn bpf_linker() -> Result<()> {
-    // Through rustup, as the eBPF build runs it: the nightly toolchain's lib
-    // directory (with libLLVM) is then on the library path.
-    if output("rustup", &["run", "nightly", "bpf-linker", "--version"])
-        .is_ok_and(|v| v.contains(&format!(" {BPF_LINKER_VERSION}.")))
-    {
-        return Ok(());
+/// The pinned toolchain's libLLVM, checked to be of the major bpf-linker is
+/// built for.
+fn pinned_llvm(channel: &str) -> Result<std::path::PathBuf> {
+    let version = output("rustup", &["run", channel, "rustc", "-vV"])?;
+    let major = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|llvm| llvm.split('.').next()?.trim().parse::<u32>().ok())
+        .with_context(|| format!("no LLVM version in `rustc -vV` of {channel}:\n{version}"))?;
+    if major != LLVM_MAJOR {
+        bail!(
+            "{channel} (pinned in {TOOLCHAIN_FILE}) uses LLVM {major}, but ebpf/toolchain/src/lib.rs \
+             pins LLVM_MAJOR = {LLVM_MAJOR} for bpf-linker {BPF_LINKER_VERSION}: move LLVM_MAJOR to \
+             {major}, and BPF_LINKER_VERSION to a release with the feature llvm-{major}, \
+             or pin a nightly with LLVM {LLVM_MAJOR}"
+        );
     }
-    // bpf-linker links against libLLVM; point it at the nightly toolchain's
-    // copy through a prefix directory holding lib/libLLVM.so.
-    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])?;
+    let sysroot = output("rustup", &["run", channel, "rustc", "--print", "sysroot"])?;
     let lib = Path::new(sysroot.trim()).join("lib");
-    let llvm = std::fs::read_dir(&lib)?
+    std::fs::read_dir(&lib)?
         .filter_map(|entry| entry.ok())
         .map(|entry| entry.path())
         .find(|path| {
-            path.file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with("libLLVM.so."))
+            path.file_name().is_some_and(|name| {
+                name.to_string_lossy()
+                    .starts_with(&format!("libLLVM.so.{LLVM_MAJOR}."))
+            })
         })
-        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
-    let major = llvm
-        .file_name()
-        .and_then(|name| {
-            name.to_string_lossy()
-                .strip_prefix("libLLVM.so.")?
-                .split('.')
-                .next()
-                .map(str::to_owned)
-        })
-        .context("cannot read the LLVM version")?;
+        .with_context(|| format!("no libLLVM.so.{LLVM_MAJOR}.* in {}", lib.display()))
+}
+
+/// bpf-linker at the pinned version, built with the pinned LLVM feature
+/// against the pinned toolchain's libLLVM (no system LLVM needed).
+fn bpf_linker(channel: &str, llvm: &Path) -> Result<()> {
+    // Through rustup, as the eBPF build runs it: the toolchain's lib
+    // directory (with libLLVM) is then on the library path.
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
+    let found = output("rustup", &["run", channel, "bpf-linker", "--version"]);
+    match &found {
+        Ok(version) if version.trim() == wanted => return Ok(()),
+        Ok(version) => println!("== found {}, want {wanted}", version.trim()),
+        Err(error) => println!("== no bpf-linker runs with {channel}: {error:#}"),
+    }
+    // bpf-linker links against libLLVM; point it at the toolchain's copy
+    // through a prefix directory holding lib/libLLVM.so.
     let prefix = crate::workspace_root().join("target/llvm-prefix");
     std::fs::create_dir_all(prefix.join("lib"))?;
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&llvm, &link)?;
-    println!(
-        "== building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (a few minutes, once)"
-    );
+    std::os::unix::fs::symlink(llvm, &link)?;
+    println!("== building {wanted} against {channel}'s LLVM {LLVM_MAJOR} (a few minutes, once)");
+    // --locked: bpf-linker's own Cargo.lock, so that every machine builds the
+    // same; --force: replaces a bpf-linker of this version that does not run.
     let status = Command::new("cargo")
-        .args([
-            "install",
-            "bpf-linker",
-            "--version",
-            &format!("~{BPF_LINKER_VERSION}"),
-        ])
+        .args(["install", "bpf-linker", "--locked", "--force"])
+        .args(["--version", &format!("={BPF_LINKER_VERSION}")])
         .args([
             "--no-default-features",
             "--features",
-            &format!("llvm-{major}"),
+            &format!("llvm-{LLVM_MAJOR}"),
         ])
         .env("LLVM_PREFIX", &prefix)
         .status()?;
     if !status.success() {
-        bail!("cargo install bpf-linker failed");
+        bail!(
+            "cargo install bpf-linker failed (its output is above): it needs crates.io \
+             and a C compiler; then run `cargo xtask setup` again"
+        );
     }
     Ok(())
 }
