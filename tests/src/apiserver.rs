@@ -213,7 +213,7 @@ struct Shared {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking connection thread must not take the server down with it.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
@@ -444,7 +444,7 @@ impl ApiServer {
                 .shared
                 .ctl_changed
                 .wait_timeout(ctl, Duration::from_millis(20))
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
         drop(ctl);
@@ -872,9 +872,8 @@ fn serve_connection(shared: &Shared, stream: &TcpStream) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut buf = Vec::new();
     while !shared.stop.load(Ordering::SeqCst) {
-        let req = match read_request(stream, &mut buf) {
-            Ok(Some(r)) => r,
-            _ => return,
+        let Ok(Some(req)) = read_request(stream, &mut buf) else {
+            return;
         };
         {
             let mut log = lock(&shared.requests);
@@ -1686,7 +1685,7 @@ fn serve_watch(
             store = shared
                 .changed
                 .wait_timeout_while(store, wait, |s| idle(s))
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
         if store.restart_epoch != restart_epoch || shared.stop.load(Ordering::SeqCst) {

@@ -348,7 +348,12 @@ impl Drop for Cluster {
     /// pins. Failures are reported, not raised: Drop may run during a panic.
     fn drop(&mut self) {
         self.children.kill_all();
-        let made = std::mem::take(&mut *self.made.lock().unwrap_or_else(|e| e.into_inner()));
+        let made = std::mem::take(
+            &mut *self
+                .made
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for netns in made.netns.iter().rev() {
             if let Err(e) = cmd::run("ip", &["netns", "del", netns]) {
                 eprintln!("zerohop-tests cleanup: {e:#}");
@@ -541,7 +546,7 @@ fn remove_pins(dir: &Path) {
             eprintln!(
                 "zerohop-tests cleanup: cannot remove {}: {e}",
                 dir.display()
-            )
+            );
         }
         _ => {}
     }
@@ -579,7 +584,7 @@ pub fn run_entries(dir: &Path, over: impl Fn(u32) -> bool) -> Vec<PathBuf> {
         return Vec::new();
     };
     entries
-        .filter_map(|entry| entry.ok())
+        .filter_map(std::result::Result::ok)
         .filter(|entry| {
             let name = entry.file_name();
             name.to_str().and_then(run_owner).is_some_and(&over)

@@ -140,7 +140,7 @@ impl<R: Read> Read for Patient<R> {
                 Err(e)
                     if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
                 {
-                    thread::yield_now()
+                    thread::yield_now();
                 }
                 other => return other,
             }

@@ -23,7 +23,11 @@ type Slot = Mutex<Option<Child>>;
 
 /// Kills (SIGKILL, by the pid of our own child) and reaps the child in `slot`.
 fn kill_and_reap(slot: &Slot) {
-    if let Some(mut child) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(mut child) = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    {
         // std does not signal a child it already reaped (try_wait), so this only
         // ever hits our own, live or zombie, process.
         let _ = child.kill();
@@ -49,7 +53,12 @@ impl Children {
     }
 
     pub(crate) fn kill_all(&self) {
-        let slots = std::mem::take(&mut *self.slots.lock().unwrap_or_else(|e| e.into_inner()));
+        let slots = std::mem::take(
+            &mut *self
+                .slots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         slots
             .iter()
             .filter_map(Weak::upgrade)

@@ -129,7 +129,10 @@ impl World {
     }
 
     /// [`World::service`] with a port of another protocol or numbers.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per part of a Service a test varies"
+    )]
     pub fn service_of(
         &self,
         port: Port,

@@ -53,7 +53,7 @@ fn store_names(store: &Store<Service>) -> BTreeSet<String> {
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
-    items.iter().map(|s| s.to_string()).collect()
+    items.iter().map(ToString::to_string).collect()
 }
 
 /// List requests (not watches) for services.

@@ -45,6 +45,18 @@ fn local_service(family: Family) -> Result<World> {
     Ok(world)
 }
 
+/// Pods `client` and `server` on node 1 and `far` on node 2; `server`
+/// serves behind Service `local` (number 10), `far` behind `remote` (20).
+fn local_and_remote_services(family: Family) -> Result<World> {
+    let world = World::new(
+        &[("client", 1), ("server", 1), ("far", 2)],
+        &["server", "far"],
+    )?;
+    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.service(family, "remote", 20, &["far"], &[], "")?;
+    Ok(world)
+}
+
 /// The cluster's normal path to Service `local`: a DNAT rule on every node,
 /// as kube-proxy writes it, for connections the agent leaves alone.
 fn kube_proxy_for_local(world: &World, family: Family) -> Result<()> {
@@ -706,10 +718,10 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
     };
     // Waits up to 10 s for frontend 10's verdict to become `short`.
     let await_verdict = |short: bool, what: &str| -> Result<()> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while short_conns("10.96.0.10:80/TCP")? != short {
             ensure!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "{what} within 10 s; agent log:\n{}",
                 world.agents[0].log_text()
             );
@@ -748,7 +760,7 @@ fn a_service_with_short_connections_is_translated_only() -> Result<()> {
     let bypassed = |world: &World| world.counter("conns_bypassed");
     let translated_only = |world: &World| world.counter("local_translated_only");
     let (before, only_before) = (bypassed(&world)?, translated_only(&world)?);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     world.spread("client", frontend(family, 10), 320)?;
     let seconds = started.elapsed().as_secs_f64().ceil() as u64;
     let sampled = bypassed(&world)? - before;
@@ -956,12 +968,7 @@ fn bad_manifests_are_reported_and_the_rest_keeps_working() -> Result<()> {
 #[test]
 fn inspect_shows_what_the_kernel_does() -> Result<()> {
     let family = Family::V4;
-    let mut world = World::new(
-        &[("client", 1), ("server", 1), ("far", 2)],
-        &["server", "far"],
-    )?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
-    world.service(family, "remote", 20, &["far"], &[], "")?;
+    let mut world = local_and_remote_services(family)?;
     world.service(family, "plain", 21, &["server"], &[], "")?;
     let plain = service_yaml(
         "plain",
@@ -1050,12 +1057,7 @@ fn inspect_shows_what_the_kernel_does() -> Result<()> {
 #[test]
 fn a_translated_sockets_peer_name_lives_as_long_as_its_connection() -> Result<()> {
     let family = Family::V4;
-    let mut world = World::new(
-        &[("client", 1), ("server", 1), ("far", 2)],
-        &["server", "far"],
-    )?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
-    world.service(family, "remote", 20, &["far"], &[], "")?;
+    let mut world = local_and_remote_services(family)?;
     world.start_agents()?;
     let pin_dir = world.agents[0].pin_dir().to_owned();
     let peers = || -> Result<Vec<serde_json::Value>> {
@@ -1080,14 +1082,14 @@ fn a_translated_sockets_peer_name_lives_as_long_as_its_connection() -> Result<()
     for n in [10, 20] {
         world.spread("client", frontend(family, n), 200)?;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let left = peers()?;
         if left.is_empty() {
             break;
         }
         ensure!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "{} entries of closed connections left after 5 s: {:?}",
             left.len(),
             &left[..left.len().min(5)]
@@ -1174,9 +1176,9 @@ fn an_agent_refuses_hooks_that_run_other_programs() -> Result<()> {
             }
         });
         let mut log = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let deadline = Instant::now() + Duration::from_secs(90);
         let attached = loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             match receive.recv_timeout(left) {
                 Ok(line) => {
                     let done = line.contains("attached");
@@ -1189,8 +1191,8 @@ fn an_agent_refuses_hooks_that_run_other_programs() -> Result<()> {
             }
         };
         // Ended by its PID, as an operator would.
-        // SAFETY: a plain kill(2) of the child this test started.
         let ended_by_itself = allowed.try_wait()?;
+        // SAFETY: a plain kill(2) of the child this test started.
         unsafe { libc::kill(allowed.id() as i32, libc::SIGTERM) };
         let _ = allowed.wait();
         let log = log.join("\n");
@@ -1416,9 +1418,9 @@ fn wait_with_deadline(
     mut child: std::process::Child,
     deadline: Duration,
 ) -> Result<std::process::Output> {
-    let until = std::time::Instant::now() + deadline;
+    let until = Instant::now() + deadline;
     while child.try_wait()?.is_none() {
-        if std::time::Instant::now() > until {
+        if Instant::now() > until {
             child.kill()?;
             break;
         }
@@ -1686,8 +1688,8 @@ fn dig(pod: &Pod, server: IpAddr, port: u16, who: &str, count: usize) -> Result<
 /// sandbox's first IPv6 datagram to another node is sometimes lost, with or
 /// without zerohop.
 fn wait_for_dns(client: &Pod, server: &Pod, family: Family, who: &str) -> Result<()> {
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
         if !dig(client, server.ip(family), DNS_TARGET_PORT, who, 1)?.is_empty() {
             return Ok(());
         }

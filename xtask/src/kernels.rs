@@ -65,7 +65,7 @@ fn parse_matrix(text: &str) -> Result<Vec<Entry>> {
             suite: suite.to_string(),
             archive: archive.to_string(),
             series: (*series != "-").then(|| series.to_string()),
-            suites: (*suites != ["all"]).then(|| suites.iter().map(|s| s.to_string()).collect()),
+            suites: (*suites != ["all"]).then(|| suites.iter().map(ToString::to_string).collect()),
         });
     }
     ensure!(!entries.is_empty(), "no kernels");

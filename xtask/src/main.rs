@@ -234,13 +234,13 @@ const PROGRAM_RELEASE: std::time::Duration = std::time::Duration::from_secs(20);
 /// for each that stayed, what keeps it: the `zh_*` maps still alive and the
 /// sockets still in our sockhashes.
 fn unheld_programs_after(grace: std::time::Duration) -> Result<Vec<String>> {
-    let deadline = std::time::Instant::now() + grace;
+    let deadline = Instant::now() + grace;
     loop {
         let unheld = unheld_programs()?;
         if unheld.is_empty() {
             return Ok(unheld);
         }
-        if std::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             let mut left = unheld;
             left.extend(live_maps()?);
             return Ok(left);

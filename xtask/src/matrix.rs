@@ -710,7 +710,7 @@ mod tests {
             suite: "bookworm-security".to_owned(),
             archive: "http://deb.debian.org/debian-security".to_owned(),
             series: Some("6.1".to_owned()),
-            suites: suites.map(|names| names.iter().map(|name| name.to_string()).collect()),
+            suites: suites.map(|names| names.iter().map(ToString::to_string).collect()),
         }
     }
 

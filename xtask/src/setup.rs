@@ -90,7 +90,7 @@ fn pinned_llvm(channel: &str) -> Result<std::path::PathBuf> {
     let sysroot = output("rustup", &["run", channel, "rustc", "--print", "sysroot"])?;
     let lib = Path::new(sysroot.trim()).join("lib");
     std::fs::read_dir(&lib)?
-        .filter_map(|entry| entry.ok())
+        .filter_map(std::result::Result::ok)
         .map(|entry| entry.path())
         .find(|path| {
             path.file_name().is_some_and(|name| {

@@ -505,7 +505,7 @@ impl RootShare {
             ),
         ];
         for (what, flags, source) in steps {
-            let source = source.map_or(std::ptr::null(), |source| source.as_ptr());
+            let source = source.map_or(std::ptr::null(), std::ffi::CStr::as_ptr);
             // SAFETY: valid NUL-terminated paths (or null), no data.
             let rc = unsafe {
                 libc::mount(
@@ -544,6 +544,7 @@ fn unmount(target: &Path) {
     };
     // SAFETY: a valid NUL-terminated path.
     if unsafe { libc::umount2(path.as_ptr(), 0) } != 0
+        // SAFETY: the same path.
         && unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0
     {
         eprintln!(

@@ -609,24 +609,28 @@ impl Counter {
 pub const COUNTERS: u32 = Counter::ALL.len() as u32;
 
 const _: () = {
-    assert!(core::mem::size_of::<FrontendKey>() == 20);
-    assert!(core::mem::size_of::<Service>() == 12);
-    assert!(core::mem::size_of::<AffinityKey>() == 32);
-    assert!(core::mem::size_of::<Affinity>() == 32);
-    assert!(core::mem::size_of::<BackendKey>() == 24);
-    assert!(core::mem::size_of::<Backend>() == 20);
-    assert!(core::mem::size_of::<Config>() == 32);
-    assert!(core::mem::size_of::<SockKey>() == 44);
-    assert!(core::mem::size_of::<End>() == 40);
-    assert!(core::mem::size_of::<Pending>() == 32);
-    assert!(core::mem::size_of::<Traffic>() == 24);
-    assert!(core::mem::size_of::<ServiceName>() == 128);
-    assert!(core::mem::size_of::<ReverseKey>() == 32);
-    assert!(core::mem::size_of::<Dialled>() == 20);
-    assert!(core::mem::size_of::<FrontendEndpoint>() == 40);
+    assert!(size_of::<FrontendKey>() == 20);
+    assert!(size_of::<Service>() == 12);
+    assert!(size_of::<AffinityKey>() == 32);
+    assert!(size_of::<Affinity>() == 32);
+    assert!(size_of::<BackendKey>() == 24);
+    assert!(size_of::<Backend>() == 20);
+    assert!(size_of::<Config>() == 32);
+    assert!(size_of::<SockKey>() == 44);
+    assert!(size_of::<End>() == 40);
+    assert!(size_of::<Pending>() == 32);
+    assert!(size_of::<Traffic>() == 24);
+    assert!(size_of::<ServiceName>() == 128);
+    assert!(size_of::<ReverseKey>() == 32);
+    assert!(size_of::<Dialled>() == 20);
+    assert!(size_of::<FrontendEndpoint>() == 40);
 };
 
 #[cfg(feature = "user")]
+#[expect(
+    clippy::undocumented_unsafe_blocks,
+    reason = "one SAFETY comment covers every impl"
+)]
 mod pod {
     // SAFETY: every type is #[repr(C)], made of integers only, without
     // implicit padding (checked by the size assertions above), so any bit

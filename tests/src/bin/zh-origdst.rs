@@ -131,7 +131,7 @@ fn answer(mut stream: TcpStream) {
     say(json!({
         "peer": peer.map(|addr| addr.to_string()),
         "local": local.map(|addr| addr.to_string()),
-        "origdst": origdst.as_ref().ok().map(|addr| addr.to_string()),
+        "origdst": origdst.as_ref().ok().map(ToString::to_string),
         "errno": origdst.err(),
     }));
 }

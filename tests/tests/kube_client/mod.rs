@@ -24,7 +24,7 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
-    .await
+    .await;
 }
 
 /// A kube-rs client of `server`.

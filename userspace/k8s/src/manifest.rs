@@ -556,7 +556,7 @@ fn nested_deeper_than(text: &str, limit: usize) -> Option<usize> {
             match character {
                 // A quote opens a scalar only where one starts (not `it's`).
                 '\'' | '"' if previous.is_whitespace() || "[{,:-".contains(previous) => {
-                    quote = Some(character)
+                    quote = Some(character);
                 }
                 '#' if previous.is_whitespace() => comment = true,
                 '[' | '{' => {

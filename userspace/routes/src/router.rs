@@ -373,11 +373,11 @@ impl Router {
         for filter in filters {
             match filter {
                 Action::RequestHeaders(modifier) => {
-                    apply_header_modifier(&mut outgoing.headers, modifier)
+                    apply_header_modifier(&mut outgoing.headers, modifier);
                 }
                 Action::ResponseHeaders(modifier) => {
                     outgoing.response_headers =
-                        merge_header_modifiers(&outgoing.response_headers, modifier)
+                        merge_header_modifiers(&outgoing.response_headers, modifier);
                 }
                 Action::Rewrite(rewrite) => {
                     if let Some(modifier) = &rewrite.path {

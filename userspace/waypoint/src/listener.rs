@@ -152,6 +152,6 @@ mod tests {
         let Ok(listener) = bind("[::1]:0".parse().unwrap()) else {
             return; // no IPv6 loopback here
         };
-        assert!(socket2::SockRef::from(&listener).only_v6().unwrap());
+        assert!(SockRef::from(&listener).only_v6().unwrap());
     }
 }

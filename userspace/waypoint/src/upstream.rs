@@ -59,7 +59,7 @@ impl tower_service::Service<Uri> for MarkedConnector {
             // The proxy only builds URIs of an endpoint address.
             let addr: SocketAddr = uri
                 .authority()
-                .map(|authority| authority.as_str())
+                .map(hyper::http::uri::Authority::as_str)
                 .unwrap_or_default()
                 .parse()
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}")))?;

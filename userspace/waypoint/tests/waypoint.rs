@@ -41,7 +41,7 @@ async fn backend(name: &'static str) -> (SocketAddr, Log) {
                     let body = body
                         .collect()
                         .await
-                        .map(|b| b.to_bytes())
+                        .map(http_body_util::Collected::to_bytes)
                         .unwrap_or_default();
                     let headers: BTreeMap<_, _> = parts
                         .headers

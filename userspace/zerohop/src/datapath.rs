@@ -329,11 +329,11 @@ impl MapWriter for ServiceMaps {
             Change::UpsertName(key, value) => self.names.insert(key, value, 0)?,
             Change::UpsertService(key, value) => {
                 self.start_counting(key);
-                self.services.insert(key, value, 0)?
+                self.services.insert(key, value, 0)?;
             }
             Change::DeleteService(key) => {
                 let _ = self.traffic.remove(&key);
-                self.services.remove(&key)?
+                self.services.remove(&key)?;
             }
             Change::DeleteBackend(key) => self.backends.remove(&key)?,
             Change::DeleteName(key) => self.names.remove(&key)?,
@@ -449,10 +449,7 @@ pub fn read_counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>> {
 /// Pins of earlier layouts (`zh_*` names no longer in use, e.g.
 /// `zh_config_v1`) go too, so that the directory itself can go.
 pub fn remove_pins(pin_dir: &Path) -> Result<()> {
-    let mut names: Vec<std::ffi::OsString> = zerohop_abi::ALL_MAPS
-        .iter()
-        .map(|name| name.into())
-        .collect();
+    let mut names: Vec<std::ffi::OsString> = zerohop_abi::ALL_MAPS.iter().map(Into::into).collect();
     if let Ok(entries) = std::fs::read_dir(pin_dir) {
         names.extend(
             entries
@@ -557,13 +554,17 @@ fn lock_holder(proc_locks: &str, dev: u64, ino: u64) -> Option<u32> {
 
 fn filesystem_magic(path: &Path) -> Result<i64> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statfs is plain integers; all zeroes is a valid value.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid NUL-terminated path and a properly sized out-parameter.
     if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("statfs {}", path.display()));
     }
-    #[allow(clippy::useless_conversion)] // f_type's width differs between targets
+    #[expect(
+        clippy::useless_conversion,
+        reason = "f_type's width differs between targets"
+    )]
     Ok(i64::from(stat.f_type))
 }
 

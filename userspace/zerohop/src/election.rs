@@ -232,7 +232,7 @@ pub async fn run(
             }
             // We keep writing until the renew deadline, if we held it.
             Err(error) => {
-                warn!(lease = %election.name, %error, "reading or renewing the lease failed")
+                warn!(lease = %election.name, %error, "reading or renewing the lease failed");
             }
         }
         publish(&holding);

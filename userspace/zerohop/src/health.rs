@@ -507,10 +507,10 @@ impl Family {
             let sample = metric.encode_family(&labels)?;
             match (self.kind, *value) {
                 (MetricType::Counter, Value::Whole(value)) => {
-                    ConstCounter::new(value).encode(sample)?
+                    ConstCounter::new(value).encode(sample)?;
                 }
                 (MetricType::Counter, Value::Real(value)) => {
-                    ConstCounter::new(value).encode(sample)?
+                    ConstCounter::new(value).encode(sample)?;
                 }
                 (_, Value::Whole(value)) => ConstGauge::new(value).encode(sample)?,
                 (_, Value::Real(value)) => ConstGauge::new(value).encode(sample)?,

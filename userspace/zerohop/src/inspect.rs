@@ -413,7 +413,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let header_row = headers.iter().map(|header| header.to_string()).collect();
+    let header_row = headers.iter().map(ToString::to_string).collect();
     let mut text = String::new();
     for row in std::iter::once(header_row).chain(rows) {
         let line: Vec<String> = row

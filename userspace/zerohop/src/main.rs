@@ -100,8 +100,9 @@ struct AgentArgs {
     /// cgroup v2 directory whose processes' connections are accelerated.
     #[arg(long)]
     cgroup: PathBuf,
-    /// Where Services, EndpointSlices and Namespaces come from: `kube`, the
-    /// Kubernetes API (in-cluster config, or KUBECONFIG), watched; or
+    /// Where the cluster's objects (Services, EndpointSlices, Namespaces,
+    /// this node's Node and Pods, HTTPRoutes, ReferenceGrants) come from:
+    /// `kube`, the Kubernetes API (in-cluster config, or KUBECONFIG), watched; or
     /// `dir:PATH`, the Kubernetes manifests (YAML/JSON, multi-document) in
     /// PATH, watched for changes.
     #[arg(long, default_value = "kube")]

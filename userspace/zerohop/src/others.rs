@@ -214,7 +214,7 @@ fn query(
                 libc::SYS_bpf,
                 bpf_cmd::BPF_PROG_QUERY as libc::c_long,
                 &mut attr as *mut QueryAttr,
-                std::mem::size_of::<QueryAttr>(),
+                size_of::<QueryAttr>(),
             )
         };
         if ret == 0 {

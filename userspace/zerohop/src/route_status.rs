@@ -163,7 +163,7 @@ pub async fn run(
 
         let retry = async {
             if pending.is_empty() {
-                std::future::pending().await
+                std::future::pending::<()>().await;
             } else {
                 tokio::time::sleep(RETRY).await;
             }

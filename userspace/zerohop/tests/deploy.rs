@@ -134,7 +134,7 @@ fn the_agents_may_hold_the_status_lease_their_daemon_set_names() {
     }
     let used: BTreeSet<String> = zerohop::election::LEASE_VERBS
         .iter()
-        .map(|verb| verb.to_string())
+        .map(ToString::to_string)
         .collect();
     assert_eq!(granted, used);
     let binding: RoleBinding = the("rbac.yaml", "RoleBinding");

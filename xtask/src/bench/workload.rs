@@ -273,7 +273,7 @@ impl Workload {
         let c = concurrency.to_string();
         let secs = budget.seconds.to_string();
         let n = budget.requests.to_string();
-        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let args = |list: &[&str]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
         match (self.tool, target) {
             (Tool::Wrk { close }, Target::Tcp(addr)) => {
                 let mut list = args(&["-t1", "-c", &c, "-d", &secs, "--latency"]);

@@ -147,7 +147,7 @@ pub async fn watch_dir(dir: PathBuf, interval: Duration, publisher: Publisher) {
             Ok(Some(loaded)) => publisher.publish(Snapshot::from(loaded), read_at),
             Ok(None) => publisher.confirm(read_at),
             Err(error) => {
-                warn!(dir = %dir.display(), %error, "cannot read the source; keeping the current maps")
+                warn!(dir = %dir.display(), %error, "cannot read the source; keeping the current maps");
             }
         }
     }
