@@ -4,13 +4,15 @@
 //! by date in [`TOOLCHAIN_FILE`], and link with bpf-linker built against that
 //! toolchain's own libLLVM. `cargo xtask setup` installs both; `cargo xtask
 //! lint` and userspace/zerohop/build.rs run that toolchain's cargo through
-//! [`cargo`]. Only std, so that a build script can depend on it.
+//! [`cargo`]. Small, so that a build script can depend on it.
 
 use std::{
     io,
     path::{Path, PathBuf},
     process::Command,
 };
+
+use serde::Deserialize;
 
 /// The kernel programs' crate, relative to the workspace root.
 pub const PROGRAMS_DIR: &str = "ebpf/programs";
@@ -56,12 +58,19 @@ const CLEARED_ENV: &[&str] = &[
 ];
 
 /// What [`TOOLCHAIN_FILE`] pins.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Toolchain {
     /// A dated nightly, e.g. `nightly-2026-05-20`.
     pub channel: String,
     /// The components beyond the minimal profile, e.g. `rust-src`.
+    #[serde(default)]
     pub components: Vec<String>,
+}
+
+/// A rust-toolchain.toml: its `[toolchain]` table (other keys are rustup's).
+#[derive(Deserialize)]
+struct ToolchainFile {
+    toolchain: Toolchain,
 }
 
 /// Reads [`TOOLCHAIN_FILE`] under the workspace `root`.
@@ -77,51 +86,13 @@ pub fn toolchain(root: &Path) -> io::Result<Toolchain> {
     })
 }
 
-/// The `channel` and `components` of a rust-toolchain.toml, each on one line
-/// (`channel = "..."`, `components = ["...", ...]`); other lines are ignored.
+/// The `[toolchain]` table of a rust-toolchain.toml.
 pub fn parse(text: &str) -> Result<Toolchain, String> {
-    let mut channel = None;
-    let mut components = Vec::new();
-    for line in text.lines() {
-        // No channel or component name holds a '#'.
-        let line = line.split('#').next().unwrap_or_default();
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        match key.trim() {
-            "channel" => channel = Some(unquote(value)?),
-            "components" => {
-                let list = value.trim();
-                let items = list
-                    .strip_prefix('[')
-                    .and_then(|list| list.strip_suffix(']'))
-                    .ok_or_else(|| {
-                        format!("components: expected a one-line [\"...\"] list, found {list}")
-                    })?;
-                components = items
-                    .split(',')
-                    .filter(|item| !item.trim().is_empty())
-                    .map(unquote)
-                    .collect::<Result<_, _>>()?;
-            }
-            _ => {}
-        }
+    let file: ToolchainFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    if file.toolchain.channel.is_empty() {
+        return Err("the channel is empty".into());
     }
-    let channel = channel.ok_or("no `channel = \"...\"` line")?;
-    Ok(Toolchain {
-        channel,
-        components,
-    })
-}
-
-fn unquote(value: &str) -> Result<String, String> {
-    let value = value.trim();
-    value
-        .strip_prefix('"')
-        .and_then(|value| value.strip_suffix('"'))
-        .filter(|value| !value.is_empty())
-        .map(str::to_owned)
-        .ok_or_else(|| format!("expected a quoted name, found {value}"))
+    Ok(file.toolchain)
 }
 
 /// `rustup run <pinned channel> cargo`, to be given its arguments: run in
@@ -172,9 +143,15 @@ mod tests {
     #[test]
     fn rejects_a_missing_or_unquoted_channel() {
         assert!(parse("[toolchain]\nprofile = \"minimal\"\n").is_err());
-        assert!(parse("channel = nightly\n").is_err());
-        assert!(parse("channel = \"\"\n").is_err());
-        assert!(parse("channel = \"nightly\"\ncomponents = [\"rust-src\",\n").is_err());
+        assert!(parse("[toolchain]\nchannel = nightly\n").is_err());
+        assert!(parse("[toolchain]\nchannel = \"\"\n").is_err());
+        assert!(
+            parse("[toolchain]\nchannel = \"nightly\"\ncomponents = [\"rust-src\",\n").is_err()
+        );
+        assert!(
+            parse("channel = \"nightly-2026-05-20\"\n").is_err(),
+            "outside [toolchain]"
+        );
     }
 
     #[test]
