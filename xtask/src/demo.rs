@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use zerohop_tests::{require_root, Agent, Cluster, Family, Pod, Testpod};
+use zerohop_sandbox::{require_root, Agent, Cluster, Family, Pod, Testpod};
 
 use crate::Binaries;
 
@@ -45,7 +45,7 @@ const CALLS: [Call; 3] = [
 
 pub fn run(binaries: &Binaries) -> Result<()> {
     require_root();
-    // Read by zerohop_tests::Agent; set before any thread starts.
+    // Read by zerohop_sandbox::Agent; set before any thread starts.
     std::env::set_var("ZEROHOP_BIN", &binaries.zerohop);
     let testpod = Testpod::at(&binaries.testpod);
     let examples = crate::workspace_root().join("deploy/examples");

@@ -104,7 +104,7 @@ fn build() -> Result<Binaries> {
         "-p",
         "zerohop-waypoint",
         "-p",
-        "zerohop-tests",
+        "zerohop-workloads",
         "--bins",
     ])?;
     let release = workspace_root().join("target/release");
@@ -123,7 +123,7 @@ fn test(kernel: Option<&str>, filter: &[String]) -> Result<()> {
     setup::run()?;
     require_root()?;
     let binaries = build()?;
-    // Read by the tests (zerohop_tests::zerohop_binary, waypoint_binary);
+    // Read by the tests (zerohop_sandbox::zerohop_binary, waypoint_binary);
     // xtask has one thread.
     std::env::set_var("ZEROHOP_BIN", &binaries.zerohop);
     std::env::set_var("ZEROHOP_WAYPOINT_BIN", &binaries.waypoint);
@@ -207,7 +207,7 @@ fn lint() -> Result<()> {
 /// those of runs whose process is gone are. A `zh_*` program held by no
 /// live process is kept alive only by an attachment, so it is a leftover too.
 pub fn leftovers_check() -> Result<()> {
-    let mut left: Vec<String> = zerohop_tests::stale_leftovers()
+    let mut left: Vec<String> = zerohop_sandbox::stale_leftovers()
         .iter()
         .map(|path| path.display().to_string())
         .collect();

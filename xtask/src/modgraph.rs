@@ -29,7 +29,10 @@ pub const CRATES: &[&str] = &[
     "userspace/routes",
     "userspace/waypoint",
     "userspace/zerohop",
-    "tests",
+    "tests/apiserver",
+    "tests/sandbox",
+    "tests/suites",
+    "tests/workloads",
     "xtask",
 ];
 

@@ -420,7 +420,7 @@ struct Owned {
 
 impl Owned {
     fn spawn(command: &mut Command, what: &'static str) -> Result<Owned> {
-        zerohop_tests::dies_with_this_process(command);
+        zerohop_sandbox::dies_with_this_process(command);
         let child = command
             .spawn()
             .with_context(|| format!("starting {what}"))?;
@@ -459,7 +459,7 @@ const RUN_FILES: &[&str] = &["virtiofs.sock", "results"];
 
 impl RunDir {
     fn create() -> Result<RunDir> {
-        let path = Path::new(RUN_ROOT).join(zerohop_tests::run_name());
+        let path = Path::new(RUN_ROOT).join(zerohop_sandbox::run_name());
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(RunDir { path })
     }
@@ -566,11 +566,11 @@ fn mount_points() -> Vec<PathBuf> {
 /// Whether a run of ours is over: its process is gone, or it is this one
 /// (asked once its VMs are done).
 fn over(pid: u32) -> bool {
-    pid == std::process::id() || zerohop_tests::process_gone(pid)
+    pid == std::process::id() || zerohop_sandbox::process_gone(pid)
 }
 
 fn run_dirs_over() -> Vec<PathBuf> {
-    zerohop_tests::run_entries(Path::new(RUN_ROOT), over)
+    zerohop_sandbox::run_entries(Path::new(RUN_ROOT), over)
 }
 
 /// Removes what runs that died left under [`RUN_ROOT`] (their processes
@@ -607,7 +607,7 @@ pub fn leftovers() -> Vec<String> {
         let run = cmdline
             .split_once(&format!("{RUN_ROOT}/"))
             .and_then(|(_, rest)| rest.split('/').next());
-        if run.and_then(zerohop_tests::run_owner).is_some_and(over) {
+        if run.and_then(zerohop_sandbox::run_owner).is_some_and(over) {
             left.push(format!(
                 "process {} ({})",
                 process.file_name().to_string_lossy(),

@@ -29,9 +29,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use zerohop_tests::{
-    apiserver::ApiServer, require_root, service_yaml, slice_yaml, Agent, AgentSource, Cluster,
-    Endpoint, Manifests, Pod, PodProcess, Testpod,
+use zerohop_fake_apiserver::ApiServer;
+use zerohop_sandbox::{
+    require_root, service_yaml, slice_yaml, Agent, AgentSource, Cluster, Endpoint, Manifests, Pod,
+    PodProcess, Testpod,
 };
 
 use super::BenchArgs;
@@ -197,7 +198,7 @@ struct Pods {
 
 fn measure(source: Source, services: usize, changes: usize) -> Result<Row> {
     let cluster = Cluster::new(1)?;
-    let testpod = Testpod::locate()?;
+    let testpod = Testpod::locate();
     let a = cluster.add_pod(1, "a")?;
     let b = cluster.add_pod(1, "b")?;
     let pods = Pods {
@@ -313,7 +314,7 @@ fn move_local(
 ) -> Result<Moved> {
     let (pod, name) = &pods.servers[local[&service]];
     let target = SocketAddr::new(cluster_ip(service), 80);
-    let mut reach = Testpod::locate()?.reach(&pods.client, target, name)?;
+    let mut reach = Testpod::locate().reach(&pods.client, target, name)?;
     let addresses: BTreeMap<usize, IpAddr> = local
         .iter()
         .map(|(&s, &i)| (s, IpAddr::from(pods.servers[i].0.ipv4)))

@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::json;
-use zerohop_tests::{
+use zerohop_sandbox::{
     node_name, require_root, service_yaml, slice_yaml, Agent, Cluster, Endpoint, Manifests, Pod,
     PodProcess,
 };
@@ -131,7 +131,7 @@ impl Drop for TempDir {
 pub fn run(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
     require_root();
     let started = Instant::now();
-    // Read by zerohop_tests::Agent; set before any thread starts.
+    // Read by zerohop_sandbox::Agent; set before any thread starts.
     std::env::set_var("ZEROHOP_BIN", &binaries.zerohop);
     if args.control_plane {
         return control_plane::run(args);
@@ -682,8 +682,8 @@ fn leftovers(prefix: &str) -> Result<()> {
     for dir in [
         PathBuf::from("/run/netns"),
         std::env::temp_dir(),
-        zerohop_tests::cgroup2_mount(),
-        zerohop_tests::bpffs_mount()?,
+        zerohop_sandbox::cgroup2_mount(),
+        zerohop_sandbox::bpffs_mount()?,
     ] {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if entry.file_name().to_string_lossy().starts_with(prefix) {

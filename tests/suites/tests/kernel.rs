@@ -10,7 +10,7 @@ use std::{net::SocketAddr, process::Command};
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use zerohop::features::{feature, kernel_release, BYPASS, FEATURES};
-use zerohop_tests::{
+use zerohop_sandbox::{
     bpffs_mount, require_root, run_name, service_yaml, slice_yaml, zerohop_binary, Agent, Cluster,
     Endpoint, Family, Manifests, Testpod,
 };
@@ -95,7 +95,7 @@ fn the_agent_reports_the_features_of_this_kernel_and_translates_connects() -> Re
     let cluster = Cluster::new(1)?;
     let client = cluster.add_pod(1, "client")?;
     let server_pod = cluster.add_pod(1, "server")?;
-    let testpod = Testpod::at(env!("CARGO_BIN_EXE_zh-testpod"));
+    let testpod = Testpod::locate();
     let _server = testpod.server(&server_pod, "server", 8080)?;
     let manifests = Manifests::new()?;
     let frontend = SocketAddr::from(([10, 96, 0, 10], 80));

@@ -35,7 +35,7 @@ use std::{
 };
 
 use serde_json::json;
-use zerohop_tests::{
+use zerohop_workloads::{
     cli::{say, Context, Res},
     pattern::{check_pattern, fill_pattern, Patient, Rng},
     socket::linger_zero,

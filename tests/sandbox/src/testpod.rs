@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde::{de::DeserializeOwned, Deserialize};
 
-use crate::{cluster::Pod, process::PodProcess};
+use crate::{cluster::Pod, process::PodProcess, programs::program};
 
 /// How long a client command may take in all (its own reads time out at 10 s).
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -168,22 +168,11 @@ impl Testpod {
         Testpod { path: path.into() }
     }
 
-    /// Finds the binary: `$ZH_TESTPOD`, else next to the running program or one
-    /// directory up (where cargo puts bins for the test executables in `deps/`).
-    /// Integration tests of this package can also use
-    /// `Testpod::at(env!("CARGO_BIN_EXE_zh-testpod"))`.
-    pub fn locate() -> Result<Testpod> {
-        if let Some(path) = std::env::var_os("ZH_TESTPOD") {
-            return Ok(Testpod::at(path));
-        }
-        let exe = std::env::current_exe()?;
-        exe.ancestors()
-            .skip(1)
-            .take(2)
-            .map(|dir| dir.join("zh-testpod"))
-            .find(|path| path.is_file())
-            .map(Testpod::at)
-            .context("zh-testpod not found: build it (cargo build -p zerohop-tests --bins) or set ZH_TESTPOD")
+    /// The workspace's `zh-testpod` ([`program`]), or `$ZH_TESTPOD` when set.
+    pub fn locate() -> Testpod {
+        Testpod::at(
+            std::env::var_os("ZH_TESTPOD").map_or_else(|| program("zh-testpod"), PathBuf::from),
+        )
     }
 
     pub fn path(&self) -> &Path {

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::{
+use zerohop_sandbox::{
     node_name, require_root, service_yaml, slice_yaml, Agent, AgentSource, Cluster, EchoReport,
     Endpoint, Family, Manifests, Pod, PodProcess, Testpod,
 };
@@ -84,7 +84,7 @@ impl World {
             scratch: Manifests::new()?,
             pods: BTreeMap::new(),
             cluster,
-            testpod: Testpod::locate()?,
+            testpod: Testpod::locate(),
         };
         for &(name, node) in pods {
             let pod = world.cluster.add_pod(node, name)?;

@@ -46,9 +46,9 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use zerohop_tests::cli::{say, Context, Res};
-use zerohop_tests::pattern::{check_pattern, fill_pattern, Patient};
-use zerohop_tests::socket::{linger_zero, listen, listen_dual_stack, udp_bind};
+use zerohop_workloads::cli::{say, Context, Res};
+use zerohop_workloads::pattern::{check_pattern, fill_pattern, Patient};
+use zerohop_workloads::socket::{linger_zero, listen, listen_dual_stack, udp_bind};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);

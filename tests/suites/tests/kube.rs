@@ -13,9 +13,9 @@ use std::{
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use zerohop_tests::{
-    apiserver::ApiServer, inspect, world::TARGET_PORT, Agent, AgentSource, Pod, World,
-};
+use zerohop_fake_apiserver::ApiServer;
+use zerohop_sandbox::{inspect, Agent, AgentSource, Pod};
+use zerohop_tests::{world::TARGET_PORT, World};
 
 const CLUSTER_IP: &str = "10.96.0.10";
 /// Time for a change to reach the maps: a watch event, a plan, the writes.
@@ -326,7 +326,7 @@ fn one_agent_of_the_cluster_writes_route_status() -> Result<()> {
     for node in [1, 2] {
         let agent =
             Agent::start_with(&world.cluster, node, AgentSource::Kube(&kubeconfig), &lease)?;
-        agents.insert(zerohop_tests::node_name(node), agent);
+        agents.insert(zerohop_sandbox::node_name(node), agent);
     }
     let accepted = |api: &ApiServer| our_conditions(api, "r").get("Accepted").cloned();
     let deadline = std::time::Instant::now() + SETTLE * 10;

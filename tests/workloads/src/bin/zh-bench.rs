@@ -61,7 +61,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use zerohop_tests::cli::{say, Context, Res};
+use zerohop_workloads::cli::{say, Context, Res};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE: Duration = Duration::from_secs(120);

@@ -11,16 +11,12 @@ use std::{
 };
 
 use anyhow::{ensure, Result};
-use zerohop_tests::{
+use zerohop_sandbox::{
     cgroup2_mount, require_root, sweep_stale, Cluster, Family, Pod, PodProcess, Testpod,
 };
 
 const PORT: u16 = 8080;
 const WAIT: Duration = Duration::from_secs(10);
-
-fn testpod() -> Testpod {
-    Testpod::at(env!("CARGO_BIN_EXE_zh-testpod"))
-}
 
 /// Two pods `a`, `b` on node 1 and `c` on node 2, `b` and `c` serving on 8080.
 struct Fixture {
@@ -39,8 +35,8 @@ fn fixture() -> Result<Fixture> {
     let b = cluster.add_pod(1, "b")?;
     let c = cluster.add_pod(2, "c")?;
     let servers = vec![
-        testpod().server(&b, "b", PORT)?,
-        testpod().server(&c, "c", PORT)?,
+        Testpod::locate().server(&b, "b", PORT)?,
+        Testpod::locate().server(&c, "c", PORT)?,
     ];
     Ok(Fixture {
         servers,
@@ -92,7 +88,7 @@ fn pods_reach_each_other_by_pod_ip() -> Result<()> {
     for family in Family::ALL {
         for (index, server) in [&f.b, &f.c].into_iter().enumerate() {
             let target = SocketAddr::new(server.ip(family), PORT);
-            let report = testpod().echo(&f.a, target, 1 << 20)?;
+            let report = Testpod::locate().echo(&f.a, target, 1 << 20)?;
             ensure!(report.ok, "echo a → {target}: {report:?}");
             assert_eq!(report.server.as_deref(), Some(server.name.as_str()));
             assert_eq!(report.bytes, 1 << 20);
@@ -122,7 +118,8 @@ fn clusterip_dnat_reaches_the_backend() -> Result<()> {
     for family in Family::ALL {
         f.cluster
             .add_dnat_everywhere(clusterip(family), 80, &[(f.c.ip(family), PORT)])?;
-        let report = testpod().echo(&f.a, SocketAddr::new(clusterip(family), 80), 100_000)?;
+        let report =
+            Testpod::locate().echo(&f.a, SocketAddr::new(clusterip(family), 80), 100_000)?;
         ensure!(
             report.ok,
             "echo a → ClusterIP {}: {report:?}",
@@ -134,7 +131,7 @@ fn clusterip_dnat_reaches_the_backend() -> Result<()> {
     // Removing the Service removes the path.
     f.cluster
         .remove_dnat_everywhere(clusterip(Family::V4), 80)?;
-    let report = testpod().echo(&f.a, SocketAddr::new(clusterip(Family::V4), 80), 10)?;
+    let report = Testpod::locate().echo(&f.a, SocketAddr::new(clusterip(Family::V4), 80), 10)?;
     assert!(!report.ok, "no Service, no answer: {report:?}");
     Ok(())
 }
@@ -149,7 +146,7 @@ fn clusterip_spreads_over_endpoints() -> Result<()> {
         f.cluster
             .node(1)
             .add_dnat(clusterip(family), 80, &endpoints)?;
-        let report = testpod().spread(&f.a, SocketAddr::new(clusterip(family), 80), 200)?;
+        let report = Testpod::locate().spread(&f.a, SocketAddr::new(clusterip(family), 80), 200)?;
         assert_eq!(report.failed, 0, "{report:?}");
         // Binomial(200, 1/2): below 60 has a probability of about 1e-8.
         for name in ["b", "c"] {
@@ -165,17 +162,17 @@ fn concurrent_connections_reset_and_long_lived_connections() -> Result<()> {
     let mut f = fixture()?;
     for family in Family::ALL {
         let target = SocketAddr::new(f.b.ip(family), PORT);
-        let report = testpod().concurrent(&f.a, target, 20, 256 << 10)?;
+        let report = Testpod::locate().concurrent(&f.a, target, 20, 256 << 10)?;
         assert_eq!((report.ok, report.failed), (20, 0), "{report:?}");
         for _ in 0..20 {
             assert_eq!(Testpod::next_conn(&mut f.servers[0], WAIT)?.end, "eof");
         }
 
-        let report = testpod().reset(&f.a, target)?;
+        let report = Testpod::locate().reset(&f.a, target)?;
         assert!(report.ok, "{report:?}");
         assert_eq!(Testpod::next_conn(&mut f.servers[0], WAIT)?.end, "reset");
 
-        let mut hold = testpod().hold(&f.a, target)?;
+        let mut hold = Testpod::locate().hold(&f.a, target)?;
         assert_eq!(
             (hold.greeting.server.as_str(), hold.greeting.seen_peer),
             ("b", hold.greeting.local)
@@ -199,7 +196,7 @@ fn veth_counters_count_pod_traffic() -> Result<()> {
     let f = fixture()?;
     let (rx0, tx0) = f.a.veth_bytes()?;
     let (host_rx0, host_tx0) = f.a.host_veth_bytes()?;
-    let report = testpod().echo(&f.a, SocketAddr::new(f.b.ipv4.into(), PORT), 1 << 20)?;
+    let report = Testpod::locate().echo(&f.a, SocketAddr::new(f.b.ipv4.into(), PORT), 1 << 20)?;
     ensure!(report.ok, "{report:?}");
     let (rx1, tx1) = f.a.veth_bytes()?;
     let (host_rx1, host_tx1) = f.a.host_veth_bytes()?;
@@ -217,9 +214,9 @@ fn a_single_node_cluster_works() -> Result<()> {
     let cluster = Cluster::new(1)?;
     let a = cluster.add_pod(1, "a")?;
     let b = cluster.add_pod(1, "b")?;
-    let _server = testpod().server(&b, "b", PORT)?;
+    let _server = Testpod::locate().server(&b, "b", PORT)?;
     for ip in b.ips() {
-        let report = testpod().echo(&a, SocketAddr::new(ip, PORT), 10_000)?;
+        let report = Testpod::locate().echo(&a, SocketAddr::new(ip, PORT), 10_000)?;
         ensure!(report.ok, "{report:?}");
     }
     Ok(())
@@ -271,7 +268,7 @@ fn drop_removes_everything() -> Result<()> {
     for family in Family::ALL {
         cluster.add_dnat_everywhere(clusterip(family), 80, &[(pod.ip(family), PORT)])?;
     }
-    let server = testpod().server(&pod, "x", PORT)?;
+    let server = Testpod::locate().server(&pod, "x", PORT)?;
     let cgroups: Vec<_> = cluster
         .nodes()
         .iter()
@@ -315,7 +312,7 @@ fn a_panic_cleans_up_too() -> Result<()> {
     let outcome = std::panic::catch_unwind(|| {
         let cluster = Cluster::new(2).unwrap();
         let pod = cluster.add_pod(1, "p").unwrap();
-        let _server = testpod().server(&pod, "p", PORT).unwrap();
+        let _server = Testpod::locate().server(&pod, "p", PORT).unwrap();
         let cgroup = cluster.node(1).cgroup_path().to_owned();
         *made.lock().unwrap() = Some((cluster.prefix().to_owned(), cgroup));
         panic!("on purpose");
@@ -342,7 +339,7 @@ fn sweep_removes_only_dead_runs() -> Result<()> {
     let live = Cluster::new(1)?;
     let stale = format!("zh{}x0-n1", dead_pid()?);
     let cgroup = cgroup2_mount().join(&stale);
-    let pins = zerohop_tests::bpffs_mount()?.join(&stale);
+    let pins = zerohop_sandbox::bpffs_mount()?.join(&stale);
     std::process::Command::new("ip")
         .args(["netns", "add", &stale])
         .status()?;

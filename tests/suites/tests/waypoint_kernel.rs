@@ -8,16 +8,16 @@
 use std::{
     net::SocketAddr,
     ops::{Deref, DerefMut},
-    path::Path,
     time::Duration,
 };
 
 use anyhow::{ensure, Context, Result};
 use rstest::rstest;
 use serde::Deserialize;
+use zerohop_sandbox::{program, Family, PodProcess};
 use zerohop_tests::{
     world::{frontend, SERVICE_PORT, TARGET_PORT, WAIT},
-    Family, PodProcess, World,
+    World,
 };
 
 /// Port the waypoint listens on.
@@ -28,10 +28,6 @@ const WAYPOINT_MARK: u32 = 0x5a17;
 const ROUTED: u8 = 30;
 /// ClusterIP number of the Service without routes.
 const PLAIN: u8 = 31;
-fn origdst_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_zh-origdst"))
-}
-
 /// An HTTPRoute attached to Service `service` (the GAMMA pattern), sending
 /// everything back to that Service.
 fn route_yaml(service: &str) -> String {
@@ -92,7 +88,7 @@ impl WithWaypoint {
             &["near", "far"],
         )?;
         let mut waypoint = world.pod("waypoint").spawn(
-            origdst_bin(),
+            &program("zh-origdst"),
             [
                 "--listen",
                 &format!("0.0.0.0:{WAYPOINT_PORT},[::]:{WAYPOINT_PORT}"),
@@ -145,7 +141,7 @@ impl WithWaypoint {
         let finished = self
             .world
             .pod("client")
-            .run(origdst_bin(), &args, WAIT * 2)?;
+            .run(&program("zh-origdst"), &args, WAIT * 2)?;
         let last = finished.stdout.last().context("no report")?;
         let dialled: Dialled = serde_json::from_str(last)
             .with_context(|| format!("zh-origdst --connect {target}: {finished:?}"))?;

@@ -35,8 +35,8 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
-use zerohop_tests::cli::{say, Context, Res};
-use zerohop_tests::socket::listen;
+use zerohop_workloads::cli::{say, Context, Res};
+use zerohop_workloads::socket::listen;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);

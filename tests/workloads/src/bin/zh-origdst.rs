@@ -36,8 +36,8 @@ use std::{
 use clap::Parser;
 use serde_json::json;
 use socket2::SockRef;
-use zerohop_tests::cli::{say, Context, Res};
-use zerohop_tests::socket::{connect_marked, listen};
+use zerohop_workloads::cli::{say, Context, Res};
+use zerohop_workloads::socket::{connect_marked, listen};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

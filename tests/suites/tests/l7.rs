@@ -13,19 +13,15 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
+use zerohop_sandbox::{inspect, node_name, pod_yaml, program, waypoint_binary, Family, PodProcess};
 use zerohop_tests::{
-    inspect, node_name, pod_yaml, waypoint_binary,
     world::{self, TARGET_PORT},
-    Family, PodProcess, World,
+    World,
 };
 
 const WAYPOINT_PORT: u16 = 15001;
 /// Longer than other suites wait: requests cross the waypoint.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn zh_http() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_zh-http"))
-}
 
 /// Service number `n` (IPv4: the suite's pods are IPv4 clients).
 fn frontend(n: u8) -> SocketAddr {
@@ -204,7 +200,7 @@ impl L7World {
                 "--delay-ms",
                 delay,
             ];
-            let mut server = world.pod(name).spawn(&zh_http(), args)?;
+            let mut server = world.pod(name).spawn(&program("zh-http"), args)?;
             server.wait_for_line("READY", WAIT)?;
             world.servers.insert(name.to_string(), server);
         }
@@ -267,7 +263,7 @@ impl L7World {
         let target = frontend(n).to_string();
         let mut all = vec!["get", "--target", &target];
         all.extend_from_slice(args);
-        let finished = self.pod(client).run(&zh_http(), &all, WAIT)?;
+        let finished = self.pod(client).run(&program("zh-http"), &all, WAIT)?;
         let line = finished.stdout.last().cloned().unwrap_or_default();
         serde_json::from_str(&line)
             .with_context(|| format!("zh-http get {all:?}: {line:?}; stderr {}", finished.stderr))
@@ -483,7 +479,7 @@ fn an_l7_service_is_reached_only_through_the_waypoint_and_others_stay_l4() -> Re
         waypoint.kill();
     }
     let finished = world.pod("client").run(
-        &zh_http(),
+        &program("zh-http"),
         [
             "get",
             "--target",
@@ -547,7 +543,7 @@ fn h2c_and_keep_alive_connections_are_served_and_survive_route_changes() -> Resu
     // follow the new route, and the connection stays open.
     let target = frontend(WEB).to_string();
     let slow_client = world.pod("client").spawn(
-        &zh_http(),
+        &program("zh-http"),
         [
             "get",
             "--target",

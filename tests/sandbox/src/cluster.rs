@@ -356,7 +356,7 @@ impl Drop for Cluster {
         );
         for netns in made.netns.iter().rev() {
             if let Err(e) = cmd::run("ip", &["netns", "del", netns]) {
-                eprintln!("zerohop-tests cleanup: {e:#}");
+                eprintln!("zerohop-sandbox cleanup: {e:#}");
             }
         }
         for cgroup in &made.cgroups {
@@ -528,7 +528,7 @@ fn remove_cgroup(cgroup: &Path, patience: Duration) {
                     std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
                 let procs = procs.split_whitespace().collect::<Vec<_>>().join(" ");
                 eprintln!(
-                    "zerohop-tests cleanup: cannot remove cgroup {}: {e} (processes: {procs})",
+                    "zerohop-sandbox cleanup: cannot remove cgroup {}: {e} (processes: {procs})",
                     cgroup.display()
                 );
                 return;
@@ -544,7 +544,7 @@ fn remove_pins(dir: &Path) {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             eprintln!(
-                "zerohop-tests cleanup: cannot remove {}: {e}",
+                "zerohop-sandbox cleanup: cannot remove {}: {e}",
                 dir.display()
             );
         }
@@ -622,8 +622,8 @@ pub fn sweep_stale() {
     for path in netns {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         match cmd::run("ip", &["netns", "del", &name]) {
-            Ok(_) => eprintln!("zerohop-tests sweep: removed stale namespace {name}"),
-            Err(e) => eprintln!("zerohop-tests sweep: {e:#}"),
+            Ok(_) => eprintln!("zerohop-sandbox sweep: removed stale namespace {name}"),
+            Err(e) => eprintln!("zerohop-sandbox sweep: {e:#}"),
         }
     }
     for cgroup in stale_entries(&cgroup2_mount()) {
@@ -642,7 +642,10 @@ pub fn sweep_stale() {
             std::fs::remove_file(&path)
         };
         if let Err(e) = removed {
-            eprintln!("zerohop-tests sweep: cannot remove {}: {e}", path.display());
+            eprintln!(
+                "zerohop-sandbox sweep: cannot remove {}: {e}",
+                path.display()
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Config, ResourceExt};
 use serde_json::json;
-use zerohop_tests::apiserver::ApiServer;
+use zerohop_fake_apiserver::ApiServer;
 
 mod kube_client;
 use kube_client::{client, eventually, within};

@@ -12,32 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::Cluster;
-
-/// The `zerohop` binary: `$ZEROHOP_BIN` (set by `cargo xtask test`), else the
-/// workspace's release build, else its debug build.
-pub fn zerohop_binary() -> PathBuf {
-    workspace_binary("zerohop", "ZEROHOP_BIN")
-}
-
-/// The `zerohop-waypoint` binary: `$ZEROHOP_WAYPOINT_BIN` (set by `cargo
-/// xtask test`), else the workspace's release build, else its debug build.
-pub fn waypoint_binary() -> PathBuf {
-    workspace_binary("zerohop-waypoint", "ZEROHOP_WAYPOINT_BIN")
-}
-
-fn workspace_binary(name: &str, variable: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(variable) {
-        return path.into();
-    }
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let release = target.join("release").join(name);
-    if release.exists() {
-        release
-    } else {
-        target.join("debug").join(name)
-    }
-}
+use crate::{zerohop_binary, Cluster};
 
 /// The node name the sandbox gives node `index` in manifests.
 pub fn node_name(index: usize) -> String {

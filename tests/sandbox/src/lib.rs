@@ -1,11 +1,13 @@
 //! A sandboxed Kubernetes-like cluster on one machine, for zerohop's privileged
-//! integration tests, `cargo xtask demo` and the benchmark.
+//! integration tests (`tests/suites`), `cargo xtask demo` and the benchmark.
 //!
 //! [`Cluster::new`] builds nodes as network namespaces joined by a veth "wire",
 //! [`Cluster::add_pod`] adds pods as namespaces routed through their node (Calico
 //! style), [`Pod::spawn`] runs programs inside a pod and its node's cgroup (where
 //! zerohop's programs attach), and [`Node::add_dnat`] makes kube-proxy style
-//! Services. The `zh-testpod` program ([`Testpod`]) serves and checks traffic.
+//! Services. The programs pods run are built by `tests/workloads`; [`program`]
+//! finds them, and [`Testpod`] drives `zh-testpod`, which serves and checks
+//! traffic.
 //!
 //! Safety on a shared machine: every name starts with a per-run prefix
 //! `zh<pid>x<n>`; all addresses live only in the namespaces made here; nothing
@@ -16,23 +18,17 @@
 
 mod addressing;
 mod agent;
-pub mod apiserver;
-pub mod cli;
 mod cluster;
 mod cmd;
 mod dnat;
 mod manifests;
 mod mounts;
-pub mod pattern;
 mod process;
-pub mod socket;
+mod programs;
 mod testpod;
-pub mod world;
 
 pub use addressing::Family;
-pub use agent::{
-    counters, inspect, node_name, waypoint_binary, zerohop_binary, Agent, AgentSource,
-};
+pub use agent::{counters, inspect, node_name, Agent, AgentSource};
 pub use cluster::{
     process_gone, run_entries, run_name, run_owner, stale_leftovers, sweep_stale, Cluster, Node,
     Pod,
@@ -40,8 +36,8 @@ pub use cluster::{
 pub use manifests::{pod_yaml, service_yaml, slice_yaml, Endpoint, Manifests};
 pub use mounts::{bpffs_mount, cgroup2_mount, require_root};
 pub use process::{dies_with_this_process, Finished, PodProcess};
+pub use programs::{program, waypoint_binary, zerohop_binary};
 pub use testpod::{
     ConcurrentReport, EchoReport, Greeting, Hold, ResetReport, RrReport, ServerConn, SpreadReport,
     Testpod,
 };
-pub use world::World;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use zerohop::election::{self, Election};
 use zerohop::route_status::{self, RouteStatus, RouteStatuses, CONTROLLER_NAME};
-use zerohop_tests::apiserver::ApiServer;
+use zerohop_fake_apiserver::ApiServer;
 
 mod kube_client;
 use kube_client::{client, eventually, within};

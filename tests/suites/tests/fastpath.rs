@@ -15,10 +15,13 @@ use anyhow::{ensure, Context, Result};
 use rstest::rstest;
 use zerohop::features::{feature, kernel_release, TERMINATE};
 use zerohop_planner::policy;
+use zerohop_sandbox::{
+    dies_with_this_process, inspect, program, service_yaml, slice_yaml, zerohop_binary, Agent,
+    EchoReport, Endpoint, Family, Pod, PodProcess, Testpod,
+};
 use zerohop_tests::{
-    dies_with_this_process, inspect, service_yaml, slice_yaml,
     world::{cluster_ip, frontend, Port, SERVICE_PORT, TARGET_PORT, WAIT},
-    zerohop_binary, Agent, EchoReport, Endpoint, Family, Pod, PodProcess, Testpod, World,
+    World,
 };
 
 /// Port the tests' dnsmasq servers listen on.
@@ -634,7 +637,7 @@ fn every_byte_arrives_once_and_in_order_through_joins_and_faults() -> Result<()>
         frontend(family, 11)
     );
     let mut stress = world.pod("client").spawn(
-        Path::new(env!("CARGO_BIN_EXE_zh-stress")),
+        &program("zh-stress"),
         [
             "--target",
             &targets,

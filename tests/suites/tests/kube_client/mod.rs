@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use kube::{Client, Config};
-use zerohop_tests::apiserver::ApiServer;
+use zerohop_fake_apiserver::ApiServer;
 
 /// The longest any one step of these tests may take.
 const STEP: Duration = Duration::from_secs(10);
