@@ -114,65 +114,26 @@ impl World {
         }
     }
 
-    /// Writes a TCP Service `name` at ClusterIP number `n` whose endpoints
-    /// are the named pods (ready unless listed in `not_ready`).
-    pub fn service(
-        &self,
+    /// The manifests of a TCP Service `name` at ClusterIP number `n` whose
+    /// endpoints are the named pods, all ready; [`ServiceManifest::write`]
+    /// writes them.
+    pub fn service<'w>(
+        &'w self,
         family: Family,
-        name: &str,
+        name: &'w str,
         n: u8,
-        backends: &[&str],
-        not_ready: &[&str],
-        spec_extra: &str,
-    ) -> Result<()> {
-        self.service_of(Port::TCP, family, name, n, backends, not_ready, spec_extra)
-    }
-
-    /// [`World::service`] with a port of another protocol or numbers.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one argument per part of a Service a test varies"
-    )]
-    pub fn service_of(
-        &self,
-        port: Port,
-        family: Family,
-        name: &str,
-        n: u8,
-        backends: &[&str],
-        not_ready: &[&str],
-        spec_extra: &str,
-    ) -> Result<()> {
-        let endpoints: Vec<Endpoint> = backends
-            .iter()
-            .map(|&pod| Endpoint {
-                ip: self.pod(pod).ip(family),
-                node: self.node_of(pod),
-                ready: !not_ready.contains(&pod),
-            })
-            .collect();
-        // The manifest helpers write TCP ports.
-        let protocol =
-            |yaml: String| yaml.replace("protocol: TCP", &format!("protocol: {}", port.protocol));
-        self.manifests.write(
-            &format!("{name}-svc.yaml"),
-            &protocol(service_yaml(
-                name,
-                cluster_ip(family, n),
-                port.service,
-                port.target,
-                spec_extra,
-            )),
-        )?;
-        self.manifests.write(
-            &format!("{name}-slice.yaml"),
-            &protocol(slice_yaml(
-                name,
-                &format!("{name}-1"),
-                port.target,
-                &endpoints,
-            )),
-        )
+        backends: &'w [&'w str],
+    ) -> ServiceManifest<'w> {
+        ServiceManifest {
+            world: self,
+            family,
+            name,
+            n,
+            backends,
+            not_ready: &[],
+            spec: "",
+            port: Port::TCP,
+        }
     }
 
     /// Starts an agent on `node` reading [`World::manifests`], with `extra`
@@ -284,5 +245,76 @@ impl World {
             report.failed
         );
         Ok(report.counts)
+    }
+}
+
+/// A Service and its EndpointSlice as [`World::service`] writes them; each
+/// method changes one part from the default.
+pub struct ServiceManifest<'w> {
+    world: &'w World,
+    family: Family,
+    name: &'w str,
+    n: u8,
+    backends: &'w [&'w str],
+    not_ready: &'w [&'w str],
+    spec: &'w str,
+    port: Port,
+}
+
+impl<'w> ServiceManifest<'w> {
+    /// These backends are listed, not ready.
+    pub fn not_ready(mut self, pods: &'w [&'w str]) -> Self {
+        self.not_ready = pods;
+        self
+    }
+
+    /// More lines of the Service's spec (YAML).
+    pub fn spec(mut self, lines: &'w str) -> Self {
+        self.spec = lines;
+        self
+    }
+
+    /// Another protocol or numbers than TCP [`SERVICE_PORT`] → [`TARGET_PORT`].
+    pub fn port(mut self, port: Port) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Writes `<name>-svc.yaml` and `<name>-slice.yaml` in the world's
+    /// manifest directory.
+    pub fn write(self) -> Result<()> {
+        let world = self.world;
+        let (name, port) = (self.name, self.port);
+        let endpoints: Vec<Endpoint> = self
+            .backends
+            .iter()
+            .map(|&pod| Endpoint {
+                ip: world.pod(pod).ip(self.family),
+                node: world.node_of(pod),
+                ready: !self.not_ready.contains(&pod),
+            })
+            .collect();
+        // The manifest helpers write TCP ports.
+        let protocol =
+            |yaml: String| yaml.replace("protocol: TCP", &format!("protocol: {}", port.protocol));
+        world.manifests.write(
+            &format!("{name}-svc.yaml"),
+            &protocol(service_yaml(
+                name,
+                cluster_ip(self.family, self.n),
+                port.service,
+                port.target,
+                self.spec,
+            )),
+        )?;
+        world.manifests.write(
+            &format!("{name}-slice.yaml"),
+            &protocol(slice_yaml(
+                name,
+                &format!("{name}-1"),
+                port.target,
+                &endpoints,
+            )),
+        )
     }
 }

@@ -44,7 +44,7 @@ const DNS: Port = Port {
 /// `local`, number 10.
 fn local_service(family: Family) -> Result<World> {
     let world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
+    world.service(family, "local", 10, &["server"]).write()?;
     Ok(world)
 }
 
@@ -55,8 +55,8 @@ fn local_and_remote_services(family: Family) -> Result<World> {
         &[("client", 1), ("server", 1), ("far", 2)],
         &["server", "far"],
     )?;
-    world.service(family, "local", 10, &["server"], &[], "")?;
-    world.service(family, "remote", 20, &["far"], &[], "")?;
+    world.service(family, "local", 10, &["server"]).write()?;
+    world.service(family, "remote", 20, &["far"]).write()?;
     Ok(world)
 }
 
@@ -79,7 +79,7 @@ fn quiet_service() -> Result<World> {
         .testpod()
         .server_quiet(world.pod("server"), "server", TARGET_PORT)?;
     world.servers.push(server);
-    world.service(Family::V4, "rr", 10, &["server"], &[], "")?;
+    world.service(Family::V4, "rr", 10, &["server"]).write()?;
     Ok(world)
 }
 
@@ -174,7 +174,7 @@ fn a_dual_stack_listener_takes_the_bypass() -> Result<()> {
         .testpod()
         .server_dual_stack(world.pod("server"), "server", TARGET_PORT)?;
     world.servers.push(server);
-    world.service(Family::V4, "dual", 10, &["server"], &[], "")?;
+    world.service(Family::V4, "dual", 10, &["server"]).write()?;
     world.start_agents()?;
 
     let veth_before = world.veth_bytes("client")?;
@@ -210,7 +210,9 @@ fn remote_endpoints_are_reached_without_nat(#[case] family: Family) -> Result<()
         &[("client", 1), ("far1", 2), ("far2", 2)],
         &["far1", "far2"],
     )?;
-    world.service(family, "remote", 20, &["far1", "far2"], &[], "")?;
+    world
+        .service(family, "remote", 20, &["far1", "far2"])
+        .write()?;
     world.start_agents()?;
 
     let veth_before = world.veth_bytes("client")?;
@@ -287,23 +289,16 @@ fn endpoints_are_picked_the_way_the_service_asks() -> Result<()> {
         ],
         &servers,
     )?;
-    world.service(family, "spread", 30, &servers, &[], "")?;
-    world.service(
-        family,
-        "prefer",
-        31,
-        &servers,
-        &[],
-        "trafficDistribution: PreferSameNode",
-    )?;
-    world.service(
-        family,
-        "local-only",
-        32,
-        &servers,
-        &["near"],
-        "internalTrafficPolicy: Local",
-    )?;
+    world.service(family, "spread", 30, &servers).write()?;
+    world
+        .service(family, "prefer", 31, &servers)
+        .spec("trafficDistribution: PreferSameNode")
+        .write()?;
+    world
+        .service(family, "local-only", 32, &servers)
+        .not_ready(&["near"])
+        .spec("internalTrafficPolicy: Local")
+        .write()?;
     let far1 = world.pod("far1").ip(family);
     world.cluster.add_dnat_everywhere(
         cluster_ip(family, 32),
@@ -421,7 +416,9 @@ fn large_writes_half_close_and_reset_reach_the_peer() -> Result<()> {
 fn an_ipv6_socket_dialling_an_ipv4_service_takes_the_bypass() -> Result<()> {
     const PAYLOAD: u64 = 4 * MIB;
     let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(Family::V4, "mapped", 10, &["server"], &[], "")?;
+    world
+        .service(Family::V4, "mapped", 10, &["server"])
+        .write()?;
     world.start_agents()?;
 
     let IpAddr::V4(cluster_ip) = cluster_ip(Family::V4, 10) else {
@@ -594,7 +591,7 @@ fn every_byte_arrives_once_and_in_order_through_joins_and_faults() -> Result<()>
             .testpod()
             .server_quiet(world.pod("server"), "quiet", quiet_port)?,
     );
-    world.service(family, "hello", 10, &["server"], &[], "")?;
+    world.service(family, "hello", 10, &["server"]).write()?;
     world.manifests.write(
         "quiet-svc.yaml",
         &service_yaml(
@@ -693,9 +690,9 @@ fn every_byte_arrives_once_and_in_order_through_joins_and_faults() -> Result<()>
 fn a_service_with_short_connections_is_translated_only() -> Result<()> {
     let family = Family::V4;
     let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
-    world.service(family, "short", 10, &["server"], &[], "")?;
-    world.service(family, "forced", 11, &["server"], &[], "")?;
-    world.service(family, "large", 12, &["server"], &[], "")?;
+    world.service(family, "short", 10, &["server"]).write()?;
+    world.service(family, "forced", 11, &["server"]).write()?;
+    world.service(family, "large", 12, &["server"]).write()?;
     let forced = service_yaml(
         "forced",
         cluster_ip(family, 11),
@@ -883,7 +880,9 @@ fn a_removed_backend_gets_no_new_connections_within_a_second() -> Result<()> {
         &[("client", 1), ("stays", 1), ("leaves", 1)],
         &["stays", "leaves"],
     )?;
-    world.service(family, "local", 10, &["stays", "leaves"], &[], "")?;
+    world
+        .service(family, "local", 10, &["stays", "leaves"])
+        .write()?;
     world.start_agents()?;
     let counts = world.spread("client", frontend(family, 10), 100)?;
     assert!(
@@ -891,7 +890,7 @@ fn a_removed_backend_gets_no_new_connections_within_a_second() -> Result<()> {
         "{counts:?}"
     );
 
-    world.service(family, "local", 10, &["stays"], &[], "")?;
+    world.service(family, "local", 10, &["stays"]).write()?;
     std::thread::sleep(Duration::from_secs(1));
     let counts = world.spread("client", frontend(family, 10), 200)?;
     assert_eq!(counts, BTreeMap::from([("stays".to_owned(), 200)]));
@@ -972,7 +971,7 @@ fn bad_manifests_are_reported_and_the_rest_keeps_working() -> Result<()> {
 fn inspect_shows_what_the_kernel_does() -> Result<()> {
     let family = Family::V4;
     let mut world = local_and_remote_services(family)?;
-    world.service(family, "plain", 21, &["server"], &[], "")?;
+    world.service(family, "plain", 21, &["server"]).write()?;
     let plain = service_yaml(
         "plain",
         cluster_ip(family, 21),
@@ -1362,7 +1361,7 @@ fn the_maps_hold_what_max_frontends_says() -> Result<()> {
     let family = Family::V4;
     let mut world = World::new(&[("client", 1), ("server", 1)], &["server"])?;
     for (name, n) in [("a", 10), ("b", 11), ("c", 12)] {
-        world.service(family, name, n, &["server"], &[], "")?;
+        world.service(family, name, n, &["server"]).write()?;
     }
     let server = world.pod("server").ip(family);
     world.cluster.add_dnat_everywhere(
@@ -1507,14 +1506,12 @@ fn session_affinity_keeps_a_client_on_its_endpoint() -> Result<()> {
         &[("client", 1), ("s1", 1), ("s2", 1), ("s3", 1), ("s4", 1)],
         &servers,
     )?;
-    world.service(
-        family,
-        "sticky",
-        40,
-        &servers,
-        &[],
-        "sessionAffinity: ClientIP\nsessionAffinityConfig:\n  clientIP:\n    timeoutSeconds: 1",
-    )?;
+    world
+        .service(family, "sticky", 40, &servers)
+        .spec(
+            "sessionAffinity: ClientIP\nsessionAffinityConfig:\n  clientIP:\n    timeoutSeconds: 1",
+        )
+        .write()?;
     world.start_agents()?;
 
     let mut chosen = std::collections::BTreeSet::new();
@@ -1552,7 +1549,10 @@ fn udp_sockets_keep_one_endpoint_and_hear_back_from_the_clusterip(
     #[case] family: Family,
 ) -> Result<()> {
     let mut world = World::new(&[("client", 1), ("near", 1), ("far", 2)], &["near", "far"])?;
-    world.service_of(UDP, family, "pair", 40, &["near", "far"], &[], "")?;
+    world
+        .service(family, "pair", 40, &["near", "far"])
+        .port(UDP)
+        .write()?;
     world.start_agents()?;
     let target = frontend(family, 40);
     // The sandbox's first IPv6 datagram to another node is sometimes lost
@@ -1728,9 +1728,18 @@ fn dns_through_a_clusterip_reaches_local_and_remote_servers(#[case] family: Fami
     let client = world.pod("client");
     wait_for_dns(client, world.pod("dns-near"), family, "near.zerohop.test")?;
     wait_for_dns(client, world.pod("dns-far"), family, "far.zerohop.test")?;
-    world.service_of(DNS, family, "dns-near", 53, &["dns-near"], &[], "")?;
-    world.service_of(DNS, family, "dns-far", 54, &["dns-far"], &[], "")?;
-    world.service_of(DNS, family, "dns-off", 55, &["dns-near"], &[], "")?;
+    world
+        .service(family, "dns-near", 53, &["dns-near"])
+        .port(DNS)
+        .write()?;
+    world
+        .service(family, "dns-far", 54, &["dns-far"])
+        .port(DNS)
+        .write()?;
+    world
+        .service(family, "dns-off", 55, &["dns-near"])
+        .port(DNS)
+        .write()?;
     // Opted out: the annotation goes in the metadata the helper writes.
     let opted_out = std::fs::read_to_string(world.manifests.dir().join("dns-off-svc.yaml"))?
         .replace(
@@ -1828,8 +1837,11 @@ fn stale_sockets_are_terminated_when_their_endpoint_leaves(#[case] family: Famil
         .datagrams(world.pod("client"), stays, 3, false)?;
 
     for terminate in ["udp", "tcp,udp"] {
-        world.service_of(UDP, family, "dns", 41, &["leaves"], &[], "")?;
-        world.service(family, "web", 42, &["leaves"], &[], "")?;
+        world
+            .service(family, "dns", 41, &["leaves"])
+            .port(UDP)
+            .write()?;
+        world.service(family, "web", 42, &["leaves"]).write()?;
         world.start_agents_with(&["--terminate-stale", terminate])?;
         let client = world.pod("client");
         let (on_udp, mut udp_socket) = world.testpod().watch(client, udp, true)?;
@@ -1841,8 +1853,11 @@ fn stale_sockets_are_terminated_when_their_endpoint_leaves(#[case] family: Famil
             world.counter("sockets_left_stale")?,
         );
 
-        world.service_of(UDP, family, "dns", 41, &["stays"], &[], "")?;
-        world.service(family, "web", 42, &["stays"], &[], "")?;
+        world
+            .service(family, "dns", 41, &["stays"])
+            .port(UDP)
+            .write()?;
+        world.service(family, "web", 42, &["stays"]).write()?;
         let moved = Instant::now();
         let tcp_too = terminate.contains("tcp");
         let stale = 1 + u64::from(tcp_too);

@@ -214,7 +214,7 @@ impl L7World {
             ("guarded", GUARDED, "plain"),
             ("unrouted", UNROUTED, "plain"),
         ] {
-            world.service(Family::V4, service, n, &[backend], &[], "")?;
+            world.service(Family::V4, service, n, &[backend]).write()?;
         }
         for (name, namespace) in CLIENTS.iter().chain(&[("waypoint", "zerohop-system")]) {
             let ip = world.pod(name).ip(Family::V4);

@@ -103,7 +103,7 @@ impl WithWaypoint {
             };
             for (service, n) in [("routed", ROUTED), ("plain", PLAIN)] {
                 let name = format!("{service}-{suffix}");
-                world.service(family, &name, n, &["near", "far"], &[], "")?;
+                world.service(family, &name, n, &["near", "far"]).write()?;
             }
             let routed = format!("routed-{suffix}");
             world
