@@ -1,9 +1,10 @@
 //! One request: ask the router, then answer directly or forward upstream.
 //!
-//! Forwarding goes over HTTP/1.1 whatever the client spoke, with the
-//! router's request headers (less hop-by-hop ones), path and Host; bodies
-//! stream both ways, except that a request with mirrors is read whole first
-//! so that each mirror gets a copy. Timeouts: `backend_timeout` bounds one
+//! Forwarding goes in the HTTP version the client spoke (HTTP/2 as h2c,
+//! see `upstream`), with the router's request headers (less hop-by-hop
+//! ones, but for `te: trailers` over HTTP/2, which gRPC requires), path and
+//! Host; bodies and their trailers stream both ways, except that a request
+//! with mirrors is read whole first so that each mirror gets a copy. Timeouts: `backend_timeout` bounds one
 //! upstream attempt and `request_timeout` the whole exchange, both up to the
 //! response head (the body then streams); either expiring answers 504.
 
@@ -18,9 +19,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{
     body::Incoming,
-    header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST},
+    header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, TE},
     http::uri::PathAndQuery,
-    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+    HeaderMap, Request, Response, StatusCode, Uri, Version,
 };
 use tracing::{debug, warn};
 use zerohop_routes::{
@@ -33,7 +34,7 @@ use zerohop_routes::{
 use crate::{
     body::{Body, BoxError},
     config::Routes,
-    upstream::UpstreamClient,
+    upstream::Upstream,
 };
 
 /// A mirror's exchange is abandoned after this long.
@@ -60,11 +61,11 @@ pub struct Conn {
 
 pub struct Proxy {
     routes: Routes,
-    client: UpstreamClient,
+    client: Upstream,
 }
 
 impl Proxy {
-    pub fn new(routes: Routes, client: UpstreamClient) -> Proxy {
+    pub fn new(routes: Routes, client: Upstream) -> Proxy {
         Proxy { routes, client }
     }
 
@@ -120,7 +121,7 @@ impl Proxy {
             for &mirror in &forward.mirrors {
                 let copy = upstream_request(
                     mirror,
-                    &parts.method,
+                    &parts,
                     &forward,
                     host.as_deref(),
                     full(bytes.clone()),
@@ -134,7 +135,7 @@ impl Proxy {
         };
         let request = match upstream_request(
             forward.upstream,
-            &parts.method,
+            &parts,
             &forward,
             host.as_deref(),
             body,
@@ -247,11 +248,13 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
 }
 
-/// The HTTP/1.1 request to `upstream`, with the router's headers, path and
-/// query, and `host`.
+/// The request to `upstream`, in the version and with the method of the
+/// client's (`client`), with the router's headers, path and query, and
+/// `host`. Over HTTP/2 the `:authority` is the upstream's address and `host`
+/// a header.
 fn upstream_request(
     upstream: SocketAddr,
-    method: &Method,
+    client: &hyper::http::request::Parts,
     forward: &Forward,
     host: Option<&str>,
     body: Body,
@@ -265,17 +268,23 @@ fn upstream_request(
         .authority(upstream.to_string())
         .path_and_query(path_and_query)
         .build()?;
+    let version = if client.version == Version::HTTP_2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     let mut request = Request::builder()
-        .method(method.clone())
+        .method(client.method.clone())
         .uri(uri)
-        .version(Version::HTTP_11)
+        .version(version)
         .body(body)?;
     let headers = request.headers_mut();
     if let Some(host) = host {
         headers.insert(HOST, HeaderValue::from_str(host)?);
     }
     for (name, value) in &forward.request_headers {
-        if is_hop_by_hop(name.as_str()) || name == HOST {
+        let trailers = version == Version::HTTP_2 && name == TE && value == "trailers";
+        if (is_hop_by_hop(name.as_str()) && !trailers) || name == HOST {
             continue;
         }
         headers.append(name.clone(), value.clone());
@@ -338,6 +347,8 @@ fn full(bytes: Bytes) -> Body {
 
 #[cfg(test)]
 mod tests {
+    use hyper::Method;
+
     use super::*;
 
     fn forward(headers: &[(&str, &str)]) -> Forward {
@@ -397,6 +408,16 @@ mod tests {
         assert_eq!(pairs(&head.headers), [("host", "web.default:8080")]);
     }
 
+    /// The head of a client's request.
+    fn client_request(method: Method, version: Version) -> hyper::http::request::Parts {
+        let request = Request::builder()
+            .method(method)
+            .version(version)
+            .body(())
+            .unwrap();
+        request.into_parts().0
+    }
+
     #[test]
     fn upstream_request_drops_hop_by_hop_headers() {
         let f = forward(&[
@@ -412,7 +433,7 @@ mod tests {
         ]);
         let request = upstream_request(
             f.upstream,
-            &Method::PUT,
+            &client_request(Method::PUT, Version::HTTP_11),
             &f,
             Some("web.default"),
             full(Bytes::new()),
@@ -428,6 +449,36 @@ mod tests {
                 ("x-a", "1"),
                 ("x-a", "2"),
                 ("content-length", "0")
+            ]
+        );
+    }
+
+    /// gRPC: an HTTP/2 request goes upstream as HTTP/2 and keeps
+    /// `te: trailers` (its server refuses a call without it); other `te`
+    /// values are HTTP/1.1's and go.
+    #[test]
+    fn an_http2_request_goes_upstream_as_http2_with_te_trailers() {
+        let f = forward(&[
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("te", "gzip"),
+        ]);
+        let request = upstream_request(
+            f.upstream,
+            &client_request(Method::POST, Version::HTTP_2),
+            &f,
+            Some("grpc.default:50051"),
+            full(Bytes::new()),
+        )
+        .unwrap();
+        assert_eq!(request.version(), Version::HTTP_2);
+        assert_eq!(request.uri(), "http://10.0.0.1:8080/v2/x?a=1");
+        assert_eq!(
+            pairs(request.headers()),
+            [
+                ("host", "grpc.default:50051"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers")
             ]
         );
     }

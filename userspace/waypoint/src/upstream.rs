@@ -1,7 +1,11 @@
-//! The upstream side: one pooled HTTP/1.1 client (keep-alive) for every
-//! endpoint and mirror. Its sockets carry the waypoint's mark: zerohop's
-//! connect hook leaves marked sockets alone, so the waypoint's own connects
-//! (to an endpoint, or to a ClusterIP) are never sent back to the waypoint.
+//! The upstream side: pooled clients for every endpoint and mirror, one
+//! speaking HTTP/1.1 (keep-alive) and one HTTP/2 over cleartext (h2c, with
+//! prior knowledge, streams multiplexed on one connection per endpoint).
+//! A request goes upstream in the version its client spoke: a client that
+//! speaks h2c (every gRPC client) knows its server does. Their sockets carry
+//! the waypoint's mark: zerohop's connect hook leaves marked sockets alone,
+//! so the waypoint's own connects (to an endpoint, or to a ClusterIP) are
+//! never sent back to the waypoint.
 
 use std::{
     future::Future,
@@ -12,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use hyper::Uri;
+use hyper::{Request, Uri, Version};
 use hyper_util::{
     client::legacy::Client,
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -27,14 +31,40 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle upstream connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub type UpstreamClient = Client<MarkedConnector, Body>;
+type Pool = Client<MarkedConnector, Body>;
 
-/// The client every request and mirror goes through.
-pub fn client(mark: u32) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(MarkedConnector { mark })
+/// The clients every request and mirror goes through, one per version.
+#[derive(Clone)]
+pub struct Upstream {
+    http1: Pool,
+    http2: Pool,
+}
+
+impl Upstream {
+    /// Clients whose sockets carry `mark` (0: none).
+    pub fn new(mark: u32) -> Upstream {
+        let pool = |http2: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .http2_only(http2)
+                .build(MarkedConnector { mark })
+        };
+        Upstream {
+            http1: pool(false),
+            http2: pool(true),
+        }
+    }
+
+    /// Sends `request` in its version: HTTP/2 over h2c, anything else over
+    /// HTTP/1.1.
+    pub fn request(&self, request: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
+        if request.version() == Version::HTTP_2 {
+            self.http2.request(request)
+        } else {
+            self.http1.request(request)
+        }
+    }
 }
 
 /// Connects to the `IP:port` of a request URI with a marked, no-delay socket.

@@ -23,8 +23,10 @@ use zerohop_routes::{contract::WaypointConfig, router::Router};
 /// Requests a backend received, as the JSON it answered.
 type Log = Arc<Mutex<Vec<Value>>>;
 
-/// An HTTP/1.1 backend answering `{backend, method, path, headers, body}`
-/// with `x-backend: NAME`; paths under `/slow` answer after a second.
+/// An HTTP/1.1 and h2c backend answering `{backend, version, method, path,
+/// headers, body}` with `x-backend: NAME`; paths under `/slow` answer after
+/// a second, paths ending in `/trailers` end their body with the trailer
+/// `x-trailer: NAME`.
 async fn backend(name: &'static str) -> (SocketAddr, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -50,6 +52,7 @@ async fn backend(name: &'static str) -> (SocketAddr, Log) {
                         .collect();
                     let report = json!({
                         "backend": name,
+                        "version": format!("{:?}", parts.version),
                         "method": parts.method.as_str(),
                         "path": parts.uri.to_string(),
                         "headers": headers,
@@ -59,17 +62,24 @@ async fn backend(name: &'static str) -> (SocketAddr, Log) {
                     if parts.uri.path().starts_with("/slow") {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
+                    let mut trailers = hyper::HeaderMap::new();
+                    if parts.uri.path().ends_with("/trailers") {
+                        trailers.insert("x-trailer", name.parse().unwrap());
+                    }
+                    let body = Full::new(Bytes::from(report.to_string()))
+                        .with_trailers(async move { Some(Ok(trailers)) });
                     Response::builder()
                         .header("x-backend", name)
                         .header("x-from-backend", "1")
-                        .body(Full::new(Bytes::from(report.to_string())))
+                        .body(body)
                         .map_err(|e| e.to_string())
                 }
             });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
+            tokio::spawn(async move {
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+            });
         }
     });
     (addr, log)
@@ -352,6 +362,7 @@ async fn waypoint_applies_routes_and_reloads() {
     assert_eq!(headers["x-backend"], "v1");
     assert_eq!(body["path"], "/hello?x=1");
     assert_eq!(body["headers"]["host"], HOST.1);
+    assert_eq!(body["version"], "HTTP/1.1");
 
     // Path match, request and response header filters.
     let (status, headers, body) = conn.send("GET", "/v2/a", &[HOST], "").await;
@@ -422,6 +433,23 @@ async fn waypoint_applies_routes_and_reloads() {
         (200, &"v2".parse().unwrap())
     );
     assert_eq!(body["headers"]["host"], HOST.1);
+    // ... goes upstream in HTTP/2, the backend's trailers come back.
+    assert_eq!(body["version"], "HTTP/2.0");
+    let Conn::H2(sender) = &mut h2 else {
+        unreachable!()
+    };
+    let request = Request::post(format!("http://{}/v2/trailers", HOST.1))
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.expect("an answer");
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(
+        collected.trailers().map(|trailers| &trailers["x-trailer"]),
+        Some(&"v2".parse().unwrap())
+    );
+    let body: Value = serde_json::from_slice(&collected.to_bytes()).unwrap();
+    assert_eq!(body["headers"]["te"], "trailers");
 
     // A bad file keeps the routes; a new one applies to open connections.
     std::fs::write(&config_path, b"{ not json").unwrap();
