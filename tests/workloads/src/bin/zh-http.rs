@@ -21,27 +21,40 @@
 //! `{"statuses": {"200": n}, "backends": {"v1": n}, "last": {"status",
 //! "headers", "body" (JSON when it parses, else text)}, "connections": 1}`.
 //! It exits 0 when every request got an answer, whatever its status, and 1
-//! otherwise (with `"error"` in the line). Socket timeouts are 10 s.
+//! otherwise (with `"error"` in the line). Connecting and each answer time
+//! out after 10 s.
 
 use std::{
     collections::BTreeMap,
-    io::{self, BufRead, BufReader, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    error::Error,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     process::ExitCode,
     sync::Arc,
-    thread,
     time::Duration,
 };
 
+use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    body::Incoming,
+    client::conn::http1::SendRequest,
+    header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST},
+    service::service_fn,
+    HeaderMap, Method, Request, Response, Uri,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Map, Value};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    time::{sleep, timeout},
+};
 use zerohop_workloads::cli::{say, Context, Res};
 use zerohop_workloads::socket::listen;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A server connection with no new request head for this long is closed.
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Larger request or response heads are refused.
-const MAX_HEAD: usize = 64 * 1024;
 
 /// The HTTP workload of the sandbox's L7 tests.
 #[derive(Parser)]
@@ -56,7 +69,7 @@ enum Command {
     /// Answer every request 200 with who answered and what it received.
     Server(ServerArgs),
     /// Send requests over one keep-alive connection and count the answers.
-    Get(GetArgs),
+    Get(Box<GetArgs>),
 }
 
 #[derive(Args)]
@@ -72,7 +85,7 @@ struct ServerArgs {
     delay_ms: u64,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct GetArgs {
     /// Server address.
     #[arg(long, value_name = "IP:PORT")]
@@ -82,16 +95,16 @@ struct GetArgs {
     count: u64,
     /// Request method.
     #[arg(long, value_name = "M", default_value = "GET")]
-    method: String,
+    method: Method,
     /// Request path (and query).
     #[arg(long, value_name = "P", default_value = "/")]
-    path: String,
+    path: Uri,
     /// Extra request header (repeatable).
     #[arg(long, value_name = "NAME:VALUE", value_parser = parse_header)]
-    header: Vec<(String, String)>,
+    header: Vec<(HeaderName, HeaderValue)>,
     /// Host header (default: the target address).
-    #[arg(long, value_name = "H")]
-    host: Option<String>,
+    #[arg(long, value_name = "H", value_parser = parse_value)]
+    host: Option<HeaderValue>,
     /// Request body.
     #[arg(long, value_name = "TEXT", default_value = "")]
     body: String,
@@ -101,11 +114,16 @@ struct GetArgs {
 }
 
 /// `NAME:VALUE`, both trimmed.
-fn parse_header(header: &str) -> Res<(String, String)> {
+fn parse_header(header: &str) -> Res<(HeaderName, HeaderValue)> {
     let (name, value) = header
         .split_once(':')
         .ok_or_else(|| format!("{header:?}: expected NAME:VALUE"))?;
-    Ok((name.trim().to_owned(), value.trim().to_owned()))
+    let name = HeaderName::from_bytes(name.trim().as_bytes()).ctx(name)?;
+    Ok((name, parse_value(value.trim())?))
+}
+
+fn parse_value(value: &str) -> Res<HeaderValue> {
+    HeaderValue::from_str(value).ctx(value)
 }
 
 fn main() -> ExitCode {
@@ -124,308 +142,232 @@ fn main() -> ExitCode {
     }
 }
 
-// ---------------------------------------------------------------- messages
-
-/// A request or response head: the start line, and headers with lower-case
-/// names in order.
-struct Head {
-    start: String,
-    headers: Vec<(String, String)>,
+fn runtime() -> Res<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ctx("start the runtime")
 }
 
-impl Head {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .flat_map(|(_, v)| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    }
-
-    /// Headers as a JSON object; repeated names joined with ", ".
-    fn headers_json(&self) -> Value {
-        let mut map = Map::new();
-        for (name, value) in &self.headers {
-            match map.get_mut(name) {
-                Some(Value::String(joined)) => {
-                    joined.push_str(", ");
-                    joined.push_str(value);
-                }
-                _ => {
-                    map.insert(name.clone(), Value::String(value.clone()));
-                }
-            }
-        }
-        Value::Object(map)
-    }
+/// Headers as a JSON object: lower-case names (as hyper keeps them), in the
+/// order they first came, repeated ones joined with ", ".
+fn headers_json(headers: &HeaderMap) -> Value {
+    let map: Map<String, Value> = headers
+        .keys()
+        .map(|name| {
+            let values: Vec<_> = headers
+                .get_all(name)
+                .iter()
+                .map(|value| String::from_utf8_lossy(value.as_bytes()))
+                .collect();
+            (name.as_str().to_owned(), Value::String(values.join(", ")))
+        })
+        .collect();
+    Value::Object(map)
 }
 
-/// Reads a head; `None` on a clean end of stream before it.
-fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Head>> {
-    let mut start = String::new();
-    // Tolerate empty lines between messages (RFC 9112 §2.2).
-    while start.trim_end().is_empty() {
-        start.clear();
-        if reader.read_line(&mut start)? == 0 {
-            return Ok(None);
-        }
+/// An error and its causes, `: `-separated (hyper's own messages leave the
+/// cause out).
+fn chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
-    let mut size = start.len();
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "end of stream in a head",
-            ));
-        }
-        size += line.len();
-        if size > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("bad header {line:?}"))
-        })?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    Ok(Some(Head {
-        start: start.trim_end().to_owned(),
-        headers,
-    }))
-}
-
-/// Reads a body framed by `content-length` or chunked encoding; without
-/// either, a request has none and a response runs to the end of stream.
-fn read_body(reader: &mut impl BufRead, head: &Head, is_response: bool) -> io::Result<Vec<u8>> {
-    if head.has_token("transfer-encoding", "chunked") {
-        return read_chunked(reader);
-    }
-    if let Some(length) = head.get("content-length") {
-        let length: usize = length
-            .parse()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
-        return Ok(body);
-    }
-    let mut body = Vec::new();
-    if is_response {
-        reader.read_to_end(&mut body)?;
-    }
-    Ok(body)
-}
-
-fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let size = line.trim_end().split(';').next().unwrap_or_default();
-        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad chunk size {line:?}"),
-            )
-        })?;
-        if size == 0 {
-            // Trailers, up to an empty line.
-            loop {
-                line.clear();
-                if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
-                    return Ok(body);
-                }
-            }
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        reader.read_exact(&mut body[start..])?;
-        line.clear();
-        reader.read_line(&mut line)?; // the CRLF after the data
-    }
+    text
 }
 
 // ---------------------------------------------------------------- server
 
+/// Who answers, and how.
+struct Backend {
+    name: String,
+    header: HeaderValue,
+    delay: Duration,
+}
+
 /// Serves on `0.0.0.0:P` and `[::]:P` until killed.
 fn server(flags: &ServerArgs) -> Res<bool> {
-    let name: Arc<str> = flags.name.as_str().into();
-    let port = flags.port;
-    let delay = Duration::from_millis(flags.delay_ms);
+    let backend = Arc::new(Backend {
+        name: flags.name.clone(),
+        header: parse_value(&flags.name).ctx("--name")?,
+        delay: Duration::from_millis(flags.delay_ms),
+    });
     let listeners = [
         IpAddr::from(Ipv4Addr::UNSPECIFIED),
         IpAddr::from(Ipv6Addr::UNSPECIFIED),
     ]
     .map(|ip| {
-        let addr = SocketAddr::new(ip, port);
+        let addr = SocketAddr::new(ip, flags.port);
         listen(addr).ctx(&format!("listen on {addr}"))
     });
     let listeners = listeners.into_iter().collect::<Res<Vec<_>>>()?;
-    say("READY");
-    let acceptors: Vec<_> = listeners
-        .into_iter()
-        .map(|listener| {
-            let name = name.clone();
-            thread::spawn(move || {
-                for stream in listener.incoming() {
-                    match stream {
-                        Ok(stream) => {
-                            let name = name.clone();
-                            thread::spawn(move || {
-                                if let Err(e) = serve(stream, &name, delay) {
-                                    eprintln!("connection: {e}");
-                                }
-                            });
-                        }
-                        Err(e) => eprintln!("accept: {e}"),
-                    }
-                }
-            })
-        })
-        .collect();
-    acceptors
-        .into_iter()
-        .for_each(|acceptor| drop(acceptor.join()));
-    Ok(true)
+    runtime()?.block_on(async {
+        let mut acceptors = Vec::new();
+        for listener in listeners {
+            listener.set_nonblocking(true).ctx("listen")?;
+            let listener = TcpListener::from_std(listener).ctx("listen")?;
+            acceptors.push(tokio::spawn(accept(listener, backend.clone())));
+        }
+        say("READY");
+        for acceptor in acceptors {
+            drop(acceptor.await);
+        }
+        Ok(true)
+    })
 }
 
-/// Answers the requests of one connection until it ends.
-fn serve(stream: TcpStream, name: &str, delay: Duration) -> io::Result<()> {
-    let peer = stream.peer_addr()?;
-    stream.set_read_timeout(Some(SERVER_IDLE_TIMEOUT))?;
-    stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    while let Some(head) = read_head(&mut reader)? {
-        let body = read_body(&mut reader, &head, false)?;
-        let mut parts = head.start.split_whitespace();
-        let method = parts.next().unwrap_or_default();
-        let target = parts.next().unwrap_or_default();
-        let version = parts.next().unwrap_or_default();
-        let report = json!({
-            "backend": name,
-            "method": method,
-            "path": target,
-            "headers": head.headers_json(),
-            "peer": peer.to_string(),
-            "body_bytes": body.len(),
-        })
-        .to_string();
-        say(&report);
-        if !delay.is_zero() {
-            thread::sleep(delay);
-        }
-        let close = head.has_token("connection", "close")
-            || (version == "HTTP/1.0" && !head.has_token("connection", "keep-alive"));
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-backend: {name}\r\n\
-             content-length: {}\r\n{}\r\n{report}",
-            report.len(),
-            if close { "connection: close\r\n" } else { "" },
-        );
-        // One write: a formatted write to a socket would send each piece alone.
-        writer.write_all(answer.as_bytes())?;
-        if close {
-            break;
+/// Serves the connections of `listener`, each in its own task.
+async fn accept(listener: TcpListener, backend: Arc<Backend>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(stream, peer, backend).await {
+                        eprintln!("connection: {}", chain(&e));
+                    }
+                });
+            }
+            Err(e) => eprintln!("accept: {e}"),
         }
     }
-    Ok(())
+}
+
+/// Answers the requests of one connection until it ends, or brings no new
+/// request for [`SERVER_IDLE_TIMEOUT`].
+async fn serve(stream: TcpStream, peer: SocketAddr, backend: Arc<Backend>) -> hyper::Result<()> {
+    // Best effort: only the latency of small answers depends on it.
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |request| answer(request, peer, backend.clone()));
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(SERVER_IDLE_TIMEOUT)
+        .auto_date_header(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+}
+
+/// Reports the request, on stdout and in the answer.
+async fn answer(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    backend: Arc<Backend>,
+) -> hyper::Result<Response<Full<Bytes>>> {
+    let (head, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let report = json!({
+        "backend": backend.name,
+        "method": head.method.as_str(),
+        "path": head.uri.to_string(),
+        "headers": headers_json(&head.headers),
+        "peer": peer.to_string(),
+        "body_bytes": body.len(),
+    })
+    .to_string();
+    say(&report);
+    if !backend.delay.is_zero() {
+        sleep(backend.delay).await;
+    }
+    let mut response = Response::new(Full::new(Bytes::from(report)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert("x-backend", backend.header.clone());
+    Ok(response)
 }
 
 // ---------------------------------------------------------------- client
 
 /// Sends `--count` requests over one keep-alive connection and reports.
 fn get(flags: &GetArgs) -> Res<bool> {
-    let (target, count) = (flags.target, flags.count);
-    let (method, path, body) = (&flags.method, &flags.path, &flags.body);
-    let host = flags.host.clone().unwrap_or_else(|| target.to_string());
+    let (report, answered) = runtime()?.block_on(exchanges(flags.clone()))?;
+    say(report);
+    Ok(answered)
+}
+
+/// The report line of `get`, and whether every request got an answer.
+async fn exchanges(flags: GetArgs) -> Res<(Value, bool)> {
+    let target = flags.target;
+    let mut headers = HeaderMap::new();
+    let host = match flags.host {
+        Some(host) => host,
+        None => parse_value(&target.to_string())?,
+    };
+    headers.insert(HOST, host);
+    for (name, value) in flags.header {
+        headers.append(name, value);
+    }
+    let body = Bytes::from(flags.body);
+    let sends_body = [Method::POST, Method::PUT, Method::PATCH].contains(&flags.method);
+    if (!body.is_empty() || sends_body) && !headers.contains_key(CONTENT_LENGTH) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     let pause = Duration::from_millis(flags.pause_ms);
-    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
-    for (name, value) in &flags.header {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if !body.is_empty() || matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
-        request.push_str(&format!("content-length: {}\r\n", body.len()));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
 
     let mut statuses = BTreeMap::<String, u64>::new();
     let mut backends = BTreeMap::<String, u64>::new();
     let mut last = Value::Null;
     let mut connections = 0u64;
-    let mut conn: Option<BufReader<TcpStream>> = None;
+    let mut conn: Option<SendRequest<Full<Bytes>>> = None;
     let mut error = None;
-    for n in 0..count {
+    for n in 0..flags.count {
         if n > 0 && !pause.is_zero() {
-            thread::sleep(pause);
+            sleep(pause).await;
         }
-        let exchange = (|| -> Res<(Head, Vec<u8>, bool)> {
-            let reader = match conn.as_mut() {
-                Some(reader) => reader,
-                None => {
-                    connections += 1;
-                    conn.insert(BufReader::new(
-                        connect(target).ctx(&format!("connect {target}"))?,
-                    ))
+        // The connection is kept unless the server closed it.
+        let kept = match conn.take() {
+            Some(mut sender) => match timeout(CLIENT_TIMEOUT, sender.ready()).await {
+                Ok(Ok(())) => Some(sender),
+                _ => None,
+            },
+            None => None,
+        };
+        let mut sender = match kept {
+            Some(sender) => sender,
+            None => {
+                connections += 1;
+                match connect(target).await {
+                    Ok(sender) => sender,
+                    Err(e) => {
+                        error = Some(format!("connect {target}: {e}"));
+                        break;
+                    }
                 }
-            };
-            reader.get_mut().write_all(request.as_bytes()).ctx("send")?;
-            let head = read_head(reader)
-                .ctx("read the response")?
-                .ok_or("the connection closed before an answer")?;
-            let no_body = method == "HEAD"
-                || head
-                    .start
-                    .split_whitespace()
-                    .nth(1)
-                    .is_some_and(|s| s.starts_with('1') || s == "204" || s == "304");
-            let body = if no_body {
-                Vec::new()
-            } else {
-                read_body(reader, &head, true).ctx("read the response body")?
-            };
-            let framed = head.get("content-length").is_some()
-                || head.has_token("transfer-encoding", "chunked")
-                || no_body;
-            let close = head.has_token("connection", "close") || !framed;
-            Ok((head, body, close))
-        })();
-        let (head, body, close) = match exchange {
+            }
+        };
+        let mut request = Request::new(Full::new(body.clone()));
+        *request.method_mut() = flags.method.clone();
+        *request.uri_mut() = flags.path.clone();
+        *request.headers_mut() = headers.clone();
+        let exchange = async {
+            let response = sender.send_request(request).await;
+            let (head, body) = response.map_err(|e| chain(&e))?.into_parts();
+            let body = body.collect().await;
+            let body = body.map_err(|e| format!("read the response body: {}", chain(&e)))?;
+            Ok::<_, String>((head, body.to_bytes()))
+        };
+        let exchange = match timeout(CLIENT_TIMEOUT, exchange).await {
+            Ok(exchange) => exchange,
+            Err(_) => Err(format!("no answer within {CLIENT_TIMEOUT:?}")),
+        };
+        conn = Some(sender);
+        let (head, body) = match exchange {
             Ok(answer) => answer,
             Err(e) => {
                 error = Some(e);
                 break;
             }
         };
-        if close {
-            conn = None;
-        }
-        let status = head
-            .start
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("?")
-            .to_owned();
-        *statuses.entry(status.clone()).or_default() += 1;
-        if let Some(backend) = head.get("x-backend") {
-            *backends.entry(backend.to_owned()).or_default() += 1;
+        *statuses.entry(head.status.as_str().to_owned()).or_default() += 1;
+        if let Some(backend) = head.headers.get("x-backend") {
+            let backend = String::from_utf8_lossy(backend.as_bytes()).into_owned();
+            *backends.entry(backend).or_default() += 1;
         }
         let text = String::from_utf8_lossy(&body).into_owned();
         last = json!({
-            "status": status.parse::<u16>().map(Value::from).unwrap_or(Value::String(status)),
-            "headers": head.headers_json(),
+            "status": head.status.as_u16(),
+            "headers": headers_json(&head.headers),
             "body": serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
         });
     }
@@ -438,16 +380,22 @@ fn get(flags: &GetArgs) -> Res<bool> {
     if let Some(error) = &error {
         report["error"] = Value::String(error.clone());
     }
-    say(report);
-    Ok(error.is_none())
+    Ok((report, error.is_none()))
 }
 
-fn connect(target: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&target, CLIENT_TIMEOUT)?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+/// A new HTTP/1.1 connection to `target`, driven by its own task.
+async fn connect(target: SocketAddr) -> Res<SendRequest<Full<Bytes>>> {
+    let stream = timeout(CLIENT_TIMEOUT, TcpStream::connect(target))
+        .await
+        .map_err(|_| format!("no connection within {CLIENT_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    // Best effort: only the latency of small requests depends on it.
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| chain(&e))?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 #[cfg(test)]
@@ -472,37 +420,110 @@ mod tests {
         let Command::Get(flags) = cli.command else {
             panic!("not get");
         };
-        assert_eq!(
-            flags.header,
-            [("a".into(), "1".into()), ("b".into(), "2".into())]
-        );
+        let header = |name, value| {
+            (
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        };
+        assert_eq!(flags.header, [header("a", "1"), header("b", "2")]);
         assert_eq!(flags.count, 2);
-        assert!(Cli::try_parse_from([
-            "zh-http",
-            "get",
-            "--target",
-            "127.0.0.1:80",
-            "--header",
-            "a"
-        ])
-        .is_err());
+        for bad in ["a", "a b:1"] {
+            assert!(Cli::try_parse_from([
+                "zh-http",
+                "get",
+                "--target",
+                "127.0.0.1:80",
+                "--header",
+                bad
+            ])
+            .is_err());
+        }
     }
 
-    #[test]
-    fn heads_and_bodies() {
-        let wire = b"POST /x?y=1 HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2\r\n\
-                     Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext\r\nde\r\n0\r\n\r\n\
-                     GET / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi";
-        let mut reader = &wire[..];
-        let head = read_head(&mut reader).unwrap().unwrap();
-        assert_eq!(head.start, "POST /x?y=1 HTTP/1.1");
-        assert_eq!(
-            head.headers_json(),
-            json!({"host": "a", "x-a": "1, 2", "transfer-encoding": "chunked"})
-        );
-        assert_eq!(read_body(&mut reader, &head, false).unwrap(), b"abcde");
-        let head = read_head(&mut reader).unwrap().unwrap();
-        assert_eq!(read_body(&mut reader, &head, false).unwrap(), b"hi");
-        assert!(read_head(&mut reader).unwrap().is_none());
+    /// A server task on 127.0.0.1, and `get`'s flags to reach it.
+    async fn backend(name: &str, extra: &[&str]) -> GetArgs {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        let backend = Arc::new(Backend {
+            name: name.to_owned(),
+            header: parse_value(name).unwrap(),
+            delay: Duration::ZERO,
+        });
+        tokio::spawn(accept(listener, backend));
+        let mut args = vec!["zh-http", "get", "--target", &target];
+        args.extend_from_slice(extra);
+        let Command::Get(flags) = Cli::try_parse_from(args).unwrap().command else {
+            panic!("not get");
+        };
+        *flags
+    }
+
+    #[tokio::test]
+    async fn the_server_reports_what_it_received_and_get_counts_answers() {
+        let flags = backend(
+            "v1",
+            &[
+                "--count",
+                "3",
+                "--method",
+                "POST",
+                "--path",
+                "/x?y=1",
+                "--host",
+                "web.example",
+                "--header",
+                "X-A: 1",
+                "--header",
+                "x-a:2",
+                "--body",
+                "hello",
+            ],
+        )
+        .await;
+        let (report, answered) = exchanges(flags).await.unwrap();
+        assert!(answered, "{report}");
+        assert_eq!(report["statuses"], json!({"200": 3}));
+        assert_eq!(report["backends"], json!({"v1": 3}));
+        assert_eq!(report["connections"], 1);
+        let last = &report["last"];
+        assert_eq!(last["status"], 200);
+        assert_eq!(last["headers"]["x-backend"], "v1");
+        assert_eq!(last["headers"]["content-type"], "application/json");
+        let seen = &last["body"];
+        assert_eq!(seen["backend"], "v1");
+        assert_eq!(seen["method"], "POST");
+        assert_eq!(seen["path"], "/x?y=1");
+        assert_eq!(seen["body_bytes"], 5);
+        assert_eq!(seen["headers"]["host"], "web.example");
+        assert_eq!(seen["headers"]["x-a"], "1, 2");
+        assert_eq!(seen["headers"]["content-length"], "5");
+        assert!(seen["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closes_is_replaced() {
+        let flags = backend("v2", &["--count", "2", "--header", "connection: close"]).await;
+        let target = flags.target.to_string();
+        let (report, answered) = exchanges(flags).await.unwrap();
+        assert!(answered, "{report}");
+        assert_eq!(report["backends"], json!({"v2": 2}));
+        assert_eq!(report["connections"], 2);
+        assert_eq!(report["last"]["body"]["headers"]["host"], target);
+    }
+
+    #[tokio::test]
+    async fn no_server_is_an_error_in_the_report() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let cli = Cli::try_parse_from(["zh-http", "get", "--target", &target]).unwrap();
+        let Command::Get(flags) = cli.command else {
+            panic!("not get");
+        };
+        let (report, answered) = exchanges(*flags).await.unwrap();
+        assert!(!answered);
+        assert!(report["error"].as_str().unwrap().starts_with("connect "));
+        assert_eq!(report["statuses"], json!({}));
     }
 }
