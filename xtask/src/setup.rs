@@ -9,7 +9,8 @@
 //! - iproute2 and iptables for the sandboxed cluster, bpftool for inspection,
 //!   promtool (package prometheus) to check the agent's metrics, curl for
 //!   the waypoint's HTTP/2 (h2c) test, dnsmasq (dnsmasq-base) and dig
-//!   (bind9-dnsutils) for DNS through a ClusterIP;
+//!   (bind9-dnsutils) for DNS through a ClusterIP, python3-grpcio for gRPC
+//!   through an L7 Service;
 //! - for the kernel matrix: qemu-system-x86 (with virtiofsd), busybox-static
 //!   for the VMs' initramfs, kmod (depmod here, modprobe in the guests),
 //!   xz-utils for compressed modules, and Debian's archive keyring;
@@ -166,6 +167,11 @@ fn system_packages() -> Result<()> {
         ("redis-server", "redis-server"),
         ("redis-benchmark", "redis-tools"),
         ("iperf3", "iperf3"),
+        // gRPC through L7 Services (tests/workloads/zh-grpc.py).
+        (
+            "/usr/lib/python3/dist-packages/grpc/__init__.py",
+            "python3-grpcio",
+        ),
     ]
     .into_iter()
     .filter(|(tool, _)| crate::which(tool).is_none())

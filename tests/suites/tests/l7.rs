@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     ops::Deref,
+    path::Path,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -37,6 +38,7 @@ const SLOW: u8 = 34;
 const PLAIN: u8 = 35;
 const GUARDED: u8 = 36;
 const UNROUTED: u8 = 37;
+const GRPC: u8 = 38;
 
 /// The producer route of Service `web`: one rule per feature under test.
 const WEB_ROUTE: &str = r#"
@@ -127,6 +129,29 @@ spec:
     backendRefs: [{name: v1, port: 80}]
 "#;
 
+/// The route of Service `grpc`: its calls get a header the server reports.
+const GRPC_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: grpc, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: grpc, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /zh.Echo/}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-routed, value: "yes"}]}
+    backendRefs: [{name: grpc, port: 80}]
+"#;
+
+/// `python3 zh-grpc.py ARGS` (Debian's python3, which has grpcio).
+fn zh_grpc<'a>(args: &[&'a str]) -> (PathBuf, Vec<String>) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workloads/zh-grpc.py");
+    let mut all = vec![script.display().to_string()];
+    all.extend(args.iter().map(|arg| (*arg).to_owned()));
+    (PathBuf::from("/usr/bin/python3"), all)
+}
+
 /// The answer summary `zh-http get` prints.
 #[derive(Debug, serde::Deserialize)]
 struct GetReport {
@@ -170,6 +195,8 @@ impl Deref for L7World {
 }
 
 const BACKENDS: [&str; 6] = ["webpod", "v1", "v2", "mirror", "slow", "plain"];
+/// Pods that serve only in the tests that start their server.
+const OTHER_BACKENDS: [&str; 1] = ["grpc"];
 const CLIENTS: [(&str, &str); 3] = [
     ("client", "default"),
     ("client-a", "team-a"),
@@ -180,6 +207,7 @@ impl L7World {
     fn new() -> Result<L7World> {
         let pods: Vec<(&str, usize)> = BACKENDS
             .iter()
+            .chain(&OTHER_BACKENDS)
             .chain(CLIENTS.iter().map(|(name, _)| name))
             .chain(&["waypoint"])
             .map(|&name| (name, 1))
@@ -524,16 +552,19 @@ fn h2c_and_keep_alive_connections_are_served_and_survive_route_changes() -> Resu
         [
             "-sS",
             "--http2-prior-knowledge",
-            "-o",
-            "/dev/null",
             "-w",
-            "%{http_version} %{http_code}",
+            "\\n%{http_version} %{http_code}",
             &url,
         ],
         WAIT,
     )?;
+    // The backend's JSON, then curl's line; the request went upstream in
+    // the version the client spoke.
+    let backend: Value = serde_json::from_str(finished.stdout.first().map_or("", String::as_str))
+        .unwrap_or_default();
     ensure!(
-        finished.stdout.join("").trim() == "2 200",
+        finished.stdout.last().map(|line| line.trim()) == Some("2 200")
+            && backend["version"] == "HTTP/2.0",
         "curl h2c: {:?} {}",
         finished.stdout,
         finished.stderr
@@ -573,6 +604,43 @@ fn h2c_and_keep_alive_connections_are_served_and_survive_route_changes() -> Resu
     );
     let connections: Value = serde_json::from_str(&line)?;
     ensure!(connections["connections"] == 1, "one connection: {line}");
+    Ok(())
+}
+
+/// gRPC through an L7 Service, grpcio at both ends: unary, server-streaming
+/// and bidirectional calls, and a failing one, with grpc-status, details
+/// and trailing metadata intact. The route's header proves the waypoint
+/// carried them (over h2c on both of its sides).
+#[test]
+fn grpc_calls_pass_an_l7_service_with_status_and_trailers() -> Result<()> {
+    let world = L7World::new()?;
+    let port = TARGET_PORT.to_string();
+    let (python, args) = zh_grpc(&["server", "--name", "g1", "--port", &port]);
+    let mut server = world.pod("grpc").spawn(&python, &args)?;
+    server.wait_for_line("READY", WAIT)?;
+    world.service(Family::V4, "grpc", GRPC, &["grpc"]).write()?;
+    world.manifests.write("grpc-route.yaml", GRPC_ROUTE)?;
+
+    let target = frontend(GRPC).to_string();
+    let (python, args) = zh_grpc(&["call", "--target", &target]);
+    let mut report = Value::Null;
+    world.eventually("gRPC calls are routed by the waypoint", || {
+        let finished = world.pod("client").run(&python, &args, WAIT)?;
+        let line = finished.stdout.last().cloned().unwrap_or_default();
+        report = serde_json::from_str(&line).unwrap_or(Value::String(line));
+        Ok(report["unary"]["trailing"]["x-seen-x-routed"] == "yes")
+    })?;
+    let expected = serde_json::json!({
+        "unary": {
+            "reply": "g1:hello",
+            "trailing": {"x-backend": "g1", "x-seen-x-client": "zh-grpc", "x-seen-x-routed": "yes"},
+        },
+        "stream": ["g1:0", "g1:1", "g1:2", "g1:3", "g1:4"],
+        "bidi": ["g1:a", "g1:bb", "g1:ccc"],
+        "fail": {"code": "NOT_FOUND", "details": "no such thing", "trailing": {"x-backend": "g1"}},
+    });
+    ensure!(report == expected, "zh-grpc call: {report}");
+    drop(server);
     Ok(())
 }
 

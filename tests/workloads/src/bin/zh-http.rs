@@ -1,6 +1,8 @@
 //! zh-http: the HTTP workload of the sandbox's L7 tests, a backend that tells
 //! who answered and what it received, and a keep-alive client that counts
-//! the answers. HTTP/1.1 only (h2c checks use `curl --http2-prior-knowledge`).
+//! the answers. The server speaks HTTP/1.1 and HTTP/2 over cleartext (h2c,
+//! prior knowledge; checks use `curl --http2-prior-knowledge`), the client
+//! HTTP/1.1.
 //!
 //! ```text
 //! zh-http server --name NAME --port P [--delay-ms D]
@@ -10,7 +12,8 @@
 //!
 //! The server listens on `0.0.0.0:P` and `[::]:P`, prints `READY`, then
 //! answers every request `200` with `x-backend: NAME` and the JSON body
-//! `{"backend", "method", "path" (path and query as received), "headers"
+//! `{"backend", "version" ("HTTP/1.1", "HTTP/2.0"), "method", "path" (path
+//! and query as received; an HTTP/2 request's is its whole URI), "headers"
 //! (lower-case names; repeated ones joined with ", "), "peer", "body_bytes"}`,
 //! after `--delay-ms` if given; it prints the same JSON as one line per
 //! request, so that a test can count what a mirror received.
@@ -43,7 +46,10 @@ use hyper::{
     service::service_fn,
     HeaderMap, Method, Request, Response, Uri,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
 use serde_json::{json, Map, Value};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -226,7 +232,7 @@ async fn accept(listener: TcpListener, backend: Arc<Backend>) {
                 let backend = backend.clone();
                 tokio::spawn(async move {
                     if let Err(e) = serve(stream, peer, backend).await {
-                        eprintln!("connection: {}", chain(&e));
+                        eprintln!("connection: {}", chain(&*e));
                     }
                 });
             }
@@ -237,14 +243,25 @@ async fn accept(listener: TcpListener, backend: Arc<Backend>) {
 
 /// Answers the requests of one connection until it ends, or brings no new
 /// request for [`SERVER_IDLE_TIMEOUT`].
-async fn serve(stream: TcpStream, peer: SocketAddr, backend: Arc<Backend>) -> hyper::Result<()> {
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    backend: Arc<Backend>,
+) -> Result<(), Box<dyn Error + Send + Sync>> {
     // Best effort: only the latency of small answers depends on it.
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |request| answer(request, peer, backend.clone()));
-    hyper::server::conn::http1::Builder::new()
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(SERVER_IDLE_TIMEOUT)
-        .auto_date_header(false)
+        .auto_date_header(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(None);
+    builder
         .serve_connection(TokioIo::new(stream), service)
         .await
 }
@@ -259,6 +276,7 @@ async fn answer(
     let body = body.collect().await?.to_bytes();
     let report = json!({
         "backend": backend.name,
+        "version": format!("{:?}", head.version),
         "method": head.method.as_str(),
         "path": head.uri.to_string(),
         "headers": headers_json(&head.headers),
