@@ -40,23 +40,40 @@
 //!   through [`ApiServer::apply`] and [`ApiServer::delete`]. [`ApiServer::get`]
 //!   reads an object back.
 //!
-//! Threads: one accept thread and one thread per connection (keep-alive is
-//! supported). Every socket has read/write timeouts, a watch notices a closed
-//! client within ~100 ms, and dropping the [`ApiServer`] closes every socket
-//! and joins every thread.
+//! Threads: HTTP/1.1 is hyper's. The server owns one thread that runs a
+//! tokio runtime (two workers): the accept loop, one task per connection
+//! (keep-alive is supported) and one task per watch, which waits for store
+//! changes, bookmark times and its deadline, and ends when its client is
+//! gone. The state is the synchronous store under a mutex, as the public
+//! methods see it. A connection is closed when it is idle (or sends no
+//! complete request head) for 90 s, or when its client stops reading for
+//! 5 s; a watch notices a closed client at once; dropping the [`ApiServer`]
+//! closes every connection, ends every task and joins the thread.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future as _;
+use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Map, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// A kind the server knows: its API group/version, URL plural and scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,16 +166,18 @@ const RESTART_DOWNTIME: Duration = Duration::from_millis(300);
 const MAX_HISTORY: usize = 10_000;
 /// Request lines kept for [`ApiServer::requests`].
 const MAX_REQUEST_LOG: usize = 100_000;
-/// An idle keep-alive connection is closed after this long.
+/// A connection that sends no complete request head for this long (idle
+/// keep-alive included) is closed; so is one whose request body stalls.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// A client that does not read its response for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a waiting watch checks for a closed client or a stop.
-const POLL: Duration = Duration::from_millis(100);
 /// Watch length when the client gives no `timeoutSeconds` (and the cap).
 const MAX_WATCH: Duration = Duration::from_secs(1800);
-const MAX_HEADER: usize = 64 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
+/// Event batches a watch may have queued for its connection.
+const WATCH_QUEUE: usize = 16;
+/// How long dropping the server waits for its runtime's workers.
+const SHUTDOWN: Duration = Duration::from_secs(2);
 
 type Key = (String, String, String); // (kind, namespace or "", name)
 
@@ -182,8 +201,6 @@ struct Store {
     compacted: u64,
     /// Bumped by expire_watches: open watches end with ERROR 410.
     expiry_epoch: u64,
-    /// Bumped by restart and stop: open watches drop their connection.
-    restart_epoch: u64,
     bookmark_every: Duration,
     next_uid: u64,
 }
@@ -192,7 +209,7 @@ struct Store {
 struct ListenerCtl {
     /// Restarts asked for by `restart()`.
     requested: u64,
-    /// Restarts for which the accept thread has closed its listener.
+    /// Restarts for which the accept loop has closed its listener.
     down: u64,
 }
 
@@ -200,35 +217,43 @@ struct Shared {
     port: u16,
     stop: AtomicBool,
     store: Mutex<Store>,
-    changed: Condvar,
+    /// Bumped after every change of the store that watches care about.
+    changed: watch::Sender<u64>,
     requests: Mutex<Vec<String>>,
-    conns: Mutex<HashMap<u64, TcpStream>>,
-    next_conn: AtomicU64,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Connections open now.
+    open: AtomicUsize,
+    /// Bumped to close every open connection (restart).
+    closing: watch::Sender<u64>,
     ctl: Mutex<ListenerCtl>,
     ctl_changed: Condvar,
+    /// Wakes the accept loop for a restart or the stop.
+    wake: Notify,
     /// Plurals answered 404, as for a CRD that is not installed.
     hidden: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking connection thread must not take the server down with it.
+    // A panicking handler must not take the server down with it.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
+    /// Wakes the watches, after a change of the store.
+    fn notify_changed(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     fn close_all_connections(&self) {
-        for stream in lock(&self.conns).values() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
+        self.closing.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
 /// An in-process Kubernetes API server on `127.0.0.1`. Dropping it stops it:
-/// sockets are closed and its threads joined.
+/// connections are closed and its thread joined.
 pub struct ApiServer {
     shared: Arc<Shared>,
-    acceptor: Mutex<Option<JoinHandle<()>>>,
+    /// The thread running the server's runtime.
+    runner: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -242,7 +267,8 @@ impl std::fmt::Debug for ApiServer {
 impl ApiServer {
     /// Binds `127.0.0.1:0` and starts serving on its own threads.
     pub fn start() -> anyhow::Result<ApiServer> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding 127.0.0.1:0")?;
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", 0)).context("binding 127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             port,
@@ -253,27 +279,56 @@ impl ApiServer {
                 history: VecDeque::new(),
                 compacted: 0,
                 expiry_epoch: 0,
-                restart_epoch: 0,
                 bookmark_every: Duration::from_secs(1),
                 next_uid: 1,
             }),
-            changed: Condvar::new(),
+            changed: watch::Sender::new(0),
             requests: Mutex::new(Vec::new()),
-            conns: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(0),
-            workers: Mutex::new(Vec::new()),
+            open: AtomicUsize::new(0),
+            closing: watch::Sender::new(0),
             ctl: Mutex::new(ListenerCtl::default()),
             ctl_changed: Condvar::new(),
+            wake: Notify::new(),
             hidden: Mutex::new(Vec::new()),
         });
         let for_thread = shared.clone();
-        let acceptor = thread::Builder::new()
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        // The runtime is built, run and dropped on this thread: a runtime may
+        // not be dropped where the caller is, inside another runtime.
+        let runner = thread::Builder::new()
             .name(format!("apiserver-{port}"))
-            .spawn(move || accept_loop(&for_thread, listener))
-            .context("spawning the accept thread")?;
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name(format!("apiserver-{port}-rt"))
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(runtime) => {
+                        let _ = ready_tx.send(Ok(()));
+                        runtime
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(accept_loop(for_thread, listener));
+                // Drops every connection and watch task: their sockets close.
+                runtime.shutdown_timeout(SHUTDOWN);
+            })
+            .context("spawning the server thread")?;
+        let started = ready_rx
+            .recv()
+            .context("the server thread ended before starting")
+            .and_then(|built| built.context("building the server's runtime"));
+        if let Err(e) = started {
+            let _ = runner.join();
+            return Err(e);
+        }
         Ok(ApiServer {
             shared,
-            acceptor: Mutex::new(Some(acceptor)),
+            runner: Mutex::new(Some(runner)),
         })
     }
 
@@ -379,7 +434,7 @@ impl ApiServer {
             },
         );
         drop(store);
-        self.shared.changed.notify_all();
+        self.shared.notify_changed();
     }
 
     /// The stored object (kind, namespace, name) as served, or `None`. The
@@ -415,7 +470,7 @@ impl ApiServer {
             },
         );
         drop(store);
-        self.shared.changed.notify_all();
+        self.shared.notify_changed();
     }
 
     /// Compaction: every open watch gets an ERROR event (Status 410 Expired)
@@ -427,7 +482,7 @@ impl ApiServer {
         store.history.clear();
         store.expiry_epoch += 1;
         drop(store);
-        self.shared.changed.notify_all();
+        self.shared.notify_changed();
     }
 
     /// An API server restart: closes the listener and every open connection,
@@ -438,6 +493,7 @@ impl ApiServer {
         let mut ctl = lock(&self.shared.ctl);
         ctl.requested += 1;
         let target = ctl.requested;
+        self.shared.wake.notify_one();
         let deadline = Instant::now() + Duration::from_secs(5);
         while ctl.down < target && Instant::now() < deadline {
             ctl = self
@@ -448,8 +504,6 @@ impl ApiServer {
                 .0;
         }
         drop(ctl);
-        lock(&self.shared.store).restart_epoch += 1;
-        self.shared.changed.notify_all();
         self.shared.close_all_connections();
     }
 
@@ -472,12 +526,12 @@ impl ApiServer {
     /// How often watches that allow bookmarks get a BOOKMARK (default 1 s).
     pub fn set_bookmark_interval(&self, every: Duration) {
         lock(&self.shared.store).bookmark_every = every.max(Duration::from_millis(10));
-        self.shared.changed.notify_all();
+        self.shared.notify_changed();
     }
 
     /// Connections currently open (for leak checks).
     pub fn open_connections(&self) -> usize {
-        lock(&self.shared.conns).len()
+        self.shared.open.load(Ordering::SeqCst)
     }
 }
 
@@ -485,17 +539,11 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         let shared = &self.shared;
         shared.stop.store(true, Ordering::SeqCst);
-        lock(&shared.store).restart_epoch += 1;
-        shared.changed.notify_all();
+        shared.wake.notify_one();
         shared.ctl_changed.notify_all();
-        if let Some(acceptor) = lock(&self.acceptor).take() {
-            let _ = acceptor.join();
-        }
-        // No connection is accepted any more: close the open ones and wait.
-        shared.close_all_connections();
-        let workers = std::mem::take(&mut *lock(&shared.workers));
-        for worker in workers {
-            let _ = worker.join();
+        // The accept loop ends, then the runtime drops every task left.
+        if let Some(runner) = lock(&self.runner).take() {
+            let _ = runner.join();
         }
     }
 }
@@ -512,32 +560,18 @@ fn push_change(store: &mut Store, change: Change) {
 // ---------------------------------------------------------------------------
 // Accepting connections
 
-/// Waits up to `timeout` for `fd` to be readable (a pending connection).
-fn wait_readable(fd: i32, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd, and fd stays open for the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    n > 0
-}
-
-fn accept_loop(shared: &Arc<Shared>, first: TcpListener) {
+/// Runs until the server is dropped: serves on `first`, and after each
+/// restart closes the listener, stays down for [`RESTART_DOWNTIME`] and binds
+/// the same port again.
+async fn accept_loop(shared: Arc<Shared>, first: std::net::TcpListener) {
     let mut next = Some(first);
     // Restarts handled so far (restart() may run before we first get here).
     let mut handled = 0;
     loop {
-        let listener = match next.take() {
-            Some(l) => l,
-            None => match rebind(shared) {
-                Some(l) => l,
-                None => return,
-            },
+        let Some(listener) = listen(&shared, next.take()).await else {
+            return;
         };
-        let seen = serve_listener(shared, &listener, handled);
+        let seen = serve_listener(&shared, &listener, handled).await;
         drop(listener);
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -549,24 +583,41 @@ fn accept_loop(shared: &Arc<Shared>, first: TcpListener) {
             handled = seen;
         }
         shared.ctl_changed.notify_all();
-        let until = Instant::now() + RESTART_DOWNTIME;
-        while Instant::now() < until {
-            if shared.stop.load(Ordering::SeqCst) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
+        tokio::select! {
+            () = tokio::time::sleep(RESTART_DOWNTIME) => {}
+            () = stopped(&shared) => return,
         }
     }
 }
 
-fn rebind(shared: &Shared) -> Option<TcpListener> {
+/// Returns once the server is being dropped.
+async fn stopped(shared: &Shared) {
+    loop {
+        let woken = shared.wake.notified();
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        woken.await;
+    }
+}
+
+/// `first`, or `127.0.0.1:port` bound again (retried until it works), as a
+/// tokio listener; `None` once the server is being dropped.
+async fn listen(shared: &Shared, mut first: Option<std::net::TcpListener>) -> Option<TcpListener> {
     let mut warned = false;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return None;
         }
-        match TcpListener::bind(("127.0.0.1", shared.port)) {
-            Ok(l) => return Some(l),
+        let bound = match first.take() {
+            Some(listener) => Ok(listener),
+            None => std::net::TcpListener::bind(("127.0.0.1", shared.port)),
+        };
+        let listener = bound
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(TcpListener::from_std);
+        match listener {
+            Ok(listener) => return Some(listener),
             Err(e) => {
                 if !warned {
                     eprintln!(
@@ -575,7 +626,7 @@ fn rebind(shared: &Shared) -> Option<TcpListener> {
                     );
                     warned = true;
                 }
-                thread::sleep(Duration::from_millis(20));
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     }
@@ -583,56 +634,153 @@ fn rebind(shared: &Shared) -> Option<TcpListener> {
 
 /// Accepts connections until stop or a restart request beyond `handled`;
 /// returns the restart requests seen.
-fn serve_listener(shared: &Arc<Shared>, listener: &TcpListener, handled: u64) -> u64 {
+async fn serve_listener(shared: &Arc<Shared>, listener: &TcpListener, handled: u64) -> u64 {
     let restart_requested = || {
         let requested = lock(&shared.ctl).requested;
         (requested != handled).then_some(requested)
     };
-    let _ = listener.set_nonblocking(true);
     loop {
+        let woken = shared.wake.notified();
         if let Some(seen) = restart_requested() {
             return seen;
         }
         if shared.stop.load(Ordering::SeqCst) {
             return handled;
         }
-        if !wait_readable(listener.as_raw_fd(), Duration::from_millis(50)) {
-            continue;
-        }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => {
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        if shared.stop.load(Ordering::SeqCst) || restart_requested().is_some() {
-            continue; // dropping `stream` closes it; the checks above return
-        }
-        let Ok(registered) = stream.try_clone() else {
-            continue;
-        };
-        let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-        lock(&shared.conns).insert(id, registered);
-        let for_thread = shared.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("apiserver-conn-{id}"))
-            .spawn(move || {
-                serve_connection(&for_thread, &stream);
-                let _ = stream.shutdown(Shutdown::Both);
-                lock(&for_thread.conns).remove(&id);
-            });
-        let mut workers = lock(&shared.workers);
-        workers.retain(|w| !w.is_finished());
-        match spawned {
-            Ok(handle) => workers.push(handle),
-            Err(_) => {
-                if let Some(s) = lock(&shared.conns).remove(&id) {
-                    let _ = s.shutdown(Shutdown::Both);
+        tokio::select! {
+            () = woken => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Dropping `stream` closes it; the checks above return.
+                    if !shared.stop.load(Ordering::SeqCst) && restart_requested().is_none() {
+                        spawn_connection(shared, stream);
+                    }
                 }
-            }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
         }
+    }
+}
+
+/// Counts a connection as open while it lives.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn new(shared: &Arc<Shared>) -> OpenConnection {
+        shared.open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(shared.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves one connection on its own task until the client closes it, a
+/// timeout, or a restart (the runtime's shutdown drops it too).
+fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let open = OpenConnection::new(shared);
+    let mut closing = shared.closing.subscribe();
+    let for_service = shared.clone();
+    tokio::spawn(async move {
+        let _open = open;
+        let service = service_fn(move |req| {
+            let shared = for_service.clone();
+            async move { Ok::<_, Infallible>(respond(&shared, req).await) }
+        });
+        let io = WriteTimeout {
+            io: TokioIo::new(stream),
+            stalled: None,
+        };
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(IDLE_TIMEOUT)
+            .serve_connection(io, service);
+        tokio::select! {
+            _ = connection => {}
+            _ = closing.changed() => {}
+        }
+    });
+}
+
+/// A connection's socket that fails a write stalled for [`WRITE_TIMEOUT`]
+/// (a client that does not read its response).
+struct WriteTimeout {
+    io: TokioIo<TcpStream>,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteTimeout {
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client does not read its response",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Read for WriteTimeout {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for WriteTimeout {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.deadline(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.deadline(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.deadline(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.deadline(cx, polled)
     }
 }
 
@@ -644,10 +792,9 @@ struct Request {
     target: String,
     path: String,
     query: Vec<(String, String)>,
-    close: bool,
     /// The media type of the body, lower-case, without parameters.
     content_type: String,
-    body: Vec<u8>,
+    body: Bytes,
 }
 
 impl Request {
@@ -683,162 +830,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads more bytes into `buf`; `Ok(false)` on a clean close.
-fn fill(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match (&*stream).read(&mut chunk) {
-            Ok(0) => return Ok(false),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(true);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Reads up to and including the next CRLF; `Ok(None)` on close or garbage.
-fn read_line(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<String>> {
-    loop {
-        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&buf[..pos]).into_owned();
-            buf.drain(..pos + 2);
-            return Ok(Some(line));
-        }
-        if buf.len() > MAX_HEADER || !fill(stream, buf)? {
-            return Ok(None);
-        }
-    }
-}
-
-/// Reads a `Transfer-Encoding: chunked` body; `Ok(None)` on close or garbage.
-fn read_chunked(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
-    let mut body = Vec::new();
-    loop {
-        let Some(line) = read_line(stream, buf)? else {
-            return Ok(None);
-        };
-        let size = line.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size, 16) else {
-            return Ok(None);
-        };
-        if size == 0 {
-            // Trailers, up to the empty line.
-            loop {
-                match read_line(stream, buf)? {
-                    Some(l) if l.is_empty() => return Ok(Some(body)),
-                    Some(_) => {}
-                    None => return Ok(None),
-                }
-            }
-        }
-        if body.len() + size > MAX_BODY {
-            return Ok(None);
-        }
-        while buf.len() < size + 2 {
-            if !fill(stream, buf)? {
-                return Ok(None);
-            }
-        }
-        body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
-    }
-}
-
-/// Reads one request (head and body). `Ok(None)` on a clean close, a timeout
-/// or garbage.
-fn read_request(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Request>> {
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        if buf.len() > MAX_HEADER || !fill(stream, buf)? {
-            return Ok(None);
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    buf.drain(..head_end + 4);
-
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split_whitespace();
-    let (Some(method), Some(target)) = (first.next(), first.next()) else {
-        return Ok(None);
-    };
-    let version = first.next().unwrap_or("HTTP/1.1");
-    let mut close = version == "HTTP/1.0";
-    let mut body_len = 0usize;
-    let mut chunked = false;
-    let mut content_type = String::new();
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            body_len = value.parse().unwrap_or(0);
-        } else if name.eq_ignore_ascii_case("connection") {
-            close = value.eq_ignore_ascii_case("close");
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-type") {
-            let media = value.split(';').next().unwrap_or("");
-            content_type = media.trim().to_ascii_lowercase();
-        }
-    }
-    let body = if chunked {
-        match read_chunked(stream, buf)? {
-            Some(body) => body,
-            None => return Ok(None),
-        }
-    } else {
-        if body_len > MAX_BODY {
-            return Ok(None);
-        }
-        while buf.len() < body_len {
-            if !fill(stream, buf)? {
-                return Ok(None);
-            }
-        }
-        buf.drain(..body_len).collect()
-    };
-
-    let (path, raw_query) = target.split_once('?').unwrap_or((target, ""));
-    let query = raw_query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
-    Ok(Some(Request {
-        method: method.to_string(),
-        target: target.to_string(),
-        path: path.to_string(),
-        query,
-        close,
-        content_type,
-        body,
-    }))
-}
-
-fn reason_phrase(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        410 => "Gone",
-        415 => "Unsupported Media Type",
-        422 => "Unprocessable Entity",
-        _ => "Error",
-    }
-}
-
 fn status_object(code: u16, reason: &str, message: &str) -> Value {
     json!({
         "kind": "Status",
@@ -851,59 +842,94 @@ fn status_object(code: u16, reason: &str, message: &str) -> Value {
     })
 }
 
-fn write_json(stream: &TcpStream, code: u16, body: &Value, close: bool) -> io::Result<()> {
-    let body = serde_json::to_vec(body).map_err(io::Error::other)?;
-    let mut out = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
-        reason_phrase(code),
-        body.len(),
-        if close { "Connection: close\r\n" } else { "" },
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    (&*stream).write_all(&out)?;
-    (&*stream).flush()
+type ResponseBody = BoxBody<Bytes, io::Error>;
+
+fn json_response(code: u16, body: &Value) -> Response<ResponseBody> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let body = Full::new(Bytes::from(bytes))
+        .map_err(|never: Infallible| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() =
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
-fn serve_connection(shared: &Shared, stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut buf = Vec::new();
-    while !shared.stop.load(Ordering::SeqCst) {
-        let Ok(Some(req)) = read_request(stream, &mut buf) else {
-            return;
-        };
-        {
-            let mut log = lock(&shared.requests);
-            if log.len() >= MAX_REQUEST_LOG {
-                log.drain(..MAX_REQUEST_LOG / 2);
-            }
-            log.push(format!("{} {}", req.method, req.target));
+/// A `Status` answer after which the connection is closed.
+fn refusal(code: u16, reason: &str, message: &str) -> Response<ResponseBody> {
+    let mut response = json_response(code, &status_object(code, reason, message));
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Reads the request's body, logs the request and answers it.
+async fn respond(shared: &Arc<Shared>, req: hyper::Request<Incoming>) -> Response<ResponseBody> {
+    let (head, body) = req.into_parts();
+    let body = Limited::new(body, MAX_BODY).collect();
+    let body = match tokio::time::timeout(IDLE_TIMEOUT, body).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            let msg = format!("the request body is larger than {MAX_BODY} bytes");
+            return refusal(413, "RequestEntityTooLarge", &msg);
         }
-        match handle(shared, stream, &req) {
-            Ok(true) if !req.close => {}
-            _ => return,
+        Ok(Err(e)) => {
+            let msg = format!("reading the request body: {e}");
+            return refusal(400, "BadRequest", &msg);
         }
+        Err(_) => return refusal(408, "Timeout", "the request body stalled"),
+    };
+    let target = head.uri.to_string();
+    let query = head
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    let content_type = head
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let req = Request {
+        method: head.method.to_string(),
+        target,
+        path: head.uri.path().to_string(),
+        query,
+        content_type,
+        body,
+    };
+    {
+        let mut log = lock(&shared.requests);
+        if log.len() >= MAX_REQUEST_LOG {
+            log.drain(..MAX_REQUEST_LOG / 2);
+        }
+        log.push(format!("{} {}", req.method, req.target));
     }
+    handle(shared, &req)
 }
 
-/// Answers one request; `Ok(true)` if the connection may serve another.
-fn handle(shared: &Shared, stream: &TcpStream, req: &Request) -> io::Result<bool> {
-    let reply = |code: u16, body: Value| write_json(stream, code, &body, req.close).map(|()| true);
+/// Answers one request.
+fn handle(shared: &Arc<Shared>, req: &Request) -> Response<ResponseBody> {
+    let reply = |code: u16, body: Value| json_response(code, &body);
     if !matches!(req.method.as_str(), "GET" | "PATCH" | "POST") {
         let msg = format!(
             "method {} is not supported by the test API server",
             req.method
         );
-        write_json(
-            stream,
-            405,
-            &status_object(405, "MethodNotAllowed", &msg),
-            true,
-        )?;
-        return Ok(false);
+        return refusal(405, "MethodNotAllowed", &msg);
     }
     if req.method == "GET" {
         if let Some(doc) = discovery(&req.path) {
@@ -963,7 +989,7 @@ fn handle(shared: &Shared, stream: &TcpStream, req: &Request) -> io::Result<bool
     let watch = matches!(req.param("watch"), Some("true" | "1"));
     let rv = req.param("resourceVersion").unwrap_or("");
     if watch {
-        return serve_watch(shared, stream, req, &filter);
+        return serve_watch(shared, req, filter);
     }
 
     let store = lock(&shared.store);
@@ -1164,7 +1190,7 @@ fn store_object(
         },
     );
     drop(store);
-    shared.changed.notify_all();
+    shared.notify_changed();
     new
 }
 
@@ -1525,15 +1551,14 @@ impl Filter {
 // ---------------------------------------------------------------------------
 // Watch
 
+/// Appends one watch event, a JSON line.
 fn event_line(out: &mut Vec<u8>, kind: &str, object: &Value) {
     let mut event = Map::new();
     event.insert("type".into(), json!(kind));
     event.insert("object".into(), object.clone());
-    let mut line = serde_json::to_vec(&Value::Object(event)).unwrap_or_default();
-    line.push(b'\n');
-    out.extend_from_slice(format!("{:x}\r\n", line.len()).as_bytes());
-    out.extend_from_slice(&line);
-    out.extend_from_slice(b"\r\n");
+    if serde_json::to_writer(&mut *out, &Value::Object(event)).is_ok() {
+        out.push(b'\n');
+    }
 }
 
 fn bookmark(out: &mut Vec<u8>, resource: &Resource, rv: u64, initial_end: bool) {
@@ -1553,62 +1578,59 @@ fn expired(out: &mut Vec<u8>, message: &str) {
     event_line(out, "ERROR", &status_object(410, "Expired", message));
 }
 
-fn send(stream: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
-    if !out.is_empty() {
-        (&*stream).write_all(out)?;
-        (&*stream).flush()?;
-        out.clear();
-    }
-    Ok(())
-}
+/// A watch's response body: the event batches its task sends, until the
+/// task ends (the end of the body) or the connection drops the body.
+struct WatchBody(mpsc::Receiver<Bytes>);
 
-/// True if the client closed its side (or the socket is broken).
-fn peer_closed(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return true;
-    }
-    let mut byte = [0u8; 1];
-    let result = stream.peek(&mut byte);
-    let _ = stream.set_nonblocking(false);
-    match result {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        ),
+impl Body for WatchBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|batch| batch.map(|batch| Ok(Frame::data(batch))))
     }
 }
 
-fn serve_watch(
-    shared: &Shared,
-    stream: &TcpStream,
-    req: &Request,
-    filter: &Filter,
-) -> io::Result<bool> {
-    let started = Instant::now();
+/// Where a watch is: what it has sent, and what it waits for.
+struct Watch {
+    filter: Filter,
+    /// The resourceVersion sent up to.
+    last: u64,
+    expiry_epoch: u64,
+    bookmarks: bool,
+    bookmark_every: Duration,
+    deadline: tokio::time::Instant,
+}
+
+/// Answers a watch: a 200 whose body streams the events (see the module
+/// doc), from a task that stops when the client is gone, or a 400.
+fn serve_watch(shared: &Arc<Shared>, req: &Request, filter: Filter) -> Response<ResponseBody> {
     let timeout = req
         .param("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .filter(|&t| t > 0) // 0 means the server's default, as in Kubernetes
         .map_or(MAX_WATCH, |t| Duration::from_secs(t).min(MAX_WATCH));
-    let deadline = started + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let bookmarks = req.param("allowWatchBookmarks") == Some("true");
     let send_initial = req.param("sendInitialEvents") == Some("true");
     let rv_param = req.param("resourceVersion").unwrap_or("");
 
-    let head = concat!(
-        "HTTP/1.1 200 OK\r\n",
-        "Content-Type: application/json\r\n",
-        "Transfer-Encoding: chunked\r\n",
-        "Cache-Control: no-cache, private\r\n",
-        "\r\n",
-    );
-    let mut out = head.as_bytes().to_vec();
+    // Subscribed before reading the store: no later change goes unnoticed.
+    let changes = shared.changed.subscribe();
+    let mut out = Vec::new();
+    let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+    let mut response = Response::new(WatchBody(rx).boxed());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
 
     let store = lock(&shared.store);
-    let expiry_epoch = store.expiry_epoch;
-    let restart_epoch = store.restart_epoch;
     let requested: Option<u64> = match rv_param {
         "" | "0" => None,
         other => match other.parse() {
@@ -1616,13 +1638,7 @@ fn serve_watch(
             Err(_) => {
                 drop(store);
                 let msg = format!("invalid resourceVersion {other:?}");
-                write_json(
-                    stream,
-                    400,
-                    &status_object(400, "BadRequest", &msg),
-                    req.close,
-                )?;
-                return Ok(true);
+                return json_response(400, &status_object(400, "BadRequest", &msg));
             }
         },
     };
@@ -1631,9 +1647,9 @@ fn serve_watch(
             let msg = format!("too old resource version: {n} ({})", store.compacted);
             drop(store);
             expired(&mut out, &msg);
-            out.extend_from_slice(b"0\r\n\r\n");
-            send(stream, &mut out)?;
-            return Ok(true);
+            // The only batch: the body ends when `tx` is dropped.
+            let _ = tx.try_send(Bytes::from(out));
+            return response;
         }
     }
     let initial = requested.is_none() || send_initial;
@@ -1655,76 +1671,105 @@ fn serve_watch(
         }
         last = last.max(store.rv);
     }
-    let mut bookmark_every = store.bookmark_every;
+    let watch = Watch {
+        filter,
+        last,
+        expiry_epoch: store.expiry_epoch,
+        bookmarks,
+        bookmark_every: store.bookmark_every,
+        deadline,
+    };
     drop(store);
     if initial && send_initial && bookmarks {
-        bookmark(&mut out, filter.resource, last, true);
+        bookmark(&mut out, watch.filter.resource, last, true);
     }
-    send(stream, &mut out)?;
+    tokio::spawn(stream_watch(shared.clone(), watch, changes, tx, out));
+    response
+}
 
-    let mut next_bookmark = Instant::now() + bookmark_every;
+/// Appends the watch's events for the changes since `watch.last` to `out`
+/// and follows a new bookmark interval; the ERROR message if the watch is
+/// expired.
+fn catch_up(
+    shared: &Shared,
+    watch: &mut Watch,
+    out: &mut Vec<u8>,
+    next_bookmark: &mut tokio::time::Instant,
+) -> Option<String> {
+    let store = lock(&shared.store);
+    if store.expiry_epoch != watch.expiry_epoch || watch.last < store.compacted {
+        return Some(format!(
+            "too old resource version: {} ({})",
+            watch.last, store.compacted
+        ));
+    }
+    if store.rv > watch.last {
+        for change in store.history.iter().filter(|c| c.rv > watch.last) {
+            if let Some((kind, obj)) = watch.filter.event(change) {
+                event_line(out, kind, &obj);
+            }
+        }
+        watch.last = store.rv;
+    }
+    if store.bookmark_every != watch.bookmark_every {
+        watch.bookmark_every = store.bookmark_every;
+        *next_bookmark = tokio::time::Instant::now() + watch.bookmark_every;
+    }
+    None
+}
+
+/// Sends `out`, then the changes as they come, bookmarks when they are due,
+/// until the deadline, an expiry (ERROR 410) or the client is gone.
+async fn stream_watch(
+    shared: Arc<Shared>,
+    mut watch: Watch,
+    mut changes: watch::Receiver<u64>,
+    tx: mpsc::Sender<Bytes>,
+    mut out: Vec<u8>,
+) {
+    let mut next_bookmark = tokio::time::Instant::now() + watch.bookmark_every;
     loop {
-        let now = Instant::now();
-        if now >= deadline {
-            out.extend_from_slice(b"0\r\n\r\n");
-            send(stream, &mut out)?;
-            return Ok(true);
+        if !out.is_empty()
+            && tx
+                .send(Bytes::from(std::mem::take(&mut out)))
+                .await
+                .is_err()
+        {
+            return; // the connection is gone
         }
-        let mut wait = POLL.min(deadline - now);
-        if bookmarks {
-            wait = wait.min(next_bookmark.saturating_duration_since(now));
+        if tokio::time::Instant::now() >= watch.deadline {
+            return; // dropping `tx` ends the body
         }
-        let mut store = lock(&shared.store);
-        let idle = |s: &Store| {
-            s.rv <= last
-                && s.expiry_epoch == expiry_epoch
-                && s.restart_epoch == restart_epoch
-                && s.bookmark_every == bookmark_every
-        };
-        if idle(&store) && !wait.is_zero() {
-            store = shared
-                .changed
-                .wait_timeout_while(store, wait, |s| idle(s))
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
+        let mut wake = watch.deadline;
+        if watch.bookmarks {
+            wake = wake.min(next_bookmark);
         }
-        if store.restart_epoch != restart_epoch || shared.stop.load(Ordering::SeqCst) {
-            return Ok(false);
-        }
-        if store.expiry_epoch != expiry_epoch || last < store.compacted {
-            let msg = format!("too old resource version: {last} ({})", store.compacted);
-            drop(store);
-            expired(&mut out, &msg);
-            out.extend_from_slice(b"0\r\n\r\n");
-            send(stream, &mut out)?;
-            return Ok(true);
-        }
-        if store.rv > last {
-            for change in store.history.iter().filter(|c| c.rv > last) {
-                if let Some((kind, obj)) = filter.event(change) {
-                    event_line(&mut out, kind, &obj);
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
                 }
             }
-            last = store.rv;
+            () = tokio::time::sleep_until(wake) => {}
+            () = tx.closed() => return,
         }
-        if store.bookmark_every != bookmark_every {
-            bookmark_every = store.bookmark_every;
-            next_bookmark = Instant::now() + bookmark_every;
+        if let Some(message) = catch_up(&shared, &mut watch, &mut out, &mut next_bookmark) {
+            expired(&mut out, &message);
+            let _ = tx.send(Bytes::from(out)).await;
+            return;
         }
-        drop(store);
-        if bookmarks && Instant::now() >= next_bookmark {
-            bookmark(&mut out, filter.resource, last, false);
-            next_bookmark = Instant::now() + bookmark_every;
-        }
-        send(stream, &mut out)?;
-        if peer_closed(stream) {
-            return Ok(false);
+        if watch.bookmarks && tokio::time::Instant::now() >= next_bookmark {
+            bookmark(&mut out, watch.filter.resource, watch.last, false);
+            next_bookmark = tokio::time::Instant::now() + watch.bookmark_every;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
     use super::*;
 
     fn raw_get(server: &ApiServer, target: &str) -> TcpStream {
@@ -1937,11 +1982,60 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
     }
 
+    /// Reads until the server closes the connection; what was read.
+    fn read_to_close(s: &mut TcpStream) -> String {
+        let mut text = Vec::new();
+        let _ = s.read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_is_dropped() {
+        let server = ApiServer::start().unwrap();
+        let mut s = raw_get(&server, "/api/v1/services?watch=true");
+        let head = read_some(&mut s, "\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // ~60 MB of events, more than the sockets buffer: the writes stall.
+        let big = "x".repeat(200_000);
+        for i in 0..300 {
+            server.apply(json!({
+                "kind": "Service",
+                "metadata": {"name": "a", "annotations": {"big": big, "i": i.to_string()}},
+            }));
+        }
+        let deadline = Instant::now() + WRITE_TIMEOUT + Duration::from_secs(10);
+        while server.open_connections() != 0 {
+            assert!(Instant::now() < deadline, "a stalled client is kept");
+            thread::sleep(Duration::from_millis(50));
+        }
+        drop(s);
+    }
+
+    #[test]
+    fn drop_closes_open_watches() {
+        let server = ApiServer::start().unwrap();
+        let mut s = raw_get(&server, "/api/v1/services?watch=true");
+        let head = read_some(&mut s, "\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let started = Instant::now();
+        drop(server);
+        assert!(started.elapsed() < Duration::from_secs(2), "slow drop");
+        let rest = read_to_close(&mut s);
+        assert!(!rest.contains("0\r\n\r\n"), "a clean end: {rest:?}");
+    }
+
     #[test]
     fn restart_refuses_then_serves_on_the_same_port() {
         let server = ApiServer::start().unwrap();
         let addr = server.url().trim_start_matches("http://").to_string();
+        let mut watch = raw_get(&server, "/api/v1/services?watch=true");
+        let head = read_some(&mut watch, "\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         server.restart();
+        read_to_close(&mut watch);
+        wait_until("the watch connection to close", || {
+            server.open_connections() == 0
+        });
         assert!(
             TcpStream::connect(&addr).is_err(),
             "connection accepted while down"
