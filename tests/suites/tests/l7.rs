@@ -639,6 +639,13 @@ fn grpc_calls_pass_an_l7_service_with_status_and_trailers() -> Result<()> {
         "bidi": ["g1:a", "g1:bb", "g1:ccc"],
         "fail": {"code": "NOT_FOUND", "details": "no such thing", "trailing": {"x-backend": "g1"}},
     });
+    // A trailers-only answer (a call that fails before any message) has its
+    // status in the response head, to which the waypoint adds the Date a
+    // forwarded response must carry (RFC 9110, 6.6.1): grpcio reports it as
+    // trailing metadata.
+    if let Some(trailing) = report["fail"]["trailing"].as_object_mut() {
+        trailing.remove("date");
+    }
     ensure!(report == expected, "zh-grpc call: {report}");
     drop(server);
     Ok(())
