@@ -145,7 +145,7 @@ spec:
 "#;
 
 /// `python3 zh-grpc.py ARGS` (Debian's python3, which has grpcio).
-fn zh_grpc<'a>(args: &[&'a str]) -> (PathBuf, Vec<String>) {
+fn zh_grpc(args: &[&str]) -> (PathBuf, Vec<String>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workloads/zh-grpc.py");
     let mut all = vec![script.display().to_string()];
     all.extend(args.iter().map(|arg| (*arg).to_owned()));
