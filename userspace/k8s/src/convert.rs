@@ -250,6 +250,7 @@ impl FromObject<core::Service> for Service {
                     name: port.name.clone().unwrap_or_default(),
                     port: port_number(&field, Some(port.port))?,
                     protocol: protocol(&field, port.protocol.as_deref())?,
+                    app_protocol: port.app_protocol.clone(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()
@@ -636,12 +637,14 @@ spec:
                 ServicePort {
                     name: "http".into(),
                     port: 80,
-                    protocol: Protocol::Tcp
+                    protocol: Protocol::Tcp,
+                    app_protocol: None,
                 },
                 ServicePort {
                     name: "dns".into(),
                     port: 53,
-                    protocol: Protocol::Udp
+                    protocol: Protocol::Udp,
+                    app_protocol: None,
                 },
             ]
         );

@@ -95,6 +95,7 @@ fn examples_plan_a_local_a_remote_an_l7_and_a_dns_service_on_node1() {
         name: "dns".into(),
         port: 53,
         protocol: Protocol::Udp,
+        app_protocol: None,
     };
     let dns = port_frontend_key("10.96.0.53".parse().unwrap(), &dns).unwrap();
     assert_eq!(

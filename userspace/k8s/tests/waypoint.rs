@@ -8,6 +8,7 @@ use zerohop_k8s::build_view;
 use zerohop_planner::model::{Family, ServiceId};
 use zerohop_planner::plan::{frontend_key, PlanProblem, Waypoints};
 use zerohop_planner::{plan_with, waypoint_config, ClusterView};
+use zerohop_routes::contract::UpstreamHttp;
 
 const SERVICES: &str = r#"
 apiVersion: v1
@@ -148,6 +149,69 @@ spec:
         vec![
             (zerohop_abi::PROTO_TCP, SERVICE_L7),
             (zerohop_abi::PROTO_UDP, 0)
+        ]
+    );
+}
+
+/// `appProtocol`: a port that names a protocol other than HTTP stays L4
+/// under a route (a TLS or database client never meets the waypoint); one
+/// that names HTTP/2 tells the waypoint to speak h2c to its endpoints.
+#[test]
+fn app_protocol_keeps_non_http_ports_l4_and_tells_the_waypoint_h2c() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: mixed, namespace: shop}
+spec:
+  clusterIP: 10.96.0.60
+  ports:
+  - {name: grpc, port: 50051, appProtocol: kubernetes.io/h2c}
+  - {name: tls, port: 443, appProtocol: https}
+  - {name: web, port: 80}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: mixed-1, namespace: shop, labels: {kubernetes.io/service-name: mixed}}
+addressType: IPv4
+ports: [{name: grpc, port: 50051}, {name: tls, port: 8443}, {name: web, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: node1}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mixed, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: mixed}]
+  rules: [{backendRefs: [{name: mixed, port: 50051}]}]
+"#;
+    let built = build_view([("mixed.yaml".to_string(), yaml.to_string())]);
+    assert_eq!(built.problems, vec![]);
+    let plan = plan_with(
+        &built.view,
+        "node1",
+        Waypoints {
+            v4: true,
+            v6: false,
+        },
+        &Default::default(),
+    );
+    let l7 = |port| flags(&plan, "10.96.0.60", port).map(|flags| flags & SERVICE_L7);
+    assert_eq!(
+        [l7(50051), l7(443), l7(80)],
+        [Some(SERVICE_L7), Some(0), Some(SERVICE_L7)]
+    );
+    let config = waypoint_config(&built.view, "node1");
+    let http: Vec<(u16, UpstreamHttp)> = config
+        .endpoints
+        .iter()
+        .map(|endpoints| (endpoints.port, endpoints.http))
+        .collect();
+    assert_eq!(
+        http,
+        [
+            (50051, UpstreamHttp::H2c),
+            (443, UpstreamHttp::AsClient),
+            (80, UpstreamHttp::AsClient)
         ]
     );
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
+use zerohop_routes::contract::UpstreamHttp;
+
 /// Namespace and name of a Service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceId {
@@ -115,6 +117,26 @@ pub struct ServicePort {
     pub port: u16,
     /// Transport protocol.
     pub protocol: Protocol,
+    /// `appProtocol`: the application protocol it serves, when named.
+    pub app_protocol: Option<String>,
+}
+
+impl ServicePort {
+    /// How the waypoint speaks to this port's endpoints, or `None` when its
+    /// `appProtocol` names a protocol that is not plain HTTP (`tcp`, `tls`,
+    /// `https`, `kubernetes.io/ws`, `redis`, …; WebSocket's upgrade is not
+    /// proxied): such a port is never sent to the waypoint.
+    pub fn http(&self) -> Option<UpstreamHttp> {
+        let Some(name) = &self.app_protocol else {
+            return Some(UpstreamHttp::AsClient);
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "http" => Some(UpstreamHttp::Http1),
+            "kubernetes.io/h2c" | "http2" | "grpc" => Some(UpstreamHttp::H2c),
+            "grpc-web" => Some(UpstreamHttp::AsClient),
+            _ => None,
+        }
+    }
 }
 
 /// Which endpoints of a Service a connection may be sent to.
@@ -298,4 +320,39 @@ pub struct Pod {
     pub name: String,
     pub node: Option<String>,
     pub ips: Vec<IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_protocols_name_the_http_version_or_no_http() {
+        let http = |app_protocol: Option<&str>| {
+            ServicePort {
+                name: String::new(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                app_protocol: app_protocol.map(str::to_owned),
+            }
+            .http()
+        };
+        let cases = [
+            (None, Some(UpstreamHttp::AsClient)),
+            (Some("http"), Some(UpstreamHttp::Http1)),
+            (Some("HTTP"), Some(UpstreamHttp::Http1)),
+            (Some("kubernetes.io/h2c"), Some(UpstreamHttp::H2c)),
+            (Some("grpc"), Some(UpstreamHttp::H2c)),
+            (Some("http2"), Some(UpstreamHttp::H2c)),
+            (Some("grpc-web"), Some(UpstreamHttp::AsClient)),
+            (Some("https"), None),
+            (Some("tls"), None),
+            (Some("kubernetes.io/ws"), None),
+            (Some("redis"), None),
+            (Some("example.com/custom"), None),
+        ];
+        for (app_protocol, expected) in cases {
+            assert_eq!(http(app_protocol), expected, "{app_protocol:?}");
+        }
+    }
 }

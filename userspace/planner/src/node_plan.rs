@@ -596,12 +596,14 @@ mod tests {
             name: "http".into(),
             port: 80 + rng.below(2) as u16,
             protocol,
+            app_protocol: None,
         }];
         if rng.below(2) == 0 {
             ports.push(ServicePort {
                 name: "admin".into(),
                 port: 9000,
                 protocol: Protocol::Tcp,
+                app_protocol: None,
             });
         }
         // Annotation zerohop.io/bypass "off", or zerohop.io/fast-path "off".

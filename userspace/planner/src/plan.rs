@@ -373,6 +373,7 @@ mod tests {
                     name: name.clone(),
                     port: *port,
                     protocol: *protocol,
+                    app_protocol: None,
                 })
                 .collect(),
             traffic: TrafficPolicy::Cluster,
@@ -1034,6 +1035,7 @@ mod tests {
                 name: "dns".into(),
                 port: 53,
                 protocol: Protocol::Udp,
+                app_protocol: None,
             },
         )
         .unwrap();

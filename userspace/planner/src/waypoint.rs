@@ -21,7 +21,8 @@ use crate::plan::ready_targets;
 use crate::view::ClusterView;
 
 /// The ports of the view's Services with at least one accepted HTTPRoute
-/// (a route whose parentRef names a port attaches to that port only).
+/// (a route whose parentRef names a port attaches to that port only),
+/// but those whose `appProtocol` is not HTTP ([`crate::model::ServicePort::http`]).
 pub fn l7_ports(view: &ClusterView) -> BTreeSet<(ServiceId, u16)> {
     let routes: Vec<&Route> = view.routes().values().collect();
     let referenced = referenced_services(routes.iter().copied());
@@ -29,7 +30,19 @@ pub fn l7_ports(view: &ClusterView) -> BTreeSet<(ServiceId, u16)> {
     zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
         .into_iter()
         .map(|(namespace, name, port)| (ServiceId::new(namespace, name), port))
+        .filter(|(id, port)| speaks_http(view, id, *port))
         .collect()
+}
+
+/// Whether TCP port `port` of Service `id` may be sent to the waypoint.
+fn speaks_http(view: &ClusterView, id: &ServiceId, port: u16) -> bool {
+    view.services().get(id).is_some_and(|service| {
+        service.ports.iter().any(|candidate| {
+            candidate.port == port
+                && candidate.protocol == Protocol::Tcp
+                && candidate.http().is_some()
+        })
+    })
 }
 
 /// [`l7_ports`] of Service `id` alone: only the routes naming it as a
@@ -44,7 +57,9 @@ pub(crate) fn l7_ports_of(view: &ClusterView, id: &ServiceId) -> BTreeSet<u16> {
     let (services, routes, grants) = route_inputs(view, parent_of.into_iter(), &referenced);
     zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
         .into_iter()
-        .filter(|(namespace, name, _)| *namespace == id.namespace && *name == id.name)
+        .filter(|(namespace, name, port)| {
+            *namespace == id.namespace && *name == id.name && speaks_http(view, id, *port)
+        })
         .map(|(_, _, port)| port)
         .collect()
 }
@@ -66,6 +81,7 @@ pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
                 namespace: service.id.namespace.clone(),
                 name: service.id.name.clone(),
                 port: port.port,
+                http: port.http().unwrap_or_default(),
                 endpoints: targets
                     .iter()
                     .map(|target| Endpoint {

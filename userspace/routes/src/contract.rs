@@ -62,7 +62,31 @@ pub struct ServiceEndpoints {
     pub name: String,
     /// The Service port.
     pub port: u16,
+    /// The HTTP version its endpoints are spoken to in.
+    #[serde(default, skip_serializing_if = "UpstreamHttp::is_default")]
+    pub http: UpstreamHttp,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// The HTTP version the waypoint speaks to the endpoints of a Service port,
+/// from the port's `appProtocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamHttp {
+    /// The version each client spoke (the port names no protocol): a
+    /// client that speaks h2c knows its server does.
+    #[default]
+    AsClient,
+    /// HTTP/1.1 (`http`).
+    Http1,
+    /// HTTP/2 over cleartext (`kubernetes.io/h2c`, `grpc`, …).
+    H2c,
+}
+
+impl UpstreamHttp {
+    fn is_default(&self) -> bool {
+        *self == UpstreamHttp::AsClient
+    }
 }
 
 /// One ready endpoint.

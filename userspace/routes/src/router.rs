@@ -9,6 +9,7 @@
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BTreeSet},
+    fmt,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -16,7 +17,7 @@ use std::{
 use http::{header::HOST, HeaderMap, HeaderValue};
 
 use crate::{
-    contract::{Endpoint, WaypointConfig},
+    contract::{Endpoint, UpstreamHttp, WaypointConfig},
     filters::{
         apply_header_modifier, host_without_port, merge_header_modifiers, rewrite_path, Location,
     },
@@ -52,7 +53,7 @@ pub struct Forward {
     /// `(no route applies)` when the client has no route for the Service.
     pub route: String,
     /// The chosen endpoint.
-    pub upstream: SocketAddr,
+    pub upstream: Upstream,
     /// Request headers after the filters.
     pub request_headers: HeaderMap,
     /// Path and query after URLRewrite.
@@ -63,11 +64,41 @@ pub struct Forward {
     /// To apply to the upstream's response, with [`apply_header_modifier`].
     pub response_headers: HeaderModifier,
     /// Endpoints that get a copy; their answers are ignored.
-    pub mirrors: Vec<SocketAddr>,
+    pub mirrors: Vec<Upstream>,
     /// HTTPRoute `timeouts.request`: the whole exchange, client side.
     pub request_timeout: Option<Duration>,
     /// HTTPRoute `timeouts.backendRequest`: one upstream attempt.
     pub backend_timeout: Option<Duration>,
+}
+
+/// An endpoint a request goes to, and the HTTP version it is spoken to in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub http: UpstreamHttp,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// The ready endpoints of a Service port, and how they are spoken to.
+#[derive(Debug, Default)]
+struct Backends {
+    http: UpstreamHttp,
+    endpoints: Vec<Endpoint>,
+}
+
+impl Backends {
+    /// An endpoint on this node if there is one, else any.
+    fn pick(&self, dice: &mut dyn FnMut(u32) -> u32) -> Option<Upstream> {
+        pick_endpoint(&self.endpoints, dice).map(|endpoint| Upstream {
+            addr: endpoint.addr,
+            http: self.http,
+        })
+    }
 }
 
 /// The compiled config.
@@ -78,7 +109,7 @@ pub struct Router {
     /// The rules attached to each L7 Service port.
     tables: BTreeMap<ServicePort, RouteTable>,
     routes: Vec<CompiledRoute>,
-    endpoints: BTreeMap<ServicePort, Vec<Endpoint>>,
+    endpoints: BTreeMap<ServicePort, Backends>,
     clients: BTreeMap<IpAddr, String>,
 }
 
@@ -134,7 +165,7 @@ struct Outgoing {
     query: Option<String>,
     host: Option<String>,
     response_headers: HeaderModifier,
-    mirrors: Vec<SocketAddr>,
+    mirrors: Vec<Upstream>,
 }
 
 /// What the filters of the chosen rule need to know.
@@ -173,11 +204,9 @@ impl Router {
                 name: set.name.clone(),
                 port: set.port,
             };
-            router
-                .endpoints
-                .entry(key)
-                .or_default()
-                .extend(&set.endpoints);
+            let backends = router.endpoints.entry(key).or_default();
+            backends.http = set.http;
+            backends.endpoints.extend(&set.endpoints);
         }
         for route in &config.routes {
             router.attach(route, &cluster);
@@ -389,10 +418,8 @@ impl Router {
                     }
                 }
                 Action::Mirror(Ok(target)) => {
-                    let endpoints = self.endpoints.get(target).map_or(&[][..], Vec::as_slice);
-                    outgoing
-                        .mirrors
-                        .extend(pick_endpoint(endpoints, dice).map(|e| e.addr));
+                    let picked = self.endpoints.get(target).and_then(|b| b.pick(dice));
+                    outgoing.mirrors.extend(picked);
                 }
                 Action::Mirror(Err(_)) => {}
                 Action::Redirect(redirect) => {
@@ -419,8 +446,7 @@ impl Router {
         timeouts: Timeouts,
         dice: &mut dyn FnMut(u32) -> u32,
     ) -> Decision {
-        let endpoints = self.endpoints.get(target).map_or(&[][..], Vec::as_slice);
-        let Some(endpoint) = pick_endpoint(endpoints, dice) else {
+        let Some(upstream) = self.endpoints.get(target).and_then(|b| b.pick(dice)) else {
             return respond(
                 503,
                 format!("{route}: Service {target} has no ready endpoint"),
@@ -429,7 +455,7 @@ impl Router {
         let path_and_query = outgoing.path_and_query();
         Decision::Forward(Box::new(Forward {
             route,
-            upstream: endpoint.addr,
+            upstream,
             request_headers: outgoing.headers,
             path_and_query,
             host: outgoing.host,
@@ -662,7 +688,7 @@ mod tests {
 
     #[track_caller]
     fn upstream(decision: Decision) -> SocketAddr {
-        forward(decision).upstream
+        forward(decision).upstream.addr
     }
 
     #[track_caller]
@@ -928,7 +954,7 @@ mod tests {
             &request("GET", "/x?y=1", &[]),
             &mut no_dice,
         ));
-        assert_eq!(forward.upstream, addr("10.2.0.3:80"));
+        assert_eq!(forward.upstream.addr, addr("10.2.0.3:80"));
         assert_eq!(forward.path_and_query, "/x?y=1");
         let team_a = |path| {
             router.decide(
@@ -1085,9 +1111,9 @@ mod tests {
         ], "backendRefs": to("v1")}]),
         )]);
         let forward = forward(get(&router, "/"));
-        assert_eq!(forward.upstream, addr(V1_POD));
+        assert_eq!(forward.upstream.addr, addr(V1_POD));
         assert_eq!(
-            forward.mirrors,
+            forward.mirrors.iter().map(|m| m.addr).collect::<Vec<_>>(),
             vec![addr(MIRROR_POD)],
             "the cross-namespace mirror has no ReferenceGrant"
         );
@@ -1151,6 +1177,47 @@ mod tests {
             json!([{"backendRefs": [{"name": "v1", "port": 80, "weight": 0}]}]),
         )]);
         assert_eq!(status(get(&router, "/")), 500);
+    }
+
+    /// Each upstream, mirrors included, carries the HTTP version of its
+    /// Service port.
+    #[test]
+    fn upstreams_carry_their_ports_http_version() {
+        let mut config = config(
+            vec![web_route(
+                "web",
+                json!([{
+                    "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "mirror", "port": 80}}}],
+                    "backendRefs": to("v1"),
+                }]),
+            )],
+            Vec::new(),
+        );
+        let mut v1 = endpoints("shop", "v1", 80, &[(V1_POD, true)]);
+        v1.http = UpstreamHttp::H2c;
+        let mut mirror = endpoints("shop", "mirror", 80, &[(MIRROR_POD, true)]);
+        mirror.http = UpstreamHttp::Http1;
+        config.endpoints = vec![v1, mirror];
+        let forward = forward(Router::new(&config).decide(
+            addr(WEB),
+            ip(SHOP_CLIENT),
+            &request("GET", "/", &[]),
+            &mut |_| 0,
+        ));
+        assert_eq!(
+            forward.upstream,
+            Upstream {
+                addr: addr(V1_POD),
+                http: UpstreamHttp::H2c
+            }
+        );
+        assert_eq!(
+            forward.mirrors,
+            [Upstream {
+                addr: addr(MIRROR_POD),
+                http: UpstreamHttp::Http1
+            }]
+        );
     }
 
     #[test]

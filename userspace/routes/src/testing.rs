@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::{
-    contract::{Endpoint, ServiceEndpoints, ServiceInfo},
+    contract::{Endpoint, ServiceEndpoints, ServiceInfo, UpstreamHttp},
     model::{HttpRoute, ReferenceGrant},
     request::RequestHead,
 };
@@ -39,6 +39,7 @@ pub fn endpoints(
         namespace: namespace.into(),
         name: name.into(),
         port,
+        http: UpstreamHttp::AsClient,
         endpoints: list
             .iter()
             .map(|(a, local)| Endpoint {

@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> Result<()> {
     let mut watcher = config::Watcher::new(cli.config.clone(), routes.clone());
     watcher.poll();
     tokio::spawn(watcher.run(Duration::from_millis(cli.poll_ms.max(1))));
-    let state = Arc::new(proxy::Proxy::new(routes, upstream::Upstream::new(cli.mark)));
+    let state = Arc::new(proxy::Proxy::new(routes, upstream::Clients::new(cli.mark)));
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut acceptors = Vec::new();

@@ -1,7 +1,8 @@
 //! One request: ask the router, then answer directly or forward upstream.
 //!
-//! Forwarding goes in the HTTP version the client spoke (HTTP/2 as h2c,
-//! see `upstream`), with the router's request headers (less hop-by-hop
+//! Forwarding goes in the HTTP version of the backend's Service port
+//! (`appProtocol`), else in the one the client spoke (HTTP/2 as h2c, see
+//! `upstream`), with the router's request headers (less hop-by-hop
 //! ones, but for `te: trailers` over HTTP/2, which gRPC requires), path and
 //! Host; bodies and their trailers stream both ways, except that a request
 //! with mirrors is read whole first so that each mirror gets a copy. Timeouts: `backend_timeout` bounds one
@@ -25,16 +26,17 @@ use hyper::{
 };
 use tracing::{debug, warn};
 use zerohop_routes::{
+    contract::UpstreamHttp,
     filters::apply_header_modifier,
     model::HeaderModifier,
     request::RequestHead,
-    router::{self, Decision, Forward},
+    router::{self, Decision, Forward, Upstream},
 };
 
 use crate::{
     body::{Body, BoxError},
     config::Routes,
-    upstream::Upstream,
+    upstream::Clients,
 };
 
 /// A mirror's exchange is abandoned after this long.
@@ -61,11 +63,11 @@ pub struct Conn {
 
 pub struct Proxy {
     routes: Routes,
-    client: Upstream,
+    client: Clients,
 }
 
 impl Proxy {
-    pub fn new(routes: Routes, client: Upstream) -> Proxy {
+    pub fn new(routes: Routes, client: Clients) -> Proxy {
         Proxy { routes, client }
     }
 
@@ -173,7 +175,7 @@ impl Proxy {
     }
 
     /// Sends a copy in the background; its answer and errors are ignored.
-    fn mirror(&self, mirror: SocketAddr, request: Request<Body>) {
+    fn mirror(&self, mirror: Upstream, request: Request<Body>) {
         let client = self.client.clone();
         tokio::spawn(async move {
             let exchange = async {
@@ -248,12 +250,12 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
 }
 
-/// The request to `upstream`, in the version and with the method of the
-/// client's (`client`), with the router's headers, path and query, and
-/// `host`. Over HTTP/2 the `:authority` is the upstream's address and `host`
-/// a header.
+/// The request to `upstream`, in its HTTP version (else the client's) and
+/// with the method of the client's request (`client`), with the router's
+/// headers, path and query, and `host`. Over HTTP/2 the `:authority` is the
+/// upstream's address and `host` a header.
 fn upstream_request(
-    upstream: SocketAddr,
+    upstream: Upstream,
     client: &hyper::http::request::Parts,
     forward: &Forward,
     host: Option<&str>,
@@ -265,13 +267,14 @@ fn upstream_request(
     };
     let uri = Uri::builder()
         .scheme("http")
-        .authority(upstream.to_string())
+        .authority(upstream.addr.to_string())
         .path_and_query(path_and_query)
         .build()?;
-    let version = if client.version == Version::HTTP_2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
+    let version = match upstream.http {
+        UpstreamHttp::H2c => Version::HTTP_2,
+        UpstreamHttp::Http1 => Version::HTTP_11,
+        UpstreamHttp::AsClient if client.version == Version::HTTP_2 => Version::HTTP_2,
+        UpstreamHttp::AsClient => Version::HTTP_11,
     };
     let mut request = Request::builder()
         .method(client.method.clone())
@@ -361,7 +364,10 @@ mod tests {
         }
         Forward {
             route: "default/r/0".into(),
-            upstream: "10.0.0.1:8080".parse().unwrap(),
+            upstream: Upstream {
+                addr: "10.0.0.1:8080".parse().unwrap(),
+                http: UpstreamHttp::AsClient,
+            },
             request_headers,
             path_and_query: "/v2/x?a=1".into(),
             host: None,
@@ -481,6 +487,31 @@ mod tests {
                 ("te", "trailers")
             ]
         );
+    }
+
+    /// The backend port's version wins over the client's.
+    #[test]
+    fn the_upstream_port_decides_the_version() {
+        let mut f = forward(&[("te", "trailers")]);
+        for (http, client, expected) in [
+            (UpstreamHttp::AsClient, Version::HTTP_11, Version::HTTP_11),
+            (UpstreamHttp::AsClient, Version::HTTP_2, Version::HTTP_2),
+            (UpstreamHttp::H2c, Version::HTTP_11, Version::HTTP_2),
+            (UpstreamHttp::Http1, Version::HTTP_2, Version::HTTP_11),
+        ] {
+            f.upstream.http = http;
+            let request = upstream_request(
+                f.upstream,
+                &client_request(Method::POST, client),
+                &f,
+                None,
+                full(Bytes::new()),
+            )
+            .unwrap();
+            assert_eq!(request.version(), expected, "{http:?} for {client:?}");
+            let te = request.headers().get("te").is_some();
+            assert_eq!(te, expected == Version::HTTP_2, "{http:?} for {client:?}");
+        }
     }
 
     #[test]

@@ -35,14 +35,14 @@ type Pool = Client<MarkedConnector, Body>;
 
 /// The clients every request and mirror goes through, one per version.
 #[derive(Clone)]
-pub struct Upstream {
+pub struct Clients {
     http1: Pool,
     http2: Pool,
 }
 
-impl Upstream {
+impl Clients {
     /// Clients whose sockets carry `mark` (0: none).
-    pub fn new(mark: u32) -> Upstream {
+    pub fn new(mark: u32) -> Clients {
         let pool = |http2: bool| {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -50,7 +50,7 @@ impl Upstream {
                 .http2_only(http2)
                 .build(MarkedConnector { mark })
         };
-        Upstream {
+        Clients {
             http1: pool(false),
             http2: pool(true),
         }
