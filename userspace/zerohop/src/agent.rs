@@ -25,7 +25,7 @@ use tracing::{info, info_span, warn, Instrument};
 use zerohop_abi::{
     map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_INTERVAL_NS, SHORT_CONNS_SAMPLE,
 };
-use zerohop_k8s::{object_label, Origins};
+use zerohop_k8s::{ObjectRef, Origins};
 use zerohop_planner::{
     policy::{Learner, Verdict, LEARN_EVERY},
     waypoint_config, Capacity, Waypoints,
@@ -615,7 +615,7 @@ fn route_problems(
     let mut problems = Vec::new();
     for (route, evaluation) in evaluations {
         let metadata = &route.metadata;
-        let label = object_label("HTTPRoute", &metadata.namespace, Some(&metadata.name));
+        let label = ObjectRef::new("HTTPRoute", &metadata.namespace, Some(&metadata.name));
         for problem in &evaluation.problems {
             problems.push(Problem::about(
                 "HTTPRoute",
@@ -663,7 +663,7 @@ impl Problem {
         message: String,
     ) -> Problem {
         let file = origins
-            .get(&object_label(kind, namespace, Some(name)))
+            .get(&ObjectRef::new(kind, namespace, Some(name)))
             .cloned();
         Problem {
             message: match &file {
@@ -726,7 +726,8 @@ mod tests {
 
     #[test]
     fn a_problem_names_its_object_and_file_in_fields_and_message() {
-        let origins = Origins::from_iter([("Service shop/web".to_owned(), "shop.yaml".to_owned())]);
+        let web = ObjectRef::new("Service", "shop", Some("web"));
+        let origins = Origins::from_iter([(web, "shop.yaml".to_owned())]);
         let problem = Problem::about("Service", "shop", "web", &origins, "no port".to_owned());
         assert_eq!(problem.message, "shop.yaml: no port");
         assert_eq!(

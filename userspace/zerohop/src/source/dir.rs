@@ -32,7 +32,7 @@ pub struct Loaded {
     pub view: ClusterView,
     /// Unreadable files, malformed documents, invalid or duplicate objects.
     pub problems: Vec<ManifestProblem>,
-    /// The file each object comes from, by object label (`"Service ns/name"`).
+    /// The file each object comes from.
     pub origins: Origins,
 }
 

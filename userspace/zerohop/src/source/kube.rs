@@ -30,7 +30,7 @@ use kube::{
     Api, Client,
 };
 use tracing::{debug, info, warn};
-use zerohop_k8s::{object_label, FromObject, Origins};
+use zerohop_k8s::{FromObject, ObjectRef, Origins};
 use zerohop_planner::{model, ClusterView};
 
 use super::{Publisher, Snapshot};
@@ -173,7 +173,7 @@ where
     Wire: DeserializeOwned,
     Domain: FromObject<Wire>,
 {
-    let label = object_label(
+    let label = ObjectRef::new(
         kind.name(),
         object.metadata.namespace.as_deref().unwrap_or(""),
         object.metadata.name.as_deref(),

@@ -35,7 +35,7 @@ pub struct Snapshot {
     pub view: ClusterView,
     /// What could not be used, each naming its object (and file).
     pub problems: Vec<String>,
-    /// The file each object comes from (dir source), by object label.
+    /// The file each object comes from (dir source).
     pub origins: Origins,
 }
 
