@@ -642,3 +642,39 @@ fn desired_route_statuses(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use zerohop_routes::model::{HttpRouteSpec, Metadata};
+
+    use super::*;
+
+    #[test]
+    fn a_route_problem_names_the_route_and_its_file() {
+        let route = HttpRoute {
+            metadata: Metadata {
+                name: "split".into(),
+                namespace: "shop".into(),
+                ..Metadata::default()
+            },
+            spec: HttpRouteSpec::default(),
+        };
+        let evaluation = RouteEvaluation {
+            route: "shop/split".into(),
+            parents: vec![],
+            dropped_rules: vec![],
+            problems: vec!["no Service parent".into()],
+        };
+        let object = ObjectRef::new("HTTPRoute", "shop", Some("split"));
+        let origins = Origins::from_iter([(object.clone(), "routes.yaml".to_owned())]);
+        let problems: Vec<Problem> = route_problems(&[(&route, evaluation)], &origins).collect();
+        assert_eq!(
+            problems,
+            vec![Problem {
+                message: "routes.yaml: HTTPRoute shop/split: no Service parent".into(),
+                object: Some(object),
+                file: Some("routes.yaml".into()),
+            }]
+        );
+    }
+}
