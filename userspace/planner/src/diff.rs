@@ -163,34 +163,26 @@ impl Changes {
 
     /// Every write, in the order they must be applied (see the module doc).
     pub fn in_order(&self) -> impl Iterator<Item = Change> + '_ {
-        let upsert_backends = self
-            .upsert_backends
-            .iter()
-            .map(|(key, value)| Change::UpsertBackend(*key, *value));
-        let upsert_names = self
-            .upsert_names
-            .iter()
-            .map(|(key, value)| Change::UpsertName(*key, *value));
-        let delete_names = self.delete_names.iter().map(|key| Change::DeleteName(*key));
-        let upsert_services = self
-            .upsert_services
-            .iter()
-            .map(|(key, value)| Change::UpsertService(*key, *value));
-        let delete_services = self
-            .delete_services
-            .iter()
-            .map(|key| Change::DeleteService(*key));
-        let delete_backends = self
-            .delete_backends
-            .iter()
-            .map(|key| Change::DeleteBackend(*key));
-        upsert_backends
-            .chain(upsert_names)
-            .chain(upsert_services)
-            .chain(delete_services)
-            .chain(delete_backends)
-            .chain(delete_names)
+        upserts(&self.upsert_backends, Change::UpsertBackend)
+            .chain(upserts(&self.upsert_names, Change::UpsertName))
+            .chain(upserts(&self.upsert_services, Change::UpsertService))
+            .chain(deletes(&self.delete_services, Change::DeleteService))
+            .chain(deletes(&self.delete_backends, Change::DeleteBackend))
+            .chain(deletes(&self.delete_names, Change::DeleteName))
     }
+}
+
+/// Each entry to add or overwrite, as the write `change` makes of it.
+fn upserts<K: Copy, V: Copy>(
+    entries: &[(K, V)],
+    change: fn(K, V) -> Change,
+) -> impl Iterator<Item = Change> + '_ {
+    entries.iter().map(move |&(key, value)| change(key, value))
+}
+
+/// Each key to remove, as the write `change` makes of it.
+fn deletes<K: Copy>(keys: &[K], change: fn(K) -> Change) -> impl Iterator<Item = Change> + '_ {
+    keys.iter().copied().map(change)
 }
 
 impl Change {
