@@ -236,27 +236,22 @@ mod tests {
     fn maps(frontends: &[(u8, &[u8])]) -> MapEntries {
         let mut maps = MapEntries::default();
         for &(front, backends) in frontends {
-            let key = frontend(front);
-            for (slot, &octet) in (0u32..).zip(backends) {
-                maps.backends.insert(
-                    BackendKey {
-                        frontend: key,
-                        slot,
-                    },
-                    backend(octet),
-                );
+            for (index, &octet) in (0u32..).zip(backends) {
+                maps.backends.insert(slot(front, index), backend(octet));
             }
             let endpoints = u32::try_from(backends.len()).unwrap();
-            maps.services.insert(
-                key,
-                abi::Service {
-                    endpoints,
-                    flags: 0,
-                    affinity_seconds: 0,
-                },
-            );
+            maps.services.insert(frontend(front), counting(endpoints));
         }
         maps
+    }
+
+    /// A frontend's value: `endpoints` slots, no flag.
+    fn counting(endpoints: u32) -> abi::Service {
+        abi::Service {
+            endpoints,
+            flags: 0,
+            affinity_seconds: 0,
+        }
     }
 
     fn slot(front: u8, slot: u32) -> BackendKey {
@@ -310,14 +305,7 @@ mod tests {
             vec![
                 Change::UpsertBackend(slot(10, 0), backend(1)),
                 Change::UpsertBackend(slot(10, 1), backend(2)),
-                Change::UpsertService(
-                    frontend(10),
-                    abi::Service {
-                        endpoints: 2,
-                        flags: 0,
-                        affinity_seconds: 0,
-                    }
-                ),
+                Change::UpsertService(frontend(10), counting(2)),
             ]
         );
         assert_eq!(apply_checked(&MapEntries::default(), &changes), desired);
@@ -332,14 +320,7 @@ mod tests {
             changes,
             Changes {
                 upsert_backends: vec![(slot(10, 2), backend(3))],
-                upsert_services: vec![(
-                    frontend(10),
-                    abi::Service {
-                        endpoints: 3,
-                        flags: 0,
-                        affinity_seconds: 0,
-                    }
-                )],
+                upsert_services: vec![(frontend(10), counting(3))],
                 delete_services: vec![],
                 delete_backends: vec![],
                 ..Changes::default()
@@ -376,14 +357,7 @@ mod tests {
         assert_eq!(
             changes.in_order().collect::<Vec<_>>(),
             vec![
-                Change::UpsertService(
-                    frontend(10),
-                    abi::Service {
-                        endpoints: 2,
-                        flags: 0,
-                        affinity_seconds: 0,
-                    }
-                ),
+                Change::UpsertService(frontend(10), counting(2)),
                 Change::DeleteBackend(slot(10, 2)),
             ]
         );
