@@ -9,6 +9,7 @@
 //! - [`ConvertError::Invalid`]: an object that cannot be routed by, with the
 //!   reason. Callers report it and carry on with the other objects.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
@@ -49,7 +50,7 @@ pub enum ConvertError {
     #[error("{object}: ignored: {reason}")]
     Ignored {
         /// The object, e.g. `Service default/web`.
-        object: String,
+        object: ObjectRef,
         /// Why it is ignored.
         reason: IgnoreReason,
     },
@@ -57,7 +58,7 @@ pub enum ConvertError {
     #[error("{object}: {reason}")]
     Invalid {
         /// The object, e.g. `Service default/web`.
-        object: String,
+        object: ObjectRef,
         /// What is wrong with it.
         reason: InvalidReason,
     },
@@ -65,7 +66,7 @@ pub enum ConvertError {
 
 impl ConvertError {
     /// The object, e.g. `Service default/web`.
-    pub fn object(&self) -> &str {
+    pub fn object(&self) -> &ObjectRef {
         match self {
             ConvertError::Ignored { object, .. } | ConvertError::Invalid { object, .. } => object,
         }
@@ -162,16 +163,15 @@ pub enum InvalidReason {
     },
 }
 
-/// Namespace and name of an object, and its label for messages
-/// (`Service default/web`, `Service default/<no name>`).
+/// The kind, namespace and name of an object, as its conversion found them.
 struct Identity {
+    kind: &'static str,
     namespace: String,
     name: Option<String>,
-    label: String,
 }
 
 impl Identity {
-    fn of(kind: &str, metadata: &ObjectMeta) -> Identity {
+    fn of(kind: &'static str, metadata: &ObjectMeta) -> Identity {
         Identity::named(
             kind,
             metadata.namespace.as_deref(),
@@ -179,30 +179,33 @@ impl Identity {
         )
     }
 
-    fn named(kind: &str, namespace: Option<&str>, name: Option<&str>) -> Identity {
+    fn named(kind: &'static str, namespace: Option<&str>, name: Option<&str>) -> Identity {
         let namespace = namespace
             .filter(|namespace| !namespace.is_empty())
             .unwrap_or(DEFAULT_NAMESPACE)
             .to_string();
         let name = name.filter(|name| !name.is_empty()).map(str::to_string);
-        let label = object_label(kind, &namespace, name.as_deref());
         Identity {
+            kind,
             namespace,
             name,
-            label,
         }
+    }
+
+    fn object(&self) -> ObjectRef {
+        ObjectRef::new(self.kind, &self.namespace, self.name.as_deref())
     }
 
     fn invalid(&self, reason: InvalidReason) -> ConvertError {
         ConvertError::Invalid {
-            object: self.label.clone(),
+            object: self.object(),
             reason,
         }
     }
 
     fn ignored(&self, reason: IgnoreReason) -> ConvertError {
         ConvertError::Ignored {
-            object: self.label.clone(),
+            object: self.object(),
             reason,
         }
     }
@@ -214,9 +217,47 @@ impl Identity {
     }
 }
 
-/// How messages name an object: `Service default/web`.
-pub fn object_label(kind: &str, namespace: &str, name: Option<&str>) -> String {
-    format!("{kind} {namespace}/{}", name.unwrap_or("<no name>"))
+/// An object as problems name it: its kind, its namespace (none for a
+/// cluster-scoped object) and its name (none when it has none). Shown as
+/// `Service default/web`, `Service default/<no name>`, `Node worker-1`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    /// `Service`, `EndpointSlice`, `HTTPRoute`, ...
+    pub kind: &'static str,
+    /// The namespace; `None` for a cluster-scoped object.
+    pub namespace: Option<String>,
+    /// The name; `None` when the object has none.
+    pub name: Option<String>,
+}
+
+impl ObjectRef {
+    /// An object of a namespace: `Service default/web`.
+    pub fn new(kind: &'static str, namespace: &str, name: Option<&str>) -> ObjectRef {
+        ObjectRef {
+            kind,
+            namespace: Some(namespace.to_owned()),
+            name: name.map(str::to_owned),
+        }
+    }
+
+    /// A cluster-scoped object: `Node worker-1`.
+    pub fn cluster_scoped(kind: &'static str, name: &str) -> ObjectRef {
+        ObjectRef {
+            kind,
+            namespace: None,
+            name: Some(name.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ", self.kind)?;
+        if let Some(namespace) = &self.namespace {
+            write!(f, "{namespace}/")?;
+        }
+        f.write_str(self.name.as_deref().unwrap_or("<no name>"))
+    }
 }
 
 impl FromObject<core::Service> for Service {
@@ -450,12 +491,12 @@ fn convert_endpoint(
 
 /// The name of a cluster-scoped object and the value of one of its labels.
 fn name_and_label<'m>(
-    kind: &str,
+    kind: &'static str,
     metadata: &'m ObjectMeta,
     label: &str,
 ) -> Result<(String, Option<&'m String>), ConvertError> {
     let name = metadata.name.clone().ok_or_else(|| ConvertError::Invalid {
-        object: object_label(kind, "", None),
+        object: ObjectRef::new(kind, "", None),
         reason: InvalidReason::MissingName,
     })?;
     Ok((
@@ -547,7 +588,10 @@ impl FromObject<routes::ReferenceGrant> for Grant {
 }
 
 /// Checks the name and fills in the default namespace of a Gateway API object.
-fn with_identity(kind: &str, metadata: &mut routes::Metadata) -> Result<Identity, ConvertError> {
+fn with_identity(
+    kind: &'static str,
+    metadata: &mut routes::Metadata,
+) -> Result<Identity, ConvertError> {
     let identity = Identity::named(kind, Some(&metadata.namespace), Some(&metadata.name));
     metadata.name = identity.name()?;
     metadata.namespace.clone_from(&identity.namespace);
@@ -606,10 +650,10 @@ mod tests {
     }
 
     /// The full message, and checks it names the object.
-    fn invalid_message(result: Result<impl std::fmt::Debug, ConvertError>, object: &str) -> String {
+    fn invalid_message(result: Result<impl fmt::Debug, ConvertError>, object: &str) -> String {
         let error = result.expect_err("conversion should fail");
         assert!(!error.is_ignored(), "{error}");
-        assert_eq!(error.object(), object);
+        assert_eq!(error.object().to_string(), object);
         let message = error.to_string();
         assert!(message.starts_with(&format!("{object}: ")), "{message}");
         message
@@ -819,11 +863,28 @@ spec:
             assert_eq!(
                 error,
                 ConvertError::Ignored {
-                    object: "Service default/db".into(),
+                    object: ObjectRef::new("Service", "default", Some("db")),
                     reason
                 }
             );
         }
+    }
+
+    #[test]
+    fn an_object_is_named_kind_namespace_and_name() {
+        let named = |object: ObjectRef| object.to_string();
+        assert_eq!(
+            named(ObjectRef::new("Service", "shop", Some("web"))),
+            "Service shop/web"
+        );
+        assert_eq!(
+            named(ObjectRef::new("Service", "shop", None)),
+            "Service shop/<no name>"
+        );
+        assert_eq!(
+            named(ObjectRef::cluster_scoped("Node", "worker-1")),
+            "Node worker-1"
+        );
     }
 
     #[test]
@@ -972,7 +1033,10 @@ endpoints:
         )
         .unwrap_err();
         assert!(error.is_ignored());
-        assert_eq!(error.object(), "EndpointSlice default/s");
+        assert_eq!(
+            error.object(),
+            &ObjectRef::new("EndpointSlice", "default", Some("s"))
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 pub mod convert;
 pub mod manifest;
 
-pub use convert::{object_label, ConvertError, FromObject};
+pub use convert::{ConvertError, FromObject, ObjectRef};
 pub use manifest::{
     assemble, build_view, parse_manifests, Built, Manifest, ManifestProblem, Origins, Parsed,
 };

@@ -22,7 +22,7 @@ use serde_yaml_ng::{Mapping, Value};
 use zerohop_planner::{model, ClusterView};
 use zerohop_routes::model as routes;
 
-use crate::convert::{object_label, FromObject, DEFAULT_NAMESPACE};
+use crate::convert::{FromObject, ObjectRef, DEFAULT_NAMESPACE};
 
 /// API versions of the Gateway API kinds read (HTTPRoute, ReferenceGrant).
 const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
@@ -48,26 +48,30 @@ pub enum Manifest {
 }
 
 impl Manifest {
-    /// How messages name it: `Service default/web`.
-    pub fn object(&self) -> String {
+    /// The object, as messages name it: `Service default/web`.
+    pub fn object(&self) -> ObjectRef {
+        let namespaced =
+            |kind, namespace: &str, name: &str| ObjectRef::new(kind, namespace, Some(name));
         match self {
             Manifest::Service(service) => {
-                object_label("Service", &service.id.namespace, Some(&service.id.name))
+                namespaced("Service", &service.id.namespace, &service.id.name)
             }
             Manifest::EndpointSlice(slice) => {
-                object_label("EndpointSlice", &slice.id.namespace, Some(&slice.id.name))
+                namespaced("EndpointSlice", &slice.id.namespace, &slice.id.name)
             }
-            Manifest::Namespace(namespace) => format!("Namespace {}", namespace.name),
-            Manifest::Node(node) => format!("Node {}", node.name),
+            Manifest::Namespace(namespace) => {
+                ObjectRef::cluster_scoped("Namespace", &namespace.name)
+            }
+            Manifest::Node(node) => ObjectRef::cluster_scoped("Node", &node.name),
             Manifest::Route(route) => {
                 let metadata = &route.0.metadata;
-                object_label("HTTPRoute", &metadata.namespace, Some(&metadata.name))
+                namespaced("HTTPRoute", &metadata.namespace, &metadata.name)
             }
             Manifest::Grant(grant) => {
                 let metadata = &grant.0.metadata;
-                object_label("ReferenceGrant", &metadata.namespace, Some(&metadata.name))
+                namespaced("ReferenceGrant", &metadata.namespace, &metadata.name)
             }
-            Manifest::Pod(pod) => object_label("Pod", &pod.namespace, Some(&pod.name)),
+            Manifest::Pod(pod) => namespaced("Pod", &pod.namespace, &pod.name),
         }
     }
 }
@@ -112,7 +116,7 @@ pub struct ManifestProblem {
     /// The file, as given to [`parse_manifests`].
     pub file: String,
     /// The object, e.g. `Service default/web`, when it is known.
-    pub object: Option<String>,
+    pub object: Option<ObjectRef>,
     /// What is wrong.
     pub message: String,
 }
@@ -172,7 +176,7 @@ pub fn build_view(files: impl IntoIterator<Item = (String, String)>) -> Built {
 pub fn assemble<'a>(files: impl IntoIterator<Item = (&'a str, &'a Parsed)>) -> Built {
     let mut view = ClusterView::new();
     let mut problems = Vec::new();
-    let mut defined_in: BTreeMap<String, String> = BTreeMap::new();
+    let mut defined_in: BTreeMap<ObjectRef, String> = BTreeMap::new();
     for (file, parsed) in files {
         problems.extend(parsed.problems.iter().cloned());
         for manifest in &parsed.manifests {
@@ -199,11 +203,10 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = (&'a str, &'a Parsed)>) -> B
     }
 }
 
-/// The file each object of a view comes from, by object label
-/// (`"Service ns/name"`), so that later problems with an object can name
-/// its file. A persistent map, as the view is: a source hands a copy to
-/// every snapshot, and copies share what did not change.
-pub type Origins = imbl::OrdMap<String, String>;
+/// The file each object of a view comes from, so that later problems with
+/// an object can name its file. A persistent map, as the view is: a source
+/// hands a copy to every snapshot, and copies share what did not change.
+pub type Origins = imbl::OrdMap<ObjectRef, String>;
 
 /// Files assembled into one view and kept up to date file by file: what
 /// [`assemble`] makes of the same files (the problems in another order),
@@ -211,8 +214,8 @@ pub type Origins = imbl::OrdMap<String, String>;
 #[derive(Debug, Default)]
 pub struct Assembly {
     files: BTreeMap<String, FileObjects>,
-    /// The files defining each object, by label; the first is used.
-    definers: BTreeMap<String, BTreeSet<String>>,
+    /// The files defining each object; the first is used.
+    definers: BTreeMap<ObjectRef, BTreeSet<String>>,
     view: ClusterView,
     origins: Origins,
 }
@@ -220,12 +223,12 @@ pub struct Assembly {
 /// One file's objects.
 #[derive(Debug)]
 struct FileObjects {
-    /// Each object's first definition in the file, by label.
-    objects: BTreeMap<String, Manifest>,
+    /// Each object's first definition in the file.
+    objects: BTreeMap<ObjectRef, Manifest>,
     /// What could not be read.
     problems: Vec<ManifestProblem>,
-    /// The label of each definition after an object's first in the file.
-    again: Vec<String>,
+    /// The object of each definition after an object's first in the file.
+    again: Vec<ObjectRef>,
 }
 
 impl Assembly {
@@ -238,14 +241,14 @@ impl Assembly {
     pub fn set(&mut self, file: &str, parsed: Option<&Parsed>) {
         let old = self.files.remove(file);
         let mut affected = BTreeSet::new();
-        for label in old.iter().flat_map(|old| old.objects.keys()) {
-            if let Some(files) = self.definers.get_mut(label) {
+        for object in old.iter().flat_map(|old| old.objects.keys()) {
+            if let Some(files) = self.definers.get_mut(object) {
                 files.remove(file);
                 if files.is_empty() {
-                    self.definers.remove(label);
+                    self.definers.remove(object);
                 }
             }
-            affected.insert(label.clone());
+            affected.insert(object.clone());
         }
         if let Some(parsed) = parsed {
             let mut objects = BTreeMap::new();
@@ -271,21 +274,21 @@ impl Assembly {
             };
             self.files.insert(file.to_owned(), objects);
         }
-        for label in affected {
+        for object in affected {
             let winner = self
                 .definers
-                .get(&label)
+                .get(&object)
                 .and_then(|files| files.first())
-                .map(|winner| (winner, &self.files[winner].objects[&label]));
+                .map(|winner| (winner, &self.files[winner].objects[&object]));
             match winner {
                 Some((winner, manifest)) => {
                     manifest.clone().apply_to(&mut self.view);
-                    self.origins.insert(label, winner.clone());
+                    self.origins.insert(object, winner.clone());
                 }
                 None => {
-                    let gone = &old.as_ref().expect("a label comes from a file").objects[&label];
-                    gone.delete_from(&mut self.view);
-                    self.origins.remove(&label);
+                    let old = old.as_ref().expect("an affected object comes from a file");
+                    old.objects[&object].delete_from(&mut self.view);
+                    self.origins.remove(&object);
                 }
             }
         }
@@ -296,7 +299,7 @@ impl Assembly {
         &self.view
     }
 
-    /// The file each object of the view comes from, by label.
+    /// The file each object of the view comes from.
     pub fn origins(&self) -> &Origins {
         &self.origins
     }
@@ -304,23 +307,23 @@ impl Assembly {
     /// What could not be used: each file's problems, in file order, then
     /// the objects defined in more than one file.
     pub fn problems(&self) -> Vec<ManifestProblem> {
-        let again = |file: &str, label: &str| {
-            let first = self.definers[label].first().expect("defined");
+        let again = |file: &str, object: &ObjectRef| {
+            let first = self.definers[object].first().expect("defined");
             ManifestProblem {
                 file: file.to_owned(),
-                object: Some(label.to_owned()),
+                object: Some(object.clone()),
                 message: format!("defined again; the first definition, in {first}, is used"),
             }
         };
         let own = self.files.iter().flat_map(|(name, file)| {
-            let again_in_file = file.again.iter().map(move |label| again(name, label));
+            let again_in_file = file.again.iter().map(move |object| again(name, object));
             file.problems.iter().cloned().chain(again_in_file)
         });
         let in_other_files = self
             .definers
             .iter()
             .filter(|(_, files)| files.len() > 1)
-            .flat_map(|(label, files)| files.iter().skip(1).map(move |file| again(file, label)));
+            .flat_map(|(object, files)| files.iter().skip(1).map(move |file| again(file, object)));
         own.chain(in_other_files).collect()
     }
 }
@@ -386,7 +389,7 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
-    fn problem(&mut self, object: Option<String>, message: String) {
+    fn problem(&mut self, object: Option<ObjectRef>, message: String) {
         self.problems.push(ManifestProblem {
             file: self.file.to_string(),
             object,
@@ -440,28 +443,27 @@ impl Parser<'_> {
         };
         let api_version = text_field(&fields, "apiVersion");
         let kind = text_field(&fields, "kind");
-        let label = label_of(&kind, &fields);
         let manifest = match (api_version.as_str(), kind.as_str()) {
             ("v1", "Service") => self
-                .convert::<core::Service, _>(Value::Mapping(fields), document, label)
+                .convert::<core::Service, _>("Service", fields, document)
                 .map(|service| Manifest::Service(Arc::new(service))),
             ("discovery.k8s.io/v1", "EndpointSlice") => self
-                .convert::<discovery::EndpointSlice, _>(Value::Mapping(fields), document, label)
+                .convert::<discovery::EndpointSlice, _>("EndpointSlice", fields, document)
                 .map(|slice| Manifest::EndpointSlice(Arc::new(slice))),
             ("v1", "Namespace") => self
-                .convert::<core::Namespace, _>(Value::Mapping(fields), document, label)
+                .convert::<core::Namespace, _>("Namespace", fields, document)
                 .map(Manifest::Namespace),
             ("v1", "Node") => self
-                .convert::<core::Node, _>(Value::Mapping(fields), document, label)
+                .convert::<core::Node, _>("Node", fields, document)
                 .map(Manifest::Node),
             ("v1", "Pod") => self
-                .convert::<core::Pod, _>(Value::Mapping(fields), document, label)
+                .convert::<core::Pod, _>("Pod", fields, document)
                 .map(Manifest::Pod),
             (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") => self
-                .convert::<routes::HttpRoute, _>(Value::Mapping(fields), document, label)
+                .convert::<routes::HttpRoute, _>("HTTPRoute", fields, document)
                 .map(Manifest::Route),
             (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => self
-                .convert::<routes::ReferenceGrant, _>(Value::Mapping(fields), document, label)
+                .convert::<routes::ReferenceGrant, _>("ReferenceGrant", fields, document)
                 .map(Manifest::Grant),
             (_, "") => {
                 self.not_an_object(document, "no kind");
@@ -491,19 +493,20 @@ impl Parser<'_> {
         self.manifests.extend(manifest);
     }
 
-    /// Deserializes the Kubernetes type and converts it to the model;
-    /// records the problem if either fails.
+    /// Deserializes the Kubernetes type of `kind` and converts it to the
+    /// model; records the problem if either fails.
     fn convert<Wire, Domain>(
         &mut self,
-        value: Value,
+        kind: &'static str,
+        fields: Mapping,
         document: Option<&Document<'_>>,
-        label: String,
     ) -> Option<Domain>
     where
         Wire: DeserializeOwned,
         Domain: FromObject<Wire>,
     {
-        let wire = match serde_yaml_ng::from_value::<Wire>(value) {
+        let object = object_of(kind, &fields);
+        let wire = match serde_yaml_ng::from_value::<Wire>(Value::Mapping(fields)) {
             Ok(wire) => wire,
             Err(error) => {
                 // Parsing the text again gives the field path and line.
@@ -512,7 +515,7 @@ impl Parser<'_> {
                         serde_yaml_ng::from_str::<Wire>(&d.with_file_line_numbers()).err()
                     })
                     .unwrap_or(error);
-                self.problem(Some(label), message.to_string());
+                self.problem(Some(object), message.to_string());
                 return None;
             }
         };
@@ -520,7 +523,7 @@ impl Parser<'_> {
             Ok(domain) => Some(domain),
             Err(error) if error.is_ignored() => None,
             Err(error) => {
-                self.problem(Some(error.object().to_string()), error.reason());
+                self.problem(Some(error.object().clone()), error.reason());
                 None
             }
         }
@@ -650,9 +653,9 @@ fn text_field(fields: &Mapping, key: &str) -> String {
         .to_string()
 }
 
-/// `Kind namespace/name` from the raw fields, for messages about an object
-/// that does not even deserialize.
-fn label_of(kind: &str, fields: &Mapping) -> String {
+/// The object of `kind` named by the raw fields, for messages about an
+/// object that does not even deserialize.
+fn object_of(kind: &'static str, fields: &Mapping) -> ObjectRef {
     let metadata = fields.get("metadata");
     let field = |key: &str| {
         metadata
@@ -660,7 +663,7 @@ fn label_of(kind: &str, fields: &Mapping) -> String {
             .and_then(Value::as_str)
             .filter(|text| !text.is_empty())
     };
-    object_label(
+    ObjectRef::new(
         kind,
         field("namespace").unwrap_or(DEFAULT_NAMESPACE),
         field("name"),
@@ -685,7 +688,10 @@ mod tests {
     use zerohop_planner::model::{ServiceId, SliceId};
 
     fn names(manifests: &[Manifest]) -> Vec<String> {
-        manifests.iter().map(Manifest::object).collect()
+        manifests
+            .iter()
+            .map(|manifest| manifest.object().to_string())
+            .collect()
     }
 
     fn messages(problems: &[ManifestProblem]) -> Vec<String> {
@@ -802,7 +808,10 @@ endpoints: [{addresses: [10.244.1.2]}]
             messages(&problems),
             vec!["services.yaml: Service default/web: no ClusterIP"]
         );
-        assert_eq!(problems[0].object.as_deref(), Some("Service default/web"));
+        assert_eq!(
+            problems[0].object,
+            Some(ObjectRef::new("Service", "default", Some("web")))
+        );
     }
 
     #[test]

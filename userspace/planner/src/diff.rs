@@ -163,34 +163,26 @@ impl Changes {
 
     /// Every write, in the order they must be applied (see the module doc).
     pub fn in_order(&self) -> impl Iterator<Item = Change> + '_ {
-        let upsert_backends = self
-            .upsert_backends
-            .iter()
-            .map(|(key, value)| Change::UpsertBackend(*key, *value));
-        let upsert_names = self
-            .upsert_names
-            .iter()
-            .map(|(key, value)| Change::UpsertName(*key, *value));
-        let delete_names = self.delete_names.iter().map(|key| Change::DeleteName(*key));
-        let upsert_services = self
-            .upsert_services
-            .iter()
-            .map(|(key, value)| Change::UpsertService(*key, *value));
-        let delete_services = self
-            .delete_services
-            .iter()
-            .map(|key| Change::DeleteService(*key));
-        let delete_backends = self
-            .delete_backends
-            .iter()
-            .map(|key| Change::DeleteBackend(*key));
-        upsert_backends
-            .chain(upsert_names)
-            .chain(upsert_services)
-            .chain(delete_services)
-            .chain(delete_backends)
-            .chain(delete_names)
+        upserts(&self.upsert_backends, Change::UpsertBackend)
+            .chain(upserts(&self.upsert_names, Change::UpsertName))
+            .chain(upserts(&self.upsert_services, Change::UpsertService))
+            .chain(deletes(&self.delete_services, Change::DeleteService))
+            .chain(deletes(&self.delete_backends, Change::DeleteBackend))
+            .chain(deletes(&self.delete_names, Change::DeleteName))
     }
+}
+
+/// Each entry to add or overwrite, as the write `change` makes of it.
+fn upserts<K: Copy, V: Copy>(
+    entries: &[(K, V)],
+    change: fn(K, V) -> Change,
+) -> impl Iterator<Item = Change> + '_ {
+    entries.iter().map(move |&(key, value)| change(key, value))
+}
+
+/// Each key to remove, as the write `change` makes of it.
+fn deletes<K: Copy>(keys: &[K], change: fn(K) -> Change) -> impl Iterator<Item = Change> + '_ {
+    keys.iter().copied().map(change)
 }
 
 impl Change {
@@ -244,27 +236,22 @@ mod tests {
     fn maps(frontends: &[(u8, &[u8])]) -> MapEntries {
         let mut maps = MapEntries::default();
         for &(front, backends) in frontends {
-            let key = frontend(front);
-            for (slot, &octet) in (0u32..).zip(backends) {
-                maps.backends.insert(
-                    BackendKey {
-                        frontend: key,
-                        slot,
-                    },
-                    backend(octet),
-                );
+            for (index, &octet) in (0u32..).zip(backends) {
+                maps.backends.insert(slot(front, index), backend(octet));
             }
             let endpoints = u32::try_from(backends.len()).unwrap();
-            maps.services.insert(
-                key,
-                abi::Service {
-                    endpoints,
-                    flags: 0,
-                    affinity_seconds: 0,
-                },
-            );
+            maps.services.insert(frontend(front), counting(endpoints));
         }
         maps
+    }
+
+    /// A frontend's value: `endpoints` slots, no flag.
+    fn counting(endpoints: u32) -> abi::Service {
+        abi::Service {
+            endpoints,
+            flags: 0,
+            affinity_seconds: 0,
+        }
     }
 
     fn slot(front: u8, slot: u32) -> BackendKey {
@@ -318,14 +305,7 @@ mod tests {
             vec![
                 Change::UpsertBackend(slot(10, 0), backend(1)),
                 Change::UpsertBackend(slot(10, 1), backend(2)),
-                Change::UpsertService(
-                    frontend(10),
-                    abi::Service {
-                        endpoints: 2,
-                        flags: 0,
-                        affinity_seconds: 0,
-                    }
-                ),
+                Change::UpsertService(frontend(10), counting(2)),
             ]
         );
         assert_eq!(apply_checked(&MapEntries::default(), &changes), desired);
@@ -340,14 +320,7 @@ mod tests {
             changes,
             Changes {
                 upsert_backends: vec![(slot(10, 2), backend(3))],
-                upsert_services: vec![(
-                    frontend(10),
-                    abi::Service {
-                        endpoints: 3,
-                        flags: 0,
-                        affinity_seconds: 0,
-                    }
-                )],
+                upsert_services: vec![(frontend(10), counting(3))],
                 delete_services: vec![],
                 delete_backends: vec![],
                 ..Changes::default()
@@ -384,14 +357,7 @@ mod tests {
         assert_eq!(
             changes.in_order().collect::<Vec<_>>(),
             vec![
-                Change::UpsertService(
-                    frontend(10),
-                    abi::Service {
-                        endpoints: 2,
-                        flags: 0,
-                        affinity_seconds: 0,
-                    }
-                ),
+                Change::UpsertService(frontend(10), counting(2)),
                 Change::DeleteBackend(slot(10, 2)),
             ]
         );

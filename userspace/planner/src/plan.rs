@@ -467,16 +467,25 @@ mod tests {
         (address.to_string(), local)
     }
 
+    /// `web`: ClusterIP 10.96.0.10, port `http` 80.
+    fn web_service() -> Service {
+        service("web", &["10.96.0.10"], &[tcp("http", 80)])
+    }
+
+    /// A slice of `web` whose port `http` is `port`.
+    fn web_slice(name: &str, port: u16, endpoints: Vec<Endpoint>) -> EndpointSlice {
+        slice(name, "web", &[tcp("http", port)], endpoints)
+    }
+
     /// A Service with one local and two remote endpoints, under `traffic`.
     fn mixed(traffic: TrafficPolicy) -> ClusterView {
-        let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+        let mut web = web_service();
         web.traffic = traffic;
         view(
             vec![web],
-            vec![slice(
+            vec![web_slice(
                 "web-1",
-                "web",
-                &[tcp("http", 8080)],
+                8080,
                 vec![
                     ready_on("10.244.2.9", "node2"),
                     ready_on("10.244.1.5", NODE),
@@ -488,12 +497,9 @@ mod tests {
 
     /// `web` (PreferSameNode, 10.96.0.10:80 → 8080) with these endpoints.
     fn web_with(endpoints: Vec<Endpoint>) -> ClusterView {
-        let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+        let mut web = web_service();
         web.traffic = TrafficPolicy::PreferSameNode;
-        view(
-            vec![web],
-            vec![slice("web-1", "web", &[tcp("http", 8080)], endpoints)],
-        )
+        view(vec![web], vec![web_slice("web-1", 8080, endpoints)])
     }
 
     fn gone_between(before: &ClusterView, after: &ClusterView) -> Vec<String> {
@@ -725,13 +731,8 @@ mod tests {
             ..ready_on("10.244.3.3", NODE)
         };
         let view = view(
-            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
-            vec![slice(
-                "web-1",
-                "web",
-                &[tcp("http", 8080)],
-                vec![not_ready, nodeless],
-            )],
+            vec![web_service()],
+            vec![web_slice("web-1", 8080, vec![not_ready, nodeless])],
         );
         let plan = plan(&view, NODE);
         assert_eq!(
@@ -742,7 +743,7 @@ mod tests {
 
     #[test]
     fn session_affinity_reaches_the_frontend() {
-        let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+        let mut web = web_service();
         web.affinity_seconds = Some(60);
         let plan = plan(&view(vec![web], vec![]), NODE);
         assert_eq!(
@@ -762,17 +763,14 @@ mod tests {
             zones: vec![zone.to_owned()],
             ..ready_on(address, node)
         };
-        let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+        let mut web = web_service();
         web.traffic = TrafficPolicy::PreferClose;
         let endpoints = vec![
             hinted("10.244.2.2", "node2", "z1"),
             hinted("10.244.3.2", "node3", "z2"),
             hinted("10.244.4.2", "node4", "z1"),
         ];
-        let mut view = view(
-            vec![web],
-            vec![slice("web-1", "web", &[tcp("http", 8080)], endpoints)],
-        );
+        let mut view = view(vec![web], vec![web_slice("web-1", 8080, endpoints)]);
         let eligible = |view: &ClusterView| backends(&plan(view, NODE).desired, "10.96.0.10", 80);
         assert_eq!(
             eligible(&view).len(),
@@ -802,13 +800,7 @@ mod tests {
     fn opted_out_services_and_namespaces_get_no_frontend() {
         let mut annotated = service("annotated", &["10.96.0.11"], &[tcp("http", 80)]);
         annotated.fast_path = false;
-        let mut view = view(
-            vec![
-                service("web", &["10.96.0.10"], &[tcp("http", 80)]),
-                annotated,
-            ],
-            vec![],
-        );
+        let mut view = view(vec![web_service(), annotated], vec![]);
         let frontends = |view: &ClusterView| plan(view, NODE).desired.services.len();
         assert_eq!(frontends(&view), 1, "the annotated Service is left alone");
         assert!(view.apply_namespace(crate::model::Namespace {
@@ -853,16 +845,11 @@ mod tests {
             ..ready_on("10.244.1.2", NODE)
         };
         let view = view(
-            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+            vec![web_service()],
             vec![
-                slice("web-1", "web", &[tcp("http", 8080)], vec![two_addresses]),
+                web_slice("web-1", 8080, vec![two_addresses]),
                 // The same endpoint listed again, as during a slice migration.
-                slice(
-                    "web-2",
-                    "web",
-                    &[tcp("http", 8080)],
-                    vec![ready_on("10.244.1.2", NODE)],
-                ),
+                web_slice("web-2", 8080, vec![ready_on("10.244.1.2", NODE)]),
             ],
         );
         let plan = plan(&view, NODE);
@@ -908,20 +895,10 @@ mod tests {
     fn endpoints_spread_over_slices_each_keep_their_slice_port() {
         // During a rollout the named port may map to different numbers.
         let view = view(
-            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+            vec![web_service()],
             vec![
-                slice(
-                    "web-old",
-                    "web",
-                    &[tcp("http", 8080)],
-                    vec![ready_on("10.244.2.2", "node2")],
-                ),
-                slice(
-                    "web-new",
-                    "web",
-                    &[tcp("http", 8081)],
-                    vec![ready_on("10.244.1.2", NODE)],
-                ),
+                web_slice("web-old", 8080, vec![ready_on("10.244.2.2", "node2")]),
+                web_slice("web-new", 8081, vec![ready_on("10.244.1.2", NODE)]),
                 slice(
                     "other",
                     "api",
@@ -939,18 +916,10 @@ mod tests {
 
     #[test]
     fn slices_of_a_same_named_service_in_another_namespace_are_not_used() {
-        let mut elsewhere = slice(
-            "web-1",
-            "web",
-            &[tcp("http", 8080)],
-            vec![ready_on("10.244.1.9", NODE)],
-        );
+        let mut elsewhere = web_slice("web-1", 8080, vec![ready_on("10.244.1.9", NODE)]);
         elsewhere.id.namespace = "other".into();
         elsewhere.service.namespace = "other".into();
-        let view = view(
-            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
-            vec![elsewhere],
-        );
+        let view = view(vec![web_service()], vec![elsewhere]);
         let plan = plan(&view, NODE);
         assert_eq!(plan.problems, vec![]);
         assert_eq!(frontend(&plan.desired, "10.96.0.10", 80).0.endpoints, 0);
@@ -965,18 +934,8 @@ mod tests {
                 &[tcp("http", 80)],
             )],
             vec![
-                slice(
-                    "web-v4",
-                    "web",
-                    &[tcp("http", 8080)],
-                    vec![ready_on("10.244.1.2", NODE)],
-                ),
-                slice(
-                    "web-v6",
-                    "web",
-                    &[tcp("http", 8080)],
-                    vec![ready_on("fd00:244:1::2", NODE)],
-                ),
+                web_slice("web-v4", 8080, vec![ready_on("10.244.1.2", NODE)]),
+                web_slice("web-v6", 8080, vec![ready_on("fd00:244:1::2", NODE)]),
             ],
         );
         let plan = plan(&view, NODE);
@@ -1049,7 +1008,7 @@ mod tests {
     #[test]
     fn a_slice_port_must_match_the_protocol_too() {
         let view = view(
-            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+            vec![web_service()],
             vec![slice(
                 "web-1",
                 "web",
@@ -1070,12 +1029,7 @@ mod tests {
                 &["10.96.0.10"],
                 &[tcp("http", 80), tcp("admin", 81)],
             )],
-            vec![slice(
-                "web-1",
-                "web",
-                &[tcp("http", 8080)],
-                vec![ready_on("10.244.1.2", NODE)],
-            )],
+            vec![web_slice("web-1", 8080, vec![ready_on("10.244.1.2", NODE)])],
         );
         let plan = plan(&view, NODE);
         assert_eq!(
@@ -1091,7 +1045,7 @@ mod tests {
     #[test]
     fn a_service_without_endpoints_is_written_with_none_and_no_problem() {
         let view = view(
-            vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
+            vec![web_service()],
             // What Kubernetes writes for a Service scaled to zero.
             vec![slice("web-1", "web", &[], vec![])],
         );
@@ -1109,7 +1063,7 @@ mod tests {
 
     #[test]
     fn bypass_off_sets_the_no_bypass_flag() {
-        let mut web = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+        let mut web = web_service();
         web.bypass = Bypass::Off;
         let plan = plan(&view(vec![web], vec![]), NODE);
         assert_eq!(
@@ -1127,7 +1081,7 @@ mod tests {
             (Bypass::On, 0),
             (Bypass::Off, SERVICE_NO_BYPASS),
         ] {
-            let mut service = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+            let mut service = web_service();
             service.bypass = bypass;
             let plan = plan_with(
                 &view(vec![service], vec![]),
@@ -1148,7 +1102,7 @@ mod tests {
             (Bypass::On, false),
             (Bypass::Off, false),
         ] {
-            let mut service = service("web", &["10.96.0.10"], &[tcp("http", 80)]);
+            let mut service = web_service();
             service.bypass = bypass;
             let mut node_plan = NodePlan::new(NODE, Waypoints::default(), Capacity::KERNEL);
             node_plan.update(
@@ -1244,15 +1198,15 @@ mod tests {
         reversed.reverse();
         let first = plan(
             &view(
-                vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
-                vec![slice("web-1", "web", &[tcp("http", 8080)], endpoints)],
+                vec![web_service()],
+                vec![web_slice("web-1", 8080, endpoints)],
             ),
             NODE,
         );
         let second = plan(
             &view(
-                vec![service("web", &["10.96.0.10"], &[tcp("http", 80)])],
-                vec![slice("web-1", "web", &[tcp("http", 8080)], reversed)],
+                vec![web_service()],
+                vec![web_slice("web-1", 8080, reversed)],
             ),
             NODE,
         );

@@ -717,37 +717,21 @@ mod tests {
                 json!([{"backendRefs": to("v1")}]),
             ),
         ]);
-        assert_eq!(
-            router.service_at(addr("10.0.0.10:80")).as_deref(),
-            Some("shop/web")
-        );
-        assert_eq!(
-            router.service_at(addr("10.0.0.10:8080")).as_deref(),
-            Some("shop/web")
-        );
-        assert_eq!(
-            router.service_at(addr("[::ffff:10.0.0.10]:80")).as_deref(),
-            Some("shop/web")
-        );
-        assert_eq!(
-            router.service_at(addr("10.0.0.11:80")).as_deref(),
-            Some("shop/v1")
-        );
-        assert_eq!(
-            router.service_at(addr("10.0.0.10:81")),
-            None,
-            "not a port of the Service"
-        );
-        assert_eq!(
-            router.service_at(addr("10.0.0.12:80")),
-            None,
-            "a Gateway parent is not ours"
-        );
-        assert_eq!(
-            router.service_at(addr("10.2.0.1:8080")),
-            None,
-            "an endpoint, no ClusterIP"
-        );
+        for (address, service, why) in [
+            ("10.0.0.10:80", Some("shop/web"), "a Service parent"),
+            ("10.0.0.10:8080", Some("shop/web"), "its other port"),
+            ("[::ffff:10.0.0.10]:80", Some("shop/web"), "IPv4-mapped"),
+            ("10.0.0.11:80", Some("shop/v1"), "another Service parent"),
+            ("10.0.0.10:81", None, "not a port of the Service"),
+            ("10.0.0.12:80", None, "a Gateway parent is not ours"),
+            ("10.2.0.1:8080", None, "an endpoint, no ClusterIP"),
+        ] {
+            assert_eq!(
+                router.service_at(addr(address)).as_deref(),
+                service,
+                "{address}: {why}"
+            );
+        }
         let request = request("GET", "/", &[]);
         assert_eq!(
             router.decide(

@@ -25,7 +25,7 @@ use tracing::{info, info_span, warn, Instrument};
 use zerohop_abi::{
     map_name, FrontendEndpoint, FrontendKey, SHORT_CONNS_INTERVAL_NS, SHORT_CONNS_SAMPLE,
 };
-use zerohop_k8s::{object_label, Origins};
+use zerohop_k8s::{ObjectRef, Origins};
 use zerohop_planner::{
     policy::{Learner, Verdict, LEARN_EVERY},
     waypoint_config, Capacity, Waypoints,
@@ -46,7 +46,9 @@ use crate::{
     lease::Lease,
     map_sync::MapSync,
     node_idle::IdleBehaviour,
-    others, route_status,
+    others,
+    problem::{report, Problem},
+    route_status,
     source::{self, Published, Publisher, Snapshot},
     stale::{self, Terminate},
 };
@@ -504,23 +506,15 @@ impl Syncer {
     /// changed), and compares only their entries with the maps.
     fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Result<Vec<FrontendEndpoint>> {
         let started = Instant::now();
-        report(
-            &mut self.source_problems,
-            snapshot.problems.iter().cloned().map(Problem::message),
-        );
+        report(&mut self.source_problems, snapshot.problems.iter().cloned());
         let view = &snapshot.view;
         let short_conns = self.learner.short_conns();
         let synced = self.map_sync.sync(snapshot, &short_conns, &mut self.maps)?;
         let problems = self.map_sync.plan().problems();
         let described = problems.iter().map(|problem| {
             let service = problem.service();
-            Problem::about(
-                "Service",
-                &service.namespace,
-                &service.name,
-                &snapshot.origins,
-                problem.to_string(),
-            )
+            let object = ObjectRef::new("Service", &service.namespace, Some(&service.name));
+            Problem::about(object, &snapshot.origins, problem.to_string())
         });
         report(&mut self.plan_problems, described);
         let config = waypoint_config(view, &self.node);
@@ -615,67 +609,13 @@ fn route_problems(
     let mut problems = Vec::new();
     for (route, evaluation) in evaluations {
         let metadata = &route.metadata;
-        let label = object_label("HTTPRoute", &metadata.namespace, Some(&metadata.name));
+        let object = ObjectRef::new("HTTPRoute", &metadata.namespace, Some(&metadata.name));
         for problem in &evaluation.problems {
-            problems.push(Problem::about(
-                "HTTPRoute",
-                &metadata.namespace,
-                &metadata.name,
-                origins,
-                format!("{label}: {problem}"),
-            ));
+            let message = format!("{object}: {problem}");
+            problems.push(Problem::about(object.clone(), origins, message));
         }
     }
     problems.into_iter()
-}
-
-/// Something in the cluster zerohop cannot use, as logged: the message
-/// for humans (naming the file and object, as before), and, where known,
-/// the object and file as fields for log queries.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Problem {
-    message: String,
-    kind: Option<&'static str>,
-    namespace: Option<String>,
-    name: Option<String>,
-    file: Option<String>,
-}
-
-impl Problem {
-    /// A problem known only by its message.
-    fn message(message: String) -> Problem {
-        Problem {
-            message,
-            kind: None,
-            namespace: None,
-            name: None,
-            file: None,
-        }
-    }
-
-    /// A problem of object `kind` `namespace/name`; the message is preceded
-    /// by the file the object comes from when the source is a directory.
-    fn about(
-        kind: &'static str,
-        namespace: &str,
-        name: &str,
-        origins: &Origins,
-        message: String,
-    ) -> Problem {
-        let file = origins
-            .get(&object_label(kind, namespace, Some(name)))
-            .cloned();
-        Problem {
-            message: match &file {
-                Some(file) => format!("{file}: {message}"),
-                None => message,
-            },
-            kind: Some(kind),
-            namespace: Some(namespace.to_owned()),
-            name: Some(name.to_owned()),
-            file,
-        }
-    }
 }
 
 /// The parent status zerohop writes on each route.
@@ -703,55 +643,38 @@ fn desired_route_statuses(
         .collect()
 }
 
-/// Logs the problems not in `known`, then makes `known` the current set, so
-/// a problem is logged once while it lasts and again if it comes back.
-fn report(known: &mut BTreeSet<Problem>, current: impl Iterator<Item = Problem>) {
-    let current: BTreeSet<Problem> = current.collect();
-    for problem in current.difference(known) {
-        warn!(
-            kind = problem.kind,
-            namespace = problem.namespace,
-            name = problem.name,
-            file = problem.file,
-            "{}",
-            problem.message
-        );
-    }
-    *known = current;
-}
-
 #[cfg(test)]
 mod tests {
+    use zerohop_routes::model::{HttpRouteSpec, Metadata};
+
     use super::*;
 
     #[test]
-    fn a_problem_names_its_object_and_file_in_fields_and_message() {
-        let origins = Origins::from_iter([("Service shop/web".to_owned(), "shop.yaml".to_owned())]);
-        let problem = Problem::about("Service", "shop", "web", &origins, "no port".to_owned());
-        assert_eq!(problem.message, "shop.yaml: no port");
+    fn a_route_problem_names_the_route_and_its_file() {
+        let route = HttpRoute {
+            metadata: Metadata {
+                name: "split".into(),
+                namespace: "shop".into(),
+                ..Metadata::default()
+            },
+            spec: HttpRouteSpec::default(),
+        };
+        let evaluation = RouteEvaluation {
+            route: "shop/split".into(),
+            parents: vec![],
+            dropped_rules: vec![],
+            problems: vec!["no Service parent".into()],
+        };
+        let object = ObjectRef::new("HTTPRoute", "shop", Some("split"));
+        let origins = Origins::from_iter([(object.clone(), "routes.yaml".to_owned())]);
+        let problems: Vec<Problem> = route_problems(&[(&route, evaluation)], &origins).collect();
         assert_eq!(
-            (
-                problem.kind,
-                problem.namespace.as_deref(),
-                problem.name.as_deref()
-            ),
-            (Some("Service"), Some("shop"), Some("web"))
+            problems,
+            vec![Problem {
+                message: "routes.yaml: HTTPRoute shop/split: no Service parent".into(),
+                object: Some(object),
+                file: Some("routes.yaml".into()),
+            }]
         );
-        assert_eq!(problem.file.as_deref(), Some("shop.yaml"));
-
-        let from_the_api = Problem::about("Service", "shop", "api", &origins, "no port".into());
-        assert_eq!(from_the_api.message, "no port");
-        assert_eq!(from_the_api.file, None);
-    }
-
-    #[test]
-    fn a_problem_is_reported_once_while_it_lasts() {
-        let mut known = BTreeSet::new();
-        let one = || [Problem::message("one".into())].into_iter();
-        report(&mut known, one());
-        report(&mut known, one());
-        assert_eq!(known.len(), 1);
-        report(&mut known, std::iter::empty());
-        assert!(known.is_empty(), "a problem that went is forgotten");
     }
 }

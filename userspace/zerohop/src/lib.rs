@@ -20,6 +20,7 @@ pub mod map_sync;
 pub mod node_idle;
 pub mod others;
 pub mod probe;
+pub mod problem;
 pub mod route_status;
 pub mod source;
 pub mod stale;

@@ -404,6 +404,12 @@ mod tests {
         })
     }
 
+    /// The entry of `controller` for parent `service`, accepted.
+    fn accepted(controller: &str, service: &str, generation: i64, time: &str) -> Value {
+        let condition = condition("Accepted", "True", "Accepted", generation, time);
+        entry(controller, service, vec![condition])
+    }
+
     fn typed(entries: &[Value]) -> Vec<RouteParentStatus> {
         entries
             .iter()
@@ -416,34 +422,18 @@ mod tests {
 
     #[test]
     fn keeps_other_controllers_in_place_and_replaces_ours() {
-        let foreign = entry(
-            "example.com/mesh",
-            "web",
-            vec![condition("Accepted", "True", "Accepted", 1, T0)],
-        );
+        let foreign = accepted("example.com/mesh", "web", 1, T0);
         let old_ours = entry(
             CONTROLLER_NAME,
             "web",
             vec![condition("Accepted", "False", "NotAllowed", 1, T0)],
         );
-        let gone = entry(
-            CONTROLLER_NAME,
-            "old",
-            vec![condition("Accepted", "True", "Accepted", 1, T0)],
-        );
+        let gone = accepted(CONTROLLER_NAME, "old", 1, T0);
         let foreign2 = entry("example.com/other", "db", vec![]);
         let existing = vec![old_ours, foreign.clone(), gone, foreign2.clone()];
 
-        let new_web = entry(
-            CONTROLLER_NAME,
-            "web",
-            vec![condition("Accepted", "True", "Accepted", 2, T1)],
-        );
-        let new_api = entry(
-            CONTROLLER_NAME,
-            "api",
-            vec![condition("Accepted", "True", "Accepted", 2, T1)],
-        );
+        let new_web = accepted(CONTROLLER_NAME, "web", 2, T1);
+        let new_api = accepted(CONTROLLER_NAME, "api", 2, T1);
         let merged = merged_parents(&existing, &typed(&[new_api.clone(), new_web.clone()]));
         // Ours for web stays first, the foreign ones stay where they were, the
         // dropped parent is gone and the new one is appended.
@@ -482,27 +472,15 @@ mod tests {
     fn equal_state_means_no_write() {
         let existing = vec![
             entry("example.com/mesh", "web", vec![]),
-            entry(
-                CONTROLLER_NAME,
-                "web",
-                vec![condition("Accepted", "True", "Accepted", 1, T0)],
-            ),
+            accepted(CONTROLLER_NAME, "web", 1, T0),
         ];
         // A fresh evaluation stamps a new time: still equal, nothing to write.
-        let ours = vec![entry(
-            CONTROLLER_NAME,
-            "web",
-            vec![condition("Accepted", "True", "Accepted", 1, T1)],
-        )];
+        let ours = vec![accepted(CONTROLLER_NAME, "web", 1, T1)];
         let merged = merged_parents(&existing, &typed(&ours));
         assert!(same_ignoring_transition_time(&existing, &merged));
         assert_eq!(merged, existing, "the time is kept too");
 
-        let changed = vec![entry(
-            CONTROLLER_NAME,
-            "web",
-            vec![condition("Accepted", "True", "Accepted", 2, T1)],
-        )];
+        let changed = vec![accepted(CONTROLLER_NAME, "web", 2, T1)];
         assert!(!same_ignoring_transition_time(
             &existing,
             &merged_parents(&existing, &typed(&changed))
@@ -529,11 +507,7 @@ mod tests {
         );
         assert_eq!(merged[0]["conditions"][0]["lastTransitionTime"], T1);
         // A time already there stays.
-        let mut timed = typed(&[entry(
-            CONTROLLER_NAME,
-            "web",
-            vec![condition("Accepted", "True", "Accepted", 1, T0)],
-        )]);
+        let mut timed = typed(&[accepted(CONTROLLER_NAME, "web", 1, T0)]);
         fill_transition_times(&mut timed, T1);
         assert_eq!(timed[0].conditions[0].last_transition_time, T0);
         assert!(now().ends_with('Z'), "{}", now());
@@ -543,11 +517,7 @@ mod tests {
     fn an_entry_of_ours_that_does_not_read_as_one_is_replaced() {
         let broken = json!({"parentRef": "web", "controllerName": CONTROLLER_NAME});
         let foreign = entry("example.com/mesh", "web", vec![]);
-        let ours = typed(&[entry(
-            CONTROLLER_NAME,
-            "web",
-            vec![condition("Accepted", "True", "Accepted", 1, T0)],
-        )]);
+        let ours = typed(&[accepted(CONTROLLER_NAME, "web", 1, T0)]);
         let merged = merged_parents(&[broken, foreign.clone()], &ours);
         assert_eq!(
             merged,

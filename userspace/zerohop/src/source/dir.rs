@@ -32,7 +32,7 @@ pub struct Loaded {
     pub view: ClusterView,
     /// Unreadable files, malformed documents, invalid or duplicate objects.
     pub problems: Vec<ManifestProblem>,
-    /// The file each object comes from, by object label (`"Service ns/name"`).
+    /// The file each object comes from.
     pub origins: Origins,
 }
 
@@ -294,7 +294,10 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{SystemTime, UNIX_EPOCH};
+    use zerohop_k8s::ObjectRef;
     use zerohop_planner::model::ServiceId;
+
+    use crate::{problem::Problem, source::Snapshot};
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
@@ -443,12 +446,22 @@ mod tests {
         let dir = TempDir::new();
         dir.write(
             "services.yaml",
-            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {}\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {}\n",
         );
         let loaded = load_dir(&dir.0).unwrap();
         assert_eq!(
             messages(&loaded.problems),
-            vec!["services.yaml: Service default/web: no ClusterIP"]
+            vec!["services.yaml: Service shop/web: no ClusterIP"]
+        );
+        // The agent logs it with the object and file as fields.
+        let snapshot = Snapshot::from(loaded);
+        assert_eq!(
+            snapshot.problems,
+            vec![Problem {
+                message: "services.yaml: Service shop/web: no ClusterIP".into(),
+                object: Some(ObjectRef::new("Service", "shop", Some("web"))),
+                file: Some("services.yaml".into()),
+            }]
         );
     }
 

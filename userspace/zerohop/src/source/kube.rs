@@ -30,10 +30,11 @@ use kube::{
     Api, Client,
 };
 use tracing::{debug, info, warn};
-use zerohop_k8s::{object_label, FromObject, Origins};
+use zerohop_k8s::{FromObject, ObjectRef, Origins};
 use zerohop_planner::{model, ClusterView};
 
 use super::{Publisher, Snapshot};
+use crate::problem::Problem;
 
 /// How often the source confirms its last snapshot while it runs.
 const CONFIRM_EVERY: Duration = Duration::from_secs(1);
@@ -161,7 +162,7 @@ enum Converted {
     /// Not for zerohop (headless or ExternalName Service, FQDN slice).
     Ignored,
     /// Malformed: the problem, naming the object.
-    Invalid(String),
+    Invalid(Problem),
 }
 
 fn convert<Wire, Domain>(
@@ -173,19 +174,22 @@ where
     Wire: DeserializeOwned,
     Domain: FromObject<Wire>,
 {
-    let label = object_label(
-        kind.name(),
-        object.metadata.namespace.as_deref().unwrap_or(""),
-        object.metadata.name.as_deref(),
-    );
     let wire: Wire = match serde_json::to_value(object).and_then(serde_json::from_value) {
         Ok(wire) => wire,
-        Err(error) => return Converted::Invalid(format!("{label}: {error}")),
+        Err(error) => {
+            let object = ObjectRef::new(
+                kind.name(),
+                object.metadata.namespace.as_deref().unwrap_or(""),
+                object.metadata.name.as_deref(),
+            );
+            let message = format!("{object}: {error}");
+            return Converted::Invalid(Problem::of(object, message));
+        }
     };
     match Domain::from_object(&wire) {
         Ok(domain) => wrap(domain),
         Err(error) if error.is_ignored() => Converted::Ignored,
-        Err(error) => Converted::Invalid(error.to_string()),
+        Err(error) => Converted::Invalid(Problem::of(error.object().clone(), error.to_string())),
     }
 }
 
@@ -209,7 +213,7 @@ struct Store {
     listed: BTreeSet<Kind>,
     view: ClusterView,
     /// The malformed objects' problems.
-    invalid: BTreeMap<(Kind, Key), String>,
+    invalid: BTreeMap<(Kind, Key), Problem>,
 }
 
 impl Store {
@@ -458,11 +462,16 @@ mod tests {
         let snapshot = store.snapshot();
         assert_eq!(snapshot.view.services().len(), 1);
         assert_eq!(snapshot.problems.len(), 1);
+        let problem = &snapshot.problems[0];
         assert!(
-            snapshot.problems[0].starts_with("Service team/broken: "),
-            "{:?}",
-            snapshot.problems
+            problem.message.starts_with("Service team/broken: "),
+            "{problem:?}"
         );
+        assert_eq!(
+            problem.object,
+            Some(ObjectRef::new("Service", "team", Some("broken")))
+        );
+        assert_eq!(problem.file, None);
 
         store.apply(
             Kind::Service,
@@ -501,7 +510,7 @@ mod tests {
             watcher::Event::Apply(service("web", "10.96.0.1")),
         );
         let snapshot = store.snapshot();
-        assert_eq!(snapshot.problems, Vec::<String>::new());
+        assert_eq!(snapshot.problems, vec![]);
         assert_eq!(snapshot.view.services().len(), 1);
     }
 }

@@ -25,7 +25,7 @@ use tracing::warn;
 use zerohop_k8s::Origins;
 use zerohop_planner::ClusterView;
 
-use crate::freshness::SharedFreshness;
+use crate::{freshness::SharedFreshness, problem::Problem};
 
 /// The cluster as a source last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,8 +34,8 @@ pub struct Snapshot {
     /// Namespaces, Nodes, Pods, HTTPRoutes and ReferenceGrants.
     pub view: ClusterView,
     /// What could not be used, each naming its object (and file).
-    pub problems: Vec<String>,
-    /// The file each object comes from (dir source), by object label.
+    pub problems: Vec<Problem>,
+    /// The file each object comes from (dir source).
     pub origins: Origins,
 }
 
@@ -43,7 +43,7 @@ impl From<Loaded> for Snapshot {
     fn from(loaded: Loaded) -> Snapshot {
         Snapshot {
             view: loaded.view,
-            problems: loaded.problems.iter().map(ToString::to_string).collect(),
+            problems: loaded.problems.into_iter().map(Problem::from).collect(),
             origins: loaded.origins,
         }
     }
