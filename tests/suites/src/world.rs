@@ -133,6 +133,7 @@ impl World {
             not_ready: &[],
             spec: "",
             port: Port::TCP,
+            app_protocol: None,
         }
     }
 
@@ -259,6 +260,7 @@ pub struct ServiceManifest<'w> {
     not_ready: &'w [&'w str],
     spec: &'w str,
     port: Port,
+    app_protocol: Option<&'w str>,
 }
 
 impl<'w> ServiceManifest<'w> {
@@ -280,6 +282,12 @@ impl<'w> ServiceManifest<'w> {
         self
     }
 
+    /// The port's `appProtocol`.
+    pub fn app_protocol(mut self, name: &'w str) -> Self {
+        self.app_protocol = Some(name);
+        self
+    }
+
     /// Writes `<name>-svc.yaml` and `<name>-slice.yaml` in the world's
     /// manifest directory.
     pub fn write(self) -> Result<()> {
@@ -297,16 +305,24 @@ impl<'w> ServiceManifest<'w> {
         // The manifest helpers write TCP ports.
         let protocol =
             |yaml: String| yaml.replace("protocol: TCP", &format!("protocol: {}", port.protocol));
-        world.manifests.write(
-            &format!("{name}-svc.yaml"),
-            &protocol(service_yaml(
-                name,
-                cluster_ip(self.family, self.n),
-                port.service,
-                port.target,
-                self.spec,
-            )),
-        )?;
+        let mut service = protocol(service_yaml(
+            name,
+            cluster_ip(self.family, self.n),
+            port.service,
+            port.target,
+            self.spec,
+        ));
+        if let Some(app_protocol) = self.app_protocol {
+            let line = format!("    protocol: {}\n", port.protocol);
+            service = service.replacen(
+                &line,
+                &format!("{line}    appProtocol: {app_protocol}\n"),
+                1,
+            );
+        }
+        world
+            .manifests
+            .write(&format!("{name}-svc.yaml"), &service)?;
         world.manifests.write(
             &format!("{name}-slice.yaml"),
             &protocol(slice_yaml(

@@ -39,6 +39,8 @@ const PLAIN: u8 = 35;
 const GUARDED: u8 = 36;
 const UNROUTED: u8 = 37;
 const GRPC: u8 = 38;
+const H2C: u8 = 39;
+const OPAQUE: u8 = 40;
 
 /// The producer route of Service `web`: one rule per feature under test.
 const WEB_ROUTE: &str = r#"
@@ -142,6 +144,23 @@ spec:
     - type: RequestHeaderModifier
       requestHeaderModifier: {add: [{name: x-routed, value: "yes"}]}
     backendRefs: [{name: grpc, port: 80}]
+"#;
+
+/// Routes on the Services whose port names an `appProtocol`.
+const APP_PROTOCOL_ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: h2c, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: h2c}]
+  rules: [{backendRefs: [{name: h2c, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: opaque, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: opaque}]
+  rules: [{backendRefs: [{name: opaque, port: 80}]}]
 "#;
 
 /// `python3 zh-grpc.py ARGS` (Debian's python3, which has grpcio).
@@ -648,6 +667,38 @@ fn grpc_calls_pass_an_l7_service_with_status_and_trailers() -> Result<()> {
     }
     ensure!(report == expected, "zh-grpc call: {report}");
     drop(server);
+    Ok(())
+}
+
+/// A port's `appProtocol`: `kubernetes.io/h2c` makes an HTTP/1.1 client's
+/// requests reach the backend as HTTP/2; one that is not HTTP (`tcp`)
+/// keeps the port off the waypoint under a route: its backend sees the
+/// client itself.
+#[test]
+fn app_protocol_sets_the_upstream_version_or_keeps_a_port_l4() -> Result<()> {
+    let world = L7World::new()?;
+    world
+        .service(Family::V4, "h2c", H2C, &["v1"])
+        .app_protocol("kubernetes.io/h2c")
+        .write()?;
+    world
+        .service(Family::V4, "opaque", OPAQUE, &["v2"])
+        .app_protocol("tcp")
+        .write()?;
+    world
+        .manifests
+        .write("app-protocol-routes.yaml", APP_PROTOCOL_ROUTES)?;
+    world.eventually("h2c's requests reach v1 as HTTP/2", || {
+        let report = world.get("client", H2C, &[])?;
+        Ok(report.seen()["version"] == "HTTP/2.0")
+    })?;
+    let client_ip = world.pod("client").ip(Family::V4).to_string();
+    let opaque = world.get("client", OPAQUE, &[])?;
+    let peer = opaque.seen()["peer"].as_str().unwrap_or_default();
+    ensure!(
+        opaque.backends.contains_key("v2") && peer.starts_with(&client_ip),
+        "opaque: {opaque:?}: not straight from the client"
+    );
     Ok(())
 }
 
