@@ -41,6 +41,8 @@ const UNROUTED: u8 = 37;
 const GRPC: u8 = 38;
 const H2C: u8 = 39;
 const OPAQUE: u8 = 40;
+const TLS: u8 = 41;
+const GREETER: u8 = 42;
 
 /// The producer route of Service `web`: one rule per feature under test.
 const WEB_ROUTE: &str = r#"
@@ -163,6 +165,23 @@ spec:
   rules: [{backendRefs: [{name: opaque, port: 80}]}]
 "#;
 
+/// Routes on Services whose clients do not speak HTTP.
+const PASSTHROUGH_ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: tls, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: tls}]
+  rules: [{backendRefs: [{name: tls, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: greeter, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: greeter}]
+  rules: [{backendRefs: [{name: greeter, port: 80}]}]
+"#;
+
 /// `python3 zh-grpc.py ARGS` (Debian's python3, which has grpcio).
 fn zh_grpc(args: &[&str]) -> (PathBuf, Vec<String>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workloads/zh-grpc.py");
@@ -215,7 +234,7 @@ impl Deref for L7World {
 
 const BACKENDS: [&str; 6] = ["webpod", "v1", "v2", "mirror", "slow", "plain"];
 /// Pods that serve only in the tests that start their server.
-const OTHER_BACKENDS: [&str; 1] = ["grpc"];
+const OTHER_BACKENDS: [&str; 3] = ["grpc", "tls", "greeter"];
 const CLIENTS: [(&str, &str); 3] = [
     ("client", "default"),
     ("client-a", "team-a"),
@@ -699,6 +718,86 @@ fn app_protocol_sets_the_upstream_version_or_keeps_a_port_l4() -> Result<()> {
         opaque.backends.contains_key("v2") && peer.starts_with(&client_ip),
         "opaque: {opaque:?}: not straight from the client"
     );
+    Ok(())
+}
+
+/// Clients that do not speak HTTP to an L7 Service's port pass through the
+/// waypoint to its endpoint, byte for byte: the client of a server-first
+/// protocol (zh-testpod's server greets first) gets the greeting once the
+/// waypoint has waited for its first bytes in vain, then its echo; a TLS
+/// client (curl https, openssl s_server) completes its handshake and gets
+/// its answer.
+#[test]
+fn clients_that_do_not_speak_http_pass_through_an_l7_port() -> Result<()> {
+    let world = L7World::new()?;
+    let dir = world.scratch.dir();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+        .args(["-subj", "/CN=tls.default", "-days", "1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    ensure!(made.status.success(), "openssl req: {made:?}");
+    let port = TARGET_PORT.to_string();
+    let mut tls_server = world.pod("tls").spawn(
+        Path::new("openssl"),
+        [
+            "s_server".as_ref(),
+            "-accept".as_ref(),
+            port.as_ref(),
+            "-cert".as_ref(),
+            cert.as_os_str(),
+            "-key".as_ref(),
+            key.as_os_str(),
+            "-www".as_ref(),
+        ],
+    )?;
+    tls_server.wait_for_line("ACCEPT", WAIT)?;
+    let greeter = world
+        .testpod()
+        .server(world.pod("greeter"), "greeter", TARGET_PORT)?;
+    world.service(Family::V4, "tls", TLS, &["tls"]).write()?;
+    world
+        .service(Family::V4, "greeter", GREETER, &["greeter"])
+        .write()?;
+    world
+        .manifests
+        .write("passthrough-routes.yaml", PASSTHROUGH_ROUTES)?;
+
+    let waypoint_ip = world.waypoint_addr().ip();
+    world.eventually("the greeter's clients pass through the waypoint", || {
+        let report = world
+            .testpod()
+            .echo(world.pod("client"), frontend(GREETER), 100_000)?;
+        ensure!(report.ok, "echo: {report:?}");
+        Ok(report.seen_peer.map(|peer| peer.ip()) == Some(waypoint_ip))
+    })?;
+    // Every byte of many connections at once comes back, in order.
+    let report = world
+        .testpod()
+        .concurrent(world.pod("client"), frontend(GREETER), 50, 1 << 20)?;
+    ensure!(
+        (report.ok, report.failed) == (50, 0),
+        "50 echoes of 1 MiB through the pass-through: {report:?}"
+    );
+
+    let to_waypoint = world.counter("to_waypoint")?;
+    let url = format!("https://{}/", frontend(TLS));
+    let finished = world
+        .pod("client")
+        .run(Path::new("curl"), ["-sSk", &url], WAIT)?;
+    ensure!(
+        finished.status.success() && finished.stdout.iter().any(|line| line.contains("s_server")),
+        "curl https through the waypoint: {finished:?}"
+    );
+    ensure!(
+        world.counter("to_waypoint")? > to_waypoint,
+        "the TLS connection went to the waypoint"
+    );
+    drop((tls_server, greeter));
     Ok(())
 }
 

@@ -291,6 +291,28 @@ impl Router {
         ))
     }
 
+    /// How the endpoints of the L7 Service port at `destination` are spoken
+    /// to; [`UpstreamHttp::AsClient`] when it names no protocol, or there
+    /// is no such port.
+    pub fn port_http(&self, destination: SocketAddr) -> UpstreamHttp {
+        self.frontend(destination)
+            .and_then(|port| self.endpoints.get(port))
+            .map_or(UpstreamHttp::AsClient, |backends| backends.http)
+    }
+
+    /// Where a connection to `destination` that does not speak HTTP goes,
+    /// byte for byte: an endpoint of the Service port it dialled, one on
+    /// this node if there is one, as the L4 path chooses. `None` when
+    /// `destination` is no L7 Service port or it has no ready endpoint.
+    pub fn passthrough(
+        &self,
+        destination: SocketAddr,
+        dice: &mut dyn FnMut(u32) -> u32,
+    ) -> Option<SocketAddr> {
+        let backends = self.endpoints.get(self.frontend(destination)?)?;
+        backends.pick(dice).map(|upstream| upstream.addr)
+    }
+
     /// Decides what to do with a request sent by `client` to `destination`
     /// (the ClusterIP:port it dialled). `dice(n)` returns a uniform number
     /// in `0..n` (weighted backend choice); it is called only when there
@@ -1202,6 +1224,33 @@ mod tests {
                 http: UpstreamHttp::Http1
             }]
         );
+    }
+
+    #[test]
+    fn a_connection_that_is_not_http_passes_to_an_endpoint_of_the_dialled_port() {
+        let mut config = config(
+            vec![web_route("web", json!([{"backendRefs": to("v1")}]))],
+            Vec::new(),
+        );
+        let mut web = endpoints(
+            "shop",
+            "web",
+            80,
+            &[("10.3.0.1:8080", false), ("10.3.0.2:8080", true)],
+        );
+        web.http = UpstreamHttp::H2c;
+        config.endpoints = vec![web, endpoints("shop", "v1", 80, &[(V1_POD, true)])];
+        let router = Router::new(&config);
+        let mut no_dice = |_| panic!("one local endpoint: no choice to make");
+        assert_eq!(
+            router.passthrough(addr(WEB), &mut no_dice),
+            Some(addr("10.3.0.2:8080")),
+            "the dialled Service's own endpoint on this node, not the route's backend"
+        );
+        assert_eq!(router.port_http(addr(WEB)), UpstreamHttp::H2c);
+        let elsewhere = addr("10.96.9.9:80");
+        assert_eq!(router.passthrough(elsewhere, &mut no_dice), None);
+        assert_eq!(router.port_http(elsewhere), UpstreamHttp::AsClient);
     }
 
     #[test]

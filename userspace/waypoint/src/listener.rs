@@ -1,6 +1,7 @@
-//! Listening sockets and the accept loop: each accepted connection is served
-//! by hyper (HTTP/1.1 with keep-alive, or HTTP/2 with prior knowledge, told
-//! apart by the first bytes), with the destination its client dialled.
+//! Listening sockets and the accept loop: each accepted connection is
+//! sniffed (`sniff`), then served by hyper (HTTP/1.1 with keep-alive, or
+//! HTTP/2 with prior knowledge, told apart by the first bytes) with the
+//! destination its client dialled, or passed through (`passthrough`).
 
 use std::{
     io,
@@ -9,6 +10,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
 use hyper::service::service_fn;
@@ -19,8 +21,13 @@ use hyper_util::{
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
+use zerohop_routes::contract::UpstreamHttp;
 
-use crate::proxy::{Conn, Proxy};
+use crate::{
+    passthrough,
+    proxy::{Conn, Proxy},
+    sniff::{sniff, Sniffed},
+};
 
 /// A listening socket for `addr`; an IPv6 one takes IPv6 connections only
 /// (a dual-stack one would see IPv4 clients as `::ffff:a.b.c.d`).
@@ -38,11 +45,14 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into())?)
 }
 
-/// Accepts and serves connections until `stop` turns true.
+/// Accepts and serves connections until `stop` turns true. `silent`: how
+/// long a client that sends nothing is waited for, on a port that names no
+/// protocol, before it is passed through (`None`: as long as it takes).
 pub async fn accept_loop(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     graceful: Arc<GracefulShutdown>,
+    silent: Option<Duration>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     // No timer: hyper then applies no server-side timeouts, so an idle
@@ -64,7 +74,7 @@ pub async fn accept_loop(
                 // Typically EMFILE, or a connection reset before accept:
                 // back off a little rather than spin.
                 warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -77,6 +87,19 @@ pub async fn accept_loop(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // A port that names HTTP is waited on: its client speaks first.
+            let wait = match proxy.routes().current().port_http(conn.destination) {
+                UpstreamHttp::AsClient => silent,
+                UpstreamHttp::Http1 | UpstreamHttp::H2c => None,
+            };
+            match sniff(&stream, wait).await {
+                Sniffed::Http => {}
+                Sniffed::Closed => return,
+                Sniffed::Other(reason) => {
+                    // Within the drain: a relay ends when its peers do.
+                    return passthrough::relay(&proxy, stream, conn, reason).await;
+                }
+            }
             let service = service_fn(move |request| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, conn).await) }

@@ -9,13 +9,17 @@
 //! - [`body`]: the body type requests and responses share on both sides;
 //! - [`config`]: the router, reloaded when the agent rewrites its JSON file;
 //! - [`listener`]: listening sockets, accept loop, original destination;
+//! - [`passthrough`]: connections that do not speak HTTP, relayed as bytes;
 //! - [`proxy`]: one request: decision, forwarding, mirrors, timeouts;
-//! - [`upstream`]: the pooled upstream client and its marked sockets.
+//! - [`sniff`]: whether a connection speaks HTTP, from its first bytes;
+//! - [`upstream`]: the pooled upstream clients and their marked sockets.
 
 mod body;
 mod config;
 mod listener;
+mod passthrough;
 mod proxy;
+mod sniff;
 mod upstream;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -52,6 +56,15 @@ struct Cli {
     /// Interval between two checks of the config file, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 250)]
     poll_ms: u64,
+
+    /// How long, in milliseconds, a client that sends nothing after
+    /// connecting to an L7 Service port is waited for before it is taken
+    /// for the client of a server-first protocol (one whose server speaks
+    /// first: SMTP, MySQL, …) and passed through to an endpoint at L4,
+    /// without its routes. 0 waits as long as it takes. Ports whose
+    /// appProtocol names HTTP are always waited on.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    silent_client_ms: u64,
 
     /// Node name, for logs.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
@@ -94,6 +107,7 @@ async fn run(cli: Cli) -> Result<()> {
             listener,
             state.clone(),
             graceful.clone(),
+            (cli.silent_client_ms > 0).then(|| Duration::from_millis(cli.silent_client_ms)),
             stop_rx.clone(),
         )));
     }
@@ -142,6 +156,7 @@ mod tests {
         let cli = Cli::try_parse_from(["zerohop-waypoint", "--listen", "127.0.0.1:15001"]).unwrap();
         assert_eq!(cli.mark, 0x7a68);
         assert_eq!(cli.poll_ms, 250);
+        assert_eq!(cli.silent_client_ms, 200);
         assert_eq!(cli.config, PathBuf::from("/run/zerohop/waypoint.json"));
         let cli = Cli::try_parse_from([
             "zerohop-waypoint",

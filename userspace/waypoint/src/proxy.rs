@@ -71,19 +71,21 @@ impl Proxy {
         Proxy { routes, client }
     }
 
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    pub fn clients(&self) -> &Clients {
+        &self.client
+    }
+
     /// Answers one request; errors become status codes.
     pub async fn handle(&self, request: Request<Incoming>, conn: Conn) -> Response<Body> {
         let head = request_head(&request);
         let decision =
             self.routes
                 .current()
-                .decide(conn.destination, conn.client, &head, &mut |n| {
-                    if n == 0 {
-                        0
-                    } else {
-                        fastrand::u32(0..n)
-                    }
-                });
+                .decide(conn.destination, conn.client, &head, &mut dice);
         debug!(client = %conn.client, destination = %conn.destination, method = %head.method, path = %head.path, ?decision, "request");
         match decision {
             Decision::UnknownService => text(
@@ -190,6 +192,15 @@ impl Proxy {
                 Err(_) => debug!(%mirror, "mirror request timed out"),
             }
         });
+    }
+}
+
+/// A uniform number in `0..n` (0 when `n` is 0): the router's choices.
+pub fn dice(n: u32) -> u32 {
+    if n == 0 {
+        0
+    } else {
+        fastrand::u32(0..n)
     }
 }
 

@@ -38,6 +38,7 @@ type Pool = Client<MarkedConnector, Body>;
 pub struct Clients {
     http1: Pool,
     http2: Pool,
+    mark: u32,
 }
 
 impl Clients {
@@ -53,7 +54,15 @@ impl Clients {
         Clients {
             http1: pool(false),
             http2: pool(true),
+            mark,
         }
+    }
+
+    /// A marked connection to `addr`, for a connection passed through.
+    pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        tokio::time::timeout(CONNECT_TIMEOUT, connect(addr, self.mark))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
     }
 
     /// Sends `request` in its version: HTTP/2 over h2c, anything else over
