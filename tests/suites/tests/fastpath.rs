@@ -20,6 +20,7 @@ use zerohop_sandbox::{
     EchoReport, Endpoint, Family, Pod, PodProcess, Testpod,
 };
 use zerohop_tests::{
+    promtool_check,
     world::{cluster_ip, frontend, Port, SERVICE_PORT, TARGET_PORT, WAIT},
     World,
 };
@@ -1475,25 +1476,7 @@ fn the_agent_serves_health_and_prometheus_metrics() -> Result<()> {
         .parse()?;
     assert!(reverse >= 1.0, "zerohop_reverse_entries {reverse}");
 
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("promtool (Debian package prometheus, installed by cargo xtask setup)")?;
-    std::io::Write::write_all(
-        &mut promtool.stdin.take().context("stdin")?,
-        metrics.as_bytes(),
-    )?;
-    let checked = promtool.wait_with_output()?;
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    Ok(())
+    promtool_check(&metrics)
 }
 
 /// `sessionAffinity: ClientIP`: a client keeps its endpoint while it keeps

@@ -16,6 +16,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use zerohop_sandbox::{inspect, node_name, pod_yaml, program, waypoint_binary, Family, PodProcess};
 use zerohop_tests::{
+    promtool_check,
     world::{self, TARGET_PORT},
     World,
 };
@@ -797,6 +798,23 @@ fn clients_that_do_not_speak_http_pass_through_an_l7_port() -> Result<()> {
         world.counter("to_waypoint")? > to_waypoint,
         "the TLS connection went to the waypoint"
     );
+
+    // The waypoint's /metrics counts them, in an exposition promtool takes.
+    let url = format!("http://{}:9878/metrics", world.waypoint_addr().ip());
+    let finished = world
+        .pod("client")
+        .run(Path::new("curl"), ["-sS", &url], WAIT)?;
+    let metrics = finished.stdout.join("\n") + "\n";
+    for reason in ["tls", "silent"] {
+        let sample =
+            format!("zerohop_waypoint_passthrough_connections_total{{reason=\"{reason}\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&sample)?.parse().ok())
+            .with_context(|| format!("no {sample} in {metrics}"))?;
+        ensure!(count >= 1.0, "{sample}{count}");
+    }
+    promtool_check(&metrics)?;
     drop((tls_server, greeter));
     Ok(())
 }

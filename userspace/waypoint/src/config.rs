@@ -7,7 +7,10 @@
 use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, SystemTime},
 };
 
@@ -18,18 +21,29 @@ use zerohop_routes::{contract::WaypointConfig, router::Router};
 /// The current router, shared by every connection. Readers take a snapshot
 /// without locking; a reload swaps in a new one.
 #[derive(Clone, Default)]
-pub struct Routes(Arc<ArcSwap<Router>>);
+pub struct Routes {
+    router: Arc<ArcSwap<Router>>,
+    /// A config has been compiled.
+    loaded: Arc<AtomicBool>,
+}
 
 impl Routes {
     /// The router for one request.
     pub fn current(&self) -> Arc<Router> {
-        self.0.load_full()
+        self.router.load_full()
+    }
+
+    /// Whether the agent's config has been read: until then every
+    /// Service is unknown.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
     }
 
     /// Parses and compiles `content`, and swaps it in.
     fn apply(&self, path: &Path, content: &[u8]) -> Result<(), serde_json::Error> {
         let config: WaypointConfig = serde_json::from_slice(content)?;
-        self.0.store(Arc::new(Router::new(&config)));
+        self.router.store(Arc::new(Router::new(&config)));
+        self.loaded.store(true, Ordering::Relaxed);
         info!(
             path = %path.display(),
             services = config.services.len(),

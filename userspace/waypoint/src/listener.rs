@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use zerohop_routes::contract::UpstreamHttp;
 
 use crate::{
+    metrics::ConnectionKind,
     passthrough,
     proxy::{Conn, Proxy},
     sniff::{sniff, Sniffed},
@@ -100,6 +101,7 @@ pub async fn accept_loop(
                     return passthrough::relay(&proxy, stream, conn, reason).await;
                 }
             }
+            let _open = proxy.metrics().connection(ConnectionKind::Http);
             let service = service_fn(move |request| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, conn).await) }

@@ -9,6 +9,7 @@
 //! - [`body`]: the body type requests and responses share on both sides;
 //! - [`config`]: the router, reloaded when the agent rewrites its JSON file;
 //! - [`listener`]: listening sockets, accept loop, original destination;
+//! - [`metrics`]: what `/metrics` and `/readyz` tell;
 //! - [`passthrough`]: connections that do not speak HTTP, relayed as bytes;
 //! - [`proxy`]: one request: decision, forwarding, mirrors, timeouts;
 //! - [`sniff`]: whether a connection speaks HTTP, from its first bytes;
@@ -17,6 +18,7 @@
 mod body;
 mod config;
 mod listener;
+mod metrics;
 mod passthrough;
 mod proxy;
 mod sniff;
@@ -30,6 +32,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use zerohop_routes::contract::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
+use zerohop_telemetry::{parse_health_addr, HealthAddr};
 
 /// How long open connections get to finish their requests on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +69,11 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 200)]
     silent_client_ms: u64,
 
+    /// Address for /healthz, /readyz (the agent's config has been read) and
+    /// /metrics (port 0 picks a free one); "off" serves none.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:9878", value_parser = parse_health_addr)]
+    health_addr: HealthAddr,
+
     /// Node name, for logs.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     node: Option<String>,
@@ -73,14 +81,7 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    zerohop_telemetry::init_logging();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -96,7 +97,15 @@ async fn run(cli: Cli) -> Result<()> {
     let mut watcher = config::Watcher::new(cli.config.clone(), routes.clone());
     watcher.poll();
     tokio::spawn(watcher.run(Duration::from_millis(cli.poll_ms.max(1))));
-    let state = Arc::new(proxy::Proxy::new(routes, upstream::Clients::new(cli.mark)));
+    let metrics = metrics::Metrics::new(routes.clone());
+    if let HealthAddr(Some(addr)) = cli.health_addr {
+        tokio::spawn(zerohop_telemetry::serve(addr, Arc::new(metrics.clone())).await?);
+    }
+    let state = Arc::new(proxy::Proxy::new(
+        routes,
+        upstream::Clients::new(cli.mark),
+        metrics,
+    ));
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut acceptors = Vec::new();
@@ -157,6 +166,10 @@ mod tests {
         assert_eq!(cli.mark, 0x7a68);
         assert_eq!(cli.poll_ms, 250);
         assert_eq!(cli.silent_client_ms, 200);
+        assert_eq!(
+            cli.health_addr,
+            HealthAddr(Some("0.0.0.0:9878".parse().unwrap()))
+        );
         assert_eq!(cli.config, PathBuf::from("/run/zerohop/waypoint.json"));
         let cli = Cli::try_parse_from([
             "zerohop-waypoint",

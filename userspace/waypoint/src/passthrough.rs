@@ -8,12 +8,15 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::{
+    metrics::ConnectionKind,
     proxy::{dice, Conn, Proxy},
     sniff::Reason,
 };
 
 /// Relays `client` until both directions end.
 pub async fn relay(proxy: &Proxy, mut client: TcpStream, conn: Conn, reason: Reason) {
+    proxy.metrics().passthrough(reason);
+    let _open = proxy.metrics().connection(ConnectionKind::Passthrough);
     let endpoint = proxy
         .routes()
         .current()

@@ -13,7 +13,7 @@ use std::{
     convert::Infallible,
     future::Future,
     net::{IpAddr, SocketAddr},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -36,6 +36,7 @@ use zerohop_routes::{
 use crate::{
     body::{Body, BoxError},
     config::Routes,
+    metrics::{Metrics, UpstreamError},
     upstream::Clients,
 };
 
@@ -64,11 +65,20 @@ pub struct Conn {
 pub struct Proxy {
     routes: Routes,
     client: Clients,
+    metrics: Metrics,
 }
 
 impl Proxy {
-    pub fn new(routes: Routes, client: Clients) -> Proxy {
-        Proxy { routes, client }
+    pub fn new(routes: Routes, client: Clients, metrics: Metrics) -> Proxy {
+        Proxy {
+            routes,
+            client,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn routes(&self) -> &Routes {
@@ -81,12 +91,29 @@ impl Proxy {
 
     /// Answers one request; errors become status codes.
     pub async fn handle(&self, request: Request<Incoming>, conn: Conn) -> Response<Body> {
+        let started = Instant::now();
         let head = request_head(&request);
         let decision =
             self.routes
                 .current()
                 .decide(conn.destination, conn.client, &head, &mut dice);
         debug!(client = %conn.client, destination = %conn.destination, method = %head.method, path = %head.path, ?decision, "request");
+        let route = match &decision {
+            Decision::Forward(forward) => forward.route.clone(),
+            Decision::UnknownService | Decision::Respond(_) => String::new(),
+        };
+        let response = self.answer(request, conn, decision).await;
+        self.metrics
+            .request(&route, response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+        conn: Conn,
+        decision: Decision,
+    ) -> Response<Body> {
         match decision {
             Decision::UnknownService => text(
                 StatusCode::BAD_GATEWAY,
@@ -158,6 +185,11 @@ impl Proxy {
                 Ok(response) => response_from_upstream(response, &forward.response_headers),
                 Err(e) => {
                     warn!(route = %forward.route, upstream = %forward.upstream, error = %chain(&e), "upstream request failed");
+                    self.metrics.upstream_error(if e.is_connect() {
+                        UpstreamError::Connect
+                    } else {
+                        UpstreamError::Other
+                    });
                     if e.is_connect() {
                         text(
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -171,6 +203,7 @@ impl Proxy {
         };
         with_timeout(forward.backend_timeout, attempt, || {
             warn!(route = %forward.route, upstream = %forward.upstream, timeout = ?forward.backend_timeout, "backend request timeout");
+            self.metrics.upstream_error(UpstreamError::Timeout);
             text(StatusCode::GATEWAY_TIMEOUT, "upstream timeout".into())
         })
         .await

@@ -97,7 +97,7 @@ fn free_port() -> u16 {
 struct Waypoint(Child);
 
 impl Waypoint {
-    fn start(listen: &[SocketAddr], config: &Path) -> Waypoint {
+    fn start(listen: &[SocketAddr], config: &Path, health: SocketAddr) -> Waypoint {
         let mut command = Command::new(env!("CARGO_BIN_EXE_zerohop-waypoint"));
         for addr in listen {
             command.arg("--listen").arg(addr.to_string());
@@ -105,6 +105,8 @@ impl Waypoint {
         command
             .arg("--config")
             .arg(config)
+            .arg("--health-addr")
+            .arg(health.to_string())
             .args(["--mark", "0", "--poll-ms", "50", "--node", "test"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
@@ -327,11 +329,23 @@ async fn waypoint_applies_routes_and_reloads() {
     let unknown = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let web = config(listen, v1, v2, mirror, down, "web-v1");
 
+    let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // A new connection per request: the endpoints close each.
+    let get = |path: &'static str| async move {
+        let mut conn = Conn::open(health, false).await;
+        let (status, _, body) = conn.send("GET", path, &[], "").await;
+        (status, body.as_str().unwrap_or_default().to_owned())
+    };
+
     // Starts before the config exists: an empty router, then the reload.
-    let waypoint = Waypoint::start(&[listen, unknown], &config_path);
+    let waypoint = Waypoint::start(&[listen, unknown], &config_path, health);
     let mut conn = Conn::open(listen, false).await;
     let (status, _, _) = conn.send("GET", "/", &[HOST], "").await;
     assert_eq!(status, 502, "no config yet");
+    assert_eq!(
+        get("/readyz").await,
+        (503, "the agent's config has not been read yet\n".to_owned())
+    );
     write_config(&config_path, &web);
 
     // Not an L7 Service: 502 whatever the router.
@@ -469,6 +483,27 @@ async fn waypoint_applies_routes_and_reloads() {
         assert!(Instant::now() < deadline, "the new config never applied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // What happened, as /metrics tells it.
+    assert_eq!(get("/readyz").await, (200, "ready\n".to_owned()));
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    let value = |sample: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {sample} in:\n{metrics}"))
+    };
+    assert!(value("zerohop_waypoint_requests_total{route=\"\",code=\"502\"}") >= 2.0);
+    assert!(value("zerohop_waypoint_upstream_errors_total{kind=\"connect\"}") >= 1.0);
+    assert!(value("zerohop_waypoint_upstream_errors_total{kind=\"timeout\"}") >= 1.0);
+    assert_eq!(value("zerohop_waypoint_connections{kind=\"http\"}"), 3.0);
+    let forwarded: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("zerohop_waypoint_requests_total{route=\"default/web#"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(forwarded >= 5.0, "{metrics}");
 
     drop((conn, other, h2));
     assert!(waypoint.stop(), "clean exit on SIGTERM");

@@ -4,38 +4,25 @@
 //! `/metrics` (Prometheus text exposition: the kernel counters, read from the
 //! maps at scrape time, and the agent's own).
 //!
-//! hyper serves them over HTTP/1.1, one request a connection;
-//! prometheus-client encodes the metrics, which a collector reads at each
+//! `zerohop_telemetry` serves them; a collector reads the metrics at each
 //! scrape.
 
 use std::{
-    convert::Infallible,
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
-use anyhow::{Context, Result};
-use http_body_util::Full;
-use hyper::{
-    body::Bytes,
-    header::{HeaderValue, ALLOW, CONTENT_TYPE},
-    server::conn::http1,
-    service::service_fn,
-    Method, Request, Response, StatusCode,
-};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use anyhow::Result;
 use prometheus_client::{
     collector::Collector,
-    encoding::{prometheus_text, DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
-use tokio::net::TcpListener;
-use tracing::{debug, info};
 use zerohop_abi::{map_name, Counter};
+use zerohop_telemetry::{exposition, Health};
 
 use crate::{
     agent_status::{AgentStatus, SharedStatus},
@@ -49,45 +36,7 @@ pub async fn serve(
     status: SharedStatus,
     pin_dir: PathBuf,
 ) -> Result<impl std::future::Future<Output = ()>> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the health address {addr}"))?;
-    let bound = listener.local_addr()?;
-    info!(addr = %bound, "serving /healthz, /readyz and /metrics");
-    Ok(serving(listener, Arc::new(Endpoints::new(status, pin_dir))))
-}
-
-/// Answers the connections `listener` accepts until dropped.
-fn serving(
-    listener: TcpListener,
-    endpoints: Arc<Endpoints>,
-) -> impl std::future::Future<Output = ()> {
-    let mut http = http1::Builder::new();
-    // One request a connection, whose headers come within 5 s: probes and
-    // scrapes open a connection each.
-    http.keep_alive(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(5));
-    async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let endpoints = Arc::clone(&endpoints);
-            let connection = http.serve_connection(
-                TokioIo::new(stream),
-                service_fn(move |request| {
-                    let response = endpoints.answer(&request);
-                    async move { Ok::<_, Infallible>(response) }
-                }),
-            );
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    debug!(%error, "health connection");
-                }
-            });
-        }
-    }
+    zerohop_telemetry::serve(addr, Arc::new(Endpoints::new(status, pin_dir))).await
 }
 
 /// What the endpoints read.
@@ -106,38 +55,15 @@ impl Endpoints {
         }));
         Endpoints { status, registry }
     }
+}
 
-    fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
-        const TEXT: &str = "text/plain";
-        let (code, content_type, body) = match (request.method(), request.uri().path()) {
-            (&Method::GET, "/healthz") => (StatusCode::OK, TEXT, "ok\n".to_owned()),
-            (&Method::GET, "/readyz") => match self.status.lock().unwrap().not_ready() {
-                None => (StatusCode::OK, TEXT, "ready\n".to_owned()),
-                Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{reason}\n")),
-            },
-            (&Method::GET, "/metrics") => match exposition(&self.registry) {
-                Ok(text) => (StatusCode::OK, prometheus_text::CONTENT_TYPE, text),
-                Err(_) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    TEXT,
-                    "the metrics could not be encoded\n".to_owned(),
-                ),
-            },
-            (&Method::GET, _) => (StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
-            _ => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                TEXT,
-                "only GET\n".to_owned(),
-            ),
-        };
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = code;
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        if code == StatusCode::METHOD_NOT_ALLOWED {
-            headers.insert(ALLOW, HeaderValue::from_static("GET"));
-        }
-        response
+impl Health for Endpoints {
+    fn not_ready(&self) -> Option<String> {
+        self.status.lock().unwrap().not_ready().map(str::to_owned)
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -258,13 +184,6 @@ pub fn metrics(status: &AgentStatus, kernel: &Kernel) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(families(status, kernel)));
     exposition(&registry).expect("the metrics encode into a String")
-}
-
-/// The text of `registry`'s metrics.
-fn exposition(registry: &Registry) -> Result<String, fmt::Error> {
-    let mut text = String::new();
-    prometheus_text::encode(&mut text, registry)?;
-    Ok(text)
 }
 
 /// The metrics of `status` and `kernel`, in the order exposed.
@@ -538,7 +457,12 @@ impl Collector for Scrape {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, time::Instant};
+    use std::{
+        collections::BTreeMap,
+        time::{Duration, Instant},
+    };
+
+    use tokio::net::TcpListener;
 
     use zerohop_planner::Capacity;
 
@@ -688,7 +612,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let status = SharedStatus::default();
         let endpoints = Endpoints::new(Arc::clone(&status), PathBuf::from("/nonexistent/zerohop"));
-        let server = tokio::spawn(serving(listener, Arc::new(endpoints)));
+        let server = tokio::spawn(zerohop_telemetry::serving(listener, Arc::new(endpoints)));
         let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n");
 
         let (code, head, body) = exchange(addr, &get("/healthz")).await;

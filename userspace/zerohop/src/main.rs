@@ -13,6 +13,7 @@ use zerohop::{
     stale::Terminate,
 };
 use zerohop_routes::contract::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
+use zerohop_telemetry::{parse_health_addr, HealthAddr};
 
 /// zerohop: same-node fast path for Kubernetes Services.
 #[derive(Parser)]
@@ -200,19 +201,6 @@ fn parse_lease_name(text: &str) -> Result<(String, String), String> {
     }
 }
 
-#[derive(Clone, Copy)]
-struct HealthAddr(Option<std::net::SocketAddr>);
-
-fn parse_health_addr(text: &str) -> Result<HealthAddr, String> {
-    match text {
-        "off" => Ok(HealthAddr(None)),
-        _ => text
-            .parse()
-            .map(|addr| HealthAddr(Some(addr)))
-            .map_err(|e| format!("{text:?}: {e}")),
-    }
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 enum OnOff {
     On,
@@ -220,14 +208,7 @@ enum OnOff {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    zerohop_telemetry::init_logging();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
