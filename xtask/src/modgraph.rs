@@ -27,6 +27,7 @@ pub const CRATES: &[&str] = &[
     "userspace/k8s",
     "userspace/planner",
     "userspace/routes",
+    "userspace/telemetry",
     "userspace/waypoint",
     "userspace/zerohop",
     "tests/apiserver",
