@@ -40,6 +40,18 @@ pub fn frontend(family: Family, n: u8) -> SocketAddr {
     SocketAddr::new(cluster_ip(family, n), SERVICE_PORT)
 }
 
+/// An HTTPRoute named `service` that attaches to Service `service` (port
+/// [`SERVICE_PORT`]) and sends everything back to it: what makes the
+/// Service L7, and nothing more.
+pub fn route_to_itself(service: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: {service}, namespace: default}}\n\
+         spec:\n  parentRefs: [{{group: \"\", kind: Service, name: {service}, port: {SERVICE_PORT}}}]\n  \
+         rules: [{{backendRefs: [{{name: {service}, port: {SERVICE_PORT}}}]}}]\n"
+    )
+}
+
 /// A Service's port: protocol, port and targetPort.
 #[derive(Clone, Copy)]
 pub struct Port {

@@ -17,7 +17,7 @@ use serde_json::Value;
 use zerohop_sandbox::{inspect, node_name, pod_yaml, program, waypoint_binary, Family, PodProcess};
 use zerohop_tests::{
     promtool_check,
-    world::{self, TARGET_PORT},
+    world::{self, route_to_itself, TARGET_PORT},
     World,
 };
 
@@ -149,39 +149,14 @@ spec:
     backendRefs: [{name: grpc, port: 80}]
 "#;
 
-/// Routes on the Services whose port names an `appProtocol`.
-const APP_PROTOCOL_ROUTES: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: h2c, namespace: default}
-spec:
-  parentRefs: [{group: "", kind: Service, name: h2c}]
-  rules: [{backendRefs: [{name: h2c, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: opaque, namespace: default}
-spec:
-  parentRefs: [{group: "", kind: Service, name: opaque}]
-  rules: [{backendRefs: [{name: opaque, port: 80}]}]
-"#;
-
-/// Routes on Services whose clients do not speak HTTP.
-const PASSTHROUGH_ROUTES: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: tls, namespace: default}
-spec:
-  parentRefs: [{group: "", kind: Service, name: tls}]
-  rules: [{backendRefs: [{name: tls, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: greeter, namespace: default}
-spec:
-  parentRefs: [{group: "", kind: Service, name: greeter}]
-  rules: [{backendRefs: [{name: greeter, port: 80}]}]
-"#;
+/// [`route_to_itself`] for each Service named, in one file.
+fn routes_to_themselves(services: &[&str]) -> String {
+    services
+        .iter()
+        .map(|service| route_to_itself(service))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
 
 /// `python3 zh-grpc.py ARGS` (Debian's python3, which has grpcio).
 fn zh_grpc(args: &[&str]) -> (PathBuf, Vec<String>) {
@@ -705,9 +680,10 @@ fn app_protocol_sets_the_upstream_version_or_keeps_a_port_l4() -> Result<()> {
         .service(Family::V4, "opaque", OPAQUE, &["v2"])
         .app_protocol("tcp")
         .write()?;
-    world
-        .manifests
-        .write("app-protocol-routes.yaml", APP_PROTOCOL_ROUTES)?;
+    world.manifests.write(
+        "app-protocol-routes.yaml",
+        &routes_to_themselves(&["h2c", "opaque"]),
+    )?;
     world.eventually("h2c's requests reach v1 as HTTP/2", || {
         let report = world.get("client", H2C, &[])?;
         Ok(report.seen()["version"] == "HTTP/2.0")
@@ -764,9 +740,10 @@ fn clients_that_do_not_speak_http_pass_through_an_l7_port() -> Result<()> {
     world
         .service(Family::V4, "greeter", GREETER, &["greeter"])
         .write()?;
-    world
-        .manifests
-        .write("passthrough-routes.yaml", PASSTHROUGH_ROUTES)?;
+    world.manifests.write(
+        "passthrough-routes.yaml",
+        &routes_to_themselves(&["tls", "greeter"]),
+    )?;
 
     let waypoint_ip = world.waypoint_addr().ip();
     world.eventually("the greeter's clients pass through the waypoint", || {

@@ -16,7 +16,7 @@ use rstest::rstest;
 use serde::Deserialize;
 use zerohop_sandbox::{program, Family, PodProcess};
 use zerohop_tests::{
-    world::{frontend, SERVICE_PORT, TARGET_PORT, WAIT},
+    world::{frontend, route_to_itself, TARGET_PORT, WAIT},
     World,
 };
 
@@ -28,16 +28,6 @@ const WAYPOINT_MARK: u32 = 0x5a17;
 const ROUTED: u8 = 30;
 /// ClusterIP number of the Service without routes.
 const PLAIN: u8 = 31;
-/// An HTTPRoute attached to Service `service` (the GAMMA pattern), sending
-/// everything back to that Service.
-fn route_yaml(service: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  \
-         name: {service}-route\n  namespace: default\nspec:\n  parentRefs:\n  \
-         - group: \"\"\n    kind: Service\n    name: {service}\n    port: {SERVICE_PORT}\n  \
-         rules:\n  - backendRefs:\n    - name: {service}\n      port: {SERVICE_PORT}\n"
-    )
-}
 
 /// What `zh-origdst --connect` reports.
 #[derive(Debug, Deserialize)]
@@ -108,7 +98,7 @@ impl WithWaypoint {
             let routed = format!("routed-{suffix}");
             world
                 .manifests
-                .write(&format!("{routed}-route.yaml"), &route_yaml(&routed))?;
+                .write(&format!("{routed}-route.yaml"), &route_to_itself(&routed))?;
         }
 
         let waypoint_pod = world.pod("waypoint");
