@@ -77,7 +77,7 @@ fn httproute_resource() -> ApiResource {
 
 /// Keeps the routes' status in line with `desired` while `writer` says this
 /// agent is the writer, until `desired`'s sender is dropped. Never fails:
-/// errors are logged and the route retried every [`RETRY`] while other
+/// errors are logged and the route retried every `RETRY` while other
 /// routes go on.
 pub async fn run(
     client: kube::Client,

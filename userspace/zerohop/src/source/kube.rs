@@ -310,7 +310,7 @@ impl Store {
 
 /// Watches the cluster and publishes a new snapshot after every change, from
 /// the end of the first complete list on, and confirms the last one every
-/// [`CONFIRM_EVERY`] while it runs. Runs until the process ends.
+/// `CONFIRM_EVERY` while it runs. Runs until the process ends.
 ///
 /// A watch that fails (an API server out of reach) does not stop the
 /// confirmations: like kube-proxy's rules, the maps keep the last state the
