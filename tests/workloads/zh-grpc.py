@@ -3,6 +3,7 @@
 
     zh-grpc.py server --name NAME --port P
     zh-grpc.py call   --target IP:PORT
+    zh-grpc.py calls  --target IP:PORT --method /SERVICE/METHOD --count N [--metadata KEY=VALUE]...
 
 The server (service `zh.Echo`, messages are raw bytes, no protobuf) listens
 on [::]:P, prints READY, and answers:
@@ -20,6 +21,12 @@ line: {"unary": {"reply", "trailing"}, "stream": [...], "bidi": [...],
 "fail": {"code", "details", "trailing"}}; it exits 0 when every call ended
 as described above from the client's side (a reply, or Fail's error), 1
 with "error" in the line otherwise.
+
+`calls` makes N unary calls of one method over one channel, each with the
+metadata given, and prints one JSON line: {"codes": {CODE: count},
+"backends": {NAME: count} (from each call's `x-backend` trailing metadata),
+"trailing": the last call's trailing metadata, "details": the last
+error's details}; it exits 0.
 """
 
 import argparse
@@ -119,6 +126,30 @@ def call(target):
     return 1 if "error" in report else 0
 
 
+def calls(target, method, count, metadata):
+    codes, backends = {}, {}
+    trailing, details = {}, None
+    with grpc.insecure_channel(target) as channel:
+        stub = channel.unary_unary(
+            method, request_serializer=identity, response_deserializer=identity
+        )
+        for _ in range(count):
+            try:
+                _, call = stub.with_call(b"hi", metadata=metadata, timeout=TIMEOUT)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                call, code, details = error, error.code(), error.details()
+            trailing = dict(call.trailing_metadata() or ())
+            codes[code.name] = codes.get(code.name, 0) + 1
+            backend = trailing.get("x-backend")
+            if backend is not None:
+                backends[backend] = backends.get(backend, 0) + 1
+    trailing.pop("date", None)
+    report = {"codes": codes, "backends": backends, "trailing": trailing, "details": details}
+    print(json.dumps(report), flush=True)
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(prog="zh-grpc")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,10 +158,18 @@ def main():
     server.add_argument("--port", type=int, required=True)
     client = commands.add_parser("call", help="call each method once")
     client.add_argument("--target", required=True)
+    many = commands.add_parser("calls", help="call one unary method N times")
+    many.add_argument("--target", required=True)
+    many.add_argument("--method", required=True, help="/SERVICE/METHOD")
+    many.add_argument("--count", type=int, default=1)
+    many.add_argument("--metadata", action="append", default=[], help="KEY=VALUE")
     flags = parser.parse_args()
     if flags.command == "server":
         serve(flags.name, flags.port)
         return 0
+    if flags.command == "calls":
+        metadata = [tuple(pair.split("=", 1)) for pair in flags.metadata]
+        return calls(flags.target, flags.method, flags.count, metadata)
     return call(flags.target)
 
 

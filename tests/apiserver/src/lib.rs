@@ -127,6 +127,12 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
     },
     Resource {
+        api_version: "gateway.networking.k8s.io/v1",
+        plural: "grpcroutes",
+        kind: "GRPCRoute",
+        namespaced: true,
+    },
+    Resource {
         api_version: "gateway.networking.k8s.io/v1beta1",
         plural: "referencegrants",
         kind: "ReferenceGrant",

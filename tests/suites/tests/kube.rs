@@ -176,9 +176,14 @@ fn the_kube_source_keeps_the_maps_exact() -> Result<()> {
 }
 
 fn route(name: &str, rule: Value) -> Value {
+    route_of_kind("HTTPRoute", name, rule)
+}
+
+fn route_of_kind(kind: &str, name: &str, rule: Value) -> Value {
     json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": {"name": name, "namespace": "default", "generation": 1},
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": kind,
+        "metadata": {"name": name, "namespace": "default", "generation": 1,
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
                  "rules": [rule]}
     })
@@ -192,10 +197,8 @@ fn wait_until(deadline: std::time::Instant, mut done: impl FnMut() -> bool) {
 }
 
 /// Our (zerohop's) conditions on a route, as `type → (status, reason)`.
-fn our_conditions(api: &ApiServer, name: &str) -> BTreeMap<String, (String, String)> {
-    let route = api
-        .get("HTTPRoute", Some("default"), name)
-        .unwrap_or_default();
+fn our_conditions(api: &ApiServer, kind: &str, name: &str) -> BTreeMap<String, (String, String)> {
+    let route = api.get(kind, Some("default"), name).unwrap_or_default();
     let parents = route["status"]["parents"]
         .as_array()
         .cloned()
@@ -226,9 +229,18 @@ fn routes_get_their_parent_status_and_bad_ones_are_reported() -> Result<()> {
         json!({"filters": [{"type": "Teleport"}], "backendRefs": [backend("default")]}),
     ));
     world.api.apply(route(
-        "no-grant",
+        "missing-backend",
         json!({"backendRefs": [backend("elsewhere")]}),
     ));
+    // A GRPCRoute on the same Service, younger than the HTTPRoutes there:
+    // the two kinds are never merged, and the older kind holds the Service.
+    let mut grpc_route = route_of_kind(
+        "GRPCRoute",
+        "grpc",
+        json!({"backendRefs": [backend("default")]}),
+    );
+    grpc_route["metadata"]["creationTimestamp"] = json!("2026-02-01T00:00:00Z");
+    world.api.apply(grpc_route);
     world.api.apply(route(
         "bad-regex",
         json!({"matches": [{"path": {"type": "RegularExpression", "value": "/(unclosed"}}],
@@ -241,25 +253,39 @@ fn routes_get_their_parent_status_and_bad_ones_are_reported() -> Result<()> {
     world.start_agent()?;
 
     let expected = [
-        ("good", ("True", "Accepted"), ("True", "ResolvedRefs")),
         (
+            "HTTPRoute",
+            "good",
+            ("True", "Accepted"),
+            ("True", "ResolvedRefs"),
+        ),
+        (
+            "GRPCRoute",
+            "grpc",
+            ("False", "Conflicted"),
+            ("True", "ResolvedRefs"),
+        ),
+        (
+            "HTTPRoute",
             "unknown-filter",
             ("False", "UnsupportedValue"),
             ("True", "ResolvedRefs"),
         ),
         (
-            "no-grant",
+            "HTTPRoute",
+            "missing-backend",
             ("True", "Accepted"),
-            ("False", "RefNotPermitted"),
+            ("False", "BackendNotFound"),
         ),
         (
+            "HTTPRoute",
             "bad-regex",
             ("False", "UnsupportedValue"),
             ("True", "ResolvedRefs"),
         ),
     ];
     let deadline = std::time::Instant::now() + SETTLE * 10;
-    for (name, accepted, resolved) in expected {
+    for (kind, name, accepted, resolved) in expected {
         let want = BTreeMap::from([
             (
                 "Accepted".to_owned(),
@@ -270,15 +296,15 @@ fn routes_get_their_parent_status_and_bad_ones_are_reported() -> Result<()> {
                 (resolved.0.to_owned(), resolved.1.to_owned()),
             ),
         ]);
-        wait_until(deadline, || our_conditions(&world.api, name) == want);
+        wait_until(deadline, || our_conditions(&world.api, kind, name) == want);
         assert_eq!(
-            our_conditions(&world.api, name),
+            our_conditions(&world.api, kind, name),
             want,
-            "status of route {name}"
+            "status of {kind} {name}"
         );
     }
-    assert!(our_conditions(&world.api, "gateway-only").is_empty());
-    for name in ["unknown-filter", "no-grant", "bad-regex"] {
+    assert!(our_conditions(&world.api, "HTTPRoute", "gateway-only").is_empty());
+    for name in ["unknown-filter", "missing-backend", "bad-regex"] {
         world
             .agent()
             .wait_for_log(&format!("HTTPRoute default/{name}"), SETTLE)?;
@@ -338,7 +364,11 @@ fn one_agent_of_the_cluster_writes_route_status() -> Result<()> {
             Agent::start_with(&world.cluster, node, AgentSource::Kube(&kubeconfig), &lease)?;
         agents.insert(zerohop_sandbox::node_name(node), agent);
     }
-    let accepted = |api: &ApiServer| our_conditions(api, "r").get("Accepted").cloned();
+    let accepted = |api: &ApiServer| {
+        our_conditions(api, "HTTPRoute", "r")
+            .get("Accepted")
+            .cloned()
+    };
     let deadline = std::time::Instant::now() + SETTLE * 10;
     wait_until(deadline, || accepted(&world.api).is_some());
     assert_eq!(
@@ -422,9 +452,11 @@ fn a_cluster_without_the_gateway_api_crds_is_served_all_the_same() -> Result<()>
         json!({"backendRefs": [{"name": "web", "port": 80}]}),
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    wait_until(deadline, || !our_conditions(&world.api, "later").is_empty());
+    wait_until(deadline, || {
+        !our_conditions(&world.api, "HTTPRoute", "later").is_empty()
+    });
     assert!(
-        !our_conditions(&world.api, "later").is_empty(),
+        !our_conditions(&world.api, "HTTPRoute", "later").is_empty(),
         "route status written once served"
     );
     Ok(())

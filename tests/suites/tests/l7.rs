@@ -44,6 +44,8 @@ const H2C: u8 = 39;
 const OPAQUE: u8 = 40;
 const TLS: u8 = 41;
 const GREETER: u8 = 42;
+const GRPC_B: u8 = 43;
+const GRPC_C: u8 = 44;
 
 /// The producer route of Service `web`: one rule per feature under test.
 const WEB_ROUTE: &str = r#"
@@ -91,7 +93,9 @@ spec:
     backendRefs: [{name: slow, port: 80}]
 "#;
 
-/// A consumer route: clients in namespace team-a get v2 for everything.
+/// A consumer route: clients in namespace team-a get v2 for everything. It
+/// sends to another namespace without a ReferenceGrant: mesh routes need
+/// none (GEP-1294).
 const TEAM_A_ROUTE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -100,22 +104,15 @@ spec:
   parentRefs: [{group: "", kind: Service, name: web, namespace: default, port: 80}]
   rules:
   - backendRefs: [{name: v2, namespace: default, port: 80}]
----
-apiVersion: gateway.networking.k8s.io/v1beta1
-kind: ReferenceGrant
-metadata: {name: team-a-routes, namespace: default}
-spec:
-  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: team-a}]
-  to: [{group: "", kind: Service}]
 "#;
 
-/// Bad routes: `guarded` keeps one valid rule whose backend is in another
-/// namespace without a ReferenceGrant; every rule of `unrouted`'s only route
-/// is invalid, so that route is not accepted.
+/// Bad routes: `guarded` keeps one valid rule whose backend Service does
+/// not exist; every rule of `unrouted`'s only route is invalid, so that
+/// route is not accepted.
 const BAD_ROUTES: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {name: no-grant, namespace: default}
+metadata: {name: missing-backend, namespace: default}
 spec:
   parentRefs: [{group: "", kind: Service, name: guarded}]
   rules:
@@ -138,7 +135,7 @@ spec:
 const GRPC_ROUTE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {name: grpc, namespace: default}
+metadata: {name: grpc, namespace: default, creationTimestamp: "2026-01-01T00:00:00Z"}
 spec:
   parentRefs: [{group: "", kind: Service, name: grpc, port: 80}]
   rules:
@@ -147,6 +144,28 @@ spec:
     - type: RequestHeaderModifier
       requestHeaderModifier: {add: [{name: x-routed, value: "yes"}]}
     backendRefs: [{name: grpc, port: 80}]
+"#;
+
+/// A GRPCRoute on Service `grpc`, younger than [`GRPC_ROUTE`]: the most
+/// specific rule first, a weighted split, and a backend that is missing.
+const GRPC_GRPCROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc-methods, namespace: default, creationTimestamp: "2026-02-01T00:00:00Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: grpc, port: 80}]
+  rules:
+  - matches: [{method: {service: zh.Echo}}]
+    backendRefs: [{name: grpc, port: 80, weight: 80}, {name: grpc-b, port: 80, weight: 20}]
+  - matches: [{method: {service: zh.Echo, method: Unary}, headers: [{name: x-canary, value: "1"}]}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-routed, value: canary}]}
+    backendRefs: [{name: grpc-c, port: 80}]
+  - matches: [{method: {type: RegularExpression, service: "zh\\.Ech.", method: "F.*"}}]
+    backendRefs: [{name: grpc-c, port: 80}]
+  - matches: [{method: {service: zh.Broken}}]
+    backendRefs: [{name: missing, port: 80}]
 "#;
 
 /// [`route_to_itself`] for each Service named, in one file.
@@ -210,7 +229,7 @@ impl Deref for L7World {
 
 const BACKENDS: [&str; 6] = ["webpod", "v1", "v2", "mirror", "slow", "plain"];
 /// Pods that serve only in the tests that start their server.
-const OTHER_BACKENDS: [&str; 3] = ["grpc", "tls", "greeter"];
+const OTHER_BACKENDS: [&str; 5] = ["grpc", "grpc-b", "grpc-c", "tls", "greeter"];
 const CLIENTS: [(&str, &str); 3] = [
     ("client", "default"),
     ("client-a", "team-a"),
@@ -665,6 +684,103 @@ fn grpc_calls_pass_an_l7_service_with_status_and_trailers() -> Result<()> {
     Ok(())
 }
 
+/// What `zh-grpc.py calls` prints.
+#[derive(Debug, serde::Deserialize)]
+struct CallsReport {
+    codes: BTreeMap<String, u32>,
+    backends: BTreeMap<String, u32>,
+    trailing: BTreeMap<String, String>,
+}
+
+impl L7World {
+    /// `count` unary calls of `method` from pod `client` to Service `grpc`.
+    fn grpc_calls(&self, method: &str, count: u32, metadata: &[&str]) -> Result<CallsReport> {
+        let target = frontend(GRPC).to_string();
+        let count = count.to_string();
+        let mut args = vec![
+            "calls", "--target", &target, "--method", method, "--count", &count,
+        ];
+        for pair in metadata {
+            args.extend(["--metadata", pair]);
+        }
+        let (python, args) = zh_grpc(&args);
+        let finished = self.pod("client").run(&python, &args, WAIT)?;
+        let line = finished.stdout.last().cloned().unwrap_or_default();
+        serde_json::from_str(&line)
+            .with_context(|| format!("zh-grpc {args:?}: {line:?}; stderr {}", finished.stderr))
+    }
+}
+
+/// A GRPCRoute on an L7 Service: calls are split by weight (80/20 within 5
+/// points over 1,000 calls), matched by service, method (exact and regular
+/// expression) and header, with the most specific rule first, edited by a
+/// header filter; a missing backend answers UNAVAILABLE, a call no rule
+/// matches UNIMPLEMENTED. An older HTTPRoute on the same Service holds it
+/// until it is deleted: the two kinds are never merged.
+#[test]
+fn grpc_routes_split_match_and_edit_calls() -> Result<()> {
+    let mut world = L7World::new()?;
+    let port = TARGET_PORT.to_string();
+    for (pod, name, service, n) in [
+        ("grpc", "g1", "grpc", GRPC),
+        ("grpc-b", "g2", "grpc-b", GRPC_B),
+        ("grpc-c", "g3", "grpc-c", GRPC_C),
+    ] {
+        let (python, args) = zh_grpc(&["server", "--name", name, "--port", &port]);
+        let mut server = world.pod(pod).spawn(&python, &args)?;
+        server.wait_for_line("READY", WAIT)?;
+        world.servers.insert(pod.to_string(), server);
+        world.service(Family::V4, service, n, &[pod]).write()?;
+    }
+    world.manifests.write("grpc-route.yaml", GRPC_ROUTE)?;
+    world
+        .manifests
+        .write("grpc-grpcroute.yaml", GRPC_GRPCROUTE)?;
+    let agent = world.agents.first().context("agent")?;
+    world.eventually("the GRPCRoute is reported in conflict", || {
+        Ok(agent.log_text().contains("GRPCRoute default/grpc-methods"))
+    })?;
+    let held = world.grpc_calls("/zh.Echo/Unary", 3, &[])?;
+    ensure!(
+        held.trailing.get("x-seen-x-routed").map(String::as_str) == Some("yes"),
+        "the older HTTPRoute holds the Service: {held:?}"
+    );
+
+    world.manifests.remove("grpc-route.yaml")?;
+    world.eventually("the GRPCRoute applies once the HTTPRoute is gone", || {
+        let report = world.grpc_calls("/zh.Echo/Unary", 1, &["x-canary=1"])?;
+        Ok(report.backends.contains_key("g3"))
+    })?;
+    let canary = world.grpc_calls("/zh.Echo/Unary", 1, &["x-canary=1"])?;
+    ensure!(
+        canary.trailing.get("x-seen-x-routed").map(String::as_str) == Some("canary"),
+        "{canary:?}"
+    );
+
+    let split = world.grpc_calls("/zh.Echo/Unary", 1000, &[])?;
+    ensure!(split.codes.get("OK") == Some(&1000), "{split:?}");
+    let g1 = split.backends.get("g1").copied().unwrap_or(0);
+    let g2 = split.backends.get("g2").copied().unwrap_or(0);
+    ensure!(
+        g1 + g2 == 1000 && (750..=850).contains(&g1),
+        "80/20: {split:?}"
+    );
+
+    let fail = world.grpc_calls("/zh.Echo/Fail", 5, &[])?;
+    ensure!(
+        fail.backends.get("g3") == Some(&5) && fail.codes.get("NOT_FOUND") == Some(&5),
+        "the regular expression sends Fail to g3: {fail:?}"
+    );
+    let broken = world.grpc_calls("/zh.Broken/Unary", 3, &[])?;
+    ensure!(broken.codes.get("UNAVAILABLE") == Some(&3), "{broken:?}");
+    let unrouted = world.grpc_calls("/zh.Other/Unary", 3, &[])?;
+    ensure!(
+        unrouted.codes.get("UNIMPLEMENTED") == Some(&3),
+        "{unrouted:?}"
+    );
+    Ok(())
+}
+
 /// A port's `appProtocol`: `kubernetes.io/h2c` makes an HTTP/1.1 client's
 /// requests reach the backend as HTTP/2; one that is not HTTP (`tcp`)
 /// keeps the port off the waypoint under a route: its backend sees the
@@ -801,7 +917,7 @@ fn bad_routes_are_logged_and_traffic_follows_the_spec() -> Result<()> {
     let world = L7World::new()?;
     world.manifests.write("bad-routes.yaml", BAD_ROUTES)?;
     let agent = world.agents.first().context("agent")?;
-    for route in ["no-grant", "teleport"] {
+    for route in ["missing-backend", "teleport"] {
         let label = format!("HTTPRoute default/{route}");
         world.eventually(&format!("{label} is reported"), || {
             Ok(agent.log_text().contains(&label))
@@ -813,7 +929,7 @@ fn bad_routes_are_logged_and_traffic_follows_the_spec() -> Result<()> {
         agent.log_text()
     );
 
-    // A backend the route may not refer to: its share of requests gets 500.
+    // A backend that does not exist: its share of requests gets 500.
     world.eventually("/elsewhere answers 500", || {
         Ok(world
             .get("client", GUARDED, &["--path", "/elsewhere"])?

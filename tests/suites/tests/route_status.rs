@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use zerohop::election::{self, Election};
-use zerohop::route_status::{self, RouteStatus, RouteStatuses, CONTROLLER_NAME};
+use zerohop::route_status::{self, RouteKind, RouteStatus, RouteStatuses, CONTROLLER_NAME};
 use zerohop_fake_apiserver::ApiServer;
 
 mod kube_client;
@@ -75,7 +75,10 @@ fn as_written(status: &RouteStatus) -> Value {
 fn desired(entries: &[(&str, RouteStatus)]) -> RouteStatuses {
     entries
         .iter()
-        .map(|(name, status)| (("prod".to_string(), name.to_string()), status.clone()))
+        .map(|(name, status)| {
+            let key = (RouteKind::Http, "prod".to_string(), name.to_string());
+            (key, status.clone())
+        })
         .collect()
 }
 

@@ -98,7 +98,7 @@ pub enum IgnoreReason {
     /// `addressType: FQDN`.
     #[error("FQDN EndpointSlice: it holds names, not addresses")]
     FqdnSlice,
-    /// An HTTPRoute whose parents are all Gateways.
+    /// An HTTPRoute or GRPCRoute whose parents are all Gateways.
     #[error("no Service parent: the route belongs to a Gateway, not to the mesh")]
     NoServiceParent,
     /// `spec.hostNetwork: true`.
@@ -565,18 +565,27 @@ fn protocol(field: &str, value: Option<&str>) -> Result<Protocol, InvalidReason>
 
 impl FromObject<routes::HttpRoute> for Route {
     fn from_object(route: &routes::HttpRoute) -> Result<Self, ConvertError> {
-        let mut route = route.clone();
-        let identity = with_identity("HTTPRoute", &mut route.metadata)?;
-        if !route
-            .spec
-            .parent_refs
-            .iter()
-            .any(routes::ParentRef::is_service)
-        {
-            return Err(identity.ignored(IgnoreReason::NoServiceParent));
-        }
-        Ok(Route(route))
+        service_route(route.clone().into())
     }
+}
+
+impl FromObject<routes::GrpcRoute> for Route {
+    fn from_object(route: &routes::GrpcRoute) -> Result<Self, ConvertError> {
+        service_route(route.clone().into())
+    }
+}
+
+/// A route of either kind, named, with at least one Service parent.
+fn service_route(mut route: routes::Route) -> Result<Route, ConvertError> {
+    let identity = with_identity(route.kind().name(), route.metadata_mut())?;
+    if !route
+        .parent_refs()
+        .iter()
+        .any(routes::ParentRef::is_service)
+    {
+        return Err(identity.ignored(IgnoreReason::NoServiceParent));
+    }
+    Ok(Route(route))
 }
 
 impl FromObject<routes::ReferenceGrant> for Grant {

@@ -3,7 +3,7 @@
 //! A file may hold several documents separated by `---` lines, and lists
 //! (`kind: List` with `items`, as `kubectl get -o yaml` prints). Kinds other
 //! than `v1` Service, Namespace, Node and Pod, `discovery.k8s.io/v1`
-//! EndpointSlice, and Gateway API HTTPRoute and ReferenceGrant are skipped
+//! EndpointSlice, and Gateway API HTTPRoute, GRPCRoute and ReferenceGrant are skipped
 //! without a word (but for those kinds under another version of their API
 //! group, and kinds a letter or two away from them), as are headless and
 //! ExternalName Services, FQDN slices, host-network Pods and routes without
@@ -24,7 +24,7 @@ use zerohop_routes::model as routes;
 
 use crate::convert::{FromObject, ObjectRef, DEFAULT_NAMESPACE};
 
-/// API versions of the Gateway API kinds read (HTTPRoute, ReferenceGrant).
+/// API versions of the Gateway API kinds read (HTTPRoute, GRPCRoute, ReferenceGrant).
 const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
 const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
 
@@ -39,7 +39,7 @@ pub enum Manifest {
     Namespace(model::Namespace),
     /// A Node (only its zone matters).
     Node(model::Node),
-    /// An HTTPRoute with a Service parent.
+    /// An HTTPRoute or GRPCRoute with a Service parent.
     Route(model::Route),
     /// A ReferenceGrant.
     Grant(model::Grant),
@@ -64,8 +64,8 @@ impl Manifest {
             }
             Manifest::Node(node) => ObjectRef::cluster_scoped("Node", &node.name),
             Manifest::Route(route) => {
-                let metadata = &route.0.metadata;
-                namespaced("HTTPRoute", &metadata.namespace, &metadata.name)
+                let metadata = route.0.metadata();
+                namespaced(route.0.kind().name(), &metadata.namespace, &metadata.name)
             }
             Manifest::Grant(grant) => {
                 let metadata = &grant.0.metadata;
@@ -97,10 +97,7 @@ impl Manifest {
             Manifest::EndpointSlice(slice) => view.delete_slice(&slice.id),
             Manifest::Namespace(namespace) => view.delete_namespace(&namespace.name),
             Manifest::Node(node) => view.delete_node(&node.name),
-            Manifest::Route(route) => view.delete_route(&(
-                route.0.metadata.namespace.clone(),
-                route.0.metadata.name.clone(),
-            )),
+            Manifest::Route(route) => view.delete_route(&route.key()),
             Manifest::Grant(grant) => view.delete_grant(&(
                 grant.0.metadata.namespace.clone(),
                 grant.0.metadata.name.clone(),
@@ -462,6 +459,9 @@ impl Parser<'_> {
             (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") => self
                 .convert::<routes::HttpRoute, _>("HTTPRoute", fields, document)
                 .map(Manifest::Route),
+            (GATEWAY_V1, "GRPCRoute") => self
+                .convert::<routes::GrpcRoute, _>("GRPCRoute", fields, document)
+                .map(Manifest::Route),
             (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => self
                 .convert::<routes::ReferenceGrant, _>("ReferenceGrant", fields, document)
                 .map(Manifest::Grant),
@@ -578,13 +578,14 @@ fn nested_deeper_than(text: &str, limit: usize) -> Option<usize> {
 }
 
 /// The kinds read, each with the apiVersions read.
-const READ: [(&str, &[&str]); 7] = [
+const READ: [(&str, &[&str]); 8] = [
     ("Service", &["v1"]),
     ("EndpointSlice", &["discovery.k8s.io/v1"]),
     ("Namespace", &["v1"]),
     ("Node", &["v1"]),
     ("Pod", &["v1"]),
     ("HTTPRoute", &[GATEWAY_V1, GATEWAY_V1BETA1]),
+    ("GRPCRoute", &[GATEWAY_V1]),
     ("ReferenceGrant", &[GATEWAY_V1, GATEWAY_V1BETA1]),
 ];
 

@@ -254,7 +254,7 @@ fn the_waypoint_learns_routes_ready_endpoints_and_this_nodes_clients() {
     let routes: Vec<&str> = config
         .routes
         .iter()
-        .map(|route| route.metadata.name.as_str())
+        .map(|route| route.metadata().name.as_str())
         .collect();
     assert_eq!(routes, ["web"], "routes of Gateways only are not read");
     let web_http = config

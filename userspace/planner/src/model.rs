@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
-use zerohop_routes::contract::UpstreamHttp;
+use zerohop_routes::{contract::UpstreamHttp, model::RouteKind};
 
 /// Namespace and name of a Service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -255,20 +255,33 @@ pub struct Node {
 }
 
 /// Namespace and name of a namespaced object other than a Service or slice
-/// (HTTPRoute, ReferenceGrant, Pod).
+/// (HTTPRoute, GRPCRoute, ReferenceGrant, Pod).
 pub type ObjectKey = (String, String);
 
-/// An HTTPRoute with at least one Service parent (the GAMMA pattern); routes
-/// of Gateways only are not zerohop's. Namespace defaulted, name present.
+/// An HTTPRoute or GRPCRoute with at least one Service parent (the GAMMA
+/// pattern); routes of Gateways only are not zerohop's. Namespace
+/// defaulted, name present.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route(pub zerohop_routes::model::HttpRoute);
+pub struct Route(pub zerohop_routes::model::Route);
+
+/// A route's kind, namespace and name: an HTTPRoute and a GRPCRoute may
+/// share a name.
+pub type RouteKey = (RouteKind, String, String);
 
 impl Route {
+    pub fn key(&self) -> RouteKey {
+        let metadata = self.0.metadata();
+        (
+            self.0.kind(),
+            metadata.namespace.clone(),
+            metadata.name.clone(),
+        )
+    }
+
     /// The Services it names as parents.
     pub fn parent_services(&self) -> impl Iterator<Item = ServiceId> + '_ {
         self.0
-            .spec
-            .parent_refs
+            .parent_refs()
             .iter()
             .filter(|parent| parent.is_service())
             .map(|parent| self.service_id(parent.namespace.as_ref(), &parent.name))
@@ -276,23 +289,10 @@ impl Route {
 
     /// Every Service it names: its parents, backends and mirror targets.
     pub fn referenced_services(&self) -> BTreeSet<ServiceId> {
-        let rules = &self.0.spec.rules;
-        let filters = rules.iter().flat_map(|rule| {
-            rule.filters.iter().chain(
-                rule.backend_refs
-                    .iter()
-                    .flat_map(|backend| backend.filters.iter()),
-            )
-        });
-        let targets = rules
-            .iter()
-            .flat_map(|rule| rule.backend_refs.iter().map(|backend| &backend.target))
-            .chain(filters.filter_map(|filter| {
-                filter
-                    .request_mirror
-                    .as_ref()
-                    .map(|mirror| &mirror.backend_ref)
-            }))
+        let targets = self
+            .0
+            .backend_targets()
+            .into_iter()
             .filter(|target| target.is_service())
             .map(|target| self.service_id(target.namespace.as_ref(), &target.name));
         self.parent_services().chain(targets).collect()
@@ -301,7 +301,7 @@ impl Route {
     /// A Service named from this route: its namespace defaults to the route's.
     fn service_id(&self, namespace: Option<&String>, name: &str) -> ServiceId {
         ServiceId::new(
-            namespace.unwrap_or(&self.0.metadata.namespace).as_str(),
+            namespace.unwrap_or(&self.0.metadata().namespace).as_str(),
             name,
         )
     }

@@ -558,6 +558,7 @@ mod tests {
         Endpoint, EndpointSlice, Namespace, Node, Route, ServicePort, SliceId, SlicePort,
         TrafficPolicy,
     };
+    use zerohop_routes::model::RouteKind;
 
     /// xorshift64*: a small deterministic generator, so a failure repeats.
     struct Rng(u64);
@@ -679,6 +680,7 @@ mod tests {
         let parent_namespace = *rng.pick(&NAMESPACES);
         let backend = *rng.pick(&NAMES);
         let route = serde_json::json!({
+            "kind": "HTTPRoute",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {
                 "parentRefs": [
@@ -715,7 +717,10 @@ mod tests {
                 });
             }
             10 => _ = view.apply_route(route(rng, namespace, name)),
-            _ => _ = view.delete_route(&(namespace.to_owned(), name.to_owned())),
+            _ => {
+                let key = (RouteKind::Http, namespace.to_owned(), name.to_owned());
+                _ = view.delete_route(&key);
+            }
         }
     }
 

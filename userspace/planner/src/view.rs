@@ -20,7 +20,8 @@ use std::sync::Arc;
 use imbl::{ordmap::DiffItem, ordset::DiffItem as SetDiff, OrdMap, OrdSet};
 
 use crate::model::{
-    EndpointSlice, Grant, Namespace, Node, ObjectKey, Pod, Route, Service, ServiceId, SliceId,
+    EndpointSlice, Grant, Namespace, Node, ObjectKey, Pod, Route, RouteKey, Service, ServiceId,
+    SliceId,
 };
 
 /// Every Service and EndpointSlice known, by id.
@@ -36,8 +37,8 @@ pub struct ClusterView {
     opted_out: OrdSet<String>,
     /// Zone of each known node.
     zones: OrdMap<String, Option<String>>,
-    /// HTTPRoutes with a Service parent.
-    routes: OrdMap<ObjectKey, Route>,
+    /// HTTPRoutes and GRPCRoutes with a Service parent.
+    routes: OrdMap<RouteKey, Route>,
     /// ReferenceGrants.
     grants: OrdMap<ObjectKey, Grant>,
     /// Pods (the sources read those of this node only).
@@ -141,17 +142,13 @@ impl ClusterView {
         self.zones.get(name).and_then(Option::as_deref)
     }
 
-    /// Adds or replaces an HTTPRoute. Returns whether the view changed.
+    /// Adds or replaces a route. Returns whether the view changed.
     pub fn apply_route(&mut self, route: Route) -> bool {
-        let key = (
-            route.0.metadata.namespace.clone(),
-            route.0.metadata.name.clone(),
-        );
-        upsert(&mut self.routes, key, route)
+        upsert(&mut self.routes, route.key(), route)
     }
 
-    /// Removes an HTTPRoute. Returns whether the view changed.
-    pub fn delete_route(&mut self, key: &ObjectKey) -> bool {
+    /// Removes a route. Returns whether the view changed.
+    pub fn delete_route(&mut self, key: &RouteKey) -> bool {
         self.routes.remove(key).is_some()
     }
 
@@ -180,8 +177,9 @@ impl ClusterView {
         self.pods.remove(key).is_some()
     }
 
-    /// Every HTTPRoute with a Service parent, by namespace and name.
-    pub fn routes(&self) -> &OrdMap<ObjectKey, Route> {
+    /// Every HTTPRoute and GRPCRoute with a Service parent, by kind,
+    /// namespace and name.
+    pub fn routes(&self) -> &OrdMap<RouteKey, Route> {
         &self.routes
     }
 

@@ -1,6 +1,6 @@
 //! What the node's waypoint needs to know, and which Services are L7.
 //!
-//! A Service with at least one accepted HTTPRoute (parentRef kind Service,
+//! A Service with at least one accepted HTTPRoute or GRPCRoute (parentRef kind Service,
 //! the GAMMA pattern) is an L7 Service: its connections go to the waypoint,
 //! which applies the routes. The waypoint gets a [`WaypointConfig`]: every
 //! route and grant (it resolves routes itself), the Services the routes
@@ -13,25 +13,37 @@ use std::collections::BTreeSet;
 
 use zerohop_routes::{
     contract::{Endpoint, ServiceEndpoints, ServiceInfo, WaypointConfig},
-    model::{HttpRoute, ReferenceGrant},
+    model::{ReferenceGrant, Route as RouteObject},
+    status::Inputs,
 };
 
 use crate::model::{Protocol, Route, ServiceId};
 use crate::plan::ready_targets;
 use crate::view::ClusterView;
 
-/// The ports of the view's Services with at least one accepted HTTPRoute
+/// The ports of the view's Services with at least one accepted route
 /// (a route whose parentRef names a port attaches to that port only),
 /// but those whose `appProtocol` is not HTTP ([`crate::model::ServicePort::http`]).
 pub fn l7_ports(view: &ClusterView) -> BTreeSet<(ServiceId, u16)> {
     let routes: Vec<&Route> = view.routes().values().collect();
     let referenced = referenced_services(routes.iter().copied());
     let (services, routes, grants) = route_inputs(view, routes.into_iter(), &referenced);
-    zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
+    zerohop_routes::status::l7_service_ports(&routes, acceptance(&services, &grants))
         .into_iter()
         .map(|(namespace, name, port)| (ServiceId::new(namespace, name), port))
         .filter(|(id, port)| speaks_http(view, id, *port))
         .collect()
+}
+
+/// What decides whether routes are accepted. Whether backends in other
+/// namespaces need grants does not: an unresolved backend leaves its route
+/// accepted.
+fn acceptance<'a>(services: &'a [ServiceInfo], grants: &'a [ReferenceGrant]) -> Inputs<'a> {
+    Inputs {
+        services,
+        grants,
+        require_reference_grants: false,
+    }
 }
 
 /// Whether TCP port `port` of Service `id` may be sent to the waypoint.
@@ -55,7 +67,7 @@ pub(crate) fn l7_ports_of(view: &ClusterView, id: &ServiceId) -> BTreeSet<u16> {
         .collect();
     let referenced = referenced_services(parent_of.iter().copied());
     let (services, routes, grants) = route_inputs(view, parent_of.into_iter(), &referenced);
-    zerohop_routes::status::l7_service_ports(&routes, &services, &grants)
+    zerohop_routes::status::l7_service_ports(&routes, acceptance(&services, &grants))
         .into_iter()
         .filter(|(namespace, name, port)| {
             *namespace == id.namespace && *name == id.name && speaks_http(view, id, *port)
@@ -66,6 +78,7 @@ pub(crate) fn l7_ports_of(view: &ClusterView, id: &ServiceId) -> BTreeSet<u16> {
 
 /// The waypoint's input for node `node`: the routes and grants, and the
 /// Services they name, with the ready endpoints of each of their ports.
+/// Grants are not required (the agent's flag may require them).
 pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
     let referenced = referenced_services(view.routes().values());
     let mut endpoints = Vec::new();
@@ -103,6 +116,7 @@ pub fn waypoint_config(view: &ClusterView, node: &str) -> WaypointConfig {
         services,
         routes,
         grants,
+        require_reference_grants: false,
         endpoints,
         clients,
     }
@@ -115,7 +129,7 @@ fn route_inputs<'a>(
     view: &ClusterView,
     routes: impl Iterator<Item = &'a Route>,
     referenced: &BTreeSet<ServiceId>,
-) -> (Vec<ServiceInfo>, Vec<HttpRoute>, Vec<ReferenceGrant>) {
+) -> (Vec<ServiceInfo>, Vec<RouteObject>, Vec<ReferenceGrant>) {
     let services = referenced
         .iter()
         .filter_map(|id| view.services().get(id))

@@ -21,6 +21,9 @@ pub mod reason {
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
     pub const INVALID_KIND: &str = "InvalidKind";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    /// zerohop's own: an HTTPRoute and a GRPCRoute compete for a Service,
+    /// and the other kind's older route holds it.
+    pub const CONFLICTED: &str = "Conflicted";
 }
 
 /// One status condition.

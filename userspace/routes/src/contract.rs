@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{HttpRoute, ReferenceGrant};
+use crate::model::{ReferenceGrant, Route};
 
 /// Where the agent writes, and the waypoint reads, [`WaypointConfig`] unless
 /// told otherwise (`zerohop agent --waypoint-config`, `zerohop-waypoint --config`).
@@ -35,10 +35,16 @@ pub fn parse_mark(text: &str) -> Result<u32, String> {
 pub struct WaypointConfig {
     /// Every Service (not only L7 ones): parents and backends resolve against it.
     pub services: Vec<ServiceInfo>,
-    /// Every HTTPRoute with a Service parent, as read (invalid ones included:
-    /// the router applies the spec's rules for them).
-    pub routes: Vec<HttpRoute>,
+    /// Every HTTPRoute and GRPCRoute with a Service parent, as read
+    /// (invalid ones included: the router applies the spec's rules for
+    /// them).
+    pub routes: Vec<Route>,
     pub grants: Vec<ReferenceGrant>,
+    /// A backendRef to a Service in another namespace needs a
+    /// ReferenceGrant there. Off by default: mesh routes need none
+    /// (GEP-1294).
+    #[serde(default)]
+    pub require_reference_grants: bool,
     /// Ready endpoints of each Service port.
     pub endpoints: Vec<ServiceEndpoints>,
     /// Namespace of each pod IP on this node (the waypoint's possible clients).

@@ -1,12 +1,143 @@
-//! The HTTPRoute (`gateway.networking.k8s.io/v1`) and ReferenceGrant
-//! (`gateway.networking.k8s.io/v1beta1`) fields zerohop reads, deserialized
-//! straight from the objects' JSON (camelCase, as the API serves them).
-//! Fields zerohop does not read are ignored; defaults are the spec's.
+//! The HTTPRoute and GRPCRoute (`gateway.networking.k8s.io/v1`) and
+//! ReferenceGrant (`gateway.networking.k8s.io/v1beta1`) fields zerohop
+//! reads, deserialized straight from the objects' JSON (camelCase, as the
+//! API serves them). Fields zerohop does not read are ignored; defaults are
+//! the spec's.
 
 use serde::{Deserialize, Serialize};
 
-/// API group of both kinds.
+/// API group of the Gateway API kinds.
 pub const GROUP: &str = "gateway.networking.k8s.io";
+
+/// A route of either kind zerohop serves, tagged by its `kind` as the API
+/// serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "kind")]
+pub enum Route {
+    #[serde(rename = "HTTPRoute")]
+    Http(HttpRoute),
+    #[serde(rename = "GRPCRoute")]
+    Grpc(GrpcRoute),
+}
+
+/// The kind of a [`Route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    pub const ALL: [RouteKind; 2] = [RouteKind::Http, RouteKind::Grpc];
+
+    /// The kind's name, as objects and ReferenceGrants spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+
+    /// The kind's resource (plural) name in the API.
+    pub fn plural(self) -> &'static str {
+        match self {
+            RouteKind::Http => "httproutes",
+            RouteKind::Grpc => "grpcroutes",
+        }
+    }
+}
+
+impl Route {
+    pub fn kind(&self) -> RouteKind {
+        match self {
+            Route::Http(_) => RouteKind::Http,
+            Route::Grpc(_) => RouteKind::Grpc,
+        }
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            Route::Http(route) => &route.metadata,
+            Route::Grpc(route) => &route.metadata,
+        }
+    }
+
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        match self {
+            Route::Http(route) => &mut route.metadata,
+            Route::Grpc(route) => &mut route.metadata,
+        }
+    }
+
+    pub fn parent_refs(&self) -> &[ParentRef] {
+        match self {
+            Route::Http(route) => &route.spec.parent_refs,
+            Route::Grpc(route) => &route.spec.parent_refs,
+        }
+    }
+
+    /// Every backendRef of every rule, mirrors' included.
+    pub fn backend_targets(&self) -> Vec<&ObjectRef> {
+        let (filters, backends): (Vec<&Filter>, Vec<&BackendRef>) = match self {
+            Route::Http(route) => (
+                route.spec.rules.iter().flat_map(|r| &r.filters).collect(),
+                route
+                    .spec
+                    .rules
+                    .iter()
+                    .flat_map(|r| &r.backend_refs)
+                    .collect(),
+            ),
+            Route::Grpc(route) => (
+                route.spec.rules.iter().flat_map(|r| &r.filters).collect(),
+                route
+                    .spec
+                    .rules
+                    .iter()
+                    .flat_map(|r| &r.backend_refs)
+                    .collect(),
+            ),
+        };
+        let backend_filters = backends.iter().flat_map(|b| &b.filters);
+        let mirrors = filters
+            .into_iter()
+            .chain(backend_filters)
+            .filter_map(|f| f.request_mirror.as_ref())
+            .map(|m| &m.backend_ref);
+        backends.iter().map(|b| &b.target).chain(mirrors).collect()
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        let metadata = self.metadata();
+        format!("{}/{}", metadata.namespace, metadata.name)
+    }
+
+    /// Where the route goes among routes of equal precedence.
+    pub fn seniority(&self) -> Seniority {
+        let timestamp = self.metadata().creation_timestamp.clone();
+        Seniority(timestamp.is_none(), timestamp, self.key())
+    }
+}
+
+/// The spec's order of routes of equal precedence (HTTPRouteRule and
+/// GRPCRouteRule matches): the oldest first (RFC 3339 UTC timestamps sort
+/// as strings; a route without one goes last), then `namespace/name` in
+/// alphabetical order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seniority(bool, Option<String>, String);
+
+impl From<HttpRoute> for Route {
+    fn from(route: HttpRoute) -> Route {
+        Route::Http(route)
+    }
+}
+
+impl From<GrpcRoute> for Route {
+    fn from(route: GrpcRoute) -> Route {
+        Route::Grpc(route)
+    }
+}
 
 /// An HTTPRoute.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -271,11 +402,63 @@ pub struct Timeouts {
     pub backend_request: Option<String>,
 }
 
-impl HttpRoute {
-    /// `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.metadata.namespace, self.metadata.name)
-    }
+/// A GRPCRoute.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRoute {
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: GrpcRouteSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GrpcRule>,
+}
+
+/// A GRPCRoute rule: HTTPRoute's filters and backendRefs (GRPCRoute allows
+/// fewer filter types), gRPC matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Empty matches every gRPC request.
+    #[serde(default)]
+    pub matches: Vec<GrpcMatch>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcMatch {
+    /// Left out, every service and method matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<GrpcMethodMatch>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A gRPC service and/or method; at least one is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcMethodMatch {
+    /// `Exact` (default) or `RegularExpression`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 /// A ReferenceGrant: lets routes in `from` namespaces refer to Services in
@@ -357,7 +540,7 @@ mod tests {
     #[test]
     fn an_http_route_round_trips_through_json() {
         let route: HttpRoute = serde_json::from_str(HTTP_ROUTE).unwrap();
-        assert_eq!(route.key(), "faces/smiley-route");
+        assert_eq!(route.metadata.name, "smiley-route");
         assert_eq!(route.metadata.generation, Some(3));
         assert!(route.spec.parent_refs[0].is_service());
         let rule = &route.spec.rules[0];
@@ -403,6 +586,50 @@ mod tests {
             "/"
         );
         assert_eq!(serde_json::from_value::<HttpRoute>(json).unwrap(), route);
+    }
+
+    #[test]
+    fn routes_of_both_kinds_read_by_their_kind() {
+        // The Gateway API mesh conformance GRPCRoute, as the API serves it.
+        let grpc = r#"{
+          "apiVersion": "gateway.networking.k8s.io/v1",
+          "kind": "GRPCRoute",
+          "metadata": {"name": "mesh-grpc-weighted-backends", "namespace": "gateway-conformance-mesh"},
+          "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 7070}],
+            "rules": [{
+              "matches": [{"method": {"service": "grpc.health.v1.Health", "method": "Check"},
+                           "headers": [{"name": "x-version", "value": "2"}]}],
+              "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-via", "value": "zerohop"}]}}],
+              "backendRefs": [{"name": "echo-v1", "port": 7070, "weight": 70}, {"name": "echo-v2", "port": 7070, "weight": 30}]
+            }]
+          }
+        }"#;
+        let route: Route = serde_json::from_str(grpc).unwrap();
+        assert_eq!(route.kind(), RouteKind::Grpc);
+        assert_eq!(
+            route.key(),
+            "gateway-conformance-mesh/mesh-grpc-weighted-backends"
+        );
+        let Route::Grpc(grpc_route) = &route else {
+            panic!("a GRPCRoute")
+        };
+        let method = grpc_route.spec.rules[0].matches[0].method.as_ref().unwrap();
+        assert_eq!(method.service.as_deref(), Some("grpc.health.v1.Health"));
+        assert_eq!(route.backend_targets().len(), 2);
+        let json = serde_json::to_value(&route).unwrap();
+        assert_eq!(json["kind"], "GRPCRoute");
+        assert_eq!(serde_json::from_value::<Route>(json).unwrap(), route);
+
+        let http: Route = serde_json::from_str(HTTP_ROUTE).unwrap();
+        assert_eq!(http.kind(), RouteKind::Http);
+        let targets: Vec<&str> = http
+            .backend_targets()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(targets, ["smiley", "smiley2", "smiley-shadow"]);
+        assert!(serde_json::from_str::<Route>(r#"{"kind": "TCPRoute", "metadata": {}}"#).is_err());
     }
 
     #[test]

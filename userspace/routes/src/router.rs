@@ -21,10 +21,10 @@ use crate::{
     filters::{
         apply_header_modifier, host_without_port, merge_header_modifiers, rewrite_path, Location,
     },
-    model::{HeaderModifier, HttpRoute, RequestRedirect},
+    model::{HeaderModifier, RequestRedirect, Route, Seniority},
     request::RequestHead,
     rules::{Action, Cluster, CompiledMatch, CompiledRule, ServicePort, Specificity},
-    status::{assess, parent_ports},
+    status::{assess, parent_ports, Claims, Inputs},
 };
 
 /// What to do with one request.
@@ -118,21 +118,9 @@ pub struct Router {
 struct CompiledRoute {
     /// `namespace/name`.
     key: String,
-    creation_timestamp: Option<String>,
+    /// Breaks ties of equal precedence across routes.
+    seniority: Seniority,
     rules: Vec<CompiledRule>,
-}
-
-impl CompiledRoute {
-    /// Spec (HTTPRouteRule matches), ties across routes: the oldest route
-    /// first (RFC 3339 UTC timestamps sort as strings; a route without one
-    /// goes last), then `namespace/name` in alphabetical order.
-    fn tie_break(&self) -> (bool, Option<&str>, &str) {
-        (
-            self.creation_timestamp.is_none(),
-            self.creation_timestamp.as_deref(),
-            &self.key,
-        )
-    }
 }
 
 /// The routes attached to one Service port.
@@ -186,10 +174,13 @@ impl Router {
     /// Compiles a config; invalid routes and rules are handled as the spec
     /// prescribes (see the status module).
     pub fn new(config: &WaypointConfig) -> Router {
-        let cluster = Cluster {
+        let cluster = Inputs {
             services: &config.services,
             grants: &config.grants,
-        };
+            require_reference_grants: config.require_reference_grants,
+        }
+        .cluster();
+        let claims = Claims::new(&config.routes);
         let mut router = Router {
             clients: config
                 .clients
@@ -209,7 +200,7 @@ impl Router {
             backends.endpoints.extend(&set.endpoints);
         }
         for route in &config.routes {
-            router.attach(route, &cluster);
+            router.attach(route, &cluster, &claims);
         }
         let routes = &router.routes;
         for table in router.tables.values_mut() {
@@ -217,7 +208,7 @@ impl Router {
                 let key = |e: &TableEntry| {
                     (
                         Reverse(e.specificity),
-                        routes[e.route].tie_break(),
+                        &routes[e.route].seniority,
                         e.rule,
                         e.matched,
                     )
@@ -230,14 +221,14 @@ impl Router {
 
     /// Adds the valid rules of `route` to the tables of the Service ports
     /// that accept it.
-    fn attach(&mut self, route: &HttpRoute, cluster: &Cluster) {
-        let (evaluation, rules) = assess(route, cluster);
+    fn attach(&mut self, route: &Route, cluster: &Cluster, claims: &Claims) {
+        let (evaluation, rules) = assess(route, cluster, claims);
         let index = self.routes.len();
         for parent in evaluation.parents.iter().filter(|p| p.is_accepted()) {
             let service = cluster
                 .service(&parent.namespace, &parent.name)
                 .expect("an accepted parent exists");
-            let consumer_namespace = parent.consumer.then(|| route.metadata.namespace.clone());
+            let consumer_namespace = parent.consumer.then(|| route.metadata().namespace.clone());
             for port in parent_ports(&parent.parent_ref, service) {
                 let key = ServicePort {
                     namespace: parent.namespace.clone(),
@@ -273,7 +264,7 @@ impl Router {
         }
         self.routes.push(CompiledRoute {
             key: route.key(),
-            creation_timestamp: route.metadata.creation_timestamp.clone(),
+            seniority: route.seniority(),
             rules,
         });
     }
@@ -360,7 +351,7 @@ impl Router {
             .find(|e| self.routes[e.route].rules[e.rule].matches[e.matched].matches(request));
         match chosen {
             Some(entry) => self.apply_rule(entry, destination, request, dice),
-            None => respond(404, format!("no HTTPRoute rule of {service} matches")),
+            None => respond(404, format!("no route rule of {service} matches")),
         }
     }
 
@@ -620,7 +611,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{model::ReferenceGrant, testing::*};
+    use crate::{
+        model::{HttpRoute, ReferenceGrant},
+        testing::*,
+    };
 
     const WEB: &str = "10.0.0.10:80";
     const V1_POD: &str = "10.2.0.1:8080";
@@ -633,7 +627,7 @@ mod tests {
     const TEAM_B_CLIENT: &str = "10.1.0.3";
     const UNKNOWN_CLIENT: &str = "10.9.9.9";
 
-    fn config(routes: Vec<HttpRoute>, grants: Vec<ReferenceGrant>) -> WaypointConfig {
+    fn config<R: Into<Route>>(routes: Vec<R>, grants: Vec<ReferenceGrant>) -> WaypointConfig {
         WaypointConfig {
             services: vec![
                 service("shop", "web", "10.0.0.10", &[80, 8080]),
@@ -643,8 +637,9 @@ mod tests {
                 service("shop", "empty", "10.0.0.14", &[80]),
                 service("other", "ext", "10.0.0.20", &[80]),
             ],
-            routes,
+            routes: routes.into_iter().map(Into::into).collect(),
             grants,
+            require_reference_grants: false,
             endpoints: vec![
                 endpoints("shop", "web", 80, &[("10.2.0.3:80", true)]),
                 endpoints("shop", "v1", 80, &[(V1_POD, true)]),
@@ -663,7 +658,7 @@ mod tests {
         }
     }
 
-    fn router(routes: Vec<HttpRoute>) -> Router {
+    fn router<R: Into<Route>>(routes: Vec<R>) -> Router {
         Router::new(&config(routes, Vec::new()))
     }
 
@@ -716,6 +711,77 @@ mod tests {
     #[track_caller]
     fn status(decision: Decision) -> u16 {
         response(decision).status
+    }
+
+    fn grpc_call(router: &Router, path: &str, headers: &[(&str, &str)]) -> Decision {
+        let mut all = vec![("content-type", "application/grpc")];
+        all.extend_from_slice(headers);
+        decide(router, SHOP_CLIENT, &request("POST", path, &all))
+    }
+
+    #[test]
+    fn grpc_routes_pick_rules_by_service_method_and_headers() {
+        let router = router(vec![service_grpc_route(
+            "shop",
+            "grpc",
+            "web",
+            json!([
+                {"matches": [{"method": {"service": "pkg.Echo"}}], "backendRefs": to("v1")},
+                {"matches": [{"method": {"service": "pkg.Echo", "method": "Say"}}], "backendRefs": to("v2")},
+                {"matches": [{"method": {"service": "pkg.Echo"}, "headers": [{"name": "x-canary", "value": "1"}]}],
+                 "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x-seen", "value": "canary"}]}},
+                             {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-route", "value": "canary"}]}}],
+                 "backendRefs": to("mirror")}
+            ]),
+        )]);
+        assert_eq!(
+            upstream(grpc_call(&router, "/pkg.Echo/Say", &[])),
+            addr(V2_POD)
+        );
+        assert_eq!(
+            upstream(grpc_call(&router, "/pkg.Echo/Other", &[])),
+            addr(V1_POD)
+        );
+        let canary = forward(grpc_call(&router, "/pkg.Echo/Other", &[("x-canary", "1")]));
+        assert_eq!(canary.upstream.addr, addr(MIRROR_POD));
+        assert_eq!(canary.request_headers["x-seen"], "canary");
+        assert_eq!(canary.response_headers.set[0].value, "canary");
+        assert_eq!(canary.path_and_query, "/pkg.Echo/Other");
+        assert_eq!(
+            upstream(grpc_call(&router, "/pkg.Echo/Say", &[("x-canary", "1")])),
+            addr(V2_POD),
+            "service and method before headers"
+        );
+        assert_eq!(status(grpc_call(&router, "/pkg.Other/Say", &[])), 404);
+    }
+
+    #[test]
+    fn grpc_route_weights_split_calls() {
+        let router = router(vec![service_grpc_route(
+            "shop",
+            "grpc",
+            "web",
+            json!([{"backendRefs": [
+                {"name": "v1", "port": 80, "weight": 70},
+                {"name": "v2", "port": 80, "weight": 30},
+                {"name": "mirror", "port": 80, "weight": 0}
+            ]}]),
+        )]);
+        let with_roll = |roll| {
+            upstream(router.decide(
+                addr(WEB),
+                ip(SHOP_CLIENT),
+                &request("POST", "/pkg.Echo/Say", &[]),
+                &mut |total| {
+                    assert_eq!(total, 100);
+                    roll
+                },
+            ))
+        };
+        assert_eq!(with_roll(0), addr(V1_POD));
+        assert_eq!(with_roll(69), addr(V1_POD));
+        assert_eq!(with_roll(70), addr(V2_POD));
+        assert_eq!(with_roll(99), addr(V2_POD));
     }
 
     #[test]
@@ -1114,14 +1180,15 @@ mod tests {
             json!([{"filters": [
             {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "mirror", "port": 80}}},
             {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "ext", "namespace": "other", "port": 80}}},
+            {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "gone", "port": 80}}},
         ], "backendRefs": to("v1")}]),
         )]);
         let forward = forward(get(&router, "/"));
         assert_eq!(forward.upstream.addr, addr(V1_POD));
         assert_eq!(
             forward.mirrors.iter().map(|m| m.addr).collect::<Vec<_>>(),
-            vec![addr(MIRROR_POD)],
-            "the cross-namespace mirror has no ReferenceGrant"
+            vec![addr(MIRROR_POD), addr(EXT_POD)],
+            "the missing Service is not mirrored to"
         );
     }
 
@@ -1332,7 +1399,7 @@ mod tests {
             "web",
             json!([{"backendRefs": [
                 {"name": "v1", "port": 80},
-                {"name": "ext", "namespace": "other", "port": 80},
+                {"name": "gone", "port": 80},
             ]}]),
         )]);
         let with_roll = |roll| {
@@ -1347,7 +1414,7 @@ mod tests {
         let refused = response(with_roll(1));
         assert_eq!(refused.status, 500);
         assert!(
-            refused.reason.contains("ReferenceGrant"),
+            refused.reason.contains("shop/gone does not exist"),
             "{}",
             refused.reason
         );
@@ -1359,20 +1426,22 @@ mod tests {
             "web",
             json!([{"backendRefs": [{"name": "ext", "namespace": "other", "port": 80}]}]),
         );
-        let grant_for = |name| {
-            Router::new(&config(
-                vec![route.clone()],
-                vec![grant("other", "shop", name)],
-            ))
+        let required = |grants| {
+            let mut config = config(vec![route.clone()], grants);
+            config.require_reference_grants = true;
+            Router::new(&config)
         };
+        let grant_for = |name| required(vec![grant("other", "shop", name)]);
         assert_eq!(upstream(get(&grant_for(None), "/")), addr(EXT_POD));
         assert_eq!(upstream(get(&grant_for(Some("ext")), "/")), addr(EXT_POD));
         assert_eq!(status(get(&grant_for(Some("another")), "/")), 500);
-        let wrong_way = Router::new(&config(
-            vec![route.clone()],
-            vec![grant("shop", "other", None)],
-        ));
+        let wrong_way = required(vec![grant("shop", "other", None)]);
         assert_eq!(status(get(&wrong_way, "/")), 500);
+        assert_eq!(
+            upstream(get(&router(vec![route]), "/")),
+            addr(EXT_POD),
+            "without required grants, none is needed (GEP-1294)"
+        );
     }
 
     #[test]

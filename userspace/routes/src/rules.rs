@@ -13,9 +13,9 @@ use crate::{
     duration::parse_duration,
     filters::{has_path_prefix, REPLACE_FULL_PATH, REPLACE_PREFIX_MATCH},
     model::{
-        is_core_group, BackendRef, Filter, HeaderMatch, HeaderModifier, HttpRoute, Match,
-        ObjectRef, PathModifier, ReferenceGrant, RequestRedirect, Rule, UrlRewrite, GROUP,
-        SERVICE_KIND,
+        is_core_group, BackendRef, Filter, GrpcMatch, GrpcRule, HeaderMatch, HeaderModifier, Match,
+        ObjectRef, PathModifier, ReferenceGrant, RequestRedirect, Route, RouteKind, Rule,
+        UrlRewrite, GROUP, SERVICE_KIND,
     },
     request::RequestHead,
 };
@@ -56,6 +56,16 @@ impl fmt::Display for ServicePort {
 pub(crate) struct Cluster<'a> {
     pub services: &'a [ServiceInfo],
     pub grants: &'a [ReferenceGrant],
+    /// Backends in another namespace need a ReferenceGrant (see
+    /// [`crate::contract::WaypointConfig::require_reference_grants`]).
+    pub require_grants: bool,
+}
+
+/// The route a reference is made from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Referrer<'a> {
+    pub kind: RouteKind,
+    pub namespace: &'a str,
 }
 
 impl Cluster<'_> {
@@ -65,17 +75,20 @@ impl Cluster<'_> {
             .find(|s| s.namespace == namespace && s.name == name)
     }
 
-    /// A backendRef (or mirror backendRef) of a route in `route_namespace`.
-    /// Spec (HTTPBackendRef): an unsupported kind is `InvalidKind`, a
-    /// cross-namespace reference without a ReferenceGrant `RefNotPermitted`,
-    /// a missing Service `BackendNotFound`; a Service reference needs a port
+    /// A backendRef (or mirror backendRef) of a route. Spec (HTTPBackendRef,
+    /// GRPCBackendRef): an unsupported kind is `InvalidKind`, a missing
+    /// Service `BackendNotFound`; a Service reference needs a port
     /// (BackendObjectReference), so a missing or unknown port is treated as
-    /// a missing backend.
+    /// a missing backend. A Service in another namespace needs no
+    /// ReferenceGrant (GEP-1294: mesh routes augment Services rather than
+    /// expose them), unless the operator requires grants: then, without
+    /// one, `RefNotPermitted`.
     pub fn resolve_backend(
         &self,
-        route_namespace: &str,
+        from: Referrer,
         target: &ObjectRef,
     ) -> Result<ServicePort, RuleProblem> {
+        let route_namespace = from.namespace;
         if !target.is_service() {
             return Err(RuleProblem::new(
                 reason::INVALID_KIND,
@@ -88,10 +101,14 @@ impl Cluster<'_> {
         }
         let namespace = target.namespace.as_deref().unwrap_or(route_namespace);
         let name = &target.name;
-        if namespace != route_namespace && !self.grant_allows(route_namespace, namespace, name) {
+        if self.require_grants
+            && namespace != route_namespace
+            && !self.grant_allows(from, namespace, name)
+        {
+            let kind = from.kind.name();
             return Err(RuleProblem::new(
                 reason::REF_NOT_PERMITTED,
-                format!("backend Service {namespace}/{name}: no ReferenceGrant in {namespace} allows HTTPRoutes from {route_namespace}"),
+                format!("backend Service {namespace}/{name}: no ReferenceGrant in {namespace} allows {kind}s from {route_namespace}"),
             ));
         }
         let Some(service) = self.service(namespace, name) else {
@@ -124,15 +141,15 @@ impl Cluster<'_> {
         })
     }
 
-    /// A ReferenceGrant in `to_namespace` lets HTTPRoutes from
-    /// `from_namespace` refer to the Service `name` (or to every Service).
-    fn grant_allows(&self, from_namespace: &str, to_namespace: &str, name: &str) -> bool {
+    /// A ReferenceGrant in `to_namespace` lets routes of `from`'s kind and
+    /// namespace refer to the Service `name` (or to every Service).
+    fn grant_allows(&self, from: Referrer, to_namespace: &str, name: &str) -> bool {
         self.grants
             .iter()
             .filter(|g| g.metadata.namespace == to_namespace)
             .any(|grant| {
                 let from = grant.spec.from.iter().any(|f| {
-                    f.group == GROUP && f.kind == "HTTPRoute" && f.namespace == from_namespace
+                    f.group == GROUP && f.kind == from.kind.name() && f.namespace == from.namespace
                 });
                 let to = grant.spec.to.iter().any(|t| {
                     is_core_group(&t.group)
@@ -145,17 +162,28 @@ impl Cluster<'_> {
 }
 
 /// Precedence of a match, most specific first once sorted in reverse.
-/// Spec (HTTPRouteRule matches): Exact path, then the longest prefix (for
-/// zerohop also the longest regular expression, whose precedence the spec
-/// leaves to implementations), then a method match, then the most header
-/// matches, then the most query param matches.
+/// HTTPRoutes and GRPCRoutes are never merged on one parent (the status
+/// module accepts one kind), so the two kinds are never compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Specificity {
-    exact_path: bool,
-    path_chars: usize,
-    method: bool,
-    headers: usize,
-    query_params: usize,
+pub(crate) enum Specificity {
+    /// Spec (HTTPRouteRule matches): Exact path, then the longest prefix
+    /// (for zerohop also the longest regular expression, whose precedence
+    /// the spec leaves to implementations), then a method match, then the
+    /// most header matches, then the most query param matches.
+    Http {
+        exact_path: bool,
+        path_chars: usize,
+        method: bool,
+        headers: usize,
+        query_params: usize,
+    },
+    /// Spec (GRPCRouteRule matches): the most characters in the matching
+    /// service, then in the method, then the most header matches.
+    Grpc {
+        service_chars: usize,
+        method_chars: usize,
+        headers: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -187,24 +215,20 @@ struct NamedMatcher {
     value: ValueMatcher,
 }
 
+/// A match of either kind: a gRPC service and method match is a match
+/// on the request path, `/service/method`.
 #[derive(Debug)]
 pub(crate) struct CompiledMatch {
     path: PathMatcher,
-    path_chars: usize,
     method: Option<String>,
     headers: Vec<NamedMatcher>,
     query_params: Vec<NamedMatcher>,
+    specificity: Specificity,
 }
 
 impl CompiledMatch {
     pub fn specificity(&self) -> Specificity {
-        Specificity {
-            exact_path: matches!(self.path, PathMatcher::Exact(_)),
-            path_chars: self.path_chars,
-            method: self.method.is_some(),
-            headers: self.headers.len(),
-            query_params: self.query_params.len(),
-        }
+        self.specificity
     }
 
     /// The PathPrefix value, for ReplacePrefixMatch.
@@ -348,13 +372,25 @@ impl CompiledRule {
 /// Spec (HTTPRouteRule filters, RouteConditionPartiallyInvalid): an invalid
 /// rule is dropped; the route stays accepted while one rule is valid.
 pub(crate) fn compile_rules(
-    route: &HttpRoute,
+    route: &Route,
     cluster: &Cluster,
 ) -> (Vec<CompiledRule>, Vec<(usize, RuleProblem)>) {
+    let from = Referrer {
+        kind: route.kind(),
+        namespace: &route.metadata().namespace,
+    };
+    let compiled: Vec<Result<CompiledRule, RuleProblem>> = match route {
+        Route::Http(route) => (route.spec.rules.iter().enumerate())
+            .map(|(index, rule)| compile_rule(from, index, rule, cluster))
+            .collect(),
+        Route::Grpc(route) => (route.spec.rules.iter().enumerate())
+            .map(|(index, rule)| compile_grpc_rule(from, index, rule, cluster))
+            .collect(),
+    };
     let mut valid = Vec::new();
     let mut dropped = Vec::new();
-    for (index, rule) in route.spec.rules.iter().enumerate() {
-        match compile_rule(&route.metadata.namespace, index, rule, cluster) {
+    for (index, rule) in compiled.into_iter().enumerate() {
+        match rule {
             Ok(compiled) => valid.push(compiled),
             Err(problem) => dropped.push((index, problem)),
         }
@@ -363,7 +399,7 @@ pub(crate) fn compile_rules(
 }
 
 fn compile_rule(
-    route_namespace: &str,
+    from: Referrer,
     index: usize,
     rule: &Rule,
     cluster: &Cluster,
@@ -376,12 +412,8 @@ fn compile_rule(
             .map(compile_match)
             .collect::<Result<_, _>>()?
     };
-    let filters = compile_filters(route_namespace, &rule.filters, cluster)?;
-    let backends = rule
-        .backend_refs
-        .iter()
-        .map(|backend| compile_backend(route_namespace, backend, cluster))
-        .collect::<Result<Vec<_>, _>>()?;
+    let filters = compile_filters(from, &rule.filters, cluster)?;
+    let backends = compile_backends(from, &rule.backend_refs, cluster)?;
     check_filter_combination(&filters, !backends.is_empty())?;
     for backend in &backends {
         check_filter_combination(&backend.filters, false)?;
@@ -401,26 +433,79 @@ fn compile_rule(
     })
 }
 
-fn compile_backend(
-    route_namespace: &str,
-    backend: &BackendRef,
+/// Spec (GRPCRouteRule): no matches match every gRPC request; the filter
+/// types are HTTPRoute's header modifiers, RequestMirror and ExtensionRef;
+/// there are no timeouts.
+fn compile_grpc_rule(
+    from: Referrer,
+    index: usize,
+    rule: &GrpcRule,
     cluster: &Cluster,
-) -> Result<CompiledBackend, RuleProblem> {
-    Ok(CompiledBackend {
-        weight: backend.weight.unwrap_or(1),
-        target: cluster.resolve_backend(route_namespace, &backend.target),
-        filters: compile_filters(route_namespace, &backend.filters, cluster)?,
+) -> Result<CompiledRule, RuleProblem> {
+    let matches = if rule.matches.is_empty() {
+        vec![compile_grpc_match(&GrpcMatch::default())?]
+    } else {
+        rule.matches
+            .iter()
+            .map(compile_grpc_match)
+            .collect::<Result<_, _>>()?
+    };
+    let all_filters = rule
+        .filters
+        .iter()
+        .chain(rule.backend_refs.iter().flat_map(|b| &b.filters));
+    if let Some(filter) = all_filters
+        .into_iter()
+        .find(|f| !GRPC_FILTERS.contains(&f.kind.as_str()))
+    {
+        return Err(RuleProblem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("filter type {:?} is not a GRPCRoute filter", filter.kind),
+        ));
+    }
+    Ok(CompiledRule {
+        index,
+        matches,
+        filters: compile_filters(from, &rule.filters, cluster)?,
+        backends: compile_backends(from, &rule.backend_refs, cluster)?,
+        request_timeout: None,
+        backend_timeout: None,
     })
 }
 
+/// The filter types a GRPCRoute may have.
+const GRPC_FILTERS: [&str; 4] = [
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+    "ExtensionRef",
+];
+
+fn compile_backends(
+    from: Referrer,
+    backends: &[BackendRef],
+    cluster: &Cluster,
+) -> Result<Vec<CompiledBackend>, RuleProblem> {
+    backends
+        .iter()
+        .map(|backend| {
+            Ok(CompiledBackend {
+                weight: backend.weight.unwrap_or(1),
+                target: cluster.resolve_backend(from, &backend.target),
+                filters: compile_filters(from, &backend.filters, cluster)?,
+            })
+        })
+        .collect()
+}
+
 fn compile_filters(
-    route_namespace: &str,
+    from: Referrer,
     filters: &[Filter],
     cluster: &Cluster,
 ) -> Result<Vec<Action>, RuleProblem> {
     filters
         .iter()
-        .map(|f| compile_filter(route_namespace, f, cluster))
+        .map(|f| compile_filter(from, f, cluster))
         .collect()
 }
 
@@ -456,7 +541,13 @@ fn compile_match(m: &Match) -> Result<CompiledMatch, RuleProblem> {
             format!("path {value:?} does not start with /"),
         ));
     }
-    let path_chars = value.chars().count();
+    let specificity = Specificity::Http {
+        exact_path: kind == "Exact",
+        path_chars: value.chars().count(),
+        method: m.method.is_some(),
+        headers: count_names(&m.headers, str::to_ascii_lowercase),
+        query_params: count_names(&m.query_params, str::to_owned),
+    };
     let path = match kind {
         "Exact" => PathMatcher::Exact(value),
         "PathPrefix" => PathMatcher::Prefix(value),
@@ -476,11 +567,88 @@ fn compile_match(m: &Match) -> Result<CompiledMatch, RuleProblem> {
     }
     Ok(CompiledMatch {
         path,
-        path_chars,
         method: m.method.clone(),
         headers: compile_named_matches("header", &m.headers, str::to_ascii_lowercase)?,
         query_params: compile_named_matches("query param", &m.query_params, str::to_owned)?,
+        specificity,
     })
+}
+
+/// A gRPC call is a request for the path `/service/method` (service with
+/// its package: `pkg.Service`). Spec (GRPCMethodMatch): at least one of
+/// service and method is set; an Exact one may not contain `/`; an unset
+/// one matches anything. Regular expressions use the `regex` crate syntax
+/// and match the whole service or method.
+fn compile_grpc_match(m: &GrpcMatch) -> Result<CompiledMatch, RuleProblem> {
+    let unsupported = |message: String| RuleProblem::new(reason::UNSUPPORTED_VALUE, message);
+    let method_match = m.method.clone().unwrap_or_default();
+    let service = method_match.service.filter(|s| !s.is_empty());
+    let method = method_match.method.filter(|s| !s.is_empty());
+    if m.method.is_some() && service.is_none() && method.is_none() {
+        return Err(unsupported(
+            "a gRPC method match needs a service or a method".into(),
+        ));
+    }
+    let path = match method_match.kind.as_deref().unwrap_or("Exact") {
+        "Exact" => {
+            if let Some(bad) = [&service, &method]
+                .into_iter()
+                .flatten()
+                .find(|v| v.contains('/'))
+            {
+                return Err(unsupported(format!(
+                    "Exact gRPC service or method {bad:?} contains /"
+                )));
+            }
+            match (&service, &method) {
+                (Some(service), Some(method)) => PathMatcher::Exact(format!("/{service}/{method}")),
+                (Some(service), None) => PathMatcher::Prefix(format!("/{service}")),
+                (None, Some(method)) => PathMatcher::Regex(full_match_regex(
+                    "gRPC method",
+                    &format!("/[^/]+/{}", regex::escape(method)),
+                )?),
+                (None, None) => PathMatcher::Prefix("/".into()),
+            }
+        }
+        "RegularExpression" => {
+            // Each checked alone, so that an error names the field.
+            for (what, pattern) in [("gRPC service", &service), ("gRPC method", &method)] {
+                if let Some(pattern) = pattern {
+                    full_match_regex(what, pattern)?;
+                }
+            }
+            let part = |p: &Option<String>| p.clone().unwrap_or_else(|| "[^/]+".into());
+            PathMatcher::Regex(full_match_regex(
+                "gRPC method",
+                &format!("/(?:{})/(?:{})", part(&service), part(&method)),
+            )?)
+        }
+        other => {
+            return Err(unsupported(format!(
+                "gRPC method match type {other:?} is not supported"
+            )))
+        }
+    };
+    let chars = |v: &Option<String>| v.as_deref().map_or(0, |v| v.chars().count());
+    Ok(CompiledMatch {
+        path,
+        method: None,
+        headers: compile_named_matches("header", &m.headers, str::to_ascii_lowercase)?,
+        query_params: Vec::new(),
+        specificity: Specificity::Grpc {
+            service_chars: chars(&service),
+            method_chars: chars(&method),
+            headers: count_names(&m.headers, str::to_ascii_lowercase),
+        },
+    })
+}
+
+/// How many distinct names `matches` has (spec: only the first entry of a
+/// name counts).
+fn count_names(matches: &[HeaderMatch], normalize: fn(&str) -> String) -> usize {
+    let names: std::collections::BTreeSet<String> =
+        matches.iter().map(|m| normalize(&m.name)).collect();
+    names.len()
 }
 
 /// Header or query param matches. Spec: only the first entry of a name
@@ -529,7 +697,7 @@ fn full_match_regex(what: &str, pattern: &str) -> Result<Regex, RuleProblem> {
 /// its requests get an error response, and ResolvedRefs says `InvalidKind`
 /// (a reference to an unsupported group/kind).
 fn compile_filter(
-    route_namespace: &str,
+    from: Referrer,
     filter: &Filter,
     cluster: &Cluster,
 ) -> Result<Action, RuleProblem> {
@@ -550,7 +718,7 @@ fn compile_filter(
         }
         "RequestMirror" => {
             let mirror = filter.request_mirror.as_ref().ok_or_else(missing)?;
-            Action::Mirror(cluster.resolve_backend(route_namespace, &mirror.backend_ref))
+            Action::Mirror(cluster.resolve_backend(from, &mirror.backend_ref))
         }
         "ExtensionRef" => Action::Unresolvable(RuleProblem::new(
             reason::INVALID_KIND,
@@ -722,7 +890,10 @@ mod tests {
             {"name": "User-Agent", "type": "RegularExpression", "value": "curl/.*"}
         ]}))
         .unwrap();
-        assert_eq!(m.specificity().headers, 2);
+        assert!(matches!(
+            m.specificity(),
+            Specificity::Http { headers: 2, .. }
+        ));
         let with = |headers: &[(&str, &str)]| m.matches(&request("GET", "/", None, headers));
         assert!(with(&[("x-version", "v2"), ("user-agent", "curl/8.0")]));
         assert!(!with(&[("x-version", "V2"), ("user-agent", "curl/8.0")]));
@@ -790,6 +961,92 @@ mod tests {
             let problem = compiled(json.clone()).unwrap_err();
             assert_eq!(problem.reason, reason::UNSUPPORTED_VALUE, "{json}");
         }
+    }
+
+    fn grpc(json: serde_json::Value) -> Result<CompiledMatch, RuleProblem> {
+        compile_grpc_match(&serde_json::from_value(json).unwrap())
+    }
+
+    fn call(path: &str) -> RequestHead {
+        request("POST", path, None, &[("content-type", "application/grpc")])
+    }
+
+    #[test]
+    fn grpc_method_matches_match_the_request_path() {
+        let cases = [
+            (
+                serde_json::json!({"method": {"service": "pkg.Echo", "method": "Say"}}),
+                &["/pkg.Echo/Say"][..],
+                &["/pkg.Echo/SayMore", "/pkg.Echo2/Say", "/pkg.Echo"][..],
+            ),
+            (
+                serde_json::json!({"method": {"service": "pkg.Echo"}}),
+                &["/pkg.Echo/Say", "/pkg.Echo/Other"][..],
+                &["/pkg.Echo2/Say", "/other.Echo/Say"][..],
+            ),
+            (
+                serde_json::json!({"method": {"method": "Say"}}),
+                &["/pkg.Echo/Say", "/a.B/Say"][..],
+                &["/pkg.Echo/Sayx", "/Say", "/a/b/Say"][..],
+            ),
+            (
+                serde_json::json!({"method": {"type": "RegularExpression", "service": "pkg\\.Echo.*", "method": "S.y"}}),
+                &["/pkg.Echo/Say", "/pkg.EchoV2/Soy"][..],
+                &["/pkg.Echo/Says", "/xpkg.Echo/Say"][..],
+            ),
+            (
+                serde_json::json!({"method": {"type": "RegularExpression", "method": "Get.*"}}),
+                &["/a.B/GetUser"][..],
+                &["/a.B/SetUser"][..],
+            ),
+            (serde_json::json!({}), &["/a.B/C", "/"][..], &[][..]),
+        ];
+        for (json, matching, other) in cases {
+            let m = grpc(json.clone()).unwrap();
+            for path in matching {
+                assert!(m.matches(&call(path)), "{json} should match {path}");
+            }
+            for path in other {
+                assert!(!m.matches(&call(path)), "{json} should not match {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_grpc_method_matches_are_unsupported() {
+        for json in [
+            serde_json::json!({"method": {}}),
+            serde_json::json!({"method": {"service": "", "method": ""}}),
+            serde_json::json!({"method": {"service": "a/b", "method": "c"}}),
+            serde_json::json!({"method": {"type": "Prefix", "service": "a"}}),
+            serde_json::json!({"method": {"type": "RegularExpression", "method": "(open"}}),
+            serde_json::json!({"method": {"service": "a"}, "headers": [{"type": "Glob", "name": "a", "value": "b"}]}),
+        ] {
+            let problem = grpc(json.clone()).unwrap_err();
+            assert_eq!(problem.reason, reason::UNSUPPORTED_VALUE, "{json}");
+        }
+    }
+
+    #[test]
+    fn grpc_specificity_is_service_then_method_then_headers() {
+        let spec = |json| grpc(json).unwrap().specificity();
+        let long_service = spec(serde_json::json!({"method": {"service": "pkg.LongService"}}));
+        let short_exact =
+            spec(serde_json::json!({"method": {"service": "pkg.S", "method": "Method"}}));
+        let short_service = spec(serde_json::json!({"method": {"service": "pkg.S"}}));
+        let with_headers = spec(
+            serde_json::json!({"method": {"service": "pkg.S"}, "headers": [
+            {"name": "a", "value": "1"}, {"name": "A", "value": "ignored"}]}),
+        );
+        let method_only = spec(serde_json::json!({"method": {"method": "AVeryLongMethodName"}}));
+        assert!(
+            long_service > short_exact,
+            "the longer service wins before the method counts"
+        );
+        assert!(short_exact > with_headers);
+        assert!(with_headers > short_service);
+        assert!(short_service > method_only);
+        assert!(matches!(with_headers, Specificity::Grpc { headers: 1, .. }));
     }
 
     #[test]

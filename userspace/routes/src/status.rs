@@ -1,6 +1,6 @@
-//! Validation of an HTTPRoute against the cluster, as the per-parent status
-//! zerohop writes for its Service parents (Gateway parents belong to other
-//! controllers and are left out).
+//! Validation of HTTPRoutes and GRPCRoutes against the cluster, as the
+//! per-parent status zerohop writes for their Service parents (Gateway
+//! parents belong to other controllers and are left out).
 //!
 //! How zerohop reads the spec for routes it cannot fully implement:
 //!
@@ -10,25 +10,30 @@
 //!   no request ever matches it; while another rule is valid the parent is
 //!   Accepted with `PartiallyInvalid` ("Dropped Rule ..."), when none is the
 //!   parent is not Accepted (`UnsupportedValue`, or `IncompatibleFilters`);
-//! - a backendRef that does not resolve (missing Service or port, another
-//!   namespace without ReferenceGrant, not a Service) makes ResolvedRefs
-//!   False; the route stays accepted and that backend's share of requests
-//!   gets 500; an invalid mirror backend is not mirrored to;
+//! - a backendRef that does not resolve (missing Service or port, not a
+//!   Service, another namespace without ReferenceGrant when grants are
+//!   required) makes ResolvedRefs False; the route stays accepted and that
+//!   backend's share of requests gets 500 (UNAVAILABLE for gRPC clients);
+//!   an invalid mirror backend is not mirrored to;
 //! - an ExtensionRef filter cannot be resolved (zerohop has none): the rule
 //!   stays, ResolvedRefs is False (`InvalidKind`) and its requests get 500.
+//!
+//! - HTTPRoutes and GRPCRoutes are never merged: where both kinds attach to
+//!   one Service from one namespace, the oldest route's kind is accepted
+//!   and the other kind's routes are not ([`Claims`]).
 //!
 //! A parent whose Accepted is True makes that Service an L7 Service: its
 //! ClusterIP ports (only the parentRef's port, when given) go through the
 //! waypoint.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     conditions::{reason, Condition, StatusCondition, ACCEPTED, PARTIALLY_INVALID, RESOLVED_REFS},
     contract::ServiceInfo,
-    model::{HttpRoute, ParentRef, ReferenceGrant},
+    model::{ParentRef, ReferenceGrant, Route, RouteKind, Seniority},
     rules::{compile_rules, Cluster, CompiledRule, RuleProblem},
 };
 
@@ -90,33 +95,123 @@ pub struct RouteEvaluation {
     pub problems: Vec<String>,
 }
 
-/// Validates `route` against the cluster's Services and ReferenceGrants.
-pub fn evaluate(
-    route: &HttpRoute,
-    services: &[ServiceInfo],
-    grants: &[ReferenceGrant],
-) -> RouteEvaluation {
-    assess(route, &Cluster { services, grants }).0
+/// What routes are validated against: the cluster's Services and
+/// ReferenceGrants, and whether grants are required for backends in
+/// another namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub services: &'a [ServiceInfo],
+    pub grants: &'a [ReferenceGrant],
+    pub require_reference_grants: bool,
 }
 
-/// [`evaluate`], plus the compiled valid rules for the router.
-pub(crate) fn assess(route: &HttpRoute, cluster: &Cluster) -> (RouteEvaluation, Vec<CompiledRule>) {
+impl<'a> Inputs<'a> {
+    pub(crate) fn cluster(&self) -> Cluster<'a> {
+        Cluster {
+            services: self.services,
+            grants: self.grants,
+            require_grants: self.require_reference_grants,
+        }
+    }
+}
+
+/// Validates every route, each against the cluster and the others (an
+/// HTTPRoute and a GRPCRoute may compete for a Service); one evaluation
+/// per route, in order.
+pub fn evaluate(routes: &[Route], inputs: Inputs) -> Vec<RouteEvaluation> {
+    let claims = Claims::new(routes);
+    let cluster = inputs.cluster();
+    routes
+        .iter()
+        .map(|route| assess(route, &cluster, &claims).0)
+        .collect()
+}
+
+/// Which route kind holds each Service parent, for the routes of each
+/// namespace. Spec (GRPCRoute hostnames): where an HTTPRoute and a
+/// GRPCRoute attach to one listener, exactly one of them is accepted, the
+/// older (then the first by `namespace/name`); the two kinds are never
+/// merged. For a Service parent zerohop applies this per route namespace
+/// (the producer routes, and each namespace's consumer routes, are
+/// separate sets, GEP-1294): the senior route's kind is accepted there,
+/// and every route of the other kind is not.
+#[derive(Debug, Default)]
+pub(crate) struct Claims(BTreeMap<ClaimKey, (Seniority, RouteKind, String)>);
+
+/// Parent Service namespace and name, route namespace.
+type ClaimKey = (String, String, String);
+
+impl Claims {
+    pub fn new(routes: &[Route]) -> Claims {
+        let mut claims: BTreeMap<ClaimKey, (Seniority, RouteKind, String)> = BTreeMap::new();
+        for route in routes {
+            for key in claim_keys(route) {
+                let holder = (route.seniority(), route.kind(), route.key());
+                match claims.get(&key) {
+                    Some(current) if current.0 <= holder.0 => {}
+                    _ => _ = claims.insert(key, holder),
+                }
+            }
+        }
+        Claims(claims)
+    }
+
+    /// Why `route` cannot have its parent `namespace/name`: a senior route
+    /// of the other kind holds it.
+    fn conflict(&self, route: &Route, namespace: &str, name: &str) -> Option<RuleProblem> {
+        let route_namespace = &route.metadata().namespace;
+        let key = (
+            namespace.to_owned(),
+            name.to_owned(),
+            route_namespace.clone(),
+        );
+        let (_, kind, holder) = self.0.get(&key)?;
+        (*kind != route.kind()).then(|| RuleProblem {
+            reason: reason::CONFLICTED,
+            message: format!(
+                "Service {namespace}/{name} already has the older {} {holder} from namespace {route_namespace}: HTTPRoutes and GRPCRoutes are never merged, the oldest route's kind is accepted",
+                kind.name()
+            ),
+        })
+    }
+}
+
+fn claim_keys(route: &Route) -> impl Iterator<Item = ClaimKey> + '_ {
+    let route_namespace = &route.metadata().namespace;
+    route
+        .parent_refs()
+        .iter()
+        .filter(|p| p.is_service())
+        .map(move |p| {
+            let namespace = p.namespace.as_ref().unwrap_or(route_namespace);
+            (namespace.clone(), p.name.clone(), route_namespace.clone())
+        })
+}
+
+/// [`evaluate`] of one route, plus its compiled valid rules for the router.
+pub(crate) fn assess(
+    route: &Route,
+    cluster: &Cluster,
+    claims: &Claims,
+) -> (RouteEvaluation, Vec<CompiledRule>) {
+    let route_namespace = &route.metadata().namespace;
     let (rules, dropped) = compile_rules(route, cluster);
     let ref_problems: Vec<&RuleProblem> =
         rules.iter().flat_map(CompiledRule::ref_problems).collect();
     let all_dropped = !dropped.is_empty() && rules.is_empty();
     let parents: Vec<ParentStatus> = route
-        .spec
-        .parent_refs
+        .parent_refs()
         .iter()
         .filter(|p| p.is_service())
         .map(|parent_ref| {
             let namespace = parent_ref
                 .namespace
                 .clone()
-                .unwrap_or_else(|| route.metadata.namespace.clone());
-            let consumer = namespace != route.metadata.namespace;
-            let accepted = match parent_problem(parent_ref, &namespace, cluster) {
+                .unwrap_or_else(|| route_namespace.clone());
+            let consumer = namespace != *route_namespace;
+            let refusal = parent_problem(parent_ref, &namespace, cluster)
+                .or_else(|| claims.conflict(route, &namespace, &parent_ref.name));
+            let accepted = match refusal {
                 Some(problem) => Condition::new(ACCEPTED, false, problem.reason, problem.message),
                 None if all_dropped => Condition::new(
                     ACCEPTED,
@@ -129,8 +224,7 @@ pub(crate) fn assess(route: &HttpRoute, cluster: &Cluster) -> (RouteEvaluation, 
                     true,
                     reason::ACCEPTED,
                     format!(
-                        "Accepted as a consumer route: applies to clients in namespace {}",
-                        route.metadata.namespace
+                        "Accepted as a consumer route: applies to clients in namespace {route_namespace}"
                     ),
                 ),
                 None => Condition::new(ACCEPTED, true, reason::ACCEPTED, "Accepted"),
@@ -275,15 +369,11 @@ pub(crate) fn parent_ports(parent_ref: &ParentRef, service: &ServiceInfo) -> Vec
 
 /// `(namespace, name, port)` of every Service port some route is accepted
 /// for: what the agent sends through the waypoint.
-pub fn l7_service_ports(
-    routes: &[HttpRoute],
-    services: &[ServiceInfo],
-    grants: &[ReferenceGrant],
-) -> BTreeSet<(String, String, u16)> {
-    let cluster = Cluster { services, grants };
+pub fn l7_service_ports(routes: &[Route], inputs: Inputs) -> BTreeSet<(String, String, u16)> {
+    let cluster = inputs.cluster();
     let mut ports = BTreeSet::new();
-    for route in routes {
-        for parent in evaluate(route, services, grants)
+    for evaluation in evaluate(routes, inputs) {
+        for parent in evaluation
             .parents
             .into_iter()
             .filter(ParentStatus::is_accepted)
@@ -300,12 +390,8 @@ pub fn l7_service_ports(
 }
 
 /// `(namespace, name)` of every L7 Service.
-pub fn l7_services(
-    routes: &[HttpRoute],
-    services: &[ServiceInfo],
-    grants: &[ReferenceGrant],
-) -> BTreeSet<(String, String)> {
-    l7_service_ports(routes, services, grants)
+pub fn l7_services(routes: &[Route], inputs: Inputs) -> BTreeSet<(String, String)> {
+    l7_service_ports(routes, inputs)
         .into_iter()
         .map(|(namespace, name, _)| (namespace, name))
         .collect()
@@ -316,7 +402,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::testing::*;
+    use crate::{model::HttpRoute, testing::*};
 
     fn services() -> Vec<ServiceInfo> {
         vec![
@@ -327,11 +413,25 @@ mod tests {
     }
 
     fn evaluate_rules(rules: serde_json::Value) -> RouteEvaluation {
-        evaluate(
-            &service_route("shop", "web", "web", rules),
-            &services(),
-            &[],
-        )
+        evaluate_one(&service_route("shop", "web", "web", rules), &[])
+    }
+
+    /// One route alone, backends in other namespaces without grants.
+    fn evaluate_one(route: &HttpRoute, grants: &[ReferenceGrant]) -> RouteEvaluation {
+        evaluate_all(&[route.clone().into()], grants, false).remove(0)
+    }
+
+    fn evaluate_all(
+        routes: &[Route],
+        grants: &[ReferenceGrant],
+        require_reference_grants: bool,
+    ) -> Vec<RouteEvaluation> {
+        let inputs = Inputs {
+            services: &services(),
+            grants,
+            require_reference_grants,
+        };
+        evaluate(routes, inputs)
     }
 
     /// `(status, reason)` of a condition.
@@ -374,7 +474,7 @@ mod tests {
             "shop/web",
             json!([{"backendRefs": [{"name": "v1", "namespace": "shop", "port": 80}]}]),
         );
-        let evaluation = evaluate(&route, &services(), &[grant("shop", "team-a", Some("v1"))]);
+        let evaluation = evaluate_one(&route, &[grant("shop", "team-a", Some("v1"))]);
         let parent = only_parent(&evaluation);
         assert!(parent.consumer && parent.is_accepted());
         assert!(
@@ -395,7 +495,7 @@ mod tests {
             {"group": "core", "kind": "Service", "name": "web", "port": 80},
         ], "rules": [{"backendRefs": [{"name": "v1", "port": 80}]}]}}),
         );
-        let evaluation = evaluate(&route, &services(), &[]);
+        let evaluation = evaluate_one(&route, &[]);
         let parent = only_parent(&evaluation);
         assert_eq!(
             parent.parent_ref.port,
@@ -408,7 +508,7 @@ mod tests {
     #[test]
     fn a_missing_service_or_port_is_no_matching_parent() {
         let mut missing = service_route("shop", "r", "nope", json!([]));
-        let evaluation = evaluate(&missing, &services(), &[]);
+        let evaluation = evaluate_one(&missing, &[]);
         assert_eq!(
             verdict(&only_parent(&evaluation).accepted),
             (false, reason::NO_MATCHING_PARENT)
@@ -417,7 +517,7 @@ mod tests {
 
         missing.spec.parent_refs[0].name = "web".into();
         missing.spec.parent_refs[0].port = Some(81);
-        let evaluation = evaluate(&missing, &services(), &[]);
+        let evaluation = evaluate_one(&missing, &[]);
         assert_eq!(
             verdict(&only_parent(&evaluation).accepted),
             (false, reason::NO_MATCHING_PARENT)
@@ -425,7 +525,7 @@ mod tests {
 
         missing.spec.parent_refs[0].port = None;
         missing.spec.parent_refs[0].section_name = Some("http".into());
-        let evaluation = evaluate(&missing, &services(), &[]);
+        let evaluation = evaluate_one(&missing, &[]);
         assert_eq!(
             verdict(&only_parent(&evaluation).accepted),
             (false, reason::UNSUPPORTED_VALUE)
@@ -533,14 +633,140 @@ mod tests {
     }
 
     #[test]
-    fn a_cross_namespace_backend_needs_a_reference_grant() {
+    fn http_and_grpc_routes_on_one_service_are_never_merged() {
+        let http = |name: &str, created: &str, namespace: &str| {
+            let mut route = service_route(
+                namespace,
+                name,
+                "shop/web",
+                json!([{"backendRefs": [{"name": "v1", "namespace": "shop", "port": 80}]}]),
+            );
+            route.metadata.creation_timestamp = Some(created.into());
+            Route::from(route)
+        };
+        let grpc = |name: &str, created: &str, namespace: &str| {
+            let mut route = service_grpc_route(
+                namespace,
+                name,
+                "shop/web",
+                json!([{"backendRefs": [{"name": "v1", "namespace": "shop", "port": 80}]}]),
+            );
+            route.metadata.creation_timestamp = Some(created.into());
+            Route::from(route)
+        };
+        let routes = [
+            http("old-http", "2024-01-01T00:00:00Z", "shop"),
+            grpc("grpc", "2024-02-01T00:00:00Z", "shop"),
+            http("new-http", "2024-03-01T00:00:00Z", "shop"),
+            // Consumer routes of team-a are a set of their own: the GRPCRoute is older there.
+            grpc("a-grpc", "2024-04-01T00:00:00Z", "team-a"),
+            http("a-http", "2024-05-01T00:00:00Z", "team-a"),
+        ];
+        let evaluations = evaluate_all(&routes, &[], false);
+        let accepted: Vec<(&str, bool)> = evaluations
+            .iter()
+            .map(|e| (e.route.as_str(), e.parents[0].is_accepted()))
+            .collect();
+        assert_eq!(
+            accepted,
+            [
+                ("shop/old-http", true),
+                ("shop/grpc", false),
+                ("shop/new-http", true),
+                ("team-a/a-grpc", true),
+                ("team-a/a-http", false),
+            ]
+        );
+        let refused = &evaluations[1].parents[0].accepted;
+        assert_eq!(verdict(refused), (false, reason::CONFLICTED));
+        assert!(
+            refused.message.contains("HTTPRoute shop/old-http"),
+            "{}",
+            refused.message
+        );
+        // The same name in both kinds, equally old: namespace/name ties, and the first listed is kept.
+        let twins = [
+            grpc("same", "2024-01-01T00:00:00Z", "shop"),
+            http("same", "2024-01-01T00:00:00Z", "shop"),
+        ];
+        let evaluations = evaluate_all(&twins, &[], false);
+        assert_eq!(
+            evaluations
+                .iter()
+                .map(|e| e.parents[0].is_accepted())
+                .collect::<Vec<_>>(),
+            [true, false]
+        );
+    }
+
+    #[test]
+    fn grpc_routes_take_grpc_filters_only() {
+        let evaluation = |filters: serde_json::Value| {
+            let route = service_grpc_route(
+                "shop",
+                "g",
+                "web",
+                json!([
+                    {"filters": filters, "backendRefs": [{"name": "v1", "port": 80}]},
+                    {"backendRefs": [{"name": "v1", "port": 80}]}
+                ]),
+            );
+            evaluate_all(&[route.into()], &[], false).remove(0)
+        };
+        let fine = evaluation(json!([
+            {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}},
+            {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["c"]}},
+            {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "v1", "port": 80}}}
+        ]));
+        assert!(fine.dropped_rules.is_empty(), "{:?}", fine.problems);
+        let rewrite = evaluation(json!([{"type": "URLRewrite", "urlRewrite": {"hostname": "x"}}]));
+        assert_eq!(rewrite.dropped_rules, [0]);
+        let parent = &rewrite.parents[0];
+        assert_eq!(verdict(&parent.accepted), (true, reason::ACCEPTED));
+        assert_eq!(
+            verdict(parent.partially_invalid.as_ref().unwrap()),
+            (true, reason::UNSUPPORTED_VALUE)
+        );
+    }
+
+    #[test]
+    fn a_cross_namespace_backend_needs_no_grant_by_default() {
         let route = service_route(
             "shop",
             "web",
             "web",
             json!([{"backendRefs": [{"name": "ext", "namespace": "other", "port": 80}]}]),
         );
-        let without = evaluate(&route, &services(), &[]);
+        let consumer = service_route(
+            "team-a",
+            "consumer",
+            "shop/web",
+            json!([{"backendRefs": [{"name": "web", "namespace": "shop", "port": 80}]}]),
+        );
+        for route in [route, consumer] {
+            let parent = evaluate_one(&route, &[]).parents.remove(0);
+            assert_eq!(verdict(&parent.accepted), (true, reason::ACCEPTED));
+            assert_eq!(
+                verdict(&parent.resolved_refs),
+                (true, reason::RESOLVED_REFS),
+                "GEP-1294: {}",
+                route.metadata.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_cross_namespace_backend_needs_a_reference_grant_when_required() {
+        let route = service_route(
+            "shop",
+            "web",
+            "web",
+            json!([{"backendRefs": [{"name": "ext", "namespace": "other", "port": 80}]}]),
+        );
+        let required = |grants: &[ReferenceGrant]| {
+            evaluate_all(&[route.clone().into()], grants, true).remove(0)
+        };
+        let without = required(&[]);
         let parent = only_parent(&without);
         assert_eq!(
             verdict(&parent.accepted),
@@ -562,7 +788,7 @@ mod tests {
             grant("other", "shop", None),
             grant("other", "shop", Some("ext")),
         ] {
-            let with = evaluate(&route, &services(), &[grant]);
+            let with = required(&[grant]);
             assert_eq!(
                 verdict(&only_parent(&with).resolved_refs),
                 (true, reason::RESOLVED_REFS)
@@ -573,7 +799,7 @@ mod tests {
             grant("other", "elsewhere", None),
             grant("shop", "shop", None),
         ] {
-            let with = evaluate(&route, &services(), &[useless]);
+            let with = required(&[useless]);
             assert_eq!(
                 verdict(&only_parent(&with).resolved_refs),
                 (false, reason::REF_NOT_PERMITTED)
@@ -583,10 +809,14 @@ mod tests {
 
     #[test]
     fn a_cross_namespace_mirror_needs_a_reference_grant_too() {
-        let evaluation = evaluate_rules(
+        let route = service_route(
+            "shop",
+            "web",
+            "web",
             json!([{"filters": [{"type": "RequestMirror", "requestMirror":
             {"backendRef": {"name": "ext", "namespace": "other", "port": 80}}}], "backendRefs": [{"name": "v1", "port": 80}]}]),
         );
+        let evaluation = evaluate_all(&[route.into()], &[], true).remove(0);
         assert_eq!(
             verdict(&only_parent(&evaluation).resolved_refs),
             (false, reason::REF_NOT_PERMITTED)
@@ -645,7 +875,7 @@ mod tests {
             json!([{"backendRefs": [{"name": "nope", "port": 80}]}]),
         );
         route.spec.parent_refs[0].port = Some(8080);
-        let evaluation = evaluate(&route, &services(), &[]);
+        let evaluation = evaluate_one(&route, &[]);
         let parents = status_parents(&evaluation, 7, "2024-05-06T07:08:09Z");
         assert_eq!(
             serde_json::to_value(parents).unwrap(),
@@ -688,15 +918,22 @@ mod tests {
             ),
             service_route("other", "d", "missing", json!([])),
         ];
+        let routes: Vec<Route> = routes.into_iter().map(Route::from).collect();
+        let services = services();
+        let inputs = Inputs {
+            services: &services,
+            grants: &[],
+            require_reference_grants: false,
+        };
         let expected_ports: BTreeSet<_> = [("shop", "v1", 80), ("shop", "web", 8080)]
             .into_iter()
             .map(|(ns, name, port)| (ns.to_string(), name.to_string(), port))
             .collect();
-        assert_eq!(l7_service_ports(&routes, &services(), &[]), expected_ports);
+        assert_eq!(l7_service_ports(&routes, inputs), expected_ports);
         let expected: BTreeSet<_> = [("shop", "v1"), ("shop", "web")]
             .into_iter()
             .map(|(ns, n)| (ns.to_string(), n.to_string()))
             .collect();
-        assert_eq!(l7_services(&routes, &services(), &[]), expected);
+        assert_eq!(l7_services(&routes, inputs), expected);
     }
 }

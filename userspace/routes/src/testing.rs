@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     contract::{Endpoint, ServiceEndpoints, ServiceInfo, UpstreamHttp},
-    model::{HttpRoute, ReferenceGrant},
+    model::{GrpcRoute, HttpRoute, ReferenceGrant},
     request::RequestHead,
 };
 
@@ -54,19 +54,32 @@ pub fn route(json: Value) -> HttpRoute {
     serde_json::from_value(json).expect("a valid HTTPRoute")
 }
 
+pub fn grpc_route(json: Value) -> GrpcRoute {
+    serde_json::from_value(json).expect("a valid GRPCRoute")
+}
+
 /// A route in `namespace` on the Service parent `parent` (`ns/name`, or
 /// `name` in the route's namespace) with the given rules.
 pub fn service_route(namespace: &str, name: &str, parent: &str, rules: Value) -> HttpRoute {
+    route(route_json(namespace, name, parent, rules))
+}
+
+/// [`service_route`], a GRPCRoute.
+pub fn service_grpc_route(namespace: &str, name: &str, parent: &str, rules: Value) -> GrpcRoute {
+    grpc_route(route_json(namespace, name, parent, rules))
+}
+
+fn route_json(namespace: &str, name: &str, parent: &str, rules: Value) -> Value {
     let parent_ref = match parent.split_once('/') {
         Some((ns, svc)) => {
             serde_json::json!({"group": "", "kind": "Service", "namespace": ns, "name": svc})
         }
         None => serde_json::json!({"group": "", "kind": "Service", "name": parent}),
     };
-    route(serde_json::json!({
+    serde_json::json!({
         "metadata": {"namespace": namespace, "name": name, "creationTimestamp": "2024-01-01T00:00:00Z"},
         "spec": {"parentRefs": [parent_ref], "rules": rules}
-    }))
+    })
 }
 
 /// Lets HTTPRoutes in `from` refer to Services in `to` (every Service, or `name`).

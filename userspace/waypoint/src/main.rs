@@ -8,6 +8,7 @@
 //!
 //! - [`body`]: the body type requests and responses share on both sides;
 //! - [`config`]: the router, reloaded when the agent rewrites its JSON file;
+//! - [`grpc`]: the waypoint's own answers to gRPC calls, as gRPC statuses;
 //! - [`listener`]: listening sockets, accept loop, original destination;
 //! - [`metrics`]: what `/metrics` and `/readyz` tell;
 //! - [`passthrough`]: connections that do not speak HTTP, relayed as bytes;
@@ -17,6 +18,7 @@
 
 mod body;
 mod config;
+mod grpc;
 mod listener;
 mod metrics;
 mod passthrough;

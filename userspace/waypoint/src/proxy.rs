@@ -36,6 +36,7 @@ use zerohop_routes::{
 use crate::{
     body::{Body, BoxError},
     config::Routes,
+    grpc,
     metrics::{Metrics, UpstreamError},
     upstream::Clients,
 };
@@ -102,9 +103,13 @@ impl Proxy {
             Decision::Forward(forward) => forward.route.clone(),
             Decision::UnknownService | Decision::Respond(_) => String::new(),
         };
+        let grpc_call = grpc::is_grpc(request.headers());
         let response = self.answer(request, conn, decision).await;
         self.metrics
             .request(&route, response.status().as_u16(), started.elapsed());
+        if grpc_call && !grpc::is_grpc(response.headers()) {
+            return grpc::status_response(response).await;
+        }
         response
     }
 

@@ -242,6 +242,7 @@ fn config(
         "clients": {"127.0.0.1": "default"},
         "grants": [],
         "routes": [{
+            "kind": "HTTPRoute",
             "metadata": {"name": "web", "namespace": "default",
                          "creationTimestamp": "2024-01-01T00:00:00Z"},
             "spec": {

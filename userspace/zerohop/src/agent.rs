@@ -32,7 +32,7 @@ use zerohop_planner::{
 };
 use zerohop_routes::{
     contract::WaypointConfig,
-    model::HttpRoute,
+    model::Route,
     status::{self, RouteEvaluation},
 };
 
@@ -93,6 +93,8 @@ pub struct Settings {
     pub waypoint_mark: u32,
     /// Where the waypoint's input is written.
     pub waypoint_config: PathBuf,
+    /// Backends in another namespace need a ReferenceGrant.
+    pub require_reference_grants: bool,
     /// Start even when other programs run on the cgroup's hooks.
     pub allow_other_programs: bool,
     /// Whose sockets are terminated when their endpoint leaves its Service.
@@ -417,6 +419,8 @@ struct Syncer {
     /// The node's plan and what the maps hold.
     map_sync: MapSync,
     waypoint_config: PathBuf,
+    /// Backends in another namespace need a ReferenceGrant.
+    require_reference_grants: bool,
     /// The waypoint input last written.
     written_config: Option<String>,
     route_problems: BTreeSet<Problem>,
@@ -444,6 +448,7 @@ impl Syncer {
             waypoints,
             map_sync: MapSync::new(&settings.node, waypoints, capacity),
             waypoint_config: settings.waypoint_config.clone(),
+            require_reference_grants: settings.require_reference_grants,
             written_config: None,
             route_problems: BTreeSet::new(),
             route_statuses: None,
@@ -517,16 +522,17 @@ impl Syncer {
             Problem::about(object, &snapshot.origins, problem.to_string())
         });
         report(&mut self.plan_problems, described);
-        let config = waypoint_config(view, &self.node);
-        let evaluations: Vec<(&HttpRoute, RouteEvaluation)> = config
+        let mut config = waypoint_config(view, &self.node);
+        config.require_reference_grants = self.require_reference_grants;
+        let inputs = status::Inputs {
+            services: &config.services,
+            grants: &config.grants,
+            require_reference_grants: config.require_reference_grants,
+        };
+        let evaluations: Vec<(&Route, RouteEvaluation)> = config
             .routes
             .iter()
-            .map(|route| {
-                (
-                    route,
-                    status::evaluate(route, &config.services, &config.grants),
-                )
-            })
+            .zip(status::evaluate(&config.routes, inputs))
             .collect();
         report(
             &mut self.route_problems,
@@ -603,13 +609,17 @@ impl Syncer {
 
 /// What is wrong with the routes, each naming its route (and file).
 fn route_problems(
-    evaluations: &[(&HttpRoute, RouteEvaluation)],
+    evaluations: &[(&Route, RouteEvaluation)],
     origins: &Origins,
 ) -> impl Iterator<Item = Problem> {
     let mut problems = Vec::new();
     for (route, evaluation) in evaluations {
-        let metadata = &route.metadata;
-        let object = ObjectRef::new("HTTPRoute", &metadata.namespace, Some(&metadata.name));
+        let metadata = route.metadata();
+        let object = ObjectRef::new(
+            route.kind().name(),
+            &metadata.namespace,
+            Some(&metadata.name),
+        );
         for problem in &evaluation.problems {
             let message = format!("{object}: {problem}");
             problems.push(Problem::about(object.clone(), origins, message));
@@ -620,7 +630,7 @@ fn route_problems(
 
 /// The parent status zerohop writes on each route.
 fn desired_route_statuses(
-    evaluations: &[(&HttpRoute, RouteEvaluation)],
+    evaluations: &[(&Route, RouteEvaluation)],
 ) -> route_status::RouteStatuses {
     let now = k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -628,9 +638,13 @@ fn desired_route_statuses(
     evaluations
         .iter()
         .map(|(route, evaluation)| {
-            let metadata = &route.metadata;
+            let metadata = route.metadata();
             let generation = metadata.generation.unwrap_or(0);
-            let key = (metadata.namespace.clone(), metadata.name.clone());
+            let key = (
+                route.kind(),
+                metadata.namespace.clone(),
+                metadata.name.clone(),
+            );
             let parents = status::status_parents(evaluation, generation, &now);
             (
                 key,
@@ -645,20 +659,20 @@ fn desired_route_statuses(
 
 #[cfg(test)]
 mod tests {
-    use zerohop_routes::model::{HttpRouteSpec, Metadata};
+    use zerohop_routes::model::{HttpRoute, HttpRouteSpec, Metadata};
 
     use super::*;
 
     #[test]
     fn a_route_problem_names_the_route_and_its_file() {
-        let route = HttpRoute {
+        let route = Route::Http(HttpRoute {
             metadata: Metadata {
                 name: "split".into(),
                 namespace: "shop".into(),
                 ..Metadata::default()
             },
             spec: HttpRouteSpec::default(),
-        };
+        });
         let evaluation = RouteEvaluation {
             route: "shop/split".into(),
             parents: vec![],

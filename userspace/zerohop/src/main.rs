@@ -136,6 +136,15 @@ struct AgentArgs {
     /// written, as JSON, whenever it changes (`zerohop-waypoint --config`).
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     waypoint_config: PathBuf,
+    /// Make a route's backendRefs (and mirrors) to a Service in another
+    /// namespace need a ReferenceGrant in that namespace, as Gateway-bound
+    /// routes do. Off by default: mesh routes send to any namespace without
+    /// one (GEP-1294), since they shape calls to Services their clients can
+    /// already reach. Turn it on where NetworkPolicies admit the waypoint to
+    /// backends (it calls them on every client's behalf) and namespaces
+    /// must not route to each other's Services without consent.
+    #[arg(long)]
+    require_reference_grants: bool,
     /// Address for /healthz, /readyz and /metrics (port 0 picks a free one);
     /// "off" serves none.
     #[arg(long, default_value = "0.0.0.0:9877", value_parser = parse_health_addr)]
@@ -233,6 +242,7 @@ fn run(cli: Cli) -> Result<()> {
                 waypoints: args.waypoints,
                 waypoint_mark: args.waypoint_mark,
                 waypoint_config: args.waypoint_config,
+                require_reference_grants: args.require_reference_grants,
                 allow_other_programs: args.allow_other_programs,
                 terminate: args.terminate_stale,
                 lease: Duration::from_millis(args.lease_ms),

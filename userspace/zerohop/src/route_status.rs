@@ -1,4 +1,4 @@
-//! Writes the status of the HTTPRoutes zerohop serves (GAMMA: Service
+//! Writes the status of the HTTPRoutes and GRPCRoutes zerohop serves (GAMMA: Service
 //! parentRefs): our `RouteParentStatus` entries, under `controllerName`
 //! [`CONTROLLER_NAME`], in `status.parents` of each route.
 //!
@@ -37,6 +37,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+pub use zerohop_routes::model::RouteKind;
 
 /// The `controllerName` of our entries in a route's `status.parents`.
 pub use zerohop_routes::status::CONTROLLER_NAME;
@@ -63,16 +64,17 @@ pub struct RouteStatus {
     pub parents: Vec<RouteParentStatus>,
 }
 
-/// The status wanted for each route, by (namespace, name). Routes absent here
-/// are not written (their status is left as it is).
-pub type RouteStatuses = BTreeMap<(String, String), RouteStatus>;
+/// The status wanted for each route, by kind, namespace and name. Routes
+/// absent here are not written (their status is left as it is).
+pub type RouteStatuses = BTreeMap<RouteKey, RouteStatus>;
 
-type RouteKey = (String, String);
+/// A route's kind, namespace and name.
+pub type RouteKey = (RouteKind, String, String);
 
-/// The HTTPRoute resource (gateway.networking.k8s.io/v1).
-fn httproute_resource() -> ApiResource {
-    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-    ApiResource::from_gvk_with_plural(&gvk, "httproutes")
+/// The route kind's resource (gateway.networking.k8s.io/v1).
+fn route_resource(kind: RouteKind) -> ApiResource {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind.name());
+    ApiResource::from_gvk_with_plural(&gvk, kind.plural())
 }
 
 /// Keeps the routes' status in line with `desired` while `writer` says this
@@ -84,7 +86,6 @@ pub async fn run(
     mut desired: watch::Receiver<RouteStatuses>,
     mut writer: watch::Receiver<bool>,
 ) {
-    let resource = httproute_resource();
     // The desired status last settled per route: written, found already
     // there, or found outdated by a newer generation of the route. Only
     // while this agent writes: another writer may have changed any route.
@@ -114,11 +115,14 @@ pub async fn run(
                 .iter()
                 .filter_map(|key| Some((key.clone(), current.get(key)?.clone())))
                 .map(|(key, status)| {
-                    let api =
-                        Api::<DynamicObject>::namespaced_with(client.clone(), &key.0, &resource);
+                    let api = Api::<DynamicObject>::namespaced_with(
+                        client.clone(),
+                        &key.1,
+                        &route_resource(key.0),
+                    );
                     async move {
                         let result =
-                            tokio::time::timeout(CALL_TIMEOUT, sync_route(&api, &key.1, &status))
+                            tokio::time::timeout(CALL_TIMEOUT, sync_route(&api, &key.2, &status))
                                 .await
                                 .unwrap_or(Err(SyncError::Timeout));
                         (key, status, result)
@@ -134,25 +138,25 @@ pub async fn run(
                 Ok(_) = writer.wait_for(|writes| !*writes) => continue,
             };
             for (key, status, result) in results {
-                let (namespace, name) = (&key.0, &key.1);
+                let (kind, namespace, name) = (key.0.name(), &key.1, &key.2);
                 match result {
                     Ok(Outcome::Written) => {
-                        info!(%namespace, %name, "route status written");
+                        info!(kind, %namespace, %name, "route status written");
                     }
                     Ok(Outcome::Unchanged) => {
-                        debug!(%namespace, %name, "route status already up to date");
+                        debug!(kind, %namespace, %name, "route status already up to date");
                     }
                     Ok(Outcome::Outdated { live, ours }) => {
                         // The route changed since the evaluation: a new desired
                         // state follows; do not write the old one meanwhile.
-                        debug!(%namespace, %name, live, ours, "route newer than its evaluation; waiting");
+                        debug!(kind, %namespace, %name, live, ours, "route newer than its evaluation; waiting");
                     }
                     Err(SyncError::NotFound) => {
-                        debug!(%namespace, %name, "route not found (yet?); retrying");
+                        debug!(kind, %namespace, %name, "route not found (yet?); retrying");
                         continue;
                     }
                     Err(error) => {
-                        warn!(%namespace, %name, %error, "writing the route status failed; retrying");
+                        warn!(kind, %namespace, %name, %error, "writing the route status failed; retrying");
                         continue;
                     }
                 }

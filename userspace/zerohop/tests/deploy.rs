@@ -8,6 +8,7 @@ use k8s_openapi::api::{
     rbac::v1::{ClusterRole, Role, RoleBinding},
 };
 use serde::de::DeserializeOwned;
+use zerohop::route_status::RouteKind;
 
 fn documents(file: &str) -> Vec<serde_yaml_ng::Value> {
     let path = format!("{}/../../deploy/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -75,13 +76,16 @@ fn the_cluster_role_grants_exactly_what_the_agent_watches() {
         .into_iter()
         .collect();
     assert_eq!(read, watched);
+    let route_statuses: BTreeSet<(String, String)> = RouteKind::ALL
+        .iter()
+        .map(|kind| {
+            let group = "gateway.networking.k8s.io".to_string();
+            (group, format!("{}/status", kind.plural()))
+        })
+        .collect();
     assert_eq!(
-        patched,
-        BTreeSet::from([(
-            "gateway.networking.k8s.io".to_string(),
-            "httproutes/status".to_string()
-        )]),
-        "the agent writes route status only"
+        patched, route_statuses,
+        "the agent writes the status of routes of every kind, and nothing else"
     );
 }
 

@@ -49,17 +49,19 @@ enum Kind {
     Node,
     Pod,
     HttpRoute,
+    GrpcRoute,
     ReferenceGrant,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::HttpRoute,
+        Kind::GrpcRoute,
         Kind::ReferenceGrant,
     ];
 
@@ -70,7 +72,8 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Node => "Node",
             Kind::Pod => "Pod",
-            Kind::HttpRoute => "HTTPRoute",
+            Kind::HttpRoute => routes::RouteKind::Http.name(),
+            Kind::GrpcRoute => routes::RouteKind::Grpc.name(),
             Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
@@ -90,6 +93,7 @@ impl Kind {
             Kind::Node => ApiResource::erase::<core::Node>(&()),
             Kind::Pod => ApiResource::erase::<core::Pod>(&()),
             Kind::HttpRoute => gateway_api("v1", "HTTPRoute", "httproutes"),
+            Kind::GrpcRoute => gateway_api("v1", "GRPCRoute", "grpcroutes"),
             Kind::ReferenceGrant => gateway_api("v1beta1", "ReferenceGrant", "referencegrants"),
         }
     }
@@ -97,7 +101,10 @@ impl Kind {
     /// Kinds of CRDs a cluster may not have: until their first list
     /// succeeds, they count as listed and empty.
     fn optional(self) -> bool {
-        matches!(self, Kind::HttpRoute | Kind::ReferenceGrant)
+        matches!(
+            self,
+            Kind::HttpRoute | Kind::GrpcRoute | Kind::ReferenceGrant
+        )
     }
 
     /// What to watch of this kind: everything, but for Nodes this one only
@@ -128,6 +135,9 @@ impl Kind {
             Kind::Pod => convert::<core::Pod, model::Pod>(self, object, Converted::Pod),
             Kind::HttpRoute => {
                 convert::<routes::HttpRoute, model::Route>(self, object, Converted::Route)
+            }
+            Kind::GrpcRoute => {
+                convert::<routes::GrpcRoute, model::Route>(self, object, Converted::Route)
             }
             Kind::ReferenceGrant => {
                 convert::<routes::ReferenceGrant, model::Grant>(self, object, Converted::Grant)
@@ -195,6 +205,10 @@ where
 
 /// (namespace, name) of an object.
 type Key = (String, String);
+
+fn route_key(kind: routes::RouteKind, (namespace, name): &Key) -> model::RouteKey {
+    (kind, namespace.clone(), name.clone())
+}
 
 fn key_of(object: &DynamicObject) -> Key {
     (
@@ -290,7 +304,8 @@ impl Store {
             Kind::Namespace => _ = view.delete_namespace(name),
             Kind::Node => _ = view.delete_node(name),
             Kind::Pod => _ = view.delete_pod(key),
-            Kind::HttpRoute => _ = view.delete_route(key),
+            Kind::HttpRoute => _ = view.delete_route(&route_key(routes::RouteKind::Http, key)),
+            Kind::GrpcRoute => _ = view.delete_route(&route_key(routes::RouteKind::Grpc, key)),
             Kind::ReferenceGrant => _ = view.delete_grant(key),
         }
     }
@@ -400,6 +415,7 @@ mod tests {
         store.apply(Kind::Node, watcher::Event::InitDone);
         store.apply(Kind::Pod, watcher::Event::InitDone);
         store.apply(Kind::HttpRoute, watcher::Event::InitDone);
+        store.apply(Kind::GrpcRoute, watcher::Event::InitDone);
         assert!(!store.complete(), "ReferenceGrants are not listed yet");
         store.apply(Kind::ReferenceGrant, watcher::Event::InitDone);
         assert!(store.complete());
