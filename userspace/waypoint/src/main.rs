@@ -91,8 +91,7 @@ fn main() -> Result<()> {
     if cli.workers > 0 {
         runtime.worker_threads(cli.workers);
     }
-    runtime.enable_all().build()?
-        .block_on(run(cli))
+    runtime.enable_all().build()?.block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<()> {

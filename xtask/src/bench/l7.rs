@@ -471,12 +471,24 @@ fn measure(cluster: &Cluster, binaries: &Binaries, plan: &Plan, nofile: u64) -> 
     };
     let services: [(&str, Path4, Proto, IpAddr, u16); 7] = [
         ("backend", Path4::Direct, Proto::H1, backend_ip, BACKEND_H1),
-        ("backend-h2", Path4::Direct, Proto::H2c, backend_ip, BACKEND_H2),
+        (
+            "backend-h2",
+            Path4::Direct,
+            Proto::H2c,
+            backend_ip,
+            BACKEND_H2,
+        ),
         ("web", Path4::Waypoint, Proto::H1, backend_ip, BACKEND_H1),
         ("nginx", Path4::Nginx, Proto::H1, proxy_ip, NGINX_H1),
         ("nginx-h2", Path4::Nginx, Proto::H2c, proxy_ip, NGINX_H2),
         ("haproxy", Path4::Haproxy, Proto::H1, proxy_ip, HAPROXY_H1),
-        ("haproxy-h2", Path4::Haproxy, Proto::H2c, proxy_ip, HAPROXY_H2),
+        (
+            "haproxy-h2",
+            Path4::Haproxy,
+            Proto::H2c,
+            proxy_ip,
+            HAPROXY_H2,
+        ),
     ];
     for (name, path, proto, ip, port) in services {
         let yaml = service_yaml(name, path.cluster_ip(proto), SERVICE_PORT, port, "");
@@ -567,11 +579,7 @@ fn measure(cluster: &Cluster, binaries: &Binaries, plan: &Plan, nofile: u64) -> 
     };
     let mut cells = Vec::new();
     for load in plan.loads() {
-        cells.push(
-            bench
-                .cell(load)
-                .with_context(|| stderr_of(&proxies))?,
-        );
+        cells.push(bench.cell(load).with_context(|| stderr_of(&proxies))?);
     }
     let mut memory = Vec::new();
     for path in PROXIES {
@@ -1259,7 +1267,10 @@ fn print_table(cells: &[Cell], trials: usize) {
          direct L4 (medians).\nreq per CPU-s: requests completed ÷ the CPU time (utime + stime) \
          of the proxy's processes over the trial."
     );
-    println!("\n{:<16} {:>14} {:>14}", "EFFICIENCY", "wp÷nginx", "wp÷haproxy");
+    println!(
+        "\n{:<16} {:>14} {:>14}",
+        "EFFICIENCY", "wp÷nginx", "wp÷haproxy"
+    );
     for cell in cells {
         let ratio = |other| {
             cell.per_cpu(Path4::Waypoint)
@@ -1510,8 +1521,14 @@ requests: 12346 total, 12400 started, 12346 done, 12340 succeeded, 6 failed, 0 e
     #[test]
     fn the_route_attaches_to_the_service() {
         let text = route("web", "backend");
-        assert!(text.contains("kind: Service, name: web, port: 80"), "{text}");
-        assert!(text.contains("backendRefs: [{name: backend, port: 80}]"), "{text}");
+        assert!(
+            text.contains("kind: Service, name: web, port: 80"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backendRefs: [{name: backend, port: 80}]"),
+            "{text}"
+        );
     }
 
     #[test]

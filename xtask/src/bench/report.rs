@@ -402,7 +402,11 @@ pub fn lines_svg(title: &str, x_desc: &str, y_desc: &str, panels: &[Panel]) -> R
         let root = SVGBackend::with_string(&mut out, (1000, height)).into_drawing_area();
         root.fill(&WHITE)?;
         let root = root.titled(title, ("sans-serif", 22))?;
-        for (area, panel) in root.split_evenly((panels.len().max(1), 1)).iter().zip(panels) {
+        for (area, panel) in root
+            .split_evenly((panels.len().max(1), 1))
+            .iter()
+            .zip(panels)
+        {
             let all = || panel.lines.iter().flat_map(|line| line.points.iter());
             let top = all().map(|p| p.1).fold(1.0, f64::max) * 1.1;
             let right = all().map(|p| p.0.max(1.0).log2()).fold(1.0, f64::max) + 0.3;
