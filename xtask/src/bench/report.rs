@@ -530,4 +530,26 @@ mod tests {
         // One panel per run, a legend entry per workload in each.
         assert_eq!(text.matches("\nwrk\n").count(), 2, "{text}");
     }
+
+    #[test]
+    fn line_charts_draw_every_line_of_every_panel() {
+        let line = |label: &str| Line {
+            label: label.to_owned(),
+            points: vec![(1.0, 10.0), (8.0, 30.0), (64.0, 20.0)],
+        };
+        let panels = [
+            Panel {
+                title: "one".into(),
+                lines: vec![line("waypoint"), line("nginx")],
+            },
+            Panel {
+                title: "two".into(),
+                lines: vec![line("waypoint")],
+            },
+        ];
+        let text = lines_svg("title", "x", "y", &panels).unwrap();
+        assert!(text.starts_with("<svg"), "{}", &text[..100]);
+        assert_eq!(text.matches("\nwaypoint\n").count(), 2, "{text}");
+        assert_eq!(text.matches("\nnginx\n").count(), 1, "{text}");
+    }
 }
