@@ -15,7 +15,7 @@
 //!   for the VMs' initramfs, kmod (depmod here, modprobe in the guests),
 //!   xz-utils for compressed modules, and Debian's archive keyring;
 //! - wrk, nginx-light, redis-server, redis-tools and iperf3 for the
-//!   benchmark;
+//!   benchmark, and haproxy and h2load (nghttp2-client) for its L7 mode;
 //! - a bpffs mount at /sys/fs/bpf for the pinned maps.
 
 use std::{path::Path, process::Command};
@@ -167,6 +167,8 @@ fn system_packages() -> Result<()> {
         ("redis-server", "redis-server"),
         ("redis-benchmark", "redis-tools"),
         ("iperf3", "iperf3"),
+        ("haproxy", "haproxy"),
+        ("h2load", "nghttp2-client"),
         // gRPC through L7 Services (tests/workloads/zh-grpc.py).
         (
             "/usr/lib/python3/dist-packages/grpc/__init__.py",

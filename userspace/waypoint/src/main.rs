@@ -79,15 +79,21 @@ struct Cli {
     /// Node name, for logs.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     node: Option<String>,
+
+    /// Worker threads of the runtime that serves every connection (0: one
+    /// per CPU).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     zerohop_telemetry::init_logging();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(cli))
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cli.workers > 0 {
+        runtime.worker_threads(cli.workers);
+    }
+    runtime.enable_all().build()?.block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -173,6 +179,7 @@ mod tests {
             HealthAddr(Some("0.0.0.0:9878".parse().unwrap()))
         );
         assert_eq!(cli.config, PathBuf::from("/run/zerohop/waypoint.json"));
+        assert_eq!(cli.workers, 0);
         let cli = Cli::try_parse_from([
             "zerohop-waypoint",
             "--listen",

@@ -420,7 +420,7 @@ fn sync_micros(log: &str) -> Vec<u64> {
 }
 
 /// User and system CPU time of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub(super) fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which may hold spaces: utime and
     // stime are the 14th and 15th fields of the line.
@@ -429,13 +429,13 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }
 
-fn ticks_per_second() -> f64 {
+pub(super) fn ticks_per_second() -> f64 {
     // SAFETY: plain libc query.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
 /// VmRSS and VmHWM of a process, in MiB.
-fn memory_mib(pid: u32) -> Result<(f64, f64)> {
+pub(super) fn memory_mib(pid: u32) -> Result<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> Result<f64> {
         let line = status

@@ -15,6 +15,7 @@
 
 mod control_plane;
 mod idle;
+mod l7;
 mod report;
 mod stats;
 mod workload;
@@ -72,6 +73,16 @@ pub struct BenchArgs {
     /// 50k Services (--quick: 1k and 10k).
     #[arg(long)]
     pub control_plane: bool,
+    /// Measure the waypoint instead: HTTP/1.1 (wrk) and h2c (h2load)
+    /// through zerohop-waypoint, an nginx reverse proxy and haproxy, against
+    /// direct L4; idle connections' memory and slowloris (section "L7
+    /// benchmark" of the README).
+    #[arg(long)]
+    pub l7: bool,
+    /// With --l7: worker threads of each proxy (waypoint --workers, nginx
+    /// worker_processes, haproxy nbthread).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub workers: usize,
 }
 
 /// Trial counts and lengths.
@@ -135,6 +146,9 @@ pub fn run(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
     std::env::set_var("ZEROHOP_BIN", &binaries.zerohop);
     if args.control_plane {
         return control_plane::run(args);
+    }
+    if args.l7 {
+        return l7::run(binaries, args);
     }
     let zh_bench = binaries.testpod.with_file_name("zh-bench");
     ensure!(zh_bench.is_file(), "{} is not built", zh_bench.display());

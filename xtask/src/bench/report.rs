@@ -379,6 +379,78 @@ pub fn svg(runs: &[Run], subtitle: &str) -> Result<String> {
     Ok(out)
 }
 
+/// One line of a chart: (x, y) points in x order.
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One panel of a chart, with its lines.
+pub struct Panel {
+    pub title: String,
+    pub lines: Vec<Line>,
+}
+
+/// A line chart per panel, x on a log2 scale (concurrencies 1, 2, 4 …),
+/// y from 0.
+pub fn lines_svg(title: &str, x_desc: &str, y_desc: &str, panels: &[Panel]) -> Result<String> {
+    use plotters::prelude::*;
+
+    let mut out = String::new();
+    {
+        let height = 520 * panels.len().max(1) as u32 + 40;
+        let root = SVGBackend::with_string(&mut out, (1000, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(title, ("sans-serif", 22))?;
+        for (area, panel) in root
+            .split_evenly((panels.len().max(1), 1))
+            .iter()
+            .zip(panels)
+        {
+            let all = || panel.lines.iter().flat_map(|line| line.points.iter());
+            let top = all().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+            let right = all().map(|p| p.0.max(1.0).log2()).fold(1.0, f64::max) + 0.3;
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, ("sans-serif", 16))
+                .margin(20)
+                .x_label_area_size(40)
+                .y_label_area_size(70)
+                .build_cartesian_2d(-0.3f64..right, 0f64..top)?;
+            chart
+                .configure_mesh()
+                .x_label_formatter(&|x| format!("{}", 2f64.powf(*x).round()))
+                .x_desc(x_desc)
+                .y_desc(y_desc)
+                .draw()?;
+            for (i, line) in panel.lines.iter().enumerate() {
+                let colour = Palette99::pick(i).to_rgba();
+                let points: Vec<(f64, f64)> = line
+                    .points
+                    .iter()
+                    .map(|&(x, y)| (x.max(1.0).log2(), y))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+                    .label(line.label.as_str())
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour));
+                chart.draw_series(
+                    points
+                        .iter()
+                        .map(|point| Circle::new(*point, 4, colour.filled())),
+                )?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present()?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,5 +529,27 @@ mod tests {
         assert!(text.starts_with("<svg"), "{}", &text[..100]);
         // One panel per run, a legend entry per workload in each.
         assert_eq!(text.matches("\nwrk\n").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn line_charts_draw_every_line_of_every_panel() {
+        let line = |label: &str| Line {
+            label: label.to_owned(),
+            points: vec![(1.0, 10.0), (8.0, 30.0), (64.0, 20.0)],
+        };
+        let panels = [
+            Panel {
+                title: "one".into(),
+                lines: vec![line("waypoint"), line("nginx")],
+            },
+            Panel {
+                title: "two".into(),
+                lines: vec![line("waypoint")],
+            },
+        ];
+        let text = lines_svg("title", "x", "y", &panels).unwrap();
+        assert!(text.starts_with("<svg"), "{}", &text[..100]);
+        assert_eq!(text.matches("\nwaypoint\n").count(), 2, "{text}");
+        assert_eq!(text.matches("\nnginx\n").count(), 1, "{text}");
     }
 }
