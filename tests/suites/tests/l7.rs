@@ -191,6 +191,9 @@ struct GetReport {
     statuses: BTreeMap<String, u32>,
     backends: BTreeMap<String, u32>,
     last: Value,
+    /// Why the requests stopped early, if they did.
+    #[serde(default)]
+    error: Option<String>,
 }
 
 impl GetReport {
@@ -777,6 +780,64 @@ fn grpc_routes_split_match_and_edit_calls() -> Result<()> {
     ensure!(
         unrouted.codes.get("UNIMPLEMENTED") == Some(&3),
         "{unrouted:?}"
+    );
+    Ok(())
+}
+
+/// README, "Who the backend sees": a backend that refuses one client, as a
+/// NetworkPolicy would, is not reached by that client through an L4
+/// Service (the handshake crosses the stack with the client's address),
+/// while through an L7 Service the backend sees the waypoint, so the same
+/// rule no longer tells that client apart.
+#[test]
+fn a_backend_policy_sees_the_client_at_l4_and_the_waypoint_at_l7() -> Result<()> {
+    let world = L7World::new()?;
+    world
+        .manifests
+        .write("guarded-route.yaml", &route_to_itself("guarded"))?;
+    world.eventually("guarded is an L7 Service", || {
+        let report = world.get("client", GUARDED, &["--path", "/"])?;
+        let peer = report.seen()["peer"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok(peer.starts_with(&world.pod("waypoint").ip(Family::V4).to_string()))
+    })?;
+    let refused = world.pod("client-b").ip(Family::V4).to_string();
+    let port = TARGET_PORT.to_string();
+    world.pod("plain").exec(
+        "iptables",
+        &[
+            "-I",
+            "INPUT",
+            "-p",
+            "tcp",
+            "-s",
+            &refused,
+            "--dport",
+            &port,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ],
+    )?;
+
+    let l4 = world.get("client-b", PLAIN, &["--path", "/"])?;
+    ensure!(
+        l4.statuses.is_empty() && l4.error.as_deref().is_some_and(|e| e.contains("refused")),
+        "the refused client reached its backend at L4: {l4:?}"
+    );
+    let other = world.get("client", PLAIN, &["--path", "/"])?;
+    ensure!(other.only_status() == Some(200), "{other:?}");
+
+    let l7 = world.get("client-b", GUARDED, &["--path", "/"])?;
+    ensure!(l7.only_status() == Some(200), "{l7:?}");
+    let peer = l7.seen()["peer"].as_str().unwrap_or_default();
+    let waypoint = world.pod("waypoint").ip(Family::V4).to_string();
+    ensure!(
+        peer.starts_with(&waypoint),
+        "the backend saw {peer}, not the waypoint"
     );
     Ok(())
 }

@@ -1,8 +1,9 @@
-//! Gateway API HTTPRoutes attached to Services (the GAMMA mesh profile).
+//! Gateway API HTTPRoutes and GRPCRoutes attached to Services (the GAMMA
+//! mesh profile).
 //!
 //! Each module below depends only on modules listed before it:
 //!
-//! - [`model`]: the HTTPRoute and ReferenceGrant fields zerohop reads, as
+//! - [`model`]: the HTTPRoute, GRPCRoute and ReferenceGrant fields zerohop reads, as
 //!   they arrive from the API server or a manifest file;
 //! - [`duration`]: Gateway API durations (timeouts);
 //! - [`filters`]: the edits filters make (header modifiers, path rewrites,
