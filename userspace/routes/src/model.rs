@@ -345,6 +345,21 @@ pub struct PathModifier {
 #[serde(rename_all = "camelCase")]
 pub struct RequestMirror {
     pub backend_ref: ObjectRef,
+    /// Share of requests mirrored, 0 to 100; at most one of `percent` and
+    /// `fraction`; neither mirrors every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<Fraction>,
+}
+
+/// `numerator / denominator` (default 100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denominator: Option<u32>,
 }
 
 /// A reference to a backend Service (group `""`, kind `Service` by default).

@@ -430,11 +430,16 @@ impl Router {
                         outgoing.set_host(host);
                     }
                 }
-                Action::Mirror(Ok(target)) => {
-                    let picked = self.endpoints.get(target).and_then(|b| b.pick(dice));
-                    outgoing.mirrors.extend(picked);
+                Action::Mirror {
+                    target: Ok(target),
+                    share,
+                } => {
+                    if share.hits(dice) {
+                        let picked = self.endpoints.get(target).and_then(|b| b.pick(dice));
+                        outgoing.mirrors.extend(picked);
+                    }
                 }
-                Action::Mirror(Err(_)) => {}
+                Action::Mirror { target: Err(_), .. } => {}
                 Action::Redirect(redirect) => {
                     return Some(redirect_response(redirect, outgoing, context))
                 }
@@ -1171,6 +1176,82 @@ mod tests {
             (full.path_and_query.as_str(), full.host),
             ("/index.html?x", None)
         );
+    }
+
+    #[test]
+    fn a_mirror_percent_or_fraction_mirrors_that_share_of_requests() {
+        let with = |mirror: serde_json::Value, roll: u32| {
+            let mut filter = json!({"backendRef": {"name": "mirror", "port": 80}});
+            filter
+                .as_object_mut()
+                .unwrap()
+                .extend(mirror.as_object().unwrap().clone());
+            let router = router(vec![web_route(
+                "web",
+                json!([{"filters": [{"type": "RequestMirror", "requestMirror": filter}],
+                        "backendRefs": to("v1")}]),
+            )]);
+            let mut rolls = Vec::new();
+            let decision = router.decide(
+                addr(WEB),
+                ip(SHOP_CLIENT),
+                &request("GET", "/", &[]),
+                &mut |n| {
+                    rolls.push(n);
+                    roll
+                },
+            );
+            (forward(decision).mirrors.len(), rolls)
+        };
+        assert_eq!(with(json!({"percent": 30}), 29), (1, vec![100]));
+        assert_eq!(with(json!({"percent": 30}), 30), (0, vec![100]));
+        assert_eq!(
+            with(json!({"percent": 0}), 0),
+            (0, vec![]),
+            "no roll for none"
+        );
+        assert_eq!(
+            with(json!({"percent": 100}), 0),
+            (1, vec![]),
+            "no roll for all"
+        );
+        assert_eq!(with(json!({}), 0), (1, vec![]), "every request by default");
+        assert_eq!(
+            with(json!({"fraction": {"numerator": 1, "denominator": 3}}), 0),
+            (1, vec![3])
+        );
+        assert_eq!(
+            with(json!({"fraction": {"numerator": 1, "denominator": 3}}), 1),
+            (0, vec![3])
+        );
+        assert_eq!(
+            with(json!({"fraction": {"numerator": 5}}), 4),
+            (1, vec![100])
+        );
+    }
+
+    #[test]
+    fn an_impossible_mirror_share_drops_its_rule() {
+        for mirror in [
+            json!({"percent": 101}),
+            json!({"percent": 10, "fraction": {"numerator": 1}}),
+            json!({"fraction": {"numerator": 4, "denominator": 3}}),
+            json!({"fraction": {"numerator": 0, "denominator": 0}}),
+        ] {
+            let mut filter = json!({"backendRef": {"name": "mirror", "port": 80}});
+            filter
+                .as_object_mut()
+                .unwrap()
+                .extend(mirror.as_object().unwrap().clone());
+            let router = router(vec![web_route(
+                "web",
+                json!([{"matches": [{"path": {"value": "/m"}}],
+                        "filters": [{"type": "RequestMirror", "requestMirror": filter}],
+                        "backendRefs": to("v1")},
+                       {"backendRefs": to("v2")}]),
+            )]);
+            assert_eq!(upstream(get(&router, "/m")), addr(V2_POD), "{mirror}");
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use crate::{
     filters::{has_path_prefix, REPLACE_FULL_PATH, REPLACE_PREFIX_MATCH},
     model::{
         is_core_group, BackendRef, Filter, GrpcMatch, GrpcRule, HeaderMatch, HeaderModifier, Match,
-        ObjectRef, PathModifier, ReferenceGrant, RequestRedirect, Route, RouteKind, Rule,
-        UrlRewrite, GROUP, SERVICE_KIND,
+        ObjectRef, PathModifier, ReferenceGrant, RequestMirror, RequestRedirect, Route, RouteKind,
+        Rule, UrlRewrite, GROUP, SERVICE_KIND,
     },
     request::RequestHead,
 };
@@ -309,7 +309,10 @@ pub(crate) enum Action {
     Rewrite(UrlRewrite),
     /// An invalid mirror is dropped (spec: "not configure this backend"),
     /// the request itself still goes through.
-    Mirror(Result<ServicePort, RuleProblem>),
+    Mirror {
+        target: Result<ServicePort, RuleProblem>,
+        share: Share,
+    },
     /// A filter that must not be skipped but cannot run: its requests get
     /// an error response.
     Unresolvable(RuleProblem),
@@ -326,7 +329,11 @@ impl Action {
 
     fn problem(&self) -> Option<&RuleProblem> {
         match self {
-            Action::Mirror(Err(problem)) | Action::Unresolvable(problem) => Some(problem),
+            Action::Mirror {
+                target: Err(problem),
+                ..
+            }
+            | Action::Unresolvable(problem) => Some(problem),
             _ => None,
         }
     }
@@ -718,7 +725,10 @@ fn compile_filter(
         }
         "RequestMirror" => {
             let mirror = filter.request_mirror.as_ref().ok_or_else(missing)?;
-            Action::Mirror(cluster.resolve_backend(from, &mirror.backend_ref))
+            Action::Mirror {
+                target: cluster.resolve_backend(from, &mirror.backend_ref),
+                share: mirror_share(mirror)?,
+            }
         }
         "ExtensionRef" => Action::Unresolvable(RuleProblem::new(
             reason::INVALID_KIND,
@@ -727,6 +737,55 @@ fn compile_filter(
         other => return Err(RuleProblem::new(reason::UNSUPPORTED_VALUE, format!("filter type {other:?} is not supported by zerohop"))),
     };
     Ok(action)
+}
+
+/// The share of requests a mirror gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Share {
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl Share {
+    /// Whether this request is in the share: `roll(n)` is uniform in
+    /// `0..n`, rolled only when the share is neither none nor all.
+    pub fn hits(self, roll: &mut dyn FnMut(u32) -> u32) -> bool {
+        match self.numerator {
+            0 => false,
+            n if n >= self.denominator => true,
+            n => roll(self.denominator) < n,
+        }
+    }
+}
+
+/// Spec (HTTPRequestMirrorFilter): `percent` (0 to 100) or `fraction`
+/// (numerator ≤ denominator, denominator ≥ 1, by default 100), not both;
+/// neither mirrors every request.
+fn mirror_share(mirror: &RequestMirror) -> Result<Share, RuleProblem> {
+    let share = match (mirror.percent, mirror.fraction) {
+        (None, None) => Some(Share {
+            numerator: 1,
+            denominator: 1,
+        }),
+        (Some(percent), None) => (percent <= 100).then_some(Share {
+            numerator: percent,
+            denominator: 100,
+        }),
+        (None, Some(fraction)) => {
+            let denominator = fraction.denominator.unwrap_or(100);
+            (denominator >= 1 && fraction.numerator <= denominator).then_some(Share {
+                numerator: fraction.numerator,
+                denominator,
+            })
+        }
+        (Some(_), Some(_)) => None,
+    };
+    share.ok_or_else(|| {
+        RuleProblem::new(
+            reason::UNSUPPORTED_VALUE,
+            "a mirror takes percent (0 to 100) or fraction (numerator <= denominator, denominator >= 1), not both",
+        )
+    })
 }
 
 fn checked_redirect(redirect: &RequestRedirect) -> Result<RequestRedirect, RuleProblem> {
