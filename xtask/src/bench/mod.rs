@@ -76,12 +76,13 @@ pub struct BenchArgs {
     /// Measure the waypoint instead: HTTP/1.1 (wrk) and h2c (h2load)
     /// through zerohop-waypoint, an nginx reverse proxy and haproxy, against
     /// direct L4; idle connections' memory and slowloris (section "L7
-    /// benchmark" of the README).
-    #[arg(long)]
+    /// benchmark" of the README). Unpinned, with the node's idle behaviour
+    /// as it is.
+    #[arg(long, conflicts_with_all = ["pin", "only", "idle", "control_plane"])]
     pub l7: bool,
     /// With --l7: worker threads of each proxy (waypoint --workers, nginx
     /// worker_processes, haproxy nbthread).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "l7")]
     pub workers: usize,
 }
 
