@@ -20,7 +20,7 @@
 //!
 //! - HTTPRoutes and GRPCRoutes are never merged: where both kinds attach to
 //!   one Service from one namespace, the oldest route's kind is accepted
-//!   and the other kind's routes are not ([`Claims`]).
+//!   and the other kind's routes are not.
 //!
 //! A parent whose Accepted is True makes that Service an L7 Service: its
 //! ClusterIP ports (only the parentRef's port, when given) go through the
