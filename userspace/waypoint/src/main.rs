@@ -8,6 +8,8 @@
 //!
 //! - [`body`]: the body type requests and responses share on both sides;
 //! - [`config`]: the router, reloaded when the agent rewrites its JSON file;
+//! - [`idle`]: when a client connection has been idle too long;
+//! - [`limits`]: the flags bounding connections, idle time and memory;
 //! - [`listener`]: listening sockets, accept loop, original destination;
 //! - [`metrics`]: what `/metrics` and `/readyz` tell;
 //! - [`passthrough`]: connections that do not speak HTTP, relayed as bytes;
@@ -17,6 +19,8 @@
 
 mod body;
 mod config;
+mod idle;
+mod limits;
 mod listener;
 mod metrics;
 mod passthrough;
@@ -28,7 +32,6 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use clap::Parser;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use zerohop_routes::contract::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
@@ -77,6 +80,9 @@ struct Cli {
     /// Node name, for logs.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     node: Option<String>,
+
+    #[command(flatten)]
+    limits: limits::Limits,
 }
 
 fn main() -> Result<()> {
@@ -103,24 +109,23 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let state = Arc::new(proxy::Proxy::new(
         routes,
-        upstream::Clients::new(cli.mark),
+        upstream::Clients::new(cli.mark, &cli.limits),
         metrics,
+        cli.limits.mirror_body_limit,
     ));
-    let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = Arc::new(listener::Server::new(
+        state,
+        &cli.limits,
+        (cli.silent_client_ms > 0).then(|| Duration::from_millis(cli.silent_client_ms)),
+        stop_rx,
+    ));
     let mut acceptors = Vec::new();
     for addr in &cli.listen {
         let listener = listener::bind(*addr)?;
         info!(%addr, node, mark = %format_args!("{:#x}", cli.mark), "listening");
-        acceptors.push(tokio::spawn(listener::accept_loop(
-            listener,
-            state.clone(),
-            graceful.clone(),
-            (cli.silent_client_ms > 0).then(|| Duration::from_millis(cli.silent_client_ms)),
-            stop_rx.clone(),
-        )));
+        acceptors.push(tokio::spawn(server.clone().accept_loop(listener)));
     }
-    drop(stop_rx);
 
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
@@ -131,11 +136,7 @@ async fn run(cli: Cli) -> Result<()> {
     for acceptor in acceptors {
         let _ = acceptor.await;
     }
-    // The accept loops are gone, and with them every other handle.
-    let Some(graceful) = Arc::into_inner(graceful) else {
-        return Ok(());
-    };
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(DRAIN_TIMEOUT, server.drained())
         .await
         .is_err()
     {
@@ -171,6 +172,14 @@ mod tests {
             HealthAddr(Some("0.0.0.0:9878".parse().unwrap()))
         );
         assert_eq!(cli.config, PathBuf::from("/run/zerohop/waypoint.json"));
+        let limits = &cli.limits;
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(limits.client_idle_timeout, Duration::from_secs(300));
+        assert_eq!(limits.max_connections, 10_000);
+        assert_eq!(limits.max_concurrent_streams, 128);
+        assert_eq!(limits.upstream_idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.upstream_max_idle_per_host, 64);
+        assert_eq!(limits.mirror_body_limit, 65_536);
         let cli = Cli::try_parse_from([
             "zerohop-waypoint",
             "--listen",

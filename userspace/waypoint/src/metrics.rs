@@ -41,6 +41,7 @@ struct Inner {
     upstream_errors: Family<Labels, Counter>,
     passthrough: Family<Labels, Counter>,
     connections: Family<Labels, Gauge>,
+    mirror_body_too_large: Counter,
 }
 
 /// Why an upstream exchange failed.
@@ -98,6 +99,13 @@ impl Metrics {
             "Open client connections, by kind: http or passthrough.",
             connections.clone(),
         );
+        let mirror_body_too_large = Counter::default();
+        registry.register(
+            "zerohop_waypoint_mirror_body_too_large",
+            "Requests of a route with a RequestMirror that were not mirrored: their body was \
+             longer than --mirror-body-limit.",
+            mirror_body_too_large.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             routes,
@@ -106,6 +114,7 @@ impl Metrics {
             upstream_errors,
             passthrough,
             connections,
+            mirror_body_too_large,
         }))
     }
 
@@ -142,6 +151,10 @@ impl Metrics {
             .passthrough
             .get_or_create(&vec![("reason", reason.as_str().to_owned())])
             .inc();
+    }
+
+    pub fn mirror_body_too_large(&self) {
+        self.0.mirror_body_too_large.inc();
     }
 
     /// Counts an open connection of `kind` until the guard is dropped.

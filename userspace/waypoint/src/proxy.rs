@@ -5,9 +5,12 @@
 //! `upstream`), with the router's request headers (less hop-by-hop
 //! ones, but for `te: trailers` over HTTP/2, which gRPC requires), path and
 //! Host; bodies and their trailers stream both ways, except that a request
-//! with mirrors is read whole first so that each mirror gets a copy. Timeouts: `backend_timeout` bounds one
+//! with mirrors has the first bytes of its body read first, up to the mirror
+//! body limit: a body that ends within them is copied to each mirror, a
+//! longer one is not mirrored. Timeouts: `backend_timeout` bounds one
 //! upstream attempt and `request_timeout` the whole exchange, both up to the
-//! response head (the body then streams); either expiring answers 504.
+//! response head (the body then streams); either expiring answers 504. A
+//! client whose request body fails (malformed, cut short) gets 400.
 
 use std::{
     convert::Infallible,
@@ -16,10 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::{
-    body::Incoming,
+    body::{Frame, Incoming},
     header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, TE},
     http::uri::PathAndQuery,
     HeaderMap, Request, Response, StatusCode, Uri, Version,
@@ -34,7 +37,7 @@ use zerohop_routes::{
 };
 
 use crate::{
-    body::{Body, BoxError},
+    body::{Body, BoxError, ClientBody, ClientFault},
     config::Routes,
     metrics::{Metrics, UpstreamError},
     upstream::Clients,
@@ -66,14 +69,22 @@ pub struct Proxy {
     routes: Routes,
     client: Clients,
     metrics: Metrics,
+    /// The longest request body mirrors get a copy of.
+    mirror_body_limit: usize,
 }
 
 impl Proxy {
-    pub fn new(routes: Routes, client: Clients, metrics: Metrics) -> Proxy {
+    pub fn new(
+        routes: Routes,
+        client: Clients,
+        metrics: Metrics,
+        mirror_body_limit: usize,
+    ) -> Proxy {
         Proxy {
             routes,
             client,
             metrics,
+            mirror_body_limit,
         }
     }
 
@@ -139,30 +150,16 @@ impl Proxy {
             .host
             .clone()
             .or_else(|| original_host(&parts.headers, &parts.uri));
-        let body = if forward.mirrors.is_empty() {
-            body.map_err(BoxError::from).boxed()
+        let (body, fault) = if forward.mirrors.is_empty() {
+            ClientBody::new(Vec::new(), Some(body))
         } else {
-            let bytes = match body.collect().await {
-                Ok(collected) => collected.to_bytes(),
+            match self.mirror_all(body, &parts, &forward, host.as_deref()).await {
+                Ok(body) => body,
                 Err(e) => {
                     debug!(route = %forward.route, error = %e, "reading the request body");
                     return text(StatusCode::BAD_REQUEST, "bad request body".into());
                 }
-            };
-            for &mirror in &forward.mirrors {
-                let copy = upstream_request(
-                    mirror,
-                    &parts,
-                    &forward,
-                    host.as_deref(),
-                    full(bytes.clone()),
-                );
-                match copy {
-                    Ok(copy) => self.mirror(mirror, copy),
-                    Err(e) => debug!(%mirror, error = %e, "mirror request"),
-                }
             }
-            full(bytes)
         };
         let request = match upstream_request(
             forward.upstream,
@@ -183,6 +180,10 @@ impl Proxy {
         let attempt = async {
             match self.client.request(request).await {
                 Ok(response) => response_from_upstream(response, &forward.response_headers),
+                Err(e) if fault.happened() => {
+                    debug!(route = %forward.route, error = %chain(&e), "the client's request body failed");
+                    text(StatusCode::BAD_REQUEST, "bad request body".into())
+                }
                 Err(e) => {
                     warn!(route = %forward.route, upstream = %forward.upstream, error = %chain(&e), "upstream request failed");
                     self.metrics.upstream_error(if e.is_connect() {
@@ -207,6 +208,49 @@ impl Proxy {
             text(StatusCode::GATEWAY_TIMEOUT, "upstream timeout".into())
         })
         .await
+    }
+
+    /// Sends each mirror a copy of the request, if its body is no longer
+    /// than the mirror body limit, which is all that is read here; answers
+    /// the body to send upstream: what was read, then the rest.
+    async fn mirror_all(
+        &self,
+        mut body: Incoming,
+        parts: &hyper::http::request::Parts,
+        forward: &Forward,
+        host: Option<&str>,
+    ) -> Result<(Body, ClientFault), hyper::Error> {
+        let mut read = Vec::new();
+        let mut len = 0;
+        let ended = loop {
+            if len > self.mirror_body_limit {
+                break false;
+            }
+            match body.frame().await.transpose()? {
+                None => break true,
+                Some(frame) => {
+                    len += frame.data_ref().map_or(0, Bytes::len);
+                    read.push(frame);
+                }
+            }
+        };
+        if ended {
+            let mut copy = BytesMut::with_capacity(len);
+            for data in read.iter().filter_map(Frame::data_ref) {
+                copy.extend_from_slice(data);
+            }
+            let copy = copy.freeze();
+            for &mirror in &forward.mirrors {
+                match upstream_request(mirror, parts, forward, host, full(copy.clone())) {
+                    Ok(request) => self.mirror(mirror, request),
+                    Err(e) => debug!(%mirror, error = %e, "mirror request"),
+                }
+            }
+        } else {
+            debug!(route = %forward.route, limit = self.mirror_body_limit, "request body too large to mirror");
+            self.metrics.mirror_body_too_large();
+        }
+        Ok(ClientBody::new(read, (!ended).then_some(body)))
     }
 
     /// Sends a copy in the background; its answer and errors are ignored.
