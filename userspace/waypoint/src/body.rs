@@ -5,7 +5,7 @@ use std::{
     collections::VecDeque,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -20,36 +20,55 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A client's request body on its way upstream: the frames already read
-/// (for a mirror's copy), then the rest as it comes. Notes whether the
-/// client's side of it failed (bad chunked encoding, fewer bytes than its
-/// Content-Length, a reset), so that the failed exchange is blamed on the
-/// client (400), not on the upstream (502).
+/// (for a mirror's copy), then the rest as it comes. Tells what it
+/// received ([`Received`]).
 pub struct ClientBody {
     read: VecDeque<Frame<Bytes>>,
     rest: Option<Incoming>,
-    fault: ClientFault,
+    received: Received,
 }
 
-/// Whether a [`ClientBody`] failed on the client's side.
+/// What came of a client's request body: its bytes, and whether it failed
+/// on the client's side (bad chunked encoding, fewer bytes than its
+/// Content-Length, a reset), so that a failed exchange is blamed on the
+/// client (400), not on the upstream (502).
 #[derive(Clone, Default)]
-pub struct ClientFault(Arc<AtomicBool>);
+pub struct Received(Arc<Tally>);
 
-impl ClientFault {
-    pub fn happened(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+#[derive(Default)]
+struct Tally {
+    bytes: AtomicU64,
+    failed: AtomicBool,
+}
+
+impl Received {
+    pub fn failed(&self) -> bool {
+        self.0.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, frame: &Frame<Bytes>) {
+        let len = frame.data_ref().map_or(0, Bytes::len);
+        self.0.bytes.fetch_add(len as u64, Ordering::Relaxed);
     }
 }
 
 impl ClientBody {
-    /// `read`, then `rest` (`None`: the body ended within `read`).
-    pub fn new(read: Vec<Frame<Bytes>>, rest: Option<Incoming>) -> (Body, ClientFault) {
-        let fault = ClientFault::default();
+    /// `read`, then `rest` (`None`: the body ended within `read`), telling
+    /// `received`.
+    pub fn new(read: Vec<Frame<Bytes>>, rest: Option<Incoming>, received: &Received) -> Body {
+        for frame in &read {
+            received.count(frame);
+        }
         let body = ClientBody {
             read: read.into(),
             rest,
-            fault: fault.clone(),
+            received: received.clone(),
         };
-        (body.boxed(), fault)
+        body.boxed()
     }
 }
 
@@ -68,8 +87,10 @@ impl hyper::body::Body for ClientBody {
             return Poll::Ready(None);
         };
         let polled = Pin::new(rest).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.fault.0.store(true, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => self.received.count(frame),
+            Poll::Ready(Some(Err(_))) => self.received.0.failed.store(true, Ordering::Relaxed),
+            _ => {}
         }
         polled.map_err(BoxError::from)
     }

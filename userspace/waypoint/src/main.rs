@@ -6,6 +6,7 @@
 //! program), and for each request asks `zerohop_routes::router::Router` what
 //! to do: answer directly, or forward to an endpoint with edits.
 //!
+//! - [`access_log`]: the optional JSON line per request;
 //! - [`body`]: the body type requests and responses share on both sides;
 //! - [`config`]: the router, reloaded when the agent rewrites its JSON file;
 //! - [`idle`]: when a client connection has been idle too long;
@@ -17,6 +18,7 @@
 //! - [`sniff`]: whether a connection speaks HTTP, from its first bytes;
 //! - [`upstream`]: the pooled upstream clients and their marked sockets.
 
+mod access_log;
 mod body;
 mod config;
 mod idle;
@@ -83,6 +85,13 @@ struct Cli {
 
     #[command(flatten)]
     limits: limits::Limits,
+
+    /// Writes one JSON line per request (time, route, rule, backend,
+    /// method, path, status, duration, request and response bytes,
+    /// client) to "stdout" or to the file at PATH (appended to). Off when
+    /// not given.
+    #[arg(long, value_name = "stdout|PATH")]
+    access_log: Option<access_log::Target>,
 }
 
 fn main() -> Result<()> {
@@ -112,6 +121,10 @@ async fn run(cli: Cli) -> Result<()> {
         upstream::Clients::new(cli.mark, &cli.limits),
         metrics,
         cli.limits.mirror_body_limit,
+        cli.access_log
+            .as_ref()
+            .map(access_log::AccessLog::open)
+            .transpose()?,
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = Arc::new(listener::Server::new(
@@ -180,6 +193,7 @@ mod tests {
         assert_eq!(limits.upstream_idle_timeout, Duration::from_secs(60));
         assert_eq!(limits.upstream_max_idle_per_host, 64);
         assert_eq!(limits.mirror_body_limit, 65_536);
+        assert_eq!(cli.access_log, None);
         let cli = Cli::try_parse_from([
             "zerohop-waypoint",
             "--listen",

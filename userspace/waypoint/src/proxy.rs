@@ -16,6 +16,7 @@ use std::{
     convert::Infallible,
     future::Future,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -37,9 +38,10 @@ use zerohop_routes::{
 };
 
 use crate::{
-    body::{Body, BoxError, ClientBody, ClientFault},
+    access_log::{AccessLog, Entry},
+    body::{Body, BoxError, ClientBody, Received},
     config::Routes,
-    metrics::{Metrics, UpstreamError},
+    metrics::{Answerer, Metrics, UpstreamError},
     upstream::Clients,
 };
 
@@ -71,6 +73,7 @@ pub struct Proxy {
     metrics: Metrics,
     /// The longest request body mirrors get a copy of.
     mirror_body_limit: usize,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Proxy {
@@ -79,12 +82,14 @@ impl Proxy {
         client: Clients,
         metrics: Metrics,
         mirror_body_limit: usize,
+        access_log: Option<AccessLog>,
     ) -> Proxy {
         Proxy {
             routes,
             client,
             metrics,
             mirror_body_limit,
+            access_log: access_log.map(Arc::new),
         }
     }
 
@@ -109,14 +114,32 @@ impl Proxy {
                 .current()
                 .decide(conn.destination, conn.client, &head, &mut dice);
         debug!(client = %conn.client, destination = %conn.destination, method = %head.method, path = %head.path, ?decision, "request");
-        let route = match &decision {
-            Decision::Forward(forward) => forward.route.clone(),
-            Decision::UnknownService | Decision::Respond(_) => String::new(),
+        let answerer = match &decision {
+            Decision::Forward(forward) => Answerer {
+                route: forward.route.clone(),
+                backend: forward.backend.clone(),
+            },
+            Decision::UnknownService | Decision::Respond(_) => Answerer::default(),
         };
-        let response = self.answer(request, conn, decision).await;
-        self.metrics
-            .request(&route, response.status().as_u16(), started.elapsed());
-        response
+        let received = Received::default();
+        let response = self.answer(request, conn, decision, &received).await;
+        let status = response.status().as_u16();
+        let duration = started.elapsed();
+        let Some(log) = &self.access_log else {
+            self.metrics.request(answerer, status, duration);
+            return response;
+        };
+        self.metrics.request(answerer.clone(), status, duration);
+        let entry = Entry {
+            answerer,
+            method: head.method,
+            path: head.path,
+            status,
+            duration,
+            client: conn.client,
+            received,
+        };
+        log.until_sent(response, entry)
     }
 
     async fn answer(
@@ -124,6 +147,7 @@ impl Proxy {
         request: Request<Incoming>,
         conn: Conn,
         decision: Decision,
+        received: &Received,
     ) -> Response<Body> {
         match decision {
             Decision::UnknownService => text(
@@ -134,7 +158,7 @@ impl Proxy {
             Decision::Forward(forward) => {
                 let request_timeout = forward.request_timeout;
                 let route = forward.route.clone();
-                let exchange = self.forward(request, *forward);
+                let exchange = self.forward(request, *forward, received);
                 with_timeout(request_timeout, exchange, || {
                     warn!(%route, client = %conn.client, destination = %conn.destination, timeout = ?request_timeout, "request timeout");
                     text(StatusCode::GATEWAY_TIMEOUT, "request timeout".into())
@@ -144,16 +168,22 @@ impl Proxy {
         }
     }
 
-    async fn forward(&self, request: Request<Incoming>, forward: Forward) -> Response<Body> {
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        forward: Forward,
+        received: &Received,
+    ) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let host = forward
             .host
             .clone()
             .or_else(|| original_host(&parts.headers, &parts.uri));
-        let (body, fault) = if forward.mirrors.is_empty() {
-            ClientBody::new(Vec::new(), Some(body))
+        let body = if forward.mirrors.is_empty() {
+            ClientBody::new(Vec::new(), Some(body), received)
         } else {
-            match self.mirror_all(body, &parts, &forward, host.as_deref()).await {
+            let mirrored = self.mirror_all(body, &parts, &forward, host.as_deref(), received);
+            match mirrored.await {
                 Ok(body) => body,
                 Err(e) => {
                     debug!(route = %forward.route, error = %e, "reading the request body");
@@ -180,7 +210,7 @@ impl Proxy {
         let attempt = async {
             match self.client.request(request).await {
                 Ok(response) => response_from_upstream(response, &forward.response_headers),
-                Err(e) if fault.happened() => {
+                Err(e) if received.failed() => {
                     debug!(route = %forward.route, error = %chain(&e), "the client's request body failed");
                     text(StatusCode::BAD_REQUEST, "bad request body".into())
                 }
@@ -219,7 +249,8 @@ impl Proxy {
         parts: &hyper::http::request::Parts,
         forward: &Forward,
         host: Option<&str>,
-    ) -> Result<(Body, ClientFault), hyper::Error> {
+        received: &Received,
+    ) -> Result<Body, hyper::Error> {
         let mut read = Vec::new();
         let mut len = 0;
         let ended = loop {
@@ -250,7 +281,7 @@ impl Proxy {
             debug!(route = %forward.route, limit = self.mirror_body_limit, "request body too large to mirror");
             self.metrics.mirror_body_too_large();
         }
-        Ok(ClientBody::new(read, (!ended).then_some(body)))
+        Ok(ClientBody::new(read, (!ended).then_some(body), received))
     }
 
     /// Sends a copy in the background; its answer and errors are ignored.
@@ -452,6 +483,7 @@ mod tests {
         }
         Forward {
             route: "default/r/0".into(),
+            backend: "default/web".into(),
             upstream: Upstream {
                 addr: "10.0.0.1:8080".parse().unwrap(),
                 http: UpstreamHttp::AsClient,

@@ -359,6 +359,7 @@ struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -550,7 +551,7 @@ async fn waypoint_applies_routes_and_reloads() {
             .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no {sample} in:\n{metrics}"))
     };
-    assert!(value("zerohop_waypoint_requests_total{route=\"\",code=\"502\"}") >= 2.0);
+    assert!(value("zerohop_waypoint_requests_total{route=\"\",backend=\"\",code=\"502\"}") >= 2.0);
     assert!(value("zerohop_waypoint_upstream_errors_total{kind=\"connect\"}") >= 1.0);
     assert!(value("zerohop_waypoint_upstream_errors_total{kind=\"timeout\"}") >= 1.0);
     assert_eq!(value("zerohop_waypoint_connections{kind=\"http\"}"), 3.0);
@@ -824,4 +825,53 @@ async fn idle_upstream_connections_are_capped_per_endpoint() {
         open.load(Ordering::SeqCst) == 4
     })
     .await;
+}
+
+/// --access-log: one JSON line per request, with what answered it; the
+/// request metric has the same route and backend labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_and_metrics_name_route_and_backend() {
+    let log = TempDir(std::env::temp_dir().join(format!(
+        "zh-access-log-{}-{}",
+        std::process::id(),
+        free_port()
+    )));
+    let path = log.0.to_str().unwrap().to_owned();
+    let routed = routed(&["--access-log", &path]).await;
+    let mut conn = Conn::open(routed.listen, false).await;
+    let (status, _, _) = conn.send("POST", "/v2/a?q=1", &[HOST], "hello").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = conn.send("GET", "/redirect/x", &[HOST], "").await;
+    assert_eq!(status, 301);
+    let lines = async || -> Vec<Value> {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    };
+    // The readiness probes' lines, then these two.
+    eventually("two more lines", async || {
+        lines().await.iter().any(|line| line["path"] == "/redirect/x")
+    })
+    .await;
+    let lines = lines().await;
+    let [.., forwarded, redirected] = &lines[..] else {
+        panic!("{lines:?}")
+    };
+    assert_eq!(forwarded["route"], "default/web#0", "{forwarded}");
+    assert_eq!(forwarded["backend"], "default/web-v2");
+    assert_eq!(forwarded["method"], "POST");
+    assert_eq!(forwarded["path"], "/v2/a");
+    assert_eq!(forwarded["status"], 200);
+    assert_eq!(forwarded["request_bytes"], 5);
+    assert!(forwarded["response_bytes"].as_u64().unwrap() > 100);
+    assert!(forwarded["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(forwarded["client"], "127.0.0.1");
+    assert!(forwarded["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(redirected["route"], "", "{redirected}");
+    assert_eq!(redirected["backend"], "");
+    assert_eq!(redirected["status"], 301);
+    let sample = "zerohop_waypoint_requests_total{route=\"default/web#0\",\
+                  backend=\"default/web-v2\",code=\"200\"}";
+    assert_eq!(routed.metric(sample).await, 1.0);
+    let sample = "zerohop_waypoint_requests_total{route=\"\",backend=\"\",code=\"301\"}";
+    assert_eq!(routed.metric(sample).await, 1.0);
 }
