@@ -140,7 +140,18 @@ impl Waypoint {
         health: SocketAddr,
         flags: &[&str],
     ) -> Waypoint {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_zerohop-waypoint"));
+        let command = Command::new(env!("CARGO_BIN_EXE_zerohop-waypoint"));
+        Waypoint::start_command(command, listen, config, health, flags)
+    }
+
+    /// `command`, with the waypoint's arguments.
+    fn start_command(
+        mut command: Command,
+        listen: &[SocketAddr],
+        config: &Path,
+        health: SocketAddr,
+        flags: &[&str],
+    ) -> Waypoint {
         for addr in listen {
             command.arg("--listen").arg(addr.to_string());
         }
@@ -578,6 +589,11 @@ struct Routed {
 }
 
 async fn routed(flags: &[&str]) -> Routed {
+    routed_by(|listen, config, health| Waypoint::start_with(&[listen], config, health, flags)).await
+}
+
+/// [`routed`], the waypoint started by `start` (listen, config, health).
+async fn routed_by(start: impl FnOnce(SocketAddr, &Path, SocketAddr) -> Waypoint) -> Routed {
     let v1 = backend("v1").await;
     let v2 = backend("v2").await;
     let mirror = backend("mirror").await;
@@ -595,7 +611,7 @@ async fn routed(flags: &[&str]) -> Routed {
         &config_path,
         &config(listen, v1.addr, v2.addr, mirror.addr, down, "web-v1"),
     );
-    let waypoint = Waypoint::start_with(&[listen], &config_path, health, flags);
+    let waypoint = start(listen, &config_path, health);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut conn = Conn::open(listen, false).await;
@@ -874,4 +890,39 @@ async fn the_access_log_and_metrics_name_route_and_backend() {
     assert_eq!(routed.metric(sample).await, 1.0);
     let sample = "zerohop_waypoint_requests_total{route=\"\",backend=\"\",code=\"301\"}";
     assert_eq!(routed.metric(sample).await, 1.0);
+}
+
+/// Out of file descriptors (`EMFILE`): the accept loop backs off and says
+/// so once, and serves again once connections close (here: half-sent ones,
+/// at the header-read timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_waypoint_backs_off_and_serves_again() {
+    let log = TempDir(std::env::temp_dir().join(format!(
+        "zh-waypoint-log-{}-{}",
+        std::process::id(),
+        free_port()
+    )));
+    let stderr = std::fs::File::create(&log.0).unwrap();
+    let routed = routed_by(|listen, config, health| {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "ulimit -n 64 && exec \"$@\"", "sh"])
+            .arg(env!("CARGO_BIN_EXE_zerohop-waypoint"))
+            .stderr(stderr);
+        let flags = ["--header-read-timeout", "1s"];
+        Waypoint::start_command(command, &[listen], config, health, &flags)
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        slow.push(routed.half_sent().await);
+    }
+    let mut conn = Conn::open(routed.listen, false).await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), conn.send("GET", "/", &[HOST], ""));
+    assert_eq!(answer.await.expect("served again").0, 200);
+    let text = std::fs::read_to_string(&log.0).unwrap();
+    let warnings = text.matches("accept failed").count();
+    assert_eq!(warnings, 1, "{text}");
+    assert!(text.contains("Too many open files"), "{text}");
+    drop(slow);
 }
