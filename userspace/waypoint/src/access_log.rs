@@ -96,11 +96,7 @@ impl AccessLog {
     }
 
     /// `response`, whose body logs `entry` once sent or dropped.
-    pub fn until_sent(
-        self: &Arc<Self>,
-        response: Response<Body>,
-        entry: Entry,
-    ) -> Response<Body> {
+    pub fn until_sent(self: &Arc<Self>, response: Response<Body>, entry: Entry) -> Response<Body> {
         response.map(|body| {
             Logged {
                 body,

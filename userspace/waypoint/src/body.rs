@@ -56,20 +56,18 @@ impl Received {
     }
 }
 
-impl ClientBody {
-    /// `read`, then `rest` (`None`: the body ended within `read`), telling
-    /// `received`.
-    pub fn new(read: Vec<Frame<Bytes>>, rest: Option<Incoming>, received: &Received) -> Body {
-        for frame in &read {
-            received.count(frame);
-        }
-        let body = ClientBody {
-            read: read.into(),
-            rest,
-            received: received.clone(),
-        };
-        body.boxed()
+/// The [`ClientBody`] of `read`, then `rest` (`None`: the body ended
+/// within `read`), telling `received`.
+pub fn from_client(read: Vec<Frame<Bytes>>, rest: Option<Incoming>, received: &Received) -> Body {
+    for frame in &read {
+        received.count(frame);
     }
+    let body = ClientBody {
+        read: read.into(),
+        rest,
+        received: received.clone(),
+    };
+    body.boxed()
 }
 
 impl hyper::body::Body for ClientBody {

@@ -89,7 +89,13 @@ pub struct InFlight(watch::Sender<State>);
 impl InFlight {
     /// The response, whose body keeps the request in flight until sent.
     pub fn until_sent(self, response: Response<Body>) -> Response<Body> {
-        response.map(|body| Tracked { body, _in_flight: self }.boxed())
+        response.map(|body| {
+            Tracked {
+                body,
+                _in_flight: self,
+            }
+            .boxed()
+        })
     }
 }
 

@@ -170,7 +170,11 @@ impl Server {
             UpstreamHttp::AsClient => false,
             UpstreamHttp::Http1 | UpstreamHttp::H2c => true,
         };
-        let wait = if http_port { self.header_read } else { self.silent };
+        let wait = if http_port {
+            self.header_read
+        } else {
+            self.silent
+        };
         match sniff(&stream, wait).await {
             Sniffed::Http => {}
             Sniffed::Closed => return,

@@ -39,7 +39,7 @@ use zerohop_routes::{
 
 use crate::{
     access_log::{AccessLog, Entry},
-    body::{Body, BoxError, ClientBody, Received},
+    body::{from_client, Body, BoxError, Received},
     config::Routes,
     metrics::{Answerer, Metrics, UpstreamError},
     upstream::Clients,
@@ -180,7 +180,7 @@ impl Proxy {
             .clone()
             .or_else(|| original_host(&parts.headers, &parts.uri));
         let body = if forward.mirrors.is_empty() {
-            ClientBody::new(Vec::new(), Some(body), received)
+            from_client(Vec::new(), Some(body), received)
         } else {
             let mirrored = self.mirror_all(body, &parts, &forward, host.as_deref(), received);
             match mirrored.await {
@@ -281,7 +281,7 @@ impl Proxy {
             debug!(route = %forward.route, limit = self.mirror_body_limit, "request body too large to mirror");
             self.metrics.mirror_body_too_large();
         }
-        Ok(ClientBody::new(read, (!ended).then_some(body), received))
+        Ok(from_client(read, (!ended).then_some(body), received))
     }
 
     /// Sends a copy in the background; its answer and errors are ignored.

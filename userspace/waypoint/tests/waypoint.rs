@@ -384,7 +384,9 @@ async fn waypoint_applies_routes_and_reloads() {
     let config_path = dir.0.join("waypoint.json");
 
     let Backend {
-        addr: v1, log: v1_log, ..
+        addr: v1,
+        log: v1_log,
+        ..
     } = backend("v1").await;
     let v2 = backend("v2").await.addr;
     let Backend {
@@ -657,10 +659,10 @@ impl Routed {
 /// first).
 async fn closed(stream: &mut TcpStream) -> bool {
     let mut rest = Vec::new();
-    match tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await {
-        Ok(_) => true, // EOF or a reset
-        Err(_) => false,
-    }
+    // Ends with EOF or a reset.
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .is_ok()
 }
 
 /// Polls `check` until it holds, for at most 10 s.
@@ -741,7 +743,8 @@ async fn malformed_request_bodies_are_answered_400() {
         let bad_chunk = format!(
             "POST {path} HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
         );
-        let short = format!("POST {path} HTTP/1.1\r\nhost: web\r\ncontent-length: 100\r\n\r\nten bytes.");
+        let short =
+            format!("POST {path} HTTP/1.1\r\nhost: web\r\ncontent-length: 100\r\n\r\nten bytes.");
         for request in [bad_chunk, short] {
             let mut stream = TcpStream::connect(routed.listen).await.unwrap();
             stream.write_all(request.as_bytes()).await.unwrap();
@@ -771,7 +774,10 @@ async fn a_body_longer_than_the_mirror_limit_is_not_mirrored_nor_held() {
     assert_eq!(status, 200);
     assert_eq!(body["body_len"], BIG);
     // A short one is mirrored, after the long one would have been.
-    assert_eq!(conn.send("POST", "/mirror/small", &[HOST], "hi").await.0, 200);
+    assert_eq!(
+        conn.send("POST", "/mirror/small", &[HOST], "hi").await.0,
+        200
+    );
     let mirrored = async || {
         let log = routed.mirror.log.lock().unwrap();
         log.iter().any(|copy| copy["path"] == "/mirror/small")
@@ -834,7 +840,13 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
 /// endpoint than --upstream-max-idle-per-host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_are_capped_per_endpoint() {
-    let routed = routed(&["--upstream-idle-timeout", "0s", "--upstream-max-idle-per-host", "4"]).await;
+    let routed = routed(&[
+        "--upstream-idle-timeout",
+        "0s",
+        "--upstream-max-idle-per-host",
+        "4",
+    ])
+    .await;
     burst(&routed).await;
     let open = &routed.v1.open;
     eventually("v1 has 4 connections open", async || {
@@ -861,11 +873,16 @@ async fn the_access_log_and_metrics_name_route_and_backend() {
     assert_eq!(status, 301);
     let lines = async || -> Vec<Value> {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
     };
     // The readiness probes' lines, then these two.
     eventually("two more lines", async || {
-        lines().await.iter().any(|line| line["path"] == "/redirect/x")
+        lines()
+            .await
+            .iter()
+            .any(|line| line["path"] == "/redirect/x")
     })
     .await;
     let lines = lines().await;
