@@ -29,13 +29,39 @@ use zerohop_routes::{contract::WaypointConfig, router::Router};
 /// Requests a backend received, as the JSON it answered.
 type Log = Arc<Mutex<Vec<Value>>>;
 
-/// A test backend: where it listens, what it received, how many
-/// connections it has open, and had at most.
+/// A test backend: where it listens, what it received, its connections
+/// and requests.
 struct Backend {
     addr: SocketAddr,
     log: Log,
-    open: Arc<AtomicUsize>,
+    connections: Count,
+    requests: Count,
+}
+
+/// How many of something there are now, and were at most.
+#[derive(Clone, Default)]
+struct Count {
+    now: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+}
+
+impl Count {
+    fn up(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn down(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
 }
 
 /// An HTTP/1.1 and h2c backend answering `{backend, version, method, path,
@@ -47,17 +73,19 @@ async fn backend(name: &'static str) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let log = Log::default();
-    let open = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
+    let (connections, requests) = (Count::default(), Count::default());
     let served = log.clone();
-    let (counted, most) = (open.clone(), peak.clone());
+    let (open, busy) = (connections.clone(), requests.clone());
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let log = served.clone();
+            let busy = busy.clone();
             let service = service_fn(move |request: Request<Incoming>| {
                 let log = log.clone();
+                let busy = busy.clone();
                 async move {
+                    busy.up();
                     let (parts, body) = request.into_parts();
                     let body = body
                         .collect()
@@ -86,6 +114,7 @@ async fn backend(name: &'static str) -> Backend {
                     if let Some(ms) = delay.and_then(|ms| ms.to_str().ok()?.parse().ok()) {
                         tokio::time::sleep(Duration::from_millis(ms)).await;
                     }
+                    busy.down();
                     let mut trailers = hyper::HeaderMap::new();
                     if parts.uri.path().ends_with("/trailers") {
                         trailers.insert("x-trailer", name.parse().unwrap());
@@ -99,21 +128,21 @@ async fn backend(name: &'static str) -> Backend {
                         .map_err(|e| e.to_string())
                 }
             });
-            let open = counted.clone();
-            most.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            let open = open.clone();
+            open.up();
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
-                open.fetch_sub(1, Ordering::SeqCst);
+                open.down();
             });
         }
     });
     Backend {
         addr,
         log,
-        open,
-        peak,
+        connections,
+        requests,
     }
 }
 
@@ -820,7 +849,7 @@ async fn burst(routed: &Routed) {
     for request in requests {
         assert_eq!(request.await.unwrap(), 200);
     }
-    assert!(routed.v1.peak.load(Ordering::SeqCst) > 4, "no burst");
+    assert!(routed.v1.connections.peak() > 4, "no burst");
 }
 
 /// After a burst, idle upstream connections are closed once idle for
@@ -829,11 +858,8 @@ async fn burst(routed: &Routed) {
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     let routed = routed(&["--upstream-idle-timeout", "1s"]).await;
     burst(&routed).await;
-    let open = &routed.v1.open;
-    eventually("v1 has no connection open", async || {
-        open.load(Ordering::SeqCst) == 0
-    })
-    .await;
+    let open = &routed.v1.connections;
+    eventually("v1 has no connection open", async || open.now() == 0).await;
 }
 
 /// After a burst, the waypoint keeps no more idle connections to an
@@ -848,11 +874,8 @@ async fn idle_upstream_connections_are_capped_per_endpoint() {
     ])
     .await;
     burst(&routed).await;
-    let open = &routed.v1.open;
-    eventually("v1 has 4 connections open", async || {
-        open.load(Ordering::SeqCst) == 4
-    })
-    .await;
+    let open = &routed.v1.connections;
+    eventually("v1 has 4 connections open", async || open.now() == 4).await;
 }
 
 /// --access-log: one JSON line per request, with what answered it; the
@@ -942,4 +965,30 @@ async fn out_of_file_descriptors_the_waypoint_backs_off_and_serves_again() {
     assert_eq!(warnings, 1, "{text}");
     assert!(text.contains("Too many open files"), "{text}");
     drop(slow);
+}
+
+/// At most --max-concurrent-streams requests of one HTTP/2 connection are
+/// in flight at once: the client holds back the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_per_connection_are_limited() {
+    let routed = routed(&["--max-concurrent-streams", "2"]).await;
+    let Conn::H2(sender) = Conn::open(routed.listen, true).await else {
+        unreachable!()
+    };
+    let mut requests = Vec::new();
+    for _ in 0..6 {
+        let mut sender = sender.clone();
+        let request = Request::get(format!("http://{}/", HOST.1))
+            .header("x-delay-ms", "300")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        requests.push(tokio::spawn(async move {
+            sender.ready().await.unwrap();
+            sender.send_request(request).await.unwrap().status()
+        }));
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(routed.v1.requests.peak(), 2);
 }
