@@ -968,11 +968,15 @@ async fn out_of_file_descriptors_the_waypoint_backs_off_and_serves_again() {
 }
 
 /// At most --max-concurrent-streams requests of one HTTP/2 connection are
-/// in flight at once: the client holds back the others.
+/// in flight at once: a client that knows the limit (from the server's
+/// SETTINGS, here once a first request is answered) holds back the others;
+/// streams beyond it would be refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_per_connection_are_limited() {
     let routed = routed(&["--max-concurrent-streams", "2"]).await;
-    let Conn::H2(sender) = Conn::open(routed.listen, true).await else {
+    let mut conn = Conn::open(routed.listen, true).await;
+    assert_eq!(conn.send("GET", "/", &[HOST], "").await.0, 200);
+    let Conn::H2(sender) = conn else {
         unreachable!()
     };
     let mut requests = Vec::new();
