@@ -52,6 +52,8 @@ pub struct Forward {
     /// `namespace/name#rule` (the rule's index in the route), for logs;
     /// `(no route applies)` when the client has no route for the Service.
     pub route: String,
+    /// The backend Service the endpoint is of, `namespace/name`.
+    pub backend: String,
     /// The chosen endpoint.
     pub upstream: Upstream,
     /// Request headers after the filters.
@@ -473,6 +475,7 @@ impl Router {
         let path_and_query = outgoing.path_and_query();
         Decision::Forward(Box::new(Forward {
             route,
+            backend: format!("{}/{}", target.namespace, target.name),
             upstream,
             request_headers: outgoing.headers,
             path_and_query,
@@ -1626,12 +1629,16 @@ mod tests {
     }
 
     #[test]
-    fn forward_names_the_route_and_rule() {
+    fn forward_names_the_route_rule_and_backend() {
         let router = router(vec![web_route(
             "web",
             json!([{"matches": [{"path": {"value": "/a"}}], "backendRefs": to("v2")}, {"backendRefs": to("v1")}]),
         )]);
-        assert_eq!(forward(get(&router, "/b")).route, "shop/web#1");
+        let forward = forward(get(&router, "/b"));
+        assert_eq!(
+            (forward.route.as_str(), forward.backend.as_str()),
+            ("shop/web#1", "shop/v1")
+        );
     }
 
     #[test]

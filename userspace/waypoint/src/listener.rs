@@ -2,6 +2,9 @@
 //! sniffed (`sniff`), then served by hyper (HTTP/1.1 with keep-alive, or
 //! HTTP/2 with prior knowledge, told apart by the first bytes) with the
 //! destination its client dialled, or passed through (`passthrough`).
+//! Connections count against `--max-connections`; an HTTP one ends when
+//! its client is too slow to send a request head, or idle too long
+//! (`idle`), or on shutdown, gracefully.
 
 use std::{
     io,
@@ -10,24 +13,29 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use hyper::service::service_fn;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
 };
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{watch, OwnedSemaphorePermit, Semaphore},
+};
 use tracing::{debug, warn};
 use zerohop_routes::contract::UpstreamHttp;
 
 use crate::{
+    idle::Activity,
+    limits::{timeout, Limits},
     metrics::ConnectionKind,
     passthrough,
     proxy::{Conn, Proxy},
-    sniff::{sniff, Sniffed},
+    sniff::{sniff, Reason, Sniffed},
 };
 
 /// A listening socket for `addr`; an IPv6 one takes IPv6 connections only
@@ -46,71 +54,194 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into())?)
 }
 
-/// Accepts and serves connections until `stop` turns true. `silent`: how
-/// long a client that sends nothing is waited for, on a port that names no
-/// protocol, before it is passed through (`None`: as long as it takes).
-pub async fn accept_loop(
-    listener: TcpListener,
+/// Serves the connections of every listener; counts them against
+/// `--max-connections`.
+pub struct Server {
     proxy: Arc<Proxy>,
-    graceful: Arc<GracefulShutdown>,
+    builder: auto::Builder<TokioExecutor>,
+    /// How long a client that sends nothing is waited for, on a port that
+    /// names no protocol, before it is passed through (`None`: as long as
+    /// it takes).
     silent: Option<Duration>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    // No timer: hyper then applies no server-side timeouts, so an idle
-    // keep-alive connection stays open as long as the client keeps it (as
-    // it would, talking to the backend directly), rather than being closed
-    // by the 30 s header-read timeout that also runs between requests.
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true);
-    let builder = Arc::new(builder);
-    loop {
-        let accepted = tokio::select! {
-            // The only change is to "stop" (or the sender is gone).
-            _ = stop.changed() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Typically EMFILE, or a connection reset before accept:
-                // back off a little rather than spin.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let conn = Conn {
-            client: peer.ip().to_canonical(),
-            destination: destination(&stream),
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // A port that names HTTP is waited on: its client speaks first.
-            let wait = match proxy.routes().current().port_http(conn.destination) {
-                UpstreamHttp::AsClient => silent,
-                UpstreamHttp::Http1 | UpstreamHttp::H2c => None,
+    header_read: Option<Duration>,
+    idle: Option<Duration>,
+    slots: Arc<Semaphore>,
+    max_connections: u32,
+    stop: watch::Receiver<bool>,
+}
+
+impl Server {
+    /// Connections end (gracefully) once `stop` turns true.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        limits: &Limits,
+        silent: Option<Duration>,
+        stop: watch::Receiver<bool>,
+    ) -> Server {
+        let header_read = timeout(limits.header_read_timeout);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams);
+        Server {
+            proxy,
+            builder,
+            silent,
+            header_read,
+            idle: timeout(limits.client_idle_timeout),
+            slots: Arc::new(Semaphore::new(limits.max_connections as usize)),
+            max_connections: limits.max_connections,
+            stop,
+        }
+    }
+
+    /// Accepts and serves connections until `stop` turns true; at the
+    /// connection limit, accepts none until one closes.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut stop = self.stop.clone();
+        let mut full = Throttled::default();
+        let mut failing = Throttled::default();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let slot = match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    if full.due() {
+                        warn!(max = self.max_connections, "connection limit reached: accepting no more until one closes (logged once a minute)");
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        slot = self.slots.clone().acquire_owned() => {
+                            slot.expect("the semaphore is never closed")
+                        }
+                    }
+                }
             };
-            match sniff(&stream, wait).await {
-                Sniffed::Http => {}
-                Sniffed::Closed => return,
-                Sniffed::Other(reason) => {
-                    // Within the drain: a relay ends when its peers do.
-                    return passthrough::relay(&proxy, stream, conn, reason).await;
+            let accepted = tokio::select! {
+                // The only change is to "stop" (or the sender is gone).
+                _ = stop.changed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => {
+                    backoff = MIN_BACKOFF;
+                    accepted
+                }
+                Err(e) => {
+                    // Typically EMFILE (out of file descriptors), or a
+                    // connection reset before accept: back off, more each
+                    // time, rather than spin, and do not log each one.
+                    if failing.due() {
+                        warn!(error = %e, "accept failed; backing off (logged once a minute)");
+                    } else {
+                        debug!(error = %e, "accept failed");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            let conn = Conn {
+                client: peer.ip().to_canonical(),
+                destination: destination(&stream),
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(self.clone().serve(stream, conn, slot));
+        }
+    }
+
+    /// Waits until every connection has ended.
+    pub async fn drained(&self) {
+        let _all = self.slots.acquire_many(self.max_connections).await;
+    }
+
+    /// Serves one accepted connection, which holds `_slot` until it ends.
+    async fn serve(self: Arc<Self>, stream: TcpStream, conn: Conn, _slot: OwnedSemaphorePermit) {
+        let proxy = &self.proxy;
+        // A port that names HTTP is waited on: its client speaks first; but
+        // only as long as it may take to send a request head.
+        let http_port = match proxy.routes().current().port_http(conn.destination) {
+            UpstreamHttp::AsClient => false,
+            UpstreamHttp::Http1 | UpstreamHttp::H2c => true,
+        };
+        let wait = if http_port {
+            self.header_read
+        } else {
+            self.silent
+        };
+        match sniff(&stream, wait).await {
+            Sniffed::Http => {}
+            Sniffed::Closed => return,
+            Sniffed::Other(Reason::Silent) if http_port => {
+                debug!(client = %conn.client, destination = %conn.destination, "no request head in time: closed");
+                return;
+            }
+            Sniffed::Other(reason) => {
+                // Within the drain: a relay ends when its peers do.
+                return passthrough::relay(proxy, stream, conn, reason).await;
+            }
+        }
+        let _open = proxy.metrics().connection(ConnectionKind::Http);
+        let activity = Activity::new();
+        let idle = activity.expired(self.header_read, self.idle);
+        let service = service_fn({
+            let proxy = proxy.clone();
+            move |request| {
+                let proxy = proxy.clone();
+                let in_flight = activity.begin();
+                async move {
+                    let response = proxy.handle(request, conn).await;
+                    Ok::<_, std::convert::Infallible>(in_flight.until_sent(response))
                 }
             }
-            let _open = proxy.metrics().connection(ConnectionKind::Http);
-            let service = service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, conn).await) }
-            });
-            let served = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(served).await {
-                debug!(client = %conn.client, destination = %conn.destination, error = %e, "connection ended with an error");
-            }
         });
+        let served = self.builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(served, idle);
+        let mut stop = self.stop.clone();
+        let mut closing = false;
+        let ended = loop {
+            tokio::select! {
+                ended = served.as_mut() => break ended,
+                () = idle.as_mut(), if !closing => {
+                    debug!(client = %conn.client, destination = %conn.destination, "idle: closed");
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = stop.wait_for(|stop| *stop), if !closing => {
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        };
+        if let Err(e) = ended {
+            debug!(client = %conn.client, destination = %conn.destination, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// The first wait after an accept fails, and the longest.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether a repeated warning is due: once a minute at most.
+#[derive(Default)]
+struct Throttled(Option<Instant>);
+
+impl Throttled {
+    fn due(&mut self) -> bool {
+        let due = self
+            .0
+            .is_none_or(|last| last.elapsed() >= Duration::from_secs(60));
+        if due {
+            self.0 = Some(Instant::now());
+        }
+        due
     }
 }
 

@@ -6,9 +6,12 @@
 //! program), and for each request asks `zerohop_routes::router::Router` what
 //! to do: answer directly, or forward to an endpoint with edits.
 //!
+//! - [`access_log`]: the optional JSON line per request;
 //! - [`body`]: the body type requests and responses share on both sides;
 //! - [`config`]: the router, reloaded when the agent rewrites its JSON file;
 //! - [`grpc`]: the waypoint's own answers to gRPC calls, as gRPC statuses;
+//! - [`idle`]: when a client connection has been idle too long;
+//! - [`limits`]: the flags bounding connections, idle time and memory;
 //! - [`listener`]: listening sockets, accept loop, original destination;
 //! - [`metrics`]: what `/metrics` and `/readyz` tell;
 //! - [`passthrough`]: connections that do not speak HTTP, relayed as bytes;
@@ -16,9 +19,12 @@
 //! - [`sniff`]: whether a connection speaks HTTP, from its first bytes;
 //! - [`upstream`]: the pooled upstream clients and their marked sockets.
 
+mod access_log;
 mod body;
 mod config;
 mod grpc;
+mod idle;
+mod limits;
 mod listener;
 mod metrics;
 mod passthrough;
@@ -30,7 +36,6 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use clap::Parser;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use zerohop_routes::contract::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
@@ -84,6 +89,16 @@ struct Cli {
     /// per CPU).
     #[arg(long, value_name = "N", default_value_t = 0)]
     workers: usize,
+
+    #[command(flatten)]
+    limits: limits::Limits,
+
+    /// Writes one JSON line per request (time, route, rule, backend,
+    /// method, path, status, duration, request and response bytes,
+    /// client) to "stdout" or to the file at PATH (appended to). Off when
+    /// not given.
+    #[arg(long, value_name = "stdout|PATH")]
+    access_log: Option<access_log::Target>,
 }
 
 fn main() -> Result<()> {
@@ -111,24 +126,27 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let state = Arc::new(proxy::Proxy::new(
         routes,
-        upstream::Clients::new(cli.mark),
+        upstream::Clients::new(cli.mark, &cli.limits),
         metrics,
+        cli.limits.mirror_body_limit,
+        cli.access_log
+            .as_ref()
+            .map(access_log::AccessLog::open)
+            .transpose()?,
     ));
-    let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = Arc::new(listener::Server::new(
+        state,
+        &cli.limits,
+        (cli.silent_client_ms > 0).then(|| Duration::from_millis(cli.silent_client_ms)),
+        stop_rx,
+    ));
     let mut acceptors = Vec::new();
     for addr in &cli.listen {
         let listener = listener::bind(*addr)?;
         info!(%addr, node, mark = %format_args!("{:#x}", cli.mark), "listening");
-        acceptors.push(tokio::spawn(listener::accept_loop(
-            listener,
-            state.clone(),
-            graceful.clone(),
-            (cli.silent_client_ms > 0).then(|| Duration::from_millis(cli.silent_client_ms)),
-            stop_rx.clone(),
-        )));
+        acceptors.push(tokio::spawn(server.clone().accept_loop(listener)));
     }
-    drop(stop_rx);
 
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
@@ -139,11 +157,7 @@ async fn run(cli: Cli) -> Result<()> {
     for acceptor in acceptors {
         let _ = acceptor.await;
     }
-    // The accept loops are gone, and with them every other handle.
-    let Some(graceful) = Arc::into_inner(graceful) else {
-        return Ok(());
-    };
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(DRAIN_TIMEOUT, server.drained())
         .await
         .is_err()
     {
@@ -180,6 +194,15 @@ mod tests {
         );
         assert_eq!(cli.config, PathBuf::from("/run/zerohop/waypoint.json"));
         assert_eq!(cli.workers, 0);
+        let limits = &cli.limits;
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(limits.client_idle_timeout, Duration::from_secs(300));
+        assert_eq!(limits.max_connections, 10_000);
+        assert_eq!(limits.max_concurrent_streams, 128);
+        assert_eq!(limits.upstream_idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.upstream_max_idle_per_host, 64);
+        assert_eq!(limits.mirror_body_limit, 65_536);
+        assert_eq!(cli.access_log, None);
         let cli = Cli::try_parse_from([
             "zerohop-waypoint",
             "--listen",

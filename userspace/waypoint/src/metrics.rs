@@ -4,6 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use prometheus_client::{
+    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
         family::{Family, MetricConstructor},
@@ -18,6 +19,22 @@ use crate::{config::Routes, sniff::Reason};
 
 /// A sample's labels, in the order exposed.
 type Labels = Vec<(&'static str, String)>;
+
+/// What answered a request: the route rule that forwarded it
+/// (`namespace/name#rule`) and its backend Service (`namespace/name`);
+/// both empty when the waypoint answered itself.
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Answerer {
+    pub route: String,
+    pub backend: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    #[prometheus(flatten)]
+    answerer: Answerer,
+    code: u16,
+}
 
 /// Request durations from 100 µs to about 3.3 s, doubling.
 #[derive(Clone)]
@@ -36,11 +53,12 @@ pub struct Metrics(Arc<Inner>);
 struct Inner {
     registry: Registry,
     routes: Routes,
-    requests: Family<Labels, Counter>,
-    duration: Family<Labels, Histogram, Buckets>,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<Answerer, Histogram, Buckets>,
     upstream_errors: Family<Labels, Counter>,
     passthrough: Family<Labels, Counter>,
     connections: Family<Labels, Gauge>,
+    mirror_body_too_large: Counter,
 }
 
 /// Why an upstream exchange failed.
@@ -68,14 +86,15 @@ impl Metrics {
         let requests = Family::default();
         registry.register(
             "zerohop_waypoint_requests",
-            "Requests answered, by the route rule that forwarded them (namespace/name#rule; \
-             empty when the waypoint answered itself) and status code.",
+            "Requests answered, by the route rule that forwarded them (namespace/name#rule), \
+             its backend Service (namespace/name), both empty when the waypoint answered \
+             itself, and status code.",
             requests.clone(),
         );
         let duration = Family::new_with_constructor(Buckets);
         registry.register_with_unit(
             "zerohop_waypoint_request_duration",
-            "Time from a request's head to its response's head, by route rule.",
+            "Time from a request's head to its response's head, by route rule and backend.",
             Unit::Seconds,
             duration.clone(),
         );
@@ -98,6 +117,13 @@ impl Metrics {
             "Open client connections, by kind: http or passthrough.",
             connections.clone(),
         );
+        let mirror_body_too_large = Counter::default();
+        registry.register(
+            "zerohop_waypoint_mirror_body_too_large",
+            "Requests of a route with a RequestMirror that were not mirrored: their body was \
+             longer than --mirror-body-limit.",
+            mirror_body_too_large.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             routes,
@@ -106,23 +132,22 @@ impl Metrics {
             upstream_errors,
             passthrough,
             connections,
+            mirror_body_too_large,
         }))
     }
 
     /// One answered request.
-    pub fn request(&self, route: &str, status: u16, took: Duration) {
+    pub fn request(&self, answerer: Answerer, status: u16, took: Duration) {
         let inner = &self.0;
         inner
-            .requests
-            .get_or_create(&vec![
-                ("route", route.to_owned()),
-                ("code", status.to_string()),
-            ])
-            .inc();
-        inner
             .duration
-            .get_or_create(&vec![("route", route.to_owned())])
+            .get_or_create(&answerer)
             .observe(took.as_secs_f64());
+        let labels = RequestLabels {
+            answerer,
+            code: status,
+        };
+        inner.requests.get_or_create(&labels).inc();
     }
 
     pub fn upstream_error(&self, error: UpstreamError) {
@@ -142,6 +167,10 @@ impl Metrics {
             .passthrough
             .get_or_create(&vec![("reason", reason.as_str().to_owned())])
             .inc();
+    }
+
+    pub fn mirror_body_too_large(&self) {
+        self.0.mirror_body_too_large.inc();
     }
 
     /// Counts an open connection of `kind` until the guard is dropped.
@@ -186,9 +215,13 @@ mod tests {
     #[test]
     fn samples_follow_what_happened() {
         let metrics = Metrics::new(Routes::default());
-        metrics.request("shop/web#0", 200, Duration::from_millis(3));
-        metrics.request("shop/web#0", 200, Duration::from_millis(5));
-        metrics.request("", 404, Duration::from_micros(50));
+        let web = Answerer {
+            route: "shop/web#0".into(),
+            backend: "shop/web-v1".into(),
+        };
+        metrics.request(web.clone(), 200, Duration::from_millis(3));
+        metrics.request(web, 200, Duration::from_millis(5));
+        metrics.request(Answerer::default(), 404, Duration::from_micros(50));
         metrics.upstream_error(UpstreamError::Timeout);
         metrics.passthrough(Reason::Tls);
         let open = metrics.connection(ConnectionKind::Http);
@@ -196,9 +229,9 @@ mod tests {
         drop(_closed);
         let text = zerohop_telemetry::exposition(metrics.registry()).unwrap();
         for line in [
-            "zerohop_waypoint_requests_total{route=\"shop/web#0\",code=\"200\"} 2",
-            "zerohop_waypoint_requests_total{route=\"\",code=\"404\"} 1",
-            "zerohop_waypoint_request_duration_seconds_count{route=\"shop/web#0\"} 2",
+            "zerohop_waypoint_requests_total{route=\"shop/web#0\",backend=\"shop/web-v1\",code=\"200\"} 2",
+            "zerohop_waypoint_requests_total{route=\"\",backend=\"\",code=\"404\"} 1",
+            "zerohop_waypoint_request_duration_seconds_count{route=\"shop/web#0\",backend=\"shop/web-v1\"} 2",
             "zerohop_waypoint_upstream_errors_total{kind=\"timeout\"} 1",
             "zerohop_waypoint_passthrough_connections_total{reason=\"tls\"} 1",
             "zerohop_waypoint_connections{kind=\"http\"} 1",

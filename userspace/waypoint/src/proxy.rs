@@ -5,21 +5,25 @@
 //! `upstream`), with the router's request headers (less hop-by-hop
 //! ones, but for `te: trailers` over HTTP/2, which gRPC requires), path and
 //! Host; bodies and their trailers stream both ways, except that a request
-//! with mirrors is read whole first so that each mirror gets a copy. Timeouts: `backend_timeout` bounds one
+//! with mirrors has the first bytes of its body read first, up to the mirror
+//! body limit: a body that ends within them is copied to each mirror, a
+//! longer one is not mirrored. Timeouts: `backend_timeout` bounds one
 //! upstream attempt and `request_timeout` the whole exchange, both up to the
-//! response head (the body then streams); either expiring answers 504.
+//! response head (the body then streams); either expiring answers 504. A
+//! client whose request body fails (malformed, cut short) gets 400.
 
 use std::{
     convert::Infallible,
     future::Future,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::{
-    body::Incoming,
+    body::{Frame, Incoming},
     header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, TE},
     http::uri::PathAndQuery,
     HeaderMap, Request, Response, StatusCode, Uri, Version,
@@ -34,10 +38,11 @@ use zerohop_routes::{
 };
 
 use crate::{
-    body::{Body, BoxError},
+    access_log::{AccessLog, Entry},
+    body::{from_client, Body, BoxError, Received},
     config::Routes,
     grpc,
-    metrics::{Metrics, UpstreamError},
+    metrics::{Answerer, Metrics, UpstreamError},
     upstream::Clients,
 };
 
@@ -67,14 +72,25 @@ pub struct Proxy {
     routes: Routes,
     client: Clients,
     metrics: Metrics,
+    /// The longest request body mirrors get a copy of.
+    mirror_body_limit: usize,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Proxy {
-    pub fn new(routes: Routes, client: Clients, metrics: Metrics) -> Proxy {
+    pub fn new(
+        routes: Routes,
+        client: Clients,
+        metrics: Metrics,
+        mirror_body_limit: usize,
+        access_log: Option<AccessLog>,
+    ) -> Proxy {
         Proxy {
             routes,
             client,
             metrics,
+            mirror_body_limit,
+            access_log: access_log.map(Arc::new),
         }
     }
 
@@ -99,18 +115,38 @@ impl Proxy {
                 .current()
                 .decide(conn.destination, conn.client, &head, &mut dice);
         debug!(client = %conn.client, destination = %conn.destination, method = %head.method, path = %head.path, ?decision, "request");
-        let route = match &decision {
-            Decision::Forward(forward) => forward.route.clone(),
-            Decision::UnknownService | Decision::Respond(_) => String::new(),
+        let answerer = match &decision {
+            Decision::Forward(forward) => Answerer {
+                route: forward.route.clone(),
+                backend: forward.backend.clone(),
+            },
+            Decision::UnknownService | Decision::Respond(_) => Answerer::default(),
         };
         let grpc_call = grpc::is_grpc(request.headers());
-        let response = self.answer(request, conn, decision).await;
-        self.metrics
-            .request(&route, response.status().as_u16(), started.elapsed());
-        if grpc_call && !grpc::is_grpc(response.headers()) {
-            return grpc::status_response(response).await;
-        }
-        response
+        let received = Received::default();
+        let response = self.answer(request, conn, decision, &received).await;
+        let status = response.status().as_u16();
+        let duration = started.elapsed();
+        let response = if grpc_call && !grpc::is_grpc(response.headers()) {
+            grpc::status_response(response).await
+        } else {
+            response
+        };
+        let Some(log) = &self.access_log else {
+            self.metrics.request(answerer, status, duration);
+            return response;
+        };
+        self.metrics.request(answerer.clone(), status, duration);
+        let entry = Entry {
+            answerer,
+            method: head.method,
+            path: head.path,
+            status,
+            duration,
+            client: conn.client,
+            received,
+        };
+        log.until_sent(response, entry)
     }
 
     async fn answer(
@@ -118,6 +154,7 @@ impl Proxy {
         request: Request<Incoming>,
         conn: Conn,
         decision: Decision,
+        received: &Received,
     ) -> Response<Body> {
         match decision {
             Decision::UnknownService => text(
@@ -128,7 +165,7 @@ impl Proxy {
             Decision::Forward(forward) => {
                 let request_timeout = forward.request_timeout;
                 let route = forward.route.clone();
-                let exchange = self.forward(request, *forward);
+                let exchange = self.forward(request, *forward, received);
                 with_timeout(request_timeout, exchange, || {
                     warn!(%route, client = %conn.client, destination = %conn.destination, timeout = ?request_timeout, "request timeout");
                     text(StatusCode::GATEWAY_TIMEOUT, "request timeout".into())
@@ -138,36 +175,28 @@ impl Proxy {
         }
     }
 
-    async fn forward(&self, request: Request<Incoming>, forward: Forward) -> Response<Body> {
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        forward: Forward,
+        received: &Received,
+    ) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let host = forward
             .host
             .clone()
             .or_else(|| original_host(&parts.headers, &parts.uri));
         let body = if forward.mirrors.is_empty() {
-            body.map_err(BoxError::from).boxed()
+            from_client(Vec::new(), Some(body), received)
         } else {
-            let bytes = match body.collect().await {
-                Ok(collected) => collected.to_bytes(),
+            let mirrored = self.mirror_all(body, &parts, &forward, host.as_deref(), received);
+            match mirrored.await {
+                Ok(body) => body,
                 Err(e) => {
                     debug!(route = %forward.route, error = %e, "reading the request body");
                     return text(StatusCode::BAD_REQUEST, "bad request body".into());
                 }
-            };
-            for &mirror in &forward.mirrors {
-                let copy = upstream_request(
-                    mirror,
-                    &parts,
-                    &forward,
-                    host.as_deref(),
-                    full(bytes.clone()),
-                );
-                match copy {
-                    Ok(copy) => self.mirror(mirror, copy),
-                    Err(e) => debug!(%mirror, error = %e, "mirror request"),
-                }
             }
-            full(bytes)
         };
         let request = match upstream_request(
             forward.upstream,
@@ -188,6 +217,10 @@ impl Proxy {
         let attempt = async {
             match self.client.request(request).await {
                 Ok(response) => response_from_upstream(response, &forward.response_headers),
+                Err(e) if received.failed() => {
+                    debug!(route = %forward.route, error = %chain(&e), "the client's request body failed");
+                    text(StatusCode::BAD_REQUEST, "bad request body".into())
+                }
                 Err(e) => {
                     warn!(route = %forward.route, upstream = %forward.upstream, error = %chain(&e), "upstream request failed");
                     self.metrics.upstream_error(if e.is_connect() {
@@ -212,6 +245,50 @@ impl Proxy {
             text(StatusCode::GATEWAY_TIMEOUT, "upstream timeout".into())
         })
         .await
+    }
+
+    /// Sends each mirror a copy of the request, if its body is no longer
+    /// than the mirror body limit, which is all that is read here; answers
+    /// the body to send upstream: what was read, then the rest.
+    async fn mirror_all(
+        &self,
+        mut body: Incoming,
+        parts: &hyper::http::request::Parts,
+        forward: &Forward,
+        host: Option<&str>,
+        received: &Received,
+    ) -> Result<Body, hyper::Error> {
+        let mut read = Vec::new();
+        let mut len = 0;
+        let ended = loop {
+            if len > self.mirror_body_limit {
+                break false;
+            }
+            match body.frame().await.transpose()? {
+                None => break true,
+                Some(frame) => {
+                    len += frame.data_ref().map_or(0, Bytes::len);
+                    read.push(frame);
+                }
+            }
+        };
+        if ended {
+            let mut copy = BytesMut::with_capacity(len);
+            for data in read.iter().filter_map(Frame::data_ref) {
+                copy.extend_from_slice(data);
+            }
+            let copy = copy.freeze();
+            for &mirror in &forward.mirrors {
+                match upstream_request(mirror, parts, forward, host, full(copy.clone())) {
+                    Ok(request) => self.mirror(mirror, request),
+                    Err(e) => debug!(%mirror, error = %e, "mirror request"),
+                }
+            }
+        } else {
+            debug!(route = %forward.route, limit = self.mirror_body_limit, "request body too large to mirror");
+            self.metrics.mirror_body_too_large();
+        }
+        Ok(from_client(read, (!ended).then_some(body), received))
     }
 
     /// Sends a copy in the background; its answer and errors are ignored.
@@ -413,6 +490,7 @@ mod tests {
         }
         Forward {
             route: "default/r/0".into(),
+            backend: "default/web".into(),
             upstream: Upstream {
                 addr: "10.0.0.1:8080".parse().unwrap(),
                 http: UpstreamHttp::AsClient,

@@ -24,12 +24,13 @@ use hyper_util::{
 use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::body::Body;
+use crate::{
+    body::Body,
+    limits::{timeout, Limits},
+};
 
 /// A connect that takes longer fails the request with 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle upstream connections are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Pool = Client<MarkedConnector, Body>;
 
@@ -42,11 +43,16 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Clients whose sockets carry `mark` (0: none).
-    pub fn new(mark: u32) -> Clients {
+    /// Clients whose sockets carry `mark` (0: none), which keep idle
+    /// connections as `limits` say.
+    pub fn new(mark: u32, limits: &Limits) -> Clients {
+        // The pool closes a connection idle longer than its timeout when it
+        // sweeps, once per timeout: half the flag closes each by the flag.
+        let idle_timeout = timeout(limits.upstream_idle_timeout).map(|idle| idle / 2);
         let pool = |http2: bool| {
             Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_idle_timeout(idle_timeout)
+                .pool_max_idle_per_host(limits.upstream_max_idle_per_host)
                 .pool_timer(TokioTimer::new())
                 .http2_only(http2)
                 .build(MarkedConnector { mark })

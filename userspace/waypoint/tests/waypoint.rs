@@ -8,7 +8,10 @@ use std::{
     net::{SocketAddr, TcpListener as StdListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -17,28 +20,72 @@ use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 use zerohop_routes::{contract::WaypointConfig, router::Router};
 
 /// Requests a backend received, as the JSON it answered.
 type Log = Arc<Mutex<Vec<Value>>>;
 
+/// A test backend: where it listens, what it received, its connections
+/// and requests.
+struct Backend {
+    addr: SocketAddr,
+    log: Log,
+    connections: Count,
+    requests: Count,
+}
+
+/// How many of something there are now, and were at most.
+#[derive(Clone, Default)]
+struct Count {
+    now: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+impl Count {
+    fn up(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn down(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
 /// An HTTP/1.1 and h2c backend answering `{backend, version, method, path,
-/// headers, body}` with `x-backend: NAME`; paths under `/slow` answer after
-/// a second, paths ending in `/trailers` end their body with the trailer
-/// `x-trailer: NAME`.
-async fn backend(name: &'static str) -> (SocketAddr, Log) {
+/// headers, body, body_len}` (`body` only when short) with `x-backend:
+/// NAME`; paths under `/slow` answer after a second, requests with
+/// `x-delay-ms: N` after N ms, paths ending in `/trailers` end their body
+/// with the trailer `x-trailer: NAME`.
+async fn backend(name: &'static str) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let log = Log::default();
+    let (connections, requests) = (Count::default(), Count::default());
     let served = log.clone();
+    let (open, busy) = (connections.clone(), requests.clone());
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let log = served.clone();
+            let busy = busy.clone();
             let service = service_fn(move |request: Request<Incoming>| {
                 let log = log.clone();
+                let busy = busy.clone();
                 async move {
+                    busy.up();
                     let (parts, body) = request.into_parts();
                     let body = body
                         .collect()
@@ -56,12 +103,18 @@ async fn backend(name: &'static str) -> (SocketAddr, Log) {
                         "method": parts.method.as_str(),
                         "path": parts.uri.to_string(),
                         "headers": headers,
-                        "body": String::from_utf8_lossy(&body),
+                        "body": (body.len() <= 1024).then(|| String::from_utf8_lossy(&body)),
+                        "body_len": body.len(),
                     });
                     log.lock().unwrap().push(report.clone());
                     if parts.uri.path().starts_with("/slow") {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
+                    let delay = parts.headers.get("x-delay-ms");
+                    if let Some(ms) = delay.and_then(|ms| ms.to_str().ok()?.parse().ok()) {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    busy.down();
                     let mut trailers = hyper::HeaderMap::new();
                     if parts.uri.path().ends_with("/trailers") {
                         trailers.insert("x-trailer", name.parse().unwrap());
@@ -75,14 +128,22 @@ async fn backend(name: &'static str) -> (SocketAddr, Log) {
                         .map_err(|e| e.to_string())
                 }
             });
+            let open = open.clone();
+            open.up();
             tokio::spawn(async move {
-                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
-                    .await
+                    .await;
+                open.down();
             });
         }
     });
-    (addr, log)
+    Backend {
+        addr,
+        log,
+        connections,
+        requests,
+    }
 }
 
 fn free_port() -> u16 {
@@ -98,7 +159,28 @@ struct Waypoint(Child);
 
 impl Waypoint {
     fn start(listen: &[SocketAddr], config: &Path, health: SocketAddr) -> Waypoint {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_zerohop-waypoint"));
+        Waypoint::start_with(listen, config, health, &[])
+    }
+
+    /// With more flags.
+    fn start_with(
+        listen: &[SocketAddr],
+        config: &Path,
+        health: SocketAddr,
+        flags: &[&str],
+    ) -> Waypoint {
+        let command = Command::new(env!("CARGO_BIN_EXE_zerohop-waypoint"));
+        Waypoint::start_command(command, listen, config, health, flags)
+    }
+
+    /// `command`, with the waypoint's arguments.
+    fn start_command(
+        mut command: Command,
+        listen: &[SocketAddr],
+        config: &Path,
+        health: SocketAddr,
+        flags: &[&str],
+    ) -> Waypoint {
         for addr in listen {
             command.arg("--listen").arg(addr.to_string());
         }
@@ -108,6 +190,7 @@ impl Waypoint {
             .arg("--health-addr")
             .arg(health.to_string())
             .args(["--mark", "0", "--poll-ms", "50", "--node", "test"])
+            .args(flags)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
         Waypoint(command.spawn().expect("start zerohop-waypoint"))
@@ -162,6 +245,13 @@ impl Conn {
             let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
             tokio::spawn(conn);
             Conn::H1(sender)
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::H1(sender) => sender.is_closed(),
+            Conn::H2(sender) => sender.is_closed(),
         }
     }
 
@@ -310,6 +400,7 @@ struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -322,9 +413,17 @@ async fn waypoint_applies_routes_and_reloads() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let config_path = dir.0.join("waypoint.json");
 
-    let (v1, v1_log) = backend("v1").await;
-    let (v2, _) = backend("v2").await;
-    let (mirror, mirror_log) = backend("mirror").await;
+    let Backend {
+        addr: v1,
+        log: v1_log,
+        ..
+    } = backend("v1").await;
+    let v2 = backend("v2").await.addr;
+    let Backend {
+        addr: mirror,
+        log: mirror_log,
+        ..
+    } = backend("mirror").await;
     let down = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let unknown = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -495,7 +594,7 @@ async fn waypoint_applies_routes_and_reloads() {
             .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no {sample} in:\n{metrics}"))
     };
-    assert!(value("zerohop_waypoint_requests_total{route=\"\",code=\"502\"}") >= 2.0);
+    assert!(value("zerohop_waypoint_requests_total{route=\"\",backend=\"\",code=\"502\"}") >= 2.0);
     assert!(value("zerohop_waypoint_upstream_errors_total{kind=\"connect\"}") >= 1.0);
     assert!(value("zerohop_waypoint_upstream_errors_total{kind=\"timeout\"}") >= 1.0);
     assert_eq!(value("zerohop_waypoint_connections{kind=\"http\"}"), 3.0);
@@ -508,4 +607,393 @@ async fn waypoint_applies_routes_and_reloads() {
 
     drop((conn, other, h2));
     assert!(waypoint.stop(), "clean exit on SIGTERM");
+}
+
+/// A waypoint started with `flags` in front of the Services of [`config`],
+/// once it routes; its backends.
+struct Routed {
+    listen: SocketAddr,
+    health: SocketAddr,
+    waypoint: Waypoint,
+    v1: Backend,
+    mirror: Backend,
+    _dir: TempDir,
+}
+
+async fn routed(flags: &[&str]) -> Routed {
+    routed_by(|listen, config, health| Waypoint::start_with(&[listen], config, health, flags)).await
+}
+
+/// [`routed`], the waypoint started by `start` (listen, config, health).
+async fn routed_by(start: impl FnOnce(SocketAddr, &Path, SocketAddr) -> Waypoint) -> Routed {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let mirror = backend("mirror").await;
+    let down = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "zh-waypoint-test-{}-{}",
+        std::process::id(),
+        listen.port()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let config_path = dir.0.join("waypoint.json");
+    write_config(
+        &config_path,
+        &config(listen, v1.addr, v2.addr, mirror.addr, down, "web-v1"),
+    );
+    let waypoint = start(listen, &config_path, health);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut conn = Conn::open(listen, false).await;
+        if conn.send("GET", "/", &[HOST], "").await.0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the waypoint never routed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Routed {
+        listen,
+        health,
+        waypoint,
+        v1,
+        mirror,
+        _dir: dir,
+    }
+}
+
+impl Routed {
+    /// The value of `sample` (`name{labels}`) on /metrics.
+    async fn metric(&self, sample: &str) -> f64 {
+        let mut conn = Conn::open(self.health, false).await;
+        let (_, _, body) = conn.send("GET", "/metrics", &[], "").await;
+        let text = body.as_str().unwrap_or_default();
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+    }
+
+    /// A connection that has sent part of a request head, and stops there.
+    async fn half_sent(&self) -> TcpStream {
+        let mut stream = TcpStream::connect(self.listen).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: web\r\nx-more: ")
+            .await
+            .unwrap();
+        stream
+    }
+}
+
+/// Whether the waypoint closes `stream` within 10 s (whatever it sends
+/// first).
+async fn closed(stream: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    // Ends with EOF or a reset.
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
+/// Polls `check` until it holds, for at most 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Slowloris: clients that never finish a request head are closed after
+/// the header-read timeout, HTTP/2 ones that never send a request too, and
+/// other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_request_heads_are_closed_after_the_header_read_timeout() {
+    let routed = routed(&["--header-read-timeout", "1s"]).await;
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        slow.push(routed.half_sent().await);
+    }
+    let silent_h2 = Conn::open(routed.listen, true).await;
+    let mut conn = Conn::open(routed.listen, false).await;
+    assert_eq!(conn.send("GET", "/", &[HOST], "").await.0, 200);
+    for stream in &mut slow {
+        assert!(closed(stream).await, "a half-sent request head stays open");
+    }
+    eventually("the silent HTTP/2 connection is closed", async || {
+        silent_h2.is_closed()
+    })
+    .await;
+    drop(routed.waypoint);
+}
+
+/// At --max-connections, a new connection is not served until one ends
+/// (here: half-sent ones, at the header-read timeout); then it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limit_a_new_connection_waits_for_one_to_end() {
+    let routed = routed(&["--max-connections", "20", "--header-read-timeout", "2s"]).await;
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(routed.half_sent().await);
+    }
+    let listen = routed.listen;
+    let waiting = tokio::spawn(async move {
+        let mut conn = Conn::open(listen, false).await;
+        conn.send("GET", "/", &[HOST], "").await.0
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served beyond the connection limit");
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once the half-sent connections are closed")
+        .unwrap();
+    assert_eq!(status, 200);
+    drop(slow);
+}
+
+/// A client connection with no request in flight for the idle timeout is
+/// closed, HTTP/1.1 and HTTP/2 alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_are_closed() {
+    let routed = routed(&["--client-idle-timeout", "1s"]).await;
+    for h2 in [false, true] {
+        let mut conn = Conn::open(routed.listen, h2).await;
+        assert_eq!(conn.send("GET", "/", &[HOST], "").await.0, 200);
+        eventually("the idle connection is closed", async || conn.is_closed()).await;
+    }
+}
+
+/// A request whose body is malformed (bad chunked encoding) or cut short
+/// (fewer bytes than its Content-Length) is answered 400: the client is at
+/// fault, not the backend; with or without a mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_bodies_are_answered_400() {
+    let routed = routed(&[]).await;
+    for path in ["/", "/mirror/x"] {
+        let bad_chunk = format!(
+            "POST {path} HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+        );
+        let short =
+            format!("POST {path} HTTP/1.1\r\nhost: web\r\ncontent-length: 100\r\n\r\nten bytes.");
+        for request in [bad_chunk, short] {
+            let mut stream = TcpStream::connect(routed.listen).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            stream.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+                .await;
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with("HTTP/1.1 400 "),
+                "{request:?} answered {answer:?}"
+            );
+        }
+    }
+}
+
+/// A request through a mirrored route whose body is longer than
+/// --mirror-body-limit streams to its backend whole and is not mirrored;
+/// the waypoint's memory stays far below the body's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_the_mirror_limit_is_not_mirrored_nor_held() {
+    const BIG: usize = 50 << 20;
+    let routed = routed(&[]).await;
+    let mut conn = Conn::open(routed.listen, false).await;
+    let big = "x".repeat(BIG);
+    let (status, _, body) = conn.send("POST", "/mirror/big", &[HOST], &big).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["body_len"], BIG);
+    // A short one is mirrored, after the long one would have been.
+    assert_eq!(
+        conn.send("POST", "/mirror/small", &[HOST], "hi").await.0,
+        200
+    );
+    let mirrored = async || {
+        let log = routed.mirror.log.lock().unwrap();
+        log.iter().any(|copy| copy["path"] == "/mirror/small")
+    };
+    eventually("the short body is mirrored", mirrored).await;
+    let copies = routed.mirror.log.lock().unwrap().clone();
+    assert!(
+        copies.iter().all(|copy| copy["path"] != "/mirror/big"),
+        "{copies:?}"
+    );
+    assert_eq!(
+        routed
+            .metric("zerohop_waypoint_mirror_body_too_large_total")
+            .await,
+        1.0
+    );
+    let pid = routed.waypoint.0.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: usize = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(peak_kib < (BIG >> 10) / 2, "peak RSS {peak_kib} kB");
+}
+
+/// Many requests at once, each on its own client connection, each taking
+/// a while at v1: as many upstream connections.
+async fn burst(routed: &Routed) {
+    let mut requests = Vec::new();
+    for _ in 0..30 {
+        let listen = routed.listen;
+        requests.push(tokio::spawn(async move {
+            let mut conn = Conn::open(listen, false).await;
+            conn.send("GET", "/", &[HOST, ("x-delay-ms", "300")], "")
+                .await
+                .0
+        }));
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert!(routed.v1.connections.peak() > 4, "no burst");
+}
+
+/// After a burst, idle upstream connections are closed once idle for
+/// --upstream-idle-timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let routed = routed(&["--upstream-idle-timeout", "1s"]).await;
+    burst(&routed).await;
+    let open = &routed.v1.connections;
+    eventually("v1 has no connection open", async || open.now() == 0).await;
+}
+
+/// After a burst, the waypoint keeps no more idle connections to an
+/// endpoint than --upstream-max-idle-per-host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_capped_per_endpoint() {
+    let routed = routed(&[
+        "--upstream-idle-timeout",
+        "0s",
+        "--upstream-max-idle-per-host",
+        "4",
+    ])
+    .await;
+    burst(&routed).await;
+    let open = &routed.v1.connections;
+    eventually("v1 has 4 connections open", async || open.now() == 4).await;
+}
+
+/// --access-log: one JSON line per request, with what answered it; the
+/// request metric has the same route and backend labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_and_metrics_name_route_and_backend() {
+    let log = TempDir(std::env::temp_dir().join(format!(
+        "zh-access-log-{}-{}",
+        std::process::id(),
+        free_port()
+    )));
+    let path = log.0.to_str().unwrap().to_owned();
+    let routed = routed(&["--access-log", &path]).await;
+    let mut conn = Conn::open(routed.listen, false).await;
+    let (status, _, _) = conn.send("POST", "/v2/a?q=1", &[HOST], "hello").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = conn.send("GET", "/redirect/x", &[HOST], "").await;
+    assert_eq!(status, 301);
+    let lines = async || -> Vec<Value> {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    // The readiness probes' lines, then these two.
+    eventually("two more lines", async || {
+        lines()
+            .await
+            .iter()
+            .any(|line| line["path"] == "/redirect/x")
+    })
+    .await;
+    let lines = lines().await;
+    let [.., forwarded, redirected] = &lines[..] else {
+        panic!("{lines:?}")
+    };
+    assert_eq!(forwarded["route"], "default/web#0", "{forwarded}");
+    assert_eq!(forwarded["backend"], "default/web-v2");
+    assert_eq!(forwarded["method"], "POST");
+    assert_eq!(forwarded["path"], "/v2/a");
+    assert_eq!(forwarded["status"], 200);
+    assert_eq!(forwarded["request_bytes"], 5);
+    assert!(forwarded["response_bytes"].as_u64().unwrap() > 100);
+    assert!(forwarded["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(forwarded["client"], "127.0.0.1");
+    assert!(forwarded["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(redirected["route"], "", "{redirected}");
+    assert_eq!(redirected["backend"], "");
+    assert_eq!(redirected["status"], 301);
+    let sample = "zerohop_waypoint_requests_total{route=\"default/web#0\",\
+                  backend=\"default/web-v2\",code=\"200\"}";
+    assert_eq!(routed.metric(sample).await, 1.0);
+    let sample = "zerohop_waypoint_requests_total{route=\"\",backend=\"\",code=\"301\"}";
+    assert_eq!(routed.metric(sample).await, 1.0);
+}
+
+/// Out of file descriptors (`EMFILE`): the accept loop backs off and says
+/// so once, and serves again once connections close (here: half-sent ones,
+/// at the header-read timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_waypoint_backs_off_and_serves_again() {
+    let log = TempDir(std::env::temp_dir().join(format!(
+        "zh-waypoint-log-{}-{}",
+        std::process::id(),
+        free_port()
+    )));
+    let stderr = std::fs::File::create(&log.0).unwrap();
+    let routed = routed_by(|listen, config, health| {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "ulimit -n 64 && exec \"$@\"", "sh"])
+            .arg(env!("CARGO_BIN_EXE_zerohop-waypoint"))
+            .stderr(stderr);
+        let flags = ["--header-read-timeout", "1s"];
+        Waypoint::start_command(command, &[listen], config, health, &flags)
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        slow.push(routed.half_sent().await);
+    }
+    let mut conn = Conn::open(routed.listen, false).await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), conn.send("GET", "/", &[HOST], ""));
+    assert_eq!(answer.await.expect("served again").0, 200);
+    let text = std::fs::read_to_string(&log.0).unwrap();
+    let warnings = text.matches("accept failed").count();
+    assert_eq!(warnings, 1, "{text}");
+    assert!(text.contains("Too many open files"), "{text}");
+    drop(slow);
+}
+
+/// At most --max-concurrent-streams requests of one HTTP/2 connection are
+/// in flight at once: a client that knows the limit (from the server's
+/// SETTINGS, here once a first request is answered) holds back the others;
+/// streams beyond it would be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_per_connection_are_limited() {
+    let routed = routed(&["--max-concurrent-streams", "2"]).await;
+    let mut conn = Conn::open(routed.listen, true).await;
+    assert_eq!(conn.send("GET", "/", &[HOST], "").await.0, 200);
+    let Conn::H2(sender) = conn else {
+        unreachable!()
+    };
+    let mut requests = Vec::new();
+    for _ in 0..6 {
+        let mut sender = sender.clone();
+        let request = Request::get(format!("http://{}/", HOST.1))
+            .header("x-delay-ms", "300")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        requests.push(tokio::spawn(async move {
+            sender.ready().await.unwrap();
+            sender.send_request(request).await.unwrap().status()
+        }));
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(routed.v1.requests.peak(), 2);
 }
