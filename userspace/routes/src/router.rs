@@ -1181,14 +1181,18 @@ mod tests {
         );
     }
 
+    /// A RequestMirror filter to Service `mirror` with these share fields.
+    fn mirror_of(share: serde_json::Value) -> serde_json::Value {
+        let mut filter = json!({"backendRef": {"name": "mirror", "port": 80}});
+        let fields = share.as_object().cloned().unwrap_or_default();
+        filter.as_object_mut().unwrap().extend(fields);
+        filter
+    }
+
     #[test]
     fn a_mirror_percent_or_fraction_mirrors_that_share_of_requests() {
-        let with = |mirror: serde_json::Value, roll: u32| {
-            let mut filter = json!({"backendRef": {"name": "mirror", "port": 80}});
-            filter
-                .as_object_mut()
-                .unwrap()
-                .extend(mirror.as_object().unwrap().clone());
+        let with = |share: serde_json::Value, roll: u32| {
+            let filter = mirror_of(share);
             let router = router(vec![web_route(
                 "web",
                 json!([{"filters": [{"type": "RequestMirror", "requestMirror": filter}],
@@ -1241,11 +1245,7 @@ mod tests {
             json!({"fraction": {"numerator": 4, "denominator": 3}}),
             json!({"fraction": {"numerator": 0, "denominator": 0}}),
         ] {
-            let mut filter = json!({"backendRef": {"name": "mirror", "port": 80}});
-            filter
-                .as_object_mut()
-                .unwrap()
-                .extend(mirror.as_object().unwrap().clone());
+            let filter = mirror_of(mirror.clone());
             let router = router(vec![web_route(
                 "web",
                 json!([{"matches": [{"path": {"value": "/m"}}],

@@ -634,26 +634,17 @@ mod tests {
 
     #[test]
     fn http_and_grpc_routes_on_one_service_are_never_merged() {
-        let http = |name: &str, created: &str, namespace: &str| {
-            let mut route = service_route(
-                namespace,
-                name,
-                "shop/web",
-                json!([{"backendRefs": [{"name": "v1", "namespace": "shop", "port": 80}]}]),
-            );
-            route.metadata.creation_timestamp = Some(created.into());
-            Route::from(route)
+        let aged = |kind: RouteKind, name: &str, created: &str, namespace: &str| {
+            let rules = json!([{"backendRefs": [{"name": "v1", "namespace": "shop", "port": 80}]}]);
+            let mut route: Route = match kind {
+                RouteKind::Http => service_route(namespace, name, "shop/web", rules).into(),
+                RouteKind::Grpc => service_grpc_route(namespace, name, "shop/web", rules).into(),
+            };
+            route.metadata_mut().creation_timestamp = Some(created.into());
+            route
         };
-        let grpc = |name: &str, created: &str, namespace: &str| {
-            let mut route = service_grpc_route(
-                namespace,
-                name,
-                "shop/web",
-                json!([{"backendRefs": [{"name": "v1", "namespace": "shop", "port": 80}]}]),
-            );
-            route.metadata.creation_timestamp = Some(created.into());
-            Route::from(route)
-        };
+        let http = |name, created, namespace| aged(RouteKind::Http, name, created, namespace);
+        let grpc = |name, created, namespace| aged(RouteKind::Grpc, name, created, namespace);
         let routes = [
             http("old-http", "2024-01-01T00:00:00Z", "shop"),
             grpc("grpc", "2024-02-01T00:00:00Z", "shop"),
