@@ -118,11 +118,12 @@ pub struct Router {
 /// The valid rules of one route.
 #[derive(Debug)]
 struct CompiledRoute {
-    /// `namespace/name`.
-    key: String,
     /// Breaks ties of equal precedence across routes.
     seniority: Seniority,
     rules: Vec<CompiledRule>,
+    /// `namespace/name#rule` of each rule, in `rules`' order: built once
+    /// here rather than formatted for every request.
+    labels: Vec<String>,
 }
 
 /// The routes attached to one Service port.
@@ -161,7 +162,7 @@ struct Outgoing {
 /// What the filters of the chosen rule need to know.
 struct RuleContext<'a> {
     /// `namespace/name#rule`, for logs.
-    label: String,
+    label: &'a str,
     matched: &'a CompiledMatch,
     destination: SocketAddr,
 }
@@ -264,10 +265,15 @@ impl Router {
                 }
             }
         }
+        let key = route.key();
+        let labels = rules
+            .iter()
+            .map(|rule| format!("{key}#{}", rule.index))
+            .collect();
         self.routes.push(CompiledRoute {
-            key: route.key(),
             seniority: route.seniority(),
             rules,
+            labels,
         });
     }
 
@@ -328,6 +334,30 @@ impl Router {
         request: &RequestHead,
         dice: &mut dyn FnMut(u32) -> u32,
     ) -> Decision {
+        self.decide_head(destination, client, Head::Borrowed(request), dice)
+    }
+
+    /// [`Router::decide`] for a request head the caller no longer needs:
+    /// its headers, path and query become the forwarded request's without
+    /// being copied.
+    pub fn decide_owned(
+        &self,
+        destination: SocketAddr,
+        client: IpAddr,
+        request: RequestHead,
+        dice: &mut dyn FnMut(u32) -> u32,
+    ) -> Decision {
+        self.decide_head(destination, client, Head::Owned(request), dice)
+    }
+
+    fn decide_head(
+        &self,
+        destination: SocketAddr,
+        client: IpAddr,
+        head: Head<'_>,
+        dice: &mut dyn FnMut(u32) -> u32,
+    ) -> Decision {
+        let request = head.get();
         let Some(service) = self.frontend(destination) else {
             return Decision::UnknownService;
         };
@@ -337,7 +367,7 @@ impl Router {
             .get(&client.to_canonical())
             .filter(|namespace| table.consumer_namespaces.contains(*namespace));
         if consumer_namespace.is_none() && !table.has_producer_routes {
-            let outgoing = Outgoing::new(request);
+            let outgoing = head.into_outgoing();
             return self.forward(
                 "(no route applies)".into(),
                 service,
@@ -352,7 +382,7 @@ impl Router {
             .filter(|e| e.consumer_namespace.as_ref() == consumer_namespace)
             .find(|e| self.routes[e.route].rules[e.rule].matches[e.matched].matches(request));
         match chosen {
-            Some(entry) => self.apply_rule(entry, destination, request, dice),
+            Some(entry) => self.apply_rule(entry, destination, head.into_outgoing(), dice),
             None => respond(404, format!("no route rule of {service} matches")),
         }
     }
@@ -361,21 +391,20 @@ impl Router {
         &self,
         entry: &TableEntry,
         destination: SocketAddr,
-        request: &RequestHead,
+        mut outgoing: Outgoing,
         dice: &mut dyn FnMut(u32) -> u32,
     ) -> Decision {
         let route = &self.routes[entry.route];
         let rule = &route.rules[entry.rule];
         let context = RuleContext {
-            label: format!("{}#{}", route.key, rule.index),
+            label: &route.labels[entry.rule],
             matched: &rule.matches[entry.matched],
             destination,
         };
-        let mut outgoing = Outgoing::new(request);
         if let Some(response) = self.apply_filters(&rule.filters, &mut outgoing, &context, dice) {
             return Decision::Respond(response);
         }
-        let label = &context.label;
+        let label = context.label;
         // Spec (HTTPRouteRule backendRefs): requests that would go to an
         // invalid backend, or to no backend at all, get 500.
         if rule.backends.is_empty() {
@@ -401,7 +430,7 @@ impl Router {
             request: rule.request_timeout,
             backend: rule.backend_timeout,
         };
-        self.forward(context.label, target, outgoing, timeouts, dice)
+        self.forward(label.to_owned(), target, outgoing, timeouts, dice)
     }
 
     /// Applies filters in order (spec: "implementations SHOULD implement
@@ -488,12 +517,40 @@ impl Router {
     }
 }
 
+/// The request head [`Router::decide_head`] starts from: borrowed (its
+/// parts are copied for the edits) or owned (they are moved).
+enum Head<'a> {
+    Borrowed(&'a RequestHead),
+    Owned(RequestHead),
+}
+
+impl Head<'_> {
+    fn get(&self) -> &RequestHead {
+        match self {
+            Head::Borrowed(request) => request,
+            Head::Owned(request) => request,
+        }
+    }
+
+    /// The edits start from the request as received.
+    fn into_outgoing(self) -> Outgoing {
+        match self {
+            Head::Borrowed(request) => Outgoing::new(
+                request.headers.clone(),
+                request.path.clone(),
+                request.query.clone(),
+            ),
+            Head::Owned(request) => Outgoing::new(request.headers, request.path, request.query),
+        }
+    }
+}
+
 impl Outgoing {
-    fn new(request: &RequestHead) -> Outgoing {
+    fn new(headers: HeaderMap, path: String, query: Option<String>) -> Outgoing {
         Outgoing {
-            headers: request.headers.clone(),
-            path: request.path.clone(),
-            query: request.query.clone(),
+            headers,
+            path,
+            query,
             host: None,
             response_headers: HeaderModifier::default(),
             mirrors: Vec::new(),
@@ -582,11 +639,12 @@ fn pick_endpoint<'a>(
     endpoints: &'a [Endpoint],
     dice: &mut dyn FnMut(u32) -> u32,
 ) -> Option<&'a Endpoint> {
-    let local: Vec<&Endpoint> = endpoints.iter().filter(|e| e.local).collect();
-    if local.is_empty() {
-        pick_weighted(endpoints, |_| 1, dice)
+    // Weights of 1 for the local endpoints and 0 for the others choose
+    // among the local ones without collecting them.
+    if endpoints.iter().any(|e| e.local) {
+        pick_weighted(endpoints, |e| u32::from(e.local), dice)
     } else {
-        pick_weighted(&local, |_| 1, dice).copied()
+        pick_weighted(endpoints, |_| 1, dice)
     }
 }
 
@@ -683,8 +741,13 @@ mod tests {
         panic!("dice({n}) rolled without a choice to make")
     }
 
+    /// Also checks that [`Router::decide_owned`] decides alike.
+    #[track_caller]
     fn decide(router: &Router, client: &str, request: &RequestHead) -> Decision {
-        router.decide(addr(WEB), ip(client), request, &mut no_dice)
+        let decision = router.decide(addr(WEB), ip(client), request, &mut no_dice);
+        let owned = router.decide_owned(addr(WEB), ip(client), request.clone(), &mut no_dice);
+        assert_eq!(owned, decision, "decide_owned differs from decide");
+        decision
     }
 
     fn get(router: &Router, path: &str) -> Decision {
