@@ -110,11 +110,13 @@ impl Proxy {
     pub async fn handle(&self, request: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
         let head = request_head(&request);
+        let (method, path) = (head.method.clone(), head.path.clone());
+        // The head's headers become the forwarded request's, not copied.
         let decision =
             self.routes
                 .current()
-                .decide(conn.destination, conn.client, &head, &mut dice);
-        debug!(client = %conn.client, destination = %conn.destination, method = %head.method, path = %head.path, ?decision, "request");
+                .decide_owned(conn.destination, conn.client, head, &mut dice);
+        debug!(client = %conn.client, destination = %conn.destination, %method, %path, ?decision, "request");
         let answerer = match &decision {
             Decision::Forward(forward) => Answerer {
                 route: forward.route.clone(),
@@ -139,8 +141,8 @@ impl Proxy {
         self.metrics.request(answerer.clone(), status, duration);
         let entry = Entry {
             answerer,
-            method: head.method,
-            path: head.path,
+            method,
+            path,
             status,
             duration,
             client: conn.client,
