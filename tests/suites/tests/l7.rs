@@ -699,6 +699,7 @@ impl L7World {
     /// `count` unary calls of `method` from pod `client` to Service `grpc`.
     fn grpc_calls(&self, method: &str, count: u32, metadata: &[&str]) -> Result<CallsReport> {
         let target = frontend(GRPC).to_string();
+        let count_calls = count;
         let count = count.to_string();
         let mut args = vec![
             "calls", "--target", &target, "--method", method, "--count", &count,
@@ -707,7 +708,10 @@ impl L7World {
             args.extend(["--metadata", pair]);
         }
         let (python, args) = zh_grpc(&args);
-        let finished = self.pod("client").run(&python, &args, WAIT)?;
+        // Python's calls are slow in an emulated VM of the kernel matrix:
+        // up to 100 ms each there.
+        let patience = WAIT + Duration::from_millis(100) * count_calls;
+        let finished = self.pod("client").run(&python, &args, patience)?;
         let line = finished.stdout.last().cloned().unwrap_or_default();
         serde_json::from_str(&line)
             .with_context(|| format!("zh-grpc {args:?}: {line:?}; stderr {}", finished.stderr))
