@@ -6,6 +6,7 @@
 //! - [`model`]: the HTTPRoute, GRPCRoute and ReferenceGrant fields zerohop reads, as
 //!   they arrive from the API server or a manifest file;
 //! - [`duration`]: Gateway API durations (timeouts);
+//! - [`retry`]: retry policies (GEP-1731) checked and compiled;
 //! - [`filters`]: the edits filters make (header modifiers, path rewrites,
 //!   redirect locations), also for the waypoint's responses;
 //! - [`request`]: the parts of a request that routing reads;
@@ -29,6 +30,7 @@ pub mod duration;
 pub mod filters;
 pub mod model;
 pub mod request;
+pub mod retry;
 pub mod router;
 mod rules;
 pub mod status;

@@ -228,6 +228,8 @@ pub struct Rule {
     pub backend_refs: Vec<BackendRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -417,6 +419,22 @@ pub struct Timeouts {
     pub backend_request: Option<String>,
 }
 
+/// HTTPRouteRetry (GEP-1731): which answers to retry, how often, and how
+/// long to wait in between.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Status codes, 400 to 599.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<i64>,
+    /// Retries after the first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i64>,
+    /// A Gateway API duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
 /// A GRPCRoute.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -544,7 +562,8 @@ mod tests {
               {"name": "smiley2", "namespace": "faces-next", "port": 80, "weight": 10,
                "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": [{"name": "x-version", "value": "2"}]}}]}
             ],
-            "timeouts": {"request": "10s", "backendRequest": "2s"}
+            "timeouts": {"request": "10s", "backendRequest": "2s"},
+            "retry": {"codes": [500, 503], "attempts": 2, "backoff": "100ms"}
           },
           {"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}
         ]
@@ -585,6 +604,10 @@ mod tests {
             rule.timeouts.as_ref().unwrap().backend_request.as_deref(),
             Some("2s")
         );
+        let retry = rule.retry.as_ref().unwrap();
+        assert_eq!(retry.codes, [500, 503]);
+        assert_eq!(retry.attempts, Some(2));
+        assert_eq!(retry.backoff.as_deref(), Some("100ms"));
         assert_eq!(
             route.spec.rules[1].filters[0]
                 .request_redirect

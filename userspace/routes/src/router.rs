@@ -11,6 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -23,6 +24,7 @@ use crate::{
     },
     model::{HeaderModifier, RequestRedirect, Route, Seniority},
     request::RequestHead,
+    retry::RetryPolicy,
     rules::{Action, Cluster, CompiledMatch, CompiledRule, ServicePort, Specificity},
     status::{assess, parent_ports, Claims, Inputs},
 };
@@ -71,6 +73,43 @@ pub struct Forward {
     pub request_timeout: Option<Duration>,
     /// HTTPRoute `timeouts.backendRequest`: one upstream attempt.
     pub backend_timeout: Option<Duration>,
+    /// HTTPRoute `retry`: when and where to try again.
+    pub retry: Option<Retry>,
+}
+
+/// A rule's retry policy, with the endpoints of the chosen backend Service
+/// that a retry may go to.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub policy: RetryPolicy,
+    backends: Arc<Backends>,
+}
+
+impl PartialEq for Retry {
+    fn eq(&self, other: &Retry) -> bool {
+        self.policy == other.policy && Arc::ptr_eq(&self.backends, &other.backends)
+    }
+}
+
+impl Retry {
+    /// The endpoint of the next attempt: one not `tried` yet (one on this
+    /// node if there is one, as for the first attempt), else any again.
+    pub fn next_upstream(
+        &self,
+        tried: &[SocketAddr],
+        dice: &mut dyn FnMut(u32) -> u32,
+    ) -> Option<Upstream> {
+        let endpoints = &self.backends.endpoints;
+        let untried: Vec<Endpoint> = (endpoints.iter())
+            .filter(|e| !tried.contains(&e.addr))
+            .copied()
+            .collect();
+        let endpoint = match untried.is_empty() {
+            false => pick_endpoint(&untried, dice),
+            true => pick_endpoint(endpoints, dice),
+        };
+        endpoint.map(|endpoint| self.backends.upstream(endpoint))
+    }
 }
 
 /// An endpoint a request goes to, and the HTTP version it is spoken to in.
@@ -96,10 +135,14 @@ struct Backends {
 impl Backends {
     /// An endpoint on this node if there is one, else any.
     fn pick(&self, dice: &mut dyn FnMut(u32) -> u32) -> Option<Upstream> {
-        pick_endpoint(&self.endpoints, dice).map(|endpoint| Upstream {
+        pick_endpoint(&self.endpoints, dice).map(|endpoint| self.upstream(endpoint))
+    }
+
+    fn upstream(&self, endpoint: &Endpoint) -> Upstream {
+        Upstream {
             addr: endpoint.addr,
             http: self.http,
-        })
+        }
     }
 }
 
@@ -111,7 +154,8 @@ pub struct Router {
     /// The rules attached to each L7 Service port.
     tables: BTreeMap<ServicePort, RouteTable>,
     routes: Vec<CompiledRoute>,
-    endpoints: BTreeMap<ServicePort, Backends>,
+    /// Shared with the forwards whose rule retries.
+    endpoints: BTreeMap<ServicePort, Arc<Backends>>,
     clients: BTreeMap<IpAddr, String>,
 }
 
@@ -167,10 +211,12 @@ struct RuleContext<'a> {
     destination: SocketAddr,
 }
 
+/// What a rule bounds its exchanges with.
 #[derive(Debug, Clone, Copy, Default)]
-struct Timeouts {
-    request: Option<Duration>,
-    backend: Option<Duration>,
+struct ExchangePolicy {
+    request_timeout: Option<Duration>,
+    backend_timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
 }
 
 impl Router {
@@ -192,16 +238,20 @@ impl Router {
                 .collect(),
             ..Router::default()
         };
+        let mut endpoints = BTreeMap::<_, Backends>::new();
         for set in &config.endpoints {
             let key = ServicePort {
                 namespace: set.namespace.clone(),
                 name: set.name.clone(),
                 port: set.port,
             };
-            let backends = router.endpoints.entry(key).or_default();
+            let backends = endpoints.entry(key).or_default();
             backends.http = set.http;
             backends.endpoints.extend(&set.endpoints);
         }
+        router.endpoints = (endpoints.into_iter())
+            .map(|(port, backends)| (port, Arc::new(backends)))
+            .collect();
         for route in &config.routes {
             router.attach(route, &cluster, &claims);
         }
@@ -372,7 +422,7 @@ impl Router {
                 "(no route applies)".into(),
                 service,
                 outgoing,
-                Timeouts::default(),
+                ExchangePolicy::default(),
                 dice,
             );
         }
@@ -426,11 +476,12 @@ impl Router {
         {
             return Decision::Respond(response);
         }
-        let timeouts = Timeouts {
-            request: rule.request_timeout,
-            backend: rule.backend_timeout,
+        let policy = ExchangePolicy {
+            request_timeout: rule.request_timeout,
+            backend_timeout: rule.backend_timeout,
+            retry: rule.retry,
         };
-        self.forward(label.to_owned(), target, outgoing, timeouts, dice)
+        self.forward(label.to_owned(), target, outgoing, policy, dice)
     }
 
     /// Applies filters in order (spec: "implementations SHOULD implement
@@ -492,10 +543,11 @@ impl Router {
         route: String,
         target: &ServicePort,
         outgoing: Outgoing,
-        timeouts: Timeouts,
+        policy: ExchangePolicy,
         dice: &mut dyn FnMut(u32) -> u32,
     ) -> Decision {
-        let Some(upstream) = self.endpoints.get(target).and_then(|b| b.pick(dice)) else {
+        let backends = self.endpoints.get(target);
+        let Some((backends, upstream)) = backends.and_then(|b| Some((b, b.pick(dice)?))) else {
             return respond(
                 503,
                 format!("{route}: Service {target} has no ready endpoint"),
@@ -511,8 +563,12 @@ impl Router {
             host: outgoing.host,
             response_headers: outgoing.response_headers,
             mirrors: outgoing.mirrors,
-            request_timeout: timeouts.request,
-            backend_timeout: timeouts.backend,
+            request_timeout: policy.request_timeout,
+            backend_timeout: policy.backend_timeout,
+            retry: policy.retry.map(|policy| Retry {
+                policy,
+                backends: Arc::clone(backends),
+            }),
         }))
     }
 }
@@ -1689,6 +1745,67 @@ mod tests {
             (None, None)
         );
         assert_eq!(forward(get(&router, "/")).request_timeout, None);
+    }
+
+    #[test]
+    fn a_rule_with_retry_forwards_its_policy_and_one_without_none() {
+        let router = router(vec![web_route(
+            "web",
+            json!([
+                {"matches": [{"path": {"value": "/flaky"}}], "retry": {"codes": [503], "attempts": 3, "backoff": "50ms"}, "backendRefs": to("v1")},
+                {"matches": [{"path": {"value": "/bad"}}], "retry": {"codes": [200]}, "backendRefs": to("v1")},
+                {"backendRefs": to("v1")},
+            ]),
+        )]);
+        let flaky = forward(get(&router, "/flaky"));
+        let policy = flaky.retry.expect("a retry policy").policy;
+        assert!(policy.retries_status(503) && !policy.retries_status(500));
+        assert_eq!(
+            (policy.attempts, policy.backoff),
+            (3, Duration::from_millis(50))
+        );
+        assert_eq!(forward(get(&router, "/")).retry, None);
+        // An invalid retry drops its rule: /bad falls to the catch-all.
+        assert_eq!(forward(get(&router, "/bad")).route, "shop/web#2");
+    }
+
+    /// A retry goes to an endpoint not tried yet, on this node first, and
+    /// to one already tried only when none is left.
+    #[test]
+    fn retries_go_to_endpoints_not_tried_yet() {
+        let mut config = config(
+            vec![web_route(
+                "web",
+                json!([{"retry": {"codes": [503], "attempts": 5}, "backendRefs": to("v1")}]),
+            )],
+            Vec::new(),
+        );
+        let (local_a, local_b, remote) = ("10.2.1.1:8080", "10.2.1.2:8080", "10.2.1.3:8080");
+        config.endpoints = vec![endpoints(
+            "shop",
+            "v1",
+            80,
+            &[(remote, false), (local_a, true), (local_b, true)],
+        )];
+        let router = Router::new(&config);
+        let decision = router.decide(
+            addr(WEB),
+            ip(SHOP_CLIENT),
+            &request("GET", "/", &[]),
+            &mut |_| 0,
+        );
+        let forward = forward(decision);
+        assert_eq!(forward.upstream.addr, addr(local_a));
+        let retry = forward.retry.unwrap();
+        let mut tried = vec![forward.upstream.addr];
+        for expected in [local_b, remote] {
+            let next = retry.next_upstream(&tried, &mut no_dice).unwrap();
+            assert_eq!(next.addr, addr(expected), "after {tried:?}");
+            tried.push(next.addr);
+        }
+        // All tried: any again, on this node first.
+        let again = retry.next_upstream(&tried, &mut |n| n - 1).unwrap();
+        assert_eq!(again.addr, addr(local_b));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::{
         Rule, UrlRewrite, GROUP, SERVICE_KIND,
     },
     request::RequestHead,
+    retry::{compile_retry, RetryPolicy},
 };
 
 /// Why a rule is invalid or a reference does not resolve: a Gateway API
@@ -356,6 +357,8 @@ pub(crate) struct CompiledRule {
     pub backends: Vec<CompiledBackend>,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    /// HTTPRoute `retry`; GRPCRoute has none.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl CompiledRule {
@@ -430,6 +433,7 @@ fn compile_rule(
         .chain(backends.iter().flat_map(|b| &b.filters));
     check_prefix_replacement(rule, all_filters)?;
     let timeouts = rule.timeouts.clone().unwrap_or_default();
+    let retry = rule.retry.as_ref().map(compile_retry).transpose();
     Ok(CompiledRule {
         index,
         matches,
@@ -437,12 +441,13 @@ fn compile_rule(
         backends,
         request_timeout: timeout(timeouts.request.as_deref())?,
         backend_timeout: timeout(timeouts.backend_request.as_deref())?,
+        retry: retry.map_err(|message| RuleProblem::new(reason::UNSUPPORTED_VALUE, message))?,
     })
 }
 
 /// Spec (GRPCRouteRule): no matches match every gRPC request; the filter
 /// types are HTTPRoute's header modifiers, RequestMirror and ExtensionRef;
-/// there are no timeouts.
+/// there are no timeouts and no retries.
 fn compile_grpc_rule(
     from: Referrer,
     index: usize,
@@ -477,6 +482,7 @@ fn compile_grpc_rule(
         backends: compile_backends(from, &rule.backend_refs, cluster)?,
         request_timeout: None,
         backend_timeout: None,
+        retry: None,
     })
 }
 

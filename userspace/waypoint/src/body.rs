@@ -11,9 +11,12 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt};
-use hyper::body::{Frame, Incoming, SizeHint};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::{
+    body::{Frame, Incoming, SizeHint},
+    HeaderMap,
+};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request and response bodies, streamed or in memory.
@@ -114,4 +117,69 @@ impl hyper::body::Body for ClientBody {
         hint.set_lower(rest.lower() + read);
         hint
     }
+}
+
+/// A client's request body read ahead, up to a limit, before it goes
+/// upstream.
+pub enum ReadAhead {
+    /// It ended within the limit: kept whole, it can be sent again.
+    Whole(Replay),
+    /// It is longer: what was read, then the rest, sent once.
+    Partial(Body),
+}
+
+/// A whole request body, to send as many times as needed (to mirrors, and
+/// again when an attempt is retried).
+#[derive(Clone, Default)]
+pub struct Replay {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Replay {
+    pub fn body(&self) -> Body {
+        let data = Full::new(self.data.clone()).map_err(|never| match never {});
+        // Without trailers, the body's exact length frames it as the
+        // client's did (no body at all, or a Content-Length).
+        match self.trailers.clone() {
+            None => data.boxed(),
+            Some(trailers) => data.with_trailers(async { Some(Ok(trailers)) }).boxed(),
+        }
+    }
+}
+
+/// Reads `body` until it ends or more than `limit` bytes have come,
+/// telling `received` what was read.
+pub async fn read_ahead(
+    mut body: Incoming,
+    limit: usize,
+    received: &Received,
+) -> Result<ReadAhead, hyper::Error> {
+    let mut read = Vec::new();
+    let mut len = 0;
+    loop {
+        if len > limit {
+            return Ok(ReadAhead::Partial(from_client(read, Some(body), received)));
+        }
+        match body.frame().await.transpose()? {
+            Some(frame) => {
+                len += frame.data_ref().map_or(0, Bytes::len);
+                read.push(frame);
+            }
+            None => break,
+        }
+    }
+    let mut data = BytesMut::with_capacity(len);
+    let mut trailers = None;
+    for frame in read {
+        received.count(&frame);
+        match frame.into_data() {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok(ReadAhead::Whole(Replay {
+        data: data.freeze(),
+        trailers,
+    }))
 }

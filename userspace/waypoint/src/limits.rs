@@ -44,13 +44,15 @@ pub struct Limits {
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub upstream_max_idle_per_host: usize,
 
-    /// Bytes of a request body a RequestMirror copy may carry: a request
-    /// whose body is longer is not mirrored (counted in
-    /// zerohop_waypoint_mirror_body_too_large_total) while it streams to its
-    /// backend as any other; so that a mirror never holds a whole large
+    /// Bytes of a request body the waypoint keeps whole, to copy it to a
+    /// RequestMirror or send it again on a retry: a request of such a rule
+    /// whose body is longer is neither mirrored nor retried (counted in
+    /// zerohop_waypoint_mirror_body_too_large_total and
+    /// zerohop_waypoint_retry_body_too_large_total) while it streams to its
+    /// backend as any other; so that the waypoint never holds a whole large
     /// body in memory, only up to this much per request.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
-    pub mirror_body_limit: usize,
+    #[arg(long, visible_alias = "mirror-body-limit", value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub replay_body_limit: usize,
 }
 
 /// A duration flag.

@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> Result<()> {
         routes,
         upstream::Clients::new(cli.mark, &cli.limits),
         metrics,
-        cli.limits.mirror_body_limit,
+        cli.limits.replay_body_limit,
         cli.access_log
             .as_ref()
             .map(access_log::AccessLog::open)
@@ -201,7 +201,7 @@ mod tests {
         assert_eq!(limits.max_concurrent_streams, 128);
         assert_eq!(limits.upstream_idle_timeout, Duration::from_secs(60));
         assert_eq!(limits.upstream_max_idle_per_host, 64);
-        assert_eq!(limits.mirror_body_limit, 65_536);
+        assert_eq!(limits.replay_body_limit, 65_536);
         assert_eq!(cli.access_log, None);
         let cli = Cli::try_parse_from([
             "zerohop-waypoint",

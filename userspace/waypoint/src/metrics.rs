@@ -59,10 +59,12 @@ struct Inner {
     passthrough: Family<Labels, Counter>,
     connections: Family<Labels, Gauge>,
     mirror_body_too_large: Counter,
+    retries: Family<Labels, Counter>,
+    retry_body_too_large: Counter,
 }
 
 /// Why an upstream exchange failed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
     /// No connection (answered 503).
     Connect,
@@ -70,6 +72,25 @@ pub enum UpstreamError {
     Timeout,
     /// Anything else (502).
     Other,
+}
+
+/// Why an upstream attempt was retried.
+#[derive(Debug, Clone, Copy)]
+pub enum RetryReason {
+    /// It answered a status the rule's `retry.codes` lists.
+    Status,
+    /// It failed.
+    Failed(UpstreamError),
+}
+
+impl UpstreamError {
+    fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Other => "other",
+        }
+    }
 }
 
 /// What a connection turned out to be.
@@ -121,8 +142,22 @@ impl Metrics {
         registry.register(
             "zerohop_waypoint_mirror_body_too_large",
             "Requests of a route with a RequestMirror that were not mirrored: their body was \
-             longer than --mirror-body-limit.",
+             longer than --replay-body-limit.",
             mirror_body_too_large.clone(),
+        );
+        let retries = Family::default();
+        registry.register(
+            "zerohop_waypoint_retries",
+            "Upstream attempts retried, by route rule (namespace/name#rule) and reason: \
+             status (a code the rule's retry lists), connect, timeout or other.",
+            retries.clone(),
+        );
+        let retry_body_too_large = Counter::default();
+        registry.register(
+            "zerohop_waypoint_retry_body_too_large",
+            "Requests of a route rule with a retry policy that could not be retried: their \
+             body was longer than --replay-body-limit.",
+            retry_body_too_large.clone(),
         );
         Metrics(Arc::new(Inner {
             registry,
@@ -133,6 +168,8 @@ impl Metrics {
             passthrough,
             connections,
             mirror_body_too_large,
+            retries,
+            retry_body_too_large,
         }))
     }
 
@@ -151,15 +188,23 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, error: UpstreamError) {
-        let kind = match error {
-            UpstreamError::Connect => "connect",
-            UpstreamError::Timeout => "timeout",
-            UpstreamError::Other => "other",
-        };
         self.0
             .upstream_errors
-            .get_or_create(&vec![("kind", kind.to_owned())])
+            .get_or_create(&vec![("kind", error.as_str().to_owned())])
             .inc();
+    }
+
+    pub fn retry(&self, route: &str, reason: RetryReason) {
+        let reason = match reason {
+            RetryReason::Status => "status",
+            RetryReason::Failed(error) => error.as_str(),
+        };
+        let labels = vec![("route", route.to_owned()), ("reason", reason.to_owned())];
+        self.0.retries.get_or_create(&labels).inc();
+    }
+
+    pub fn retry_body_too_large(&self) {
+        self.0.retry_body_too_large.inc();
     }
 
     pub fn passthrough(&self, reason: Reason) {

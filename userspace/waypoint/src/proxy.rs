@@ -5,12 +5,14 @@
 //! `upstream`), with the router's request headers (less hop-by-hop
 //! ones, but for `te: trailers` over HTTP/2, which gRPC requires), path and
 //! Host; bodies and their trailers stream both ways, except that a request
-//! with mirrors has the first bytes of its body read first, up to the mirror
-//! body limit: a body that ends within them is copied to each mirror, a
-//! longer one is not mirrored. Timeouts: `backend_timeout` bounds one
-//! upstream attempt and `request_timeout` the whole exchange, both up to the
-//! response head (the body then streams); either expiring answers 504. A
-//! client whose request body fails (malformed, cut short) gets 400.
+//! with mirrors or a retry policy has the first bytes of its body read
+//! first, up to the replay body limit: a body that ends within them is
+//! copied to each mirror and sent again on a retry, a longer one is neither
+//! mirrored nor retried. Timeouts: `backend_timeout` bounds one upstream
+//! attempt and `request_timeout` the whole exchange, retries and their
+//! waits included, both up to the response head (the body then streams);
+//! either expiring answers 504. A client whose request body fails
+//! (malformed, cut short) gets 400.
 
 use std::{
     convert::Infallible,
@@ -20,10 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{
-    body::{Frame, Incoming},
+    body::Incoming,
     header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, TE},
     http::uri::PathAndQuery,
     HeaderMap, Request, Response, StatusCode, Uri, Version,
@@ -39,10 +41,10 @@ use zerohop_routes::{
 
 use crate::{
     access_log::{AccessLog, Entry},
-    body::{from_client, Body, BoxError, Received},
+    body::{from_client, read_ahead, Body, BoxError, ReadAhead, Received, Replay},
     config::Routes,
     grpc,
-    metrics::{Answerer, Metrics, UpstreamError},
+    metrics::{Answerer, Metrics, RetryReason, UpstreamError},
     upstream::Clients,
 };
 
@@ -72,8 +74,8 @@ pub struct Proxy {
     routes: Routes,
     client: Clients,
     metrics: Metrics,
-    /// The longest request body mirrors get a copy of.
-    mirror_body_limit: usize,
+    /// The longest request body kept whole, for mirrors and retries.
+    replay_body_limit: usize,
     access_log: Option<Arc<AccessLog>>,
 }
 
@@ -82,14 +84,14 @@ impl Proxy {
         routes: Routes,
         client: Clients,
         metrics: Metrics,
-        mirror_body_limit: usize,
+        replay_body_limit: usize,
         access_log: Option<AccessLog>,
     ) -> Proxy {
         Proxy {
             routes,
             client,
             metrics,
-            mirror_body_limit,
+            replay_body_limit,
             access_log: access_log.map(Arc::new),
         }
     }
@@ -188,109 +190,140 @@ impl Proxy {
             .host
             .clone()
             .or_else(|| original_host(&parts.headers, &parts.uri));
-        let body = if forward.mirrors.is_empty() {
-            from_client(Vec::new(), Some(body), received)
-        } else {
-            let mirrored = self.mirror_all(body, &parts, &forward, host.as_deref(), received);
-            match mirrored.await {
-                Ok(body) => body,
-                Err(e) => {
-                    debug!(route = %forward.route, error = %e, "reading the request body");
-                    return text(StatusCode::BAD_REQUEST, "bad request body".into());
-                }
-            }
-        };
-        let request = match upstream_request(
-            forward.upstream,
-            &parts,
-            &forward,
-            host.as_deref(),
-            body,
-        ) {
-            Ok(request) => request,
+        let host = host.as_deref();
+        let mut body = match self
+            .read_ahead(body, &parts, &forward, host, received)
+            .await
+        {
+            Ok(body) => body,
             Err(e) => {
-                warn!(route = %forward.route, upstream = %forward.upstream, error = %e, "cannot build the upstream request");
-                return text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "bad upstream request".into(),
-                );
+                debug!(route = %forward.route, error = %e, "reading the request body");
+                return text(StatusCode::BAD_REQUEST, "bad request body".into());
             }
         };
-        let attempt = async {
-            match self.client.request(request).await {
-                Ok(response) => response_from_upstream(response, &forward.response_headers),
-                Err(e) if received.failed() => {
-                    debug!(route = %forward.route, error = %chain(&e), "the client's request body failed");
-                    text(StatusCode::BAD_REQUEST, "bad request body".into())
+        let mut upstream = forward.upstream;
+        let mut tried = Vec::new();
+        loop {
+            let sent = match &mut body {
+                Sent::Again(replay) => replay.body(),
+                // Taken by the first attempt, the only one (see `retry`).
+                Sent::Once(once) => once.take().unwrap_or_default(),
+            };
+            let attempt = self.attempt(upstream, &parts, &forward, host, sent, received);
+            let attempt = attempt.await;
+            // Spec (HTTPRouteRetry): the listed codes, and failed
+            // connections, resets and backend timeouts (SHOULD).
+            let retry = match (&forward.retry, &attempt, &body) {
+                (Some(retry), Attempt::Answered(response), Sent::Again(_))
+                    if retry.policy.retries_status(response.status().as_u16()) =>
+                {
+                    Some((retry, RetryReason::Status))
                 }
-                Err(e) => {
-                    warn!(route = %forward.route, upstream = %forward.upstream, error = %chain(&e), "upstream request failed");
-                    self.metrics.upstream_error(if e.is_connect() {
-                        UpstreamError::Connect
-                    } else {
-                        UpstreamError::Other
-                    });
-                    if e.is_connect() {
-                        text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "upstream connect error".into(),
-                        )
-                    } else {
-                        text(StatusCode::BAD_GATEWAY, "upstream error".into())
-                    }
+                (Some(retry), Attempt::Failed(error), Sent::Again(_)) => {
+                    Some((retry, RetryReason::Failed(*error)))
                 }
+                _ => None,
+            };
+            match retry {
+                Some((retry, reason)) if tried.len() < retry.policy.attempts as usize => {
+                    tried.push(upstream.addr);
+                    self.metrics.retry(&forward.route, reason);
+                    drop(attempt);
+                    tokio::time::sleep(retry.policy.wait_before(tried.len() as u32)).await;
+                    upstream = retry.next_upstream(&tried, &mut dice).unwrap_or(upstream);
+                    debug!(route = %forward.route, ?reason, %upstream, retry = tried.len(), "retrying");
+                }
+                _ => return attempt.into_response(&forward.response_headers),
             }
-        };
-        with_timeout(forward.backend_timeout, attempt, || {
-            warn!(route = %forward.route, upstream = %forward.upstream, timeout = ?forward.backend_timeout, "backend request timeout");
-            self.metrics.upstream_error(UpstreamError::Timeout);
-            text(StatusCode::GATEWAY_TIMEOUT, "upstream timeout".into())
-        })
-        .await
+        }
     }
 
-    /// Sends each mirror a copy of the request, if its body is no longer
-    /// than the mirror body limit, which is all that is read here; answers
-    /// the body to send upstream: what was read, then the rest.
-    async fn mirror_all(
+    /// One exchange with `upstream`, bounded by the rule's backend timeout.
+    async fn attempt(
         &self,
-        mut body: Incoming,
+        upstream: Upstream,
+        parts: &hyper::http::request::Parts,
+        forward: &Forward,
+        host: Option<&str>,
+        body: Body,
+        received: &Received,
+    ) -> Attempt {
+        let request = match upstream_request(upstream, parts, forward, host, body) {
+            Ok(request) => request,
+            Err(e) => {
+                warn!(route = %forward.route, %upstream, error = %e, "cannot build the upstream request");
+                return Attempt::Final(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bad upstream request".into(),
+                ));
+            }
+        };
+        let exchange = async {
+            match self.client.request(request).await {
+                Ok(response) => Attempt::Answered(response),
+                Err(e) if received.failed() => {
+                    debug!(route = %forward.route, error = %chain(&e), "the client's request body failed");
+                    Attempt::Final(text(StatusCode::BAD_REQUEST, "bad request body".into()))
+                }
+                Err(e) => {
+                    warn!(route = %forward.route, %upstream, error = %chain(&e), "upstream request failed");
+                    let error = match e.is_connect() {
+                        true => UpstreamError::Connect,
+                        false => UpstreamError::Other,
+                    };
+                    self.metrics.upstream_error(error);
+                    Attempt::Failed(error)
+                }
+            }
+        };
+        let Some(limit) = forward.backend_timeout else {
+            return exchange.await;
+        };
+        tokio::time::timeout(limit, exchange).await.unwrap_or_else(|_| {
+            warn!(route = %forward.route, %upstream, timeout = ?limit, "backend request timeout");
+            self.metrics.upstream_error(UpstreamError::Timeout);
+            Attempt::Failed(UpstreamError::Timeout)
+        })
+    }
+
+    /// The body to send upstream. A request with mirrors or a retry policy
+    /// has its body read first, up to the replay body limit: a body that
+    /// ends within it is copied to each mirror and can be sent again; a
+    /// longer one is neither mirrored nor retried, and streams once.
+    async fn read_ahead(
+        &self,
+        body: Incoming,
         parts: &hyper::http::request::Parts,
         forward: &Forward,
         host: Option<&str>,
         received: &Received,
-    ) -> Result<Body, hyper::Error> {
-        let mut read = Vec::new();
-        let mut len = 0;
-        let ended = loop {
-            if len > self.mirror_body_limit {
-                break false;
-            }
-            match body.frame().await.transpose()? {
-                None => break true,
-                Some(frame) => {
-                    len += frame.data_ref().map_or(0, Bytes::len);
-                    read.push(frame);
+    ) -> Result<Sent, hyper::Error> {
+        if forward.mirrors.is_empty() && forward.retry.is_none() {
+            let once = from_client(Vec::new(), Some(body), received);
+            return Ok(Sent::Once(Some(once)));
+        }
+        let replay = match read_ahead(body, self.replay_body_limit, received).await? {
+            ReadAhead::Whole(replay) => replay,
+            ReadAhead::Partial(body) => {
+                let limit = self.replay_body_limit;
+                if !forward.mirrors.is_empty() {
+                    debug!(route = %forward.route, limit, "request body too large to mirror");
+                    self.metrics.mirror_body_too_large();
                 }
+                if forward.retry.is_some() {
+                    debug!(route = %forward.route, limit, "request body too large to retry");
+                    self.metrics.retry_body_too_large();
+                }
+                return Ok(Sent::Once(Some(body)));
             }
         };
-        if ended {
-            let mut copy = BytesMut::with_capacity(len);
-            for data in read.iter().filter_map(Frame::data_ref) {
-                copy.extend_from_slice(data);
+        for &mirror in &forward.mirrors {
+            match upstream_request(mirror, parts, forward, host, replay.body()) {
+                Ok(request) => self.mirror(mirror, request),
+                Err(e) => debug!(%mirror, error = %e, "mirror request"),
             }
-            let copy = copy.freeze();
-            for &mirror in &forward.mirrors {
-                match upstream_request(mirror, parts, forward, host, full(copy.clone())) {
-                    Ok(request) => self.mirror(mirror, request),
-                    Err(e) => debug!(%mirror, error = %e, "mirror request"),
-                }
-            }
-        } else {
-            debug!(route = %forward.route, limit = self.mirror_body_limit, "request body too large to mirror");
-            self.metrics.mirror_body_too_large();
         }
-        Ok(from_client(read, (!ended).then_some(body), received))
+        Ok(Sent::Again(replay))
     }
 
     /// Sends a copy in the background; its answer and errors are ignored.
@@ -309,6 +342,44 @@ impl Proxy {
                 Err(_) => debug!(%mirror, "mirror request timed out"),
             }
         });
+    }
+}
+
+/// The request body as it goes upstream.
+enum Sent {
+    /// Whole in memory: every attempt sends it.
+    Again(Replay),
+    /// Streamed: the first attempt takes it; there is no other.
+    Once(Option<Body>),
+}
+
+/// How one upstream attempt ended.
+enum Attempt {
+    /// The upstream answered (any status).
+    Answered(Response<Incoming>),
+    /// No answer: no connection, a reset, a timeout.
+    Failed(UpstreamError),
+    /// The answer to give, not to retry (the client's body failed, the
+    /// request cannot be built).
+    Final(Response<Body>),
+}
+
+impl Attempt {
+    fn into_response(self, response_headers: &HeaderModifier) -> Response<Body> {
+        match self {
+            Attempt::Answered(response) => response_from_upstream(response, response_headers),
+            Attempt::Failed(UpstreamError::Connect) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error".into(),
+            ),
+            Attempt::Failed(UpstreamError::Timeout) => {
+                text(StatusCode::GATEWAY_TIMEOUT, "upstream timeout".into())
+            }
+            Attempt::Failed(UpstreamError::Other) => {
+                text(StatusCode::BAD_GATEWAY, "upstream error".into())
+            }
+            Attempt::Final(response) => response,
+        }
     }
 }
 
@@ -504,6 +575,7 @@ mod tests {
             mirrors: vec![],
             request_timeout: None,
             backend_timeout: None,
+            retry: None,
         }
     }
 

@@ -68,7 +68,9 @@ impl Count {
 /// headers, body, body_len}` (`body` only when short) with `x-backend:
 /// NAME`; paths under `/slow` answer after a second, requests with
 /// `x-delay-ms: N` after N ms, paths ending in `/trailers` end their body
-/// with the trailer `x-trailer: NAME`.
+/// with the trailer `x-trailer: NAME`. A request with `x-fail: CODE/N/MS`
+/// (MS optional) is answered CODE, after MS ms, while the backend has seen
+/// fewer than N requests of its path before it.
 async fn backend(name: &'static str) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -106,7 +108,17 @@ async fn backend(name: &'static str) -> Backend {
                         "body": (body.len() <= 1024).then(|| String::from_utf8_lossy(&body)),
                         "body_len": body.len(),
                     });
-                    log.lock().unwrap().push(report.clone());
+                    let seen = {
+                        let mut log = log.lock().unwrap();
+                        let path = &report["path"];
+                        let seen = log.iter().filter(|r| &r["path"] == path).count();
+                        log.push(report.clone());
+                        seen
+                    };
+                    let failure = failing(&parts.headers, seen);
+                    if let Some((_, after)) = failure {
+                        tokio::time::sleep(after).await;
+                    }
                     if parts.uri.path().starts_with("/slow") {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
@@ -122,6 +134,7 @@ async fn backend(name: &'static str) -> Backend {
                     let body = Full::new(Bytes::from(report.to_string()))
                         .with_trailers(async move { Some(Ok(trailers)) });
                     Response::builder()
+                        .status(failure.map_or(200, |(code, _)| code))
                         .header("x-backend", name)
                         .header("x-from-backend", "1")
                         .body(body)
@@ -144,6 +157,18 @@ async fn backend(name: &'static str) -> Backend {
         connections,
         requests,
     }
+}
+
+/// The status and delay `x-fail: CODE/N/MS` asks for, when the backend has
+/// seen fewer than N requests of the path before (`seen`).
+fn failing(headers: &hyper::HeaderMap, seen: usize) -> Option<(u16, Duration)> {
+    let spec = headers.get("x-fail")?.to_str().ok()?;
+    let mut fields = spec
+        .split('/')
+        .map(|n| n.parse::<u64>().expect("x-fail: CODE/N/MS"));
+    let (code, first) = (fields.next()?, fields.next()?);
+    let delay = Duration::from_millis(fields.next().unwrap_or(0));
+    (seen < first as usize).then_some((code as u16, delay))
 }
 
 fn free_port() -> u16 {
@@ -321,6 +346,7 @@ fn config(
             service("web-v2", "10.96.0.12", 80),
             service("mirror", "10.96.0.13", 80),
             service("down", "10.96.0.14", 80),
+            service("down-then-v1", "10.96.0.15", 80),
         ],
         "endpoints": [
             endpoints("web", listen.port(), v1),
@@ -328,6 +354,9 @@ fn config(
             endpoints("web-v2", 80, v2),
             endpoints("mirror", 80, mirror),
             endpoints("down", 80, down),
+            {"namespace": "default", "name": "down-then-v1", "port": 80,
+             "endpoints": [{"addr": down.to_string(), "local": true},
+                           {"addr": v1.to_string(), "local": false}]},
         ],
         "clients": {"127.0.0.1": "default"},
         "grants": [],
@@ -379,6 +408,22 @@ fn config(
                     {
                         "matches": [{"path": {"type": "PathPrefix", "value": "/down"}}],
                         "backendRefs": [backend_ref("down")],
+                    },
+                    {
+                        "matches": [{"path": {"type": "PathPrefix", "value": "/retry"}}],
+                        "retry": {"codes": [500, 503], "attempts": 2, "backoff": "10ms"},
+                        "backendRefs": [backend_ref("web-v1")],
+                    },
+                    {
+                        "matches": [{"path": {"type": "PathPrefix", "value": "/flaky-endpoint"}}],
+                        "retry": {"attempts": 1},
+                        "backendRefs": [backend_ref("down-then-v1")],
+                    },
+                    {
+                        "matches": [{"path": {"type": "PathPrefix", "value": "/timeout-retry"}}],
+                        "retry": {"codes": [500], "attempts": 5, "backoff": "10ms"},
+                        "timeouts": {"request": "500ms", "backendRequest": "200ms"},
+                        "backendRefs": [backend_ref("web-v1")],
                     },
                     {"backendRefs": [backend_ref(default_backend)]},
                 ],
@@ -996,4 +1041,90 @@ async fn http2_streams_per_connection_are_limited() {
         assert_eq!(request.await.unwrap(), 200);
     }
     assert_eq!(routed.v1.requests.peak(), 2);
+}
+
+/// What the v1 backend received at `path`: each attempt's body.
+fn attempts(backend: &Backend, path: &str) -> Vec<Value> {
+    let log = backend.log.lock().unwrap();
+    (log.iter().filter(|r| r["path"] == path))
+        .map(|r| r["body"].clone())
+        .collect()
+}
+
+/// HTTPRoute `retry` (GEP-1731): the listed codes are retried with the
+/// whole body again, up to `attempts` retries, after which the last answer
+/// stands; other codes are not retried; a failed connection is retried on
+/// another endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_retried_as_the_rule_says() {
+    let routed = routed(&[]).await;
+    let mut conn = Conn::open(routed.listen, false).await;
+    let mut send = async |path: &str, fail: &str| {
+        let headers = [HOST, ("x-fail", fail)];
+        let (status, _, body) = conn.send("POST", path, &headers, "payload").await;
+        (status, body)
+    };
+
+    let (status, body) = send("/retry/recovers", "503/2").await;
+    assert_eq!((status, &body["backend"]), (200, &json!("v1")), "{body}");
+    assert_eq!(attempts(&routed.v1, "/retry/recovers"), ["payload"; 3]);
+
+    let (status, _) = send("/retry/exhausted", "500/3").await;
+    assert_eq!(status, 500);
+    assert_eq!(attempts(&routed.v1, "/retry/exhausted").len(), 3);
+
+    let (status, _) = send("/retry/unlisted", "502/1").await;
+    assert_eq!(status, 502);
+    assert_eq!(attempts(&routed.v1, "/retry/unlisted").len(), 1);
+
+    // The Service's endpoint on this node refuses connections; the retry
+    // goes to its other one.
+    let (status, body) = send("/flaky-endpoint", "500/0").await;
+    assert_eq!((status, &body["backend"]), (200, &json!("v1")), "{body}");
+
+    let retries = |reason: &str, rule: usize| {
+        format!(
+            "zerohop_waypoint_retries_total{{route=\"default/web#{rule}\",reason=\"{reason}\"}}"
+        )
+    };
+    assert_eq!(routed.metric(&retries("status", 7)).await, 4.0);
+    assert_eq!(routed.metric(&retries("connect", 8)).await, 1.0);
+}
+
+/// An attempt that outlasts `timeouts.backendRequest` is retried, and
+/// `timeouts.request` bounds the whole exchange, retries included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_respect_both_timeouts() {
+    let routed = routed(&[]).await;
+    let mut conn = Conn::open(routed.listen, false).await;
+    let slow_once = [HOST, ("x-fail", "500/1/400")];
+    let (status, _, body) = conn.send("GET", "/timeout-retry/a", &slow_once, "").await;
+    assert_eq!((status, &body["backend"]), (200, &json!("v1")), "{body}");
+    assert_eq!(attempts(&routed.v1, "/timeout-retry/a").len(), 2);
+
+    // Every attempt times out at 200 ms: the 500 ms request timeout ends
+    // the exchange before the fifth retry.
+    let always_slow = [HOST, ("x-fail", "500/100/300")];
+    let (status, _, _) = conn.send("GET", "/timeout-retry/b", &always_slow, "").await;
+    assert_eq!(status, 504);
+    let tried = attempts(&routed.v1, "/timeout-retry/b").len();
+    assert!((1..6).contains(&tried), "{tried} attempts");
+}
+
+/// A body longer than --replay-body-limit streams to the backend once and
+/// is not retried, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_the_replay_limit_is_not_retried() {
+    let routed = routed(&["--replay-body-limit", "1024"]).await;
+    let mut conn = Conn::open(routed.listen, false).await;
+    let fail_once = [HOST, ("x-fail", "503/1")];
+    let long = "x".repeat(4096);
+    let (status, _, _) = conn.send("POST", "/retry/long", &fail_once, &long).await;
+    assert_eq!(status, 503);
+    let (status, _, _) = conn.send("POST", "/retry/short", &fail_once, "short").await;
+    assert_eq!(status, 200);
+    assert_eq!(attempts(&routed.v1, "/retry/long").len(), 1);
+    assert_eq!(attempts(&routed.v1, "/retry/short"), ["short"; 2]);
+    let too_large = "zerohop_waypoint_retry_body_too_large_total";
+    assert_eq!(routed.metric(too_large).await, 1.0);
 }
