@@ -41,6 +41,7 @@ use super::{
     control_plane::{cpu_ticks, memory_mib, ticks_per_second},
     idle, report,
     stats::{self, Spread},
+    wait_listening,
     workload::wrk_errors,
     BenchArgs, TempDir,
 };
@@ -673,8 +674,12 @@ fn start_backend(pod: &Pod, dir: &Path, nofile: u64) -> Result<PodProcess> {
     std::fs::create_dir_all(dir.join("www"))?;
     std::fs::write(dir.join("www/index.html"), "z".repeat(300))?;
     std::fs::write(dir.join("backend.conf"), backend_conf(dir, nofile))?;
-    let server = nginx(pod, dir, "backend")?;
-    wait_listening(pod, &[BACKEND_H1, BACKEND_H2])?;
+    let mut server = nginx(pod, dir, "backend")?;
+    wait_listening(
+        pod,
+        &[BACKEND_H1, BACKEND_H2],
+        std::slice::from_mut(&mut server),
+    )?;
     Ok(server)
 }
 
@@ -732,11 +737,9 @@ fn start_proxies(
             ["-db", "-f", &dir.join("haproxy.cfg").display().to_string()],
         )?,
     };
-    wait_listening(
-        pod,
-        &[WAYPOINT_PORT, NGINX_H1, NGINX_H2, HAPROXY_H1, HAPROXY_H2],
-    )
-    .with_context(|| stderr_of(&proxies))?;
+    let ports = [WAYPOINT_PORT, NGINX_H1, NGINX_H2, HAPROXY_H1, HAPROXY_H2];
+    let listening = wait_listening(pod, &ports, &mut []);
+    listening.with_context(|| stderr_of(&proxies))?;
     Ok(proxies)
 }
 
@@ -752,31 +755,6 @@ fn stderr_of(proxies: &Proxies) -> String {
         tail(&proxies.nginx),
         tail(&proxies.haproxy)
     )
-}
-
-fn wait_listening(pod: &Pod, ports: &[u16]) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let listening = pod.exec("ss", &["-Hltn"])?;
-        let missing: Vec<u16> = ports
-            .iter()
-            .copied()
-            .filter(|port| {
-                !listening
-                    .split_whitespace()
-                    .any(|word| word.ends_with(&format!(":{port}")))
-            })
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "ports {missing:?} are not listening in pod {} after 10 s:\n{listening}",
-            pod.name
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Waits until a GET to `target` from pod `client` answers 200 (the

@@ -454,32 +454,7 @@ fn start_servers(
         servers.push(pod.spawn(&program, &args)?);
     }
     let ports: Vec<u16> = BACKENDS.into_iter().flat_map(ports_of).collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let listening = pod.exec("ss", &["-Hltn"])?;
-        let missing: Vec<u16> = ports
-            .iter()
-            .copied()
-            .filter(|port| {
-                !listening
-                    .split_whitespace()
-                    .any(|word| word.ends_with(&format!(":{port}")))
-            })
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        for server in &mut servers {
-            if let Ok(status) = server.wait_timeout(Duration::ZERO) {
-                bail!("a server exited ({status}): {}", server.stderr());
-            }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "ports {missing:?} are not listening after 10 s:\n{listening}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(pod, &ports, &mut servers)?;
     // The key redis-benchmark's GET asks for (3 bytes, its default data size).
     for port in ports_of(Backend::Redis) {
         let set = pod.run(
@@ -502,6 +477,38 @@ fn start_servers(
 
 /// What listens in the server pod, whether each server still runs, and what
 /// it wrote on stderr: the context of a failed trial.
+/// Waits until each of `ports` listens in `pod`, for 10 s at most; fails
+/// at once when one of `servers` has exited.
+fn wait_listening(pod: &Pod, ports: &[u16], servers: &mut [PodProcess]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listening = pod.exec("ss", &["-Hltn"])?;
+        let missing: Vec<u16> = ports
+            .iter()
+            .copied()
+            .filter(|port| {
+                !listening
+                    .split_whitespace()
+                    .any(|word| word.ends_with(&format!(":{port}")))
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for server in servers.iter_mut() {
+            if let Ok(status) = server.wait_timeout(Duration::ZERO) {
+                bail!("a server exited ({status}): {}", server.stderr());
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "ports {missing:?} are not listening in pod {} after 10 s:\n{listening}",
+            pod.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn servers_state(pod: &Pod, servers: &mut [PodProcess]) -> String {
     let listening = pod
         .exec("ss", &["-Hltn"])
