@@ -15,6 +15,14 @@ use zerohop::{
 use zerohop_routes::contract::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
 use zerohop_telemetry::{parse_health_addr, HealthAddr};
 
+/// mimalloc rather than glibc's malloc: the agent parses a cluster's
+/// objects on several threads at once, which left glibc with a fragmented
+/// heap per thread that it kept, freed but resident (the kube source at
+/// 10k Services: half the agent's resident memory); mimalloc hands freed
+/// pages back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// zerohop: same-node fast path for Kubernetes Services.
 #[derive(Parser)]
 #[command(version)]
