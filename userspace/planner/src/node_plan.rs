@@ -647,10 +647,10 @@ mod tests {
             let ready = *rng.pick(&[true, true, false]);
             let zone = *rng.pick(&["zone-a", "zone-b"]);
             endpoints.push(Endpoint {
-                addresses: vec![address.parse().unwrap()],
+                addresses: Box::new([address.parse().unwrap()]),
                 ready,
-                node_name: Some(node.to_owned()),
-                zones: vec![zone.to_owned()],
+                node_name: Some(node.into()),
+                zones: Box::new([zone.into()]),
             });
         }
         let port_name = *rng.pick(&["http", "http", "other"]);
