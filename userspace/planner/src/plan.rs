@@ -180,17 +180,39 @@ impl Capacity {
 }
 
 impl MapEntries {
-    /// Removes one frontend, its endpoint slots and its name.
-    pub(crate) fn remove(&mut self, frontend: &FrontendKey) {
+    /// Moves one frontend, its endpoint slots and its name to `into`.
+    pub(crate) fn move_frontend(&mut self, frontend: &FrontendKey, into: &mut MapEntries) {
         if let Some(service) = self.services.remove(frontend) {
             for slot in 0..service.endpoints {
-                self.backends.remove(&BackendKey {
+                let key = BackendKey {
                     frontend: *frontend,
                     slot,
-                });
+                };
+                if let Some(backend) = self.backends.remove(&key) {
+                    into.backends.insert(key, backend);
+                }
             }
+            into.services.insert(*frontend, service);
         }
-        self.names.remove(frontend);
+        if let Some(name) = self.names.remove(frontend) {
+            into.names.insert(*frontend, name);
+        }
+    }
+
+    /// Replaces the entries of `frontends` with those `from` holds (of
+    /// those frontends only).
+    pub(crate) fn restore<'a>(
+        &mut self,
+        frontends: impl IntoIterator<Item = &'a FrontendKey>,
+        from: MapEntries,
+    ) {
+        let mut dropped = MapEntries::default();
+        for frontend in frontends {
+            self.move_frontend(frontend, &mut dropped);
+        }
+        self.services.extend(from.services);
+        self.backends.extend(from.backends);
+        self.names.extend(from.names);
     }
 
     /// Writes one frontend and its eligible endpoints, in slot order.
