@@ -23,6 +23,20 @@ use zerohop_telemetry::{parse_health_addr, HealthAddr};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h; the crate names it not).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Memory freed goes back to the system at once rather than after 10 ms:
+/// mimalloc purges only when the thread that freed it allocates again, and
+/// the threads that parsed the first objects then mostly sleep (the
+/// directory source at 10k Services: 115 MiB instead of 121, peak 120 MiB
+/// instead of 140, no slower, in one benchmark run each).
+fn purge_freed_memory_at_once() {
+    // SAFETY: sets one of mimalloc's options, an integer it reads on every
+    // purge; any value is valid for it (0: at once).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 /// zerohop: same-node fast path for Kubernetes Services.
 #[derive(Parser)]
 #[command(version)]
@@ -225,6 +239,7 @@ enum OnOff {
 }
 
 fn main() -> ExitCode {
+    purge_freed_memory_at_once();
     zerohop_telemetry::init_logging();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
