@@ -9,8 +9,10 @@
 //! - [`ConvertError::Invalid`]: an object that cannot be routed by, with the
 //!   reason. Callers report it and carry on with the other objects.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -472,21 +474,40 @@ fn convert_endpoint(
             }),
     )?;
     Ok(Endpoint {
-        addresses,
+        addresses: addresses.into_boxed_slice(),
         // Kubernetes: "nil should be interpreted as ready".
         ready: endpoint
             .conditions
             .as_ref()
             .and_then(|conditions| conditions.ready)
             .unwrap_or(true),
-        node_name: endpoint.node_name.clone(),
+        node_name: endpoint.node_name.as_deref().map(shared_name),
         zones: endpoint
             .hints
             .as_ref()
             .and_then(|hints| hints.for_zones.as_ref())
-            .map(|zones| zones.iter().map(|zone| zone.name.clone()).collect())
+            .map(|zones| zones.iter().map(|zone| shared_name(&zone.name)).collect())
             .unwrap_or_default(),
     })
+}
+
+/// A node's or zone's name, in one allocation shared by every endpoint
+/// that names it: 100,000 endpoints on 100 nodes hold 100 strings, not
+/// 100,000.
+fn shared_name(name: &str) -> Arc<str> {
+    static NAMES: Mutex<BTreeSet<Arc<str>>> = Mutex::new(BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(shared) = names.get(name) {
+        return Arc::clone(shared);
+    }
+    // Now and then, forget the names no endpoint holds any more: the set
+    // follows the cluster's nodes as they come and go.
+    if names.len() >= 1024 && names.len().is_power_of_two() {
+        names.retain(|shared| Arc::strong_count(shared) > 1);
+    }
+    let shared: Arc<str> = name.into();
+    names.insert(Arc::clone(&shared));
+    shared
 }
 
 /// The name of a cluster-scoped object and the value of one of its labels.
@@ -801,7 +822,7 @@ spec:
         .unwrap();
         assert_eq!(
             EndpointSlice::from_object(&slice).unwrap().endpoints[0].zones,
-            ["z1", "z2"]
+            Box::from(["z1".into(), "z2".into()])
         );
         let node: core::Node = serde_yaml_ng::from_str(
             "{kind: Node, apiVersion: v1, metadata: {name: node1, labels: {topology.kubernetes.io/zone: z1}}}",
@@ -1008,12 +1029,20 @@ endpoints:
         assert_eq!(
             web.endpoints[0],
             Endpoint {
-                addresses: vec![ip("10.244.1.2")],
+                addresses: Box::new([ip("10.244.1.2")]),
                 ready: true,
                 node_name: Some("node1".into()),
-                zones: vec![],
+                zones: Box::default(),
             }
         );
+    }
+
+    #[test]
+    fn endpoints_of_one_node_share_its_name() {
+        let one = slice(WEB_SLICE).unwrap();
+        let other = slice(&WEB_SLICE.replace("web-abc", "web-def")).unwrap();
+        let node = |slice: &EndpointSlice| slice.endpoints[0].node_name.clone().unwrap();
+        assert!(Arc::ptr_eq(&node(&one), &node(&other)));
     }
 
     #[test]
@@ -1031,7 +1060,7 @@ endpoints:
         )
         .unwrap();
         assert_eq!(web.family, Family::V6);
-        assert_eq!(web.endpoints[0].addresses, vec![ip("fd00:244:1::2")]);
+        assert_eq!(*web.endpoints[0].addresses, [ip("fd00:244:1::2")]);
         assert!(web.ports.is_empty());
     }
 

@@ -173,8 +173,9 @@ pub fn build_view(files: impl IntoIterator<Item = (String, String)>) -> Built {
 pub fn assemble<'a>(files: impl IntoIterator<Item = (&'a str, &'a Parsed)>) -> Built {
     let mut view = ClusterView::new();
     let mut problems = Vec::new();
-    let mut defined_in: BTreeMap<ObjectRef, String> = BTreeMap::new();
+    let mut defined_in: BTreeMap<ObjectRef, Arc<str>> = BTreeMap::new();
     for (file, parsed) in files {
+        let name: Arc<str> = file.into();
         problems.extend(parsed.problems.iter().cloned());
         for manifest in &parsed.manifests {
             match defined_in.entry(manifest.object()) {
@@ -187,7 +188,7 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = (&'a str, &'a Parsed)>) -> B
                     ),
                 }),
                 Entry::Vacant(slot) => {
-                    slot.insert(file.to_owned());
+                    slot.insert(Arc::clone(&name));
                     manifest.clone().apply_to(&mut view);
                 }
             }
@@ -203,16 +204,19 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = (&'a str, &'a Parsed)>) -> B
 /// The file each object of a view comes from, so that later problems with
 /// an object can name its file. A persistent map, as the view is: a source
 /// hands a copy to every snapshot, and copies share what did not change.
-pub type Origins = imbl::OrdMap<ObjectRef, String>;
+/// The objects of one file share its name.
+pub type Origins = imbl::OrdMap<ObjectRef, Arc<str>>;
 
 /// Files assembled into one view and kept up to date file by file: what
 /// [`assemble`] makes of the same files (the problems in another order),
 /// at a cost that follows the objects of the file that changed.
 #[derive(Debug, Default)]
 pub struct Assembly {
-    files: BTreeMap<String, FileObjects>,
-    /// The files defining each object; the first is used.
-    definers: BTreeMap<ObjectRef, BTreeSet<String>>,
+    files: BTreeMap<Arc<str>, FileObjects>,
+    /// The files defining each object, sorted; the first is used. Nearly
+    /// always one: a vector of one is far smaller than a set of one (a
+    /// whole B-tree node), and the objects of a file share its name.
+    definers: BTreeMap<ObjectRef, Vec<Arc<str>>>,
     view: ClusterView,
     origins: Origins,
 }
@@ -240,7 +244,7 @@ impl Assembly {
         let mut affected = BTreeSet::new();
         for object in old.iter().flat_map(|old| old.objects.keys()) {
             if let Some(files) = self.definers.get_mut(object) {
-                files.remove(file);
+                files.retain(|definer| **definer != *file);
                 if files.is_empty() {
                     self.definers.remove(object);
                 }
@@ -248,16 +252,17 @@ impl Assembly {
             affected.insert(object.clone());
         }
         if let Some(parsed) = parsed {
+            let name: Arc<str> = file.into();
             let mut objects = BTreeMap::new();
             let mut again = Vec::new();
             for manifest in &parsed.manifests {
                 match objects.entry(manifest.object()) {
                     Entry::Occupied(first) => again.push(first.key().clone()),
                     Entry::Vacant(slot) => {
-                        self.definers
-                            .entry(slot.key().clone())
-                            .or_default()
-                            .insert(file.to_owned());
+                        let files = self.definers.entry(slot.key().clone()).or_default();
+                        if let Err(at) = files.binary_search(&name) {
+                            files.insert(at, Arc::clone(&name));
+                        }
                         affected.insert(slot.key().clone());
                         slot.insert(manifest.clone());
                     }
@@ -269,7 +274,7 @@ impl Assembly {
                 problems,
                 again,
             };
-            self.files.insert(file.to_owned(), objects);
+            self.files.insert(name, objects);
         }
         for object in affected {
             let winner = self

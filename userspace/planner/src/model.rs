@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use zerohop_routes::{contract::UpstreamHttp, model::RouteKind};
 
@@ -234,17 +235,20 @@ pub struct SlicePort {
     pub protocol: Protocol,
 }
 
-/// One endpoint (usually a pod).
+/// One endpoint (usually a pod). A cluster has a hundred thousand of them
+/// or more: boxed slices, exactly their size, and node and zone names that
+/// the endpoints of one node can share (one allocation per node, see
+/// `zerohop_k8s`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// Its addresses, all of the slice's family.
-    pub addresses: Vec<IpAddr>,
+    pub addresses: Box<[IpAddr]>,
     /// Whether it may receive new connections (`conditions.ready`, absent = ready).
     pub ready: bool,
     /// The node it runs on, when known.
-    pub node_name: Option<String>,
+    pub node_name: Option<Arc<str>>,
     /// Zones it is hinted for (`hints.forZones`), for PreferClose.
-    pub zones: Vec<String>,
+    pub zones: Box<[Arc<str>]>,
 }
 
 /// What zerohop reads of a Node: its zone (label `topology.kubernetes.io/zone`).

@@ -73,8 +73,10 @@ pub struct NodePlan {
     short_conns: BTreeSet<FrontendKey>,
     /// Each handled Service's own plan.
     candidates: BTreeMap<ServiceId, Candidate>,
-    /// The handled Services that claim each frontend; the first owns it.
-    claimants: BTreeMap<FrontendKey, BTreeSet<ServiceId>>,
+    /// The handled Services that claim each frontend, sorted; the first
+    /// owns it. Nearly always one: a vector of one is a tenth of the size
+    /// of a set of one (a whole B-tree node).
+    claimants: BTreeMap<FrontendKey, Vec<ServiceId>>,
     /// What each Service put in the plan.
     contributions: BTreeMap<ServiceId, Contribution>,
     desired: MapEntries,
@@ -92,6 +94,11 @@ pub struct Update {
     /// The ready endpoints that left a frontend that stays (see
     /// [`crate::plan::gone`]).
     pub gone: Vec<FrontendEndpoint>,
+    /// What the plan held before the update: the entries of `frontends`,
+    /// or every entry when `frontends` is `None`. Maps that held the plan
+    /// before need the writes from this to [`NodePlan::desired`], so their
+    /// writer need not keep a copy of them.
+    pub before: MapEntries,
     /// How many Services were planned again.
     pub services: usize,
 }
@@ -123,8 +130,10 @@ enum Outcome {
     Planned {
         l7: bool,
         not_in_slices: Option<String>,
-        targets: Vec<Target>,
-        ready: Vec<FrontendEndpoint>,
+        /// Every ready endpoint of the port; those the Service's traffic
+        /// policy allows ([`eligible`]) are written. Kept once: the
+        /// frontend's ready endpoints and its slots are made from it.
+        ready: Vec<Target>,
     },
 }
 
@@ -222,20 +231,24 @@ impl NodePlan {
         self.short_conns = short_conns.clone();
         let Some(touched) = services else {
             self.replan_candidates(view);
+            let (gone, before) = self.assemble_all();
             return Update {
-                gone: self.assemble_all(),
+                gone,
                 frontends: None,
                 services: self.candidates.len(),
+                before,
             };
         };
         let affected = self.refresh_candidates(view, &touched);
         if self.over_capacity.is_some() {
             // What fits depends on every Service before: fit them all
             // again (from the plans kept for the untouched ones).
+            let (gone, before) = self.assemble_all();
             return Update {
-                gone: self.assemble_all(),
+                gone,
                 frontends: None,
                 services: affected.len(),
+                before,
             };
         }
         let update = self.assemble(&affected);
@@ -243,7 +256,9 @@ impl NodePlan {
             return update;
         }
         // One Service's growth pushed others out: fit them all again.
-        let mut gone = self.assemble_all();
+        let (mut gone, mut before) = self.assemble_all();
+        // What the plan held before the first assembly.
+        before.restore(update.frontends.iter().flatten(), update.before);
         gone.extend(update.gone.into_iter().filter(|endpoint| {
             !self.ready.contains(endpoint) && self.desired.services.contains_key(&endpoint.frontend)
         }));
@@ -253,6 +268,7 @@ impl NodePlan {
             frontends: None,
             gone,
             services: affected.len(),
+            before,
         }
     }
 
@@ -287,7 +303,7 @@ impl NodePlan {
             if let Some(old) = self.candidates.remove(id) {
                 for key in old.keys() {
                     let claimants = self.claimants.get_mut(&key).expect("claimed");
-                    claimants.remove(id);
+                    claimants.retain(|claimant| claimant != id);
                     affected.extend(claimants.iter().cloned());
                     if claimants.is_empty() {
                         self.claimants.remove(&key);
@@ -305,11 +321,12 @@ impl NodePlan {
     }
 
     /// Puts every Service's frontends in the plan again, in order, as many
-    /// as fit; returns the ready endpoints that left a frontend that stays.
-    fn assemble_all(&mut self) -> Vec<FrontendEndpoint> {
+    /// as fit; returns the ready endpoints that left a frontend that stays,
+    /// and what the plan held before.
+    fn assemble_all(&mut self) -> (Vec<FrontendEndpoint>, MapEntries) {
         let before = std::mem::take(&mut self.ready);
         self.contributions.clear();
-        self.desired = MapEntries::default();
+        let entries = std::mem::take(&mut self.desired);
         let mut room = Room {
             capacity: self.capacity,
             left_out: None,
@@ -325,11 +342,12 @@ impl NodePlan {
                 frontends,
                 capacity: self.capacity,
             });
-        before
+        let gone = before
             .difference(&self.ready)
             .filter(|endpoint| self.desired.services.contains_key(&endpoint.frontend))
             .copied()
-            .collect()
+            .collect();
+        (gone, entries)
     }
 
     /// Puts the frontends of the Services `affected` in the plan again,
@@ -337,12 +355,13 @@ impl NodePlan {
     fn assemble(&mut self, affected: &BTreeSet<ServiceId>) -> Update {
         let mut frontends = BTreeSet::new();
         let mut left = Vec::new();
+        let mut before = MapEntries::default();
         for id in affected {
             let Some(old) = self.contributions.remove(id) else {
                 continue;
             };
             for key in &old.frontends {
-                self.desired.remove(key);
+                self.desired.move_frontend(key, &mut before);
             }
             for endpoint in &old.ready {
                 self.ready.remove(endpoint);
@@ -373,6 +392,7 @@ impl NodePlan {
             frontends: Some(frontends),
             gone,
             services: affected.len(),
+            before,
         }
     }
 
@@ -390,10 +410,10 @@ impl NodePlan {
         let candidate = Candidate::of(view, service, &self.node, self.waypoints, l7);
         let keys = candidate.keys();
         for key in &keys {
-            self.claimants
-                .entry(*key)
-                .or_default()
-                .insert(service.id.clone());
+            let claimants = self.claimants.entry(*key).or_default();
+            if let Err(at) = claimants.binary_search(&service.id) {
+                claimants.insert(at, service.id.clone());
+            }
         }
         self.candidates.insert(service.id.clone(), candidate);
         keys
@@ -424,7 +444,6 @@ impl NodePlan {
                 let Outcome::Planned {
                     l7,
                     not_in_slices: missing,
-                    targets,
                     ready,
                 } = &port.outcome
                 else {
@@ -432,6 +451,7 @@ impl NodePlan {
                     continue;
                 };
                 not_in_slices.extend(missing.clone());
+                let targets = eligible(ready.clone(), service.traffic);
                 // Once one is left out, all after it are: what fits does
                 // not depend on the sizes of the Services that follow.
                 let fits = room.left_out.is_none()
@@ -442,10 +462,13 @@ impl NodePlan {
                     continue;
                 }
                 let short = self.short_conns.contains(&port.key);
-                self.desired.insert(port.key, service, *l7, short, targets);
+                self.desired.insert(port.key, service, *l7, short, &targets);
                 contribution.frontends.push(port.key);
-                contribution.ready.extend(ready.iter().copied());
-                self.ready.extend(ready.iter().copied());
+                let ready = ready
+                    .iter()
+                    .map(|target| endpoint_of(port.key, target.address, target.port));
+                contribution.ready.extend(ready.clone());
+                self.ready.extend(ready);
             }
             for (owner, frontends) in taken {
                 contribution.problems.push(PlanProblem::FrontendTaken {
@@ -468,6 +491,9 @@ impl NodePlan {
                 });
             }
         }
+        // Kept until the Service changes: exactly its size.
+        contribution.frontends.shrink_to_fit();
+        contribution.ready.shrink_to_fit();
         self.contributions.insert(id.clone(), contribution);
         self.contributions.get(id)
     }
@@ -506,19 +532,14 @@ impl Candidate {
                             Outcome::NoWaypoint
                         } else {
                             match ready_targets(&family_slices, port, node, zone) {
-                                Some(targets) => Outcome::Planned {
+                                Some(ready) => Outcome::Planned {
                                     l7,
                                     not_in_slices: None,
-                                    ready: targets
-                                        .iter()
-                                        .map(|target| endpoint_of(key, target.address, target.port))
-                                        .collect(),
-                                    targets: eligible(targets, service.traffic),
+                                    ready,
                                 },
                                 None => Outcome::Planned {
                                     l7,
                                     not_in_slices: Some(port.name.clone()),
-                                    targets: Vec::new(),
                                     ready: Vec::new(),
                                 },
                             }
@@ -647,10 +668,10 @@ mod tests {
             let ready = *rng.pick(&[true, true, false]);
             let zone = *rng.pick(&["zone-a", "zone-b"]);
             endpoints.push(Endpoint {
-                addresses: vec![address.parse().unwrap()],
+                addresses: Box::new([address.parse().unwrap()]),
                 ready,
-                node_name: Some(node.to_owned()),
-                zones: vec![zone.to_owned()],
+                node_name: Some(node.into()),
+                zones: Box::new([zone.into()]),
             });
         }
         let port_name = *rng.pick(&["http", "http", "other"]);
@@ -725,8 +746,8 @@ mod tests {
     }
 
     /// Over random changes, a plan kept up to date change by change is the
-    /// plan made from scratch, the frontends it reports as changed hold
-    /// every map write, and the endpoints it reports gone are those
+    /// plan made from scratch, the frontends it reports as changed and what
+    /// it says they held give every map write, and the endpoints it reports gone are those
     /// [`crate::plan::gone`] finds.
     #[test]
     fn an_updated_plan_is_the_plan_made_from_scratch() {
@@ -770,15 +791,13 @@ mod tests {
                 assert_eq!(node_plan.desired(), &fresh.desired, "{context}");
                 assert_eq!(node_plan.ready(), &fresh.ready, "{context}");
                 assert_eq!(node_plan.problems(), fresh.problems, "{context}");
-                if let Some(frontends) = &update.frontends {
-                    // Writing the frontends said to have changed is
-                    // writing every change.
-                    assert_eq!(
-                        diff_frontends(&before.desired, &fresh.desired, frontends),
-                        diff(&before.desired, &fresh.desired),
-                        "{context}"
-                    );
-                }
+                // Writing the frontends said to have changed, from what
+                // the update says they held, is writing every change.
+                let writes = match &update.frontends {
+                    Some(frontends) => diff_frontends(&update.before, &fresh.desired, frontends),
+                    None => diff(&update.before, &fresh.desired),
+                };
+                assert_eq!(writes, diff(&before.desired, &fresh.desired), "{context}");
                 let mut gone = update.gone.clone();
                 gone.sort();
                 assert_eq!(gone, crate::plan::gone(&before.ready, &fresh), "{context}");

@@ -180,17 +180,39 @@ impl Capacity {
 }
 
 impl MapEntries {
-    /// Removes one frontend, its endpoint slots and its name.
-    pub(crate) fn remove(&mut self, frontend: &FrontendKey) {
+    /// Moves one frontend, its endpoint slots and its name to `into`.
+    pub(crate) fn move_frontend(&mut self, frontend: &FrontendKey, into: &mut MapEntries) {
         if let Some(service) = self.services.remove(frontend) {
             for slot in 0..service.endpoints {
-                self.backends.remove(&BackendKey {
+                let key = BackendKey {
                     frontend: *frontend,
                     slot,
-                });
+                };
+                if let Some(backend) = self.backends.remove(&key) {
+                    into.backends.insert(key, backend);
+                }
             }
+            into.services.insert(*frontend, service);
         }
-        self.names.remove(frontend);
+        if let Some(name) = self.names.remove(frontend) {
+            into.names.insert(*frontend, name);
+        }
+    }
+
+    /// Replaces the entries of `frontends` with those `from` holds (of
+    /// those frontends only).
+    pub(crate) fn restore<'a>(
+        &mut self,
+        frontends: impl IntoIterator<Item = &'a FrontendKey>,
+        from: MapEntries,
+    ) {
+        let mut dropped = MapEntries::default();
+        for frontend in frontends {
+            self.move_frontend(frontend, &mut dropped);
+        }
+        self.services.extend(from.services);
+        self.backends.extend(from.backends);
+        self.names.extend(from.names);
     }
 
     /// Writes one frontend and its eligible endpoints, in slot order.
@@ -302,7 +324,8 @@ pub(crate) fn ready_targets(
         port_defined = true;
         for endpoint in slice.endpoints.iter().filter(|endpoint| endpoint.ready) {
             let local = endpoint.node_name.as_deref() == Some(node);
-            let close = zone.is_some_and(|zone| endpoint.zones.iter().any(|hinted| hinted == zone));
+            let close =
+                zone.is_some_and(|zone| endpoint.zones.iter().any(|hinted| **hinted == *zone));
             for &address in &endpoint.addresses {
                 let flags = targets.entry((address, slice_port.port)).or_default();
                 *flags = (flags.0 | local, flags.1 | close);
@@ -385,10 +408,10 @@ mod tests {
 
     fn ready_on(address: &str, node: &str) -> Endpoint {
         Endpoint {
-            zones: vec![],
-            addresses: vec![ip(address)],
+            zones: Box::default(),
+            addresses: Box::new([ip(address)]),
             ready: true,
-            node_name: Some(node.to_string()),
+            node_name: Some(node.into()),
         }
     }
 
@@ -760,7 +783,7 @@ mod tests {
     #[test]
     fn prefer_close_picks_the_endpoints_hinted_for_this_nodes_zone() {
         let hinted = |address: &str, node: &str, zone: &str| Endpoint {
-            zones: vec![zone.to_owned()],
+            zones: Box::new([zone.into()]),
             ..ready_on(address, node)
         };
         let mut web = web_service();
@@ -841,7 +864,7 @@ mod tests {
     #[test]
     fn every_address_of_an_endpoint_is_used_once() {
         let two_addresses = Endpoint {
-            addresses: vec![ip("10.244.1.3"), ip("10.244.1.2")],
+            addresses: Box::new([ip("10.244.1.3"), ip("10.244.1.2")]),
             ..ready_on("10.244.1.2", NODE)
         };
         let view = view(

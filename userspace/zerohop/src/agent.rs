@@ -680,7 +680,7 @@ mod tests {
             problems: vec!["no Service parent".into()],
         };
         let object = ObjectRef::new("HTTPRoute", "shop", Some("split"));
-        let origins = Origins::from_iter([(object.clone(), "routes.yaml".to_owned())]);
+        let origins = Origins::from_iter([(object.clone(), Arc::from("routes.yaml"))]);
         let problems: Vec<Problem> = route_problems(&[(&route, evaluation)], &origins).collect();
         assert_eq!(
             problems,

@@ -15,6 +15,28 @@ use zerohop::{
 use zerohop_routes::contract::{parse_mark, DEFAULT_CONFIG_PATH, DEFAULT_MARK};
 use zerohop_telemetry::{parse_health_addr, HealthAddr};
 
+/// mimalloc rather than glibc's malloc: the agent parses a cluster's
+/// objects on several threads at once, which left glibc with a fragmented
+/// heap per thread that it kept, freed but resident (the kube source at
+/// 10k Services: half the agent's resident memory); mimalloc hands freed
+/// pages back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h; the crate names it not).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Memory freed goes back to the system at once rather than after 10 ms:
+/// mimalloc purges only when the thread that freed it allocates again, and
+/// the threads that parsed the first objects then mostly sleep (the
+/// directory source at 10k Services: 115 MiB instead of 121, peak 120 MiB
+/// instead of 140, no slower, in one benchmark run each).
+fn purge_freed_memory_at_once() {
+    // SAFETY: sets one of mimalloc's options, an integer it reads on every
+    // purge; any value is valid for it (0: at once).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 /// zerohop: same-node fast path for Kubernetes Services.
 #[derive(Parser)]
 #[command(version)]
@@ -217,6 +239,7 @@ enum OnOff {
 }
 
 fn main() -> ExitCode {
+    purge_freed_memory_at_once();
     zerohop_telemetry::init_logging();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,9 @@
 //! Keeping the Service maps equal to the node's plan, change by change.
 //!
 //! [`MapSync`] plans each snapshot from the last ([`NodePlan`]), works out
-//! the writes from its copy of what the maps hold (the agent is their only
-//! writer: one agent per pin directory), and makes them through a
+//! the writes from what the plan held before (the maps hold that: the agent
+//! is their only writer, one agent per pin directory), and makes them
+//! through a
 //! [`MapWriter`]: the kernel's maps in the agent (`datapath::ServiceMaps`),
 //! memory in the tests here. So a change costs writes in proportion to
 //! what it changed, and the sync is tested without root.
@@ -25,14 +26,15 @@ pub trait MapWriter {
     fn read(&self) -> Result<MapEntries>;
 }
 
-/// The node's plan and what the maps hold.
+/// The node's plan, and whether the maps hold it.
 pub struct MapSync {
     plan: NodePlan,
     /// The snapshot `plan` was made from.
     planned: Option<Arc<Snapshot>>,
-    /// What the maps hold, as last read or written here; `None` until first
-    /// read, and again after a refused write (then read again).
-    held: Option<MapEntries>,
+    /// Whether the maps hold `plan`: false until first read, and again
+    /// after a refused write (then read again). No copy of the maps is
+    /// kept: while they hold the plan, the plan is that copy.
+    held: bool,
 }
 
 /// What one [`MapSync::sync`] did.
@@ -57,7 +59,7 @@ impl MapSync {
         MapSync {
             plan: NodePlan::new(node, waypoints, capacity),
             planned: None,
-            held: None,
+            held: false,
         }
     }
 
@@ -85,13 +87,10 @@ impl MapSync {
         self.planned = Some(Arc::clone(snapshot));
         let desired = self.plan.desired();
         // Maps read again may differ anywhere: compare every entry then.
-        let (mut held, frontends) = match self.held.take() {
-            Some(held) => (held, update.frontends.as_ref()),
-            None => (maps.read()?, None),
-        };
-        let changes = match frontends {
-            Some(frontends) => diff_frontends(&held, desired, frontends),
-            None => diff(&held, desired),
+        let changes = match (self.held, &update.frontends) {
+            (true, Some(frontends)) => diff_frontends(&update.before, desired, frontends),
+            (true, None) => diff(&update.before, desired),
+            (false, _) => diff(&maps.read()?, desired),
         };
         let mut synced = Synced {
             replanned: update.services,
@@ -100,10 +99,7 @@ impl MapSync {
         };
         for change in changes.in_order() {
             match maps.write(change) {
-                Ok(()) => {
-                    synced.written += 1;
-                    change.apply_to(&mut held);
-                }
+                Ok(()) => synced.written += 1,
                 // The first refusal names its entry; the count of all goes
                 // in the sync's line.
                 Err(error) => {
@@ -115,7 +111,7 @@ impl MapSync {
             }
         }
         // What a refused write left in the maps is read again next time.
-        self.held = (synced.failed == 0).then_some(held);
+        self.held = synced.failed == 0;
         Ok(synced)
     }
 }

@@ -37,7 +37,7 @@ impl Problem {
     /// preceded by the file the object comes from when the source is a
     /// directory.
     pub fn about(object: ObjectRef, origins: &Origins, message: String) -> Problem {
-        let file = origins.get(&object).cloned();
+        let file = origins.get(&object).map(ToString::to_string);
         Problem {
             message: match &file {
                 Some(file) => format!("{file}: {message}"),
@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn a_problem_names_its_object_and_file_in_fields_and_message() {
-        let origins = Origins::from_iter([(web(), "shop.yaml".to_owned())]);
+        let origins = Origins::from_iter([(web(), Arc::from("shop.yaml"))]);
         let problem = Problem::about(web(), &origins, "no port".to_owned());
         assert_eq!(problem.message, "shop.yaml: no port");
         assert_eq!(problem.object, Some(web()));
