@@ -11,6 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -51,9 +52,11 @@ pub struct Response {
 pub struct Forward {
     /// `namespace/name#rule` (the rule's index in the route), for logs;
     /// `(no route applies)` when the client has no route for the Service.
-    pub route: String,
+    /// Like `backend`, built once per config and shared, not formatted per
+    /// request.
+    pub route: Arc<str>,
     /// The backend Service the endpoint is of, `namespace/name`.
-    pub backend: String,
+    pub backend: Arc<str>,
     /// The chosen endpoint.
     pub upstream: Upstream,
     /// Request headers after the filters.
@@ -89,6 +92,8 @@ impl fmt::Display for Upstream {
 /// The ready endpoints of a Service port, and how they are spoken to.
 #[derive(Debug, Default)]
 struct Backends {
+    /// `namespace/name` of their Service.
+    service: Arc<str>,
     http: UpstreamHttp,
     endpoints: Vec<Endpoint>,
 }
@@ -123,7 +128,7 @@ struct CompiledRoute {
     rules: Vec<CompiledRule>,
     /// `namespace/name#rule` of each rule, in `rules`' order: built once
     /// here rather than formatted for every request.
-    labels: Vec<String>,
+    labels: Vec<Arc<str>>,
 }
 
 /// The routes attached to one Service port.
@@ -162,7 +167,7 @@ struct Outgoing {
 /// What the filters of the chosen rule need to know.
 struct RuleContext<'a> {
     /// `namespace/name#rule`, for logs.
-    label: &'a str,
+    label: &'a Arc<str>,
     matched: &'a CompiledMatch,
     destination: SocketAddr,
 }
@@ -198,7 +203,9 @@ impl Router {
                 name: set.name.clone(),
                 port: set.port,
             };
+            let service = Arc::from(format!("{}/{}", key.namespace, key.name));
             let backends = router.endpoints.entry(key).or_default();
+            backends.service = service;
             backends.http = set.http;
             backends.endpoints.extend(&set.endpoints);
         }
@@ -268,7 +275,7 @@ impl Router {
         let key = route.key();
         let labels = rules
             .iter()
-            .map(|rule| format!("{key}#{}", rule.index))
+            .map(|rule| Arc::from(format!("{key}#{}", rule.index)))
             .collect();
         self.routes.push(CompiledRoute {
             seniority: route.seniority(),
@@ -369,7 +376,7 @@ impl Router {
         if consumer_namespace.is_none() && !table.has_producer_routes {
             let outgoing = head.into_outgoing();
             return self.forward(
-                "(no route applies)".into(),
+                Arc::from("(no route applies)"),
                 service,
                 outgoing,
                 Timeouts::default(),
@@ -430,7 +437,7 @@ impl Router {
             request: rule.request_timeout,
             backend: rule.backend_timeout,
         };
-        self.forward(label.to_owned(), target, outgoing, timeouts, dice)
+        self.forward(context.label.clone(), target, outgoing, timeouts, dice)
     }
 
     /// Applies filters in order (spec: "implementations SHOULD implement
@@ -489,13 +496,17 @@ impl Router {
     /// one; 503 when there is none (spec: SHOULD for no ready endpoints).
     fn forward(
         &self,
-        route: String,
+        route: Arc<str>,
         target: &ServicePort,
         outgoing: Outgoing,
         timeouts: Timeouts,
         dice: &mut dyn FnMut(u32) -> u32,
     ) -> Decision {
-        let Some(upstream) = self.endpoints.get(target).and_then(|b| b.pick(dice)) else {
+        let picked = self.endpoints.get(target).and_then(|backends| {
+            let upstream = backends.pick(dice)?;
+            Some((backends.service.clone(), upstream))
+        });
+        let Some((backend, upstream)) = picked else {
             return respond(
                 503,
                 format!("{route}: Service {target} has no ready endpoint"),
@@ -504,7 +515,7 @@ impl Router {
         let path_and_query = outgoing.path_and_query();
         Decision::Forward(Box::new(Forward {
             route,
-            backend: format!("{}/{}", target.namespace, target.name),
+            backend,
             upstream,
             request_headers: outgoing.headers,
             path_and_query,
@@ -1699,7 +1710,7 @@ mod tests {
         )]);
         let forward = forward(get(&router, "/b"));
         assert_eq!(
-            (forward.route.as_str(), forward.backend.as_str()),
+            (&*forward.route, &*forward.backend),
             ("shop/web#1", "shop/v1")
         );
     }
