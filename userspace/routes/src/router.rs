@@ -53,9 +53,11 @@ pub struct Response {
 pub struct Forward {
     /// `namespace/name#rule` (the rule's index in the route), for logs;
     /// `(no route applies)` when the client has no route for the Service.
-    pub route: String,
+    /// Like `backend`, built once per config and shared, not formatted per
+    /// request.
+    pub route: Arc<str>,
     /// The backend Service the endpoint is of, `namespace/name`.
-    pub backend: String,
+    pub backend: Arc<str>,
     /// The chosen endpoint.
     pub upstream: Upstream,
     /// Request headers after the filters.
@@ -128,6 +130,8 @@ impl fmt::Display for Upstream {
 /// The ready endpoints of a Service port, and how they are spoken to.
 #[derive(Debug, Default)]
 struct Backends {
+    /// `namespace/name` of their Service.
+    service: Arc<str>,
     http: UpstreamHttp,
     endpoints: Vec<Endpoint>,
 }
@@ -167,7 +171,7 @@ struct CompiledRoute {
     rules: Vec<CompiledRule>,
     /// `namespace/name#rule` of each rule, in `rules`' order: built once
     /// here rather than formatted for every request.
-    labels: Vec<String>,
+    labels: Vec<Arc<str>>,
 }
 
 /// The routes attached to one Service port.
@@ -206,7 +210,7 @@ struct Outgoing {
 /// What the filters of the chosen rule need to know.
 struct RuleContext<'a> {
     /// `namespace/name#rule`, for logs.
-    label: &'a str,
+    label: &'a Arc<str>,
     matched: &'a CompiledMatch,
     destination: SocketAddr,
 }
@@ -245,7 +249,9 @@ impl Router {
                 name: set.name.clone(),
                 port: set.port,
             };
+            let service = Arc::from(format!("{}/{}", key.namespace, key.name));
             let backends = endpoints.entry(key).or_default();
+            backends.service = service;
             backends.http = set.http;
             backends.endpoints.extend(&set.endpoints);
         }
@@ -318,7 +324,7 @@ impl Router {
         let key = route.key();
         let labels = rules
             .iter()
-            .map(|rule| format!("{key}#{}", rule.index))
+            .map(|rule| Arc::from(format!("{key}#{}", rule.index)))
             .collect();
         self.routes.push(CompiledRoute {
             seniority: route.seniority(),
@@ -419,7 +425,7 @@ impl Router {
         if consumer_namespace.is_none() && !table.has_producer_routes {
             let outgoing = head.into_outgoing();
             return self.forward(
-                "(no route applies)".into(),
+                Arc::from("(no route applies)"),
                 service,
                 outgoing,
                 ExchangePolicy::default(),
@@ -481,7 +487,7 @@ impl Router {
             backend_timeout: rule.backend_timeout,
             retry: rule.retry,
         };
-        self.forward(label.to_owned(), target, outgoing, policy, dice)
+        self.forward(context.label.clone(), target, outgoing, policy, dice)
     }
 
     /// Applies filters in order (spec: "implementations SHOULD implement
@@ -540,7 +546,7 @@ impl Router {
     /// one; 503 when there is none (spec: SHOULD for no ready endpoints).
     fn forward(
         &self,
-        route: String,
+        route: Arc<str>,
         target: &ServicePort,
         outgoing: Outgoing,
         policy: ExchangePolicy,
@@ -556,7 +562,7 @@ impl Router {
         let path_and_query = outgoing.path_and_query();
         Decision::Forward(Box::new(Forward {
             route,
-            backend: format!("{}/{}", target.namespace, target.name),
+            backend: backends.service.clone(),
             upstream,
             request_headers: outgoing.headers,
             path_and_query,
@@ -1766,7 +1772,7 @@ mod tests {
         );
         assert_eq!(forward(get(&router, "/")).retry, None);
         // An invalid retry drops its rule: /bad falls to the catch-all.
-        assert_eq!(forward(get(&router, "/bad")).route, "shop/web#2");
+        assert_eq!(&*forward(get(&router, "/bad")).route, "shop/web#2");
     }
 
     /// A retry goes to an endpoint not tried yet, on this node first, and
@@ -1816,7 +1822,7 @@ mod tests {
         )]);
         let forward = forward(get(&router, "/b"));
         assert_eq!(
-            (forward.route.as_str(), forward.backend.as_str()),
+            (&*forward.route, &*forward.backend),
             ("shop/web#1", "shop/v1")
         );
     }

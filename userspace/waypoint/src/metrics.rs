@@ -22,11 +22,12 @@ type Labels = Vec<(&'static str, String)>;
 
 /// What answered a request: the route rule that forwarded it
 /// (`namespace/name#rule`) and its backend Service (`namespace/name`);
-/// both empty when the waypoint answered itself.
+/// both empty when the waypoint answered itself. Shared with the router's
+/// decision: cloned per request without copying the names.
 #[derive(Debug, Clone, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Answerer {
-    pub route: String,
-    pub backend: String,
+    pub route: Arc<str>,
+    pub backend: Arc<str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

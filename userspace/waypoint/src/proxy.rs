@@ -109,9 +109,10 @@ impl Proxy {
     }
 
     /// Answers one request; errors become status codes.
-    pub async fn handle(&self, request: Request<Incoming>, conn: Conn) -> Response<Body> {
+    pub async fn handle(&self, mut request: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
-        let head = request_head(&request);
+        let grpc_call = grpc::is_grpc(request.headers());
+        let head = request_head(&mut request);
         let (method, path) = (head.method.clone(), head.path.clone());
         // The head's headers become the forwarded request's, not copied.
         let decision =
@@ -126,7 +127,6 @@ impl Proxy {
             },
             Decision::UnknownService | Decision::Respond(_) => Answerer::default(),
         };
-        let grpc_call = grpc::is_grpc(request.headers());
         let received = Received::default();
         let response = self.answer(request, conn, decision, &received).await;
         let status = response.status().as_u16();
@@ -406,14 +406,21 @@ async fn with_timeout(
     }
 }
 
-/// The parts of the request the router reads. An HTTP/2 request carries its
-/// host in `:authority`, which becomes the `host` header here.
-fn request_head<B>(request: &Request<B>) -> RequestHead {
-    let mut headers = request.headers().clone();
-    if !headers.contains_key(HOST) {
-        let authority = request.uri().authority();
-        if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            headers.insert(HOST, host);
+/// The parts of the request the router reads. Its headers are moved, not
+/// copied: the router's edits start from them; the request keeps only its
+/// `host`, which `original_host` reads. An HTTP/2 request carries its host
+/// in `:authority`, which becomes the `host` header here.
+fn request_head<B>(request: &mut Request<B>) -> RequestHead {
+    let mut headers = std::mem::take(request.headers_mut());
+    match headers.get(HOST) {
+        Some(host) => {
+            request.headers_mut().insert(HOST, host.clone());
+        }
+        None => {
+            let authority = request.uri().authority();
+            if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                headers.insert(HOST, host);
+            }
         }
     }
     RequestHead {
@@ -588,14 +595,14 @@ mod tests {
 
     #[test]
     fn head_of_http1_and_http2_requests() {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .uri("/a/b?x=1&y")
             .header("Host", "web.default")
             .header("X-Two", "a")
             .header("x-two", "b")
             .body(())
             .unwrap();
-        let head = request_head(&request);
+        let head = request_head(&mut request);
         assert_eq!(head.method, "GET");
         assert_eq!(head.path, "/a/b");
         assert_eq!(head.query.as_deref(), Some("x=1&y"));
@@ -603,13 +610,14 @@ mod tests {
             pairs(&head.headers),
             [("host", "web.default"), ("x-two", "a"), ("x-two", "b")]
         );
-        let h2 = Request::builder()
+        assert_eq!(pairs(request.headers()), [("host", "web.default")]);
+        let mut h2 = Request::builder()
             .method("POST")
             .uri("http://web.default:8080/p")
             .version(Version::HTTP_2)
             .body(())
             .unwrap();
-        let head = request_head(&h2);
+        let head = request_head(&mut h2);
         assert_eq!(head.method, "POST");
         assert_eq!(head.query, None);
         assert_eq!(pairs(&head.headers), [("host", "web.default:8080")]);
