@@ -872,7 +872,10 @@ async fn a_body_longer_than_the_replay_limit_is_not_mirrored_nor_held() {
     );
     let peak = peak_rss_kib(&routed.waypoint);
     let grown = peak - peak_before;
-    assert!(grown < (BIG >> 10) / 4, "peak RSS {peak_before} -> {peak} kB");
+    assert!(
+        grown < (BIG >> 10) / 4,
+        "peak RSS {peak_before} -> {peak} kB"
+    );
 }
 
 /// The process's peak resident memory so far (VmHWM).
