@@ -1585,8 +1585,14 @@ fn expired(out: &mut Vec<u8>, message: &str) {
 }
 
 /// A watch's response body: the event batches its task sends, until the
-/// task ends (the end of the body) or the connection drops the body.
-struct WatchBody(mpsc::Receiver<Bytes>);
+/// task ends (the end of the body) or the connection drops the body. A
+/// task that ends because the server is being dropped fails the body, so
+/// that the client sees its connection cut rather than a watch's clean
+/// end, whichever of the server's tasks its shutdown drops first.
+struct WatchBody {
+    batches: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+}
 
 impl Body for WatchBody {
     type Data = Bytes;
@@ -1596,10 +1602,14 @@ impl Body for WatchBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.get_mut()
-            .0
-            .poll_recv(cx)
-            .map(|batch| batch.map(|batch| Ok(Frame::data(batch))))
+        let body = self.get_mut();
+        body.batches.poll_recv(cx).map(|batch| match batch {
+            Some(batch) => Some(Ok(Frame::data(batch))),
+            None if body.shared.stop.load(Ordering::SeqCst) => {
+                Some(Err(io::Error::other("the server is stopping")))
+            }
+            None => None,
+        })
     }
 }
 
@@ -1631,7 +1641,11 @@ fn serve_watch(shared: &Arc<Shared>, req: &Request, filter: Filter) -> Response<
     let changes = shared.changed.subscribe();
     let mut out = Vec::new();
     let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-    let mut response = Response::new(WatchBody(rx).boxed());
+    let body = WatchBody {
+        batches: rx,
+        shared: shared.clone(),
+    };
+    let mut response = Response::new(body.boxed());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
