@@ -5,7 +5,12 @@
 
 use std::time::Duration;
 
+use tracing::{debug, warn};
 use zerohop_routes::duration::parse_duration;
+
+/// Files the waypoint opens besides its connections: listeners, the config,
+/// the access log, the health server's, mirrors' and the runtime's own.
+const FILES_BESIDES_CONNECTIONS: u64 = 256;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
@@ -55,6 +60,32 @@ pub struct Limits {
     pub replay_body_limit: usize,
 }
 
+/// Open files the waypoint needs at `max_connections` client connections:
+/// each has its upstream connection too.
+fn files_needed(max_connections: u32) -> u64 {
+    2 * u64::from(max_connections) + FILES_BESIDES_CONNECTIONS
+}
+
+/// Raises the open-file limit (RLIMIT_NOFILE) to what `--max-connections`
+/// needs, as far as its hard limit allows, and warns at start when that is
+/// not enough: the waypoint would run out of files before it reached its
+/// connection limit (accepts then fail with EMFILE, and back off).
+pub fn raise_open_file_limit(max_connections: u32) {
+    let needed = files_needed(max_connections);
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(limit) if limit >= needed => debug!(limit, needed, "open-file limit"),
+        Ok(limit) => warn!(
+            limit,
+            needed,
+            max_connections,
+            "the open-file limit is below what --max-connections needs (two files per \
+             connection): lower --max-connections to half the limit, or raise the limit \
+             (ulimit -n, the container runtime's nofile)"
+        ),
+        Err(error) => warn!(%error, "cannot read or raise the open-file limit"),
+    }
+}
+
 /// A duration flag.
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text).ok_or_else(|| format!("{text:?} is no duration such as 30s, 1m or 500ms"))
@@ -68,6 +99,12 @@ pub fn timeout(flag: Duration) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_connection_needs_two_files() {
+        assert_eq!(files_needed(10_000), 20_256);
+        assert_eq!(files_needed(u32::MAX), 2 * u64::from(u32::MAX) + 256);
+    }
 
     #[test]
     fn durations() {

@@ -104,6 +104,7 @@ struct Cli {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     zerohop_telemetry::init_logging();
+    limits::raise_open_file_limit(cli.limits.max_connections);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if cli.workers > 0 {
         runtime.worker_threads(cli.workers);

@@ -1020,7 +1020,36 @@ async fn out_of_file_descriptors_the_waypoint_backs_off_and_serves_again() {
     let warnings = text.matches("accept failed").count();
     assert_eq!(warnings, 1, "{text}");
     assert!(text.contains("Too many open files"), "{text}");
+    // Said at start too: 64 files cannot serve 10,000 connections.
+    assert!(text.contains("open-file limit is below"), "{text}");
     drop(slow);
+}
+
+/// A soft open-file limit below what --max-connections needs is raised,
+/// up to the hard limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_for_max_connections() {
+    let routed = routed_by(|listen, config, health| {
+        let mut command = Command::new("sh");
+        command
+            .args([
+                "-c",
+                "ulimit -S -n 64 && ulimit -H -n 8192 && exec \"$@\"",
+                "sh",
+            ])
+            .arg(env!("CARGO_BIN_EXE_zerohop-waypoint"));
+        let flags = ["--max-connections", "1000"];
+        Waypoint::start_command(command, &[listen], config, health, &flags)
+    })
+    .await;
+    let pid = routed.waypoint.0.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("Max open files");
+    let soft: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(soft, ["2256", "8192"], "{open_files}");
 }
 
 /// At most --max-concurrent-streams requests of one HTTP/2 connection are
