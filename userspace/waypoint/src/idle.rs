@@ -3,9 +3,15 @@
 //! and tells when none has been for the limit: the header-read timeout
 //! before the first request (an HTTP/2 client that never sends one), the
 //! client idle timeout after.
+//!
+//! A request only updates the count: nothing is woken per request. The
+//! watching future wakes at its deadlines and looks again (while requests
+//! are in flight, once per limit), which costs a connection that serves
+//! many requests far less than a wake-up for each.
 
 use std::{
     pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -16,7 +22,7 @@ use hyper::{
     body::{Frame, SizeHint},
     Response,
 };
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
 
@@ -29,21 +35,27 @@ struct State {
     served: bool,
 }
 
+type Shared = Arc<Mutex<State>>;
+
+fn update(shared: &Shared, change: impl FnOnce(&mut State)) {
+    change(&mut shared.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
 /// The requests in flight on one connection.
-pub struct Activity(watch::Sender<State>);
+pub struct Activity(Shared);
 
 impl Activity {
     pub fn new() -> Activity {
-        Activity(watch::Sender::new(State {
+        Activity(Arc::new(Mutex::new(State {
             in_flight: 0,
             idle_since: Instant::now(),
             served: false,
-        }))
+        })))
     }
 
     /// Counts a request in flight until its response's body is done.
     pub fn begin(&self) -> InFlight {
-        self.0.send_modify(|state| {
+        update(&self.0, |state| {
             state.in_flight += 1;
             state.served = true;
         });
@@ -57,26 +69,26 @@ impl Activity {
         first: Option<Duration>,
         after: Option<Duration>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut changes = self.0.subscribe();
+        let shared = self.0.clone();
         async move {
             loop {
-                let state = *changes.borrow_and_update();
+                let state = *shared.lock().unwrap_or_else(PoisonError::into_inner);
                 let limit = if state.served { after } else { first };
-                let deadline = limit
-                    .filter(|_| state.in_flight == 0)
-                    .map(|limit| state.idle_since + limit);
-                let changed = changes.changed();
-                match deadline {
-                    Some(deadline) => tokio::select! {
-                        () = tokio::time::sleep_until(deadline) => return,
-                        _ = changed => {}
-                    },
-                    // The sender lives as long as the connection's service.
-                    None => {
-                        if changed.await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
+                let now = Instant::now();
+                let deadline =
+                    (limit.filter(|_| state.in_flight == 0)).map(|limit| state.idle_since + limit);
+                if deadline.is_some_and(|deadline| now >= deadline) {
+                    return;
+                }
+                // Look again at the deadline; while requests are in flight,
+                // a limit from now (the end of the last one sets the next
+                // deadline); before the first request, at least every
+                // `after`, the limit once one has come.
+                let busy = limit.filter(|_| state.in_flight > 0).map(|l| now + l);
+                let unserved = after.filter(|_| !state.served).map(|a| now + a);
+                match [deadline, busy, unserved].into_iter().flatten().min() {
+                    Some(look_again) => tokio::time::sleep_until(look_again).await,
+                    None => return std::future::pending().await,
                 }
             }
         }
@@ -84,7 +96,7 @@ impl Activity {
 }
 
 /// A request in flight, counted until dropped.
-pub struct InFlight(watch::Sender<State>);
+pub struct InFlight(Shared);
 
 impl InFlight {
     /// The response, whose body keeps the request in flight until sent.
@@ -101,7 +113,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|state| {
+        update(&self.0, |state| {
             state.in_flight -= 1;
             if state.in_flight == 0 {
                 state.idle_since = Instant::now();
@@ -166,5 +178,20 @@ mod tests {
         drop(response);
         expired.await.unwrap();
         assert_eq!(ended.elapsed(), second);
+    }
+
+    /// A first request shortens the wait from the first limit to the one
+    /// after, counted from its end.
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_after_applies_once_a_request_came() {
+        let activity = Activity::new();
+        let (first, after) = (Duration::from_secs(30), Duration::from_secs(1));
+        let expired = tokio::spawn(activity.expired(Some(first), Some(after)));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let ended = Instant::now();
+        drop(activity.begin());
+        expired.await.unwrap();
+        assert!(ended.elapsed() <= after * 2, "{:?}", ended.elapsed());
+        assert!(ended.elapsed() >= after, "{:?}", ended.elapsed());
     }
 }
