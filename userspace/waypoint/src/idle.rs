@@ -11,7 +11,7 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -37,8 +37,8 @@ struct State {
 
 type Shared = Arc<Mutex<State>>;
 
-fn update(shared: &Shared, change: impl FnOnce(&mut State)) {
-    change(&mut shared.lock().unwrap_or_else(PoisonError::into_inner));
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The requests in flight on one connection.
@@ -55,10 +55,10 @@ impl Activity {
 
     /// Counts a request in flight until its response's body is done.
     pub fn begin(&self) -> InFlight {
-        update(&self.0, |state| {
-            state.in_flight += 1;
-            state.served = true;
-        });
+        let mut state = lock(&self.0);
+        state.in_flight += 1;
+        state.served = true;
+        drop(state);
         InFlight(self.0.clone())
     }
 
@@ -72,7 +72,7 @@ impl Activity {
         let shared = self.0.clone();
         async move {
             loop {
-                let state = *shared.lock().unwrap_or_else(PoisonError::into_inner);
+                let state = *lock(&shared);
                 let limit = if state.served { after } else { first };
                 let now = Instant::now();
                 let deadline =
@@ -113,12 +113,11 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        update(&self.0, |state| {
-            state.in_flight -= 1;
-            if state.in_flight == 0 {
-                state.idle_since = Instant::now();
-            }
-        });
+        let mut state = lock(&self.0);
+        state.in_flight -= 1;
+        if state.in_flight == 0 {
+            state.idle_since = Instant::now();
+        }
     }
 }
 

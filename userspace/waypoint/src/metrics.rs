@@ -65,7 +65,7 @@ struct Inner {
 }
 
 /// Why an upstream exchange failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum UpstreamError {
     /// No connection (answered 503).
     Connect,

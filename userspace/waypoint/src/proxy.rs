@@ -276,14 +276,12 @@ impl Proxy {
                 }
             }
         };
-        let Some(limit) = forward.backend_timeout else {
-            return exchange.await;
-        };
-        tokio::time::timeout(limit, exchange).await.unwrap_or_else(|_| {
-            warn!(route = %forward.route, %upstream, timeout = ?limit, "backend request timeout");
+        with_timeout(forward.backend_timeout, exchange, || {
+            warn!(route = %forward.route, %upstream, timeout = ?forward.backend_timeout, "backend request timeout");
             self.metrics.upstream_error(UpstreamError::Timeout);
             Attempt::Failed(UpstreamError::Timeout)
         })
+        .await
     }
 
     /// The body to send upstream. A request with mirrors or a retry policy
@@ -393,11 +391,11 @@ pub fn dice(n: u32) -> u32 {
 }
 
 /// Runs `exchange`, or answers `expired()` once `limit` (if any) has passed.
-async fn with_timeout(
+async fn with_timeout<T>(
     limit: Option<Duration>,
-    exchange: impl Future<Output = Response<Body>>,
-    expired: impl FnOnce() -> Response<Body>,
-) -> Response<Body> {
+    exchange: impl Future<Output = T>,
+    expired: impl FnOnce() -> T,
+) -> T {
     match limit {
         Some(limit) => tokio::time::timeout(limit, exchange)
             .await
