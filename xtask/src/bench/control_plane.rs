@@ -131,6 +131,11 @@ impl Feed {
             }
             Source::Kube => {
                 let api = ApiServer::start()?;
+                // As a real API server's watch cache sends them (about once
+                // a minute), not the test server's every second: each one
+                // wakes the agent, on every watch, and would count as its
+                // idle CPU.
+                api.set_bookmark_interval(Duration::from_secs(60));
                 api.apply(serde_json::json!({
                     "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}
                 }));
@@ -164,28 +169,50 @@ impl Feed {
     }
 
     /// Service `service`'s local endpoint moved to what `local` says (the
-    /// Services of its file as `local` has them).
-    fn change(
+    /// Services of its file as `local` has them), made ready to apply: the
+    /// harness's own rendering stays out of the timed change.
+    fn prepare(
         &self,
         service: usize,
         services: usize,
         local: &BTreeMap<usize, IpAddr>,
-    ) -> Result<()> {
+    ) -> Result<Change> {
         let file = service / PER_FILE;
         let text = file_text(file, services, local);
         match self {
-            Feed::Dir(manifests) => manifests.write(&file_name(file), &text),
-            Feed::Kube { api, .. } => {
+            Feed::Dir(_) => Ok(Change::File {
+                name: file_name(file),
+                text,
+            }),
+            Feed::Kube { .. } => {
                 let slice_name = format!("s{service}-1");
-                let slice = objects(&text)?
+                objects(&text)?
                     .into_iter()
                     .find(|o| o["kind"] == "EndpointSlice" && o["metadata"]["name"] == slice_name)
-                    .context("the changed slice")?;
-                api.apply(slice);
-                Ok(())
+                    .map(Change::Slice)
+                    .context("the changed slice")
             }
         }
     }
+
+    /// Makes `change`, as a user would: the file renamed into place, or the
+    /// slice applied in the API server.
+    fn apply(&self, change: Change) -> Result<()> {
+        match (self, change) {
+            (Feed::Dir(manifests), Change::File { name, text }) => manifests.write(&name, &text),
+            (Feed::Kube { api, .. }, Change::Slice(slice)) => {
+                api.apply(slice);
+                Ok(())
+            }
+            _ => unreachable!("a change is prepared by the feed that applies it"),
+        }
+    }
+}
+
+/// One change, ready to apply.
+enum Change {
+    File { name: String, text: String },
+    Slice(Value),
 }
 
 /// The two pods a Service's local endpoint moves between, and the client
@@ -320,9 +347,10 @@ fn move_local(
         .map(|(&s, &i)| (s, IpAddr::from(pods.servers[i].0.ipv4)))
         .collect();
     let logged = agent.log_text().lines().count();
+    let change = feed.prepare(service, services, &addresses)?;
     let changed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let changed = Instant::now();
-    feed.change(service, services, &addresses)?;
+    feed.apply(change)?;
     reach
         .wait_for_line("REACHED", Duration::from_secs(60))
         .with_context(|| format!("Service s{service} never reached {name} ({})", pod.ipv4))?;
