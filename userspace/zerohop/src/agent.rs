@@ -1,11 +1,12 @@
 //! `zerohop agent`: keeps this node's BPF maps equal to what the planner
 //! derives from the cluster, until SIGTERM or SIGINT.
 //!
-//! Order of events: load programs and maps, sync the maps once from a full
-//! read of the source, take the lease on them, then attach the hooks (so no
-//! connect ever sees a half-built map), then re-sync on every change,
-//! writing only the entries that differ, and keep the lease running while
-//! the source keeps confirming what the maps hold (see `lease`).
+//! Order of events: load programs and maps while the source reads the
+//! cluster, sync the maps once from that full read, take the lease on
+//! them, then attach the hooks (so no connect ever sees a half-built map),
+//! then re-sync on every change, writing only the entries that differ, and
+//! keep the lease running while the source keeps confirming what the maps
+//! hold (see `lease`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::watch,
+    task::JoinHandle,
 };
 use tracing::{info, info_span, warn, Instrument};
 use zerohop_abi::{
@@ -172,6 +174,12 @@ pub async fn run(mut settings: Settings) -> Result<()> {
              cgroups' sock_ops programs or from processes that add their own"
         );
     }
+    // The source reads the cluster while the programs load (on this thread;
+    // the source runs on the runtime's workers and blocking threads): the
+    // first sync needs both, and neither needs the other.
+    let freshness = SharedFreshness::default();
+    let (publisher, mut snapshots) = Publisher::new(Arc::clone(&freshness));
+    let (source, client) = start_source(&settings, publisher).await?;
     let mut datapath = Datapath::load(&settings.pin_dir, settings.capacity)?;
     let capacity = datapath::pinned_capacity(&settings.pin_dir)?;
     if capacity != settings.capacity {
@@ -210,42 +218,27 @@ pub async fn run(mut settings: Settings) -> Result<()> {
     )?;
     let mut sync = Syncer::new(&settings, capacity, Arc::clone(&status))?;
 
-    let freshness = SharedFreshness::default();
-    let (publisher, mut snapshots) = Publisher::new(Arc::clone(&freshness));
     let mut status_lease = None;
-    let source = match settings.source.clone() {
-        Source::Dir(dir) => {
-            let span = info_span!("source", dir = %dir.display());
-            tokio::spawn(source::watch_dir(dir, settings.poll_interval, publisher).instrument(span))
-        }
-        Source::Kube => {
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-            let (statuses, desired) = watch::channel(route_status::RouteStatuses::new());
-            sync.route_statuses = Some(statuses);
-            let (writes, writer) = watch::channel(false);
-            let (stop, stopped) = watch::channel(false);
-            let task = tokio::spawn(
-                election::run(
-                    client.clone(),
-                    settings.status_lease.clone(),
-                    writes,
-                    stopped,
-                )
-                .instrument(info_span!("status_lease")),
-            );
-            status_lease = Some((stop, task));
-            tokio::spawn(
-                route_status::run(client.clone(), desired, writer)
-                    .instrument(info_span!("route_status")),
-            );
-            tokio::spawn(
-                source::kube::run(client, settings.node.clone(), publisher)
-                    .instrument(info_span!("source", kind = "kube")),
+    if let Some(client) = &client {
+        let (statuses, desired) = watch::channel(route_status::RouteStatuses::new());
+        sync.route_statuses = Some(statuses);
+        let (writes, writer) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(
+            election::run(
+                client.clone(),
+                settings.status_lease.clone(),
+                writes,
+                stopped,
             )
-        }
-    };
+            .instrument(info_span!("status_lease")),
+        );
+        status_lease = Some((stop, task));
+        tokio::spawn(
+            route_status::run(client.clone(), desired, writer)
+                .instrument(info_span!("route_status")),
+        );
+    }
 
     // One full read of the source builds the maps, then the hooks attach.
     let first = tokio::select! {
@@ -324,13 +317,39 @@ pub async fn run(mut settings: Settings) -> Result<()> {
     Ok(())
 }
 
+/// Starts reading the cluster from the configured source; for the kube
+/// source, also returns its client, which the route status shares.
+async fn start_source(
+    settings: &Settings,
+    publisher: Publisher,
+) -> Result<(JoinHandle<()>, Option<kube::Client>)> {
+    match settings.source.clone() {
+        Source::Dir(dir) => {
+            let span = info_span!("source", dir = %dir.display());
+            let task = source::watch_dir(dir, settings.poll_interval, publisher).instrument(span);
+            Ok((tokio::spawn(task), None))
+        }
+        Source::Kube => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+            let task = source::kube::run(client.clone(), settings.node.clone(), publisher)
+                .instrument(info_span!("source", kind = "kube"));
+            Ok((tokio::spawn(task), Some(client)))
+        }
+    }
+}
+
 /// Gives the memory freed since start back to the system. Loading the
 /// programs (the kernel's BTF) and the first full read of the source
 /// (every file parsed) leave tens of MiB free in the allocator's heap that
-/// it would otherwise keep for the agent's whole life.
+/// it would otherwise keep until the threads that freed it allocate again;
+/// the parsing threads may never. The agent's binary allocates with
+/// mimalloc (main.rs); under another allocator this finds nothing to do.
 fn return_freed_memory() {
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe { libc::malloc_trim(0) };
+    // SAFETY: asks mimalloc to return what it holds free to the system; it
+    // touches no memory the program still uses.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 /// Terminates the sockets still connected to the endpoints that just left
