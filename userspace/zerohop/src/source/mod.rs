@@ -108,26 +108,47 @@ impl Publisher {
 /// editor's write is several), so that a file is read once it is whole.
 const SETTLE: Duration = Duration::from_millis(10);
 
+/// How often the directory is read whole although no change was notified:
+/// a safety net for changes the kernel does not report (a file behind a
+/// symlink changed in place), and what notices a mount that hangs.
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+
 /// Reads `dir` whenever the kernel says something in it changed, and every
-/// `interval` (for the lease's confirmations, and for file systems that
-/// send no notifications), and publishes a snapshot whenever what it
-/// holds changed, or confirms the last one. A directory that cannot be read
-/// keeps the last snapshot: it must not empty the maps, but it confirms
-/// nothing either. Each read runs on a blocking thread: a read that hangs
-/// (a stuck mount, a file that never ends) holds up this source only, and
-/// the lease runs out.
+/// `interval` confirms the last snapshot (for the lease). With change
+/// notifications, a confirmation needs no read, and the directory is read
+/// anyway every [`SCAN_EVERY`]; without them (file systems that send none),
+/// every `interval`. Publishes a snapshot whenever what the directory holds
+/// changed. A directory that cannot be read keeps the last snapshot: it
+/// must not empty the maps, but it confirms nothing either. Each read runs
+/// on a blocking thread: a read that hangs (a stuck mount, a file that
+/// never ends) holds up this source only, and the lease runs out.
 pub async fn watch_dir(dir: PathBuf, interval: Duration, publisher: Publisher) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (changed, mut changes) = tokio::sync::mpsc::channel(1);
-    let _watcher = notify_changes(&dir, changed);
+    let watcher = notify_changes(&dir, changed);
+    let scan_every = if watcher.is_some() {
+        (SCAN_EVERY.as_millis() / interval.as_millis().max(1)).max(1)
+    } else {
+        1
+    };
+    let mut ticks = 0;
     let mut reader = DirReader::new(dir.clone());
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            Some(()) = changes.recv() => {
-                tokio::time::sleep(SETTLE).await;
-                while changes.try_recv().is_ok() {}
+        let notified = tokio::select! {
+            _ = tick.tick() => changes.try_recv().is_ok(),
+            Some(()) = changes.recv() => true,
+        };
+        if notified {
+            tokio::time::sleep(SETTLE).await;
+            while changes.try_recv().is_ok() {}
+        } else {
+            // The first tick, at once, reads.
+            let scan = ticks % scan_every == 0;
+            ticks += 1;
+            if !scan {
+                publisher.confirm(Instant::now());
+                continue;
             }
         }
         let read_at = Instant::now();
@@ -182,36 +203,43 @@ fn notify_changes(dir: &Path, changed: Sender<()>) -> Option<RecommendedWatcher>
 mod tests {
     use super::*;
 
+    /// Removes the directory, also when the test fails.
+    struct Removed(PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(name: &str) -> (PathBuf, Removed) {
+        let dir = std::env::temp_dir().join(format!("zh-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        (dir.clone(), Removed(dir))
+    }
+
+    fn service(name: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+        )
+    }
+
+    fn services(snapshots: &watch::Receiver<Option<Published>>) -> usize {
+        snapshots
+            .borrow()
+            .as_ref()
+            .map_or(0, |published| published.snapshot.view.services().len())
+    }
+
     /// A file added to the directory is published at once, not at the
     /// next poll.
     #[tokio::test]
     async fn a_change_is_read_when_notified_not_at_the_next_poll() {
-        /// Removes the directory, also when the test fails.
-        struct Removed(PathBuf);
-        impl Drop for Removed {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let dir = std::env::temp_dir().join(format!("zh-watch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _removed = Removed(dir.clone());
-        let service = |name: &str, ip: &str| {
-            format!(
-                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
-                 spec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
-            )
-        };
+        let (dir, _removed) = temp_dir("watch");
         std::fs::write(dir.join("a.yaml"), service("a", "10.96.0.1")).unwrap();
         let (publisher, mut snapshots) = Publisher::new(SharedFreshness::default());
         let poll = Duration::from_secs(60);
         let source = tokio::spawn(watch_dir(dir.clone(), poll, publisher));
-        let services = |snapshots: &watch::Receiver<Option<Published>>| {
-            snapshots
-                .borrow()
-                .as_ref()
-                .map_or(0, |published| published.snapshot.view.services().len())
-        };
         let deadline = Duration::from_secs(5);
         tokio::time::timeout(deadline, snapshots.changed())
             .await
@@ -229,6 +257,44 @@ mod tests {
             .unwrap();
         assert_eq!(services(&snapshots), 2);
         assert!(started.elapsed() < deadline);
+        source.abort();
+    }
+
+    /// A change the kernel does not report to the directory's watch (the
+    /// file a manifest links to, changed in place elsewhere) is still read,
+    /// by the scan every [`SCAN_EVERY`], although polls confirm without
+    /// reading.
+    #[tokio::test]
+    async fn an_unnotified_change_is_read_by_the_periodic_scan() {
+        let (dir, _removed) = temp_dir("scan");
+        let (elsewhere, _removed_too) = temp_dir("scan-target");
+        let target = elsewhere.join("services.yaml");
+        std::fs::write(&target, service("a", "10.96.0.1")).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("a.yaml")).unwrap();
+        let (publisher, mut snapshots) = Publisher::new(SharedFreshness::default());
+        let poll = Duration::from_millis(100);
+        let started = Instant::now();
+        let source = tokio::spawn(watch_dir(dir.clone(), poll, publisher));
+        let deadline = Duration::from_secs(5);
+        tokio::time::timeout(deadline, snapshots.changed())
+            .await
+            .expect("the first read is published")
+            .unwrap();
+        assert_eq!(services(&snapshots), 1);
+        // The first read does not wait for a scan to be due.
+        assert!(
+            started.elapsed() < SCAN_EVERY / 2,
+            "{:?}",
+            started.elapsed()
+        );
+
+        let both = service("a", "10.96.0.1") + "---\n" + &service("b", "10.96.0.2");
+        std::fs::write(&target, both).unwrap();
+        tokio::time::timeout(deadline, snapshots.changed())
+            .await
+            .expect("the scan reads the change")
+            .unwrap();
+        assert_eq!(services(&snapshots), 2);
         source.abort();
     }
 }
