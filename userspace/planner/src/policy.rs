@@ -94,6 +94,10 @@ pub fn judge(previous: Verdict, window: Window) -> Verdict {
 #[derive(Debug, Default)]
 pub struct Learner {
     frontends: BTreeMap<FrontendKey, Learning>,
+    /// Whether a frontend's connects counted at the last read are still to
+    /// be judged (kept, not searched for: the agent asks every
+    /// [`LEARN_EVERY`], also when nothing changed).
+    judging: bool,
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +136,7 @@ impl Learner {
         self.frontends
             .retain(|frontend, _| totals.contains_key(frontend));
         let mut changes = Vec::new();
+        self.judging = false;
         for (&frontend, &now) in totals {
             let learning = self.frontends.entry(frontend).or_insert(Learning {
                 last: now,
@@ -139,6 +144,7 @@ impl Learner {
             });
             learning.window.conns += learning.recent;
             learning.recent = now.conns.wrapping_sub(learning.last.conns);
+            self.judging |= learning.recent > 0;
             learning.window.long_ends += now.long_ends.wrapping_sub(learning.last.long_ends);
             learning.last = now;
             if learning.window.conns < learning.verdict.min_conns() {
@@ -171,7 +177,7 @@ impl Learner {
     /// Whether connects counted at the last look are still to be judged at
     /// the next, whether or not anything is counted until then.
     pub fn judging(&self) -> bool {
-        self.frontends.values().any(|learning| learning.recent > 0)
+        self.judging
     }
 
     /// The frontends judged short.
