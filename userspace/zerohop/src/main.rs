@@ -136,7 +136,10 @@ struct AgentArgs {
     /// Initial state of the socket-to-socket bypass (see `zerohop bypass`).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     bypass: OnOff,
-    /// How often the source directory is checked for changes, in milliseconds.
+    /// How often the source directory confirms the maps for the lease, in
+    /// milliseconds; it is read at each poll too where the file system sends
+    /// no change notifications (else once a second, besides every change
+    /// notified).
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
     /// Address of this node's waypoint (`zerohop-waypoint --listen`), one per
