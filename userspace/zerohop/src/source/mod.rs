@@ -224,7 +224,19 @@ mod tests {
         )
     }
 
-    fn services(snapshots: &watch::Receiver<Option<Published>>) -> usize {
+    /// How long a test waits for a snapshot.
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    /// The number of Services in the next snapshot published, waited for
+    /// at most [`DEADLINE`]; panics with `what` when none comes.
+    async fn next_published(
+        snapshots: &mut watch::Receiver<Option<Published>>,
+        what: &str,
+    ) -> usize {
+        tokio::time::timeout(DEADLINE, snapshots.changed())
+            .await
+            .unwrap_or_else(|_| panic!("{what}"))
+            .unwrap();
         snapshots
             .borrow()
             .as_ref()
@@ -240,23 +252,18 @@ mod tests {
         let (publisher, mut snapshots) = Publisher::new(SharedFreshness::default());
         let poll = Duration::from_secs(60);
         let source = tokio::spawn(watch_dir(dir.clone(), poll, publisher));
-        let deadline = Duration::from_secs(5);
-        tokio::time::timeout(deadline, snapshots.changed())
-            .await
-            .expect("the first read is published")
-            .unwrap();
-        assert_eq!(services(&snapshots), 1);
+        let first = next_published(&mut snapshots, "the first read is published").await;
+        assert_eq!(first, 1);
 
         // Written aside and renamed in, as tools that replace files do.
         std::fs::write(dir.join(".b.yaml.tmp"), service("b", "10.96.0.2")).unwrap();
         std::fs::rename(dir.join(".b.yaml.tmp"), dir.join("b.yaml")).unwrap();
-        let started = Instant::now();
-        tokio::time::timeout(deadline, snapshots.changed())
-            .await
-            .expect("the change is published long before the next poll")
-            .unwrap();
-        assert_eq!(services(&snapshots), 2);
-        assert!(started.elapsed() < deadline);
+        let changed = next_published(
+            &mut snapshots,
+            "the change is published long before the next poll",
+        )
+        .await;
+        assert_eq!(changed, 2);
         source.abort();
     }
 
@@ -275,12 +282,8 @@ mod tests {
         let poll = Duration::from_millis(100);
         let started = Instant::now();
         let source = tokio::spawn(watch_dir(dir.clone(), poll, publisher));
-        let deadline = Duration::from_secs(5);
-        tokio::time::timeout(deadline, snapshots.changed())
-            .await
-            .expect("the first read is published")
-            .unwrap();
-        assert_eq!(services(&snapshots), 1);
+        let first = next_published(&mut snapshots, "the first read is published").await;
+        assert_eq!(first, 1);
         // The first read does not wait for a scan to be due.
         assert!(
             started.elapsed() < SCAN_EVERY / 2,
@@ -290,11 +293,8 @@ mod tests {
 
         let both = service("a", "10.96.0.1") + "---\n" + &service("b", "10.96.0.2");
         std::fs::write(&target, both).unwrap();
-        tokio::time::timeout(deadline, snapshots.changed())
-            .await
-            .expect("the scan reads the change")
-            .unwrap();
-        assert_eq!(services(&snapshots), 2);
+        let changed = next_published(&mut snapshots, "the scan reads the change").await;
+        assert_eq!(changed, 2);
         source.abort();
     }
 }
