@@ -32,7 +32,11 @@ pub struct KernelBtf {
 impl KernelBtf {
     /// Reads the BTF file at `path` (normally [`VMLINUX_BTF`]).
     pub fn open(path: &Path) -> Result<KernelBtf> {
-        let btf = Btf::from_file(path)
+        // Read whole, then parsed in memory: parsed from the file, every
+        // record costs a seek, a syscall (a third of the agent's start).
+        let btf = std::fs::read(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| Ok(Btf::from_bytes(&bytes)?))
             .with_context(|| format!("reading the kernel's BTF from {}", path.display()))?;
         Ok(KernelBtf { btf })
     }
