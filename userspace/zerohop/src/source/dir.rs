@@ -288,7 +288,7 @@ fn is_manifest_name(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn messages(problems: &[impl ToString]) -> Vec<String> {
@@ -303,10 +303,10 @@ mod tests {
     use crate::{problem::Problem, source::Snapshot};
 
     /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    pub(crate) struct TempDir(pub(crate) PathBuf);
 
     impl TempDir {
-        fn new() -> TempDir {
+        pub(crate) fn new() -> TempDir {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
             let nanos = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -320,7 +320,7 @@ mod tests {
             TempDir(path)
         }
 
-        fn write(&self, name: &str, contents: impl AsRef<[u8]>) {
+        pub(crate) fn write(&self, name: &str, contents: impl AsRef<[u8]>) {
             fs::write(self.0.join(name), contents).unwrap();
         }
     }

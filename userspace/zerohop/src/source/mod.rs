@@ -201,21 +201,7 @@ fn notify_changes(dir: &Path, changed: Sender<()>) -> Option<RecommendedWatcher>
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    /// Removes the directory, also when the test fails.
-    struct Removed(PathBuf);
-    impl Drop for Removed {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn temp_dir(name: &str) -> (PathBuf, Removed) {
-        let dir = std::env::temp_dir().join(format!("zh-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        (dir.clone(), Removed(dir))
-    }
+    use super::{dir::tests::TempDir, *};
 
     fn service(name: &str, ip: &str) -> String {
         format!(
@@ -247,17 +233,17 @@ mod tests {
     /// next poll.
     #[tokio::test]
     async fn a_change_is_read_when_notified_not_at_the_next_poll() {
-        let (dir, _removed) = temp_dir("watch");
-        std::fs::write(dir.join("a.yaml"), service("a", "10.96.0.1")).unwrap();
+        let dir = TempDir::new();
+        dir.write("a.yaml", service("a", "10.96.0.1"));
         let (publisher, mut snapshots) = Publisher::new(SharedFreshness::default());
         let poll = Duration::from_secs(60);
-        let source = tokio::spawn(watch_dir(dir.clone(), poll, publisher));
+        let source = tokio::spawn(watch_dir(dir.0.clone(), poll, publisher));
         let first = next_published(&mut snapshots, "the first read is published").await;
         assert_eq!(first, 1);
 
         // Written aside and renamed in, as tools that replace files do.
-        std::fs::write(dir.join(".b.yaml.tmp"), service("b", "10.96.0.2")).unwrap();
-        std::fs::rename(dir.join(".b.yaml.tmp"), dir.join("b.yaml")).unwrap();
+        dir.write(".b.yaml.tmp", service("b", "10.96.0.2"));
+        std::fs::rename(dir.0.join(".b.yaml.tmp"), dir.0.join("b.yaml")).unwrap();
         let changed = next_published(
             &mut snapshots,
             "the change is published long before the next poll",
@@ -273,15 +259,15 @@ mod tests {
     /// reading.
     #[tokio::test]
     async fn an_unnotified_change_is_read_by_the_periodic_scan() {
-        let (dir, _removed) = temp_dir("scan");
-        let (elsewhere, _removed_too) = temp_dir("scan-target");
-        let target = elsewhere.join("services.yaml");
-        std::fs::write(&target, service("a", "10.96.0.1")).unwrap();
-        std::os::unix::fs::symlink(&target, dir.join("a.yaml")).unwrap();
+        let dir = TempDir::new();
+        let elsewhere = TempDir::new();
+        elsewhere.write("services.yaml", service("a", "10.96.0.1"));
+        let target = elsewhere.0.join("services.yaml");
+        std::os::unix::fs::symlink(&target, dir.0.join("a.yaml")).unwrap();
         let (publisher, mut snapshots) = Publisher::new(SharedFreshness::default());
         let poll = Duration::from_millis(100);
         let started = Instant::now();
-        let source = tokio::spawn(watch_dir(dir.clone(), poll, publisher));
+        let source = tokio::spawn(watch_dir(dir.0.clone(), poll, publisher));
         let first = next_published(&mut snapshots, "the first read is published").await;
         assert_eq!(first, 1);
         // The first read does not wait for a scan to be due.
