@@ -169,50 +169,33 @@ impl Feed {
     }
 
     /// Service `service`'s local endpoint moved to what `local` says (the
-    /// Services of its file as `local` has them), made ready to apply: the
-    /// harness's own rendering stays out of the timed change.
+    /// Services of its file as `local` has them), rendered now and made by
+    /// the returned call as a user would make it (the file renamed into
+    /// place, or the slice applied in the API server): the harness's own
+    /// rendering stays out of the timed change.
     fn prepare(
         &self,
         service: usize,
         services: usize,
         local: &BTreeMap<usize, IpAddr>,
-    ) -> Result<Change> {
+    ) -> Result<Box<dyn FnOnce() -> Result<()> + '_>> {
         let file = service / PER_FILE;
         let text = file_text(file, services, local);
         match self {
-            Feed::Dir(_) => Ok(Change::File {
-                name: file_name(file),
-                text,
-            }),
-            Feed::Kube { .. } => {
+            Feed::Dir(manifests) => Ok(Box::new(move || manifests.write(&file_name(file), &text))),
+            Feed::Kube { api, .. } => {
                 let slice_name = format!("s{service}-1");
-                objects(&text)?
+                let slice = objects(&text)?
                     .into_iter()
                     .find(|o| o["kind"] == "EndpointSlice" && o["metadata"]["name"] == slice_name)
-                    .map(Change::Slice)
-                    .context("the changed slice")
+                    .context("the changed slice")?;
+                Ok(Box::new(move || {
+                    api.apply(slice);
+                    Ok(())
+                }))
             }
         }
     }
-
-    /// Makes `change`, as a user would: the file renamed into place, or the
-    /// slice applied in the API server.
-    fn apply(&self, change: Change) -> Result<()> {
-        match (self, change) {
-            (Feed::Dir(manifests), Change::File { name, text }) => manifests.write(&name, &text),
-            (Feed::Kube { api, .. }, Change::Slice(slice)) => {
-                api.apply(slice);
-                Ok(())
-            }
-            _ => unreachable!("a change is prepared by the feed that applies it"),
-        }
-    }
-}
-
-/// One change, ready to apply.
-enum Change {
-    File { name: String, text: String },
-    Slice(Value),
 }
 
 /// The two pods a Service's local endpoint moves between, and the client
@@ -350,7 +333,7 @@ fn move_local(
     let change = feed.prepare(service, services, &addresses)?;
     let changed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let changed = Instant::now();
-    feed.apply(change)?;
+    change()?;
     reach
         .wait_for_line("REACHED", Duration::from_secs(60))
         .with_context(|| format!("Service s{service} never reached {name} ({})", pod.ipv4))?;
