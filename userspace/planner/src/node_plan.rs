@@ -80,7 +80,6 @@ pub struct NodePlan {
     /// What each Service put in the plan.
     contributions: BTreeMap<ServiceId, Contribution>,
     desired: MapEntries,
-    ready: BTreeSet<FrontendEndpoint>,
     /// Set when the last full planning left frontends out.
     over_capacity: Option<PlanProblem>,
 }
@@ -137,11 +136,12 @@ enum Outcome {
     },
 }
 
-/// What one Service put in the plan.
+/// What one Service put in the plan. Its frontends' ready endpoints are
+/// read from its candidate, not copied: a node's plan holds each endpoint
+/// once.
 #[derive(Debug, Clone, Default)]
 struct Contribution {
     frontends: Vec<FrontendKey>,
-    ready: Vec<FrontendEndpoint>,
     problems: Vec<PlanProblem>,
 }
 
@@ -164,7 +164,6 @@ impl NodePlan {
             claimants: BTreeMap::new(),
             contributions: BTreeMap::new(),
             desired: MapEntries::default(),
-            ready: BTreeSet::new(),
             over_capacity: None,
         }
     }
@@ -175,8 +174,27 @@ impl NodePlan {
     }
 
     /// Every ready endpoint of each planned frontend.
-    pub fn ready(&self) -> &BTreeSet<FrontendEndpoint> {
-        &self.ready
+    pub fn ready(&self) -> BTreeSet<FrontendEndpoint> {
+        self.contributions
+            .iter()
+            .flat_map(|(id, contribution)| self.candidates[id].ready_of(&contribution.frontends))
+            .collect()
+    }
+
+    /// Whether `endpoint`, ready before, is gone: its frontend stays
+    /// planned without it (see [`crate::plan::gone`]).
+    fn is_gone(&self, endpoint: &FrontendEndpoint) -> bool {
+        self.desired.services.contains_key(&endpoint.frontend)
+            && !self
+                .claimants
+                .get(&endpoint.frontend)
+                .and_then(|ids| ids.first())
+                .and_then(|owner| self.candidates.get(owner))
+                .is_some_and(|candidate| {
+                    candidate
+                        .ready_of(&[endpoint.frontend])
+                        .any(|ready| ready == *endpoint)
+                })
     }
 
     /// Whether the bypass policy ([`crate::policy`]) decides for
@@ -205,7 +223,7 @@ impl NodePlan {
         Plan {
             desired: self.desired.clone(),
             problems: self.problems(),
-            ready: self.ready.clone(),
+            ready: self.ready(),
         }
     }
 
@@ -230,8 +248,8 @@ impl NodePlan {
         }
         self.short_conns = short_conns.clone();
         let Some(touched) = services else {
-            self.replan_candidates(view);
-            let (gone, before) = self.assemble_all();
+            let replaced = self.replan_candidates(view);
+            let (gone, before) = self.assemble_all(&replaced);
             return Update {
                 gone,
                 frontends: None,
@@ -239,11 +257,11 @@ impl NodePlan {
                 before,
             };
         };
-        let affected = self.refresh_candidates(view, &touched);
+        let (affected, replaced) = self.refresh_candidates(view, &touched);
         if self.over_capacity.is_some() {
             // What fits depends on every Service before: fit them all
             // again (from the plans kept for the untouched ones).
-            let (gone, before) = self.assemble_all();
+            let (gone, before) = self.assemble_all(&replaced);
             return Update {
                 gone,
                 frontends: None,
@@ -251,17 +269,20 @@ impl NodePlan {
                 before,
             };
         }
-        let update = self.assemble(&affected);
+        let update = self.assemble(&affected, &replaced);
         if self.fits() {
             return update;
         }
         // One Service's growth pushed others out: fit them all again.
-        let (mut gone, mut before) = self.assemble_all();
+        let (mut gone, mut before) = self.assemble_all(&BTreeMap::new());
         // What the plan held before the first assembly.
         before.restore(update.frontends.iter().flatten(), update.before);
-        gone.extend(update.gone.into_iter().filter(|endpoint| {
-            !self.ready.contains(endpoint) && self.desired.services.contains_key(&endpoint.frontend)
-        }));
+        gone.extend(
+            update
+                .gone
+                .into_iter()
+                .filter(|endpoint| self.is_gone(endpoint)),
+        );
         gone.sort();
         gone.dedup();
         Update {
@@ -277,10 +298,11 @@ impl NodePlan {
             && self.desired.backends.len() <= self.capacity.endpoint_slots
     }
 
-    /// Plans every Service of `view` on its own again.
-    fn replan_candidates(&mut self, view: &ClusterView) {
+    /// Plans every Service of `view` on its own again; returns the plans
+    /// it replaced.
+    fn replan_candidates(&mut self, view: &ClusterView) -> BTreeMap<ServiceId, Candidate> {
         let l7 = l7_ports(view);
-        self.candidates.clear();
+        let replaced = std::mem::take(&mut self.candidates);
         self.claimants.clear();
         for service in view.services().values() {
             let ports: BTreeSet<u16> = l7
@@ -289,16 +311,19 @@ impl NodePlan {
                 .collect();
             self.add_candidate(view, service, &ports);
         }
+        replaced
     }
 
     /// Plans the Services `touched` on its own again; returns them and the
-    /// Services that share a frontend with them, before or after.
+    /// Services that share a frontend with them, before or after, and the
+    /// plans it replaced.
     fn refresh_candidates(
         &mut self,
         view: &ClusterView,
         touched: &BTreeSet<ServiceId>,
-    ) -> BTreeSet<ServiceId> {
+    ) -> (BTreeSet<ServiceId>, BTreeMap<ServiceId, Candidate>) {
         let mut affected = touched.clone();
+        let mut replaced = BTreeMap::new();
         for id in touched {
             if let Some(old) = self.candidates.remove(id) {
                 for key in old.keys() {
@@ -309,6 +334,7 @@ impl NodePlan {
                         self.claimants.remove(&key);
                     }
                 }
+                replaced.insert(id.clone(), old);
             }
             if let Some(service) = view.services().get(id) {
                 let added = self.add_candidate(view, service, &l7_ports_of(view, id));
@@ -317,14 +343,40 @@ impl NodePlan {
                 }
             }
         }
-        affected
+        (affected, replaced)
+    }
+
+    /// The ready endpoints that the Services `ids` put in the plan, as
+    /// their candidates were then: `replaced`, or those kept.
+    fn ready_contributed<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a ServiceId>,
+        replaced: &BTreeMap<ServiceId, Candidate>,
+    ) -> Vec<FrontendEndpoint> {
+        let mut ready = Vec::new();
+        for id in ids {
+            let Some(contribution) = self.contributions.get(id) else {
+                continue;
+            };
+            let candidate = replaced.get(id).or_else(|| self.candidates.get(id));
+            ready.extend(
+                candidate
+                    .into_iter()
+                    .flat_map(|candidate| candidate.ready_of(&contribution.frontends)),
+            );
+        }
+        ready
     }
 
     /// Puts every Service's frontends in the plan again, in order, as many
     /// as fit; returns the ready endpoints that left a frontend that stays,
-    /// and what the plan held before.
-    fn assemble_all(&mut self) -> (Vec<FrontendEndpoint>, MapEntries) {
-        let before = std::mem::take(&mut self.ready);
+    /// and what the plan held before. `replaced` holds the plans the
+    /// Services had when they last contributed, where they changed since.
+    fn assemble_all(
+        &mut self,
+        replaced: &BTreeMap<ServiceId, Candidate>,
+    ) -> (Vec<FrontendEndpoint>, MapEntries) {
+        let before = self.ready_contributed(self.contributions.keys(), replaced);
         self.contributions.clear();
         let entries = std::mem::take(&mut self.desired);
         let mut room = Room {
@@ -342,19 +394,24 @@ impl NodePlan {
                 frontends,
                 capacity: self.capacity,
             });
-        let gone = before
-            .difference(&self.ready)
-            .filter(|endpoint| self.desired.services.contains_key(&endpoint.frontend))
-            .copied()
+        let mut gone: Vec<FrontendEndpoint> = before
+            .into_iter()
+            .filter(|endpoint| self.is_gone(endpoint))
             .collect();
+        gone.sort();
         (gone, entries)
     }
 
     /// Puts the frontends of the Services `affected` in the plan again,
-    /// leaving the others' as they are (while everything fits).
-    fn assemble(&mut self, affected: &BTreeSet<ServiceId>) -> Update {
+    /// leaving the others' as they are (while everything fits). `replaced`
+    /// as for [`NodePlan::assemble_all`].
+    fn assemble(
+        &mut self,
+        affected: &BTreeSet<ServiceId>,
+        replaced: &BTreeMap<ServiceId, Candidate>,
+    ) -> Update {
         let mut frontends = BTreeSet::new();
-        let mut left = Vec::new();
+        let left = self.ready_contributed(affected, replaced);
         let mut before = MapEntries::default();
         for id in affected {
             let Some(old) = self.contributions.remove(id) else {
@@ -363,11 +420,7 @@ impl NodePlan {
             for key in &old.frontends {
                 self.desired.move_frontend(key, &mut before);
             }
-            for endpoint in &old.ready {
-                self.ready.remove(endpoint);
-            }
             frontends.extend(old.frontends);
-            left.extend(old.ready);
         }
         let mut room = Room {
             capacity: Capacity {
@@ -383,10 +436,7 @@ impl NodePlan {
         }
         let gone = left
             .into_iter()
-            .filter(|endpoint| {
-                !self.ready.contains(endpoint)
-                    && self.desired.services.contains_key(&endpoint.frontend)
-            })
+            .filter(|endpoint| self.is_gone(endpoint))
             .collect();
         Update {
             frontends: Some(frontends),
@@ -464,11 +514,6 @@ impl NodePlan {
                 let short = self.short_conns.contains(&port.key);
                 self.desired.insert(port.key, service, *l7, short, &targets);
                 contribution.frontends.push(port.key);
-                let ready = ready
-                    .iter()
-                    .map(|target| endpoint_of(port.key, target.address, target.port));
-                contribution.ready.extend(ready.clone());
-                self.ready.extend(ready);
             }
             for (owner, frontends) in taken {
                 contribution.problems.push(PlanProblem::FrontendTaken {
@@ -493,7 +538,6 @@ impl NodePlan {
         }
         // Kept until the Service changes: exactly its size.
         contribution.frontends.shrink_to_fit();
-        contribution.ready.shrink_to_fit();
         self.contributions.insert(id.clone(), contribution);
         self.contributions.get(id)
     }
@@ -558,6 +602,28 @@ impl Candidate {
             service: service.clone(),
             ips,
         }
+    }
+
+    /// The ready endpoints of its `frontends` (those it claims), each as
+    /// planned by the first port with that frontend.
+    fn ready_of<'a>(
+        &'a self,
+        frontends: &'a [FrontendKey],
+    ) -> impl Iterator<Item = FrontendEndpoint> + 'a {
+        frontends.iter().flat_map(move |&frontend| {
+            let port = self
+                .ips
+                .iter()
+                .flat_map(|(_, _, ports)| ports)
+                .find(|port| port.key == frontend);
+            let ready = match port.map(|port| &port.outcome) {
+                Some(Outcome::Planned { ready, .. }) => ready.as_slice(),
+                _ => &[],
+            };
+            ready
+                .iter()
+                .map(move |target| endpoint_of(frontend, target.address, target.port))
+        })
     }
 
     /// Every frontend it claims, each once.
@@ -789,7 +855,7 @@ mod tests {
                 let fresh = plan_within(&view, "node1", waypoints, &short, capacity);
                 let context = format!("seed {seed} step {step}");
                 assert_eq!(node_plan.desired(), &fresh.desired, "{context}");
-                assert_eq!(node_plan.ready(), &fresh.ready, "{context}");
+                assert_eq!(node_plan.ready(), fresh.ready, "{context}");
                 assert_eq!(node_plan.problems(), fresh.problems, "{context}");
                 // Writing the frontends said to have changed, from what
                 // the update says they held, is writing every change.
