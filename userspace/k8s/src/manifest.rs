@@ -28,7 +28,9 @@ use crate::convert::{FromObject, ObjectRef, DEFAULT_NAMESPACE};
 const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
 const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
 
-/// An object read from a manifest, converted to the model.
+/// An object read from a manifest, converted to the model. Kinds larger
+/// than a few words are boxed: a directory of 10k Services holds 20k of
+/// these, in maps whose every slot has the size of the largest kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Manifest {
     /// A Service with a ClusterIP (shared with the views built from it).
@@ -38,13 +40,13 @@ pub enum Manifest {
     /// A Namespace (only its opt-out label matters).
     Namespace(model::Namespace),
     /// A Node (only its zone matters).
-    Node(model::Node),
+    Node(Box<model::Node>),
     /// An HTTPRoute or GRPCRoute with a Service parent.
-    Route(model::Route),
+    Route(Box<model::Route>),
     /// A ReferenceGrant.
-    Grant(model::Grant),
+    Grant(Box<model::Grant>),
     /// A Pod (its namespace, node and IPs).
-    Pod(model::Pod),
+    Pod(Box<model::Pod>),
 }
 
 impl Manifest {
@@ -83,10 +85,10 @@ impl Manifest {
             Manifest::Service(service) => view.apply_service(service),
             Manifest::EndpointSlice(slice) => view.apply_slice(slice),
             Manifest::Namespace(namespace) => view.apply_namespace(namespace),
-            Manifest::Node(node) => view.apply_node(node),
-            Manifest::Route(route) => view.apply_route(route),
-            Manifest::Grant(grant) => view.apply_grant(grant),
-            Manifest::Pod(pod) => view.apply_pod(pod),
+            Manifest::Node(node) => view.apply_node(*node),
+            Manifest::Route(route) => view.apply_route(*route),
+            Manifest::Grant(grant) => view.apply_grant(*grant),
+            Manifest::Pod(pod) => view.apply_pod(*pod),
         };
     }
 
@@ -457,19 +459,19 @@ impl Parser<'_> {
                 .map(Manifest::Namespace),
             ("v1", "Node") => self
                 .convert::<core::Node, _>("Node", fields, document)
-                .map(Manifest::Node),
+                .map(|node| Manifest::Node(Box::new(node))),
             ("v1", "Pod") => self
                 .convert::<core::Pod, _>("Pod", fields, document)
-                .map(Manifest::Pod),
+                .map(|pod| Manifest::Pod(Box::new(pod))),
             (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") => self
                 .convert::<routes::HttpRoute, _>("HTTPRoute", fields, document)
-                .map(Manifest::Route),
+                .map(|route| Manifest::Route(Box::new(route))),
             (GATEWAY_V1, "GRPCRoute") => self
                 .convert::<routes::GrpcRoute, _>("GRPCRoute", fields, document)
-                .map(Manifest::Route),
+                .map(|route| Manifest::Route(Box::new(route))),
             (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => self
                 .convert::<routes::ReferenceGrant, _>("ReferenceGrant", fields, document)
-                .map(Manifest::Grant),
+                .map(|grant| Manifest::Grant(Box::new(grant))),
             (_, "") => {
                 self.not_an_object(document, "no kind");
                 None
