@@ -276,18 +276,18 @@ impl FromObject<core::Service> for Service {
         if cluster_ips.first().map(|(_, text)| text.as_str()) == Some("None") {
             return Err(identity.ignored(IgnoreReason::Headless));
         }
-        let cluster_ips = cluster_ips
-            .into_iter()
-            .map(|(field, text)| parse_address(field, &text))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| identity.invalid(reason))?;
+        let cluster_ips = collect_exact(
+            cluster_ips.len(),
+            cluster_ips
+                .into_iter()
+                .map(|(field, text)| parse_address(field, &text)),
+        )
+        .map_err(|reason| identity.invalid(reason))?;
 
-        let ports = spec
-            .ports
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(index, port)| {
+        let listed = spec.ports.as_deref().unwrap_or_default();
+        let ports = collect_exact(
+            listed.len(),
+            listed.iter().enumerate().map(|(index, port)| {
                 let field = format!("spec.ports[{index}]");
                 Ok(ServicePort {
                     name: port.name.clone().unwrap_or_default(),
@@ -295,9 +295,9 @@ impl FromObject<core::Service> for Service {
                     protocol: protocol(&field, port.protocol.as_deref())?,
                     app_protocol: port.app_protocol.clone(),
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| identity.invalid(reason))?;
+            }),
+        )
+        .map_err(|reason| identity.invalid(reason))?;
 
         let annotation_on = |key: &str| {
             service
@@ -410,21 +410,19 @@ impl FromObject<discovery::EndpointSlice> for EndpointSlice {
             }
         };
 
-        let ports = slice
-            .ports
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(index, port)| {
+        let listed = slice.ports.as_deref().unwrap_or_default();
+        let ports = collect_exact(
+            listed.len(),
+            listed.iter().enumerate().map(|(index, port)| {
                 let field = format!("ports[{index}]");
                 Ok(SlicePort {
                     name: port.name.clone().unwrap_or_default(),
                     port: port_number(&field, port.port)?,
                     protocol: protocol(&field, port.protocol.as_deref())?,
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| identity.invalid(reason))?;
+            }),
+        )
+        .map_err(|reason| identity.invalid(reason))?;
 
         let listed = slice.endpoints.as_deref().unwrap_or_default();
         let endpoints = collect_exact(
@@ -541,9 +539,9 @@ impl FromObject<core::Node> for Node {
 }
 
 /// `items`, all `len` of them, or the first error: in a vector of exactly
-/// `len` (a view of a large cluster holds a hundred thousand endpoints;
-/// collecting into a `Result` cannot know the count, and would keep up to
-/// twice the room).
+/// `len` (a view of a large cluster holds a hundred thousand endpoints and
+/// tens of thousands of port lists; collecting into a `Result` cannot know
+/// the count, and keeps room for at least four, or up to twice the count).
 fn collect_exact<T, E>(len: usize, items: impl Iterator<Item = Result<T, E>>) -> Result<Vec<T>, E> {
     let mut collected = Vec::with_capacity(len);
     for item in items {

@@ -107,8 +107,9 @@ pub struct Update {
 struct Candidate {
     service: Arc<Service>,
     /// Each ClusterIP with its family and the frontends of its ports, in
-    /// the Service's order.
-    ips: Vec<(IpAddr, Family, Vec<PortPlan>)>,
+    /// the Service's order (boxed: exactly their size, kept for every
+    /// Service of the node).
+    ips: Box<[(IpAddr, Family, Box<[PortPlan]>)]>,
 }
 
 /// The frontend of one ClusterIP and port.
