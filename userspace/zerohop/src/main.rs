@@ -241,7 +241,20 @@ enum OnOff {
     Off,
 }
 
+/// Small pages only: where transparent huge pages back the heap, mimalloc
+/// hands memory back in 2 MiB units, and one live object keeps all 2 MiB
+/// resident; the objects of a cluster are spread over all of it (10k
+/// Services: 78 MiB resident instead of 72; no Service: 22 instead of 13).
+/// The `no_thp` feature keeps mimalloc from asking for them; this keeps a
+/// system that gives them unasked (`enabled` = `always`) from doing so.
+fn small_pages_only() {
+    // SAFETY: sets a flag of this process; no memory is touched. Failing
+    // (a kernel without it) leaves the pages as they were.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 fn main() -> ExitCode {
+    small_pages_only();
     purge_freed_memory_at_once();
     zerohop_telemetry::init_logging();
     match run(Cli::parse()) {
