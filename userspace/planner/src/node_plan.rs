@@ -22,7 +22,7 @@ use zerohop_abi::{FrontendEndpoint, FrontendKey};
 
 use crate::model::{Bypass, Family, Protocol, Service, ServiceId};
 use crate::plan::{
-    eligible, endpoint_of, port_frontend_key, ready_targets, Capacity, MapEntries, Plan,
+    eligible, endpoint_of, packed, port_frontend_key, ready_targets, Capacity, MapEntries, Plan,
     PlanProblem, Target, Waypoints,
 };
 use crate::view::{ClusterView, Touched};
@@ -312,6 +312,8 @@ impl NodePlan {
                 .collect();
             self.add_candidate(view, service, &ports);
         }
+        packed(&mut self.candidates);
+        packed(&mut self.claimants);
         replaced
     }
 
@@ -400,6 +402,8 @@ impl NodePlan {
             .filter(|endpoint| self.is_gone(endpoint))
             .collect();
         gone.sort();
+        self.desired.pack();
+        packed(&mut self.contributions);
         (gone, entries)
     }
 
