@@ -151,6 +151,8 @@ impl DirReader {
             .map(|(name, (stamp, readable))| (name, stamp, readable))
             .collect();
         changed |= !to_read.is_empty();
+        // A quarter of the files or more (the first read: all of them).
+        let read_many = to_read.len() > 1 && to_read.len() * 4 >= self.files.len();
         let reads = read_and_parse_all(&self.dir, &to_read);
         for ((name, stamp, _), read) in to_read.into_iter().zip(reads) {
             let good = self.files.get(&name).is_some_and(|file| file.good);
@@ -170,6 +172,9 @@ impl DirReader {
                 },
             };
             self.files.insert(name, file);
+        }
+        if read_many {
+            self.assembly.pack();
         }
         Ok(changed.then(|| self.loaded()))
     }
