@@ -269,7 +269,14 @@ impl Assembly {
                             files.insert(at, Arc::clone(&name));
                         }
                         affected.insert(slot.key().clone());
-                        slot.insert(manifest.clone());
+                        // An object the file held already, unchanged, stays
+                        // the one the view shares: a file read again would
+                        // otherwise hold a second copy of each.
+                        let previous = old
+                            .as_ref()
+                            .and_then(|old| old.objects.get(slot.key()))
+                            .filter(|previous| *previous == manifest);
+                        slot.insert(previous.unwrap_or(manifest).clone());
                     }
                 }
             }
@@ -1012,6 +1019,42 @@ endpoints: [{addresses: [10.244.1.2]}]
         assert_eq!(edit_distance("service", "servce"), 1);
         assert_eq!(edit_distance("node", "pod"), 2);
         assert!(edit_distance("deployment", "endpointslice") > 2);
+    }
+
+    /// A file read again keeps the objects it held where they did not
+    /// change, the ones the view shares: a cluster's directory read again
+    /// file by file does not come to hold each object twice.
+    #[test]
+    fn a_file_read_again_shares_its_unchanged_objects_with_the_view() {
+        let text = |ip: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec: {{clusterIP: 10.96.0.1, ports: [{{port: 80}}]}}\n---\n\
+                 apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+            )
+        };
+        let mut assembly = Assembly::new();
+        assembly.set(
+            "s.yaml",
+            Some(&parse_manifests("s.yaml", &text("10.96.0.2"))),
+        );
+        assembly.set(
+            "s.yaml",
+            Some(&parse_manifests("s.yaml", &text("10.96.0.3"))),
+        );
+        let held = &assembly.files["s.yaml"].objects;
+        for (name, ip) in [("a", "10.96.0.1"), ("b", "10.96.0.3")] {
+            let in_view = &assembly.view().services()[&ServiceId::new("default", name)];
+            assert_eq!(
+                in_view.cluster_ips,
+                [ip.parse::<std::net::IpAddr>().unwrap()]
+            );
+            let Manifest::Service(in_file) =
+                &held[&ObjectRef::new("Service", "default", Some(name))]
+            else {
+                panic!("a Service");
+            };
+            assert!(Arc::ptr_eq(in_view, in_file), "Service {name}: one copy");
+        }
     }
 
     /// Over random edits of three files (objects moving between them,
