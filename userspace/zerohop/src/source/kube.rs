@@ -131,16 +131,22 @@ impl Kind {
             Kind::Namespace => {
                 convert::<core::Namespace, model::Namespace>(self, object, Converted::Namespace)
             }
-            Kind::Node => convert::<core::Node, model::Node>(self, object, Converted::Node),
-            Kind::Pod => convert::<core::Pod, model::Pod>(self, object, Converted::Pod),
-            Kind::HttpRoute => {
-                convert::<routes::HttpRoute, model::Route>(self, object, Converted::Route)
+            Kind::Node => convert::<core::Node, model::Node>(self, object, |node| {
+                Converted::Node(Box::new(node))
+            }),
+            Kind::Pod => {
+                convert::<core::Pod, model::Pod>(self, object, |pod| Converted::Pod(Box::new(pod)))
             }
-            Kind::GrpcRoute => {
-                convert::<routes::GrpcRoute, model::Route>(self, object, Converted::Route)
-            }
+            Kind::HttpRoute => convert::<routes::HttpRoute, model::Route>(self, object, |route| {
+                Converted::Route(Box::new(route))
+            }),
+            Kind::GrpcRoute => convert::<routes::GrpcRoute, model::Route>(self, object, |route| {
+                Converted::Route(Box::new(route))
+            }),
             Kind::ReferenceGrant => {
-                convert::<routes::ReferenceGrant, model::Grant>(self, object, Converted::Grant)
+                convert::<routes::ReferenceGrant, model::Grant>(self, object, |grant| {
+                    Converted::Grant(Box::new(grant))
+                })
             }
         }
     }
@@ -158,21 +164,23 @@ pub fn watched_resources() -> Vec<(String, String)> {
         .collect()
 }
 
-/// One object as the planner sees it.
+/// One object as the planner sees it. Kinds larger than a few words are
+/// boxed: the store holds one of these per object (20k at 10k Services),
+/// and a map slot has the size of the largest kind.
 #[derive(Debug, Clone)]
 enum Converted {
     /// Shared with every snapshot built since it was converted.
     Service(Arc<model::Service>),
     Slice(Arc<model::EndpointSlice>),
     Namespace(model::Namespace),
-    Node(model::Node),
-    Pod(model::Pod),
-    Route(model::Route),
-    Grant(model::Grant),
+    Node(Box<model::Node>),
+    Pod(Box<model::Pod>),
+    Route(Box<model::Route>),
+    Grant(Box<model::Grant>),
     /// Not for zerohop (headless or ExternalName Service, FQDN slice).
     Ignored,
     /// Malformed: the problem, naming the object.
-    Invalid(Problem),
+    Invalid(Box<Problem>),
 }
 
 fn convert<Wire, Domain>(
@@ -193,13 +201,16 @@ where
                 object.metadata.name.as_deref(),
             );
             let message = format!("{object}: {error}");
-            return Converted::Invalid(Problem::of(object, message));
+            return Converted::Invalid(Box::new(Problem::of(object, message)));
         }
     };
     match Domain::from_object(&wire) {
         Ok(domain) => wrap(domain),
         Err(error) if error.is_ignored() => Converted::Ignored,
-        Err(error) => Converted::Invalid(Problem::of(error.object().clone(), error.to_string())),
+        Err(error) => Converted::Invalid(Box::new(Problem::of(
+            error.object().clone(),
+            error.to_string(),
+        ))),
     }
 }
 
@@ -252,6 +263,9 @@ impl Store {
                 for key in before.keys().filter(|key| !listed.contains_key(*key)) {
                     self.forget(kind, key);
                 }
+                // Collected anew: full B-tree nodes, where filling it in
+                // key order left them half empty.
+                let listed: BTreeMap<Key, Converted> = listed.into_iter().collect();
                 for (key, converted) in &listed {
                     self.record(kind, key, converted);
                 }
@@ -284,12 +298,12 @@ impl Store {
             Converted::Service(service) => _ = view.apply_service(service),
             Converted::Slice(slice) => _ = view.apply_slice(slice),
             Converted::Namespace(namespace) => _ = view.apply_namespace(namespace),
-            Converted::Node(node) => _ = view.apply_node(node),
-            Converted::Pod(pod) => _ = view.apply_pod(pod),
-            Converted::Route(route) => _ = view.apply_route(route),
-            Converted::Grant(grant) => _ = view.apply_grant(grant),
+            Converted::Node(node) => _ = view.apply_node(*node),
+            Converted::Pod(pod) => _ = view.apply_pod(*pod),
+            Converted::Route(route) => _ = view.apply_route(*route),
+            Converted::Grant(grant) => _ = view.apply_grant(*grant),
             Converted::Ignored => {}
-            Converted::Invalid(problem) => _ = self.invalid.insert((kind, key.clone()), problem),
+            Converted::Invalid(problem) => _ = self.invalid.insert((kind, key.clone()), *problem),
         }
     }
 
