@@ -90,33 +90,42 @@ impl Datapath {
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         let lock = lock_pin_dir(pin_dir)?;
-        let kernel = KernelBtf::open(Path::new(VMLINUX_BTF))?;
-        let (object, bindings) = kfunc::bind(EBPF_OBJECT, |name| kernel.function(name))?;
+        // Each parse of the kernel's BTF holds tens of MiB while it lives
+        // (btf_rs's here, aya's in the loader and below): one at a time,
+        // each dropped once used, so that they do not add up to the
+        // agent's peak memory.
+        let (object, bindings, offsets) = {
+            let kernel = KernelBtf::open(Path::new(VMLINUX_BTF))?;
+            let (object, bindings) = kfunc::bind(EBPF_OBJECT, |name| kernel.function(name))?;
+            // The programs read kernel struct fields at these offsets
+            // (tcp.rs, terminate.rs).
+            (object, bindings, kernel.field_offsets()?)
+        };
         let missing_kfuncs: Vec<&str> = bindings
             .iter()
             .filter(|binding| binding.id.is_none())
             .map(|binding| binding.name)
             .collect();
-        // The programs read kernel struct fields at these offsets (tcp.rs,
-        // terminate.rs).
-        let offsets = kernel.field_offsets()?;
-        let mut loader = EbpfLoader::new();
-        loader.default_map_pin_directory(pin_dir);
-        let frontends = u32::try_from(capacity.frontends)?;
-        for map in [map_name::SERVICES, map_name::NAMES, map_name::TRAFFIC] {
-            loader.map_max_entries(map, frontends);
-        }
-        loader.map_max_entries(map_name::BACKENDS, u32::try_from(capacity.endpoint_slots)?);
-        for (global, offset) in &offsets {
-            loader.override_global(global, offset, true);
-        }
-        let mut ebpf = loader.load(&object).with_context(|| {
-            format!(
-                "loading the eBPF object (pinned maps of another layout in {}? \
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            loader.default_map_pin_directory(pin_dir);
+            let frontends = u32::try_from(capacity.frontends)?;
+            for map in [map_name::SERVICES, map_name::NAMES, map_name::TRAFFIC] {
+                loader.map_max_entries(map, frontends);
+            }
+            loader.map_max_entries(map_name::BACKENDS, u32::try_from(capacity.endpoint_slots)?);
+            for (global, offset) in &offsets {
+                loader.override_global(global, offset, true);
+            }
+            loader.load(&object).with_context(|| {
+                format!(
+                    "loading the eBPF object (pinned maps of another layout in {}? \
                      remove them with `zerohop cleanup`)",
-                pin_dir.display()
-            )
-        })?;
+                    pin_dir.display()
+                )
+            })?
+        };
+        drop(object);
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let mut programs: Vec<ProgramState> = ebpf
             .programs_mut()
