@@ -109,8 +109,11 @@ struct Candidate {
     /// Each ClusterIP with its family and the frontends of its ports, in
     /// the Service's order (boxed: exactly their size, kept for every
     /// Service of the node).
-    ips: Box<[(IpAddr, Family, Box<[PortPlan]>)]>,
+    ips: Box<[IpPlan]>,
 }
+
+/// A ClusterIP, its family and the frontends of its ports.
+type IpPlan = (IpAddr, Family, Box<[PortPlan]>);
 
 /// The frontend of one ClusterIP and port.
 #[derive(Debug, Clone)]
