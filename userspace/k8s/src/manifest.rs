@@ -311,9 +311,9 @@ impl Assembly {
     }
 
     /// Rebuilds its index of objects with full B-tree nodes: one filled
-    /// file by file keeps them a little over half full (each split leaves
-    /// six of eleven entries behind). Worth it after many files were set
-    /// at once.
+    /// file by file keeps them partly empty (a split leaves six of eleven
+    /// entries on one side and five on the other). Worth it after many
+    /// files were set at once.
     pub fn pack(&mut self) {
         self.definers = std::mem::take(&mut self.definers).into_iter().collect();
     }
